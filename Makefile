@@ -1,0 +1,29 @@
+# `make app` and `make test` work on a fresh clone: they create the environment first when needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+
+.PHONY: app test test-fast bench clean
+
+$(STAMP): requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+app: $(STAMP)
+	$(VENV)/bin/streamlit run app.py --server.address 127.0.0.1
+
+# The whole suite, including the real-data tests (../shared/data) and the headless-browser test.
+test: $(STAMP)
+	bash tools/ensure-chromium.sh
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not browser"
+
+bench: $(STAMP)
+	for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf .cache runs test-artifacts .pytest_cache

@@ -1,0 +1,1 @@
+"""HiRISE Studio core: data, training, evaluation and explanation. Never imports Streamlit."""

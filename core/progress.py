@@ -1,0 +1,25 @@
+"""One way to report progress on long operations: tqdm on a terminal, or a callback for the app."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
+#: Called as on_progress(done, total, description) after each step.
+ProgressCallback = Callable[[int, int, str], None]
+
+
+def track(items: Iterable[T], total: int, desc: str, on_progress: ProgressCallback | None = None) -> Iterator[T]:
+    """Yield `items`, showing a tqdm bar (count, rate, ETA) or calling `on_progress` when given."""
+    if on_progress is None:
+        yield from tqdm(items, total=total, desc=desc, unit="tile", dynamic_ncols=True, mininterval=0.5)
+        return
+    on_progress(0, total, desc)
+    step = max(1, total // 200)
+    done = 0
+    for done, item in enumerate(items, 1):
+        yield item
+        if done % step == 0 or done == total:
+            on_progress(done, total, desc)

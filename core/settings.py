@@ -1,0 +1,24 @@
+"""Project-wide locations, defined once. Each can be moved with an environment variable."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env_path(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value).expanduser().resolve() if value else default
+
+
+#: The checkpoint that `core.predict`, `core.evaluate` and the Explain page use by default.
+DEFAULT_CHECKPOINT = _env_path("HIRISE_CHECKPOINT", PROJECT_ROOT / "checkpoints" / "hirise-resnet18.pt")
+#: Where training runs (and the jobs that make them) live.
+RUNS_DIR = _env_path("HIRISE_RUNS_DIR", PROJECT_ROOT / "runs")
+#: Where decoded-tile caches and content-hash indexes live.
+CACHE_DIR = _env_path("HIRISE_CACHE_DIR", PROJECT_ROOT / ".cache" / "hirise")
+#: The shared development data (real tiles), next to the project checkout.
+SHARED_DATA_DIR = _env_path("HIRISE_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data")
+#: Small app state remembered across restarts (the chosen data set, ...).
+APP_STATE_FILE = _env_path("HIRISE_APP_STATE", PROJECT_ROOT / ".hirise-app.json")

@@ -1,0 +1,35 @@
+"""Shared fixtures. Caches and runs go to a per-session temporary folder, never the project's."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="hirise-tests-"))
+os.environ.setdefault("HIRISE_CACHE_DIR", str(_SESSION_TMP / "cache"))
+os.environ.setdefault("HIRISE_RUNS_DIR", str(_SESSION_TMP / "runs"))
+os.environ.setdefault("HIRISE_APP_STATE", str(_SESSION_TMP / "app-state.json"))
+
+import pytest  # noqa: E402
+
+from core.settings import PROJECT_ROOT, SHARED_DATA_DIR  # noqa: E402
+from tests import synthetic  # noqa: E402
+
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def v32_folder(tmp_path_factory) -> Path:
+    return synthetic.write_folder(tmp_path_factory.mktemp("v32"), synthetic.official_files("3.2"))
+
+
+@pytest.fixture(scope="session")
+def v3_folder(tmp_path_factory) -> Path:
+    return synthetic.write_folder(tmp_path_factory.mktemp("v3"), synthetic.official_files("3", seed=1))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA_DIR / "hirise-v3_2-subset").is_dir():
+        pytest.skip(f"real HiRISE tiles not found at {SHARED_DATA_DIR} (../shared/data); these tests run in CI")
+    return SHARED_DATA_DIR

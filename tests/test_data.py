@@ -1,0 +1,232 @@
+"""The data layer on synthetic fixtures in the exact official layouts."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.data import (DataError, find_leakage, load_dataset, make_loader, merge_sources, open_tile_cache,
+                       parse_name, read_source, split_dataset, summarize)
+from core.data.__main__ import main as data_cli
+from tests import synthetic
+
+
+def tree_digest(root: Path) -> str:
+    h = hashlib.sha1()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("name, obs, landmark, aug", [
+    ("ESP_011283_2265_RED-0030-r90.jpg", "ESP_011283_2265_RED", "ESP_011283_2265_RED-0030", "r90"),
+    ("ESP_011283_2265_RED-0030.jpg", "ESP_011283_2265_RED", "ESP_011283_2265_RED-0030", ""),
+    ("PSP_005150_1490_RED-0023-brt.jpg", "PSP_005150_1490_RED", "PSP_005150_1490_RED-0023", "brt"),
+    ("map-proj-v3_2/ESP_011283_2265_RED-0030-fv.jpg", "ESP_011283_2265_RED", "ESP_011283_2265_RED-0030", "fv"),
+    ("extra-17.jpg", None, "extra-17", ""),
+])
+def test_parse_name(name, obs, landmark, aug):
+    parts = parse_name(name)
+    assert (parts.observation, parts.landmark, parts.aug) == (obs, landmark, aug)
+
+
+def test_official_v32_folder(v32_folder):
+    src = read_source(v32_folder)
+    assert src.kind == "official v3.2" and src.version == "3.2"
+    # 8 observations x 6 landmarks x (original + r90 + fh)
+    assert len(src.records) == 8 * 6 * 3
+    assert src.missing == ["ESP_099999_0000_RED-0000.jpg"]
+    assert sum(src.repeats.values()) == 1  # repeats reported, dropped by default
+    assert sum(r.is_original for r in src.records) == 48
+    assert {r.split for r in src.records} == {"train", "val", "test"}
+    rec = next(r for r in src.records if r.aug == "r90")
+    assert rec.observation and rec.landmark and rec.path.startswith("map-proj-v3_2/")
+    kept = read_source(v32_folder, keep_split_repeats=True)
+    assert len(kept.records) == len(src.records) + 1
+
+
+@pytest.mark.parametrize("top", ["", "hirise-map-proj-v3_2"])
+def test_zip_reads_like_folder(tmp_path, v32_folder, top):
+    files = synthetic.official_files("3.2")
+    zipped = read_source(synthetic.write_zip(tmp_path / "hirise-map-proj-v3_2.zip", files, top))
+    folder = read_source(v32_folder)
+    key = lambda s: sorted((r.name, r.label, r.split, r.aug) for r in s.records)  # noqa: E731
+    assert key(zipped) == key(folder)
+    data = load_dataset([tmp_path / "hirise-map-proj-v3_2.zip"])
+    assert data.tiles(data.records[:3]).shape == (3, 227, 227)
+
+
+def test_v3_layout(v3_folder):
+    src = read_source(v3_folder)
+    assert src.kind == "official v3" and all(r.split is None for r in src.records)
+
+
+@pytest.mark.parametrize("line, expect", [
+    ("ESP_010000_2000_RED-0000.jpg", "line 2: malformed line"),
+    ("ESP_010000_2000_RED-0000.jpg 11", "line 2: unknown class id 11"),
+    ("ESP_010000_2000_RED-0000.jpg crater", "is not a class id"),
+    ("../../etc/passwd 1", "unsafe"),
+])
+def test_malformed_label_file_names_file_and_line(tmp_path, line, expect):
+    files = synthetic.official_files("3", n_obs=2, per_obs=2, augment=())
+    first = files["labels-map-proj-v3.txt"].decode().splitlines()[0]
+    files["labels-map-proj-v3.txt"] = f"{first}\n{line}\n".encode()
+    root = synthetic.write_folder(tmp_path, files)
+    before = tree_digest(root)
+    with pytest.raises(DataError) as err:
+        read_source(root)
+    assert "labels-map-proj-v3.txt" in str(err.value) and expect in str(err.value)
+    assert tree_digest(root) == before  # nothing on disk changed
+
+
+def test_wrong_classmap_rejected(tmp_path):
+    files = synthetic.official_files("3", n_obs=1, per_obs=1, augment=())
+    files["landmarks_map-proj-v3_classmap.csv"] = b"0,other\n1,volcano\n"
+    with pytest.raises(DataError, match="volcano"):
+        read_source(synthetic.write_folder(tmp_path, files))
+
+
+def test_missing_and_empty_inputs(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        read_source(tmp_path / "nope")
+    with pytest.raises(DataError, match="no HiRISE data found"):
+        read_source(tmp_path)
+    files = synthetic.official_files("3", n_obs=1, per_obs=1, augment=(), missing=0)
+    files["labels-map-proj-v3.txt"] = b""
+    with pytest.raises(DataError, match="empty"):
+        read_source(synthetic.write_folder(tmp_path / "empty", files))
+
+
+def test_plain_tiles_csv_and_class_folders(tmp_path):
+    src = read_source(synthetic.write_plain(tmp_path / "own"))
+    assert src.kind == "plain tiles" and len(src.records) == 16
+    assert all(r.trainable_only for r in src.records)
+    assert [r.label for r in src.records[:3]] == [0, 1, 2]  # labels by name and by id
+    folders = tmp_path / "byclass"
+    for name in ("crater", "dark_dune"):
+        (folders / name).mkdir(parents=True)
+        (folders / name / "a.jpg").write_bytes(synthetic.jpeg(synthetic.tile(1, 1)))
+    src = read_source(folders)
+    assert sorted(r.label for r in src.records) == [1, 2]
+
+
+def test_plain_csv_rejects_escaping_paths(tmp_path):
+    root = synthetic.write_plain(tmp_path / "own", n=2)
+    (root / "labels.csv").write_text("file,label\n/etc/passwd,0\n")
+    with pytest.raises(DataError, match="labels.csv line 2: unsafe"):
+        read_source(root)
+
+
+def test_merge_dedups_by_name_and_content_and_reports_conflicts(tmp_path, v32_folder):
+    v32 = synthetic.official_files("3.2")
+    v3 = {k.replace("map-proj-v3_2/", "map-proj-v3/"): v for k, v in v32.items() if k.startswith("map-proj-v3_2/")}
+    names = [k.split("/")[-1] for k in v3]
+    # v3 labels: the first crater-labelled tile was called "other" in v3 (a relabel between versions)
+    v32_labels = dict(line.split()[:2] for line in v32["labels-map-proj_v3_2.txt"].decode().splitlines())
+    relabelled = next(n for n in names if v32_labels[n] != "0")
+    v3["labels-map-proj-v3.txt"] = "".join(
+        f"{n} {0 if n == relabelled else v32_labels[n]}\n" for n in names).encode()
+    v3_root = synthetic.write_folder(tmp_path / "v3", v3)
+    # a renamed copy of one v3.2 tile (same bytes, no observation) in plain tiles
+    plain = tmp_path / "plain"
+    (plain / "tiles").mkdir(parents=True)
+    (plain / "tiles" / "copy.jpg").write_bytes(v32[f"map-proj-v3_2/{names[0]}"])
+    (plain / "labels.csv").write_text(f"file,label\ntiles/copy.jpg,{v32_labels[names[0]]}\n")
+    sources = [read_source(v3_root), read_source(v32_folder), read_source(plain)]
+
+    merged, report = merge_sources(sources, "newest")
+    assert len(merged) == len(sources[1].records)  # every v3 and plain tile was a duplicate
+    assert all(src.version == "3.2" for src, _ in merged)
+    assert len(report.duplicates_by_name) == len(sources[0].records)
+    assert len(report.duplicates_by_content) == 1
+    assert len(report.conflicts) == 1 and report.conflicts[0]["kept"] == int(v32_labels[relabelled])
+
+    _, first = merge_sources(sources, "first")
+    assert first.conflicts[0]["kept"] == 0  # v3 listed first wins
+    merged_drop, drop = merge_sources(sources, "drop")
+    assert drop.conflicts[0]["kept"] is None and len(merged_drop) == len(merged) - 1
+    with pytest.raises(DataError, match="conflict policy"):
+        merge_sources(sources, "oldest")
+
+
+def test_grouped_split_is_deterministic_and_leak_free(tmp_path):
+    files = synthetic.official_files("3.2", n_obs=24, per_obs=4, splits=False)
+    root = synthetic.write_folder(tmp_path / "v32", files)
+    plain = synthetic.write_plain(tmp_path / "own")
+    a = load_dataset([root, plain], split_seed=3)
+    b = load_dataset([root, plain], split_seed=3)
+    assert "grouped" in a.split_method
+    assert [(r.name, r.split) for r in a.records] == [(r.name, r.split) for r in b.records]
+    assert {r.split for r in a.records} == {"train", "val", "test"}
+    assert a.leakage == []
+    assert all(r.split == "train" for r in a.records if r.trainable_only)
+    c = load_dataset([root], split_seed=4)
+    assert [r.split for r in c.records] != [r.split for r in a.records if not r.trainable_only]
+
+
+def test_leakage_check_finds_planted_leaks(v32_folder):
+    data = load_dataset([v32_folder])
+    assert data.leakage == [] and "official" in data.split_method
+    recs = list(data.records)
+    i = next(k for k, r in enumerate(recs) if r.split == "train" and r.aug)
+    recs[i] = recs[i].with_split("test")  # an augmented copy crosses over
+    problems = find_leakage(recs)
+    assert any("observation" in p for p in problems) and any("landmark" in p for p in problems)
+
+
+def test_tile_cache_reused_rebuilt_and_converts(tmp_path):
+    files = synthetic.official_files("3", n_obs=2, per_obs=2, augment=(), missing=0)
+    root = synthetic.write_folder(tmp_path / "v3", files)
+    odd = root / "map-proj-v3" / "ESP_010000_2000_RED-0000.jpg"
+    rgb = np.stack([synthetic.tile(0, 1, size=300)] * 3, axis=-1)
+    odd.write_bytes(synthetic.jpeg(rgb, "RGB"))  # RGB and 300x300: converted with a note
+    (root / "map-proj-v3" / "ESP_010000_2000_RED-0001.jpg").write_bytes(b"not a jpeg")
+    cache_dir = tmp_path / "cache"
+    src = read_source(root)
+    c1 = open_tile_cache(src, cache_dir=cache_dir)
+    assert c1.tiles.shape == (4, 227, 227) and c1.tiles.dtype == np.uint8
+    assert any("resized from 300x300" in n for n in c1.notes["map-proj-v3/ESP_010000_2000_RED-0000.jpg"])
+    assert "map-proj-v3/ESP_010000_2000_RED-0001.jpg" in c1.unreadable
+    stamp = (c1.directory / "tiles.npy").stat().st_mtime_ns
+    c2 = open_tile_cache(read_source(root), cache_dir=cache_dir)
+    assert c2.directory == c1.directory and (c2.directory / "tiles.npy").stat().st_mtime_ns == stamp
+    (root / "map-proj-v3" / "ESP_010001_2001_RED-0000.jpg").write_bytes(synthetic.jpeg(synthetic.tile(5, 99)))
+    c3 = open_tile_cache(read_source(root), cache_dir=cache_dir)
+    assert c3.directory != c1.directory  # the content changed: a new cache
+    row = c3.row_of["map-proj-v3/ESP_010001_2001_RED-0000.jpg"]
+    assert abs(int(c3.tiles[row].astype(int).mean()) - int(synthetic.tile(5, 99).mean())) <= 2
+
+
+def test_summary_counts_and_baseline(v32_folder):
+    s = summarize(load_dataset([v32_folder]))
+    assert sum(sum(v) for v in s["counts"].values()) == 8 * 6 * 3
+    for split, counts in s["originals"].items():
+        assert s["majority_baseline"][split]["accuracy"] == pytest.approx(max(counts) / sum(counts))
+    assert 0 < s["pixel_mean"] < 1 and 0 < s["pixel_std"] < 1
+    assert s["sources"][0]["missing"] == 1 and s["leakage"] == []
+
+
+def test_cli_summary(v32_folder, v3_folder, capsys, tmp_path):
+    assert data_cli(["summary", str(v32_folder), str(v3_folder)]) == 0
+    out = capsys.readouterr().out
+    assert "majority-class baseline" in out and "merge report" in out and "missing" in out
+    assert data_cli(["summary", str(tmp_path / "absent")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_loader_modes(v32_folder):
+    data = load_dataset([v32_folder])
+    flip = lambda t: t.flip(-1)  # noqa: E731
+    ds = split_dataset(data, "train", originals_only=True, copies=[flip, flip])
+    n = len(data.select("train", originals_only=True))
+    assert len(ds) == 3 * n
+    x, y = ds[n]  # the first copy is the flipped original
+    assert torch.equal(x, ds.tiles[0].flip(-1)) and x.dtype == torch.uint8 and x.shape == (1, 227, 227)
+    loader = make_loader(ds, batch_size=8, train=True, balanced=True)
+    xb, yb = next(iter(loader))
+    assert xb.shape == (8, 1, 227, 227) and yb.shape == (8,)
