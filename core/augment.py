@@ -1,0 +1,70 @@
+"""Augmentation with torchvision transforms v2, on (1, H, W) uint8 tiles, in the run's chosen mode.
+
+- online: one random composition of the chosen transforms, fresh for every tile every epoch;
+- expand: the originals plus one copy per transform, each copy seeing only its own transform;
+- official: the data set's own -r90 ... -brt copies, nothing else (handled by record selection);
+- none.
+MixUp / CutMix are batch options applied after batching. Validation and test are never augmented.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class RandomRot90(nn.Module):
+    """Rotate by a random multiple of 90 degrees (no interpolation, no black corners)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = int(torch.randint(1, 4, ()).item())
+        return torch.rot90(x, k, dims=(-2, -1))
+
+
+def _make(name: str, size: int) -> nn.Module:
+    """One transform, always applied (the online mode wraps it in a probability)."""
+    return {
+        "hflip": lambda: v2.RandomHorizontalFlip(p=1.0),
+        "vflip": lambda: v2.RandomVerticalFlip(p=1.0),
+        "rot90": RandomRot90,
+        "rotate": lambda: v2.RandomRotation(degrees=180, interpolation=v2.InterpolationMode.BILINEAR),
+        "perspective": lambda: v2.RandomPerspective(distortion_scale=0.3, p=1.0),
+        "color_jitter": lambda: v2.ColorJitter(brightness=0.3, contrast=0.3),
+        "blur": lambda: v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5)),
+        "resized_crop": lambda: v2.RandomResizedCrop(size=size, scale=(0.6, 1.0), ratio=(0.9, 1.1), antialias=True),
+        "erasing": lambda: v2.RandomErasing(p=1.0, scale=(0.02, 0.15), value=0),
+    }[name]()
+
+
+#: How often each transform fires in the online mode (symmetries always half the time).
+ONLINE_PROBABILITY = {"hflip": 0.5, "vflip": 0.5, "rot90": 0.75, "rotate": 0.5, "perspective": 0.3,
+                      "color_jitter": 0.5, "blur": 0.2, "resized_crop": 0.5, "erasing": 0.25}
+
+
+def online_transform(names: list[str], size: int = 227) -> Transform:
+    return v2.Compose([v2.RandomApply([_make(n, size)], p=ONLINE_PROBABILITY[n]) for n in names])
+
+
+def expand_copies(names: list[str], size: int = 227) -> list[Transform]:
+    return [_make(n, size) for n in names]
+
+
+def batch_mixer(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> Transform | None:
+    """MixUp and/or CutMix over a batch of (images, labels) -> (images, soft labels), or None when off."""
+    options = []
+    if mixup_alpha > 0:
+        options.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+    if cutmix_alpha > 0:
+        options.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+    if not options:
+        return None
+    return options[0] if len(options) == 1 else v2.RandomChoice(options)
+
+
+def epoch_multiplier(mode: str, names: list[str]) -> int:
+    """How many times longer an epoch is than one pass over the originals (the UI says so)."""
+    return len(names) + 1 if mode == "expand" else 1

@@ -1,0 +1,229 @@
+"""One run's configuration: the dataclass that the CLI parses, the app's form edits and a run saves.
+
+Each field's metadata says how to present it (help, choices, group) and when it applies (`when`):
+an option set away from its default while it does not apply (a StepLR option for OneCycleLR,
+say) is an error, reported before anything starts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from .data.merge import CONFLICT_POLICIES
+from .data.split import SPLIT_MODES
+from .metrics import SELECTION_METRICS
+from .models import ARCHITECTURES, FREEZE_MODES, stages
+
+OPTIMIZERS = ("adam", "nadam", "adamw", "sgd")
+SCHEDULERS = ("none", "step", "plateau", "onecycle", "cosine")
+AUGMENT_MODES = ("none", "online", "expand", "official")
+TRANSFORMS = ("hflip", "vflip", "rot90", "rotate", "perspective", "color_jitter", "blur", "resized_crop", "erasing")
+IMBALANCE = ("none", "weighted_loss", "balanced_sampler")
+INITS = ("scratch", "imagenet", "run")
+
+
+class ConfigError(ValueError):
+    """An unknown or inconsistent option; the message names it."""
+
+
+def opt(default: Any = MISSING, help: str = "", group: str = "", choices: tuple | None = None,
+        when: tuple[str, tuple] | None = None, **kw: Any) -> Any:
+    meta = {"help": help, "group": group, "choices": choices, "when": when, **kw}
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class RunConfig:
+    # Data
+    data: list[str] = opt([], "data sources: folders or zips (official v3.2/v3 layout or plain tiles)", "data")
+    conflict_policy: str = opt("newest", "which copy wins a label conflict when merging", "data", CONFLICT_POLICIES)
+    split_mode: str = opt("auto", "official split if the files carry one, else grouped by observation", "data",
+                          SPLIT_MODES)
+    val_fraction: float = opt(0.15, "share of observations for validation (grouped split)", "data",
+                              when=("split_mode", ("auto", "grouped")))
+    test_fraction: float = opt(0.15, "share of observations for test (grouped split)", "data",
+                               when=("split_mode", ("auto", "grouped")))
+    split_seed: int = opt(0, "seed of the grouped split", "data", when=("split_mode", ("auto", "grouped")))
+    keep_split_repeats: bool = opt(False, "keep the official split file's repeated minority rows", "data")
+    allow_leakage: bool = opt(False, "train even if an observation or landmark is on two sides", "data")
+    # Model
+    model: str = opt("resnet18", "architecture", "model", ARCHITECTURES)
+    init: str = opt("scratch", "start from random weights, ImageNet weights, or an earlier run", "model", INITS)
+    init_from: str = opt("", "run folder or checkpoint to start from", "model", when=("init", ("run",)))
+    image_size: int = opt(227, "model input size in pixels (tiles are 227x227)", "model", min=32, max=512)
+    # Freezing
+    freeze: str = opt("none", "none, all but the classifier head, or everything below a stage", "freezing",
+                      FREEZE_MODES)
+    freeze_below: str = opt("layer3", "stages below this one stay frozen", "freezing", when=("freeze", ("below",)))
+    unfreeze_every: int = opt(0, "gradual unfreezing: release one more stage every N epochs (0: off)", "freezing",
+                              when=("freeze", ("head_only", "below")), min=0)
+    # Optimisation
+    optimizer: str = opt("adamw", "optimizer", "optimisation", OPTIMIZERS)
+    lr: float = opt(1e-3, "learning rate (peak rate for OneCycleLR)", "optimisation", min=0.0)
+    weight_decay: float = opt(1e-4, "weight decay", "optimisation", min=0.0)
+    momentum: float = opt(0.9, "SGD momentum", "optimisation", when=("optimizer", ("sgd",)), min=0.0)
+    nesterov: bool = opt(False, "SGD Nesterov momentum", "optimisation", when=("optimizer", ("sgd",)))
+    scheduler: str = opt("cosine", "learning-rate schedule", "optimisation", SCHEDULERS)
+    step_size: int = opt(5, "StepLR: epochs between decays", "optimisation", when=("scheduler", ("step",)), min=1)
+    gamma: float = opt(0.1, "StepLR: decay factor", "optimisation", when=("scheduler", ("step",)))
+    plateau_factor: float = opt(0.5, "ReduceLROnPlateau: factor", "optimisation", when=("scheduler", ("plateau",)))
+    plateau_patience: int = opt(2, "ReduceLROnPlateau: epochs without improvement", "optimisation",
+                                when=("scheduler", ("plateau",)), min=0)
+    pct_start: float = opt(0.3, "OneCycleLR: share of steps spent warming up", "optimisation",
+                           when=("scheduler", ("onecycle",)))
+    warmup_epochs: int = opt(1, "cosine: linear warm-up epochs", "optimisation", when=("scheduler", ("cosine",)),
+                             min=0)
+    min_lr: float = opt(1e-6, "cosine: final learning rate", "optimisation", when=("scheduler", ("cosine",)))
+    epochs: int = opt(10, "epochs", "optimisation", min=1)
+    batch_size: int = opt(64, "batch size", "optimisation", min=1)
+    imbalance: str = opt("weighted_loss", "class-imbalance handling", "optimisation", IMBALANCE)
+    label_smoothing: float = opt(0.0, "label smoothing", "optimisation", min=0.0, max=0.5)
+    early_stopping_metric: str = opt("macro_f1", "validation metric that picks the best epoch", "optimisation",
+                                     SELECTION_METRICS)
+    patience: int = opt(5, "early stopping: epochs without improvement (0: off)", "optimisation", min=0)
+    # Augmentation
+    augment: str = opt("online", "none, online (random per tile, every epoch), expand (one copy per transform), "
+                       "official (the data set's own -r90 ... -brt copies)", "augmentation", AUGMENT_MODES)
+    transforms: list[str] = opt(["hflip", "vflip", "rot90"], "transforms for online/expand", "augmentation",
+                                TRANSFORMS, when=("augment", ("online", "expand")))
+    mixup_alpha: float = opt(0.0, "MixUp alpha (0: off), a batch option", "augmentation", min=0.0)
+    cutmix_alpha: float = opt(0.0, "CutMix alpha (0: off), a batch option", "augmentation", min=0.0)
+    # Runtime
+    device: str = opt("auto", "auto (GPU when there is one), cpu or cuda", "runtime", ("auto", "cpu", "cuda"))
+    amp: bool = opt(True, "bf16 mixed precision (CUDA, or a CPU with native bf16)", "runtime")
+    channels_last: bool = opt(True, "channels-last memory format (faster convolutions)", "runtime")
+    compile: bool = opt(False, "torch.compile the model (CUDA)", "runtime")
+    num_workers: int = opt(0, "DataLoader worker processes", "runtime", min=0)
+    seed: int = opt(0, "random seed (weights, order, augmentation)", "runtime")
+    log_every: int = opt(10, "record the training loss every N steps", "runtime", min=1)
+    max_steps_per_epoch: int = opt(0, "cap on steps per epoch (0: whole epoch); for smoke tests", "runtime", min=0)
+    name: str = opt("", "a label for the run", "runtime")
+
+    # ---- validation -------------------------------------------------------------------------------
+    def validate(self) -> RunConfig:
+        """Raise ConfigError on the first unknown or inconsistent value; return self."""
+        defaults = RunConfig()
+        for f in fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            choices = meta.get("choices")
+            if choices:
+                values = value if isinstance(value, list) else [value]
+                bad = [v for v in values if v not in choices]
+                if bad:
+                    raise ConfigError(f"{f.name}: unknown value {bad[0]!r} (expected one of {', '.join(choices)})")
+            if "min" in meta and value < meta["min"]:
+                raise ConfigError(f"{f.name}: {value} is below the minimum {meta['min']}")
+            if "max" in meta and value > meta["max"]:
+                raise ConfigError(f"{f.name}: {value} is above the maximum {meta['max']}")
+            when = meta.get("when")
+            if when and getattr(self, when[0]) not in when[1] and value != getattr(defaults, f.name):
+                raise ConfigError(f"{f.name} applies only when {when[0]} is {' or '.join(when[1])}, "
+                                  f"not {getattr(self, when[0])!r}")
+        if not self.data:
+            raise ConfigError("data: give at least one data source (folder or zip)")
+        if self.freeze == "below" and self.freeze_below not in stages(self.model):
+            raise ConfigError(f"freeze_below: {self.model} has no stage {self.freeze_below!r} "
+                              f"(stages: {', '.join(stages(self.model))})")
+        if self.init == "run" and not self.init_from:
+            raise ConfigError("init_from: name the run folder or checkpoint to start from")
+        if self.init == "imagenet" and self.model == "simple_cnn":
+            raise ConfigError("simple_cnn has no ImageNet weights; use init=scratch")
+        if self.augment in ("online", "expand") and not self.transforms:
+            raise ConfigError(f"augment={self.augment} needs at least one transform")
+        if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1 or \
+                self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+        if self.val_fraction == 0 and self.split_mode != "official":
+            raise ConfigError("val_fraction 0 leaves no validation split to select the best epoch on")
+        if self.model == "simple_cnn" and self.image_size < 16:
+            raise ConfigError("image_size: simple_cnn needs at least 16 px")
+        if self.scheduler == "onecycle" and not 0 < self.pct_start < 1:
+            raise ConfigError("pct_start must be between 0 and 1")
+        return self
+
+    # ---- (de)serialisation -----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
+        hints = get_type_hints(cls)
+        clean = {}
+        for k, v in values.items():
+            try:
+                clean[k] = _coerce(v, hints[k])
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{k}: {v!r} is not a valid {hints[k]}") from exc
+        return cls(**clean)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read configuration {path}: {exc}") from exc
+
+    def differs_from_default(self) -> dict[str, Any]:
+        d, base = self.to_dict(), RunConfig().to_dict()
+        return {k: v for k, v in d.items() if v != base[k]}
+
+
+def _coerce(value: Any, kind: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        return bool(value)
+    if kind in (int, float, str):
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return kind(value)
+    if getattr(kind, "__origin__", None) is list:
+        return [str(v) for v in (value if isinstance(value, list) else [value])]
+    return value
+
+
+def field_specs() -> list[dict[str, Any]]:
+    """Each option's name, type, default and metadata: what the app's form is built from."""
+    hints = get_type_hints(RunConfig)
+    defaults = RunConfig()
+    return [{"name": f.name, "type": hints[f.name], "default": getattr(defaults, f.name), **f.metadata}
+            for f in fields(RunConfig)]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One CLI flag per field; defaults are suppressed so only what the user typed overrides --config."""
+    for spec in field_specs():
+        flag = "--" + spec["name"].replace("_", "-")
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{spec['help']} (default: {spec['default']})"}
+        kind = spec["type"]
+        if spec["name"] == "data":
+            parser.add_argument(flag, action="append", metavar="PATH", **kw)
+        elif kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif getattr(kind, "__origin__", None) is list:
+            parser.add_argument(flag, nargs="*", choices=spec["choices"], metavar="NAME", **kw)
+        else:
+            parser.add_argument(flag, type=kind, choices=spec["choices"], **kw)
+
+
+def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    values = (base or RunConfig()).to_dict()
+    names = {f.name for f in fields(RunConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return RunConfig.from_dict(values).validate()

@@ -1,0 +1,156 @@
+"""Training jobs as separate processes: launched, queued one per device, cancelled, found lost.
+
+A job is a run folder plus a `python -m core.train` process started in its own session, so it
+outlives the app that launched it (a browser refresh or an app restart loses nothing): the app
+only ever reads the run folder. Jobs for one device run one at a time, oldest first; a queued job
+waits for its turn by itself (a file lock per device, released by the OS if the holder dies).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from .config import RunConfig
+from .runs import ACTIVE_STATES, Run, list_runs, new_run_dir, now_iso
+from .settings import PROJECT_ROOT
+
+
+class Cancelled(Exception):
+    """The run was asked to stop (CANCEL file or SIGTERM)."""
+
+
+def device_key(device: str) -> str:
+    """The device a job will hold: 'cuda' when asked for (or auto) and present, else 'cpu'."""
+    return "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+
+
+def describe_device() -> str:
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return f"GPU: {props.name} ({props.total_memory / 2**30:.0f} GiB)"
+    return f"CPU ({os.cpu_count()} cores; no GPU found)"
+
+
+def _proc_start(pid: int) -> str | None:
+    """The process's start time (to tell it from a later process that reused its pid)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return None if fields[0] == "Z" else fields[19]  # zombies count as gone
+    except (OSError, IndexError):
+        return None
+
+
+def pid_alive(pid: int | None, start: str | None = None) -> bool:
+    if not pid:
+        return False
+    if Path("/proc").is_dir():
+        now = _proc_start(pid)
+        return now is not None and (start is None or now == start)
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def job_state(run: Run) -> str:
+    """The run's state, noticing a process that vanished without saying so ('lost')."""
+    status = run.status()
+    state = status.get("state", "lost")
+    if state in ACTIVE_STATES and not pid_alive(status.get("pid"), status.get("pid_start")):
+        time.sleep(0.2)  # it may have just finished: read again before calling it lost
+        status = run.status()
+        state = status.get("state", "lost")
+        if state in ACTIVE_STATES and not pid_alive(status.get("pid"), status.get("pid_start")):
+            run.update_status(state="lost", ended_at=now_iso(),
+                              error=f"the training process (pid {status.get('pid')}) vanished without finishing")
+            return "lost"
+    return state
+
+
+def launch(cfg: RunConfig, runs_dir: Path | None = None, lr_find: bool = False, resume: Run | None = None) -> Run:
+    """Start a training (or LR-finder) job in the background and return its run at once."""
+    cfg.validate()
+    if resume is not None:
+        run = resume
+        run.cancel_file.unlink(missing_ok=True)
+    else:
+        hint = cfg.name or f"{cfg.model}-{'lrfind' if lr_find else cfg.optimizer}"
+        run = new_run_dir(hint, runs_dir)
+        cfg.save(run.config_file)
+    run.update_status(state="queued", queued_at=now_iso(), device=device_key(cfg.device),
+                      kind="lr_find" if lr_find else "train", error=None, ended_at=None)
+    cmd = [sys.executable, "-m", "core.train", "--run-dir", str(run.path), "--config", str(run.config_file), "--queue"]
+    if lr_find:
+        cmd.append("--lr-find")
+    if resume is not None:
+        cmd.append("--resume")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(PROJECT_ROOT)}
+    with open(run.log_file, "ab") as log:
+        proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+    run.update_status(pid=proc.pid, pid_start=_proc_start(proc.pid))
+    threading.Thread(target=proc.wait, daemon=True).start()  # reap it when it ends, no zombie
+    return run
+
+
+def cancel(run: Run) -> None:
+    """Ask the job to stop: it finishes the current step, keeps its last checkpoint and exits."""
+    run.cancel_file.touch()
+    status = run.status()
+    if pid_alive(status.get("pid"), status.get("pid_start")):
+        try:
+            os.kill(status["pid"], signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    elif status.get("state") in ACTIVE_STATES:
+        run.update_status(state="cancelled", ended_at=now_iso())
+
+
+def _queued_before(run: Run, device: str) -> list[Run]:
+    """Live queued jobs for `device` that were queued before `run` (they go first)."""
+    mine = (run.status().get("queued_at", ""), run.name)
+    ahead = []
+    for other in list_runs(run.path.parent):
+        if other.path == run.path:
+            continue
+        s = other.status()
+        if s.get("state") == "queued" and s.get("device") == device and \
+                (s.get("queued_at", ""), other.name) < mine and pid_alive(s.get("pid"), s.get("pid_start")):
+            ahead.append(other)
+    return ahead
+
+
+@contextmanager
+def device_turn(run: Run, device: str, poll_seconds: float = 1.0) -> Iterator[None]:
+    """Wait, queued, until no older job wants the device and its lock is free; hold it meanwhile."""
+    lock_dir = run.path.parent / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{device}.lock", "w") as lock:
+        while True:
+            if run.cancel_requested():
+                raise Cancelled()
+            if not _queued_before(run, device):
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    pass
+            time.sleep(poll_seconds)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -1,0 +1,117 @@
+"""Optimizers, LR schedules, class weights and the LR range test, built from a RunConfig."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+from sklearn.utils.class_weight import compute_class_weight
+from torch import nn
+
+from .config import RunConfig
+
+
+def build_optimizer(cfg: RunConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """All parameters go in (frozen ones have no gradient and are skipped), so unfreezing needs no rebuild."""
+    params = list(params)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "nadam":
+        return torch.optim.NAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+class Schedule:
+    """A scheduler and when to step it: after every batch (OneCycleLR) or after every epoch."""
+
+    def __init__(self, cfg: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+        self.per_batch = cfg.scheduler == "onecycle"
+        self.on_metric = cfg.scheduler == "plateau"
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None
+        if cfg.scheduler == "none":
+            self.scheduler = None
+        elif cfg.scheduler == "step":
+            self.scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+        elif cfg.scheduler == "plateau":
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
+        elif cfg.scheduler == "onecycle":
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, pct_start=cfg.pct_start)
+        elif cfg.scheduler == "cosine":
+            warm = min(cfg.warmup_epochs, cfg.epochs - 1)
+            cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs - warm),
+                                                                eta_min=cfg.min_lr)
+            if warm > 0:
+                linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warm)
+                self.scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warm])
+            else:
+                self.scheduler = cosine
+        else:
+            raise ValueError(f"unknown scheduler {cfg.scheduler!r}")
+
+    def after_batch(self) -> None:
+        if self.scheduler is not None and self.per_batch:
+            self.scheduler.step()
+
+    def after_epoch(self, metric: float) -> None:
+        if self.scheduler is None or self.per_batch:
+            return
+        if self.on_metric:
+            self.scheduler.step(metric)
+        else:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict:
+        return self.scheduler.state_dict() if self.scheduler is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scheduler is not None and state:
+            self.scheduler.load_state_dict(state)
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """'Balanced' weights n / (k * n_c) for the classes present; absent classes get weight 1."""
+    present = np.unique(labels)
+    weights = np.ones(num_classes, dtype=np.float32)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return torch.from_numpy(weights)
+
+
+def lr_range_test(step_fn: Callable[[float], float], start_lr: float = 1e-7, end_lr: float = 1.0,
+                  num_steps: int = 100, on_step: Callable[[int, int], None] | None = None) -> dict:
+    """Leslie Smith's range test: raise the LR exponentially, one batch per step, and watch the loss.
+
+    `step_fn(lr)` trains one batch at `lr` and returns its loss. Stops once the smoothed loss is 4x
+    its best. The suggestion is the LR of the steepest fall of the smoothed loss (a common rule).
+    """
+    lrs, losses, smoothed = [], [], []
+    best, avg = math.inf, 0.0
+    gamma = (end_lr / start_lr) ** (1 / max(1, num_steps - 1))
+    for i in range(num_steps):
+        lr = start_lr * gamma**i
+        loss = float(step_fn(lr))
+        if not math.isfinite(loss):
+            break
+        avg = 0.9 * avg + 0.1 * loss
+        value = avg / (1 - 0.9 ** (i + 1))
+        lrs.append(lr)
+        losses.append(loss)
+        smoothed.append(value)
+        best = min(best, value)
+        if on_step:
+            on_step(i + 1, num_steps)
+        if value > 4 * best and i > 10:
+            break
+    suggestion = None
+    if len(smoothed) > 5:
+        grads = np.gradient(np.array(smoothed), np.log10(np.array(lrs)))
+        lo, hi = max(1, len(grads) // 10), max(2, len(grads) - len(grads) // 10)
+        suggestion = float(lrs[lo + int(np.argmin(grads[lo:hi]))])
+    return {"lrs": lrs, "losses": losses, "smoothed": smoothed, "suggested_lr": suggestion}

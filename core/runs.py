@@ -1,0 +1,149 @@
+"""A run is a folder. This module is the one place that knows its files and reads and writes them.
+
+    config.json     the RunConfig, as given
+    status.json     state, pid, times, epoch, step, error (rewritten atomically)
+    metrics.jsonl   one JSON object a line: {"kind": "step", ...} every few steps, {"kind": "epoch", ...}
+    train.log       everything the training process printed
+    best.pt         checkpoint of the best epoch (by the run's early-stopping metric)
+    last.pt         checkpoint of the last finished epoch, with optimizer state for resuming
+    eval_val.json   evaluation of best.pt on the validation split, written when the run completes
+    lr_find.json    the learning-rate range test, for runs launched as an LR finder
+    CANCEL          present when a cancel was requested
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .settings import RUNS_DIR
+
+STATES = ("queued", "running", "completed", "failed", "cancelled", "lost")
+ACTIVE_STATES = ("queued", "running")
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return default
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    config_file = property(lambda self: self.path / "config.json")
+    status_file = property(lambda self: self.path / "status.json")
+    metrics_file = property(lambda self: self.path / "metrics.jsonl")
+    log_file = property(lambda self: self.path / "train.log")
+    best_checkpoint = property(lambda self: self.path / "best.pt")
+    last_checkpoint = property(lambda self: self.path / "last.pt")
+    eval_file = property(lambda self: self.path / "eval_val.json")
+    lr_find_file = property(lambda self: self.path / "lr_find.json")
+    cancel_file = property(lambda self: self.path / "CANCEL")
+
+    def status(self) -> dict[str, Any]:
+        return read_json(self.status_file, {}) or {}
+
+    def update_status(self, **changes: Any) -> dict[str, Any]:
+        status = self.status()
+        status.update(changes, updated_at=now_iso())
+        write_json_atomic(self.status_file, status)
+        return status
+
+    def config(self) -> dict[str, Any]:
+        return read_json(self.config_file, {}) or {}
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        with open(self.metrics_file, "a") as f:
+            f.write(json.dumps({"time": round(time.time(), 3), **row}) + "\n")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """All rows; a half-written last line (the trainer is mid-write) is skipped."""
+        rows = []
+        try:
+            with open(self.metrics_file) as f:
+                for line in f:
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError:
+                        continue
+        except OSError:
+            pass
+        return rows
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 64 * 1024))
+                text = f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+        text = text.replace("\r", "\n")  # tqdm redraws become lines
+        return "\n".join([ln for ln in text.splitlines() if ln.strip()][-lines:])
+
+    def evaluation(self) -> dict[str, Any] | None:
+        return read_json(self.eval_file)
+
+    def cancel_requested(self) -> bool:
+        return self.cancel_file.exists()
+
+
+def new_run_dir(name_hint: str = "", runs_dir: Path | None = None) -> Run:
+    """A fresh, uniquely named run folder under the runs directory."""
+    root = Path(runs_dir or RUNS_DIR)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    hint = re.sub(r"[^A-Za-z0-9._-]+", "-", name_hint).strip("-.")[:40]
+    base = f"{stamp}-{hint}" if hint else stamp
+    for i in range(1000):
+        path = root / (base if i == 0 else f"{base}-{i}")
+        try:
+            path.mkdir()
+            return Run(path)
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a run folder under {root}")
+
+
+def resolve_run(name_or_path: str | Path, runs_dir: Path | None = None) -> Run:
+    """A run by folder name (checked: no path tricks) under the runs directory, or by explicit path."""
+    root = Path(runs_dir or RUNS_DIR)
+    text = str(name_or_path)
+    if _RUN_NAME.match(text) and (root / text).is_dir():
+        return Run(root / text)
+    path = Path(text).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return Run(path.resolve())
+    raise FileNotFoundError(f"no run named {text!r} in {root}")
+
+
+def list_runs(runs_dir: Path | None = None) -> list[Run]:
+    """Runs, newest first."""
+    root = Path(runs_dir or RUNS_DIR)
+    if not root.is_dir():
+        return []
+    runs = [Run(p) for p in root.iterdir() if p.is_dir() and (p / "config.json").is_file()]
+    return sorted(runs, key=lambda r: r.name, reverse=True)

@@ -1,0 +1,497 @@
+"""`python -m core.train --data PATH [--data PATH ...] --run-dir DIR [options]`: train and write a run.
+
+Every option of `core.config.RunConfig` is a flag (or comes from `--config FILE`). With
+`torchrun --nproc_per_node N -m core.train ...` it trains with DistributedDataParallel (NCCL on
+GPUs, gloo on CPU); only rank 0 writes the run folder.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
+from tqdm.auto import tqdm
+
+from . import augment
+from .checkpoint import CheckpointError, checkpoint_payload, read_checkpoint, save_checkpoint
+from .classes import CLASS_NAMES, NUM_CLASSES
+from .config import ConfigError, RunConfig, add_arguments, config_from_args
+from .data import DataError, HiriseData, TileDataset, load_dataset
+from .jobs import Cancelled, device_key, device_turn
+from .metrics import classification_metrics, headline
+from .models import (WeightsUnavailable, build_model, freeze_batchnorm_of_frozen, frozen_stages, set_frozen,
+                     unfrozen_after)
+from .optim import Schedule, build_optimizer, class_weights, lr_range_test
+from .preprocess import to_model_input
+from .runs import Run, now_iso, write_json_atomic
+
+
+class StopFlag:
+    """Set by SIGTERM or the run's CANCEL file; checked between steps."""
+
+    def __init__(self, run: Run | None):
+        self.run, self.set = run, False
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, *_: object) -> None:
+        self.set = True
+
+    def __bool__(self) -> bool:
+        if not self.set and self.run is not None and self.run.cancel_requested():
+            self.set = True
+        return self.set
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank if it is true on any (so all ranks stop together)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(t)
+        return bool(t.item() > 0)
+
+
+def init_distributed(cfg: RunConfig) -> tuple[Dist, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = device_key(cfg.device) == "cuda"
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda was asked for, but no GPU is available (use auto or cpu)")
+    if world > 1:
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        d = Dist(dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        d = Dist()
+    device = torch.device(f"cuda:{d.local_rank}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    return d, device
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+# ---- data --------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainData:
+    data: HiriseData
+    train: TileDataset
+    val: TileDataset
+    mean: float
+    std: float
+    train_labels: np.ndarray
+
+
+def prepare_data(cfg: RunConfig, log) -> TrainData:
+    data = load_dataset(cfg.data, cfg.conflict_policy, cfg.split_mode, cfg.val_fraction, cfg.test_fraction,
+                        cfg.split_seed, cfg.keep_split_repeats)
+    for w in data.warnings:
+        log(f"warning: {w}")
+    log(f"split: {data.split_method}")
+    if data.leakage:
+        message = "the split leaks: " + "; ".join(data.leakage)
+        if not cfg.allow_leakage:
+            raise DataError(message + " (fix the data, or pass --allow-leakage to train anyway)")
+        log(f"warning: {message} (allowed by --allow-leakage)")
+    # official mode trains on the data set's own augmented copies; the others on originals only
+    train_records = data.select("train", originals_only=cfg.augment != "official")
+    val_records = data.select("val", originals_only=True)
+    if not train_records:
+        raise DataError("the training split is empty")
+    if not val_records:
+        raise DataError("the validation split is empty: add data or raise val_fraction")
+    mean, std = data.pixel_stats(train_records)
+    size = 227
+    transform = augment.online_transform(cfg.transforms, size) if cfg.augment == "online" else None
+    copies = augment.expand_copies(cfg.transforms, size) if cfg.augment == "expand" else []
+    train = TileDataset(data.tiles(train_records), data.labels(train_records), transform, copies)
+    val = TileDataset(data.tiles(val_records), data.labels(val_records))
+    counts = np.bincount(data.labels(train_records), minlength=NUM_CLASSES)
+    log(f"train {len(train_records)} tiles ({len(train)} per epoch, augment={cfg.augment}), val {len(val_records)} "
+        f"originals; train per class: " + ", ".join(f"{c} {n}" for c, n in zip(CLASS_NAMES, counts)))
+    return TrainData(data, train, val, mean, std, data.labels(train_records))
+
+
+def train_loader(cfg: RunConfig, td: TrainData, d: Dist, pin: bool) -> DataLoader:
+    g = torch.Generator().manual_seed(cfg.seed + d.rank)
+    if cfg.imbalance == "balanced_sampler":
+        labels = td.train.item_labels()
+        weights = (1.0 / torch.bincount(labels, minlength=NUM_CLASSES).clamp(min=1).double())[labels]
+        sampler = WeightedRandomSampler(weights, math.ceil(len(labels) / d.world), replacement=True, generator=g)
+    elif d.world > 1:
+        sampler = DistributedSampler(td.train, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed)
+    else:
+        sampler = None
+    return DataLoader(td.train, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                      drop_last=len(td.train) > cfg.batch_size * d.world, num_workers=cfg.num_workers,
+                      pin_memory=pin, generator=g, persistent_workers=cfg.num_workers > 0)
+
+
+# ---- model -------------------------------------------------------------------------------------------
+
+def build_initial_model(cfg: RunConfig, log) -> nn.Module:
+    model = build_model(cfg.model, NUM_CLASSES, pretrained=cfg.init == "imagenet")
+    if cfg.init == "run":
+        path = Path(cfg.init_from)
+        if path.is_dir():
+            path = path / "best.pt"
+        payload = read_checkpoint(path)
+        if payload["arch"] != cfg.model:
+            raise CheckpointError(f"{path} holds a {payload['arch']}, but this run trains a {cfg.model}")
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
+        log(f"starting from the weights of {path}")
+    return model
+
+
+@torch.inference_mode()
+def evaluate_logits(model: nn.Module, dataset: TileDataset, mean: float, std: float, size: int,
+                    device: torch.device, batch_size: int, amp: bool) -> np.ndarray:
+    model.eval()
+    out = []
+    for start in range(0, len(dataset.labels), batch_size):
+        x = dataset.tiles[start:start + batch_size].to(device, non_blocking=True)
+        x = to_model_input(x, mean, std, size)
+        with autocast(device, amp):
+            out.append(model(x).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def cpu_has_bf16() -> bool:
+    """AVX512-BF16 / AMX CPUs run bf16 convolutions about twice as fast as fp32 (measured here)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA, and on CPUs with native bf16; weights and the loss stay fp32."""
+    if enabled and (device.type == "cuda" or cpu_has_bf16()):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ---- the run -----------------------------------------------------------------------------------------
+
+def train(cfg: RunConfig, run: Run | None, resume: bool = False, lr_find: bool = False, queue: bool = False) -> int:
+    """Train (or run the LR range test). Returns the process exit code; the run folder says the rest."""
+    d, device = init_distributed(cfg)
+    writer = run if d.main else None
+
+    def log(msg: str) -> None:
+        if d.main:
+            print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    stop = StopFlag(run)
+    try:
+        held = device_turn(run, device_key(cfg.device)) if (queue and run is not None and d.world == 1) \
+            else contextlib.nullcontext()
+        with held:
+            if writer:
+                writer.update_status(state="running", pid=os.getpid(), started_at=now_iso(), epochs=cfg.epochs,
+                                     device=str(device), host=os.uname().nodename, world_size=d.world)
+            log(f"device {device}, world size {d.world}")
+            seed_everything(cfg.seed)
+            td = prepare_data(cfg, log)
+            if lr_find:
+                result = find_lr(cfg, td, d, device, log, stop)
+                if writer:
+                    write_json_atomic(writer.lr_find_file, result)
+                    writer.update_status(state="completed", ended_at=now_iso())
+                return 0
+            summary = fit(cfg, td, d, device, writer, resume, log, stop)
+        if writer:
+            writer.update_status(state="cancelled" if summary.get("cancelled") else "completed", ended_at=now_iso(),
+                                 best_epoch=summary.get("best_epoch"), best_metric=summary.get("best_metric"))
+        return 0
+    except Cancelled:
+        log("cancelled")
+        if writer:
+            writer.update_status(state="cancelled", ended_at=now_iso())
+        return 0
+    except (ConfigError, DataError, CheckpointError, WeightsUnavailable) as exc:
+        log(f"error: {exc}")
+        if writer:
+            writer.update_status(state="failed", ended_at=now_iso(), error=str(exc))
+        return 2
+    except Exception as exc:  # noqa: BLE001 - any crash must land in status.json, with its traceback in the log
+        traceback.print_exc()
+        if writer:
+            writer.update_status(state="failed", ended_at=now_iso(), error=f"{type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        if d.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run | None, resume: bool, log,
+        stop: StopFlag) -> dict:
+    on_cuda = device.type == "cuda"
+    model = build_initial_model(cfg, log).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    initial_frozen = frozen_stages(cfg.model, cfg.freeze, cfg.freeze_below)
+    loader = train_loader(cfg, td, d, pin=on_cuda)
+    steps_per_epoch = len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
+    optimizer = build_optimizer(cfg, model.parameters())
+    schedule = Schedule(cfg, optimizer, steps_per_epoch)
+    weights = class_weights(td.train_labels, NUM_CLASSES).to(device) if cfg.imbalance == "weighted_loss" else None
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    mixer = augment.batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, NUM_CLASSES)
+    amp = cfg.amp
+    if amp:
+        log(f"bf16 autocast: {'on' if device.type == 'cuda' or cpu_has_bf16() else 'off (this CPU has no bf16)'}")
+
+    start_epoch, best_score, best_epoch, bad_epochs, step = 0, -math.inf, None, 0, 0
+    if resume:
+        if run is None or not run.last_checkpoint.is_file():
+            raise CheckpointError("nothing to resume: the run has no last.pt yet")
+        state = torch.load(run.last_checkpoint, map_location="cpu", weights_only=True)["train_state"]
+        model.load_state_dict(read_checkpoint(run.last_checkpoint)["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["scheduler"])
+        start_epoch, best_score, best_epoch, bad_epochs, step = (state["epoch"] + 1, state["best_score"],
+                                                                state["best_epoch"], state["bad_epochs"], state["step"])
+        torch.set_rng_state(state["rng"])
+        if run is not None:
+            _drop_metrics_after(run, state["epoch"])
+        log(f"resuming after epoch {state['epoch'] + 1}")
+
+    compiled = torch.compile(model) if (cfg.compile and on_cuda) else model
+    frozen: list[str] | None = None
+    ddp_model: nn.Module = compiled
+    cancelled = False
+    for epoch in range(start_epoch, cfg.epochs):
+        now_frozen = unfrozen_after(cfg.model, initial_frozen, epoch, cfg.unfreeze_every)
+        if now_frozen != frozen:
+            frozen = now_frozen
+            set_frozen(model, cfg.model, frozen)
+            if frozen != initial_frozen or epoch == start_epoch:
+                log(f"epoch {epoch + 1}: frozen stages: {', '.join(frozen) or 'none'}")
+            if d.world > 1:  # DDP records which parameters train when it is built
+                ddp_model = DistributedDataParallel(compiled, device_ids=[device.index] if on_cuda else None)
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
+        ddp_model.train()
+        freeze_batchnorm_of_frozen(model, cfg.model, frozen or [])
+        if run:
+            run.update_status(epoch=epoch + 1, step_in_epoch=0, steps_per_epoch=steps_per_epoch,
+                              epoch_started_at=now_iso())
+        t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   disable=not d.main, mininterval=2.0, dynamic_ncols=True)
+        for i, (x, y) in enumerate(loader):
+            if i >= steps_per_epoch:
+                break
+            if d.any(bool(stop), device):
+                cancelled = True
+                break
+            x = to_model_input(x.to(device, non_blocking=True), td.mean, td.std, cfg.image_size)
+            y = y.to(device, non_blocking=True)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            target = y
+            if mixer is not None:
+                x, target = mixer(x, y)
+            with autocast(device, amp):
+                logits = ddp_model(x)
+                loss = criterion(logits.float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.after_batch()
+            step += 1
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"the loss became {loss_value} at epoch {epoch + 1}, step {i + 1}: "
+                                         "lower the learning rate")
+            seen += len(y)
+            loss_sum += loss_value * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            bar.update(1)
+            if run and (step % cfg.log_every == 0 or i == steps_per_epoch - 1):
+                elapsed = time.perf_counter() - t0
+                run.append_metrics({"kind": "step", "epoch": epoch + 1, "step": step, "train_loss": loss_value,
+                                    "lr": optimizer.param_groups[0]["lr"]})
+                run.update_status(step_in_epoch=i + 1, images_per_s=seen * d.world / elapsed,
+                                  eta_epoch_s=elapsed / (i + 1) * (steps_per_epoch - i - 1))
+        bar.close()
+        if cancelled:
+            log(f"stopping at epoch {epoch + 1}: cancel requested (last.pt keeps the last finished epoch)")
+            break
+        seconds = time.perf_counter() - t0
+        val_logits = evaluate_logits(model, td.val, td.mean, td.std, cfg.image_size, device, cfg.batch_size * 2, amp)
+        val_labels = td.val.labels.numpy()
+        val_probs = torch.softmax(torch.from_numpy(val_logits), 1).numpy()
+        val = classification_metrics(val_labels, val_probs)
+        val_loss = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), td.val.labels))
+        score = val[cfg.early_stopping_metric]
+        lr_now = optimizer.param_groups[0]["lr"]
+        schedule.after_epoch(score)
+        improved = score > best_score
+        if improved:
+            best_score, best_epoch, bad_epochs = score, epoch + 1, 0
+        else:
+            bad_epochs += 1
+        row = {"kind": "epoch", "epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(1, seen),
+               "train_accuracy": None if mixer else correct / max(1, seen), "val_loss": val_loss,
+               "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
+               "val_balanced_accuracy": val["balanced_accuracy"],
+               "val_recall": {c["class"]: c["recall"] for c in val["per_class"]},
+               "lr": lr_now, "images_per_s": seen * d.world / seconds, "seconds": seconds,
+               "best": improved}
+        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
+            f"{headline(val)}, {row['images_per_s']:.0f} img/s" + (" *" if improved else ""))
+        if run:
+            run.append_metrics(row)
+            payload = _payload(cfg, model, td, val, epoch + 1)
+            if improved:
+                save_checkpoint(run.best_checkpoint, payload)
+            payload["train_state"] = {"optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
+                                      "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
+                                      "bad_epochs": bad_epochs, "step": step, "rng": torch.get_rng_state()}
+            save_checkpoint(run.last_checkpoint, payload)
+        if cfg.patience and bad_epochs >= cfg.patience:
+            log(f"early stopping: no {cfg.early_stopping_metric} gain in {cfg.patience} epochs")
+            break
+    if run and not cancelled and run.best_checkpoint.is_file():
+        finish(run, cfg, td, device, log)
+    return {"cancelled": cancelled, "best_epoch": best_epoch, "best_metric": best_score}
+
+
+def _payload(cfg: RunConfig, model: nn.Module, td: TrainData, val: dict, epoch: int) -> dict:
+    metrics = {k: val[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "majority_baseline",
+                                   "per_class", "n")}
+    metrics["split"] = "val"
+    return checkpoint_payload(model, arch=cfg.model, image_size=cfg.image_size, mean=td.mean, std=td.std,
+                              config=cfg.to_dict(), metrics=metrics, epoch=epoch)
+
+
+def finish(run: Run, cfg: RunConfig, td: TrainData, device: torch.device, log) -> None:
+    """Calibrate the best checkpoint on validation and save its evaluation for the app."""
+    try:
+        from .calibration import fit_temperature
+        from .checkpoint import load_checkpoint
+        from .evaluate import evaluate_model, save_report
+    except ImportError as exc:  # evaluation not installed in this build
+        log(f"note: skipping calibration and evaluation ({exc})")
+        return
+    loaded = load_checkpoint(run.best_checkpoint)
+    logits = evaluate_logits(loaded.model, td.val, td.mean, td.std, cfg.image_size, torch.device("cpu"),
+                             cfg.batch_size * 2, False)
+    temperature = fit_temperature(logits, td.val.labels.numpy())
+    payload = read_checkpoint(run.best_checkpoint)
+    payload["temperature"] = float(temperature)
+    save_checkpoint(run.best_checkpoint, payload)
+    loaded.temperature = float(temperature)
+    report = evaluate_model(loaded, td.data, split="val", originals_only=True)
+    save_report(report, run.eval_file)
+    log(f"calibration temperature {temperature:.3f}; best checkpoint on val: {headline(report)}")
+
+
+def _drop_metrics_after(run: Run, last_epoch_index: int) -> None:
+    """On resume, forget the rows of the epoch that was interrupted (it is trained again)."""
+    rows = [r for r in run.metrics() if r.get("epoch", 0) <= last_epoch_index + 1]
+    tmp = run.metrics_file.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(run.metrics_file)
+
+
+def find_lr(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, log, stop: StopFlag,
+            num_steps: int = 100) -> dict:
+    """The LR range test on this run's model, data and optimizer."""
+    model = build_initial_model(cfg, log).to(device)
+    set_frozen(model, cfg.model, frozen_stages(cfg.model, cfg.freeze, cfg.freeze_below))
+    optimizer = build_optimizer(cfg, model.parameters())
+    weights = class_weights(td.train_labels, NUM_CLASSES).to(device) if cfg.imbalance == "weighted_loss" else None
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    loader = train_loader(cfg, td, d, pin=device.type == "cuda")
+    batches = iter(loader)
+    model.train()
+
+    def step(lr: float) -> float:
+        nonlocal batches
+        if stop:
+            raise Cancelled()
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            x, y = next(batches)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        x = to_model_input(x.to(device), td.mean, td.std, cfg.image_size)
+        loss = criterion(model(x).float(), y.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    bar = tqdm(total=num_steps, desc="LR range test", unit="batch", mininterval=2.0)
+    result = lr_range_test(step, num_steps=num_steps, on_step=lambda i, n: bar.update(1))
+    bar.close()
+    log(f"LR range test: suggested lr {result['suggested_lr']}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", required=True, help="the run folder to create (or resume)")
+    parser.add_argument("--config", help="a config.json to start from; flags override it")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last.pt")
+    parser.add_argument("--lr-find", action="store_true", help="run the LR range test instead of training")
+    parser.add_argument("--queue", action="store_true", help="wait for the device's turn (used by app jobs)")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    try:
+        base = RunConfig.load(args.config) if args.config else (
+            RunConfig.load(run_dir / "config.json") if args.resume else None)
+        cfg = config_from_args(args, base)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    run: Run | None = None
+    if rank0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run = Run(run_dir.resolve())
+        if not args.resume and run.metrics_file.exists() and not args.queue:
+            print(f"error: {run_dir} already holds a run; use --resume or a new --run-dir", file=sys.stderr)
+            return 2
+        if not run.config_file.exists() or not args.resume:
+            cfg.save(run.config_file)
+        if "pid" not in run.status():
+            run.update_status(state="queued", queued_at=now_iso(), pid=os.getpid(), kind="train")
+    return train(cfg, run, resume=args.resume, lr_find=args.lr_find, queue=args.queue)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

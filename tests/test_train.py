@@ -1,0 +1,306 @@
+"""The training engine end to end on CPU with tiny synthetic data."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from core import jobs
+from core.checkpoint import load_checkpoint
+from core.config import ConfigError, RunConfig
+from core.models import (WeightsUnavailable, build_model, fetch_imagenet_weights, frozen_stages, imagenet_status,
+                         unfrozen_after)
+from core.optim import lr_range_test
+from core.runs import Run
+from core.settings import PROJECT_ROOT
+from core.train import main as train_cli
+from core.train import train
+from tests import synthetic
+
+TINY = dict(model="simple_cnn", image_size=48, batch_size=16, log_every=1)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return synthetic.write_folder(tmp_path_factory.mktemp("train-data"),
+                                  synthetic.official_files("3.2", n_obs=12, per_obs=8, missing=0))
+
+
+def run_tiny(tmp_path: Path, data_dir: Path, **overrides) -> Run:
+    cfg = RunConfig(data=[str(data_dir)], **{**TINY, "epochs": 2, "max_steps_per_epoch": 2, **overrides}).validate()
+    run = Run(tmp_path / "run")
+    run.path.mkdir(parents=True)
+    cfg.save(run.config_file)
+    assert train(cfg, run) == 0, run.status()
+    return run
+
+
+def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_run_folder_checkpoint_and_falling_loss(tmp_path, data_dir):
+    run = run_tiny(tmp_path, data_dir, epochs=6, max_steps_per_epoch=0, lr=3e-3, augment="none", scheduler="none",
+                   patience=0)
+    assert run.status()["state"] == "completed"
+    assert RunConfig.load(run.config_file).epochs == 6
+    epochs = [r for r in run.metrics() if r["kind"] == "epoch"]
+    steps = [r for r in run.metrics() if r["kind"] == "step"]
+    assert len(epochs) == 6 and len(steps) >= 6
+    for key in ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_balanced_accuracy", "lr",
+                "images_per_s", "seconds", "val_recall"):
+        assert key in epochs[0]
+    assert epochs[-1]["train_loss"] < 0.8 * epochs[0]["train_loss"]
+    loaded = load_checkpoint(run.best_checkpoint)
+    assert loaded.arch == "simple_cnn" and loaded.image_size == 48 and loaded.metrics["macro_f1"] >= 0
+    assert loaded.config["epochs"] == 6
+    assert run.last_checkpoint.is_file()
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "nadam", "adamw", "sgd"])
+def test_each_optimizer_runs(tmp_path, data_dir, optimizer):
+    extra = {"momentum": 0.8, "nesterov": True} if optimizer == "sgd" else {}
+    run = run_tiny(tmp_path, data_dir, optimizer=optimizer, **extra)
+    assert run.status()["state"] == "completed"
+
+
+@pytest.mark.parametrize("scheduler, extra", [("none", {}), ("step", {"step_size": 1, "gamma": 0.5}),
+                                              ("plateau", {"plateau_patience": 0}), ("onecycle", {"pct_start": 0.4}),
+                                              ("cosine", {"warmup_epochs": 1})])
+def test_each_scheduler_runs_and_moves_the_lr(tmp_path, data_dir, scheduler, extra):
+    run = run_tiny(tmp_path, data_dir, scheduler=scheduler, epochs=3, **extra)
+    lrs = [r["lr"] for r in run.metrics() if r["kind"] == "step"]
+    assert run.status()["state"] == "completed"
+    if scheduler in ("step", "onecycle", "cosine"):
+        assert len(set(round(x, 12) for x in lrs)) > 1
+
+
+@pytest.mark.parametrize("mode, transforms", [("none", []), ("online", ["hflip", "rotate", "perspective", "blur"]),
+                                              ("expand", ["vflip", "rot90"]), ("official", [])])
+def test_each_augmentation_mode_runs(tmp_path, data_dir, mode, transforms):
+    kw = {"transforms": transforms} if mode in ("online", "expand") else {}
+    run = run_tiny(tmp_path, data_dir, augment=mode, max_steps_per_epoch=0, epochs=1, **kw)
+    steps = run.status()["steps_per_epoch"]
+    from core.data import load_dataset
+    data = load_dataset([str(data_dir)])
+    originals = len(data.select("train", originals_only=True))
+    every = len(data.select("train"))
+    expected = {"none": originals, "online": originals, "expand": originals * 3, "official": every}[mode]
+    assert steps == expected // 16  # drop_last batches of 16
+
+
+def test_every_transform_and_batch_mixing(tmp_path, data_dir):
+    from core.config import TRANSFORMS
+    run = run_tiny(tmp_path, data_dir, transforms=list(TRANSFORMS), mixup_alpha=0.2, cutmix_alpha=1.0,
+                   imbalance="balanced_sampler", label_smoothing=0.1)
+    assert run.status()["state"] == "completed"
+
+
+def params_of(model, stage):
+    return torch.cat([p.detach().flatten().clone() for p in getattr(model, stage).parameters()])
+
+
+def test_freezing_policies(tmp_path, data_dir, capsys):
+    torch.manual_seed(0)
+    for freeze, extra, frozen_stage, trained_stage in [("head_only", {}, "layer4", "fc"),
+                                                       ("below", {"freeze_below": "layer3"}, "layer2", "layer3")]:
+        run = run_tiny(tmp_path / freeze, data_dir, model="resnet18", image_size=32, freeze=freeze,
+                       scheduler="none", seed=1, **extra)
+        trained = load_checkpoint(run.best_checkpoint).model
+        torch.manual_seed(1)
+        initial = build_model("resnet18")
+        assert torch.equal(params_of(initial, frozen_stage), params_of(trained, frozen_stage))
+        assert not torch.equal(params_of(initial, trained_stage), params_of(trained, trained_stage))
+    assert frozen_stages("resnet18", "below", "layer3") == ["conv1", "bn1", "layer1", "layer2"]
+    first = frozen_stages("resnet18", "head_only")
+    assert unfrozen_after("resnet18", first, 0, 2) == first
+    assert unfrozen_after("resnet18", first, 2, 2) == first[:-1]  # layer4 released after 2 epochs
+    capsys.readouterr()
+    run_tiny(tmp_path / "gradual", data_dir, model="resnet18", image_size=32, freeze="head_only",
+             unfreeze_every=1, epochs=3)
+    lines = [ln.split("frozen stages: ")[1] for ln in capsys.readouterr().out.splitlines() if "frozen stages" in ln]
+    assert lines == ["conv1, bn1, layer1, layer2, layer3, layer4", "conv1, bn1, layer1, layer2, layer3",
+                     "conv1, bn1, layer1, layer2"]
+
+
+def test_config_validation_messages():
+    cases = [({"scheduler": "onecycle", "step_size": 3}, "step_size applies only when scheduler is step"),
+             ({"freeze": "below", "freeze_below": "layer9"}, "no stage 'layer9'"),
+             ({"model": "vgg16"}, "unknown value 'vgg16'"),
+             ({"image_size": 8}, "below the minimum"),
+             ({"augment": "online", "transforms": []}, "needs at least one transform"),
+             ({"optimizer": "adam", "momentum": 0.5}, "momentum applies only when optimizer is sgd"),
+             ({"init": "run"}, "init_from"),
+             ({"model": "simple_cnn", "init": "imagenet"}, "no ImageNet weights")]
+    for values, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            RunConfig(data=["x"], **values).validate()
+    with pytest.raises(ConfigError, match="data"):
+        RunConfig().validate()
+    with pytest.raises(ConfigError, match="unknown option"):
+        RunConfig.from_dict({"data": ["x"], "learning_rate": 1})
+
+
+def test_cli_config_file_and_overrides(tmp_path, data_dir, capsys):
+    cfg = RunConfig(data=[str(data_dir)], **TINY, epochs=1, max_steps_per_epoch=1)
+    cfg.save(tmp_path / "c.json")
+    assert train_cli(["--run-dir", str(tmp_path / "r"), "--config", str(tmp_path / "c.json"), "--lr", "0.01"]) == 0
+    saved = RunConfig.load(tmp_path / "r" / "config.json")
+    assert saved.lr == 0.01 and saved.model == "simple_cnn" and saved.epochs == 1
+    assert train_cli(["--run-dir", str(tmp_path / "bad"), "--data", str(data_dir), "--scheduler", "step",
+                      "--pct-start", "0.5"]) == 2
+    assert "pct_start applies only when scheduler is onecycle" in capsys.readouterr().err
+    assert train_cli(["--run-dir", str(tmp_path / "missing"), "--data", str(tmp_path / "nope")]) == 2
+    assert "not found" in Run(tmp_path / "missing").status()["error"]
+
+
+def test_lr_range_test_suggests_a_rate():
+    w = torch.tensor([5.0], requires_grad=True)
+
+    def step(lr: float) -> float:
+        loss = (w**2).sum()
+        loss.backward()
+        with torch.no_grad():
+            w.sub_(lr * w.grad)
+            w.grad = None
+        return float(loss)
+
+    result = lr_range_test(step, start_lr=1e-5, end_lr=10, num_steps=80)
+    assert result["suggested_lr"] is not None and 1e-4 < result["suggested_lr"] < 2
+    assert len(result["lrs"]) == len(result["losses"])
+
+
+def test_imagenet_weights_offline_and_from_local_server(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    available, message = imagenet_status("resnet18")
+    assert not available and "resnet18-f37072fd.pth" in message and str(tmp_path / "hub") in message
+    with pytest.raises(WeightsUnavailable, match="not in the local cache"):
+        build_model("resnet18", pretrained=True)
+    with pytest.raises(WeightsUnavailable, match="could not download"):
+        fetch_imagenet_weights("resnet18", url="http://127.0.0.1:9/resnet18.pth", progress=False)
+    # a local server holding a (random) resnet18 state dict, named with its own hash prefix
+    served = tmp_path / "www"
+    served.mkdir()
+    reference = build_model("resnet18")
+    import torchvision
+    state = torchvision.models.resnet18().state_dict()
+    torch.save(state, served / "w.pth")
+    prefix = hashlib.sha256((served / "w.pth").read_bytes()).hexdigest()[:8]
+    target = tmp_path / "hub" / "checkpoints" / f"resnet18-{prefix}.pth"
+    monkeypatch.setattr("core.models.imagenet_weights_file", lambda arch: target)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        path = fetch_imagenet_weights("resnet18", url=f"http://127.0.0.1:{server.server_port}/w.pth", progress=False)
+    finally:
+        server.shutdown()
+    assert path == target and target.is_file()
+    model = build_model("resnet18", pretrained=True)
+    assert model.conv1.weight.shape[1] == 1
+    assert torch.allclose(model.conv1.weight, state["conv1.weight"].sum(1, keepdim=True))
+    assert reference.fc.out_features == model.fc.out_features == 8
+
+
+def test_transfer_from_an_earlier_run(tmp_path, data_dir, capsys):
+    first = run_tiny(tmp_path / "a", data_dir)
+    capsys.readouterr()
+    second = run_tiny(tmp_path / "b", data_dir, init="run", init_from=str(first.path))
+    assert f"starting from the weights of {first.path / 'best.pt'}" in capsys.readouterr().out
+    assert second.status()["state"] == "completed"
+    with pytest.raises(ConfigError):
+        RunConfig(data=[str(data_dir)], init="run").validate()
+
+
+# ---- jobs: separate processes ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_job_cancel_and_resume(tmp_path, data_dir):
+    cfg = RunConfig(data=[str(data_dir)], **TINY, epochs=40, max_steps_per_epoch=3, scheduler="none", patience=0)
+    run = jobs.launch(cfg, runs_dir=tmp_path)
+    wait_for(lambda: run.last_checkpoint.is_file(), what="a first epoch")
+    assert jobs.job_state(run) == "running"
+    jobs.cancel(run)
+    wait_for(lambda: jobs.job_state(run) == "cancelled", what="cancelled")
+    assert run.last_checkpoint.is_file()
+    done = max(r["epoch"] for r in run.metrics() if r["kind"] == "epoch")
+    assert done < 40
+    cfg_short = RunConfig.load(run.config_file)
+    jobs.launch(cfg_short, resume=run)
+    wait_for(lambda: jobs.job_state(run) in ("completed", "failed"), timeout=240, what="resumed run")
+    assert jobs.job_state(run) == "completed", run.log_tail()
+    epochs = [r["epoch"] for r in run.metrics() if r["kind"] == "epoch"]
+    assert epochs == list(range(1, 41))  # resumed after the last finished epoch, nothing repeated
+
+
+@pytest.mark.slow
+def test_job_survives_its_launcher_and_jobs_queue(tmp_path, data_dir):
+    cfg = RunConfig(data=[str(data_dir)], **TINY, epochs=3, max_steps_per_epoch=2)
+    cfg.save(tmp_path / "c.json")
+    script = ("import sys; from pathlib import Path; from core.config import RunConfig; from core import jobs; "
+              "cfg = RunConfig.load(sys.argv[1]); "
+              "print(jobs.launch(cfg, runs_dir=Path(sys.argv[2])).path); "
+              "print(jobs.launch(cfg, runs_dir=Path(sys.argv[2])).path)")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "c.json"), str(tmp_path / "runs")],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    first, second = Run(Path(out[0])), Run(Path(out[1]))  # the launcher has exited
+    wait_for(lambda: first.status().get("state") == "running", what="first running")
+    assert second.status()["state"] == "queued"  # one job per device: the second waits its turn
+    wait_for(lambda: jobs.job_state(second) == "completed", timeout=240, what="both jobs")
+    assert jobs.job_state(first) == "completed"
+    assert first.status()["ended_at"] <= second.status()["started_at"]
+
+
+@pytest.mark.slow
+def test_crashed_and_failed_jobs_are_reported(tmp_path, data_dir):
+    bad = RunConfig(data=[str(tmp_path / "no-such-folder")], **TINY)
+    failed = jobs.launch(bad, runs_dir=tmp_path)
+    wait_for(lambda: jobs.job_state(failed) == "failed", what="failed")
+    assert "not found" in failed.status()["error"] and "not found" in failed.log_tail()
+    cfg = RunConfig(data=[str(data_dir)], **TINY, epochs=50, max_steps_per_epoch=2)
+    run = jobs.launch(cfg, runs_dir=tmp_path)
+    wait_for(lambda: run.status().get("state") == "running", what="running")
+    os.kill(run.status()["pid"], signal.SIGKILL)
+    wait_for(lambda: jobs.job_state(run) == "lost", what="lost")
+    assert "vanished" in run.status()["error"]
+
+
+@pytest.mark.slow
+def test_lr_finder_job(tmp_path, data_dir):
+    cfg = RunConfig(data=[str(data_dir)], **TINY)
+    run = jobs.launch(cfg, runs_dir=tmp_path, lr_find=True)
+    wait_for(lambda: jobs.job_state(run) in ("completed", "failed"), what="lr finder")
+    result = json.loads(run.lr_find_file.read_text())
+    assert len(result["lrs"]) > 10 and result["suggested_lr"] is not None
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path, data_dir):
+    run_dir = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "core.train", "--run-dir", str(run_dir), "--data", str(data_dir), "--model", "simple_cnn",
+           "--image-size", "48", "--epochs", "2", "--batch-size", "8", "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = Run(run_dir)
+    assert run.status()["state"] == "completed" and run.status()["world_size"] == 2
+    epochs = [r for r in run.metrics() if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]  # written once (rank 0), not twice
+    load_checkpoint(run.best_checkpoint)
