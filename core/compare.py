@@ -1,0 +1,63 @@
+"""Side-by-side facts about runs: settings that differ, headline metrics, per-class F1."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from .classes import CLASS_NAMES
+from .config import RunConfig
+from .runs import Run
+
+
+def settings_table(runs: Sequence[Run]) -> tuple[pd.DataFrame, list[str]]:
+    """One column per run, one row per option; and the options whose values differ between runs."""
+    defaults = RunConfig().to_dict()
+    columns = {}
+    for run in runs:
+        cfg = {**defaults, **run.config()}
+        columns[run.name] = {k: ", ".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in cfg.items()}
+    table = pd.DataFrame(columns)
+    differing = [k for k in table.index if table.loc[k].nunique() > 1]
+    return table, differing
+
+
+def best_epoch(run: Run) -> dict:
+    """The epoch row the run selected (its best), or the last one."""
+    epochs = [r for r in run.metrics() if r.get("kind") == "epoch"]
+    if not epochs:
+        return {}
+    chosen = [r for r in epochs if r.get("best")]
+    return chosen[-1] if chosen else epochs[-1]
+
+
+def metrics_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """Headline validation metrics of each run's best checkpoint (from its saved evaluation when present)."""
+    rows = []
+    for run in runs:
+        report = run.evaluation()
+        row = best_epoch(run)
+        if report:
+            rows.append({"run": run.name, "macro-F1": report["macro_f1"], "balanced accuracy": report["balanced_accuracy"],
+                         "accuracy": report["accuracy"], "majority baseline": report["majority_baseline"]["accuracy"],
+                         "val tiles": report["n"], "best epoch": row.get("epoch")})
+        elif row:
+            rows.append({"run": run.name, "macro-F1": row["val_macro_f1"],
+                         "balanced accuracy": row["val_balanced_accuracy"], "accuracy": row["val_accuracy"],
+                         "majority baseline": None, "val tiles": None, "best epoch": row.get("epoch")})
+    return pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame()
+
+
+def per_class(runs: Sequence[Run], key: str = "f1") -> dict[str, list[float]]:
+    """Per-class F1 (or recall) of each run's saved evaluation, in class order."""
+    out = {}
+    for run in runs:
+        report = run.evaluation()
+        if report:
+            values = {c["class"]: c[key] for c in report["per_class"]}
+            out[run.name] = [values.get(c, 0.0) for c in CLASS_NAMES]
+        else:
+            row = best_epoch(run)
+            if key == "recall" and row.get("val_recall"):
+                out[run.name] = [row["val_recall"].get(c, 0.0) for c in CLASS_NAMES]
+    return out

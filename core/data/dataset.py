@@ -1,0 +1,113 @@
+"""The loaded data set: sources read, merged, split, leakage-checked and decoded into tile caches."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..progress import ProgressCallback
+from .cache import TileCache, open_tile_cache
+from .merge import MergeReport, merge_sources
+from .records import DataError, Record
+from .sources import Source, read_source
+from .split import assign_splits, find_leakage
+
+
+@dataclass
+class HiriseData:
+    sources: list[Source]
+    records: list[Record]  # merged, split, readable
+    merge_report: MergeReport
+    split_method: str
+    leakage: list[str]
+    caches: dict[str, TileCache]
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (source:path, reason)
+
+    @property
+    def warnings(self) -> list[str]:
+        out = [f"{s.name}: {w}" for s in self.sources for w in s.warnings]
+        if self.unreadable:
+            out.append(f"{len(self.unreadable)} unreadable tiles were skipped (e.g. {self.unreadable[0][0]}: "
+                       f"{self.unreadable[0][1]})")
+        converted = sum(len(c.notes) for c in self.caches.values())
+        if converted:
+            example = next((f"{p}: {', '.join(n)}" for c in self.caches.values() for p, n in c.notes.items()), "")
+            out.append(f"{converted} tiles were not 227x227 grayscale and were converted (e.g. {example})")
+        return out
+
+    def select(self, split: str | None = None, originals_only: bool = False) -> list[Record]:
+        """Records of one split ('train', 'val', 'test'; None or 'all' for every split)."""
+        return [r for r in self.records
+                if (split in (None, "all") or r.split == split) and (r.is_original or not originals_only)]
+
+    def tiles(self, records: Sequence[Record]) -> np.ndarray:
+        """An in-memory (N, H, W) uint8 array of the records' decoded tiles, in order."""
+        size = next(iter(self.caches.values())).tiles.shape[-1]
+        out = np.empty((len(records), size, size), dtype=np.uint8)
+        by_source: dict[str, list[int]] = {}
+        for i, r in enumerate(records):
+            by_source.setdefault(r.source, []).append(i)
+        for name, idx in by_source.items():
+            cache = self.caches[name]
+            rows = cache.rows([records[i].path for i in idx])
+            order = np.argsort(rows, kind="stable")  # read the memmap front to back
+            out[np.asarray(idx)[order]] = cache.tiles[rows[order]]
+        return out
+
+    def labels(self, records: Sequence[Record]) -> np.ndarray:
+        return np.fromiter((r.label for r in records), dtype=np.int64, count=len(records))
+
+    def pixel_stats(self, records: Sequence[Record] | None = None) -> tuple[float, float]:
+        """Mean and standard deviation of the pixels (in [0, 1]) of `records` (default: training tiles)."""
+        records = self.select("train") if records is None else records
+        if not records:
+            raise DataError("no training tiles to compute pixel statistics from")
+        # A 256-bin histogram of the uint8 pixels gives the exact mean and std without float copies.
+        counts = np.zeros(256, dtype=np.int64)
+        for start in range(0, len(records), 2048):
+            counts += np.bincount(self.tiles(records[start:start + 2048]).ravel(), minlength=256)
+        values = np.arange(256, dtype=np.float64) / 255.0
+        count = counts.sum()
+        mean = float((counts * values).sum() / count)
+        total_sq = float((counts * values**2).sum())
+        return mean, float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+
+
+def load_dataset(paths: Sequence[str | Path], conflict_policy: str = "newest", split_mode: str = "auto",
+                 val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0,
+                 keep_split_repeats: bool = False, image_size: int = 227,
+                 on_progress: ProgressCallback | None = None) -> HiriseData:
+    """Read, merge, split and decode the given folders or zips. Raises DataError with a clear message."""
+    if not paths:
+        raise DataError("no data path given")
+    sources: list[Source] = []
+    for p in paths:
+        src = read_source(p, keep_split_repeats=keep_split_repeats)
+        names = {s.name for s in sources}
+        if src.name in names:  # two sources with one folder name: keep them apart
+            i = 2
+            while f"{src.name}#{i}" in names:
+                i += 1
+            src.name = f"{src.name}#{i}"
+            src.records = [_renamed(r, src.name) for r in src.records]
+        sources.append(src)
+    merged, report = merge_sources(sources, conflict_policy, on_progress)
+    caches = {s.name: open_tile_cache(s, image_size, on_progress=on_progress) for s in sources}
+    readable, unreadable = [], []
+    for src, rec in merged:
+        reason = caches[src.name].unreadable.get(rec.path)
+        if reason is None:
+            readable.append(rec)
+        else:
+            unreadable.append((f"{src.name}:{rec.path}", reason))
+    if not readable:
+        raise DataError("no readable tile in " + ", ".join(str(p) for p in paths))
+    records, method = assign_splits(readable, split_mode, val_fraction, test_fraction, split_seed)
+    return HiriseData(sources=sources, records=records, merge_report=report, split_method=method,
+                      leakage=find_leakage(records), caches=caches, unreadable=unreadable)
+
+
+def _renamed(record: Record, source_name: str) -> Record:
+    return replace(record, source=source_name)

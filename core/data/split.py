@@ -1,0 +1,107 @@
+"""Train/val/test splits: the official one where the files carry it, else grouped by observation."""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from .records import DataError, Record
+
+SPLIT_MODES = ("auto", "official", "grouped")
+
+
+def has_official_split(records: Sequence[Record]) -> bool:
+    return {"val", "test"} <= {r.split for r in records}
+
+
+def assign_splits(records: Sequence[Record], mode: str = "auto", val_fraction: float = 0.15,
+                  test_fraction: float = 0.15, seed: int = 0) -> tuple[list[Record], str]:
+    """Return the records with `split` set, and a sentence saying how it was made.
+
+    Tiles without an observation id always go to train. The grouped split keeps every observation
+    (and so every augmented copy of a landmark) on one side, stratified by class as well as the
+    groups allow, and is the same for the same seed.
+    """
+    if mode not in SPLIT_MODES:
+        raise DataError(f"unknown split mode {mode!r} (expected one of {', '.join(SPLIT_MODES)})")
+    if mode == "auto":
+        mode = "official" if has_official_split(records) else "grouped"
+    if mode == "official":
+        if not has_official_split(records):
+            raise DataError("the data has no official val and test rows; use the grouped split instead")
+        by_obs = {r.observation: r.split for r in records if r.split and r.observation}
+        out = [r if r.split else r.with_split(by_obs.get(r.observation, "train") if r.observation else "train")
+               for r in records]
+        return out, "official split from the label file (rows without one follow their observation, else train)"
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise DataError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) "
+                        "and sum to less than 1")
+    obs_split = grouped_observation_split(records, val_fraction, test_fraction, seed)
+    out = [r.with_split(obs_split[r.observation] if r.observation else "train") for r in records]
+    return out, (f"grouped by observation, stratified by class (val {val_fraction:.0%}, "
+                 f"test {test_fraction:.0%}, seed {seed})")
+
+
+def grouped_observation_split(records: Sequence[Record], val_fraction: float, test_fraction: float,
+                              seed: int) -> dict[str, str]:
+    """Map each observation id to 'train', 'val' or 'test', stratified by class as well as groups allow.
+
+    HiRISE classes cluster by observation (most swiss-cheese tiles come from one image), which
+    defeats k-fold stratification (sklearn's StratifiedGroupKFold leaves whole classes out of val
+    here). So: a seeded greedy pass puts each observation, largest first, on the side where it
+    brings every class's share closest to its target, each class weighing the same however rare.
+    """
+    named = [r for r in records if r.observation and r.is_original] or [r for r in records if r.observation]
+    split_of: dict[str, str] = {r.observation: "train" for r in records if r.observation}  # type: ignore[misc]
+    if not named:
+        return split_of
+    groups = sorted({r.observation for r in named})
+    g_index = {g: i for i, g in enumerate(groups)}
+    n_classes = max(r.label for r in named) + 1
+    counts = np.zeros((len(groups), n_classes + 1))  # last column: all tiles, to keep split sizes right
+    for r in named:
+        counts[g_index[r.observation], r.label] += 1
+        counts[g_index[r.observation], -1] += 1
+    totals = counts.sum(0)
+    weights = np.where(totals > 0, 1.0 / np.maximum(totals, 1), 0.0)
+    fractions = np.array([1 - val_fraction - test_fraction, val_fraction, test_fraction])
+    targets = fractions[:, None] * totals[None, :]
+    rng = np.random.default_rng(seed)
+    size = (counts[:, :-1] * weights[:-1]).sum(1)
+    order = np.argsort(-size * rng.uniform(0.5, 1.5, len(groups)), kind="stable")
+    filled = np.zeros_like(targets)
+    names = ("train", "val", "test")
+    for gi in order:
+        best, best_cost = 0, np.inf
+        for si in range(3):
+            if fractions[si] <= 0:
+                continue
+            trial = filled.copy()
+            trial[si] += counts[gi]
+            cost = float(np.square((trial - targets) * weights).sum())
+            if cost < best_cost:
+                best, best_cost = si, cost
+        filled[best] += counts[gi]
+        split_of[groups[gi]] = names[best]
+    return split_of
+
+
+def find_leakage(records: Sequence[Record]) -> list[str]:
+    """Say which observations, landmarks or name-less tiles sit in more than one split (or outside train)."""
+    problems = []
+    for attr, what in (("observation", "observation"), ("landmark", "landmark")):
+        sides: dict[str, set[str]] = defaultdict(set)
+        for r in records:
+            key = getattr(r, attr)
+            if key and (attr != "landmark" or r.observation):
+                sides[key].add(r.split or "none")
+        leaks = sorted(k for k, s in sides.items() if len(s) > 1)
+        if leaks:
+            problems.append(f"{len(leaks)} {what}s fall on more than one side, e.g. {leaks[0]} "
+                            f"({', '.join(sorted(sides[leaks[0]]))})")
+    strays = [r for r in records if r.trainable_only and r.split not in ("train", None)]
+    if strays:
+        problems.append(f"{len(strays)} tiles without an observation id are in {strays[0].split} "
+                        f"(e.g. {strays[0].path}); they may only train")
+    return problems

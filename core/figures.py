@@ -1,0 +1,146 @@
+"""Plotly figures for the app, built from core's plain data (summaries, metrics rows, reports)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .classes import CLASS_NAMES
+
+SPLIT_COLOURS = {"train": "#4C78A8", "val": "#F58518", "test": "#54A24B"}
+PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC"]
+
+
+def _layout(fig: go.Figure, title: str = "", height: int = 380) -> go.Figure:
+    fig.update_layout(title=title or None, height=height, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
+    return fig
+
+
+def class_counts(summary: dict, log_scale: bool = True) -> go.Figure:
+    """Tiles per class and split (log scale by default: the rare classes would be invisible)."""
+    fig = go.Figure()
+    for split, counts in summary["counts"].items():
+        originals = summary["originals"][split]
+        fig.add_bar(name=split, x=summary["classes"], y=counts, marker_color=SPLIT_COLOURS.get(split),
+                    customdata=np.stack([originals], axis=-1),
+                    hovertemplate="%{x}: %{y} tiles (%{customdata[0]} originals)<extra>" + split + "</extra>")
+    fig.update_layout(barmode="group", yaxis_title="tiles" + (" (log scale)" if log_scale else ""))
+    if log_scale:
+        fig.update_yaxes(type="log")
+    return _layout(fig)
+
+
+def confusion_matrix(confusion: Sequence[Sequence[int]], class_names: Sequence[str] = CLASS_NAMES,
+                     normalize: bool = False, title: str = "") -> go.Figure:
+    """Rows are the true class, columns the prediction; hover shows counts and row rates either way."""
+    cm = np.asarray(confusion, dtype=float)
+    rows = cm.sum(1, keepdims=True)
+    rate = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    z = rate if normalize else cm
+    text = [[f"{rate[i, j]:.0%}" if normalize else f"{int(cm[i, j])}" for j in range(len(cm))] for i in range(len(cm))]
+    custom = np.dstack([cm, rate, np.repeat(rows, len(cm), axis=1)])
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(class_names), y=list(class_names), text=text, texttemplate="%{text}", colorscale="Blues",
+        customdata=custom, zmin=0, showscale=False,
+        hovertemplate="true %{y}, predicted %{x}<br>%{customdata[0]:.0f} of %{customdata[2]:.0f} tiles "
+                      "(%{customdata[1]:.1%} of the true class)<extra></extra>"))
+    # Heatmap cells cannot be selected in Streamlit (streamlit#8760): an invisible marker per cell can.
+    n = len(class_names)
+    fig.add_scatter(x=[class_names[j] for i in range(n) for j in range(n)],
+                    y=[class_names[i] for i in range(n) for j in range(n)], mode="markers",
+                    marker=dict(size=36, color="rgba(0,0,0,0)", symbol="square"), hoverinfo="skip",
+                    showlegend=False, customdata=[[i, j] for i in range(n) for j in range(n)])
+    fig.update_yaxes(autorange="reversed", title="true class")
+    fig.update_xaxes(title="predicted class", side="bottom")
+    fig.update_layout(clickmode="event+select", dragmode=False)
+    return _layout(fig, title, height=520)
+
+
+def training_curves(rows: list[dict]) -> go.Figure:
+    """Loss (per step and per epoch), then val accuracy next to macro-F1 and balanced accuracy."""
+    steps = [r for r in rows if r.get("kind") == "step"]
+    epochs = [r for r in rows if r.get("kind") == "epoch"]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "validation"))
+    if steps:
+        per_epoch = {r["epoch"]: r["step"] for r in epochs}
+        fig.add_scatter(x=[r["step"] for r in steps], y=[r["train_loss"] for r in steps], mode="lines",
+                        name="train loss (steps)", line=dict(color="#BAB0AC", width=1), row=1, col=1)
+        fig.add_scatter(x=[per_epoch[r["epoch"]] for r in epochs], y=[r["train_loss"] for r in epochs],
+                        mode="lines+markers", name="train loss (epoch)", line=dict(color=PALETTE[0]), row=1, col=1)
+        fig.add_scatter(x=[per_epoch[r["epoch"]] for r in epochs], y=[r["val_loss"] for r in epochs],
+                        mode="lines+markers", name="val loss", line=dict(color=PALETTE[1]), row=1, col=1)
+        fig.update_xaxes(title_text="step", row=1, col=1)
+    for key, label, colour in (("val_macro_f1", "macro-F1", PALETTE[3]), ("val_balanced_accuracy",
+                               "balanced accuracy", PALETTE[2]), ("val_accuracy", "accuracy", PALETTE[4])):
+        fig.add_scatter(x=[r["epoch"] for r in epochs], y=[r[key] for r in epochs], mode="lines+markers",
+                        name=label, line=dict(color=colour), row=1, col=2)
+    fig.update_xaxes(title_text="epoch", row=1, col=2)
+    fig.update_yaxes(range=[0, 1], row=1, col=2)
+    _layout(fig, height=400)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), margin=dict(t=30, b=40))
+    return fig
+
+
+def compare_curves(runs: dict[str, list[dict]], key: str, label: str) -> go.Figure:
+    fig = go.Figure()
+    for i, (name, rows) in enumerate(runs.items()):
+        epochs = [r for r in rows if r.get("kind") == "epoch" and r.get(key) is not None]
+        fig.add_scatter(x=[r["epoch"] for r in epochs], y=[r[key] for r in epochs], mode="lines+markers",
+                        name=name, line=dict(color=PALETTE[i % len(PALETTE)]))
+    fig.update_layout(xaxis_title="epoch", yaxis_title=label)
+    return _layout(fig, label, height=320)
+
+
+def grouped_bars(values: dict[str, Sequence[float]], categories: Sequence[str], title: str, y_title: str
+                 ) -> go.Figure:
+    fig = go.Figure()
+    for i, (name, ys) in enumerate(values.items()):
+        fig.add_bar(name=name, x=list(categories), y=list(ys), marker_color=PALETTE[i % len(PALETTE)])
+    fig.update_layout(barmode="group", yaxis_title=y_title, yaxis_range=[0, 1])
+    return _layout(fig, title)
+
+
+def probability_bars(probs: Sequence[float], class_names: Sequence[str] = CLASS_NAMES,
+                     highlight: int | None = None) -> go.Figure:
+    order = np.argsort(probs)
+    colours = [PALETTE[3] if i == highlight else PALETTE[0] for i in order]
+    fig = go.Figure(go.Bar(x=[probs[i] for i in order], y=[class_names[i] for i in order], orientation="h",
+                           marker_color=colours, text=[f"{probs[i]:.1%}" for i in order], textposition="auto",
+                           hovertemplate="%{y}: %{x:.2%}<extra></extra>"))
+    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+    return _layout(fig, height=260)
+
+
+def one_vs_rest_curves(curves: dict, kind: str) -> go.Figure:
+    """PR (`kind='pr'`) or ROC curves per class from an evaluation report's `curves` entry."""
+    fig = go.Figure()
+    for i, (name, c) in enumerate(curves.get("classes", {}).items()):
+        colour = PALETTE[CLASS_NAMES.index(name) % len(PALETTE)] if name in CLASS_NAMES else PALETTE[i % 9]
+        if kind == "pr":
+            fig.add_scatter(x=c["pr"]["recall"], y=c["pr"]["precision"], mode="lines", line=dict(color=colour),
+                            name=f"{name} (AP {c['average_precision']:.2f}, n={c['support']})")
+        else:
+            fig.add_scatter(x=c["roc"]["fpr"], y=c["roc"]["tpr"], mode="lines", line=dict(color=colour),
+                            name=f"{name} (AUC {c['roc_auc']:.2f}, n={c['support']})")
+    if kind == "roc":
+        fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), showlegend=False)
+    fig.update_layout(xaxis_title="recall" if kind == "pr" else "false positive rate",
+                      yaxis_title="precision" if kind == "pr" else "true positive rate",
+                      xaxis_range=[0, 1], yaxis_range=[0, 1.02], legend=dict(orientation="v", x=1.02, y=1))
+    return _layout(fig, "precision-recall (one vs rest)" if kind == "pr" else "ROC (one vs rest)", height=420)
+
+
+def lr_finder(result: dict) -> go.Figure:
+    fig = go.Figure()
+    fig.add_scatter(x=result["lrs"], y=result["losses"], mode="lines", name="loss", line=dict(color="#BAB0AC"))
+    fig.add_scatter(x=result["lrs"], y=result["smoothed"], mode="lines", name="smoothed", line=dict(color=PALETTE[0]))
+    if result.get("suggested_lr"):
+        fig.add_vline(x=result["suggested_lr"], line_dash="dash", line_color=PALETTE[3],
+                      annotation_text=f"suggested {result['suggested_lr']:.1e}")
+    fig.update_xaxes(type="log", title="learning rate")
+    fig.update_yaxes(title="loss", range=[0, min(max(result["smoothed"] or [1]) * 1.1, 3 * min(result["smoothed"] or
+                                                                                             [1]) + 1)])
+    return _layout(fig, "LR range test", height=320)

@@ -1,0 +1,123 @@
+"""Dataset: choose the data (folders or zips, merged), or download v3.2; see what it holds."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core import appstate, figures
+from core.classes import CLASS_DESCRIPTIONS, CLASS_NAMES
+from core.data import CONFLICT_POLICIES, SPLIT_MODES, summarize
+from core.download import DEFAULT_DEST, DownloadError, download_v32
+from ui.common import IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, get_data, page, progress_bar, show_error
+
+page("Dataset", ":material/folder_open:")
+
+with st.form("sources"):
+    text = st.text_area("Data sources: one folder or zip per line (official v3.2 / v3 layout, or your own tiles "
+                        "with labels.csv or class-named sub-folders). Several are merged.",
+                        value="\n".join(appstate.data_paths()), height=110)
+    saved = st.form_submit_button("Use these sources", type="primary")
+if saved:
+    paths = [line.strip() for line in text.splitlines() if line.strip()]
+    missing = [p for p in paths if not Path(p).expanduser().exists()]
+    if missing:
+        st.error("Not found: " + ", ".join(f"`{p}`" for p in missing) + ". Nothing was changed.")
+    else:
+        appstate.save_state(data_paths=[str(Path(p).expanduser().resolve()) for p in paths])
+        st.rerun()
+
+with st.expander("Download the v3.2 zip from Zenodo (record 4002935, about 900 MB)"):
+    st.write(f"Saved as `{DEFAULT_DEST / 'hirise-map-proj-v3_2.zip'}` and checked against Zenodo's MD5; "
+             "the app reads it zipped.")
+    if st.button("Download"):
+        try:
+            path = download_v32(DEFAULT_DEST, on_progress=progress_bar("Downloading"))
+            appstate.save_state(data_paths=[*appstate.data_paths(), str(path)])
+            st.success(f"Saved {path}")
+        except DownloadError as exc:
+            show_error(exc, "Download failed")
+
+paths = appstate.data_paths()
+if not paths:
+    st.info("Choose a data source above, or download the v3.2 set.")
+    st.stop()
+
+with st.sidebar:
+    st.header("Merge and split")
+    policy = st.selectbox("Label conflicts", CONFLICT_POLICIES, help="newest version wins, first source wins, or "
+                          "drop conflicting tiles")
+    split_mode = st.selectbox("Split", SPLIT_MODES, help="auto: the official split when the files carry val and "
+                              "test rows, else grouped by observation")
+    val_fraction = st.slider("Validation share", 0.05, 0.4, 0.15, 0.05)
+    test_fraction = st.slider("Test share", 0.0, 0.4, 0.15, 0.05)
+    seed = st.number_input("Split seed", 0, 10_000, 0)
+    repeats = st.checkbox("Keep the split file's repeated rows")
+
+try:
+    data = get_data(paths, policy, split_mode, val_fraction, test_fraction, int(seed), repeats)
+    summary = summarize(data)
+except USER_ERRORS as exc:
+    show_error(exc, "Cannot read the data")
+    st.stop()
+
+st.caption(IMBALANCE_NOTE)
+splits = list(summary["counts"])
+cols = st.columns(len(splits) + 2)
+cols[0].metric("Tiles", f"{summary['total']:,}")
+cols[1].metric("Train-only tiles (no observation id)", f"{summary['training_only_tiles']:,}")
+for col, split in zip(cols[2:], splits):
+    base = summary["majority_baseline"][split]
+    col.metric(f"{split}: always-{base['class']} accuracy", f"{base['accuracy']:.1%}",
+               help="What a model that always answers the majority class scores on this split's originals.")
+
+st.subheader("Tiles per class and split")
+st.plotly_chart(figures.class_counts(summary), width="stretch")
+table = pd.DataFrame({f"{s} (originals)": [f"{n:,} ({o:,})" for n, o in zip(summary["counts"][s], summary["originals"][s])]
+                      for s in splits}, index=summary["classes"])
+st.dataframe(table, width="stretch")
+st.caption(f"Augmented copies per split: {', '.join(f'{s} {n:,}' for s, n in summary['augmented'].items())}. "
+           f"Observations: {', '.join(f'{s} {n}' for s, n in summary['observations'].items())}. {RARE_NOTE}")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Split and checks")
+    st.write(f"**Split:** {summary['split_method']}")
+    if summary["leakage"]:
+        st.error("Leakage: " + "; ".join(summary["leakage"]) + ". Training refuses this split.")
+    else:
+        st.success("No observation or landmark falls on two sides.")
+    if summary["pixel_mean"] is not None:
+        st.write(f"Training pixels: mean {summary['pixel_mean']:.4f}, std {summary['pixel_std']:.4f} "
+                 "(what training normalises with).")
+with right:
+    st.subheader("Sources")
+    st.dataframe(pd.DataFrame([{k: s[k] for k in ("name", "kind", "records", "missing", "split_repeats",
+                                                  "unlabelled_files")} for s in summary["sources"]]),
+                 hide_index=True, width="stretch")
+    for s in summary["sources"]:
+        if s["missing"]:
+            st.warning(f"{s['name']}: {s['missing']} labelled files are missing (skipped), e.g. "
+                       + ", ".join(f"`{m}`" for m in s["missing_examples"]))
+for w in summary["warnings"]:
+    st.warning(w)
+if summary["unreadable"]:
+    with st.expander(f"{len(summary['unreadable'])} unreadable tiles (skipped)"):
+        st.dataframe(pd.DataFrame(summary["unreadable"]), hide_index=True)
+if summary["merge"]:
+    with st.expander("Merge report (duplicates and label conflicts)"):
+        st.code("\n".join(summary["merge"]))
+
+st.subheader("Sample tiles")
+per_class = st.slider("Tiles per class", 2, 12, 6)
+rng = np.random.default_rng(0)
+for label, name in enumerate(CLASS_NAMES):
+    records = [r for r in data.records if r.label == label and r.is_original]
+    left, right = st.columns([1, 3])
+    left.markdown(f"**{name}** · {len(records):,} originals")
+    left.caption(CLASS_DESCRIPTIONS[name])
+    if records:
+        pick = [records[i] for i in sorted(rng.choice(len(records), min(per_class, len(records)), replace=False))]
+        right.image(list(data.tiles(pick)), width=110, caption=[r.name[:28] for r in pick])

@@ -1,0 +1,128 @@
+"""Train: configure and launch jobs (each its own process), watch them live, cancel or resume them."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core import appstate, figures, jobs
+from core.augment import epoch_multiplier
+from core.config import ConfigError, RunConfig
+from core.models import WeightsUnavailable, fetch_imagenet_weights, imagenet_status
+from core.runs import ACTIVE_STATES, list_runs, read_json
+from ui.common import IMBALANCE_NOTE, page, show_error
+from ui.run_form import run_form
+
+page("Train", ":material/model_training:")
+st.caption(f"Training runs on **{jobs.describe_device()}**, in a separate process: close the tab or restart the "
+           "app and it goes on. " + IMBALANCE_NOTE)
+
+with st.expander("Configure a run", expanded=not list_runs()):
+    values = run_form(appstate.data_paths())
+    if values["augment"] == "expand":
+        k = epoch_multiplier("expand", values["transforms"])
+        st.info(f"Expand mode: each epoch holds the originals plus {k - 1} transformed copies, so it is {k}x longer "
+                "than an epoch over the originals.")
+    if values["augment"] == "official":
+        st.info("Official mode trains on the data set's own -r90, -r180, -r270, -fh, -fv and -brt copies "
+                "(about 7x the originals) and adds no augmentation of its own.")
+    if values["init"] == "imagenet":
+        ok, message = imagenet_status(values["model"])
+        (st.success if ok else st.warning)(message)
+        if not ok and st.button("Try to download the ImageNet weights"):
+            try:
+                fetch_imagenet_weights(values["model"], progress=False)
+                st.rerun()
+            except WeightsUnavailable as exc:
+                show_error(exc)
+    launch, find_lr = st.columns([1, 1])
+    launch_clicked = launch.button("Launch training", type="primary")
+    find_clicked = find_lr.button("Find a learning rate", help="A short LR range test, run as a job like training")
+    if launch_clicked or find_clicked:
+        try:
+            cfg = RunConfig.from_dict(values).validate()
+            run = jobs.launch(cfg, lr_find=find_clicked)
+            st.session_state["selected_run"] = run.name
+            st.toast(f"Launched {run.name}")
+        except ConfigError as exc:
+            show_error(exc, "Not launched")
+
+runs = list_runs()
+if not runs:
+    st.stop()
+
+st.subheader("Jobs")
+rows = [{"run": r.name, "state": jobs.job_state(r), "kind": r.status().get("kind", "train"),
+         "model": r.config().get("model"), "epoch": f"{r.status().get('epoch', 0)}/{r.config().get('epochs', '?')}",
+         "queued": r.status().get("queued_at", "")} for r in runs[:30]]
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+names = [r.name for r in runs]
+default = st.session_state.get("selected_run")
+selected = st.selectbox("Watch run", names, index=names.index(default) if default in names else 0)
+st.session_state["selected_run"] = selected
+run = runs[names.index(selected)]
+active = jobs.job_state(run) in ACTIVE_STATES
+
+
+def _eta(status: dict, epoch_rows: list[dict], epochs: int) -> str:
+    per_epoch = [r["seconds"] for r in epoch_rows]
+    if not per_epoch or status.get("epoch") is None:
+        return ""
+    left = (epochs - status["epoch"]) * (sum(per_epoch) / len(per_epoch)) + status.get("eta_epoch_s", 0)
+    return f" · about {left / 60:.1f} min left in the run"
+
+
+@st.fragment(run_every=2.0 if active else None)
+def live() -> None:
+    state = jobs.job_state(run)
+    status, cfg, rows = run.status(), run.config(), run.metrics()
+    epoch_rows = [r for r in rows if r.get("kind") == "epoch"]
+    st.markdown(f"**{run.name}** · state **{state}** · {status.get('device', '')}")
+    if state == "queued":
+        st.info("Queued: waiting for the device (one job per device at a time).")
+    if status.get("steps_per_epoch"):
+        done, total = status.get("step_in_epoch", 0), status["steps_per_epoch"]
+        st.progress(min(1.0, done / total), text=(
+            f"epoch {status.get('epoch')}/{cfg.get('epochs')} · batch {done}/{total} · "
+            f"{status.get('images_per_s', 0):.0f} images/s · ETA {status.get('eta_epoch_s', 0):.0f} s for this epoch"
+            + _eta(status, epoch_rows, cfg.get("epochs", 0))))
+    if state == "failed":
+        st.error(f"Failed: {status.get('error')}")
+    if state == "lost":
+        st.error(f"Lost: {status.get('error')}")
+    if run.lr_find_file.is_file():
+        result = read_json(run.lr_find_file)
+        st.plotly_chart(figures.lr_finder(result), width="stretch")
+        if result.get("suggested_lr"):
+            st.button(f"Use the suggested LR ({result['suggested_lr']:.1e}) in the form",
+                      on_click=lambda: st.session_state.update(cfg_lr=float(f"{result['suggested_lr']:.2e}")))
+    elif rows:
+        st.plotly_chart(figures.training_curves(rows), width="stretch")
+        if epoch_rows:
+            last = epoch_rows[-1]
+            cols = st.columns(4)
+            cols[0].metric("val macro-F1", f"{last['val_macro_f1']:.3f}")
+            cols[1].metric("val balanced accuracy", f"{last['val_balanced_accuracy']:.3f}")
+            cols[2].metric("val accuracy", f"{last['val_accuracy']:.3f}")
+            cols[3].metric("images/s", f"{last['images_per_s']:.0f}")
+            recall = pd.DataFrame([last["val_recall"]], index=["val recall"])
+            st.dataframe(recall.style.format("{:.2f}"), width="stretch")
+    with st.expander("Log", expanded=state in ("failed", "lost")):
+        st.code(run.log_tail(30) or "(empty)")
+    buttons = st.columns(4)
+    if state in ACTIVE_STATES:
+        if buttons[0].button("Cancel", type="secondary"):
+            jobs.cancel(run)
+            st.toast("Cancel requested: the job stops after the current batch and keeps its last checkpoint.")
+    elif state in ("cancelled", "lost", "failed") and run.last_checkpoint.is_file() and \
+            status.get("kind", "train") == "train":
+        if buttons[0].button("Resume from the last checkpoint"):
+            try:
+                jobs.launch(RunConfig.load(run.config_file), resume=run)
+                st.rerun()
+            except ConfigError as exc:
+                show_error(exc)
+    if active and state not in ACTIVE_STATES:
+        st.rerun()  # the job just ended: redraw the page once, and stop polling
+
+
+live()

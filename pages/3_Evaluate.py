@@ -1,0 +1,142 @@
+"""Evaluate: a model on a split. Confusion matrix (click a cell for its tiles), per-class table, curves."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core import appstate, figures
+from core.evaluate import evaluate_model, load_report
+from ui.common import (IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, data_for_config, get_data, get_model, model_choices,
+                       page, progress_bar, run_of_checkpoint, show_error)
+
+page("Evaluate", ":material/grid_on:")
+choices = model_choices()
+if not choices:
+    st.warning("No model yet: train one on the Train page (the shipped default model lives in checkpoints/).")
+    st.stop()
+
+top = st.columns([3, 1, 1, 1])
+label = top[0].selectbox("Model", list(choices))
+split = top[1].selectbox("Split", ["val", "test", "train", "all"])
+originals_only = top[2].toggle("Originals only", value=True, help="Leave out the data set's augmented copies")
+tta = top[3].toggle("Test-time augmentation", help="Average over the 8 flips and rotations")
+path = choices[label]
+run = run_of_checkpoint(path)
+
+try:
+    model = get_model(path)
+except USER_ERRORS as exc:
+    show_error(exc, "Cannot load the model")
+    st.stop()
+
+report = None
+key = (str(path), path.stat().st_mtime, split, originals_only, tta)
+if run and run.eval_file.is_file() and (split, originals_only, tta) == ("val", True, False):
+    report = load_report(run.eval_file)
+    st.caption("Saved evaluation from the end of training (best checkpoint, validation split).")
+elif st.session_state.get("eval_key") == key:
+    report = st.session_state["eval_report"]
+else:
+    config = model.config if model.config.get("data") else {"data": appstate.data_paths()}
+    if not all(Path(p).exists() for p in config["data"]):
+        config = {"data": appstate.data_paths()}
+        st.info("The model's training data is not here; evaluating on the data chosen on the Dataset page "
+                "(its split may overlap the model's training tiles).")
+    if not config["data"]:
+        st.warning("Choose a data set on the Dataset page first.")
+        st.stop()
+    if st.button(f"Evaluate on the {split} split", type="primary"):
+        try:
+            data = data_for_config(config)
+            report = evaluate_model(model, data, split, originals_only, tta, on_progress=progress_bar("Predicting"))
+            st.session_state.update(eval_key=key, eval_report=report, eval_config=config)
+        except USER_ERRORS as exc:
+            show_error(exc, "Cannot evaluate")
+            st.stop()
+if report is None:
+    st.stop()
+
+st.caption(IMBALANCE_NOTE)
+base = report["majority_baseline"]
+cols = st.columns(6)
+cols[0].metric("Macro-F1", f"{report['macro_f1']:.3f}", f"{report['macro_f1'] - base['macro_f1']:+.3f} vs baseline")
+cols[1].metric("Balanced accuracy", f"{report['balanced_accuracy']:.3f}",
+               f"{report['balanced_accuracy'] - base['balanced_accuracy']:+.3f} vs baseline")
+cols[2].metric("Accuracy", f"{report['accuracy']:.3f}", f"{report['accuracy'] - base['accuracy']:+.3f} vs baseline")
+cols[3].metric(f"Always-{base['class']} baseline", f"{base['accuracy']:.3f}",
+               help="Accuracy of answering the majority class every time")
+cols[4].metric("Top-2 accuracy", f"{report['top2_accuracy']:.3f}" if report.get("top2_accuracy") else "–")
+cal = report.get("calibration", {})
+cols[5].metric("ECE (calibrated)", f"{cal.get('ece_calibrated', 0):.3f}",
+               help=f"temperature {cal.get('temperature', 1):.2f}; uncalibrated ECE "
+                    f"{cal.get('ece_uncalibrated', 0):.3f}")
+st.caption(f"{report['n']:,} tiles · split {report['split']} · "
+           f"{'originals only' if report['originals_only'] else 'all files'} · TTA {'on' if report['tta'] else 'off'}"
+           f" · {report['data']['split_method']}")
+
+left, right = st.columns([3, 2])
+with left:
+    normalize = st.toggle("Row-normalised (recall on the diagonal)", value=True)
+    event = st.plotly_chart(figures.confusion_matrix(report["confusion"], report["class_names"], normalize),
+                            on_select="rerun", selection_mode="points", key="cm", width="stretch")
+with right:
+    st.markdown("**Per class**")
+    table = pd.DataFrame(report["per_class"]).set_index("class")
+    st.dataframe(table.style.format({"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}"})
+                 .background_gradient(subset=["recall"], cmap="RdYlGn", vmin=0, vmax=1), width="stretch")
+    few = report.get("few_tiles") or []
+    st.caption(RARE_NOTE + (f" Here: {', '.join(few)}." if few else ""))
+    if report.get("confused_pairs"):
+        st.markdown("**Most confused**")
+        st.dataframe(pd.DataFrame(report["confused_pairs"]).head(6), hide_index=True, width="stretch",
+                     column_config={"fraction_of_true": st.column_config.NumberColumn("share of true", format="%.2f")})
+
+points = (event or {}).get("selection", {}).get("points", []) if event else []
+names = report["class_names"]
+picked = (names.index(points[0]["y"]), names.index(points[0]["x"])) if points else None
+st.subheader("Tiles in a cell")
+c1, c2 = st.columns(2)
+true_cls = c1.selectbox("True class", names, index=picked[0] if picked else 0)
+pred_cls = c2.selectbox("Predicted class", names, index=picked[1] if picked else 1)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _tiles(config_key: tuple, items: tuple) -> list:
+    data = get_data(list(config_key))
+    by_key = {(r.source, r.path): r for r in data.records}
+    records = [by_key[i] for i in items if i in by_key]
+    return list(data.tiles(records))
+
+
+cell = [p for p in report["predictions"] if p["true"] == true_cls and p["pred"] == pred_cls]
+cell.sort(key=lambda p: -max(p["probs"]))
+st.caption(f"{len(cell)} tiles are {true_cls} and predicted {pred_cls}; the 24 surest shown.")
+config = st.session_state.get("eval_config") or (run.config() if run else model.config)
+if cell and config.get("data"):
+    try:
+        shown = cell[:24]
+        images = _tiles(tuple(config["data"]), tuple((p["source"], p["path"]) for p in shown))
+        st.image(images, width=120, caption=[f"{p['name'][:22]} · {max(p['probs']):.0%}" for p in shown])
+    except USER_ERRORS as exc:
+        show_error(exc, "Cannot show tiles")
+
+curves = report.get("curves", {})
+if curves:
+    a, b = st.columns(2)
+    a.plotly_chart(figures.one_vs_rest_curves(curves, "pr"), width="stretch")
+    b.plotly_chart(figures.one_vs_rest_curves(curves, "roc"), width="stretch")
+    if curves.get("skipped"):
+        st.caption("No curve for: " + "; ".join(f"{k} ({v})" for k, v in curves["skipped"].items()))
+
+st.subheader("Top losses: wrong and sure")
+losses = report.get("top_losses", [])
+if losses and config.get("data"):
+    try:
+        images = _tiles(tuple(config["data"]), tuple((p["source"], p["path"]) for p in losses))
+        st.image(images, width=120, caption=[f"{p['true']} → {p['pred']} ({p['prob']:.0%})" for p in losses])
+    except USER_ERRORS as exc:
+        show_error(exc, "Cannot show tiles")
+elif not losses:
+    st.write("No misclassified tiles.")

@@ -1,0 +1,128 @@
+"""Explain: upload tiles (or pick one from the data set); see the predicted class and a Grad-CAM overlay."""
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from core import appstate, figures
+from core.classes import CLASS_NAMES
+from core.explain import CAM_METHODS, explain, overlay_heatmap
+from core.imageio import MAX_FILE_BYTES, TILE_SIZE, decode_gray
+from core.predict import predict_bytes
+from core.tiling import render_class_map
+from ui.common import USER_ERRORS, get_data, get_model, model_choices, page, show_error
+
+page("Explain", ":material/image_search:")
+MAX_FILES = 24
+
+choices = model_choices()
+if not choices:
+    st.error("No model is available: the shipped checkpoint is missing from checkpoints/ and no run has finished.")
+    st.stop()
+
+with st.sidebar:
+    st.header("Model and explanation")
+    label = st.selectbox("Model", list(choices))
+    method = st.selectbox("Method", CAM_METHODS, help="Gradient-based methods are fast; ScoreCAM and AblationCAM "
+                          "run many forward passes (seconds on a CPU)")
+    target_name = st.selectbox("Explain class", ["predicted class", *CLASS_NAMES])
+    alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05)
+    aug_smooth = st.checkbox("Aug smooth", help="Average the map over flipped and scaled views (slower, steadier)")
+    eigen_smooth = st.checkbox("Eigen smooth", help="Keep the first principal component of the activations")
+    stride = st.slider("Window stride for large images (px)", 57, TILE_SIZE, TILE_SIZE, 10)
+
+try:
+    model = get_model(choices[label])
+except USER_ERRORS as exc:
+    show_error(exc, "Cannot load the model")
+    st.stop()
+target = None if target_name == "predicted class" else CLASS_NAMES.index(target_name)
+st.caption(f"{model.arch}, input {model.image_size}px, calibration temperature {model.temperature:.2f}. "
+           "Probabilities are calibrated; a HiRISE tile is 227x227 grayscale, other images are converted and, "
+           "when larger than a tile, classified window by window.")
+
+uploads = st.file_uploader("Upload tiles (JPEG, PNG or TIFF; colour images are converted to grayscale)",
+                           type=["jpg", "jpeg", "png", "tif", "tiff"], accept_multiple_files=True)
+items: list[tuple[str, bytes]] = [(u.name, u.getvalue()) for u in uploads or []]
+if len(items) > MAX_FILES:
+    st.warning(f"{len(items)} files uploaded: showing the first {MAX_FILES}.")
+    items = items[:MAX_FILES]
+
+with st.expander("…or pick a tile from the data set"):
+    paths = appstate.data_paths()
+    if not paths:
+        st.write("No data set chosen (Dataset page).")
+    else:
+        c1, c2 = st.columns(2)
+        cls = c1.selectbox("Class", CLASS_NAMES, key="pick_class")
+        try:
+            data = get_data(paths)
+            records = [r for r in data.records if r.label == CLASS_NAMES.index(cls) and r.is_original]
+            if records:
+                i = c2.number_input(f"Tile (of {len(records)})", 1, len(records), 1) - 1
+                buf = io.BytesIO()
+                Image.fromarray(data.tiles([records[i]])[0]).save(buf, format="PNG")
+                if st.checkbox("Explain this tile", key="use_pick"):
+                    items.insert(0, (f"{records[i].name} (labelled {cls})", buf.getvalue()))
+        except USER_ERRORS as exc:
+            show_error(exc, "Cannot read the data set")
+
+if not items:
+    st.info("Upload one or more tiles to classify and explain them.")
+    st.stop()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _predict(model_key: str, digest: str, name: str, data: bytes, stride: int):
+    return predict_bytes(model, data, name, top_k=3, stride=stride)
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def _explain(model_key: str, digest: str, _tile: np.ndarray, method: str, target: int | None, aug: bool, eig: bool):
+    return explain(model, _tile, method, target, aug, eig)
+
+
+model_key = f"{choices[label]}:{choices[label].stat().st_mtime}"
+for name, payload in items:
+    st.divider()
+    if len(payload) > MAX_FILE_BYTES:
+        st.error(f"{name}: {len(payload) / 2**20:.1f} MiB is over the {MAX_FILE_BYTES // 2**20} MiB limit.")
+        continue
+    digest = hashlib.sha1(payload).hexdigest()
+    try:
+        with st.spinner(f"Classifying {name}…"):
+            pred = _predict(model_key, digest, name, payload, stride)
+        with st.spinner(f"{method} on {name}…"):
+            exp = _explain(model_key, f"{digest}:{stride}", pred.tile, method, target, aug_smooth, eigen_smooth)
+    except USER_ERRORS as exc:
+        show_error(exc, name)
+        continue
+    overlay = overlay_heatmap(pred.tile, exp.heatmap, alpha)
+    st.markdown(f"### {name}\nPredicted **{pred.label}** ({pred.confidence:.1%})" +
+                (f" · explaining **{exp.target_name}**" if exp.target != pred.index else ""))
+    for note in pred.notes:
+        st.caption(f"ℹ️ {note}")
+    cols = st.columns([1, 1, 1.3])
+    cols[0].image(pred.tile, caption="tile (as the model sees it)", width="stretch", clamp=True)
+    cols[1].image(overlay, caption=f"{exp.method} on {exp.layer} for {exp.target_name}", width="stretch")
+    with cols[2]:
+        st.plotly_chart(figures.probability_bars([pred.probabilities[c] for c in model.class_names],
+                                                 model.class_names, pred.index), width="stretch",
+                        key=f"probs-{digest}")
+        if exp.keep_top_confidence is not None:
+            st.caption(f"Faithfulness: {exp.target_name} confidence {exp.confidence:.0%} on the tile, "
+                       f"{exp.keep_top_confidence:.0%} keeping only the hottest 20%, {exp.remove_top_confidence:.0%} "
+                       f"with it removed ({exp.seconds * 1000:.0f} ms).")
+        buf = io.BytesIO()
+        Image.fromarray(overlay).save(buf, format="PNG")
+        st.download_button("Download overlay (PNG)", buf.getvalue(), file_name=f"{name.rsplit('.', 1)[0]}-{method}.png",
+                           mime="image/png", key=f"dl-{digest}")
+    if pred.class_map is not None:
+        gray, _ = decode_gray(payload, name)
+        st.image(render_class_map(gray, pred.class_map), width="stretch",
+                 caption="Class map: each window coloured by its predicted class (other left uncoloured); the CAM "
+                         "above explains the window surest of the predicted class")

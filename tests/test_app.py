@@ -1,0 +1,143 @@
+"""Every page under Streamlit's AppTest, with and without data and runs; widgets drive core."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import jobs
+from core.config import RunConfig
+from core.runs import Run, list_runs
+from core.settings import APP_STATE_FILE, DEFAULT_CHECKPOINT, PROJECT_ROOT, RUNS_DIR
+from core.train import train
+from tests import synthetic
+
+PAGES = ["pages/1_Dataset.py", "pages/2_Train.py", "pages/3_Evaluate.py", "pages/4_Explain.py", "pages/5_Compare.py"]
+TIMEOUT = 180
+
+
+def run_page(path: str) -> AppTest:
+    at = AppTest.from_file(str(PROJECT_ROOT / path), default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [e.value for e in at.error] + [w.value for w in at.warning] + \
+        [i.value for i in at.info] + [c.value for c in at.caption] + [s.value for s in at.success]
+    return "\n".join(str(p) for p in parts)
+
+
+@pytest.fixture()
+def no_data(monkeypatch):
+    """A fresh clone: no data chosen, no runs, no shared data folder."""
+    Path(APP_STATE_FILE).write_text(json.dumps({"data_paths": []}))
+    monkeypatch.setattr("core.appstate.SHARED_DATA_DIR", Path("/nonexistent"))
+    yield
+    Path(APP_STATE_FILE).unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def with_runs(tmp_path_factory):
+    """A synthetic data set chosen in the app, and two finished runs to look at."""
+    data = synthetic.write_folder(tmp_path_factory.mktemp("app-data"),
+                                  synthetic.official_files("3.2", n_obs=12, per_obs=6, missing=0))
+    Path(APP_STATE_FILE).write_text(json.dumps({"data_paths": [str(data)]}))
+    for name, opt in (("a-adamw", "adamw"), ("b-sgd", "sgd")):
+        cfg = RunConfig(data=[str(data)], model="simple_cnn", image_size=48, epochs=2, batch_size=16,
+                        optimizer=opt, name=name).validate()
+        run = Run(Path(RUNS_DIR) / f"20260101-00000{len(list_runs())}-{name}")
+        run.path.mkdir(parents=True)
+        cfg.save(run.config_file)
+        assert train(cfg, run) == 0
+    yield data
+    Path(APP_STATE_FILE).unlink(missing_ok=True)
+
+
+def test_home_and_pages_without_data_or_runs(no_data):
+    at = run_page("app.py")
+    assert "HiRISE Studio" in at.title[0].value
+    assert "No data set chosen" in texts(at)
+    for page in PAGES:
+        at = run_page(page)
+    at = run_page("pages/1_Dataset.py")
+    assert "Choose a data source" in texts(at)
+
+
+def test_dataset_page_rejects_a_missing_folder(no_data, tmp_path):
+    at = run_page("pages/1_Dataset.py")
+    at.text_area[0].input(str(tmp_path / "nowhere"))
+    button(at, "Use these sources").click().run()
+    assert "Not found" in texts(at) and not at.exception
+    assert json.loads(Path(APP_STATE_FILE).read_text())["data_paths"] == []  # nothing changed
+
+
+def test_dataset_page_summarises_the_data(with_runs):
+    at = run_page("pages/1_Dataset.py")
+    assert at.metric and any("always-other" in m.label for m in at.metric)
+    assert "No observation or landmark falls on two sides" in texts(at)
+
+
+def test_explain_page_uses_the_shipped_model_and_a_data_tile(with_runs):
+    assert DEFAULT_CHECKPOINT.is_file(), "the shipped checkpoint is missing"
+    at = run_page("pages/4_Explain.py")
+    assert at.sidebar.selectbox[0].value.startswith("default model")
+    at.checkbox(key="use_pick").check().run()
+    assert not at.exception, [e.value for e in at.exception]
+    body = texts(at)
+    assert "Predicted **" in body and "Faithfulness" in body
+    at.sidebar.selectbox[1].set_value("gradcam++").run()
+    assert not at.exception and "gradcam++ on layer4" in texts(at) + "".join(str(i.value) for i in at.get("imgs"))
+
+
+def test_evaluate_page_shows_saved_evaluation_of_a_run(with_runs):
+    at = run_page("pages/3_Evaluate.py")
+    runs = [o for o in at.selectbox[0].options if o.startswith("run ")]
+    at.selectbox[0].set_value(runs[0]).run()
+    assert not at.exception
+    labels = [m.label for m in at.metric]
+    assert {"Macro-F1", "Balanced accuracy", "Accuracy"} <= set(labels)
+    assert any(label.startswith("Always-") for label in labels)
+    at.selectbox[1].set_value("test").run()
+    button(at, "Evaluate on the test split").click().run()  # evaluate on test: recomputed in-process with progress
+    assert not at.exception and "split test" in texts(at)
+
+
+def test_compare_page_with_two_runs(with_runs):
+    at = run_page("pages/5_Compare.py")
+    assert len(at.multiselect[0].value) == 2
+    assert "optimizer" in at.dataframe[0].value.index
+
+
+@pytest.mark.slow
+def test_train_page_launches_a_job_and_shows_it(with_runs):
+    before = {r.name for r in list_runs()}
+    at = run_page("pages/2_Train.py")
+    at.selectbox(key="cfg_model").set_value("simple_cnn").run()
+    at.number_input(key="cfg_image_size").set_value(48).run()
+    at.number_input(key="cfg_epochs").set_value(1).run()
+    at.number_input(key="cfg_max_steps_per_epoch").set_value(2).run()
+    button(at, "Launch training").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    new = [r for r in list_runs() if r.name not in before]
+    assert len(new) == 1 and new[0].config()["model"] == "simple_cnn"
+    deadline = time.time() + 180
+    while jobs.job_state(new[0]) in ("queued", "running") and time.time() < deadline:
+        time.sleep(1)
+    assert jobs.job_state(new[0]) == "completed", new[0].log_tail()
+    at = run_page("pages/2_Train.py")
+    assert f"**{new[0].name}** · state **completed**" in texts(at)
+
+
+def test_train_page_reports_a_bad_configuration(with_runs):
+    at = run_page("pages/2_Train.py")
+    at.text_area(key="cfg_data_text").input("").run()
+    button(at, "Launch training").click().run()
+    assert "Not launched" in texts(at) and "data" in texts(at)

@@ -1,0 +1,101 @@
+"""What every page needs: page set-up, cached model and data loading, progress, friendly errors."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import streamlit as st
+
+from core.checkpoint import CheckpointError, LoadedModel, load_checkpoint
+from core.data import DataError, HiriseData, load_dataset
+from core.imageio import ImageError
+from core.runs import Run, list_runs
+from core.settings import DEFAULT_CHECKPOINT
+
+#: Errors a user can cause; shown as a message, never a traceback.
+USER_ERRORS = (DataError, CheckpointError, ImageError, ValueError, FileNotFoundError, OSError)
+
+IMBALANCE_NOTE = ("About 81% of HiRISE tiles are `other`: a model that always answers `other` scores about 82% "
+                  "accuracy. Read macro-F1, balanced accuracy and per-class recall, not accuracy alone.")
+RARE_NOTE = ("Rare classes (impact ejecta, spider, dark dune) have few tiles: their per-class figures move a lot "
+             "with one tile more or less.")
+
+
+def page(title: str, icon: str = ":material/satellite_alt:") -> None:
+    st.set_page_config(page_title=f"{title} · HiRISE Studio", page_icon=icon, layout="wide")
+    st.title(title)
+
+
+def progress_bar(label: str) -> Callable[[int, int, str], None]:
+    """An on_progress callback drawing a Streamlit bar with counts, rate and ETA."""
+    bar = st.progress(0.0, text=label)
+    start = time.perf_counter()
+
+    def update(done: int, total: int, desc: str) -> None:
+        elapsed = time.perf_counter() - start
+        if total:
+            rate = done / elapsed if elapsed > 0 else 0.0
+            eta = (total - done) / rate if rate > 0 else 0.0
+            bar.progress(min(1.0, done / total), text=f"{desc}: {done:,}/{total:,} · {rate:,.0f}/s · ETA {eta:,.0f} s")
+        else:
+            bar.progress(0.0, text=f"{desc}: {done:,}")
+        if total and done >= total:
+            bar.empty()
+
+    return update
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=4)
+def _cached_model(path: str, stamp: float) -> LoadedModel:
+    return load_checkpoint(path)
+
+
+def get_model(path: str | Path | None = None) -> LoadedModel:
+    """Load a checkpoint once per file version (a retrained file is reloaded)."""
+    p = Path(path) if path else DEFAULT_CHECKPOINT
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    return _cached_model(str(p), p.stat().st_mtime)
+
+
+@st.cache_resource(show_spinner="Reading, merging and splitting the data…", max_entries=4)
+def _cached_data(paths: tuple[str, ...], options: tuple) -> HiriseData:
+    return load_dataset(list(paths), *options, on_progress=progress_bar("Reading data"))
+
+
+def get_data(paths: list[str], conflict_policy: str = "newest", split_mode: str = "auto", val_fraction: float = 0.15,
+             test_fraction: float = 0.15, split_seed: int = 0, keep_split_repeats: bool = False) -> HiriseData:
+    """The merged, split, cached data set (decoding happens once, with a progress bar)."""
+    return _cached_data(tuple(paths), (conflict_policy, split_mode, val_fraction, test_fraction, split_seed,
+                                       keep_split_repeats))
+
+
+def data_for_config(config: dict) -> HiriseData:
+    """The data a run was trained on, split the same way."""
+    return get_data(list(config["data"]), config.get("conflict_policy", "newest"), config.get("split_mode", "auto"),
+                    config.get("val_fraction", 0.15), config.get("test_fraction", 0.15), config.get("split_seed", 0),
+                    config.get("keep_split_repeats", False))
+
+
+def show_error(exc: BaseException, what: str = "") -> None:
+    st.error(f"{what + ': ' if what else ''}{exc}", icon=":material/error:")
+
+
+def model_choices() -> dict[str, Path]:
+    """The shipped default model and every run with a best checkpoint, by display name."""
+    choices: dict[str, Path] = {}
+    if DEFAULT_CHECKPOINT.is_file():
+        choices[f"default model ({DEFAULT_CHECKPOINT.name})"] = DEFAULT_CHECKPOINT
+    for run in list_runs():
+        if run.best_checkpoint.is_file():
+            choices[f"run {run.name}"] = run.best_checkpoint
+    return choices
+
+
+def run_of_checkpoint(path: Path) -> Run | None:
+    return Run(path.parent) if path.name == "best.pt" and (path.parent / "config.json").is_file() else None
+
+
+def pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1%}"

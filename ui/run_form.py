@@ -1,0 +1,78 @@
+"""The run configuration form, generated from RunConfig's fields: one source of truth for every option."""
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from core.config import RunConfig, field_specs
+from core.models import stages
+from core.runs import list_runs
+
+GROUP_TITLES = {"data": "Data", "model": "Model", "freezing": "Freezing", "optimisation": "Optimisation",
+                "augmentation": "Augmentation", "runtime": "Runtime"}
+
+
+def _label(name: str) -> str:
+    return name.replace("_", " ").capitalize()
+
+
+def _widget(spec: dict, values: dict[str, Any]) -> Any:
+    name, kind, key = spec["name"], spec["type"], f"cfg_{spec['name']}"
+    default, help_text, choices = spec["default"], spec["help"], spec["choices"]
+    if key not in st.session_state:
+        st.session_state[key] = default
+    if name == "data":
+        text = st.text_area(_label(name), key=key + "_text", help=help_text,
+                            value="\n".join(st.session_state.get(key) or []), height=90)
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    if name == "freeze_below":
+        options = list(stages(values.get("model", "resnet18")))[1:]
+        if st.session_state[key] not in options:
+            st.session_state[key] = options[len(options) // 2]
+        return st.selectbox(_label(name), options, key=key, help=help_text)
+    if name == "init_from":
+        runs = [str(r.path) for r in list_runs() if r.best_checkpoint.is_file()]
+        if not runs:
+            st.warning("No earlier run with a checkpoint to start from.")
+            return ""
+        if st.session_state[key] not in runs:
+            st.session_state[key] = runs[0]
+        return st.selectbox("Start from run", runs, key=key, help=help_text,
+                            format_func=lambda p: p.rsplit("/", 1)[-1])
+    if getattr(kind, "__origin__", None) is list:
+        return st.multiselect(_label(name), choices, key=key, help=help_text)
+    if choices:
+        return st.selectbox(_label(name), choices, key=key, help=help_text)
+    if kind is bool:
+        return st.checkbox(_label(name), key=key, help=help_text)
+    if kind is int:
+        return int(st.number_input(_label(name), min_value=spec.get("min"), max_value=spec.get("max"), step=1,
+                                   key=key, help=help_text))
+    if kind is float:
+        return float(st.number_input(_label(name), min_value=spec.get("min"), max_value=spec.get("max"),
+                                     key=key, help=help_text, format="%g", step=None))
+    return st.text_input(_label(name), key=key, help=help_text)
+
+
+def run_form(default_data: list[str]) -> dict[str, Any]:
+    """Draw every option, grouped; options that do not apply to the current choices are hidden."""
+    if "cfg_data" not in st.session_state:
+        st.session_state["cfg_data"] = default_data
+    specs = field_specs()
+    values: dict[str, Any] = {}
+    groups = list(GROUP_TITLES)
+    tabs = st.tabs([GROUP_TITLES[g] for g in groups])
+    for group, tab in zip(groups, tabs):
+        with tab:
+            cols = st.columns(3)
+            shown = 0
+            for spec in [s for s in specs if s["group"] == group]:
+                when = spec["when"]
+                if when and values.get(when[0], getattr(RunConfig(), when[0])) not in when[1]:
+                    values[spec["name"]] = spec["default"]
+                    continue
+                with cols[shown % 3] if spec["name"] != "data" else st.container():
+                    values[spec["name"]] = _widget(spec, values)
+                shown += spec["name"] != "data"
+    return values
