@@ -68,3 +68,60 @@ def batch_mixer(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> Tr
 def epoch_multiplier(mode: str, names: list[str]) -> int:
     """How many times longer an epoch is than one pass over the originals (the UI says so)."""
     return len(names) + 1 if mode == "expand" else 1
+
+
+#: Transforms BatchAugment applies to whole batches as tensor ops (the rest stay per tile, in the loader).
+BATCHED = ("hflip", "vflip", "rot90", "color_jitter", "erasing")
+
+
+class BatchAugment(nn.Module):
+    """The online mode's flips, 90-degree rotations, brightness/contrast and erasing, done on a whole
+    (B, 1, H, W) float batch in [0, 1] on its device: every tile draws its own random choices, with the
+    same probabilities as `online_transform`, but no per-tile Python or PIL work (airbench-style).
+    """
+
+    def __init__(self, names: list[str]):
+        super().__init__()
+        unknown = set(names) - set(BATCHED)
+        if unknown:
+            raise ValueError(f"cannot batch {', '.join(sorted(unknown))}")
+        self.names = list(names)
+
+    def _pick(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """Indices of the tiles that get `name` this time."""
+        return (torch.rand(x.shape[0], device=x.device) < ONLINE_PROBABILITY[name]).nonzero().flatten()
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Augments `x` in place (it is the freshly made float batch) and returns it."""
+        if "hflip" in self.names and len(idx := self._pick(x, "hflip")):
+            x[idx] = x[idx].flip(-1)
+        if "vflip" in self.names and len(idx := self._pick(x, "vflip")):
+            x[idx] = x[idx].flip(-2)
+        if "rot90" in self.names and x.shape[-1] == x.shape[-2] and len(idx := self._pick(x, "rot90")):
+            turns = torch.randint(1, 4, (len(idx),), device=x.device)
+            for k in (1, 2, 3):
+                sel = idx[turns == k]
+                if len(sel):
+                    x[sel] = torch.rot90(x[sel], k, dims=(-2, -1))
+        if "color_jitter" in self.names and len(idx := self._pick(x, "color_jitter")):
+            sub = x[idx]
+            shape = (len(idx), 1, 1, 1)
+            mean = sub.mean(dim=(-2, -1), keepdim=True)
+            contrast = torch.empty(shape, device=x.device).uniform_(0.7, 1.3)
+            brightness = torch.empty(shape, device=x.device).uniform_(0.7, 1.3)
+            x[idx] = sub.sub_(mean).mul_(contrast).add_(mean).mul_(brightness).clamp_(0, 1)
+        if "erasing" in self.names and len(idx := self._pick(x, "erasing")):
+            h, w = x.shape[-2:]
+            for i in idx.tolist():  # a quarter of the batch: a few slice assignments
+                area = float(torch.empty(()).uniform_(0.02, 0.15)) * h * w
+                aspect = float(torch.exp(torch.empty(()).uniform_(-1.2, 1.2)))
+                eh, ew = min(h, max(1, round((area * aspect) ** 0.5))), min(w, max(1, round((area / aspect) ** 0.5)))
+                top, left = int(torch.randint(0, h - eh + 1, ())), int(torch.randint(0, w - ew + 1, ()))
+                x[i, :, top:top + eh, left:left + ew] = 0.0
+        return x
+
+
+def split_online(names: list[str]) -> tuple[list[str], list[str]]:
+    """(transforms done per batch on the device, transforms done per tile in the loader)."""
+    return [n for n in names if n in BATCHED], [n for n in names if n not in BATCHED]

@@ -106,6 +106,7 @@ class TrainData:
     mean: float
     std: float
     train_labels: np.ndarray
+    batch_augment: nn.Module | None = None  # online transforms done on whole batches on the device
 
 
 def prepare_data(cfg: RunConfig, log) -> TrainData:
@@ -128,14 +129,16 @@ def prepare_data(cfg: RunConfig, log) -> TrainData:
         raise DataError("the validation split is empty: add data or raise val_fraction")
     mean, std = data.pixel_stats(train_records)
     size = 227
-    transform = augment.online_transform(cfg.transforms, size) if cfg.augment == "online" else None
+    batched, per_tile = augment.split_online(cfg.transforms) if cfg.augment == "online" else ([], [])
+    transform = augment.online_transform(per_tile, size) if per_tile else None
     copies = augment.expand_copies(cfg.transforms, size) if cfg.augment == "expand" else []
     train = TileDataset(data.tiles(train_records), data.labels(train_records), transform, copies)
     val = TileDataset(data.tiles(val_records), data.labels(val_records))
     counts = np.bincount(data.labels(train_records), minlength=NUM_CLASSES)
     log(f"train {len(train_records)} tiles ({len(train)} per epoch, augment={cfg.augment}), val {len(val_records)} "
         f"originals; train per class: " + ", ".join(f"{c} {n}" for c, n in zip(CLASS_NAMES, counts)))
-    return TrainData(data, train, val, mean, std, data.labels(train_records))
+    return TrainData(data, train, val, mean, std, data.labels(train_records),
+                     augment.BatchAugment(batched) if batched else None)
 
 
 def train_loader(cfg: RunConfig, td: TrainData, d: Dist, pin: bool) -> DataLoader:
@@ -312,7 +315,7 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
             if d.any(bool(stop), device):
                 cancelled = True
                 break
-            x = to_model_input(x.to(device, non_blocking=True), td.mean, td.std, cfg.image_size)
+            x = to_model_input(x.to(device, non_blocking=True), td.mean, td.std, cfg.image_size, td.batch_augment)
             y = y.to(device, non_blocking=True)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -446,7 +449,7 @@ def find_lr(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, log, s
             x, y = next(batches)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        x = to_model_input(x.to(device), td.mean, td.std, cfg.image_size)
+        x = to_model_input(x.to(device), td.mean, td.std, cfg.image_size, td.batch_augment)
         loss = criterion(model(x).float(), y.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
