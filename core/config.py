@@ -21,7 +21,7 @@ OPTIMIZERS = ("adam", "nadam", "adamw", "sgd")
 SCHEDULERS = ("none", "step", "plateau", "onecycle", "cosine")
 AUGMENT_MODES = ("none", "online", "expand", "official")
 TRANSFORMS = ("hflip", "vflip", "rot90", "rotate", "perspective", "color_jitter", "blur", "resized_crop", "erasing")
-IMBALANCE = ("none", "weighted_loss", "balanced_sampler")
+IMBALANCE = ("none", "weighted_loss", "sqrt_weighted_loss", "balanced_sampler")
 INITS = ("scratch", "imagenet", "run")
 
 
@@ -81,7 +81,8 @@ class RunConfig:
     min_lr: float = opt(1e-6, "cosine: final learning rate", "optimisation", when=("scheduler", ("cosine",)))
     epochs: int = opt(10, "epochs", "optimisation", min=1)
     batch_size: int = opt(64, "batch size", "optimisation", min=1)
-    imbalance: str = opt("weighted_loss", "class-imbalance handling", "optimisation", IMBALANCE)
+    imbalance: str = opt("weighted_loss", "class-imbalance handling: loss weights n/(k n_c), their square root "
+                         "(milder), or a sampler that draws every class equally often", "optimisation", IMBALANCE)
     label_smoothing: float = opt(0.0, "label smoothing", "optimisation", min=0.0, max=0.5)
     early_stopping_metric: str = opt("macro_f1", "validation metric that picks the best epoch", "optimisation",
                                      SELECTION_METRICS)

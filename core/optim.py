@@ -76,12 +76,23 @@ class Schedule:
             self.scheduler.load_state_dict(state)
 
 
-def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """'Balanced' weights n / (k * n_c) for the classes present; absent classes get weight 1."""
+def class_weights(labels: np.ndarray, num_classes: int, sqrt: bool = False) -> torch.Tensor:
+    """'Balanced' weights n / (k * n_c) for the classes present (absent classes get weight 1).
+
+    With `sqrt`, their square root: rare classes still count more, but an 80%-majority class is not
+    pushed down so far that the model stops answering it.
+    """
     present = np.unique(labels)
     weights = np.ones(num_classes, dtype=np.float32)
     weights[present] = compute_class_weight("balanced", classes=present, y=labels)
-    return torch.from_numpy(weights)
+    return torch.from_numpy(np.sqrt(weights) if sqrt else weights)
+
+
+def loss_weights(imbalance: str, labels: np.ndarray, num_classes: int) -> torch.Tensor | None:
+    """The cross-entropy class weights an imbalance policy asks for (None: unweighted)."""
+    if imbalance in ("weighted_loss", "sqrt_weighted_loss"):
+        return class_weights(labels, num_classes, sqrt=imbalance == "sqrt_weighted_loss")
+    return None
 
 
 def lr_range_test(step_fn: Callable[[float], float], start_lr: float = 1e-7, end_lr: float = 1.0,

@@ -35,7 +35,7 @@ from .jobs import Cancelled, device_key, device_turn
 from .metrics import classification_metrics, headline
 from .models import (WeightsUnavailable, build_model, freeze_batchnorm_of_frozen, frozen_stages, set_frozen,
                      unfrozen_after)
-from .optim import Schedule, build_optimizer, class_weights, lr_range_test
+from .optim import Schedule, build_optimizer, loss_weights, lr_range_test
 from .preprocess import to_model_input
 from .runs import Run, now_iso, write_json_atomic
 
@@ -264,8 +264,9 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
     steps_per_epoch = len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
     optimizer = build_optimizer(cfg, model.parameters())
     schedule = Schedule(cfg, optimizer, steps_per_epoch)
-    weights = class_weights(td.train_labels, NUM_CLASSES).to(device) if cfg.imbalance == "weighted_loss" else None
-    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    weights = loss_weights(cfg.imbalance, td.train_labels, NUM_CLASSES)
+    criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device),
+                                    label_smoothing=cfg.label_smoothing)
     mixer = augment.batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, NUM_CLASSES)
     amp = cfg.amp
     if amp:
@@ -432,8 +433,9 @@ def find_lr(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, log, s
     model = build_initial_model(cfg, log).to(device)
     set_frozen(model, cfg.model, frozen_stages(cfg.model, cfg.freeze, cfg.freeze_below))
     optimizer = build_optimizer(cfg, model.parameters())
-    weights = class_weights(td.train_labels, NUM_CLASSES).to(device) if cfg.imbalance == "weighted_loss" else None
-    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    weights = loss_weights(cfg.imbalance, td.train_labels, NUM_CLASSES)
+    criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device),
+                                    label_smoothing=cfg.label_smoothing)
     loader = train_loader(cfg, td, d, pin=device.type == "cuda")
     batches = iter(loader)
     model.train()

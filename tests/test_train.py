@@ -304,3 +304,14 @@ def test_two_process_ddp_on_cpu(tmp_path, data_dir):
     epochs = [r for r in run.metrics() if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2]  # written once (rank 0), not twice
     load_checkpoint(run.best_checkpoint)
+
+
+def test_class_weights_balanced_and_sqrt():
+    import numpy as np
+    from core.optim import loss_weights
+    labels = np.array([0] * 80 + [1] * 15 + [2] * 5)
+    full = loss_weights("weighted_loss", labels, 8)
+    assert torch.allclose(full[:3], torch.tensor([100 / (3 * 80), 100 / (3 * 15), 100 / (3 * 5)]))
+    assert torch.equal(full[3:], torch.ones(5))  # absent classes: weight 1
+    assert torch.allclose(loss_weights("sqrt_weighted_loss", labels, 8), full.sqrt())
+    assert loss_weights("none", labels, 8) is None and loss_weights("balanced_sampler", labels, 8) is None
