@@ -1,0 +1,252 @@
+"""Evaluate a checkpoint on a split: metrics that keep the rare classes visible, curves, calibration, mistakes.
+
+    python -m core.evaluate --data PATH [--data PATH ...] --split val [--checkpoint PATH] [--tta] [--out report.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .calibration import expected_calibration_error, reliability_diagram, softmax
+from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
+from .data import CONFLICT_POLICIES, SPLIT_MODES, DataError, HiriseData, Record, load_dataset
+from .metrics import classification_metrics, confused_pairs, headline, majority_baseline, per_class_curves
+from .progress import ProgressCallback, track
+from .settings import DEFAULT_CHECKPOINT
+
+REPORT_FORMAT = "hirise-studio-evaluation/1"
+SPLITS = ("train", "val", "test", "all")
+FEW_TILES = 30  # below this support a class's figures move a lot with one tile more or less
+TOP_LOSSES = 24
+
+
+#: The 8 flips/rotations of a square image (the dihedral group D4), as functions of (B, C, H, W).
+DIHEDRAL: tuple[Callable[[torch.Tensor], torch.Tensor], ...] = tuple(
+    (lambda t, k=k, flip=flip: torch.rot90(torch.flip(t, dims=(3,)) if flip else t, k, dims=(2, 3)))
+    for flip in (False, True) for k in range(4))
+
+
+class RecordTiles:
+    """The tiles of some records, read from the tile cache one slice at a time, so that
+    evaluating every tile of a large data set never holds them all in memory."""
+
+    def __init__(self, data: HiriseData, records: Sequence[Record]):
+        self.data, self.records = data, list(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        return self.data.tiles(self.records[index])
+
+
+@torch.inference_mode()
+def predict_logits(loaded: LoadedModel, tiles: np.ndarray | RecordTiles, batch_size: int = 64, tta: bool = False,
+                   on_progress: ProgressCallback | None = None) -> np.ndarray:
+    """(N, H, W) uint8 tiles -> (N, C) float32 logits, uncalibrated (divide by the temperature yourself).
+
+    With `tta`, the logits are the mean over the 8 dihedral transforms: Mars has no "up", so
+    every rotation and mirror of a tile is an equally valid view (8x the compute). `tiles` may
+    be anything that slices into uint8 arrays (see `RecordTiles`).
+    """
+    if isinstance(tiles, list):
+        tiles = np.asarray(tiles)
+    n = len(tiles)
+    out = np.empty((n, len(loaded.class_names)), dtype=np.float32)
+    desc = "predicting" + (" (8x TTA)" if tta else "")
+    start = 0
+    for i in track(range(n), total=n, desc=desc, on_progress=on_progress):  # progress counts tiles
+        if i + 1 - start < batch_size and i < n - 1:
+            continue
+        x = loaded.preprocess(tiles[start:i + 1])
+        if tta:
+            logits = torch.stack([loaded.model(t(x)).float() for t in DIHEDRAL]).mean(0)
+        else:
+            logits = loaded.model(x).float()
+        out[start:i + 1] = logits.cpu().numpy()
+        start = i + 1
+    return out
+
+
+def evaluate_model(loaded: LoadedModel, data: HiriseData, split: str = "val", originals_only: bool = True,
+                   tta: bool = False, batch_size: int = 64, on_progress: ProgressCallback | None = None) -> dict:
+    """A JSON-able report of `loaded` on one split of `data` (see the module docstring for the CLI).
+
+    Metrics are computed on calibrated probabilities (softmax(logits / T) with the checkpoint's T);
+    ECE is given with and without T so the calibration itself can be judged.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
+    records = data.select(split, originals_only=originals_only)
+    if not records:
+        kind = "original " if originals_only else ""
+        raise DataError(f"the {split} split has no {kind}tiles (split method: {data.split_method})")
+    names = list(loaded.class_names)
+    y = data.labels(records)
+    logits = predict_logits(loaded, RecordTiles(data, records), batch_size=batch_size, tta=tta,
+                            on_progress=on_progress)
+    raw, probs = softmax(logits), softmax(logits, loaded.temperature)
+    pred = probs.argmax(1)
+
+    report = classification_metrics(y, probs, names)
+    report["majority_baseline"] = majority_baseline(y, names)
+    report["curves"] = per_class_curves(y, probs, names)
+    report["calibration"] = {"temperature": loaded.temperature,
+                             "ece_uncalibrated": expected_calibration_error(raw, y),
+                             "ece_calibrated": expected_calibration_error(probs, y),
+                             "reliability_uncalibrated": reliability_diagram(raw, y),
+                             "reliability_calibrated": reliability_diagram(probs, y)}
+    report["confused_pairs"] = confused_pairs(report["confusion"], names)
+    report["few_tiles"] = [c["class"] for c in report["per_class"] if 0 < c["support"] < FEW_TILES]
+    wrong = np.flatnonzero(pred != y)
+    worst = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:TOP_LOSSES]
+    report["top_losses"] = [{"source": records[i].source, "path": records[i].path, "name": records[i].name,
+                             "true": names[y[i]], "pred": names[pred[i]], "prob": float(probs[i, pred[i]]),
+                             "true_prob": float(probs[i, y[i]])} for i in worst]
+    report["predictions"] = [{"source": r.source, "path": r.path, "name": r.name, "true": names[t],
+                              "pred": names[p], "probs": [round(float(v), 5) for v in row]}
+                             for r, t, p, row in zip(records, y, pred, probs)]
+    report.update({
+        "format": REPORT_FORMAT,
+        "checkpoint": {"path": str(loaded.path) if loaded.path else None, "arch": loaded.arch,
+                       "temperature": loaded.temperature, "image_size": loaded.image_size, "epoch": loaded.epoch},
+        "data": {"sources": [s.name for s in data.sources], "split_method": data.split_method,
+                 "warnings": list(data.warnings), "leakage": list(data.leakage)},
+        "split": split, "originals_only": originals_only, "tta": tta, "n": len(records),
+    })
+    return _jsonable(report)
+
+
+def _jsonable(obj):
+    """Plain Python types, with NaN/inf as None: strict JSON that every reader (and the app) accepts."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def save_report(report: dict, path: str | Path) -> Path:
+    """Write the report as JSON, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(report), allow_nan=False))
+    tmp.replace(path)
+    return path
+
+
+def load_report(path: str | Path) -> dict:
+    """Read a report written by `save_report`; ValueError when the file is something else."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path.name} is not a readable evaluation report ({exc})") from exc
+    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
+        raise ValueError(f"{path.name} is not a HiRISE Studio evaluation report")
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The report as text: headline with baseline, per-class table, confusion matrix, worst confusions."""
+    names = report["class_names"]
+    ck = report["checkpoint"]
+    lines = [f"{ck['arch']} checkpoint {ck['path']} on {report['split']} "
+             f"({report['n']} {'original ' if report['originals_only'] else ''}tiles"
+             f"{', 8x TTA' if report['tta'] else ''}; split: {report['data']['split_method']})",
+             headline(report)]
+    base = report["majority_baseline"]
+    lines.append(f"always-{base['class']} baseline: macro-F1 {base['macro_f1']:.3f} | balanced acc "
+                 f"{base['balanced_accuracy']:.3f} | acc {base['accuracy']:.3f}")
+    cal = report["calibration"]
+    lines.append(f"calibration: ECE {cal['ece_uncalibrated']:.3f} raw -> {cal['ece_calibrated']:.3f} "
+                 f"at temperature {cal['temperature']:.2f}")
+    curves = report["curves"]["classes"]
+    lines += ["", f"{'class':<14}{'support':>8}{'precision':>10}{'recall':>8}{'F1':>7}{'AP':>7}{'AUC':>7}"]
+    for c in report["per_class"]:
+        cv = curves.get(c["class"])
+        ap = f"{cv['average_precision']:7.3f}" if cv else f"{'-':>7}"
+        auc = f"{cv['roc_auc']:7.3f}" if cv else f"{'-':>7}"
+        mark = " *" if c["class"] in report["few_tiles"] else ""
+        lines.append(f"{c['class']:<14}{c['support']:>8}{c['precision']:>10.3f}{c['recall']:>8.3f}"
+                     f"{c['f1']:>7.3f}{ap}{auc}{mark}")
+    if report["few_tiles"]:
+        lines.append(f"* fewer than {FEW_TILES} tiles: one tile more or less moves these figures a lot; "
+                     "read them as rough")
+    for name, why in report["curves"]["skipped"].items():
+        lines.append(f"  no PR/ROC curve for {name}: {why}")
+    short = [n[:6] for n in names]
+    lines += ["", "confusion matrix (rows: true, columns: predicted)",
+              " " * 14 + "".join(f"{s:>8}" for s in short)]
+    for name, row in zip(names, report["confusion"]):
+        lines.append(f"{name:<14}" + "".join(f"{v:>8}" for v in row))
+    lines += ["", "most confused (true -> predicted)" if report["confused_pairs"] else "most confused: none"]
+    for p in report["confused_pairs"][:8]:
+        lines.append(f"  {p['true']} -> {p['pred']}: {p['count']} ({p['fraction_of_true']:.0%} of {p['true']})")
+    if report["top_losses"]:
+        lines += ["", "surest mistakes"]
+        for t in report["top_losses"][:5]:
+            lines.append(f"  {t['name']}: {t['true']} predicted {t['pred']} at {t['prob']:.2f}")
+    for w in report["data"]["warnings"] + report["data"]["leakage"]:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", help=f"checkpoint file (default: {DEFAULT_CHECKPOINT})")
+    parser.add_argument("--data", action="append", required=True, metavar="PATH",
+                        help="a data folder or zip; repeat to merge several")
+    parser.add_argument("--split", choices=SPLITS, default="val")
+    parser.add_argument("--all-files", action="store_true",
+                        help="include the augmented copies (-r90, -fh, ...), not only the original tiles")
+    parser.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")
+    parser.add_argument("--out", help="write the full report as JSON to this file")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--conflict-policy", choices=CONFLICT_POLICIES, default="newest")
+    parser.add_argument("--split-mode", choices=SPLIT_MODES, default="auto")
+    parser.add_argument("--val-fraction", type=float, default=0.15)
+    parser.add_argument("--test-fraction", type=float, default=0.15)
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--keep-split-repeats", action="store_true", help="keep the split file's repeated rows")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    try:
+        loaded = load_checkpoint(args.checkpoint)
+        data = load_dataset(args.data, args.conflict_policy, args.split_mode, args.val_fraction,
+                            args.test_fraction, args.split_seed, args.keep_split_repeats)
+        report = evaluate_model(loaded, data, args.split, originals_only=not args.all_files, tta=args.tta,
+                                batch_size=args.batch_size)
+        if args.out:
+            save_report(report, args.out)
+    except CheckpointError as exc:
+        hint = "" if args.checkpoint else " (train a model first, or pass --checkpoint PATH)"
+        print(f"error: {exc}{hint}", file=sys.stderr)
+        return 2
+    except (DataError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    if args.out:
+        print(f"\nreport written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Classify image files: one tile, or every window of a larger image (a class map).
+
+    python -m core.predict [--checkpoint PATH] FILE_OR_FOLDER [...] [--top-k 3] [--csv OUT]
+                           [--cam gradcam --out DIR] [--stride 227]
+
+Exit status: 0 when every file was classified, 1 when some could not be read (they are listed
+and skipped), 2 for a usage error (no checkpoint, no image found).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .calibration import softmax
+from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
+from .evaluate import predict_logits
+from .imageio import IMAGE_SUFFIXES, TILE_SIZE, ImageError, decode_image, to_tile
+from .progress import ProgressCallback
+from .settings import DEFAULT_CHECKPOINT
+from .tiling import ClassMap, cut_windows, render_class_map
+
+RESIZE_LIMIT = 1.5  # images up to 1.5x a tile (per side) are resized to one tile; larger ones are tiled
+
+
+@dataclass
+class Prediction:
+    """What the model says about one image (probabilities are calibrated)."""
+
+    name: str
+    label: str  # the predicted class
+    index: int
+    confidence: float
+    probabilities: dict[str, float]  # every class, in class order
+    top_k: list[tuple[str, float]]
+    tile: np.ndarray  # the 227x227 uint8 tile classified (for a class map: the window surest of `label`)
+    image_shape: tuple[int, int]  # (H, W) of the decoded image
+    notes: list[str] = field(default_factory=list)
+    class_map: ClassMap | None = None  # for images larger than a tile
+
+    def row(self) -> dict:
+        """A flat dict for CSV and tables."""
+        out = {"file": self.name, "predicted": self.label, "confidence": round(self.confidence, 4),
+               "top_k": "; ".join(f"{c} {p:.3f}" for c, p in self.top_k),
+               "windows": "x".join(map(str, self.class_map.grid_shape)) if self.class_map else "",
+               "notes": "; ".join(self.notes)}
+        out.update({f"p_{c}": round(p, 5) for c, p in self.probabilities.items()})
+        return out
+
+
+def predict_bytes(loaded: LoadedModel, data: bytes, name: str, top_k: int = 3, *, stride: int = TILE_SIZE,
+                  batch_size: int = 32, on_progress: ProgressCallback | None = None) -> Prediction:
+    """Decode `data` (any common image format; ImageError says why not) and classify it."""
+    gray, notes = decode_image(data, name)
+    return predict_array(loaded, gray, name, top_k, notes=notes, stride=stride, batch_size=batch_size,
+                         on_progress=on_progress)
+
+
+def predict_array(loaded: LoadedModel, gray: np.ndarray, name: str = "image", top_k: int = 3, *,
+                  notes: Sequence[str] = (), stride: int = TILE_SIZE, batch_size: int = 32,
+                  on_progress: ProgressCallback | None = None) -> Prediction:
+    """Classify an (H, W) uint8 image: resized to one tile when close to its size, else window by window.
+
+    For a large image the probabilities are the mean over its windows (what the image holds on
+    average) and the class map has each window's own prediction.
+    """
+    gray = np.asarray(gray)
+    if gray.ndim != 2 or gray.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W) uint8 image, got {gray.shape} {gray.dtype}")
+    notes = list(notes)
+    h, w = gray.shape
+    class_map = None
+    if max(h, w) <= RESIZE_LIMIT * TILE_SIZE:
+        tile, more = to_tile(gray, TILE_SIZE)
+        if more and max(h, w) < TILE_SIZE / RESIZE_LIMIT:
+            more = [f"{more[0]} (upscaled a lot: fine detail is interpolated, treat with care)"]
+        notes += more
+        probs = loaded.predict_proba(tile[None])[0]
+    else:
+        class_map, window_probs, tiles = classify_windows(loaded, gray, stride, batch_size, on_progress)
+        rows, cols = class_map.grid_shape
+        notes.append(f"{w}x{h} image: classified as {rows}x{cols} windows of {TILE_SIZE}px (stride {stride}); "
+                     "probabilities are the mean over windows")
+        if min(h, w) < TILE_SIZE:
+            notes.append(f"the short side was padded by reflection to {TILE_SIZE}px")
+        probs = window_probs.mean(axis=0)
+        tile = tiles[int(window_probs[:, int(probs.argmax())].argmax())]
+    names = list(loaded.class_names)
+    order = np.argsort(-probs, kind="stable")
+    k = max(1, min(int(top_k), len(names)))
+    best = int(order[0])
+    return Prediction(name=name, label=names[best], index=best, confidence=float(probs[best]),
+                      probabilities={c: float(p) for c, p in zip(names, probs)},
+                      top_k=[(names[i], float(probs[i])) for i in order[:k]], tile=tile, image_shape=(h, w),
+                      notes=notes, class_map=class_map)
+
+
+def classify_windows(loaded: LoadedModel, gray: np.ndarray, stride: int = TILE_SIZE, batch_size: int = 32,
+                     on_progress: ProgressCallback | None = None) -> tuple[ClassMap, np.ndarray, np.ndarray]:
+    """Every TILE_SIZE window of `gray` -> (class map, (N, C) probabilities, (N, 227, 227) windows)."""
+    tiles, boxes, _ = cut_windows(gray, TILE_SIZE, stride)
+    logits = predict_logits(loaded, tiles, batch_size=batch_size, on_progress=on_progress)
+    probs = softmax(logits, loaded.temperature).astype(np.float32)
+    rows, cols = boxes.shape[:2]
+    grid = probs.reshape(rows, cols, -1)
+    class_map = ClassMap(classes=grid.argmax(-1), confidence=grid.max(-1), probabilities=grid, boxes=boxes,
+                         window=TILE_SIZE, stride=stride, image_shape=gray.shape, class_names=list(loaded.class_names))
+    return class_map, probs, tiles
+
+
+def find_images(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
+    """Files named, and the images directly inside folders named (sorted); plus problems found."""
+    files, problems = [], []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                problems.append(f"{p}: no images in this folder ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            problems.append(f"{p}: no such file or folder")
+    return files, problems
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _save_png(path: Path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .explain import CAM_METHODS, explain  # only the --cam path pays for importing grad-cam
+
+    parser = argparse.ArgumentParser(prog="python -m core.predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="+", metavar="FILE", help="image files, or folders of images")
+    parser.add_argument("--checkpoint", help=f"checkpoint file (default: {DEFAULT_CHECKPOINT})")
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--csv", metavar="OUT", help="write one row per classified file to this CSV")
+    parser.add_argument("--cam", choices=CAM_METHODS, help="write a CAM overlay PNG per file to --out")
+    parser.add_argument("--out", metavar="DIR", help="folder for CAM overlays and class maps of large images")
+    parser.add_argument("--stride", type=int, default=TILE_SIZE, help="window stride for images larger than a tile")
+    args = parser.parse_args(argv)
+    if args.cam and not args.out:
+        parser.error("--cam needs --out DIR")
+    if args.stride < 1 or args.top_k < 1:
+        parser.error("--stride and --top-k must be at least 1")
+    try:
+        loaded = load_checkpoint(args.checkpoint)
+    except CheckpointError as exc:
+        hint = "" if args.checkpoint else " (train a model first, or pass --checkpoint PATH)"
+        print(f"error: {exc}{hint}", file=sys.stderr)
+        return 2
+    files, problems = find_images(args.files)
+    for p in problems:
+        print(f"skipped: {p}", file=sys.stderr)
+    if not files:
+        print("error: no image to classify", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else None
+    rows, failed = [], len(problems)
+    for path in files:
+        try:
+            gray, notes = decode_image(path.read_bytes(), path.name)
+        except (ImageError, OSError) as exc:
+            print(f"skipped: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        try:
+            pred = predict_array(loaded, gray, path.name, args.top_k, notes=notes, stride=args.stride)
+        except ValueError as exc:  # e.g. a stride so small the image has too many windows
+            print(f"skipped: {path.name}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        top = " | ".join(f"{c} {p:.3f}" for c, p in pred.top_k)
+        notes = f"  ({'; '.join(pred.notes)})" if pred.notes else ""
+        print(f"{path.name}: {pred.label}  [{top}]{notes}")
+        if pred.class_map is not None:
+            print(f"  windows per class: {', '.join(f'{c} {n}' for c, n in pred.class_map.counts().items())}")
+        try:
+            if out and pred.class_map is not None:
+                _save_png(out / f"{path.stem}-classmap.png", render_class_map(gray, pred.class_map))
+            if args.cam:
+                exp = explain(loaded, pred.tile, args.cam, target=pred.index)
+                _save_png(out / f"{path.stem}-{args.cam}.png", exp.overlay)
+        except OSError as exc:
+            print(f"error: cannot write to {out}: {exc}", file=sys.stderr)
+            return 2
+        rows.append(pred.row())
+    if args.csv and rows:
+        try:
+            _write_csv(Path(args.csv), rows)
+        except OSError as exc:
+            print(f"error: cannot write {args.csv}: {exc}", file=sys.stderr)
+            return 2
+    if out:
+        print(f"images written to {out}")
+    if failed:
+        print(f"{failed} file(s) skipped, {len(rows)} classified", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Cut an image larger than a tile (a HiRISE browse crop) into windows, and draw the class map back on it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .imageio import TILE_SIZE
+
+MAX_WINDOWS = 20_000  # ~1 GB of windows; a smaller stride on a huge image is refused, not swapped to death
+
+#: One colour per class for class maps and legends (RGB; `other` is grey and left undrawn by default).
+CLASS_COLORS: dict[str, tuple[int, int, int]] = {
+    "other": (150, 150, 150),
+    "crater": (230, 25, 75),
+    "dark dune": (60, 180, 75),
+    "slope streak": (255, 225, 25),
+    "bright dune": (0, 130, 200),
+    "impact ejecta": (245, 130, 48),
+    "swiss cheese": (145, 30, 180),
+    "spider": (70, 240, 240),
+}
+
+
+@dataclass
+class ClassMap:
+    """The prediction of every window of a large image, as grids (rows, cols)."""
+
+    classes: np.ndarray  # (rows, cols) int: predicted class of each window
+    confidence: np.ndarray  # (rows, cols) float: its calibrated probability
+    probabilities: np.ndarray  # (rows, cols, C) float
+    boxes: np.ndarray  # (rows, cols, 4) int: x0, y0, x1, y1 of each window in image pixels
+    window: int
+    stride: int
+    image_shape: tuple[int, int]  # (H, W) of the image the boxes refer to
+    class_names: list[str]
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        return self.classes.shape  # type: ignore[return-value]
+
+    def counts(self) -> dict[str, int]:
+        """Windows per predicted class (only classes that occur)."""
+        n = np.bincount(self.classes.ravel(), minlength=len(self.class_names))
+        return {c: int(k) for c, k in zip(self.class_names, n) if k}
+
+    def to_dict(self) -> dict:
+        """JSON-able form (for the CLI's --json and the app's downloads)."""
+        return {"grid_shape": list(self.grid_shape), "window": self.window, "stride": self.stride,
+                "image_shape": list(self.image_shape), "class_names": list(self.class_names),
+                "classes": [[self.class_names[c] for c in row] for row in self.classes.tolist()],
+                "confidence": np.round(self.confidence, 4).tolist(), "boxes": self.boxes.tolist()}
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Window offsets along one side: every `stride`, plus one flush with the end so nothing is missed."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return starts
+
+
+def cut_windows(gray: np.ndarray, window: int = TILE_SIZE, stride: int = TILE_SIZE
+                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(H, W) uint8 -> windows (rows*cols, window, window), boxes (rows, cols, 4), notes.
+
+    A side shorter than the window is padded by reflection (the model never sees a black border);
+    boxes are clipped to the real image.
+    """
+    if stride <= 0:
+        raise ValueError(f"stride must be positive, got {stride}")
+    h, w = gray.shape
+    notes = []
+    if h < window or w < window:
+        gray = np.pad(gray, ((0, max(0, window - h)), (0, max(0, window - w))), mode="reflect"
+                      if min(h, w) > 1 else "edge")
+        notes.append(f"padded from {w}x{h} by reflection to fit {window}x{window} windows")
+    ys, xs = window_starts(gray.shape[0], window, stride), window_starts(gray.shape[1], window, stride)
+    if len(ys) * len(xs) > MAX_WINDOWS:
+        raise ValueError(f"{w}x{h} at stride {stride} makes {len(ys) * len(xs):,} windows, over the "
+                         f"{MAX_WINDOWS:,} limit: use a larger stride")
+    tiles = np.stack([gray[y:y + window, x:x + window] for y in ys for x in xs])
+    boxes = np.array([[[x, y, min(x + window, w), min(y + window, h)] for x in xs] for y in ys], dtype=np.int64)
+    return tiles, boxes, notes
+
+
+def pixel_classes(class_map: ClassMap) -> np.ndarray:
+    """(H, W) class index per pixel: each pixel takes the window whose centre is nearest.
+
+    With overlapping windows (stride < window) this gives each window its central cell, so the
+    drawn map is a clean grid however the windows were laid out.
+    """
+    return class_map.classes[_grid_index(class_map)]
+
+
+def _grid_index(class_map: ClassMap) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) index arrays, broadcastable to (H, W), of the window nearest each pixel."""
+    h, w = class_map.image_shape
+    half = class_map.window / 2.0
+    rows = _nearest(np.arange(h) + 0.5, class_map.boxes[:, 0, 1] + half)
+    cols = _nearest(np.arange(w) + 0.5, class_map.boxes[0, :, 0] + half)
+    return rows[:, None], cols[None, :]
+
+
+def _nearest(positions: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    if len(centres) == 1:
+        return np.zeros(len(positions), dtype=np.int64)
+    return np.searchsorted((centres[1:] + centres[:-1]) / 2.0, positions)
+
+
+def render_class_map(gray: np.ndarray, class_map: ClassMap, alpha: float = 0.45,
+                     skip: tuple[str, ...] = ("other",), min_confidence: float = 0.0) -> np.ndarray:
+    """RGB uint8 (H, W, 3): the grayscale image with each window's class colour blended on top.
+
+    Classes in `skip` (by default `other`) and windows below `min_confidence` stay uncoloured,
+    so the landmarks stand out.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    h, w = class_map.image_shape
+    rgb = np.repeat(gray[:h, :w, None].astype(np.float32), 3, axis=2)
+    index = _grid_index(class_map)
+    classes = class_map.classes[index]
+    palette = np.array([CLASS_COLORS.get(c, (255, 255, 255)) for c in class_map.class_names], dtype=np.float32)
+    keep = np.array([c not in skip for c in class_map.class_names])[classes]
+    if min_confidence > 0:
+        keep &= class_map.confidence[index] >= min_confidence
+    rgb[keep] = (1 - alpha) * rgb[keep] + alpha * palette[classes][keep]
+    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)

@@ -1,0 +1,143 @@
+"""CAMs follow a planted feature, work on frozen models, and leave no hooks, state or memory behind."""
+from __future__ import annotations
+
+import gc
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from core import explain as ex
+from core.checkpoint import load_checkpoint
+from core.models import get_layer, set_frozen, stages
+from tests import model_fixtures
+from tests.model_fixtures import blob_tile
+
+POSITIONS = [(60, 62), (165, 160)]  # two blob centres (row, col), far apart
+TOLERANCE = 45  # px on the 227 tile: the blob model's CAM grid is 6x6, one cell is ~38 px
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with model_fixtures.one_thread():
+        yield
+
+@pytest.fixture(scope="session")
+def blob():
+    return load_checkpoint(model_fixtures.blob_checkpoint())
+
+
+def _hooks(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               for m in model.modules())
+
+
+@pytest.mark.parametrize("method", ex.CAM_METHODS)
+def test_every_method_follows_the_blob(blob, method):
+    peaks = []
+    for i, (cy, cx) in enumerate(POSITIONS):
+        tile = blob_tile(cy, cx, seed=300 + i)
+        e = ex.explain(blob, tile, method)
+        assert e.target_name == "crater" and e.method == method and e.layer == "block3"
+        assert e.heatmap.shape == tile.shape and e.heatmap.dtype == np.float32
+        assert 0.0 <= e.heatmap.min() and e.heatmap.max() <= 1.0 and e.heatmap.max() > 0.5
+        assert e.overlay.shape == (*tile.shape, 3) and e.overlay.dtype == np.uint8
+        assert e.probabilities.shape == (8,) and e.confidence == pytest.approx(e.probabilities.max())
+        peak = np.unravel_index(int(e.heatmap.argmax()), e.heatmap.shape)
+        assert np.hypot(peak[0] - cy, peak[1] - cx) < TOLERANCE, (method, (cy, cx), peak)
+        peaks.append(peak)
+    assert np.hypot(*np.subtract(peaks[0], peaks[1])) > 100  # the hot region moved with the blob
+    assert _hooks(blob.model) == 0
+
+
+def test_faithfulness_and_explicit_target(blob):
+    tile = blob_tile(100, 120, seed=11)
+    e = ex.explain(blob, tile, "gradcam")
+    assert e.keep_top_confidence > e.remove_top_confidence and e.faithfulness > 0.2
+    other = ex.explain(blob, tile, "gradcam", target=0, faithfulness=False)
+    assert other.target == 0 and other.target_name == "other" and other.keep_top_confidence is None
+    np.testing.assert_allclose(other.probabilities, e.probabilities, atol=1e-6)
+
+
+def test_smoothing_options_and_other_layers(blob):
+    tile = blob_tile(80, 150, seed=12)
+    for kw in ({"aug_smooth": True}, {"eigen_smooth": True}, {"layer": "block2"}, {"layer": "block3.3"}):
+        e = ex.explain(blob, tile, "gradcam", **kw)
+        assert e.heatmap.shape == tile.shape and e.target_name == "crater", kw
+    small = ex.explain(blob, tile[:100, :120], "gradcam++")
+    assert small.heatmap.shape == (100, 120) and small.overlay.shape == (100, 120, 3)
+
+
+def test_bad_arguments(blob):
+    tile = blob_tile(80, 150, seed=12)
+    with pytest.raises(ValueError, match="unknown CAM method"):
+        ex.explain(blob, tile, "magic")
+    with pytest.raises(ValueError, match="no layer"):
+        ex.explain(blob, tile, layer="block9")
+    with pytest.raises(ValueError, match="cannot be used for a CAM"):
+        ex.explain(blob, tile, layer="fc")
+    with pytest.raises(ValueError, match="not a class index"):
+        ex.explain(blob, tile, target=8)
+    assert _hooks(blob.model) == 0
+
+
+def test_overlay_colours_are_rgb():
+    gray = np.zeros((10, 10), np.uint8)
+    hot = ex.overlay_heatmap(gray, np.ones((10, 10)), alpha=1.0)
+    cold = ex.overlay_heatmap(gray, np.zeros((5, 5)), alpha=1.0)  # resized to the tile
+    assert hot.shape == cold.shape == (10, 10, 3)
+    assert hot[..., 0].mean() > 100 and hot[..., 2].mean() < 20  # jet's top is red
+    assert cold[..., 2].mean() > 100 and cold[..., 0].mean() < 20  # ... and its bottom blue
+    plain = ex.overlay_heatmap(np.full((4, 4), 200, np.uint8), np.ones((4, 4)), alpha=0.0)
+    assert (plain == plain[0, 0, 0]).all()  # alpha 0: just the (gray) tile
+
+
+@pytest.mark.parametrize("method", ["gradcam", "ablationcam"])
+def test_frozen_training_model_is_explained_and_left_as_it_was(method):
+    loaded = load_checkpoint(model_fixtures.blob_checkpoint())
+    model = loaded.model
+    set_frozen(model, "simple_cnn", stages("simple_cnn"))  # everything frozen, even the head
+    model.train()
+    model.fc.weight.grad = torch.ones_like(model.fc.weight)  # a trainer's pending gradient
+    block3 = get_layer(model, "block3")
+    e = ex.explain(loaded, blob_tile(60, 160, seed=5), method)
+    assert e.target_name == "crater" and e.heatmap.max() > 0.5
+    assert not any(p.requires_grad for p in model.parameters())
+    assert model.training and all(m.training for m in model.modules())
+    assert torch.equal(model.fc.weight.grad, torch.ones_like(model.fc.weight))
+    assert get_layer(model, "block3") is block3 and _hooks(model) == 0
+
+
+def _rss_mb() -> float:
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_many_calls_leak_neither_hooks_nor_memory(blob):
+    tile = blob_tile(120, 90, seed=13)
+    for _ in range(10):  # warm up allocator caches
+        ex.explain(blob, tile, "gradcam")
+    gc.collect()
+    before = _rss_mb()
+    for _ in range(200):
+        ex.explain(blob, tile, "gradcam")
+    gc.collect()
+    assert _hooks(blob.model) == 0
+    assert all(p.grad is None for p in blob.model.parameters())
+    assert _rss_mb() - before < 25
+
+
+def test_ablationcam_shortcut_matches_the_full_model_path(blob, monkeypatch):
+    """AblationCAM runs only the layers from the target on; without the shortcut, the package's full path."""
+    tile = blob_tile(150, 70, seed=14)
+    x = blob.preprocess(tile[None])
+    assert ex._split_at(blob.model, "block3", x) is not None
+    assert ex._split_at(blob.model, "block3.3", x) is None  # nested: no shortcut
+    fast = ex.explain(blob, tile, "ablationcam")
+    monkeypatch.setattr(ex, "_split_at", lambda *args: None)
+    full = ex.explain(blob, tile, "ablationcam")
+    assert np.abs(fast.heatmap - full.heatmap).max() < 0.1  # the CAM is upsampled from another size
+    np.testing.assert_allclose(fast.probabilities, full.probabilities, atol=1e-5)
+    assert _hooks(blob.model) == 0

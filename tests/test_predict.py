@@ -1,0 +1,169 @@
+"""predict_bytes on every image kind a researcher may hand over, bad files, class maps, and the CLI."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core import predict
+from core.checkpoint import load_checkpoint
+from core.classes import CLASS_NAMES
+from core.imageio import ImageError
+from core.tiling import ClassMap, cut_windows, pixel_classes, render_class_map, window_starts
+from tests import model_fixtures, synthetic
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with model_fixtures.one_thread():
+        yield
+
+@pytest.fixture(scope="session")
+def tiny():
+    return load_checkpoint(model_fixtures.tiny_checkpoint())
+
+
+def _encode(arr: np.ndarray, fmt: str, mode: str | None = None, **kw) -> bytes:
+    img = Image.fromarray(arr)
+    if mode:
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _png_header(w: int, h: int) -> bytes:
+    """A tiny PNG whose header claims w x h pixels (a decompression bomb's first bytes)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+def _check(pred: predict.Prediction, label: int) -> None:
+    assert pred.label == CLASS_NAMES[label] and pred.index == label
+    assert list(pred.probabilities) == list(CLASS_NAMES)
+    assert sum(pred.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert pred.tile.shape == (227, 227) and pred.tile.dtype == np.uint8
+    assert len(pred.top_k) == 3 and pred.top_k[0] == (pred.label, pytest.approx(pred.confidence))
+    assert [p for _, p in pred.top_k] == sorted((p for _, p in pred.top_k), reverse=True)
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "png", "rgb_jpeg", "rgba_png", "palette_png", "tiff16", "png16"])
+def test_predict_formats(tiny, kind):
+    label = {"jpeg": 1, "png": 2, "rgb_jpeg": 3, "rgba_png": 4, "palette_png": 5, "tiff16": 6, "png16": 7}[kind]
+    arr = synthetic.tile(label, seed=4242 + label)
+    data, note = {
+        "jpeg": (synthetic.jpeg(arr), None),
+        "png": (_encode(arr, "PNG"), None),
+        "rgb_jpeg": (synthetic.jpeg(arr, "RGB"), "converted from RGB"),
+        "rgba_png": (_encode(np.dstack([arr, arr, arr, np.full_like(arr, 255)]), "PNG"), "transparency"),
+        "palette_png": (_encode(arr, "PNG", mode="P"), "converted from P"),
+        "tiff16": (_encode(arr.astype(np.uint16) * 257, "TIFF"), "scaled from I;16"),
+        "png16": (_encode(arr.astype(np.uint16) * 257, "PNG"), "scaled from"),
+    }[kind]
+    pred = predict.predict_bytes(tiny, data, f"tile.{kind}")
+    _check(pred, label)
+    if note:
+        assert any(note in n for n in pred.notes), pred.notes
+    assert pred.class_map is None
+
+
+def test_predict_exif_rotated_jpeg(tiny):
+    upright = synthetic.tile(2, seed=77)  # the blob of class 2 sits top right
+    stored = np.rot90(upright, 1)  # what the camera wrote; orientation 6 says "turn 90 degrees clockwise"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _encode(np.ascontiguousarray(stored), "JPEG", exif=exif.tobytes(), quality=95)
+    pred = predict.predict_bytes(tiny, data, "rotated.jpg")
+    _check(pred, 2)
+    assert any("EXIF" in n for n in pred.notes)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"this is a text file, not an image", "not an image"),
+    (b"", "empty"),
+    (synthetic.jpeg(synthetic.tile(1, 1))[:900], "truncated"),
+    (_png_header(100_000, 100_000), "decompression bomb"),
+    (_png_header(9_000, 8_000), "pixel limit"),
+])
+def test_predict_bad_bytes_raise_clear_image_errors(tiny, data, message):
+    with pytest.raises(ImageError, match=message) as info:
+        predict.predict_bytes(tiny, data, "upload.bin")
+    assert str(info.value).startswith("upload.bin:")
+
+
+@pytest.mark.parametrize("side", [160, 300])
+def test_close_sizes_are_resized_to_one_tile(tiny, side):
+    arr = np.asarray(Image.fromarray(synthetic.tile(4, seed=5)).resize((side, side), Image.BILINEAR))
+    pred = predict.predict_bytes(tiny, _encode(arr, "PNG"), "near.png")
+    _check(pred, 4)
+    assert pred.class_map is None and any("resized" in n for n in pred.notes)
+
+
+def test_large_image_gets_a_class_map_matching_its_tiles(tiny):
+    labels = np.array([[1, 0, 7], [5, 3, 6]])
+    mosaic = np.block([[synthetic.tile(int(c), seed=900 + 3 * r + k) for k, c in enumerate(row)]
+                       for r, row in enumerate(labels)])  # 454 x 681: one tile per window at stride 227
+    pred = predict.predict_bytes(tiny, _encode(mosaic, "PNG"), "crop.png")
+    cm = pred.class_map
+    assert isinstance(cm, ClassMap) and cm.grid_shape == (2, 3) and pred.image_shape == (454, 681)
+    np.testing.assert_array_equal(cm.classes, labels)
+    assert cm.boxes.shape == (2, 3, 4) and cm.boxes[1, 2].tolist() == [454, 227, 681, 454]
+    assert cm.probabilities.shape == (2, 3, 8) and np.allclose(cm.probabilities.sum(-1), 1, atol=1e-4)
+    assert sum(cm.counts().values()) == 6 and any("windows" in n for n in pred.notes)
+    overlay = render_class_map(mosaic, cm)
+    assert overlay.shape == (454, 681, 3) and overlay.dtype == np.uint8
+    assert (overlay[100, 350] == mosaic[100, 350]).all()  # `other` stays uncoloured
+    assert not (overlay[100, 100] == mosaic[100, 100]).all()  # crater is coloured
+    assert cm.to_dict()["classes"][0][0] == "crater"
+
+
+def test_large_image_with_overlapping_windows(tiny):
+    gray = np.full((700, 1000), 100, np.uint8)
+    pred = predict.predict_array(tiny, gray, "big", stride=113)
+    rows, cols = len(window_starts(700, 227, 113)), len(window_starts(1000, 227, 113))
+    assert pred.class_map.grid_shape == (rows, cols) == (6, 8)
+    assert pixel_classes(pred.class_map).shape == (700, 1000)
+
+
+def test_windows_cover_the_image_and_pad_thin_strips():
+    assert window_starts(681, 227, 227) == [0, 227, 454]
+    assert window_starts(700, 227, 227) == [0, 227, 454, 473]
+    tiles, boxes, notes = cut_windows(np.zeros((100, 900), np.uint8))
+    assert tiles.shape == (4, 227, 227) and boxes[0, -1].tolist() == [673, 0, 900, 100] and notes
+
+
+def test_predict_cli(tiny, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "crater.jpg").write_bytes(synthetic.jpeg(synthetic.tile(1, seed=3)))
+    (folder / "spider.png").write_bytes(_encode(synthetic.tile(7, seed=4), "PNG"))
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    big = tmp_path / "crop.png"
+    big.write_bytes(_encode(np.block([[synthetic.tile(1, 8), synthetic.tile(0, 9)]]), "PNG"))
+    out, csv_path = tmp_path / "out", tmp_path / "preds.csv"
+    code = predict.main(["--checkpoint", str(model_fixtures.tiny_checkpoint()), str(folder), str(big),
+                         "--top-k", "2", "--csv", str(csv_path), "--cam", "gradcam", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1  # one file was skipped, the others still processed
+    assert "crater.jpg: crater" in captured.out and "spider.png: spider" in captured.out
+    assert "broken.jpg: not an image" in captured.err and "Traceback" not in captured.err
+    lines = csv_path.read_text().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("file,predicted,confidence")
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["crater-gradcam.png", "crop-classmap.png", "crop-gradcam.png", "spider-gradcam.png"]
+    assert Image.open(out / "crater-gradcam.png").size == (227, 227)
+
+
+def test_predict_cli_errors(tmp_path, capsys):
+    assert predict.main(["--checkpoint", str(tmp_path / "none.pt"), str(tmp_path)]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert predict.main(["--checkpoint", str(model_fixtures.tiny_checkpoint()), str(tmp_path / "nope.jpg")]) == 2
+    assert "no such file" in capsys.readouterr().err
