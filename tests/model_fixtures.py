@@ -10,8 +10,10 @@ Two models, each trained once per test process and shared:
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,12 +131,19 @@ def _refit_head(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int =
         opt.step()
 
 
+def _scratch(prefix: str) -> Path:
+    """A temporary folder removed when the test process exits."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 @functools.lru_cache(maxsize=None)
 def tiny_checkpoint() -> Path:
     """The 8-class model (trained on first use in this process)."""
     tiles, labels = synthetic_tiles(per_class=12, seed=1)
     with one_thread():
-        return train_tiny(Path(tempfile.mkdtemp(prefix="hirise-tiny-model-")), tiles, labels, IMAGE_SIZE, steps=40)
+        return train_tiny(_scratch("hirise-tiny-model-"), tiles, labels, IMAGE_SIZE, steps=40)
 
 
 @functools.lru_cache(maxsize=None)
@@ -146,5 +155,5 @@ def blob_checkpoint() -> Path:
     """
     crops, labels = blob_tiles(64, seed=2, size=113)
     with one_thread():
-        return train_tiny(Path(tempfile.mkdtemp(prefix="hirise-blob-model-")), crops, labels, BLOB_IMAGE_SIZE,
+        return train_tiny(_scratch("hirise-blob-model-"), crops, labels, BLOB_IMAGE_SIZE,
                           steps=40, name="blob-simple-cnn.pt", whole=blob_tiles(32, seed=3))
