@@ -48,11 +48,15 @@ def decode_gray(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS,
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         if mode.startswith("I;16"):
-            arr = arr / 257.0
+            # 10-, 12- and 14-bit sensor data (HiRISE is 10-14 bit) often sits in 16-bit files: scale by
+            # the smallest bit depth that holds the maximum, so such images are not nearly black.
+            bits = next(b for b in (8, 10, 12, 14, 16) if float(arr.max()) < 2**b)
+            arr = arr * (255.0 / (2**bits - 1))
+            notes.append(f"scaled from {mode} ({bits}-bit values) to 8-bit")
         else:
             lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
             arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        notes.append(f"scaled from {mode} to 8-bit")
+            notes.append(f"scaled from {mode} (values {lo:g} to {hi:g}) to 8-bit")
         return np.clip(np.rint(arr), 0, 255).astype(np.uint8), notes
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")

@@ -167,3 +167,11 @@ def test_predict_cli_errors(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert predict.main(["--checkpoint", str(model_fixtures.tiny_checkpoint()), str(tmp_path / "nope.jpg")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_ten_bit_data_in_a_16_bit_file_is_not_dark():
+    from core.imageio import decode_gray
+    ten_bit = (synthetic.tile(3, seed=5).astype(np.uint16) * 4)  # values up to 1020
+    gray, notes = decode_gray(_encode(ten_bit, "TIFF"), "ten.tif")
+    assert any("10-bit" in n for n in notes)
+    assert abs(float(gray.mean()) - float(synthetic.tile(3, seed=5).mean())) < 2
