@@ -51,3 +51,26 @@ def test_merged_grouped_split_leaks_nothing(shared_data):
     val = [r for r in data.records if r.split == "val" and r.is_original]
     assert len({r.label for r in val}) >= 6  # stratified as well as the observations allow
     assert not data.unreadable
+
+
+@pytest.mark.slow
+def test_training_smoke_on_real_tiles(shared_data, tmp_path):
+    """A few steps of the real training path on the real tiles (merged, grouped split)."""
+    from core.checkpoint import load_checkpoint
+    from core.config import RunConfig
+    from core.runs import Run
+    from core.train import train
+    cfg = RunConfig(data=[str(shared_data / "hirise-v3_2-subset"), str(shared_data / "hirise-v3_2-extra-train")],
+                    model="simple_cnn", image_size=64, epochs=1, max_steps_per_epoch=3, batch_size=32,
+                    transforms=["hflip", "rot90", "color_jitter"]).validate()
+    run = Run(tmp_path / "run")
+    run.path.mkdir()
+    cfg.save(run.config_file)
+    assert train(cfg, run) == 0, run.status()
+    assert run.status()["state"] == "completed"
+    epoch = [r for r in run.metrics() if r["kind"] == "epoch"][0]
+    assert set(epoch["val_recall"]) == {"other", "crater", "dark dune", "slope streak", "bright dune",
+                                        "impact ejecta", "swiss cheese", "spider"}
+    assert load_checkpoint(run.best_checkpoint).image_size == 64
+    report = run.evaluation()
+    assert report["split"] == "val" and report["n"] > 100 and "confusion" in report
