@@ -16,7 +16,8 @@ import torch
 
 from .calibration import expected_calibration_error, reliability_diagram, softmax
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
-from .data import CONFLICT_POLICIES, SPLIT_MODES, DataError, HiriseData, Record, load_dataset
+from .data import DataError, HiriseData, Record
+from .data.cli import add_data_arguments, load_from_args
 from .metrics import classification_metrics, confused_pairs, headline, majority_baseline, per_class_curves
 from .progress import ProgressCallback, track
 from .settings import DEFAULT_CHECKPOINT
@@ -218,19 +219,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")
     parser.add_argument("--out", help="write the full report as JSON to this file")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--conflict-policy", choices=CONFLICT_POLICIES, default="newest")
-    parser.add_argument("--split-mode", choices=SPLIT_MODES, default="auto")
-    parser.add_argument("--val-fraction", type=float, default=0.15)
-    parser.add_argument("--test-fraction", type=float, default=0.15)
-    parser.add_argument("--split-seed", type=int, default=0)
-    parser.add_argument("--keep-split-repeats", action="store_true", help="keep the split file's repeated rows")
+    add_data_arguments(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     try:
         loaded = load_checkpoint(args.checkpoint)
-        data = load_dataset(args.data, args.conflict_policy, args.split_mode, args.val_fraction,
-                            args.test_fraction, args.split_seed, args.keep_split_repeats)
+        data = load_from_args(args.data, args)
         report = evaluate_model(loaded, data, args.split, originals_only=not args.all_files, tta=args.tta,
                                 batch_size=args.batch_size)
         if args.out:

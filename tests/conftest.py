@@ -33,3 +33,19 @@ def shared_data() -> Path:
     if not (SHARED_DATA_DIR / "hirise-v3_2-subset").is_dir():
         pytest.skip(f"real HiRISE tiles not found at {SHARED_DATA_DIR} (../shared/data); these tests run in CI")
     return SHARED_DATA_DIR
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for the module: small models on two busy cores ran 30-50x slower with two."""
+    from tests import model_fixtures
+    with model_fixtures.one_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """A tiny trained 8-class simple_cnn checkpoint, loaded."""
+    from core.checkpoint import load_checkpoint
+    from tests import model_fixtures
+    return load_checkpoint(model_fixtures.tiny_checkpoint())

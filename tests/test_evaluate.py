@@ -12,7 +12,7 @@ import torch
 
 from core import evaluate
 from core.calibration import expected_calibration_error, fit_temperature, reliability_diagram, softmax
-from core.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
+from core.checkpoint import checkpoint_payload, save_checkpoint
 from core.classes import CLASS_NAMES
 from core.data import load_dataset
 from core.metrics import classification_metrics, confused_pairs, majority_baseline, per_class_curves
@@ -33,14 +33,7 @@ def _probs(pred, n_classes=3, p=0.8):
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with model_fixtures.one_thread():
-        yield
-
-@pytest.fixture(scope="session")
-def tiny():
-    return load_checkpoint(model_fixtures.tiny_checkpoint())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")

@@ -19,10 +19,7 @@ TOLERANCE = 45  # px on the 227 tile: the blob model's CAM grid is 6x6, one cell
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with model_fixtures.one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="session")
 def blob():

@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from core import predict
-from core.checkpoint import load_checkpoint
 from core.classes import CLASS_NAMES
 from core.imageio import ImageError
 from core.tiling import ClassMap, cut_windows, pixel_classes, render_class_map, window_starts
@@ -18,14 +17,7 @@ from tests import model_fixtures, synthetic
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with model_fixtures.one_thread():
-        yield
-
-@pytest.fixture(scope="session")
-def tiny():
-    return load_checkpoint(model_fixtures.tiny_checkpoint())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _encode(arr: np.ndarray, fmt: str, mode: str | None = None, **kw) -> bytes:

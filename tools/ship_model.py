@@ -1,0 +1,61 @@
+"""Make a finished run's best checkpoint the shipped model, and measure what it is worth.
+
+    python tools/ship_model.py runs/RUN [--out checkpoints/hirise-resnet18.pt]
+
+Stores the weights in half precision (after checking on the validation split that it costs nothing
+measurable), then writes checkpoints/hirise-resnet18.json: validation and test metrics (with and without
+test-time augmentation), per class with support, and the calibration temperature, for the model card.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from core.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint  # noqa: E402
+from core.data import load_dataset  # noqa: E402
+from core.evaluate import evaluate_model  # noqa: E402
+from core.metrics import headline  # noqa: E402
+from core.settings import DEFAULT_CHECKPOINT  # noqa: E402
+
+KEEP = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "top2_accuracy", "majority_baseline",
+        "per_class", "confusion", "n", "calibration")
+
+
+def summary(report: dict) -> dict:
+    out = {k: report[k] for k in KEEP if k in report}
+    out["calibration"] = {k: v for k, v in report["calibration"].items() if not k.startswith("reliability")}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT)
+    args = parser.parse_args()
+    payload = read_checkpoint(args.run / "best.pt")
+    cfg = payload["config"]
+    data = load_dataset(cfg["data"], cfg["conflict_policy"], cfg["split_mode"], cfg["val_fraction"],
+                        cfg["test_fraction"], cfg["split_seed"], cfg["keep_split_repeats"])
+    full = load_checkpoint(args.run / "best.pt")
+    half = {**payload, "state_dict": {k: v.half() if v.is_floating_point() else v
+                                      for k, v in payload["state_dict"].items()}}
+    save_checkpoint(args.out, half)
+    shipped = load_checkpoint(args.out)
+    figures: dict = {"run": args.run.name, "epoch": payload["epoch"], "temperature": payload["temperature"],
+                     "config": cfg, "split_method": data.split_method}
+    for name, model, split, tta in (("val_fp32", full, "val", False), ("val", shipped, "val", False),
+                                    ("val_tta", shipped, "val", True), ("test", shipped, "test", False),
+                                    ("test_tta", shipped, "test", True)):
+        report = evaluate_model(model, data, split, originals_only=True, tta=tta)
+        figures[name] = summary(report)
+        print(f"{name:9s} n={report['n']:4d}  {headline(report)}")
+    drift = abs(figures["val"]["macro_f1"] - figures["val_fp32"]["macro_f1"])
+    print(f"half precision changes val macro-F1 by {drift:.4f}; file {args.out.stat().st_size / 2**20:.1f} MiB")
+    args.out.with_suffix(".json").write_text(json.dumps(figures, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
