@@ -1,5 +1,5 @@
-"""HiRISE Studio: `streamlit run app.py`. The home page (what this is, the device, the data, the default model,
-the runs so far) and the navigation to the other pages."""
+"""HiRISE Studio (`streamlit run app.py`), home page: what this is, the device, the data, the default model,
+the runs so far. The other pages live in pages/."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,71 +15,61 @@ from core.settings import DEFAULT_CHECKPOINT
 from ui.common import IMBALANCE_NOTE, USER_ERRORS, get_model, page
 
 
-def home() -> None:
-    page("HiRISE Studio")
-    st.markdown(
-        "Classify NASA HiRISE Mars orbital image tiles into the eight landmark classes of the v3.2 data set: "
-        + ", ".join(f"**{c}**" for c in CLASS_NAMES) + ". Train models, watch them learn, inspect their mistakes, "
-        "see what they look at with Grad-CAM, and compare runs.")
-    st.info(IMBALANCE_NOTE, icon=":material/balance:")
+page("HiRISE Studio")
+st.markdown(
+    "Classify NASA HiRISE Mars orbital image tiles into the eight landmark classes of the v3.2 data set: "
+    + ", ".join(f"**{c}**" for c in CLASS_NAMES) + ". Train models, watch them learn, inspect their mistakes, "
+    "see what they look at with Grad-CAM, and compare runs.")
+st.info(IMBALANCE_NOTE, icon=":material/balance:")
 
-    left, middle, right = st.columns(3)
-    with left:
-        st.subheader("Device")
-        st.write(f"Training runs on **{describe_device()}**.")
-        st.caption("Jobs run as separate processes, one per device at a time; a refresh or restart loses nothing.")
-    with middle:
-        st.subheader("Data")
-        paths = appstate.data_paths()
-        if not paths:
-            st.warning("No data set chosen yet.")
-        for p in paths:
-            (st.success if Path(p).exists() else st.error)(f"{'found' if Path(p).exists() else 'missing'}: `{p}`")
-        st.page_link("pages/1_Dataset.py", label="Choose or download data", icon=":material/folder_open:")
-    with right:
-        st.subheader("Default model")
-        try:
-            model = get_model()
-            m = model.metrics
-            st.write(f"**{model.arch}**, input {model.image_size}px, epoch {model.epoch}, temperature "
-                     f"{model.temperature:.2f}")
-            if m:
-                st.write(f"On its {m.get('split', 'validation')} split ({m.get('n', '?')} tiles): macro-F1 "
-                         f"**{m['macro_f1']:.3f}**, balanced accuracy **{m['balanced_accuracy']:.3f}**, accuracy "
-                         f"{m['accuracy']:.3f} vs always-other {m['majority_baseline']['accuracy']:.3f}")
-        except USER_ERRORS as exc:
-            st.warning(f"No default model: {exc}")
-        st.caption(f"`{DEFAULT_CHECKPOINT}`")
-        st.page_link("pages/4_Explain.py", label="Classify and explain tiles", icon=":material/image_search:")
+left, middle, right = st.columns(3)
+with left:
+    st.subheader("Device")
+    st.write(f"Training runs on **{describe_device()}**.")
+    st.caption("Jobs run as separate processes, one per device at a time; a refresh or restart loses nothing.")
+with middle:
+    st.subheader("Data")
+    paths = appstate.data_paths()
+    if not paths:
+        st.warning("No data set chosen yet.")
+    for p in paths:
+        (st.success if Path(p).exists() else st.error)(f"{'found' if Path(p).exists() else 'missing'}: `{p}`")
+    st.page_link("pages/1_Dataset.py", label="Choose or download data", icon=":material/folder_open:")
+with right:
+    st.subheader("Default model")
+    try:
+        model = get_model()
+        m = model.metrics
+        st.write(f"**{model.arch}**, input {model.image_size}px, epoch {model.epoch}, temperature "
+                 f"{model.temperature:.2f}")
+        if m:
+            st.write(f"On its {m.get('split', 'validation')} split ({m.get('n', '?')} tiles): macro-F1 "
+                     f"**{m['macro_f1']:.3f}**, balanced accuracy **{m['balanced_accuracy']:.3f}**, accuracy "
+                     f"{m['accuracy']:.3f} vs always-other {m['majority_baseline']['accuracy']:.3f}")
+    except USER_ERRORS as exc:
+        st.warning(f"No default model: {exc}")
+    st.caption(f"`{DEFAULT_CHECKPOINT}`")
+    st.page_link("pages/4_Explain.py", label="Classify and explain tiles", icon=":material/image_search:")
 
-    st.subheader("Runs")
-    runs = list_runs()
-    if not runs:
-        st.write("No runs yet.")
-        st.page_link("pages/2_Train.py", label="Train a model", icon=":material/model_training:")
-    else:
-        rows = []
-        for run in runs[:50]:
-            cfg, status = run.config(), run.status()
-            epochs = [r for r in run.metrics() if r.get("kind") == "epoch"]
-            best = max(epochs, key=lambda r: r.get("val_macro_f1", 0), default={})
-            rows.append({"run": run.name, "state": job_state(run), "model": cfg.get("model"),
-                         "epochs": f"{status.get('epoch', 0)}/{cfg.get('epochs', '?')}",
-                         "best val macro-F1": best.get("val_macro_f1"), "balanced acc": best.get("val_balanced_accuracy"),
-                         "accuracy": best.get("val_accuracy"), "started": status.get("started_at", "")})
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
-                     column_config={k: st.column_config.NumberColumn(format="%.3f")
-                                    for k in ("best val macro-F1", "balanced acc", "accuracy")})
+st.subheader("Runs")
+runs = list_runs()
+if not runs:
+    st.write("No runs yet.")
+    st.page_link("pages/2_Train.py", label="Train a model", icon=":material/model_training:")
+else:
+    rows = []
+    for run in runs[:50]:
+        cfg, status = run.config(), run.status()
+        epochs = [r for r in run.metrics() if r.get("kind") == "epoch"]
+        best = max(epochs, key=lambda r: r.get("val_macro_f1", 0), default={})
+        rows.append({"run": run.name, "state": job_state(run), "model": cfg.get("model"),
+                     "epochs": f"{status.get('epoch', 0)}/{cfg.get('epochs', '?')}",
+                     "best val macro-F1": best.get("val_macro_f1"), "balanced acc": best.get("val_balanced_accuracy"),
+                     "accuracy": best.get("val_accuracy"), "started": status.get("started_at", "")})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                 column_config={k: st.column_config.NumberColumn(format="%.3f")
+                                for k in ("best val macro-F1", "balanced acc", "accuracy")})
 
-    with st.expander("The eight classes"):
-        for name in CLASS_NAMES:
-            st.markdown(f"**{name}**: {CLASS_DESCRIPTIONS[name]}")
-
-
-PAGES = [st.Page(home, title="Home", icon=":material/satellite_alt:", default=True),
-         st.Page("pages/1_Dataset.py", title="Dataset", icon=":material/folder_open:"),
-         st.Page("pages/2_Train.py", title="Train", icon=":material/model_training:"),
-         st.Page("pages/3_Evaluate.py", title="Evaluate", icon=":material/grid_on:"),
-         st.Page("pages/4_Explain.py", title="Explain", icon=":material/image_search:"),
-         st.Page("pages/5_Compare.py", title="Compare", icon=":material/compare:")]
-st.navigation(PAGES).run()
+with st.expander("The eight classes"):
+    for name in CLASS_NAMES:
+        st.markdown(f"**{name}**: {CLASS_DESCRIPTIONS[name]}")

@@ -51,7 +51,7 @@ def confusion_matrix(confusion: Sequence[Sequence[int]], class_names: Sequence[s
     n = len(class_names)
     fig.add_scatter(x=[class_names[j] for i in range(n) for j in range(n)],
                     y=[class_names[i] for i in range(n) for j in range(n)], mode="markers",
-                    marker=dict(size=36, color="rgba(0,0,0,0)", symbol="square"), hoverinfo="skip",
+                    marker=dict(size=36, color="rgba(0,0,0,0)", symbol="square"), hoverinfo="none",
                     showlegend=False, customdata=[[i, j] for i in range(n) for j in range(n)])
     fig.update_yaxes(autorange="reversed", title="true class")
     fig.update_xaxes(title="predicted class", side="bottom")

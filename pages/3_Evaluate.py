@@ -8,7 +8,7 @@ import streamlit as st
 
 from core import appstate, figures
 from core.evaluate import evaluate_model, load_report
-from ui.common import (IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, data_for_config, get_data, get_model, model_choices,
+from ui.common import (IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, data_for_config, get_model, model_choices,
                        page, progress_bar, run_of_checkpoint, show_error)
 
 page("Evaluate", ":material/grid_on:")
@@ -102,12 +102,11 @@ true_cls = c1.selectbox("True class", names, index=picked[0] if picked else 0)
 pred_cls = c2.selectbox("Predicted class", names, index=picked[1] if picked else 1)
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def _tiles(config_key: tuple, items: tuple) -> list:
-    data = get_data(list(config_key))
+def _tiles(config: dict, items: list[dict]) -> list:
+    """The tiles of report rows, read from the data the model was evaluated on (memory-mapped: instant)."""
+    data = data_for_config(config)
     by_key = {(r.source, r.path): r for r in data.records}
-    records = [by_key[i] for i in items if i in by_key]
-    return list(data.tiles(records))
+    return list(data.tiles([by_key[(p["source"], p["path"])] for p in items if (p["source"], p["path"]) in by_key]))
 
 
 cell = [p for p in report["predictions"] if p["true"] == true_cls and p["pred"] == pred_cls]
@@ -117,7 +116,7 @@ config = st.session_state.get("eval_config") or (run.config() if run else model.
 if cell and config.get("data"):
     try:
         shown = cell[:24]
-        images = _tiles(tuple(config["data"]), tuple((p["source"], p["path"]) for p in shown))
+        images = _tiles(config, shown)
         st.image(images, width=120, caption=[f"{p['name'][:22]} · {max(p['probs']):.0%}" for p in shown])
     except USER_ERRORS as exc:
         show_error(exc, "Cannot show tiles")
@@ -134,7 +133,7 @@ st.subheader("Top losses: wrong and sure")
 losses = report.get("top_losses", [])
 if losses and config.get("data"):
     try:
-        images = _tiles(tuple(config["data"]), tuple((p["source"], p["path"]) for p in losses))
+        images = _tiles(config, losses)
         st.image(images, width=120, caption=[f"{p['true']} → {p['pred']} ({p['prob']:.0%})" for p in losses])
     except USER_ERRORS as exc:
         show_error(exc, "Cannot show tiles")

@@ -20,7 +20,11 @@ TIMEOUT = 180
 
 
 def run_page(path: str) -> AppTest:
-    at = AppTest.from_file(str(PROJECT_ROOT / path), default_timeout=TIMEOUT).run()
+    """Start the app from its entrypoint (as `streamlit run app.py` does) and open `path`."""
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=TIMEOUT)
+    if path != "app.py":
+        at.switch_page(path)
+    at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -94,7 +98,8 @@ def test_explain_page_uses_the_shipped_model_and_a_data_tile(with_runs):
     body = texts(at)
     assert "Predicted **" in body and "Faithfulness" in body
     at.sidebar.selectbox[1].set_value("gradcam++").run()
-    assert not at.exception and "gradcam++ on layer4" in texts(at) + "".join(str(i.value) for i in at.get("imgs"))
+    captions = " ".join(str(getattr(img, "proto", "")) for img in at.get("image"))
+    assert not at.exception and "gradcam++ on layer4" in captions, captions[:500]
 
 
 def test_evaluate_page_shows_saved_evaluation_of_a_run(with_runs):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -77,13 +79,22 @@ def test_explain_then_evaluate(app_url, browser_page):
     url, tmp = app_url
     page = browser_page
     ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        _explain_then_evaluate(url, tmp, page)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
+        raise AssertionError("browser test failed; screenshot in test-artifacts/failure.png; app log:\n"
+                             + (tmp / "streamlit.log").read_text()[-3000:])
+
+
+def _explain_then_evaluate(url: str, tmp: Path, page) -> None:
     tile = tmp / "crater-like.jpg"
     tile.write_bytes(synthetic.jpeg(synthetic.tile(1, 5)))
 
     page.goto(f"{url}/Explain")
     page.wait_for_selector("input[type=file]", state="attached", timeout=60_000)
     page.locator("input[type=file]").set_input_files(str(tile))
-    page.get_by_text("Predicted", exact=False).first.wait_for(timeout=120_000)
+    page.get_by_text(re.compile(r"^Predicted .+ \(\d+\.\d%\)")).first.wait_for(timeout=120_000)
     page.get_by_text("on layer4 for", exact=False).first.wait_for(timeout=60_000)
     page.get_by_text("Download overlay (PNG)").wait_for(timeout=60_000)
     page.wait_for_timeout(1500)

@@ -10,7 +10,7 @@ import streamlit as st
 import torch
 
 from core.checkpoint import CheckpointError, LoadedModel, load_checkpoint
-from core.data import DataError, HiriseData, load_dataset
+from core.data import DataError, HiriseData, load_dataset, open_tile_cache, read_source
 from core.imageio import ImageError
 from core.runs import Run, list_runs
 from core.settings import DEFAULT_CHECKPOINT
@@ -24,8 +24,20 @@ RARE_NOTE = ("Rare classes (impact ejecta, spider, dark dune) have few tiles: th
              "with one tile more or less.")
 
 
+#: The sidebar menu (Streamlit's own, from the file names, is hidden in .streamlit/config.toml).
+NAVIGATION = (("app.py", "Home", ":material/satellite_alt:"), ("pages/1_Dataset.py", "Dataset", ":material/folder_open:"),
+              ("pages/2_Train.py", "Train", ":material/model_training:"),
+              ("pages/3_Evaluate.py", "Evaluate", ":material/grid_on:"),
+              ("pages/4_Explain.py", "Explain", ":material/image_search:"),
+              ("pages/5_Compare.py", "Compare", ":material/compare:"))
+
+
 def page(title: str, icon: str = ":material/satellite_alt:") -> None:
     st.set_page_config(page_title=f"{title} · HiRISE Studio", page_icon=icon, layout="wide")
+    with st.sidebar:
+        for path, label, link_icon in NAVIGATION:
+            st.page_link(path, label=label, icon=link_icon)
+        st.divider()
     share_cpu_with_jobs()
     st.title(title)
 
@@ -73,14 +85,31 @@ def get_model(path: str | Path | None = None) -> LoadedModel:
 
 @st.cache_resource(show_spinner="Reading, merging and splitting the data…", max_entries=4)
 def _cached_data(paths: tuple[str, ...], options: tuple) -> HiriseData:
-    return load_dataset(list(paths), *options, on_progress=progress_bar("Reading data"))
+    return load_dataset(list(paths), *options)  # draws nothing: Streamlit replays what cached functions draw
+
+
+_WARM: set[tuple] = set()  # data sources whose on-disk caches this process has checked
+
+
+def _warm_tile_caches(paths: tuple[str, ...]) -> None:
+    """Build missing decoded-tile caches with a visible progress bar, once per process and sources."""
+    if paths in _WARM:
+        return
+    slot = st.empty()
+    with slot.container():
+        on_progress = progress_bar("Decoding tiles (once; cached on disk for every later run)")
+        for path in paths:
+            open_tile_cache(read_source(path), on_progress=on_progress)
+    slot.empty()
+    _WARM.add(paths)
 
 
 def get_data(paths: list[str], conflict_policy: str = "newest", split_mode: str = "auto", val_fraction: float = 0.15,
              test_fraction: float = 0.15, split_seed: int = 0, keep_split_repeats: bool = False) -> HiriseData:
-    """The merged, split, cached data set (decoding happens once, with a progress bar)."""
-    return _cached_data(tuple(paths), (conflict_policy, split_mode, val_fraction, test_fraction, split_seed,
-                                       keep_split_repeats))
+    """The merged, split data set, held in memory once per set of options (tiles decoded once, on disk)."""
+    _warm_tile_caches(tuple(paths))
+    return _cached_data(tuple(paths), (conflict_policy, split_mode, float(val_fraction), float(test_fraction),
+                                       int(split_seed), bool(keep_split_repeats)))
 
 
 def data_for_config(config: dict) -> HiriseData:
