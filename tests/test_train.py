@@ -180,7 +180,7 @@ def test_lr_range_test_suggests_a_rate():
         with torch.no_grad():
             w.sub_(lr * w.grad)
             w.grad = None
-        return float(loss)
+        return float(loss.detach())
 
     result = lr_range_test(step, start_lr=1e-5, end_lr=10, num_steps=80)
     assert result["suggested_lr"] is not None and 1e-4 < result["suggested_lr"] < 2
