@@ -1,0 +1,217 @@
+"""App cold start: seconds from launching `streamlit run app.py` to the Explain page answering, against a
+minimal Streamlit app measured the same way in the same run.
+
+    python bench/bench_coldstart.py [--repeats 3] [--port P] [--importtime] [--timeout 120]
+
+Each repeat starts a fresh server (`streamlit run app.py --server.headless true --server.port P
+--server.address 127.0.0.1`); a headless Chromium (launched beforehand, not timed; a fresh browser
+context per repeat) opens http://127.0.0.1:P/Explain as soon as /_stcore/health answers "ok" and
+waits until the file uploader (`input[type=file]`) is attached. Reported: server-ready seconds
+(launch -> health "ok") and total seconds (launch -> uploader attached); the median over the repeats.
+BASELINE: a temporary app holding only `import streamlit as st; st.file_uploader("x")`, started from the
+project folder too (so both read its .streamlit/config.toml). Servers are
+stopped with SIGTERM (SIGKILL only if one ignores it). Goal: total < 5 s. `--importtime` adds what
+the Explain page imports on its first run (python -X importtime), largest first, and the model load.
+The app sees this shell's environment (HIRISE_APP_STATE, HIRISE_CHECKPOINT, ...), as a user's would.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+GOAL_S = 5.0
+MINIMAL_APP = 'import streamlit as st\nst.file_uploader("x")\n'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def healthy(url: str) -> bool:
+    try:
+        return urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok"
+    except OSError:
+        return False
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM and wait (Streamlit shuts down cleanly on it); SIGKILL only as a last resort."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def cold_start(browser, script: Path, page_path: str, port: int | None, timeout: float, log: Path,
+               cwd: Path = ROOT, ready_text: str | None = None) -> tuple[float, float, float | None]:
+    """(server-ready s, total s, s until `ready_text` shows or None) of one fresh server and browser context."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
+           "--server.port", str(port), "--server.address", "127.0.0.1"]
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    with open(log, "wb") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            while not healthy(url):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"streamlit exited with {proc.returncode}: {log.read_text()[-1500:]}")
+                if time.perf_counter() - start > timeout:
+                    raise RuntimeError(f"no health answer in {timeout:.0f} s: {log.read_text()[-1500:]}")
+                time.sleep(0.05)
+            ready = time.perf_counter() - start
+            page.goto(f"{url}/{page_path}", timeout=timeout * 1000)
+            page.wait_for_selector("input[type=file]", state="attached", timeout=timeout * 1000)
+            total = time.perf_counter() - start
+            shown = None
+            if ready_text:
+                page.get_by_text(ready_text, exact=False).first.wait_for(timeout=timeout * 1000)
+                shown = time.perf_counter() - start
+            if page.locator("[data-testid='stException']").count():
+                shown_error = page.locator("[data-testid='stException']").first.inner_text()[:500]
+                raise RuntimeError(f"the page shows an exception: {shown_error}")
+        finally:
+            context.close()
+            stop(proc)
+    return ready, total, shown
+
+
+def import_lines(path: Path) -> list[str]:
+    """The top-level import statements of a script, as source lines."""
+    tree = ast.parse(path.read_text())
+    return [ast.unparse(node) for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+            and not (isinstance(node, ast.ImportFrom) and node.module == "__future__")]
+
+
+def import_tree(stderr: str) -> list[tuple[str, float, list]]:
+    """`-X importtime` lines (children printed before their parent) -> [(module, cumulative s, children)]."""
+    pending: dict[int, list] = {}
+    for line in stderr.splitlines():
+        m = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line)
+        if not m:
+            continue
+        depth = (len(m.group(2)) - 1) // 2
+        node = (m.group(3), int(m.group(1)) / 1e6, pending.pop(depth + 1, []))
+        pending.setdefault(depth, []).append(node)
+    return pending.get(0, [])
+
+
+def print_tree(nodes: list, threshold: float, max_depth: int, depth: int = 0) -> None:
+    for name, seconds, children in sorted(nodes, key=lambda n: -n[1]):
+        if seconds >= threshold:
+            print(f"  {seconds:6.2f}  {'  ' * depth}{name}")
+            if depth < max_depth:
+                print_tree(children, threshold, max_depth, depth + 1)
+
+
+def importtime_report(root: Path = ROOT, threshold: float = 0.1, max_depth: int = 5) -> None:
+    """What app.py + the Explain page import at their first run, as a tree of the costly imports."""
+    lines = list(dict.fromkeys(import_lines(root / "app.py") + import_lines(root / "pages" / "4_Explain.py")))
+    code = "import time; t = time.perf_counter()\n" + "\n".join(lines) + \
+        "\nprint(f'IMPORTS {time.perf_counter() - t:.3f}')" + \
+        "\nfrom core.checkpoint import load_checkpoint; from core.settings import DEFAULT_CHECKPOINT" + \
+        "\nt = time.perf_counter()\nif DEFAULT_CHECKPOINT.is_file(): load_checkpoint()" + \
+        "\nprint(f'MODEL {time.perf_counter() - t:.3f}')"
+    res = subprocess.run([sys.executable, "-X", "importtime", "-c", code], cwd=root, capture_output=True, text=True)
+    if res.returncode:
+        print(f"importtime: failed ({res.stderr[-800:]})")
+        return
+    total = float(re.search(r"IMPORTS (\S+)", res.stdout).group(1))
+    model = float(re.search(r"MODEL (\S+)", res.stdout).group(1))
+    print(f"\nimporttime: the imports of app.py + pages/4_Explain.py take {total:.2f} s in a fresh interpreter "
+          f"(-X importtime adds some overhead); loading the default model then takes {model:.2f} s")
+    print(f"imports costing >= {threshold} s (cumulative, first importer only; a module imported earlier costs its "
+          "later importers nothing):")
+    print_tree(import_tree(res.stderr), threshold, max_depth)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--port", type=int, help="default: a free port per start")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds before one start counts as failed")
+    parser.add_argument("--importtime", action="store_true", help="also list the Explain page's imports by cost")
+    parser.add_argument("--ready-text", help="for the app, also time until this text shows (e.g. 'calibration "
+                        "temperature', the caption drawn once the model is loaded)")
+    parser.add_argument("--root", type=Path, default=ROOT,
+                        help="the checkout whose app.py is measured (default: this one; e.g. a patched copy)")
+    args = parser.parse_args()
+
+    chromium = CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium")
+    if not chromium:
+        print(f"error: chromium not found at {CHROMIUM} (apt-get install chromium); nothing measured", file=sys.stderr)
+        return 2
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        print("error: the playwright package is not installed; nothing measured", file=sys.stderr)
+        return 2
+
+    root = args.root.resolve()
+    if not (root / "app.py").is_file():
+        print(f"error: no app.py in {root}", file=sys.stderr)
+        return 2
+    print(f"bench_coldstart: streamlit run {root / 'app.py'} -> /Explain file uploader attached, vs a minimal app; "
+          f"{args.repeats} repeats, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}", flush=True)
+    results: dict[str, list[tuple[float, float]]] = {"app": [], "minimal": []}
+    texts: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-coldstart-") as tmp, sync_playwright() as p:
+        tmp = Path(tmp)
+        minimal = tmp / "minimal_app.py"
+        minimal.write_text(MINIMAL_APP)
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            for i in range(args.repeats):  # alternate, so both see the same machine state
+                for name, script, page_path in (("app", root / "app.py", "Explain"), ("minimal", minimal, "")):
+                    ready, total, shown = cold_start(browser, script, page_path, args.port, args.timeout,
+                                                     tmp / f"{name}-{i}.log", cwd=root,
+                                                     ready_text=args.ready_text if name == "app" else None)
+                    results[name].append((ready, total))
+                    if shown is not None:
+                        texts.append(shown)
+                    print(f"  run {i + 1} {name:<8} server ready {ready:6.2f} s   uploader attached {total:6.2f} s" +
+                          (f"   '{args.ready_text}' shown {shown:6.2f} s" if shown is not None else ""), flush=True)
+        finally:
+            browser.close()
+
+    med = {k: (statistics.median(r for r, _ in v), statistics.median(t for _, t in v)) for k, v in results.items()}
+    print(f"\n{'median over ' + str(args.repeats):<34}{'server ready s':>15}{'total s':>10}")
+    print(f"{'APP (app.py -> /Explain)':<34}{med['app'][0]:>15.2f}{med['app'][1]:>10.2f}")
+    print(f"{'BASELINE (minimal uploader app)':<34}{med['minimal'][0]:>15.2f}{med['minimal'][1]:>10.2f}")
+    if texts:
+        print(f"{'APP until ' + repr(args.ready_text):<34}{'':>15}{statistics.median(texts):>10.2f}")
+    ratio = med["app"][1] / med["minimal"][1]
+    print(f"ratio: APP / BASELINE total = {ratio:.2f}x; APP adds {med['app'][1] - med['minimal'][1]:.2f} s "
+          f"(goal: APP total < {GOAL_S:.0f} s: {'met' if med['app'][1] < GOAL_S else 'MISSED'})")
+    if args.importtime:
+        importtime_report(root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

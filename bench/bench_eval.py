@@ -1,0 +1,209 @@
+"""Evaluation images/s over a split's original tiles: `core.evaluate.predict_logits` against a plain loop.
+
+    python bench/bench_eval.py [DATA_PATH] [--split val] [--checkpoint auto|random|PATH] [--repeats 3]
+                               [--batch-size 64] [--max-tiles N] [--threads N]
+
+OURS reads the split's tiles from the decoded-tile cache (`HiriseData.tiles`, uint8, in memory)
+and runs `predict_logits` with a `LoadedModel` (the one-channel-stem model from
+`load_checkpoint`). BASELINE is the plain loop: open and PIL-decode each JPEG, torchvision
+transforms (RGB, Resize, ToTensor, Normalize), `torchvision.models.resnet18` (three-channel stem)
+in fp32, eager, batches of 64 under `torch.inference_mode()`. Both work at the model's input size
+and both timings include reading the tiles. The checkpoint is the shipped one when it exists
+(`--checkpoint auto`), else a resnet18 at 224 px with random weights saved and loaded through
+`checkpoint_payload` / `save_checkpoint` / `load_checkpoint` (`--checkpoint random` forces it):
+speed does not depend on the weights' values. Each path runs `--repeats` passes after one warm-up
+pass; the best pass counts ("others": the share of the CPU other processes used meanwhile).
+Variants (not what core does today) show what channels-last and bf16 autocast would add.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torchvision import transforms as T
+from torchvision.datasets.folder import default_loader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from core.checkpoint import LoadedModel, checkpoint_payload, load_checkpoint, save_checkpoint  # noqa: E402
+from core.classes import NUM_CLASSES  # noqa: E402
+from core.data import load_dataset  # noqa: E402
+from core.data.storage import FolderStorage  # noqa: E402
+from core.evaluate import predict_logits  # noqa: E402
+from core.models import build_model  # noqa: E402
+from core.settings import DEFAULT_CHECKPOINT, SHARED_DATA_DIR  # noqa: E402
+from core.train import cpu_has_bf16  # noqa: E402
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def quiet(*_: object) -> None:
+    """An on_progress callback that draws nothing (no tqdm bars in the figures)."""
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(busy clock ticks of the whole machine, ticks of this process and its descendants) from /proc."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]  # user nice system irq softirq steal
+    procs: dict[int, tuple[int, int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                procs[int(d)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+            except (OSError, IndexError, ValueError):
+                continue
+    mine, grew = {os.getpid()}, True
+    while grew:
+        more = {pid for pid, (ppid, _) in procs.items() if ppid in mine} - mine
+        mine |= more
+        grew = bool(more)
+    return busy, sum(procs[p][1] for p in mine if p in procs)
+
+
+class OtherLoad:
+    """Share of the machine's CPU that other processes used between start() and stop() (0..1)."""
+
+    def start(self) -> None:
+        self.t, (self.busy, self.own) = time.perf_counter(), cpu_ticks()
+
+    def stop(self) -> float:
+        busy, own = cpu_ticks()
+        capacity = (time.perf_counter() - self.t) * (os.cpu_count() or 1) * os.sysconf("SC_CLK_TCK")
+        return max(0.0, (busy - self.busy) - (own - self.own)) / max(capacity, 1e-9)
+
+
+BUSY = 0.10  # other processes above this share of the CPU make a figure unreliable
+busy_rows: list[str] = []
+
+
+def best_rate(fn: Callable[[], int], repeats: int) -> tuple[float, float]:
+    """(tiles/s of the fastest of `repeats` passes after one warm-up pass, others' CPU share meanwhile)."""
+    fn()
+    best = 0.0
+    load = OtherLoad()
+    load.start()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        n = fn()
+        best = max(best, n / (time.perf_counter() - t0))
+    return best, load.stop()
+
+
+def show(name: str, rate: float, others: float, base: float | None = None) -> None:
+    if others > BUSY:
+        busy_rows.append(name.strip())
+    extra = f"  ({rate / base:.2f}x baseline)" if base else ""
+    print(f"{name:<62}{rate:>9.1f} img/s   others {others:>4.0%}{extra}", flush=True)
+
+
+def get_model(choice: str, data, tmp: Path) -> tuple[LoadedModel, str]:
+    if choice == "auto":
+        choice = str(DEFAULT_CHECKPOINT) if DEFAULT_CHECKPOINT.is_file() else "random"
+    if choice != "random":
+        loaded = load_checkpoint(choice)
+        return loaded, f"checkpoint {choice}"
+    torch.manual_seed(0)
+    mean, std = data.pixel_stats()
+    payload = checkpoint_payload(build_model("resnet18", NUM_CLASSES), arch="resnet18", image_size=224, mean=mean,
+                                 std=std, config={})
+    path = save_checkpoint(tmp / "random-resnet18.pt", payload)
+    return load_checkpoint(path), "resnet18 with random weights (saved and loaded through core.checkpoint)"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", nargs="?", default=str(SHARED_DATA_DIR / "hirise-v3_2-subset"))
+    parser.add_argument("--split", default="val", choices=("train", "val", "test", "all"))
+    parser.add_argument("--checkpoint", default="auto", help="auto (shipped if present), random, or a path")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes over the split per path")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-tiles", type=int, default=0, help="use only the first N tiles (0: all)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--no-variants", action="store_true", help="skip the bf16 / channels-last variants")
+    args = parser.parse_args()
+
+    if not Path(args.data).is_dir():
+        print(f"error: real data not found at {args.data} (expected ../shared/data/hirise-v3_2-subset next to "
+              "the project); nothing measured", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = load_dataset([args.data], on_progress=quiet)  # builds the tile cache on first use (not timed)
+    records = data.select(args.split, originals_only=True)
+    if args.max_tiles:
+        records = records[:args.max_tiles]
+    if not records:
+        print(f"error: the {args.split} split has no original tiles", file=sys.stderr)
+        return 2
+    storage = {s.name: s.storage for s in data.sources}
+    if not all(isinstance(storage[r.source], FolderStorage) for r in records):
+        print("error: the baseline reads JPEG files from a folder, not a zip", file=sys.stderr)
+        return 2
+    files = [str(storage[r.source]._path(r.path)) for r in records]
+
+    with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
+        loaded, which = get_model(args.checkpoint, data, Path(tmp))
+    size = loaded.image_size
+    print(f"bench_eval: {len(records)} original tiles of the {args.split} split ({data.split_method}) from {args.data}")
+    print(f"model: {loaded.arch} at {size}px, {which}")
+    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"load average {os.getloadavg()[0]:.1f}; best of {args.repeats} passes after 1 warm-up, batch "
+          f"{args.batch_size}\n", flush=True)
+
+    def ours() -> int:
+        tiles = data.tiles(records)
+        return len(predict_logits(loaded, tiles, batch_size=args.batch_size, on_progress=quiet))
+
+    base_model = torchvision.models.resnet18(num_classes=NUM_CLASSES).eval()
+    transform = T.Compose([T.Resize(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    @torch.inference_mode()
+    def baseline() -> int:
+        n = 0
+        for start in range(0, len(files), args.batch_size):
+            x = torch.stack([transform(default_loader(f)) for f in files[start:start + args.batch_size]])
+            n += len(base_model(x))
+        return n
+
+    r_ours, others = best_rate(ours, args.repeats)
+    show("OURS predict_logits on cached tiles (1-ch stem, fp32)", r_ours, others)
+    r_base, others = best_rate(baseline, args.repeats)
+    show("BASELINE PIL decode + transforms + torchvision resnet18 fp32", r_base, others)
+
+    if not args.no_variants:
+        # What core could do (not used by predict_logits today): channels-last and bf16 autocast.
+        loaded.model.to(memory_format=torch.channels_last)
+
+        def ours_cl() -> int:
+            return len(predict_logits(loaded, data.tiles(records), batch_size=args.batch_size,
+                                      on_progress=quiet))
+        show("  variant: + channels_last", *best_rate(ours_cl, args.repeats), r_base)
+        if cpu_has_bf16():
+            def ours_bf16() -> int:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return len(predict_logits(loaded, data.tiles(records), batch_size=args.batch_size,
+                                      on_progress=quiet))
+            show("  variant: + channels_last + bf16 autocast", *best_rate(ours_bf16, args.repeats), r_base)
+        loaded.model.to(memory_format=torch.contiguous_format)
+
+    check = np.isfinite(predict_logits(loaded, data.tiles(records[:8]), on_progress=quiet)).all()
+    if busy_rows:
+        print(f"\nWARNING: other processes used more than {BUSY:.0%} of the CPU during: {'; '.join(busy_rows)}. "
+              "Those figures are not reliable: rerun on an idle machine.")
+    print(f"\nratio: OURS / BASELINE = {r_ours:.1f} / {r_base:.1f} img/s = {r_ours / r_base:.2f}x"
+          f"{'' if check else ' (WARNING: non-finite logits)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,399 @@
+"""Training images/s end to end (data + augmentation + forward + backward + step): the project's path
+against a plain torchvision pipeline, measured in one run on the real tiles.
+
+    python bench/bench_train.py [DATA_PATH] [--batch-size 32] [--image-size 224] [--steps 10] [--warmup 3]
+                                [--workers 0,2] [--threads N] [--variants] [--gpu-batch-size 256] [--compile]
+
+OURS is what `core.train.fit` runs: the split's original training tiles held in memory as uint8
+(`TileDataset`, read once from the decoded-tile cache), the loader of `core.train.train_loader`,
+online flips / 90-degree turns / brightness-contrast jitter on whole batches (`BatchAugment`),
+`to_model_input` (227 -> 224 px, standardised), channels-last, bf16 autocast where the device
+has it (`core.train.autocast`), AdamW, and the one-channel-stem resnet18 of `build_model`.
+
+BASELINE is a plain torchvision pipeline over the same tiles: an ImageFolder-style Dataset that
+opens each JPEG file every epoch with PIL and converts it to RGB (torchvision's default loader),
+RandomHorizontalFlip, RandomVerticalFlip, Resize(224), ToTensor, Normalize, a DataLoader (every
+`--workers` count is measured and the fastest is the baseline), `torchvision.models.resnet18`
+(three-channel stem) in eager fp32, the same AdamW and batch size.
+
+Both warm up `--warmup` steps, then `--steps` steps are timed; images/s = steps x batch / seconds.
+Column `others`: the share of the machine's CPU other processes used meanwhile (from /proc; a
+warning is printed above 10%: on 2 cores any other busy process halves a figure).
+Goal on a 2-core CPU: OURS >= 3x the baseline. `--variants` adds the measurements that say where
+OURS's time goes (fp32, no channels-last, 1 thread, batch 64, ...). With a CUDA device, the GPU
+path (tiles resident on the GPU, a bigger batch, pinned memory + non_blocking copies, optional
+torch.compile) is measured against the same baseline on the GPU. Run it on an idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+from torchvision.datasets.folder import default_loader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from core.classes import NUM_CLASSES  # noqa: E402
+from core.config import RunConfig  # noqa: E402
+from core.data.storage import FolderStorage  # noqa: E402
+from core.models import build_model  # noqa: E402
+from core.preprocess import to_model_input  # noqa: E402
+from core.settings import SHARED_DATA_DIR  # noqa: E402
+from core.train import Dist, TrainData, autocast, cpu_has_bf16, prepare_data, train_loader  # noqa: E402
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+LR, WEIGHT_DECAY = 1e-3, 1e-4
+GOAL = 3.0
+
+
+# ---- the plain baseline ------------------------------------------------------------------------------
+
+class PlainImageFolder(Dataset):
+    """What `torchvision.datasets.ImageFolder` does per item: open the file, PIL-decode, RGB, transform."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform: Callable):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, target = self.samples[index]
+        return self.transform(default_loader(path)), target
+
+
+def baseline_transform(size: int) -> Callable:
+    return T.Compose([T.RandomHorizontalFlip(), T.RandomVerticalFlip(), T.Resize(size), T.ToTensor(),
+                      T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def baseline_samples(td: TrainData) -> list[tuple[str, int]]:
+    """The JPEG files behind OURS's training tiles (same tiles, same labels)."""
+    records = td.data.select("train", originals_only=True)
+    storage = {s.name: s.storage for s in td.data.sources}
+    out = []
+    for r in records:
+        st = storage[r.source]
+        if not isinstance(st, FolderStorage):
+            raise SystemExit(f"error: the baseline reads JPEG files from a folder; {st.describe()} is a zip")
+        out.append((str(st._path(r.path)), r.label))
+    return out
+
+
+# ---- is anything else using the CPU? --------------------------------------------------------------------
+
+def cpu_ticks() -> tuple[int, int]:
+    """(busy clock ticks of the whole machine, ticks of this process and its descendants) from /proc."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]  # user nice system irq softirq steal
+    procs: dict[int, tuple[int, int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                procs[int(d)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+            except (OSError, IndexError, ValueError):
+                continue
+    mine, grew = {os.getpid()}, True
+    while grew:
+        more = {pid for pid, (ppid, _) in procs.items() if ppid in mine} - mine
+        mine |= more
+        grew = bool(more)
+    return busy, sum(procs[p][1] for p in mine if p in procs)
+
+
+class OtherLoad:
+    """Share of the machine's CPU that other processes used between start() and stop() (0..1)."""
+
+    def start(self) -> None:
+        self.t, (self.busy, self.own) = time.perf_counter(), cpu_ticks()
+
+    def stop(self) -> float:
+        busy, own = cpu_ticks()
+        capacity = (time.perf_counter() - self.t) * (os.cpu_count() or 1) * os.sysconf("SC_CLK_TCK")
+        return max(0.0, (busy - self.busy) - (own - self.own)) / max(capacity, 1e-9)
+
+
+# ---- timing ------------------------------------------------------------------------------------------
+
+def forever(loader: DataLoader) -> Iterator:
+    """Batches across epoch boundaries (a new epoch re-shuffles, as training does)."""
+    while True:
+        yield from loader
+
+
+def measure(batches: Iterator, prepare: Callable, step: Callable, warmup: int, steps: int,
+            sync: Callable[[], None] = lambda: None) -> dict:
+    """Run warmup + steps training steps; time data (next batch + prepare) and compute (step) separately."""
+    for _ in range(warmup):
+        step(*prepare(*next(batches)))
+    sync()
+    data_s = compute_s = 0.0
+    images = 0
+    load = OtherLoad()
+    load.start()
+    start = time.perf_counter()
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        x, y = prepare(*next(batches))
+        sync()
+        t1 = time.perf_counter()
+        step(x, y)
+        sync()
+        t2 = time.perf_counter()
+        data_s, compute_s, images = data_s + t1 - t0, compute_s + t2 - t1, images + len(y)
+    total = time.perf_counter() - start
+    return {"img_s": images / total, "step_s": total / steps, "data_s": data_s / steps,
+            "compute_s": compute_s / steps, "others": load.stop()}
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, amp: bool) -> Callable:
+    """One step as `core.train.fit` does it (zero_grad, backward, step, and reading the loss back)."""
+    criterion = nn.CrossEntropyLoss()
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> float:
+        with autocast(device, amp):
+            logits = model(x)
+            loss = criterion(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    return step
+
+
+# ---- OURS ----------------------------------------------------------------------------------------------
+
+def make_config(data: str, batch_size: int, image_size: int) -> RunConfig:
+    return RunConfig(data=[data], model="resnet18", image_size=image_size, batch_size=batch_size,
+                     augment="online", transforms=["hflip", "vflip", "rot90", "color_jitter"], optimizer="adamw",
+                     lr=LR, weight_decay=WEIGHT_DECAY, amp=True, channels_last=True, num_workers=0,
+                     imbalance="none").validate()
+
+
+def measure_ours(cfg: RunConfig, td: TrainData, device: torch.device, warmup: int, steps: int,
+                 amp: bool = True, channels_last: bool = True, batch_size: int | None = None) -> dict:
+    if batch_size:
+        cfg = RunConfig.from_dict({**cfg.to_dict(), "batch_size": batch_size})
+    torch.manual_seed(0)
+    model = build_model("resnet18", NUM_CLASSES).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    loader = train_loader(cfg, td, Dist(), pin=False)
+
+    def prepare(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = to_model_input(x.to(device, non_blocking=True), td.mean, td.std, cfg.image_size, td.batch_augment)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(device, non_blocking=True)
+
+    return measure(forever(loader), prepare, train_step(model, optimizer, device, amp), warmup, steps)
+
+
+# ---- BASELINE ------------------------------------------------------------------------------------------
+
+def measure_baseline(samples: list[tuple[str, int]], size: int, batch_size: int, workers: int,
+                     device: torch.device, warmup: int, steps: int, pin: bool = False) -> dict:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=NUM_CLASSES).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    loader = DataLoader(PlainImageFolder(samples, baseline_transform(size)), batch_size=batch_size, shuffle=True,
+                        drop_last=True, num_workers=workers, persistent_workers=workers > 0, pin_memory=pin)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def prepare(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
+
+    try:
+        return measure(forever(loader), prepare, train_step(model, optimizer, device, amp=False), warmup, steps, sync)
+    finally:
+        del loader  # stops the persistent workers now
+
+
+# ---- GPU -----------------------------------------------------------------------------------------------
+
+def measure_accel(cfg: RunConfig, td: TrainData, device: torch.device, batch_size: int, warmup: int, steps: int,
+                  compile_model: bool, resident: bool) -> dict:
+    """The GPU path: tiles resident on the device (or a pinned loader with non_blocking copies), bf16, compile."""
+    torch.manual_seed(0)
+    on_cuda = device.type == "cuda"
+    model = build_model("resnet18", NUM_CLASSES).to(device).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY,
+                                  **({"fused": True} if on_cuda else {}))
+    runner = torch.compile(model) if compile_model else model
+    sync = torch.cuda.synchronize if on_cuda else (lambda: None)
+    if resident:
+        tiles, labels = td.train.tiles.to(device), td.train.labels.to(device)
+        g = torch.Generator(device=device).manual_seed(0)
+
+        def batches() -> Iterator:
+            n = len(labels)
+            while True:
+                order = torch.randperm(n, device=device, generator=g)
+                for start in range(0, n - batch_size + 1, batch_size):
+                    idx = order[start:start + batch_size]
+                    yield tiles[idx], labels[idx]
+        source = batches()
+    else:
+        big = RunConfig.from_dict({**cfg.to_dict(), "batch_size": batch_size})
+        source = forever(train_loader(big, td, Dist(), pin=on_cuda))
+
+    def prepare(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = to_model_input(x.to(device, non_blocking=True), td.mean, td.std, cfg.image_size, td.batch_augment)
+        return x.contiguous(memory_format=torch.channels_last), y.to(device, non_blocking=True)
+
+    return measure(source, prepare, train_step(runner, optimizer, device, amp=True), warmup, steps, sync)
+
+
+# ---- report --------------------------------------------------------------------------------------------
+
+BUSY = 0.10  # other processes above this share of the CPU make a figure unreliable
+busy_rows: list[str] = []
+
+
+def row(name: str, r: dict, batch: int) -> str:
+    if r["others"] > BUSY:
+        busy_rows.append(name.strip())
+    return (f"{name:<58}{r['img_s']:>8.1f}{r['step_s']:>9.3f}{r['data_s']:>9.3f}{r['compute_s']:>10.3f}"
+            f"{batch:>7}{r['others']:>8.0%}")
+
+
+HEADER = f"{'':<58}{'img/s':>8}{'s/step':>9}{'data s':>9}{'compute s':>10}{'batch':>7}{'others':>8}"
+
+
+def peak_rss_mib() -> tuple[float, float]:
+    """(this process, its largest finished child) peak resident set size in MiB (ru_maxrss is in KiB)."""
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", nargs="?", default=str(SHARED_DATA_DIR / "hirise-v3_2-subset"),
+                        help="an official-layout data folder (default: the shared real tiles)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--workers", default="0,2", help="baseline DataLoader worker counts to try (best is kept)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--variants", action="store_true",
+                        help="also measure OURS without bf16 / channels-last, with 1 thread, batch 64 ...")
+    parser.add_argument("--variant-steps", type=int, default=6)
+    parser.add_argument("--gpu-batch-size", type=int, default=256)
+    parser.add_argument("--gpu-steps", type=int, default=30)
+    parser.add_argument("--compile", action="store_true", help="GPU path: torch.compile the model")
+    parser.add_argument("--accel-device", default="cuda", help=argparse.SUPPRESS)  # 'cpu' exercises the GPU code
+    args = parser.parse_args()
+
+    if not Path(args.data).is_dir():
+        print(f"error: real data not found at {args.data} (expected ../shared/data/hirise-v3_2-subset next to "
+              "the project); nothing measured", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cpu = torch.device("cpu")
+    cfg = make_config(args.data, args.batch_size, args.image_size)
+    td = prepare_data(cfg, log=lambda msg: None)  # builds the tile cache on first use (not timed)
+    samples = baseline_samples(td)
+    workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    print(f"bench_train: resnet18 at {args.image_size}px, batch {args.batch_size}, {len(samples)} training tiles "
+          f"(originals of the train split) from {args.data}")
+    print(f"machine: {os.cpu_count()} cores ({cpu_name()}), torch {torch.__version__}, {torch.get_num_threads()} "
+          f"threads, CPU bf16 {'yes' if cpu_has_bf16() else 'no'}, load average {os.getloadavg()[0]:.1f}")
+    print(f"each measurement: {args.warmup} warm-up steps, then {args.steps} timed steps\n")
+    print(HEADER, flush=True)
+
+    ours = measure_ours(cfg, td, cpu, args.warmup, args.steps)
+    amp_used = "bf16 autocast" if cpu_has_bf16() else "fp32 (no CPU bf16)"
+    print(row(f"OURS cache+BatchAugment, 1-ch stem, {amp_used}, CL", ours, args.batch_size), flush=True)
+    base: dict[int, dict] = {}
+    for w in workers:
+        base[w] = measure_baseline(samples, args.image_size, args.batch_size, w, cpu, args.warmup, args.steps)
+        print(row(f"BASELINE ImageFolder+PIL+transforms, fp32, workers={w}", base[w], args.batch_size), flush=True)
+    best_w = max(base, key=lambda w: base[w]["img_s"])
+    ratio = ours["img_s"] / base[best_w]["img_s"]
+
+    if args.variants:
+        print("\nwhere OURS's time goes (variants, fewer steps):", flush=True)
+        variants: list[tuple[str, dict]] = [
+            ("fp32, channels-last", {"amp": False}),
+            ("fp32, contiguous (NCHW)", {"amp": False, "channels_last": False}),
+            ("bf16, contiguous (NCHW)", {"channels_last": False}),
+            (f"bf16, CL, batch {args.batch_size * 2}", {"batch_size": args.batch_size * 2}),
+        ]
+        for name, kw in variants:
+            r = measure_ours(cfg, td, cpu, 2, args.variant_steps, **kw)
+            print(row(f"  OURS {name}", r, kw.get("batch_size", args.batch_size)), flush=True)
+        threads = torch.get_num_threads()
+        if threads > 1:
+            torch.set_num_threads(1)
+            r = measure_ours(cfg, td, cpu, 2, args.variant_steps)
+            print(row("  OURS bf16, CL, 1 thread", r, args.batch_size), flush=True)
+            torch.set_num_threads(threads)
+
+    print(f"\nbaseline = workers={best_w} (the faster of {', '.join(f'workers={w}' for w in workers)})")
+    print(f"ratio (CPU): OURS / BASELINE = {ours['img_s']:.1f} / {base[best_w]['img_s']:.1f} img/s = {ratio:.2f}x "
+          f"(goal >= {GOAL:.0f}x: {'met' if ratio >= GOAL else 'MISSED'})")
+    b = base[best_w]
+    print(f"per step: OURS data {ours['data_s']:.3f} s + compute {ours['compute_s']:.3f} s; BASELINE data "
+          f"{b['data_s']:.3f} s + compute {b['compute_s']:.3f} s: the compute ratio alone is "
+          f"{b['compute_s'] / ours['compute_s']:.2f}x, the data ratio {b['data_s'] / max(ours['data_s'], 1e-9):.1f}x "
+          f"(data is {b['data_s'] / b['step_s']:.0%} of the baseline's step)")
+
+    accel = torch.device(args.accel_device)
+    if accel.type == "cuda" and not torch.cuda.is_available():
+        print("GPU: skipped (no CUDA device here)")
+    else:
+        name = torch.cuda.get_device_name(accel) if accel.type == "cuda" else f"{accel} (code check, not a GPU)"
+        print(f"\nGPU: {name}\n{HEADER}", flush=True)
+        g_res = measure_accel(cfg, td, accel, args.gpu_batch_size, 5, args.gpu_steps, args.compile, resident=True)
+        tag = ", torch.compile" if args.compile else ""
+        print(row(f"OURS tiles on the device, bf16, CL{tag}", g_res, args.gpu_batch_size), flush=True)
+        g_pin = measure_accel(cfg, td, accel, args.gpu_batch_size, 5, args.gpu_steps, args.compile, resident=False)
+        print(row(f"OURS loader, pinned + non_blocking, bf16, CL{tag}", g_pin, args.gpu_batch_size), flush=True)
+        g_base = {w: measure_baseline(samples, args.image_size, args.batch_size, w, accel, args.warmup,
+                                      args.gpu_steps, pin=False) for w in workers}
+        for w, r in g_base.items():
+            print(row(f"BASELINE on the device, fp32, workers={w}", r, args.batch_size), flush=True)
+        gb = max(g_base.values(), key=lambda r: r["img_s"])
+        g_best = max(g_res["img_s"], g_pin["img_s"])
+        print(f"ratio (GPU): OURS / BASELINE = {g_best:.1f} / {gb['img_s']:.1f} img/s = {g_best / gb['img_s']:.2f}x")
+
+    if busy_rows:
+        print(f"\nWARNING: other processes used more than {BUSY:.0%} of the CPU during: {'; '.join(busy_rows)}. "
+              "Those figures are not reliable: rerun on an idle machine.")
+    else:
+        print(f"\nthe machine was otherwise idle (other processes < {BUSY:.0%} of the CPU in every measurement)")
+    self_mib, child_mib = peak_rss_mib()
+    print(f"\npeak RSS: {self_mib:,.0f} MiB (this process); largest DataLoader worker {child_mib:,.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

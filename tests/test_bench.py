@@ -1,0 +1,62 @@
+"""Smoke tests of the benchmark scripts in bench/: each runs with the tiniest settings, exits 0 and prints its
+figures. They check that the scripts work, not the figures (those need an idle machine and the defaults)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.settings import DEFAULT_CHECKPOINT, PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+BENCH = PROJECT_ROOT / "bench"
+
+
+def run_bench(script: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCH / script), *args], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def ok(res: subprocess.CompletedProcess) -> str:
+    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res.stdout
+
+
+def test_bench_train_smoke(shared_data: Path):
+    out = ok(run_bench("bench_train.py", str(shared_data / "hirise-v3_2-subset"), "--steps", "2", "--warmup", "1",
+                       "--batch-size", "4", "--image-size", "64", "--workers", "0,2"))
+    assert "ratio (CPU)" in out and "OURS" in out and "BASELINE" in out and "workers=2" in out
+    assert "GPU: skipped" in out or "ratio (GPU)" in out
+    assert "peak RSS" in out
+
+
+def test_bench_train_without_data_exits_2(tmp_path: Path):
+    res = run_bench("bench_train.py", str(tmp_path / "absent"), "--steps", "1", "--warmup", "0")
+    assert res.returncode == 2
+    assert "not found" in res.stderr
+
+
+def test_bench_eval_smoke(shared_data: Path):
+    out = ok(run_bench("bench_eval.py", str(shared_data / "hirise-v3_2-subset"), "--repeats", "1",
+                       "--max-tiles", "16", "--batch-size", "8", "--checkpoint", "random"))
+    assert "ratio" in out and "OURS" in out and "BASELINE" in out
+
+
+def test_bench_coldstart_smoke():
+    if not (Path("/usr/bin/chromium").is_file() or shutil.which("chromium")):
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    if not DEFAULT_CHECKPOINT.is_file():
+        pytest.skip(f"the Explain page needs the shipped checkpoint ({DEFAULT_CHECKPOINT})")
+    out = ok(run_bench("bench_coldstart.py", "--repeats", "1", "--timeout", "90"))
+    assert "ratio" in out and "median" in out
+
+
+def test_bench_memory_smoke(shared_data: Path):
+    out = ok(run_bench("bench_memory.py", str(shared_data / "hirise-v3_2-subset"), "--train-steps", "2",
+                       "--batch-size", "4", "--image-size", "64", "--calls", "10", "--plus-calls", "2",
+                       "--scorecam-calls", "1", "--every", "5"))
+    assert "peak" in out and "(a) training process" in out and "(b) app session" in out
