@@ -14,7 +14,7 @@ from typing import Any, get_type_hints
 
 from .data.merge import CONFLICT_POLICIES
 from .data.split import SPLIT_MODES
-from .metrics import SELECTION_METRICS
+from .classes import SELECTION_METRICS
 from .models import ARCHITECTURES, FREEZE_MODES, stages
 
 OPTIMIZERS = ("adam", "nadam", "adamw", "sgd")

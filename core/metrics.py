@@ -8,10 +8,7 @@ import numpy as np
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
                              precision_recall_fscore_support, top_k_accuracy_score)
 
-from .classes import CLASS_NAMES
-
-#: Metrics a run can be selected / early-stopped on (higher is better for all).
-SELECTION_METRICS = ("macro_f1", "balanced_accuracy", "accuracy", "weighted_f1")
+from .classes import CLASS_NAMES, SELECTION_METRICS  # noqa: F401 - SELECTION_METRICS re-exported
 
 
 def classification_metrics(y_true: Sequence[int], y_prob: np.ndarray,

@@ -10,14 +10,42 @@ from PIL import Image
 
 from core import appstate, figures
 from core.classes import CLASS_NAMES
-from core.explain import CAM_METHODS, explain, overlay_heatmap
 from core.imageio import MAX_FILE_BYTES, TILE_SIZE, decode_gray
-from core.predict import predict_bytes
-from core.tiling import render_class_map
 from ui.common import USER_ERRORS, get_data, get_model, model_choices, page, show_error
 
 page("Explain", ":material/image_search:")
 MAX_FILES = 24
+
+# The uploader comes first: it answers before the model and the CAM library are loaded (cold start).
+uploads = st.file_uploader("Upload tiles (JPEG, PNG or TIFF; colour images are converted to grayscale)",
+                           type=["jpg", "jpeg", "png", "tif", "tiff"], accept_multiple_files=True)
+items: list[tuple[str, bytes]] = [(u.name, u.getvalue()) for u in uploads or []]
+if len(items) > MAX_FILES:
+    st.warning(f"{len(items)} files uploaded: showing the first {MAX_FILES}.")
+    items = items[:MAX_FILES]
+
+with st.expander("…or pick a tile from the data set"):
+    paths = appstate.data_paths()
+    if not paths:
+        st.write("No data set chosen (Dataset page).")
+    elif st.toggle("Browse the data set", key="browse"):
+        c1, c2 = st.columns(2)
+        cls = c1.selectbox("Class", CLASS_NAMES, key="pick_class")
+        try:
+            data = get_data(paths)
+            records = [r for r in data.records if r.label == CLASS_NAMES.index(cls) and r.is_original]
+            if records:
+                i = c2.number_input(f"Tile (of {len(records)})", 1, len(records), 1) - 1
+                buf = io.BytesIO()
+                Image.fromarray(data.tiles([records[i]])[0]).save(buf, format="PNG")
+                if st.checkbox("Explain this tile", key="use_pick"):
+                    items.insert(0, (f"{records[i].name} (labelled {cls})", buf.getvalue()))
+        except USER_ERRORS as exc:
+            show_error(exc, "Cannot read the data set")
+
+from core.explain import CAM_METHODS, explain, overlay_heatmap  # noqa: E402 - after the uploader, see above
+from core.predict import predict_bytes  # noqa: E402
+from core.tiling import render_class_map  # noqa: E402
 
 choices = model_choices()
 if not choices:
@@ -45,31 +73,14 @@ st.caption(f"{model.arch}, input {model.image_size}px, calibration temperature {
            "Probabilities are calibrated; a HiRISE tile is 227x227 grayscale, other images are converted and, "
            "when larger than a tile, classified window by window.")
 
-uploads = st.file_uploader("Upload tiles (JPEG, PNG or TIFF; colour images are converted to grayscale)",
-                           type=["jpg", "jpeg", "png", "tif", "tiff"], accept_multiple_files=True)
-items: list[tuple[str, bytes]] = [(u.name, u.getvalue()) for u in uploads or []]
-if len(items) > MAX_FILES:
-    st.warning(f"{len(items)} files uploaded: showing the first {MAX_FILES}.")
-    items = items[:MAX_FILES]
 
-with st.expander("…or pick a tile from the data set"):
-    paths = appstate.data_paths()
-    if not paths:
-        st.write("No data set chosen (Dataset page).")
-    else:
-        c1, c2 = st.columns(2)
-        cls = c1.selectbox("Class", CLASS_NAMES, key="pick_class")
-        try:
-            data = get_data(paths)
-            records = [r for r in data.records if r.label == CLASS_NAMES.index(cls) and r.is_original]
-            if records:
-                i = c2.number_input(f"Tile (of {len(records)})", 1, len(records), 1) - 1
-                buf = io.BytesIO()
-                Image.fromarray(data.tiles([records[i]])[0]).save(buf, format="PNG")
-                if st.checkbox("Explain this tile", key="use_pick"):
-                    items.insert(0, (f"{records[i].name} (labelled {cls})", buf.getvalue()))
-        except USER_ERRORS as exc:
-            show_error(exc, "Cannot read the data set")
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _warm_up(model_key: str) -> bool:
+    """One prediction and one Grad-CAM at load: their one-time allocations (about 30 MiB, bench/bench_memory.py)
+    happen now, so memory stays flat over a long session."""
+    explain(model, np.full((TILE_SIZE, TILE_SIZE), 128, np.uint8))
+    return True
+
 
 if not items:
     st.info("Upload one or more tiles to classify and explain them.")
@@ -87,6 +98,7 @@ def _explain(model_key: str, digest: str, _tile: np.ndarray, method: str, target
 
 
 model_key = f"{choices[label]}:{choices[label].stat().st_mtime}"
+_warm_up(model_key)
 for name, payload in items:
     st.divider()
     if len(payload) > MAX_FILE_BYTES:

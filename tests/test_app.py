@@ -93,6 +93,7 @@ def test_explain_page_uses_the_shipped_model_and_a_data_tile(with_runs):
     assert DEFAULT_CHECKPOINT.is_file(), "the shipped checkpoint is missing"
     at = run_page("pages/4_Explain.py")
     assert at.sidebar.selectbox[0].value.startswith("default model")
+    at.toggle(key="browse").set_value(True).run()
     at.checkbox(key="use_pick").check().run()
     assert not at.exception, [e.value for e in at.exception]
     body = texts(at)
