@@ -176,10 +176,6 @@ class RunConfig:
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read configuration {path}: {exc}") from exc
 
-    def differs_from_default(self) -> dict[str, Any]:
-        d, base = self.to_dict(), RunConfig().to_dict()
-        return {k: v for k, v in d.items() if v != base[k]}
-
 
 def _coerce(value: Any, kind: Any) -> Any:
     if kind is bool:

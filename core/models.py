@@ -1,7 +1,6 @@
 """Model zoo, grayscale stems, ImageNet weights (offline-aware), freezing and Grad-CAM target layers."""
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -170,17 +169,3 @@ def get_layer(model: nn.Module, dotted: str) -> nn.Module:
             raise ValueError(f"no layer {dotted!r}; {part!r} is not one of {', '.join(children)}")
         module = children[part]
     return module
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return total, trainable
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -136,7 +136,3 @@ def model_choices() -> dict[str, Path]:
 
 def run_of_checkpoint(path: Path) -> Run | None:
     return Run(path.parent) if path.name == "best.pt" and (path.parent / "config.json").is_file() else None
-
-
-def pct(x: float | None) -> str:
-    return "–" if x is None else f"{x:.1%}"
