@@ -40,7 +40,7 @@ from core.evaluate import predict_logits  # noqa: E402
 from core.models import build_model  # noqa: E402
 from core.settings import DEFAULT_CHECKPOINT, SHARED_DATA_DIR  # noqa: E402
 from core.train import cpu_has_bf16  # noqa: E402
-from cpu_load import OtherLoad  # noqa: E402 - bench/cpu_load.py, next to this script
+from benchlib import OtherLoad, real_data_missing  # noqa: E402 - bench/benchlib.py, next to this script
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -99,9 +99,7 @@ def main() -> int:
     parser.add_argument("--no-variants", action="store_true", help="skip the bf16 / channels-last variants")
     args = parser.parse_args()
 
-    if not Path(args.data).is_dir():
-        print(f"error: real data not found at {args.data} (expected ../shared/data/hirise-v3_2-subset next to "
-              "the project); nothing measured", file=sys.stderr)
+    if real_data_missing(args.data):
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)

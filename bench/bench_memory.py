@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from core.settings import DEFAULT_CHECKPOINT, SHARED_DATA_DIR  # noqa: E402
+from benchlib import real_data_missing  # noqa: E402 - bench/benchlib.py, next to this script
 
 POLL_S = 0.2
 
@@ -194,9 +195,7 @@ def main() -> int:
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-app", action="store_true")
     args = parser.parse_args()
-    if not Path(args.data).is_dir():
-        print(f"error: real data not found at {args.data} (expected ../shared/data/hirise-v3_2-subset next to "
-              "the project); nothing measured", file=sys.stderr)
+    if real_data_missing(args.data):
         return 2
     print(f"bench_memory: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, data {args.data}\n",
           flush=True)

@@ -49,8 +49,9 @@ from core.data.storage import FolderStorage  # noqa: E402
 from core.models import build_model  # noqa: E402
 from core.preprocess import to_model_input  # noqa: E402
 from core.settings import SHARED_DATA_DIR  # noqa: E402
-from core.train import Dist, TrainData, autocast, cpu_has_bf16, prepare_data, train_loader  # noqa: E402
-from cpu_load import OtherLoad  # noqa: E402 - bench/cpu_load.py, next to this script
+from core.train import (Dist, TrainData, cpu_has_bf16, optimizer_step, prepare_data,  # noqa: E402
+                        train_loader)
+from benchlib import OtherLoad, real_data_missing  # noqa: E402 - bench/benchlib.py, next to this script
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LR, WEIGHT_DECAY = 1e-3, 1e-4
@@ -127,17 +128,11 @@ def measure(batches: Iterator, prepare: Callable, step: Callable, warmup: int, s
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, amp: bool) -> Callable:
-    """One step as `core.train.fit` does it (zero_grad, backward, step, and reading the loss back)."""
+    """`core.train.fit`'s own step (`optimizer_step`), and reading the loss back as fit does."""
     criterion = nn.CrossEntropyLoss()
 
     def step(x: torch.Tensor, y: torch.Tensor) -> float:
-        with autocast(device, amp):
-            logits = model(x)
-            loss = criterion(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
+        return float(optimizer_step(model, criterion, optimizer, x, y, device, amp)[1].detach())
 
     return step
 
@@ -278,9 +273,7 @@ def main() -> int:
     parser.add_argument("--accel-device", default="cuda", help=argparse.SUPPRESS)  # 'cpu' exercises the GPU code
     args = parser.parse_args()
 
-    if not Path(args.data).is_dir():
-        print(f"error: real data not found at {args.data} (expected ../shared/data/hirise-v3_2-subset next to "
-              "the project); nothing measured", file=sys.stderr)
+    if real_data_missing(args.data):
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)

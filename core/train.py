@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -185,6 +186,7 @@ def evaluate_logits(model: nn.Module, dataset: TileDataset, mean: float, std: fl
     return torch.cat(out).numpy()
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """AVX512-BF16 / AMX CPUs run bf16 convolutions about twice as fast as fp32 (measured here)."""
     try:
@@ -198,6 +200,18 @@ def autocast(device: torch.device, enabled: bool):
     if enabled and (device.type == "cuda" or cpu_has_bf16()):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def optimizer_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                   target: torch.Tensor, device: torch.device, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step: forward (bf16 autocast where enabled), loss in fp32, backward, update."""
+    with autocast(device, amp):
+        logits = model(x)
+        loss = criterion(logits.float(), target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return logits, loss
 
 
 # ---- the run -----------------------------------------------------------------------------------------
@@ -276,8 +290,9 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
     if resume:
         if run is None or not run.last_checkpoint.is_file():
             raise CheckpointError("nothing to resume: the run has no last.pt yet")
-        state = torch.load(run.last_checkpoint, map_location="cpu", weights_only=True)["train_state"]
-        model.load_state_dict(read_checkpoint(run.last_checkpoint)["state_dict"])
+        last = read_checkpoint(run.last_checkpoint)  # one read: weights and optimizer/scheduler state
+        state = last["train_state"]
+        model.load_state_dict(last["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["scheduler"])
         start_epoch, best_score, best_epoch, bad_epochs, step = (state["epoch"] + 1, state["best_score"],
@@ -323,12 +338,7 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
             target = y
             if mixer is not None:
                 x, target = mixer(x, y)
-            with autocast(device, amp):
-                logits = ddp_model(x)
-                loss = criterion(logits.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            logits, loss = optimizer_step(ddp_model, criterion, optimizer, x, target, device, amp)
             schedule.after_batch()
             step += 1
             loss_value = float(loss.detach())

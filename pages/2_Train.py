@@ -51,9 +51,11 @@ if not runs:
     st.stop()
 
 st.subheader("Jobs")
-rows = [{"run": r.name, "state": jobs.job_state(r), "kind": r.status().get("kind", "train"),
-         "model": r.config().get("model"), "epoch": f"{r.status().get('epoch', 0)}/{r.config().get('epochs', '?')}",
-         "queued": r.status().get("queued_at", "")} for r in runs[:30]]
+rows = []
+for r in runs[:30]:
+    state, status, cfg = jobs.job_state(r), r.status(), r.config()  # each file read once
+    rows.append({"run": r.name, "state": state, "kind": status.get("kind", "train"), "model": cfg.get("model"),
+                 "epoch": f"{status.get('epoch', 0)}/{cfg.get('epochs', '?')}", "queued": status.get("queued_at", "")})
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 names = [r.name for r in runs]
 default = st.session_state.get("selected_run")

@@ -47,7 +47,8 @@ def share_cpu_with_jobs() -> None:
     two processes with two threads each on two cores ran small models 30-50x slower (measured)."""
     if torch.cuda.is_available():
         return
-    busy = any(r.status().get("state") == "running" and r.status().get("device") == "cpu" for r in list_runs()[:20])
+    statuses = (r.status() for r in list_runs()[:20])
+    busy = any(s.get("state") == "running" and s.get("device") == "cpu" for s in statuses)
     torch.set_num_threads(1 if busy else max(1, os.cpu_count() or 1))
 
 

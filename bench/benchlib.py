@@ -1,8 +1,19 @@
-"""How much of the CPU other processes took during a measurement: benchmarks print it next to each figure."""
+"""What the benchmark scripts share: the real-data check, and how much CPU other processes took meanwhile."""
 from __future__ import annotations
 
 import os
+import sys
 import time
+from pathlib import Path
+
+
+def real_data_missing(path: str) -> bool:
+    """True (after saying so on stderr) when the real tiles are not where the benchmark reads them."""
+    if Path(path).is_dir():
+        return False
+    print(f"error: real data not found at {path} (expected ../shared/data/hirise-v3_2-subset next to "
+          "the project); nothing measured", file=sys.stderr)
+    return True
 
 
 def cpu_ticks() -> tuple[int, int]:
