@@ -60,8 +60,7 @@ else:
     rows = []
     for run in runs[:50]:
         cfg, status = run.config(), run.status()
-        epochs = [r for r in run.metrics() if r.get("kind") == "epoch"]
-        best = max(epochs, key=lambda r: r.get("val_macro_f1", 0), default={})
+        best = run.best_epoch(status)
         rows.append({"run": run.name, "state": job_state(run), "model": cfg.get("model"),
                      "epochs": f"{status.get('epoch', 0)}/{cfg.get('epochs', '?')}",
                      "best val macro-F1": best.get("val_macro_f1"), "balanced acc": best.get("val_balanced_accuracy"),

@@ -19,7 +19,8 @@ RandomHorizontalFlip, RandomVerticalFlip, Resize(224), ToTensor, Normalize, a Da
 Both warm up `--warmup` steps, then `--steps` steps are timed; images/s = steps x batch / seconds.
 Column `others`: the share of the machine's CPU other processes used meanwhile (from /proc; a
 warning is printed above 10%: on 2 cores any other busy process halves a figure).
-Goal on a 2-core CPU: OURS >= 3x the baseline. `--variants` adds the measurements that say where
+Goal on a 2-core CPU: OURS >= 3x the baseline. The roofline lines say what the CPU allows at all:
+FLOPs per image (torch's FLOP counter) against the CPU's measured fp32 and bf16 matmul peaks. `--variants` adds the measurements that say where
 OURS's time goes (fp32, no channels-last, 1 thread, batch 64, ...). With a CUDA device, the GPU
 path (tiles resident on the GPU, a bigger batch, pinned memory + non_blocking copies, optional
 torch.compile) is measured against the same baseline on the GPU. Run it on an idle machine.
@@ -39,6 +40,7 @@ import torch
 import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms as T
 from torchvision.datasets.folder import default_loader
 
@@ -91,8 +93,6 @@ def baseline_samples(td: TrainData) -> list[tuple[str, int]]:
         out.append((str(st._path(r.path)), r.label))
     return out
 
-
-# ---- is anything else using the CPU? --------------------------------------------------------------------
 
 # ---- timing ------------------------------------------------------------------------------------------
 
@@ -222,6 +222,50 @@ def measure_accel(cfg: RunConfig, td: TrainData, device: torch.device, batch_siz
     return measure(source, prepare, train_step(runner, optimizer, device, amp=True), warmup, steps, sync)
 
 
+# ---- the ceiling ---------------------------------------------------------------------------------------
+
+def train_flops_per_image(model: nn.Module, in_channels: int, size: int) -> float:
+    """Floating-point operations of one forward + backward pass per image (torch's own FLOP counter)."""
+    x = torch.randn(2, in_channels, size, size)
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 2
+
+
+def matmul_peak_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 12) -> float:
+    """FLOP/s of a large square matmul: what this CPU's cores can reach in `dtype` at best."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start)
+
+
+def roofline(size: int, ours_img_s: float, base_img_s: float, bf16: bool) -> list[str]:
+    """Whether the goal is reachable at all: the images/s the CPU's matmul peak allows each path.
+
+    Both paths do the same convolutions, so once the data path costs nothing the ratio is bounded by
+    peak(bf16) / peak(fp32) times the baseline's own efficiency. Saying so beats guessing."""
+    ours_flops = train_flops_per_image(build_model("resnet18", NUM_CLASSES), 1, size)
+    base_flops = train_flops_per_image(torchvision.models.resnet18(num_classes=NUM_CLASSES), 3, size)
+    fp32 = matmul_peak_flops(torch.float32)
+    fast = matmul_peak_flops(torch.bfloat16) if bf16 else fp32
+    ceiling = fast / ours_flops
+    return [
+        f"roofline: {ours_flops / 1e9:.2f} GFLOP per image forward + backward for OURS (1-channel stem), "
+        f"{base_flops / 1e9:.2f} for the BASELINE",
+        f"  this CPU's matmul peak: fp32 {fp32 / 1e9:,.0f} GFLOP/s, {'bf16' if bf16 else 'fp32 (no bf16)'} "
+        f"{fast / 1e9:,.0f} GFLOP/s",
+        f"  BASELINE runs at {base_img_s * base_flops / fp32:.0%} of the fp32 peak; OURS at "
+        f"{ours_img_s / ceiling:.0%} of its ceiling of {ceiling:.1f} img/s",
+        f"  best ratio this CPU allows at equal work: {ceiling:.1f} / {base_img_s:.1f} = {ceiling / base_img_s:.2f}x"
+        f" (goal {GOAL:.0f}x {'reachable' if ceiling / base_img_s >= GOAL else 'above the ceiling'})",
+    ]
+
+
 # ---- report --------------------------------------------------------------------------------------------
 
 BUSY = 0.10  # other processes above this share of the CPU make a figure unreliable
@@ -267,6 +311,7 @@ def main() -> int:
     parser.add_argument("--variants", action="store_true",
                         help="also measure OURS without bf16 / channels-last, with 1 thread, batch 64 ...")
     parser.add_argument("--variant-steps", type=int, default=6)
+    parser.add_argument("--no-roofline", action="store_true", help="skip the FLOP count and the matmul peak")
     parser.add_argument("--gpu-batch-size", type=int, default=256)
     parser.add_argument("--gpu-steps", type=int, default=30)
     parser.add_argument("--compile", action="store_true", help="GPU path: torch.compile the model")
@@ -325,6 +370,8 @@ def main() -> int:
           f"{b['data_s']:.3f} s + compute {b['compute_s']:.3f} s: the compute ratio alone is "
           f"{b['compute_s'] / ours['compute_s']:.2f}x, the data ratio {b['data_s'] / max(ours['data_s'], 1e-9):.1f}x "
           f"(data is {b['data_s'] / b['step_s']:.0%} of the baseline's step)")
+    if not args.no_roofline:
+        print("\n" + "\n".join(roofline(args.image_size, ours["img_s"], b["img_s"], cpu_has_bf16())), flush=True)
 
     accel = torch.device(args.accel_device)
     if accel.type == "cuda" and not torch.cuda.is_available():

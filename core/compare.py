@@ -22,21 +22,12 @@ def settings_table(runs: Sequence[Run]) -> tuple[pd.DataFrame, list[str]]:
     return table, differing
 
 
-def best_epoch(run: Run) -> dict:
-    """The epoch row the run selected (its best), or the last one."""
-    epochs = [r for r in run.metrics() if r.get("kind") == "epoch"]
-    if not epochs:
-        return {}
-    chosen = [r for r in epochs if r.get("best")]
-    return chosen[-1] if chosen else epochs[-1]
-
-
 def metrics_table(runs: Sequence[Run]) -> pd.DataFrame:
     """Headline validation metrics of each run's best checkpoint (from its saved evaluation when present)."""
     rows = []
     for run in runs:
         report = run.evaluation()
-        row = best_epoch(run)
+        row = run.best_epoch()
         if report:
             rows.append({"run": run.name, "macro-F1": report["macro_f1"], "balanced accuracy": report["balanced_accuracy"],
                          "accuracy": report["accuracy"], "majority baseline": report["majority_baseline"]["accuracy"],
@@ -57,7 +48,7 @@ def per_class(runs: Sequence[Run], key: str = "f1") -> dict[str, list[float]]:
             values = {c["class"]: c[key] for c in report["per_class"]}
             out[run.name] = [values.get(c, 0.0) for c in CLASS_NAMES]
         else:
-            row = best_epoch(run)
+            row = run.best_epoch()
             if key == "recall" and row.get("val_recall"):
                 out[run.name] = [row["val_recall"].get(c, 0.0) for c in CLASS_NAMES]
     return out

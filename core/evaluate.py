@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .calibration import expected_calibration_error, reliability_diagram, softmax
+from .calibration import expected_calibration_error, fit_temperature, reliability_diagram, softmax
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
 from .data import DataError, HiriseData, Record
 from .data.cli import add_data_arguments, load_from_args
@@ -77,11 +77,14 @@ def predict_logits(loaded: LoadedModel, tiles: np.ndarray | RecordTiles, batch_s
 
 
 def evaluate_model(loaded: LoadedModel, data: HiriseData, split: str = "val", originals_only: bool = True,
-                   tta: bool = False, batch_size: int = 64, on_progress: ProgressCallback | None = None) -> dict:
+                   tta: bool = False, batch_size: int = 64, on_progress: ProgressCallback | None = None,
+                   calibrate: bool = False) -> dict:
     """A JSON-able report of `loaded` on one split of `data` (see the module docstring for the CLI).
 
     Metrics are computed on calibrated probabilities (softmax(logits / T) with the checkpoint's T);
-    ECE is given with and without T so the calibration itself can be judged.
+    ECE is given with and without T so the calibration itself can be judged. With `calibrate`, T is
+    first fitted on these same logits and set on `loaded` (training does this on val, once: one pass
+    over the split serves both the fit and the report).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
@@ -93,6 +96,8 @@ def evaluate_model(loaded: LoadedModel, data: HiriseData, split: str = "val", or
     y = data.labels(records)
     logits = predict_logits(loaded, RecordTiles(data, records), batch_size=batch_size, tta=tta,
                             on_progress=on_progress)
+    if calibrate:
+        loaded.temperature = fit_temperature(logits, y)
     raw, probs = softmax(logits), softmax(logits, loaded.temperature)
     pred = probs.argmax(1)
 

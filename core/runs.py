@@ -75,9 +75,12 @@ class Run:
     def config(self) -> dict[str, Any]:
         return read_json(self.config_file, {}) or {}
 
-    def append_metrics(self, row: dict[str, Any]) -> None:
+    def append_metrics(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Append `row`, time-stamped; returns the row as written."""
+        row = {"time": round(time.time(), 3), **row}
         with open(self.metrics_file, "a") as f:
-            f.write(json.dumps({"time": round(time.time(), 3), **row}) + "\n")
+            f.write(json.dumps(row) + "\n")
+        return row
 
     def metrics(self) -> list[dict[str, Any]]:
         """All rows; a half-written last line (the trainer is mid-write) is skipped."""
@@ -92,6 +95,14 @@ class Run:
         except OSError:
             pass
         return rows
+
+    def best_epoch(self, status: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The epoch row the run selected (its best, else its last; {} before the first epoch).
+
+        The trainer keeps it in status.json, so listing many runs never reads every metrics file;
+        runs from before that fall back to scanning metrics.jsonl. Pass `status` if already read."""
+        status = self.status() if status is None else status
+        return status.get("best") or best_epoch_row(self.metrics())
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -109,6 +120,13 @@ class Run:
 
     def cancel_requested(self) -> bool:
         return self.cancel_file.exists()
+
+
+def best_epoch_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of a run's metrics rows, the last epoch row flagged best, else the last epoch row."""
+    epochs = [r for r in rows if r.get("kind") == "epoch"]
+    chosen = [r for r in epochs if r.get("best")]
+    return (chosen or epochs or [{}])[-1]
 
 
 def new_run_dir(name_hint: str = "", runs_dir: Path | None = None) -> Run:

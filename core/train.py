@@ -28,17 +28,18 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 from tqdm.auto import tqdm
 
 from . import augment
-from .checkpoint import CheckpointError, checkpoint_payload, read_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, checkpoint_payload, load_checkpoint, read_checkpoint, save_checkpoint
 from .classes import CLASS_NAMES, NUM_CLASSES
 from .config import ConfigError, RunConfig, add_arguments, config_from_args
 from .data import DataError, HiriseData, TileDataset, load_dataset
+from .evaluate import evaluate_model, save_report
 from .jobs import Cancelled, device_key, device_turn
 from .metrics import classification_metrics, headline
 from .models import (WeightsUnavailable, build_model, freeze_batchnorm_of_frozen, frozen_stages, set_frozen,
                      unfrozen_after)
 from .optim import Schedule, build_optimizer, loss_weights, lr_range_test
 from .preprocess import to_model_input
-from .runs import Run, now_iso, write_json_atomic
+from .runs import Run, best_epoch_row, now_iso, write_json_atomic
 
 
 class StopFlag:
@@ -300,6 +301,7 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
         torch.set_rng_state(state["rng"])
         if run is not None:
             _drop_metrics_after(run, state["epoch"])
+            run.update_status(best=best_epoch_row(run.metrics()))
         log(f"resuming after epoch {state['epoch'] + 1}")
 
     compiled = torch.compile(model) if (cfg.compile and on_cuda) else model
@@ -383,10 +385,11 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
         log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
             f"{headline(val)}, {row['images_per_s']:.0f} img/s" + (" *" if improved else ""))
         if run:
-            run.append_metrics(row)
+            written = run.append_metrics(row)
             payload = _payload(cfg, model, td, val, epoch + 1)
             if improved:
                 save_checkpoint(run.best_checkpoint, payload)
+                run.update_status(best=written)
             payload["train_state"] = {"optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
                                       "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
                                       "bad_epochs": bad_epochs, "step": step, "rng": torch.get_rng_state()}
@@ -395,7 +398,7 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
             log(f"early stopping: no {cfg.early_stopping_metric} gain in {cfg.patience} epochs")
             break
     if run and not cancelled and run.best_checkpoint.is_file():
-        finish(run, cfg, td, device, log)
+        finish(run, cfg, td, log)
     return {"cancelled": cancelled, "best_epoch": best_epoch, "best_metric": best_score}
 
 
@@ -407,24 +410,15 @@ def _payload(cfg: RunConfig, model: nn.Module, td: TrainData, val: dict, epoch: 
                               config=cfg.to_dict(), metrics=metrics, epoch=epoch)
 
 
-def finish(run: Run, cfg: RunConfig, td: TrainData, device: torch.device, log) -> None:
+def finish(run: Run, cfg: RunConfig, td: TrainData, log) -> None:
     """Calibrate the best checkpoint on validation and save its evaluation for the app."""
-    try:
-        from .calibration import fit_temperature
-        from .checkpoint import load_checkpoint
-        from .evaluate import evaluate_model, save_report
-    except ImportError as exc:  # evaluation not installed in this build
-        log(f"note: skipping calibration and evaluation ({exc})")
-        return
     loaded = load_checkpoint(run.best_checkpoint)
-    logits = evaluate_logits(loaded.model, td.val, td.mean, td.std, cfg.image_size, torch.device("cpu"),
-                             cfg.batch_size * 2, False)
-    temperature = fit_temperature(logits, td.val.labels.numpy())
+    report = evaluate_model(loaded, td.data, split="val", originals_only=True, batch_size=cfg.batch_size * 2,
+                            calibrate=True)
+    temperature = loaded.temperature
     payload = read_checkpoint(run.best_checkpoint)
     payload["temperature"] = float(temperature)
     save_checkpoint(run.best_checkpoint, payload)
-    loaded.temperature = float(temperature)
-    report = evaluate_model(loaded, td.data, split="val", originals_only=True)
     save_report(report, run.eval_file)
     log(f"calibration temperature {temperature:.3f}; best checkpoint on val: {headline(report)}")
 

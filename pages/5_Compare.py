@@ -9,7 +9,7 @@ from core.runs import list_runs
 from ui.common import IMBALANCE_NOTE, RARE_NOTE, page
 
 page("Compare runs", ":material/compare:")
-runs = [r for r in list_runs() if r.status().get("kind", "train") == "train" and r.metrics()]
+runs = [r for r in list_runs() if (status := r.status()).get("kind", "train") == "train" and r.best_epoch(status)]
 if len(runs) < 2:
     st.info("Compare needs at least two runs with metrics: train some on the Train page.")
     st.stop()

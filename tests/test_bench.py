@@ -30,7 +30,7 @@ def test_bench_train_smoke(shared_data: Path):
                        "--batch-size", "4", "--image-size", "64", "--workers", "0,2"))
     assert "ratio (CPU)" in out and "OURS" in out and "BASELINE" in out and "workers=2" in out
     assert "GPU: skipped" in out or "ratio (GPU)" in out
-    assert "peak RSS" in out
+    assert "peak RSS" in out and "roofline" in out and "best ratio this CPU allows" in out
 
 
 def test_bench_train_without_data_exits_2(tmp_path: Path):

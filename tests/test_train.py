@@ -22,7 +22,7 @@ from core.config import ConfigError, RunConfig
 from core.models import (WeightsUnavailable, build_model, fetch_imagenet_weights, frozen_stages, imagenet_status,
                          unfrozen_after)
 from core.optim import lr_range_test
-from core.runs import Run
+from core.runs import Run, best_epoch_row
 from core.settings import PROJECT_ROOT
 from core.train import main as train_cli
 from core.train import train
@@ -72,6 +72,14 @@ def test_run_folder_checkpoint_and_falling_loss(tmp_path, data_dir):
     assert loaded.arch == "simple_cnn" and loaded.image_size == 48 and loaded.metrics["macro_f1"] >= 0
     assert loaded.config["epochs"] == 6
     assert run.last_checkpoint.is_file()
+    # the selected epoch is kept in status.json (listing runs reads no metrics file) and agrees with the scan
+    best = run.status()["best"]
+    assert best == best_epoch_row(run.metrics()) and best["best"] and best["epoch"] == loaded.epoch
+    assert best["val_macro_f1"] == max(r["val_macro_f1"] for r in epochs)
+    # finish(): one pass over val fits the temperature and writes the report that uses it
+    report = run.evaluation()
+    assert report["calibration"]["temperature"] == loaded.temperature
+    assert report["n"] == loaded.metrics["n"] and report["macro_f1"] == pytest.approx(best["val_macro_f1"], abs=1e-6)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "nadam", "adamw", "sgd"])
@@ -248,6 +256,7 @@ def test_job_cancel_and_resume(tmp_path, data_dir):
     assert jobs.job_state(run) == "completed", run.log_tail()
     epochs = [r["epoch"] for r in run.metrics() if r["kind"] == "epoch"]
     assert epochs == list(range(1, 41))  # resumed after the last finished epoch, nothing repeated
+    assert run.best_epoch() == best_epoch_row(run.metrics())
 
 
 @pytest.mark.slow
@@ -315,3 +324,16 @@ def test_class_weights_balanced_and_sqrt():
     assert torch.equal(full[3:], torch.ones(5))  # absent classes: weight 1
     assert torch.allclose(loss_weights("sqrt_weighted_loss", labels, 8), full.sqrt())
     assert loss_weights("none", labels, 8) is None and loss_weights("balanced_sampler", labels, 8) is None
+
+
+def test_best_epoch_falls_back_to_the_metrics_of_older_runs(tmp_path):
+    run = Run(tmp_path / "old")
+    run.path.mkdir()
+    assert run.best_epoch() == {}
+    run.append_metrics({"kind": "step", "epoch": 1, "step": 5})
+    first = run.append_metrics({"kind": "epoch", "epoch": 1, "val_macro_f1": 0.4, "best": True})
+    run.append_metrics({"kind": "epoch", "epoch": 2, "val_macro_f1": 0.3, "best": False})
+    assert run.best_epoch() == first  # no "best" in status.json: scanned, the flagged epoch wins over the last
+    run.update_status(best={"epoch": 9})
+    assert run.best_epoch() == {"epoch": 9}
+    assert best_epoch_row([{"kind": "epoch", "epoch": 1}, {"kind": "epoch", "epoch": 2}])["epoch"] == 2
