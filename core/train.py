@@ -24,14 +24,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import augment
 from .checkpoint import CheckpointError, checkpoint_payload, load_checkpoint, read_checkpoint, save_checkpoint
 from .classes import CLASS_NAMES, NUM_CLASSES
 from .config import ConfigError, RunConfig, add_arguments, config_from_args
-from .data import DataError, HiriseData, TileDataset, load_dataset
+from .data import DataError, DeviceBatches, HiriseData, TileDataset, begin_epoch, load_dataset, training_batches
 from .evaluate import evaluate_model, save_report
 from .jobs import Cancelled, device_key, device_turn
 from .metrics import classification_metrics, headline
@@ -143,19 +143,18 @@ def prepare_data(cfg: RunConfig, log) -> TrainData:
                      augment.BatchAugment(batched) if batched else None)
 
 
-def train_loader(cfg: RunConfig, td: TrainData, d: Dist, pin: bool) -> DataLoader:
-    g = torch.Generator().manual_seed(cfg.seed + d.rank)
-    if cfg.imbalance == "balanced_sampler":
-        labels = td.train.item_labels()
-        weights = (1.0 / torch.bincount(labels, minlength=NUM_CLASSES).clamp(min=1).double())[labels]
-        sampler = WeightedRandomSampler(weights, math.ceil(len(labels) / d.world), replacement=True, generator=g)
-    elif d.world > 1:
-        sampler = DistributedSampler(td.train, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed)
-    else:
-        sampler = None
-    return DataLoader(td.train, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                      drop_last=len(td.train) > cfg.batch_size * d.world, num_workers=cfg.num_workers,
-                      pin_memory=pin, generator=g, persistent_workers=cfg.num_workers > 0)
+def train_batches(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device) -> DeviceBatches | DataLoader:
+    """This rank's training batches: tiles resident on the device unless per-tile transforms need a DataLoader."""
+    return training_batches(td.train, cfg.batch_size, device, balanced=cfg.imbalance == "balanced_sampler",
+                            num_classes=NUM_CLASSES, seed=cfg.seed, rank=d.rank, world=d.world,
+                            num_workers=cfg.num_workers)
+
+
+def describe_batches(batches: DeviceBatches | DataLoader) -> str:
+    if isinstance(batches, DeviceBatches):
+        mib = batches.tiles.numel() / 2**20
+        return f"data: {len(batches.labels)} tiles ({mib:,.0f} MiB uint8) resident on {batches.device}, batches drawn there"
+    return f"data: DataLoader with {batches.num_workers} worker processes (per-tile transforms run per item)"
 
 
 # ---- model -------------------------------------------------------------------------------------------
@@ -213,6 +212,15 @@ def optimizer_step(model: nn.Module, criterion: nn.Module, optimizer: torch.opti
     loss.backward()
     optimizer.step()
     return logits, loss
+
+
+def finite_loss(loss: torch.Tensor, epoch: int, index: int) -> float:
+    """The loss as a float; a NaN or infinite loss stops the run with what to do about it."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"the loss became {value} by epoch {epoch + 1}, step {index + 1}: "
+                                 "lower the learning rate")
+    return value
 
 
 # ---- the run -----------------------------------------------------------------------------------------
@@ -275,7 +283,8 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     initial_frozen = frozen_stages(cfg.model, cfg.freeze, cfg.freeze_below)
-    loader = train_loader(cfg, td, d, pin=on_cuda)
+    loader = train_batches(cfg, td, d, device)
+    log(describe_batches(loader))
     steps_per_epoch = len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
     optimizer = build_optimizer(cfg, model.parameters())
     schedule = Schedule(cfg, optimizer, steps_per_epoch)
@@ -317,20 +326,22 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
                 log(f"epoch {epoch + 1}: frozen stages: {', '.join(frozen) or 'none'}")
             if d.world > 1:  # DDP records which parameters train when it is built
                 ddp_model = DistributedDataParallel(compiled, device_ids=[device.index] if on_cuda else None)
-        if isinstance(loader.sampler, DistributedSampler):
-            loader.sampler.set_epoch(epoch)
+        begin_epoch(loader, epoch)
         ddp_model.train()
         freeze_batchnorm_of_frozen(model, cfg.model, frozen or [])
         if run:
             run.update_status(epoch=epoch + 1, step_in_epoch=0, steps_per_epoch=steps_per_epoch,
                               epoch_started_at=now_iso())
-        t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+        # Sums stay on the device: reading a value back stalls a GPU, so it happens once per log_every steps.
+        t0, seen = time.perf_counter(), 0
+        loss_sum, correct = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not d.main, mininterval=2.0, dynamic_ncols=True)
         for i, (x, y) in enumerate(loader):
             if i >= steps_per_epoch:
                 break
-            if d.any(bool(stop), device):
+            # a cancel is a file on disk; with several ranks agreeing on it is a collective, so less often
+            if (d.world == 1 or i % cfg.log_every == 0) and d.any(bool(stop), device):
                 cancelled = True
                 break
             x = to_model_input(x.to(device, non_blocking=True), td.mean, td.std, cfg.image_size, td.batch_augment)
@@ -343,20 +354,18 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
             logits, loss = optimizer_step(ddp_model, criterion, optimizer, x, target, device, amp)
             schedule.after_batch()
             step += 1
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"the loss became {loss_value} at epoch {epoch + 1}, step {i + 1}: "
-                                         "lower the learning rate")
             seen += len(y)
-            loss_sum += loss_value * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
             bar.update(1)
-            if run and (step % cfg.log_every == 0 or i == steps_per_epoch - 1):
-                elapsed = time.perf_counter() - t0
-                run.append_metrics({"kind": "step", "epoch": epoch + 1, "step": step, "train_loss": loss_value,
-                                    "lr": optimizer.param_groups[0]["lr"]})
-                run.update_status(step_in_epoch=i + 1, images_per_s=seen * d.world / elapsed,
-                                  eta_epoch_s=elapsed / (i + 1) * (steps_per_epoch - i - 1))
+            if step % cfg.log_every == 0 or i == steps_per_epoch - 1:
+                loss_value = finite_loss(loss, epoch, i)
+                if run:
+                    elapsed = time.perf_counter() - t0
+                    run.append_metrics({"kind": "step", "epoch": epoch + 1, "step": step, "train_loss": loss_value,
+                                        "lr": optimizer.param_groups[0]["lr"]})
+                    run.update_status(step_in_epoch=i + 1, images_per_s=seen * d.world / elapsed,
+                                      eta_epoch_s=elapsed / (i + 1) * (steps_per_epoch - i - 1))
         bar.close()
         if cancelled:
             log(f"stopping at epoch {epoch + 1}: cancel requested (last.pt keeps the last finished epoch)")
@@ -375,8 +384,9 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
             best_score, best_epoch, bad_epochs = score, epoch + 1, 0
         else:
             bad_epochs += 1
-        row = {"kind": "epoch", "epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(1, seen),
-               "train_accuracy": None if mixer else correct / max(1, seen), "val_loss": val_loss,
+        train_loss = finite_loss(loss_sum / max(1, seen), epoch, steps_per_epoch - 1)
+        row = {"kind": "epoch", "epoch": epoch + 1, "step": step, "train_loss": train_loss,
+               "train_accuracy": None if mixer else int(correct) / max(1, seen), "val_loss": val_loss,
                "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
                "val_balanced_accuracy": val["balanced_accuracy"],
                "val_recall": {c["class"]: c["recall"] for c in val["per_class"]},
@@ -440,7 +450,7 @@ def find_lr(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, log, s
     weights = loss_weights(cfg.imbalance, td.train_labels, NUM_CLASSES)
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device),
                                     label_smoothing=cfg.label_smoothing)
-    loader = train_loader(cfg, td, d, pin=device.type == "cuda")
+    loader = train_batches(cfg, td, d, device)
     batches = iter(loader)
     model.train()
 

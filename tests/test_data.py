@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.data import (DataError, find_leakage, load_dataset, make_loader, merge_sources, open_tile_cache,
-                       parse_name, read_source, split_dataset, summarize)
+from torch.utils.data import DataLoader
+
+from core.data import (DataError, DeviceBatches, TileDataset, begin_epoch, find_leakage, load_dataset, merge_sources,
+                       open_tile_cache, parse_name, read_source, split_dataset, summarize, training_batches)
 from core.data.__main__ import main as data_cli
 from tests import synthetic
 
@@ -226,6 +228,66 @@ def test_loader_modes(v32_folder):
     assert len(ds) == 3 * n
     x, y = ds[n]  # the first copy is the flipped original
     assert torch.equal(x, ds.tiles[0].flip(-1)) and x.dtype == torch.uint8 and x.shape == (1, 227, 227)
-    loader = make_loader(ds, batch_size=8, train=True, balanced=True)
+    loader = training_batches(ds, batch_size=8, device=torch.device("cpu"), balanced=True)
+    assert isinstance(loader, DataLoader)  # per-tile copies need per-item work
     xb, yb = next(iter(loader))
     assert xb.shape == (8, 1, 227, 227) and yb.shape == (8,)
+
+
+def _tiles(n: int, labels: list[int] | None = None) -> TileDataset:
+    """Tile i is filled with the value i, so a batch says which tiles it holds (n <= 256)."""
+    tiles = np.repeat(np.arange(n, dtype=np.uint8)[:, None, None], 4, axis=1).repeat(4, axis=2)
+    return TileDataset(tiles, np.asarray(labels if labels is not None else [i % 8 for i in range(n)]))
+
+
+def _ids(batches) -> list[list[int]]:
+    return [x[:, 0, 0, 0].tolist() for x, _ in batches]
+
+
+def test_device_batches_serve_each_tile_once_per_epoch_in_a_seeded_order():
+    ds = _tiles(70)
+    batches = training_batches(ds, batch_size=16, device=torch.device("cpu"), seed=3)
+    assert isinstance(batches, DeviceBatches) and len(batches) == 4  # 70 // 16: the partial batch is dropped
+    epoch0 = _ids(batches)
+    assert [len(b) for b in epoch0] == [16] * 4
+    flat = sum(epoch0, [])
+    assert len(set(flat)) == 64 and set(flat) <= set(range(70))
+    x, y = next(iter(batches))
+    assert x.dtype == torch.uint8 and x.shape == (16, 1, 4, 4) and torch.equal(y, ds.labels[x[:, 0, 0, 0].long()])
+    assert _ids(batches) == epoch0  # same (seed, epoch): same order, so a resumed run sees what it would have
+    begin_epoch(batches, 1)
+    assert _ids(batches) != epoch0
+    begin_epoch(batches, 0)
+    assert _ids(batches) == epoch0
+    small = training_batches(_tiles(5), batch_size=16, device=torch.device("cpu"))
+    assert [len(b) for b in _ids(small)] == [5]  # fewer tiles than a batch: one partial batch, not none
+
+
+def test_device_batches_shard_one_order_across_ranks():
+    ds = _tiles(101)
+    ranks = [training_batches(ds, 10, torch.device("cpu"), seed=1, rank=r, world=3) for r in range(3)]
+    assert {len(b) for b in ranks} == {3}  # 101 // 3 = 33 tiles each: 3 full batches; every rank takes the same number of steps (DDP needs it)
+    for epoch in (0, 1):
+        for b in ranks:
+            begin_epoch(b, epoch)
+        seen = [sum(_ids(b), []) for b in ranks]
+        assert all(len(s) == 30 for s in seen)
+        assert not (set(seen[0]) & set(seen[1]) or set(seen[1]) & set(seen[2]) or set(seen[0]) & set(seen[2]))
+
+
+def test_device_batches_balanced_draws_every_class_alike():
+    labels = [0] * 180 + [1] * 15 + [2] * 5  # 90% one class, like `other`
+    batches = training_batches(_tiles(200, labels), 50, torch.device("cpu"), balanced=True, num_classes=3)
+    drawn = []
+    for epoch in range(10):
+        begin_epoch(batches, epoch)
+        drawn += [int(v) for _, y in batches for v in y]
+    share = np.bincount(drawn, minlength=3) / len(drawn)
+    assert np.all(np.abs(share - 1 / 3) < 0.05), share
+
+
+def test_device_batches_refuse_per_tile_transforms():
+    ds = TileDataset(np.zeros((4, 8, 8), np.uint8), np.zeros(4, np.int64), transform=lambda t: t)
+    with pytest.raises(ValueError, match="DataLoader"):
+        DeviceBatches(ds, 2, torch.device("cpu"))
+    assert isinstance(training_batches(ds, 2, torch.device("cpu"), num_workers=0), DataLoader)

@@ -337,3 +337,15 @@ def test_best_epoch_falls_back_to_the_metrics_of_older_runs(tmp_path):
     run.update_status(best={"epoch": 9})
     assert run.best_epoch() == {"epoch": 9}
     assert best_epoch_row([{"kind": "epoch", "epoch": 1}, {"kind": "epoch", "epoch": 2}])["epoch"] == 2
+
+
+def test_a_diverging_loss_fails_the_run_with_what_to_do(tmp_path, data_dir):
+    cfg = RunConfig(data=[str(data_dir)], **{**TINY, "log_every": 2}, epochs=1, max_steps_per_epoch=4,
+                    optimizer="sgd", lr=1e30, scheduler="none").validate()
+    run = Run(tmp_path / "run")
+    run.path.mkdir(parents=True)
+    cfg.save(run.config_file)
+    assert train(cfg, run) == 1
+    status = run.status()
+    assert status["state"] == "failed" and "lower the learning rate" in status["error"], status
+    assert not run.best_checkpoint.exists()

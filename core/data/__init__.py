@@ -10,6 +10,6 @@ from .summary import format_summary, summarize
 __all__ = ["AUG_SUFFIXES", "CONFLICT_POLICIES", "DataError", "HiriseData", "MergeReport", "Record", "SPLIT_MODES",
            "Source", "TileCache", "assign_splits", "find_leakage", "format_summary", "load_dataset", "merge_sources",
            "open_tile_cache", "parse_name", "read_source", "summarize"]
-from .loader import TileDataset, balanced_sampler, make_loader, split_dataset  # noqa: E402
+from .loader import DeviceBatches, TileDataset, begin_epoch, split_dataset, training_batches  # noqa: E402
 
-__all__ += ["TileDataset", "balanced_sampler", "make_loader", "split_dataset"]
+__all__ += ["DeviceBatches", "TileDataset", "begin_epoch", "split_dataset", "training_batches"]
