@@ -99,7 +99,8 @@ class RunConfig:
     amp: bool = opt(True, "bf16 mixed precision (CUDA, or a CPU with native bf16)", "runtime")
     channels_last: bool = opt(True, "channels-last memory format (faster convolutions)", "runtime")
     compile: bool = opt(False, "torch.compile the model (CUDA)", "runtime")
-    num_workers: int = opt(0, "DataLoader worker processes", "runtime", min=0)
+    num_workers: int = opt(0, "DataLoader worker processes, for per-tile transforms and the expand mode (other "
+                              "runs draw batches from tiles held on the device)", "runtime", min=0)
     seed: int = opt(0, "random seed (weights, order, augmentation)", "runtime")
     log_every: int = opt(10, "record the training loss every N steps", "runtime", min=1)
     max_steps_per_epoch: int = opt(0, "cap on steps per epoch (0: whole epoch); for smoke tests", "runtime", min=0)
