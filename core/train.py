@@ -408,7 +408,7 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
             log(f"early stopping: no {cfg.early_stopping_metric} gain in {cfg.patience} epochs")
             break
     if run and not cancelled and run.best_checkpoint.is_file():
-        finish(run, cfg, td, log)
+        finish(run, cfg, td, device, log)
     return {"cancelled": cancelled, "best_epoch": best_epoch, "best_metric": best_score}
 
 
@@ -420,9 +420,9 @@ def _payload(cfg: RunConfig, model: nn.Module, td: TrainData, val: dict, epoch: 
                               config=cfg.to_dict(), metrics=metrics, epoch=epoch)
 
 
-def finish(run: Run, cfg: RunConfig, td: TrainData, log) -> None:
-    """Calibrate the best checkpoint on validation and save its evaluation for the app."""
-    loaded = load_checkpoint(run.best_checkpoint)
+def finish(run: Run, cfg: RunConfig, td: TrainData, device: torch.device, log) -> None:
+    """Calibrate the best checkpoint on validation and save its evaluation for the app (on the training device)."""
+    loaded = load_checkpoint(run.best_checkpoint, device=device)
     report = evaluate_model(loaded, td.data, split="val", originals_only=True, batch_size=cfg.batch_size * 2,
                             calibrate=True)
     temperature = loaded.temperature
