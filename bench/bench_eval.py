@@ -13,7 +13,9 @@ and both timings include reading the tiles. The checkpoint is the shipped one wh
 `checkpoint_payload` / `save_checkpoint` / `load_checkpoint` (`--checkpoint random` forces it):
 speed does not depend on the weights' values. Each path runs `--repeats` passes after one warm-up
 pass; the best pass counts ("others": the share of the CPU other processes used meanwhile).
-Variants (not what core does today) show what channels-last and bf16 autocast would add.
+`OURS --bf16` is the opt-in bf16 autocast of `predict_logits` / `evaluate --bf16` (measured where the device
+runs bf16 natively), with how many predictions it changes. The variant shows a contiguous (NCHW) model
+against the channels-last one `load_checkpoint` gives.
 """
 from __future__ import annotations
 
@@ -38,8 +40,8 @@ from core.data import load_dataset  # noqa: E402
 from core.data.storage import FolderStorage  # noqa: E402
 from core.evaluate import predict_logits  # noqa: E402
 from core.models import build_model  # noqa: E402
+from core.precision import bf16_native  # noqa: E402
 from core.settings import DEFAULT_CHECKPOINT, SHARED_DATA_DIR  # noqa: E402
-from core.train import cpu_has_bf16  # noqa: E402
 from benchlib import OtherLoad, real_data_missing  # noqa: E402 - bench/benchlib.py, next to this script
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -96,7 +98,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-tiles", type=int, default=0, help="use only the first N tiles (0: all)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--no-variants", action="store_true", help="skip the bf16 / channels-last variants")
+    parser.add_argument("--no-variants", action="store_true", help="skip the contiguous-format variant")
     args = parser.parse_args()
 
     if real_data_missing(args.data):
@@ -141,25 +143,29 @@ def main() -> int:
         return n
 
     r_ours, others = best_rate(ours, args.repeats)
-    show("OURS predict_logits on cached tiles (1-ch stem, fp32)", r_ours, others)
+    show("OURS predict_logits on cached tiles (1-ch stem, fp32, channels-last)", r_ours, others)
     r_base, others = best_rate(baseline, args.repeats)
     show("BASELINE PIL decode + transforms + torchvision resnet18 fp32", r_base, others)
 
-    if not args.no_variants:
-        # What core could do (not used by predict_logits today): channels-last and bf16 autocast.
-        loaded.model.to(memory_format=torch.channels_last)
+    r_bf16 = None
+    if bf16_native(loaded.device):
+        def ours_bf16() -> int:
+            return len(predict_logits(loaded, data.tiles(records), batch_size=args.batch_size, on_progress=quiet,
+                                      bf16=True))
+        r_bf16, others = best_rate(ours_bf16, args.repeats)
+        show("OURS --bf16 (bf16 autocast, opt-in)", r_bf16, others, r_base)
+        tiles = data.tiles(records)
+        fp32 = predict_logits(loaded, tiles, batch_size=args.batch_size, on_progress=quiet).argmax(1)
+        bf16 = predict_logits(loaded, tiles, batch_size=args.batch_size, on_progress=quiet, bf16=True).argmax(1)
+        print(f"  bf16 and fp32 agree on {np.mean(fp32 == bf16):.2%} of the {len(tiles)} predictions")
+    else:
+        print("OURS --bf16: not measured (no native bf16 on this device; --bf16 runs fp32 here)")
 
-        def ours_cl() -> int:
-            return len(predict_logits(loaded, data.tiles(records), batch_size=args.batch_size,
-                                      on_progress=quiet))
-        show("  variant: + channels_last", *best_rate(ours_cl, args.repeats), r_base)
-        if cpu_has_bf16():
-            def ours_bf16() -> int:
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    return len(predict_logits(loaded, data.tiles(records), batch_size=args.batch_size,
-                                      on_progress=quiet))
-            show("  variant: + channels_last + bf16 autocast", *best_rate(ours_bf16, args.repeats), r_base)
+    if not args.no_variants:
+        # not what core does: load_checkpoint gives a channels-last model
         loaded.model.to(memory_format=torch.contiguous_format)
+        show("  variant: contiguous (NCHW) model, fp32", *best_rate(ours, args.repeats), r_base)
+        loaded.model.to(memory_format=torch.channels_last)
 
     check = np.isfinite(predict_logits(loaded, data.tiles(records[:8]), on_progress=quiet)).all()
     if busy_rows:
@@ -167,6 +173,8 @@ def main() -> int:
               "Those figures are not reliable: rerun on an idle machine.")
     print(f"\nratio: OURS / BASELINE = {r_ours:.1f} / {r_base:.1f} img/s = {r_ours / r_base:.2f}x"
           f"{'' if check else ' (WARNING: non-finite logits)'}")
+    if r_bf16:
+        print(f"ratio with --bf16: {r_bf16:.1f} / {r_base:.1f} img/s = {r_bf16 / r_base:.2f}x")
     return 0
 
 

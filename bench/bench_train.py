@@ -8,7 +8,7 @@ OURS is what `core.train.fit` runs: the split's original training tiles held in 
 (`TileDataset`, read once from the decoded-tile cache), batches gathered from them in place
 (`DeviceBatches`, via `core.train.train_batches`), online flips / 90-degree turns / brightness-contrast jitter on whole batches (`BatchAugment`),
 `to_model_input` (227 -> 224 px, standardised), channels-last, bf16 autocast where the device
-has it (`core.train.autocast`), AdamW, and the one-channel-stem resnet18 of `build_model`.
+has it (`core.precision.autocast`), AdamW, and the one-channel-stem resnet18 of `build_model`.
 
 BASELINE is a plain torchvision pipeline over the same tiles: an ImageFolder-style Dataset that
 opens each JPEG file every epoch with PIL and converts it to RGB (torchvision's default loader),
@@ -52,8 +52,9 @@ from core.data.storage import FolderStorage  # noqa: E402
 from core.models import build_model  # noqa: E402
 from core.optim import build_optimizer  # noqa: E402
 from core.preprocess import to_model_input  # noqa: E402
+from core.precision import cpu_has_bf16  # noqa: E402
 from core.settings import SHARED_DATA_DIR  # noqa: E402
-from core.train import Dist, TrainData, cpu_has_bf16, optimizer_step, prepare_data, train_batches  # noqa: E402
+from core.train import Dist, TrainData, optimizer_step, prepare_data, train_batches  # noqa: E402
 from benchlib import OtherLoad, real_data_missing  # noqa: E402 - bench/benchlib.py, next to this script
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

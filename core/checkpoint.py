@@ -40,6 +40,10 @@ class LoadedModel:
     path: Path | None = None
     epoch: int | None = None
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def preprocess(self, tiles: torch.Tensor | np.ndarray) -> torch.Tensor:
         """(N, H, W) or (N, 1, H, W) uint8 tiles -> model input on the model's device."""
         t = torch.as_tensor(np.asarray(tiles)) if isinstance(tiles, np.ndarray) else tiles
@@ -47,8 +51,7 @@ class LoadedModel:
             t = t[None]
         if t.dim() == 3:
             t = t[:, None]
-        device = next(self.model.parameters()).device
-        return to_model_input(t.to(device), self.mean, self.std, self.image_size)
+        return to_model_input(t.to(self.device), self.mean, self.std, self.image_size)
 
     @torch.inference_mode()
     def predict_proba(self, tiles: torch.Tensor | np.ndarray, calibrated: bool = True) -> np.ndarray:

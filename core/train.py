@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import math
 import os
@@ -38,6 +37,7 @@ from .metrics import classification_metrics, headline
 from .models import (WeightsUnavailable, build_model, freeze_batchnorm_of_frozen, frozen_stages, set_frozen,
                      unfrozen_after)
 from .optim import Schedule, build_optimizer, loss_weights, lr_range_test
+from .precision import autocast, bf16_native
 from .preprocess import to_model_input
 from .runs import Run, best_epoch_row, now_iso, write_json_atomic
 
@@ -186,22 +186,6 @@ def evaluate_logits(model: nn.Module, dataset: TileDataset, mean: float, std: fl
     return torch.cat(out).numpy()
 
 
-@functools.cache
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 / AMX CPUs run bf16 convolutions about twice as fast as fp32 (measured here)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA, and on CPUs with native bf16; weights and the loss stay fp32."""
-    if enabled and (device.type == "cuda" or cpu_has_bf16()):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def optimizer_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                    target: torch.Tensor, device: torch.device, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One training step: forward (bf16 autocast where enabled), loss in fp32, backward, update."""
@@ -294,7 +278,7 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
     mixer = augment.batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, NUM_CLASSES)
     amp = cfg.amp
     if amp:
-        log(f"bf16 autocast: {'on' if device.type == 'cuda' or cpu_has_bf16() else 'off (this CPU has no bf16)'}")
+        log(f"bf16 autocast: {'on' if bf16_native(device) else 'off (this CPU has no bf16)'}")
 
     start_epoch, best_score, best_epoch, bad_epochs, step = 0, -math.inf, None, 0, 0
     if resume:

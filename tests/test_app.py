@@ -113,7 +113,12 @@ def test_evaluate_page_shows_saved_evaluation_of_a_run(with_runs):
     assert any(label.startswith("Always-") for label in labels)
     at.selectbox[1].set_value("test").run()
     button(at, "Evaluate on the test split").click().run()  # evaluate on test: recomputed in-process with progress
-    assert not at.exception and "split test" in texts(at)
+    assert not at.exception and "split test" in texts(at) and "· fp32" in texts(at)
+    bf16 = next(t for t in at.toggle if t.label == "bf16 (faster)")
+    if not bf16.disabled:
+        bf16.set_value(True).run()
+        button(at, "Evaluate on the test split").click().run()
+        assert not at.exception and "· bf16" in texts(at)
 
 
 def test_compare_page_with_two_runs(with_runs):

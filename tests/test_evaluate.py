@@ -17,6 +17,7 @@ from core.classes import CLASS_NAMES
 from core.data import load_dataset
 from core.metrics import classification_metrics, confused_pairs, majority_baseline, per_class_curves
 from core.models import build_model
+from core.precision import bf16_native
 from core.settings import PROJECT_ROOT
 from tests import model_fixtures
 
@@ -150,6 +151,22 @@ def test_evaluate_model_learns_and_tta_is_rotation_invariant(tiny, v32_data):
     b = evaluate.predict_logits(tiny, np.ascontiguousarray(np.rot90(tiles, 1, axes=(1, 2))[:, ::-1]), tta=True,
                                 on_progress=lambda *a: None)
     np.testing.assert_allclose(a, b, atol=1e-3)  # the mean over D4 is the same for any view of the tile
+
+
+def test_bf16_evaluation_says_so_and_agrees_with_fp32(tiny, v32_data, val_report):
+    r = evaluate.evaluate_model(tiny, v32_data, "val", bf16=True)
+    assert val_report["precision"] == "fp32"
+    assert r["precision"] == ("bf16" if bf16_native(tiny.device) else "fp32")  # no bf16 unit: fp32, and said
+    agree = np.mean([a["pred"] == b["pred"] for a, b in zip(r["predictions"], val_report["predictions"])])
+    assert agree >= 0.95
+    assert r["macro_f1"] == pytest.approx(val_report["macro_f1"], abs=0.05)
+    if r["precision"] == "bf16":  # the logits really came from bf16 (they are not bit-identical to fp32)
+        tiles = v32_data.tiles(v32_data.records[:16])
+        quiet = lambda *a: None  # noqa: E731
+        a = evaluate.predict_logits(tiny, tiles, on_progress=quiet)
+        b = evaluate.predict_logits(tiny, tiles, on_progress=quiet, bf16=True)
+        assert not np.array_equal(a, b) and np.allclose(a, b, atol=0.5)
+    assert ("bf16" in evaluate.format_report(r)) == (r["precision"] == "bf16")
 
 
 def test_save_and_load_report(val_report, tmp_path):
