@@ -62,3 +62,4 @@ def test_bench_memory_smoke(shared_data: Path):
                        "--batch-size", "4", "--image-size", "64", "--calls", "10", "--plus-calls", "2",
                        "--scorecam-calls", "1", "--every", "5"))
     assert "peak" in out and "(a) training process" in out and "(b) app session" in out
+    assert "repeated calls:" in out and "goal: flat" in out
