@@ -298,6 +298,8 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
         log(f"resuming after epoch {state['epoch'] + 1}")
 
     compiled = torch.compile(model) if (cfg.compile and on_cuda) else model
+    if cfg.compile and not on_cuda:
+        log("note: compile is for CUDA (on this CPU torch.compile trained slower: README, Performance); not compiling")
     frozen: list[str] | None = None
     ddp_model: nn.Module = compiled
     cancelled = False

@@ -349,3 +349,9 @@ def test_a_diverging_loss_fails_the_run_with_what_to_do(tmp_path, data_dir):
     status = run.status()
     assert status["state"] == "failed" and "lower the learning rate" in status["error"], status
     assert not run.best_checkpoint.exists()
+
+
+def test_compile_on_the_cpu_is_declined_with_a_note(tmp_path, data_dir, capsys):
+    run = run_tiny(tmp_path, data_dir, compile=True, epochs=1)
+    assert run.status()["state"] == "completed"
+    assert "compile is for CUDA" in capsys.readouterr().out
