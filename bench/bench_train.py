@@ -6,7 +6,8 @@ against a plain torchvision pipeline, measured in one run on the real tiles.
 
 OURS is what `core.train.fit` runs: the split's original training tiles held in memory as uint8
 (`TileDataset`, read once from the decoded-tile cache), batches gathered from them in place
-(`DeviceBatches`, via `core.train.train_batches`), online flips / 90-degree turns / brightness-contrast jitter on whole batches (`BatchAugment`),
+(`DeviceBatches`, via `core.train.train_batches`), online flips / 90-degree turns /
+brightness-contrast jitter on whole batches (`BatchAugment`),
 `to_model_input` (227 -> 224 px, standardised), channels-last, bf16 autocast where the device
 has it (`core.precision.autocast`), AdamW, and the one-channel-stem resnet18 of `build_model`.
 

@@ -180,7 +180,8 @@ def format_report(report: dict) -> str:
     ck = report["checkpoint"]
     lines = [f"{ck['arch']} checkpoint {ck['path']} on {report['split']} "
              f"({report['n']} {'original ' if report['originals_only'] else ''}tiles"
-             f"{', 8x TTA' if report['tta'] else ''}{', bf16' if report.get('precision') == 'bf16' else ''}; split: {report['data']['split_method']})",
+             f"{', 8x TTA' if report['tta'] else ''}{', bf16' if report.get('precision') == 'bf16' else ''}; "
+             f"split: {report['data']['split_method']})",
              headline(report)]
     base = report["majority_baseline"]
     lines.append(f"always-{base['class']} baseline: macro-F1 {base['macro_f1']:.3f} | balanced acc "

@@ -151,9 +151,11 @@ def train_batches(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device) 
 
 
 def describe_batches(batches: DeviceBatches | DataLoader) -> str:
+    """One log line saying which data path this run takes."""
     if isinstance(batches, DeviceBatches):
         mib = batches.tiles.numel() / 2**20
-        return f"data: {len(batches.labels)} tiles ({mib:,.0f} MiB uint8) resident on {batches.device}, batches drawn there"
+        return (f"data: {len(batches.labels)} tiles ({mib:,.0f} MiB uint8) resident on {batches.device}, "
+                "batches drawn there")
     return f"data: DataLoader with {batches.num_workers} worker processes (per-tile transforms run per item)"
 
 

@@ -266,7 +266,8 @@ def test_device_batches_serve_each_tile_once_per_epoch_in_a_seeded_order():
 def test_device_batches_shard_one_order_across_ranks():
     ds = _tiles(101)
     ranks = [training_batches(ds, 10, torch.device("cpu"), seed=1, rank=r, world=3) for r in range(3)]
-    assert {len(b) for b in ranks} == {3}  # 101 // 3 = 33 tiles each: 3 full batches; every rank takes the same number of steps (DDP needs it)
+    # 101 // 3 = 33 tiles each: 3 full batches; every rank takes the same number of steps (DDP needs it)
+    assert {len(b) for b in ranks} == {3}
     for epoch in (0, 1):
         for b in ranks:
             begin_epoch(b, epoch)
