@@ -61,7 +61,7 @@ else:
     for run in runs[:50]:
         cfg, status = run.config(), run.status()
         best = run.best_epoch(status)
-        rows.append({"run": run.name, "state": job_state(run), "model": cfg.get("model"),
+        rows.append({"run": run.name, "state": job_state(run, status), "model": cfg.get("model"),
                      "epochs": f"{status.get('epoch', 0)}/{cfg.get('epochs', '?')}",
                      "best val macro-F1": best.get("val_macro_f1"), "balanced acc": best.get("val_balanced_accuracy"),
                      "accuracy": best.get("val_accuracy"), "started": status.get("started_at", "")})

@@ -91,12 +91,12 @@ def main() -> None:
     rows = [("model(x) baseline", base)]
     rows.append(("predict_bytes (decode+preprocess+forward)", timed(lambda: predict_bytes(loaded, data, "t.jpg"),
                                                                     args.reps)))
-    # what else could make the forward pass faster (not used by core: numbers for the record)
+    # other layouts and compilers (not used by core, except channels-last, which load_checkpoint applies)
     with torch.inference_mode():
         cl_model = build_model(loaded.arch, len(CLASS_NAMES)).eval().to(memory_format=torch.channels_last)
         cl_model.load_state_dict(loaded.model.state_dict())
         x_cl = x.contiguous(memory_format=torch.channels_last)
-        rows.append(("  variant: channels_last", timed(lambda: cl_model(x_cl), args.reps)))
+        rows.append(("  variant: channels_last model and input", timed(lambda: cl_model(x_cl), args.reps)))
         frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(loaded.model, x)))
         rows.append(("  variant: TorchScript freeze (conv-bn folded)", timed(lambda: frozen(x), args.reps)))
         with torch.autocast("cpu", dtype=torch.bfloat16):

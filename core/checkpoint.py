@@ -111,7 +111,12 @@ def load_checkpoint(path: str | Path | None = None, device: str | torch.device =
                     expect_classes: list[str] | None = None) -> LoadedModel:
     """Build the model a checkpoint describes and load its weights (default: the shipped model)."""
     path = Path(path) if path else DEFAULT_CHECKPOINT
-    payload = read_checkpoint(path)
+    return model_from_payload(read_checkpoint(path), path, device, expect_classes)
+
+
+def model_from_payload(payload: dict[str, Any], path: Path, device: str | torch.device = "cpu",
+                       expect_classes: list[str] | None = None) -> LoadedModel:
+    """`load_checkpoint` for a payload already read (by `read_checkpoint`) from `path`."""
     classes = list(payload["class_names"])
     expected = list(expect_classes or CLASS_NAMES)
     if classes != expected:
@@ -126,7 +131,7 @@ def load_checkpoint(path: str | Path | None = None, device: str | torch.device =
     temperature = float(payload.get("temperature") or 1.0)
     if not math.isfinite(temperature) or temperature <= 0:
         temperature = 1.0
-    # channels-last: about 1.4x faster CPU inference with the same fp32 numerics (bench/bench_eval.py)
+    # channels-last: faster CPU inference with the same fp32 numerics (bench/bench_eval.py's NCHW variant)
     model.eval().to(device=device, memory_format=torch.channels_last)
     return LoadedModel(model=model, arch=payload["arch"], class_names=classes, image_size=int(payload["image_size"]),
                        mean=float(payload["mean"]), std=float(payload["std"]), temperature=temperature,

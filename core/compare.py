@@ -1,7 +1,7 @@
 """Side-by-side facts about runs: settings that differ, headline metrics, per-class F1."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
@@ -22,11 +22,12 @@ def settings_table(runs: Sequence[Run]) -> tuple[pd.DataFrame, list[str]]:
     return table, differing
 
 
-def metrics_table(runs: Sequence[Run]) -> pd.DataFrame:
-    """Headline validation metrics of each run's best checkpoint (from its saved evaluation when present)."""
+def metrics_table(runs: Sequence[Run], reports: Mapping[str, dict | None]) -> pd.DataFrame:
+    """Headline validation metrics of each run's best checkpoint (from its saved evaluation, `reports` by run
+    name, when present)."""
     rows = []
     for run in runs:
-        report = run.evaluation()
+        report = reports.get(run.name)
         row = run.best_epoch()
         if report:
             rows.append({"run": run.name, "macro-F1": report["macro_f1"], "balanced accuracy": report["balanced_accuracy"],
@@ -39,11 +40,11 @@ def metrics_table(runs: Sequence[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame()
 
 
-def per_class(runs: Sequence[Run], key: str = "f1") -> dict[str, list[float]]:
-    """Per-class F1 (or recall) of each run's saved evaluation, in class order."""
+def per_class(runs: Sequence[Run], reports: Mapping[str, dict | None], key: str = "f1") -> dict[str, list[float]]:
+    """Per-class F1 (or recall) of each run's saved evaluation (`reports` by run name), in class order."""
     out = {}
     for run in runs:
-        report = run.evaluation()
+        report = reports.get(run.name)
         if report:
             values = {c["class"]: c[key] for c in report["per_class"]}
             out[run.name] = [values.get(c, 0.0) for c in CLASS_NAMES]

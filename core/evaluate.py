@@ -19,7 +19,7 @@ from .calibration import expected_calibration_error, fit_temperature, reliabilit
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
 from .data import DataError, HiriseData, Record
 from .data.cli import add_data_arguments, load_from_args
-from .metrics import classification_metrics, confused_pairs, headline, majority_baseline, per_class_curves
+from .metrics import classification_metrics, confused_pairs, headline, per_class_curves
 from .precision import autocast, bf16_native
 from .progress import ProgressCallback, track
 from .settings import DEFAULT_CHECKPOINT
@@ -108,7 +108,6 @@ def evaluate_model(loaded: LoadedModel, data: HiriseData, split: str = "val", or
     pred = probs.argmax(1)
 
     report = classification_metrics(y, probs, names)
-    report["majority_baseline"] = majority_baseline(y, names)
     report["curves"] = per_class_curves(y, probs, names)
     report["calibration"] = {"temperature": loaded.temperature,
                              "ece_uncalibrated": expected_calibration_error(raw, y),

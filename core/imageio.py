@@ -36,8 +36,12 @@ def decode_gray(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS,
             img.load()
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{name}: not a readable image ({exc.__class__.__name__})") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow refuses these while reading the header, before the limit above is checked
+        raise ImageError(f"{name}: refused as a possible decompression bomb, its header claims more than "
+                         f"the {max_pixels:,}-pixel limit ({str(exc).split(',')[0]})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{name}: not an image (expected JPEG, PNG, TIFF, BMP, GIF or WebP)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{name}: damaged or truncated image ({exc})") from exc
     notes: list[str] = []
@@ -94,22 +98,3 @@ def decode_tile(data: bytes, name: str = "tile", size: int = TILE_SIZE) -> tuple
 
 #: File endings `core.predict` picks up when given a folder.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
-
-
-def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS,
-                 max_bytes: int = MAX_FILE_BYTES) -> tuple[np.ndarray, list[str]]:
-    """`decode_gray` with plain-words errors for the two cases users meet most (not an image, a bomb).
-
-    Pillow refuses images over its own pixel limit while reading the header, before our limit is
-    checked; that refusal is reworded here so the user learns the image is too large, not "unreadable".
-    """
-    try:
-        return decode_gray(data, name, max_pixels=max_pixels, max_bytes=max_bytes)
-    except ImageError as exc:
-        cause = exc.__cause__
-        if isinstance(cause, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-            raise ImageError(f"{name}: refused as a possible decompression bomb, its header claims more than "
-                             f"the {max_pixels:,}-pixel limit ({str(cause).split(',')[0]})") from cause
-        if isinstance(cause, UnidentifiedImageError):
-            raise ImageError(f"{name}: not an image (expected JPEG, PNG, TIFF, BMP, GIF or WebP)") from cause
-        raise

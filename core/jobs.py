@@ -66,9 +66,10 @@ def pid_alive(pid: int | None, start: str | None = None) -> bool:
         return True
 
 
-def job_state(run: Run) -> str:
-    """The run's state, noticing a process that vanished without saying so ('lost')."""
-    status = run.status()
+def job_state(run: Run, status: dict | None = None) -> str:
+    """The run's state, noticing a process that vanished without saying so ('lost'). Pass `status`
+    when it is already read."""
+    status = run.status() if status is None else status
     state = status.get("state", "lost")
     if state in ACTIVE_STATES and not pid_alive(status.get("pid"), status.get("pid_start")):
         time.sleep(0.2)  # it may have just finished: read again before calling it lost

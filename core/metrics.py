@@ -5,8 +5,9 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
-                             precision_recall_fscore_support, top_k_accuracy_score)
+from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, confusion_matrix,
+                             f1_score, precision_recall_curve, precision_recall_fscore_support, roc_auc_score,
+                             roc_curve, top_k_accuracy_score)
 
 from .classes import CLASS_NAMES, SELECTION_METRICS  # noqa: F401 - SELECTION_METRICS re-exported
 
@@ -31,8 +32,6 @@ def classification_metrics(y_true: Sequence[int], y_prob: np.ndarray,
 def _metrics(y_true: np.ndarray, y_prob: np.ndarray, y_pred: np.ndarray, labels: list[int], present: list[int],
              class_names: Sequence[str]) -> dict:
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    counts = np.bincount(y_true, minlength=len(labels))
-    majority = int(counts.argmax())
     out = {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -42,7 +41,7 @@ def _metrics(y_true: np.ndarray, y_prob: np.ndarray, y_pred: np.ndarray, labels:
         "weighted_f1": float(f1_score(y_true, y_pred, labels=present, average="weighted", zero_division=0)),
         "top2_accuracy": float(top_k_accuracy_score(y_true, y_prob, k=2, labels=labels))
         if len(labels) > 2 and len(y_true) else None,
-        "majority_baseline": {"class": class_names[majority], "accuracy": float(counts[majority] / max(1, len(y_true)))},
+        "majority_baseline": majority_baseline(y_true, class_names),
         "per_class": [{"class": class_names[i], "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                        "support": int(s[i])} for i in labels],
         "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
@@ -57,9 +56,6 @@ def headline(metrics: dict) -> str:
     return (f"macro-F1 {metrics['macro_f1']:.3f} | balanced acc {metrics['balanced_accuracy']:.3f} | "
             f"acc {metrics['accuracy']:.3f} (always-{metrics['majority_baseline']['class']} baseline {base:.3f})")
 
-
-# Evaluation helpers (curves, baselines, confusions), appended for core.evaluate.
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve  # noqa: E402
 
 
 def majority_baseline(y_true: Sequence[int], class_names: Sequence[str] = CLASS_NAMES) -> dict:

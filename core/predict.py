@@ -21,7 +21,7 @@ from PIL import Image
 from .calibration import softmax
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
 from .evaluate import predict_logits
-from .imageio import IMAGE_SUFFIXES, TILE_SIZE, ImageError, decode_image, to_tile
+from .imageio import IMAGE_SUFFIXES, TILE_SIZE, ImageError, decode_gray, to_tile
 from .progress import ProgressCallback
 from .settings import DEFAULT_CHECKPOINT
 from .tiling import ClassMap, cut_windows, render_class_map
@@ -57,7 +57,7 @@ class Prediction:
 def predict_bytes(loaded: LoadedModel, data: bytes, name: str, top_k: int = 3, *, stride: int = TILE_SIZE,
                   batch_size: int = 32, on_progress: ProgressCallback | None = None) -> Prediction:
     """Decode `data` (any common image format; ImageError says why not) and classify it."""
-    gray, notes = decode_image(data, name)
+    gray, notes = decode_gray(data, name)
     return predict_array(loaded, gray, name, top_k, notes=notes, stride=stride, batch_size=batch_size,
                          on_progress=on_progress)
 
@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows, failed = [], len(problems)
     for path in files:
         try:
-            gray, notes = decode_image(path.read_bytes(), path.name)
+            gray, notes = decode_gray(path.read_bytes(), path.name)
         except (ImageError, OSError) as exc:
             print(f"skipped: {exc}", file=sys.stderr)
             failed += 1

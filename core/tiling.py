@@ -45,7 +45,7 @@ class ClassMap:
         return {c: int(k) for c, k in zip(self.class_names, n) if k}
 
     def to_dict(self) -> dict:
-        """JSON-able form (for the CLI's --json and the app's downloads)."""
+        """A JSON-able form of the map."""
         return {"grid_shape": list(self.grid_shape), "window": self.window, "stride": self.stride,
                 "image_shape": list(self.image_shape), "class_names": list(self.class_names),
                 "classes": [[self.class_names[c] for c in row] for row in self.classes.tolist()],

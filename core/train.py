@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import augment
-from .checkpoint import CheckpointError, checkpoint_payload, load_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, checkpoint_payload, model_from_payload, read_checkpoint, save_checkpoint
 from .classes import CLASS_NAMES, NUM_CLASSES
 from .config import ConfigError, RunConfig, add_arguments, config_from_args
 from .data import DataError, DeviceBatches, HiriseData, TileDataset, begin_epoch, load_dataset, training_batches
@@ -237,10 +237,9 @@ def train(cfg: RunConfig, run: Run | None, resume: bool = False, lr_find: bool =
                     write_json_atomic(writer.lr_find_file, result)
                     writer.update_status(state="completed", ended_at=now_iso())
                 return 0
-            summary = fit(cfg, td, d, device, writer, resume, log, stop)
+            cancelled = fit(cfg, td, d, device, writer, resume, log, stop)
         if writer:
-            writer.update_status(state="cancelled" if summary.get("cancelled") else "completed", ended_at=now_iso(),
-                                 best_epoch=summary.get("best_epoch"), best_metric=summary.get("best_metric"))
+            writer.update_status(state="cancelled" if cancelled else "completed", ended_at=now_iso())
         return 0
     except Cancelled:
         log("cancelled")
@@ -263,7 +262,8 @@ def train(cfg: RunConfig, run: Run | None, resume: bool = False, lr_find: bool =
 
 
 def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run | None, resume: bool, log,
-        stop: StopFlag) -> dict:
+        stop: StopFlag) -> bool:
+    """Train, writing metrics and checkpoints into `run` (rank 0); True when a cancel stopped it."""
     on_cuda = device.type == "cuda"
     model = build_initial_model(cfg, log).to(device)
     if cfg.channels_last:
@@ -397,7 +397,7 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
             break
     if run and not cancelled and run.best_checkpoint.is_file():
         finish(run, cfg, td, device, log)
-    return {"cancelled": cancelled, "best_epoch": best_epoch, "best_metric": best_score}
+    return cancelled
 
 
 def _payload(cfg: RunConfig, model: nn.Module, td: TrainData, val: dict, epoch: int) -> dict:
@@ -410,11 +410,11 @@ def _payload(cfg: RunConfig, model: nn.Module, td: TrainData, val: dict, epoch: 
 
 def finish(run: Run, cfg: RunConfig, td: TrainData, device: torch.device, log) -> None:
     """Calibrate the best checkpoint on validation and save its evaluation for the app (on the training device)."""
-    loaded = load_checkpoint(run.best_checkpoint, device=device)
+    payload = read_checkpoint(run.best_checkpoint)
+    loaded = model_from_payload(payload, run.best_checkpoint, device)
     report = evaluate_model(loaded, td.data, split="val", originals_only=True, batch_size=cfg.batch_size * 2,
                             calibrate=True)
     temperature = loaded.temperature
-    payload = read_checkpoint(run.best_checkpoint)
     payload["temperature"] = float(temperature)
     save_checkpoint(run.best_checkpoint, payload)
     save_report(report, run.eval_file)
@@ -433,6 +433,8 @@ def find_lr(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, log, s
             num_steps: int = 100) -> dict:
     """The LR range test on this run's model, data and optimizer."""
     model = build_initial_model(cfg, log).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     set_frozen(model, cfg.model, frozen_stages(cfg.model, cfg.freeze, cfg.freeze_below))
     optimizer = build_optimizer(cfg, model.parameters())
     weights = loss_weights(cfg.imbalance, td.train_labels, NUM_CLASSES)
@@ -454,11 +456,9 @@ def find_lr(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, log, s
         for g in optimizer.param_groups:
             g["lr"] = lr
         x = to_model_input(x.to(device), td.mean, td.std, cfg.image_size, td.batch_augment)
-        loss = criterion(model(x).float(), y.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return float(optimizer_step(model, criterion, optimizer, x, y.to(device), device, cfg.amp)[1].detach())
 
     bar = tqdm(total=num_steps, desc="LR range test", unit="batch", mininterval=2.0)
     result = lr_range_test(step, num_steps=num_steps, on_step=lambda i, n: bar.update(1))

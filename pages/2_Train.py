@@ -53,7 +53,8 @@ if not runs:
 st.subheader("Jobs")
 rows = []
 for r in runs[:30]:
-    state, status, cfg = jobs.job_state(r), r.status(), r.config()  # each file read once
+    status, cfg = r.status(), r.config()  # each file read once
+    state = jobs.job_state(r, status)
     rows.append({"run": r.name, "state": state, "kind": status.get("kind", "train"), "model": cfg.get("model"),
                  "epoch": f"{status.get('epoch', 0)}/{cfg.get('epochs', '?')}", "queued": status.get("queued_at", "")})
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
@@ -75,7 +76,7 @@ def _eta(status: dict, epoch_rows: list[dict], epochs: int) -> str:
 
 @st.fragment(run_every=2.0 if active else None)
 def live() -> None:
-    state = jobs.job_state(run)
+    state = jobs.job_state(run)  # first: it may mark the run lost, with the error read below
     status, cfg, rows = run.status(), run.config(), run.metrics()
     epoch_rows = [r for r in rows if r.get("kind") == "epoch"]
     st.markdown(f"**{run.name}** · state **{state}** · {status.get('device', '')}")

@@ -10,7 +10,7 @@ from PIL import Image
 
 from core import appstate, figures
 from core.classes import CLASS_NAMES
-from core.imageio import MAX_FILE_BYTES, TILE_SIZE, decode_gray
+from core.imageio import TILE_SIZE, decode_gray
 from ui.common import USER_ERRORS, get_data, get_model, model_choices, page, show_error
 
 page("Explain", ":material/image_search:")
@@ -101,9 +101,6 @@ model_key = f"{choices[label]}:{choices[label].stat().st_mtime}"
 _warm_up(model_key)
 for name, payload in items:
     st.divider()
-    if len(payload) > MAX_FILE_BYTES:
-        st.error(f"{name}: {len(payload) / 2**20:.1f} MiB is over the {MAX_FILE_BYTES // 2**20} MiB limit.")
-        continue
     digest = hashlib.sha1(payload).hexdigest()
     try:
         with st.spinner(f"Classifying {name}…"):
@@ -134,6 +131,7 @@ for name, payload in items:
         st.download_button("Download overlay (PNG)", buf.getvalue(), file_name=f"{name.rsplit('.', 1)[0]}-{method}.png",
                            mime="image/png", key=f"dl-{digest}")
     if pred.class_map is not None:
+        # decoded again rather than kept in the cached prediction: a large image would pin up to 64 MB there
         gray, _ = decode_gray(payload, name)
         st.image(render_class_map(gray, pred.class_map), width="stretch",
                  caption="Class map: each window coloured by its predicted class (other left uncoloured); the CAM "

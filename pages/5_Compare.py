@@ -27,16 +27,18 @@ shown = table.loc[differing] if only_diff and differing else table
 st.dataframe(shown.style.apply(lambda row: ["background-color: #fff3cd" if row.name in differing else ""
                                             for _ in row], axis=1), width="stretch")
 
+reports = {r.name: r.evaluation() for r in chosen}  # each saved evaluation read once
+
 st.subheader("Metrics (validation, best checkpoint)")
 st.caption(IMBALANCE_NOTE)
-metrics = compare.metrics_table(chosen)
+metrics = compare.metrics_table(chosen, reports)
 st.dataframe(metrics.style.format("{:.3f}", subset=[c for c in ("macro-F1", "balanced accuracy", "accuracy",
                                                                 "majority baseline") if c in metrics])
              .highlight_max(subset=["macro-F1", "balanced accuracy"], color="#d4edda"), width="stretch")
-f1 = compare.per_class(chosen, "f1")
+f1 = compare.per_class(chosen, reports, "f1")
 if f1:
     st.plotly_chart(figures.grouped_bars(f1, CLASS_NAMES, "per-class F1", "F1"), width="stretch")
-recall = compare.per_class(chosen, "recall")
+recall = compare.per_class(chosen, reports, "recall")
 if recall:
     st.plotly_chart(figures.grouped_bars(recall, CLASS_NAMES, "per-class recall", "recall"), width="stretch")
 st.caption(RARE_NOTE)
@@ -52,7 +54,7 @@ b.plotly_chart(figures.compare_curves(rows, "train_loss", "training loss"), widt
 st.subheader("Confusion matrices (validation, row-normalised)")
 cols = st.columns(min(3, len(chosen)))
 for i, run in enumerate(chosen):
-    report = run.evaluation()
+    report = reports[run.name]
     with cols[i % len(cols)]:
         if report:
             st.plotly_chart(figures.confusion_matrix(report["confusion"], report["class_names"], True, run.name),

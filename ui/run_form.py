@@ -5,7 +5,7 @@ from typing import Any
 
 import streamlit as st
 
-from core.config import RunConfig, field_specs
+from core.config import field_specs
 from core.models import stages
 from core.runs import list_runs
 
@@ -60,6 +60,7 @@ def run_form(default_data: list[str]) -> dict[str, Any]:
     if "cfg_data" not in st.session_state:
         st.session_state["cfg_data"] = default_data
     specs = field_specs()
+    defaults = {s["name"]: s["default"] for s in specs}
     values: dict[str, Any] = {}
     groups = list(GROUP_TITLES)
     tabs = st.tabs([GROUP_TITLES[g] for g in groups])
@@ -69,7 +70,7 @@ def run_form(default_data: list[str]) -> dict[str, Any]:
             shown = 0
             for spec in [s for s in specs if s["group"] == group]:
                 when = spec["when"]
-                if when and values.get(when[0], getattr(RunConfig(), when[0])) not in when[1]:
+                if when and values.get(when[0], defaults[when[0]]) not in when[1]:
                     values[spec["name"]] = spec["default"]
                     continue
                 with cols[shown % 3] if spec["name"] != "data" else st.container():
