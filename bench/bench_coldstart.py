@@ -33,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchlib import at_least  # noqa: E402 - bench/benchlib.py, next to this script
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -152,7 +153,7 @@ def importtime_report(root: Path = ROOT, threshold: float = 0.1, max_depth: int 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=at_least(1), default=3)
     parser.add_argument("--port", type=int, help="default: a free port per start")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before one start counts as failed")
     parser.add_argument("--importtime", action="store_true", help="also list the Explain page's imports by cost")

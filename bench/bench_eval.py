@@ -42,7 +42,7 @@ from core.evaluate import predict_logits  # noqa: E402
 from core.models import build_model  # noqa: E402
 from core.precision import bf16_native  # noqa: E402
 from core.settings import DEFAULT_CHECKPOINT, SHARED_DATA_DIR  # noqa: E402
-from benchlib import OtherLoad, real_data_missing  # noqa: E402 - bench/benchlib.py, next to this script
+from benchlib import OtherLoad, at_least, real_data_missing  # noqa: E402 - bench/benchlib.py, next to this script
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -94,10 +94,10 @@ def main() -> int:
     parser.add_argument("data", nargs="?", default=str(SHARED_DATA_DIR / "hirise-v3_2-subset"))
     parser.add_argument("--split", default="val", choices=("train", "val", "test", "all"))
     parser.add_argument("--checkpoint", default="auto", help="auto (shipped if present), random, or a path")
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes over the split per path")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-tiles", type=int, default=0, help="use only the first N tiles (0: all)")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="timed passes over the split per path")
+    parser.add_argument("--batch-size", type=at_least(1), default=64)
+    parser.add_argument("--max-tiles", type=at_least(0), default=0, help="use only the first N tiles (0: all)")
+    parser.add_argument("--threads", type=at_least(1), help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--no-variants", action="store_true", help="skip the contiguous-format variant")
     args = parser.parse_args()
 

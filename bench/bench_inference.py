@@ -32,6 +32,7 @@ from core.explain import CAM_METHODS, explain  # noqa: E402
 from core.models import build_model, default_cam_layer, get_layer  # noqa: E402
 from core.predict import predict_bytes  # noqa: E402
 from core.settings import DEFAULT_CHECKPOINT  # noqa: E402
+from benchlib import at_least  # noqa: E402 - bench/benchlib.py, next to this script
 
 SLOW_METHODS = ("scorecam", "ablationcam")  # one forward pass per channel of layer4 (512)
 
@@ -71,11 +72,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="a checkpoint file, or 'default' for the shipped one "
                         "(default: resnet18 with random weights)")
-    parser.add_argument("--image-size", type=int, default=227, help="input size of the random resnet18")
-    parser.add_argument("--reps", type=int, default=50)
-    parser.add_argument("--cam-reps", type=int, default=20)
-    parser.add_argument("--slow-reps", type=int, default=2, help=f"repetitions for {', '.join(SLOW_METHODS)}")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--image-size", type=at_least(32), default=227, help="input size of the random resnet18")
+    parser.add_argument("--reps", type=at_least(1), default=50)
+    parser.add_argument("--cam-reps", type=at_least(1), default=20)
+    parser.add_argument("--slow-reps", type=at_least(1), default=2, help=f"repetitions for {', '.join(SLOW_METHODS)}")
+    parser.add_argument("--threads", type=at_least(1), help="torch.set_num_threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from core.settings import DEFAULT_CHECKPOINT, SHARED_DATA_DIR  # noqa: E402
-from benchlib import real_data_missing  # noqa: E402 - bench/benchlib.py, next to this script
+from benchlib import at_least, real_data_missing  # noqa: E402 - bench/benchlib.py, next to this script
 
 POLL_S = 0.2
 
@@ -182,16 +182,16 @@ def app_memory(args: argparse.Namespace) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", nargs="?", default=str(SHARED_DATA_DIR / "hirise-v3_2-subset"))
-    parser.add_argument("--train-steps", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--calls", type=int, default=300, help="predictions, and Grad-CAMs")
-    parser.add_argument("--plus-calls", type=int, default=30, help="Grad-CAM++ calls")
-    parser.add_argument("--scorecam-calls", type=int, default=10)
-    parser.add_argument("--every", type=int, default=50, help="record RSS every N calls")
+    parser.add_argument("--train-steps", type=at_least(1), default=20)
+    parser.add_argument("--batch-size", type=at_least(1), default=32)
+    parser.add_argument("--image-size", type=at_least(32), default=224)
+    parser.add_argument("--calls", type=at_least(1), default=300, help="predictions, and Grad-CAMs")
+    parser.add_argument("--plus-calls", type=at_least(1), default=30, help="Grad-CAM++ calls")
+    parser.add_argument("--scorecam-calls", type=at_least(1), default=10)
+    parser.add_argument("--every", type=at_least(1), default=50, help="record RSS every N calls")
     parser.add_argument("--tolerance-mb", type=float, default=5.0)
     parser.add_argument("--checkpoint", default="auto", help="auto (shipped if present), random, or a path")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads in (b)")
+    parser.add_argument("--threads", type=at_least(1), help="torch.set_num_threads in (b)")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-app", action="store_true")
     args = parser.parse_args()

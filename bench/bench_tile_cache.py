@@ -21,12 +21,13 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.data import load_dataset  # noqa: E402
 from core.settings import SHARED_DATA_DIR  # noqa: E402
+from benchlib import at_least  # noqa: E402 - bench/benchlib.py, next to this script
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", nargs="?", default=str(SHARED_DATA_DIR / "hirise-v3_2-subset"))
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=at_least(1), default=3)
     args = parser.parse_args()
     data = load_dataset([args.data])  # builds the cache on first use (not timed)
     records = data.select("all")

@@ -56,7 +56,7 @@ from core.preprocess import to_model_input  # noqa: E402
 from core.precision import cpu_has_bf16  # noqa: E402
 from core.settings import SHARED_DATA_DIR  # noqa: E402
 from core.train import Dist, TrainData, optimizer_step, prepare_data, train_batches  # noqa: E402
-from benchlib import OtherLoad, real_data_missing  # noqa: E402 - bench/benchlib.py, next to this script
+from benchlib import OtherLoad, at_least, real_data_missing  # noqa: E402 - bench/benchlib.py, next to this script
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LR, WEIGHT_DECAY = 1e-3, 1e-4
@@ -298,21 +298,27 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", nargs="?", default=str(SHARED_DATA_DIR / "hirise-v3_2-subset"),
                         help="an official-layout data folder (default: the shared real tiles)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--batch-size", type=at_least(1), default=32)
+    parser.add_argument("--image-size", type=at_least(32), default=224)
+    parser.add_argument("--steps", type=at_least(1), default=10, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=at_least(0), default=3, help="untimed steps first")
     parser.add_argument("--workers", default="0,2", help="baseline DataLoader worker counts to try (best is kept)")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--threads", type=at_least(1), help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--variants", action="store_true",
                         help="also measure OURS without bf16 / channels-last, with 1 thread, batch 64 ...")
-    parser.add_argument("--variant-steps", type=int, default=6)
+    parser.add_argument("--variant-steps", type=at_least(1), default=6)
     parser.add_argument("--no-roofline", action="store_true", help="skip the FLOP count and the matmul peak")
-    parser.add_argument("--gpu-batch-size", type=int, default=256)
-    parser.add_argument("--gpu-steps", type=int, default=30)
+    parser.add_argument("--gpu-batch-size", type=at_least(1), default=256)
+    parser.add_argument("--gpu-steps", type=at_least(1), default=30)
     parser.add_argument("--compile", action="store_true", help="GPU path: torch.compile the model")
     parser.add_argument("--accel-device", default="cuda", help=argparse.SUPPRESS)  # 'cpu' exercises the GPU code
     args = parser.parse_args()
+    try:
+        workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    except ValueError:
+        parser.error(f"--workers: expected worker counts such as 0,2, got {args.workers!r}")
+    if not workers or min(workers) < 0:
+        parser.error("--workers: give at least one worker count, none negative")
 
     if real_data_missing(args.data):
         return 2
@@ -322,7 +328,6 @@ def main() -> int:
     cfg = make_config(args.data, args.batch_size, args.image_size)
     td = prepare_data(cfg, log=lambda msg: None)  # builds the tile cache on first use (not timed)
     samples = baseline_samples(td)
-    workers = [int(w) for w in args.workers.split(",") if w.strip()]
     print(f"bench_train: resnet18 at {args.image_size}px, batch {args.batch_size}, {len(samples)} training tiles "
           f"(originals of the train split) from {args.data}")
     print(f"machine: {os.cpu_count()} cores ({cpu_name()}), torch {torch.__version__}, {torch.get_num_threads()} "

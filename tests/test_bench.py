@@ -41,6 +41,16 @@ def test_bench_train_without_data_exits_2(tmp_path: Path):
     assert "not found" in res.stderr
 
 
+@pytest.mark.parametrize("script, args, says", [
+    ("bench_train.py", ["--steps", "0"], "--steps: 0 is below the minimum 1"),
+    ("bench_train.py", ["--workers", "two"], "--workers: expected worker counts"),
+    ("bench_eval.py", ["--batch-size", "x"], "--batch-size: 'x' is not a whole number"),
+])
+def test_bench_bad_arguments_get_a_usage_error(script, args, says):
+    res = run_bench(script, *args)
+    assert res.returncode == 2 and says in res.stderr and "Traceback" not in res.stderr
+
+
 def test_bench_eval_smoke(shared_data: Path):
     out = ok(run_bench("bench_eval.py", str(shared_data / "hirise-v3_2-subset"), "--repeats", "1",
                        "--max-tiles", "16", "--batch-size", "8", "--checkpoint", "random"))
