@@ -93,8 +93,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError,
             AttributeError, TypeError) as exc:
+        detail = str(exc).splitlines()[0][:200]
+        if detail.startswith("Weights only load failed"):  # torch's advice there (weights_only=False) is unsafe
+            detail = "it does not read as tensors and plain data, and nothing else is ever unpickled here"
         raise CheckpointError(f"{path.name} is not a readable checkpoint (corrupt, truncated or not a "
-                              f"PyTorch file): {str(exc).splitlines()[0][:200]}") from exc
+                              f"PyTorch file): {detail}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path.name} is not a HiRISE Studio checkpoint (no '{FORMAT}' header); plain "
                               "state dicts and other projects' checkpoints cannot be used")
