@@ -145,7 +145,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch
 # ---- OURS ----------------------------------------------------------------------------------------------
 
 def make_config(data: str, batch_size: int, image_size: int) -> RunConfig:
-    return RunConfig(data=[data], model="resnet18", image_size=image_size, batch_size=batch_size,
+    return RunConfig(data=[data], model="resnet18", init="scratch", image_size=image_size, batch_size=batch_size,
                      augment="online", transforms=["hflip", "vflip", "rot90", "color_jitter"], optimizer="adamw",
                      lr=LR, weight_decay=WEIGHT_DECAY, amp=True, channels_last=True, num_workers=0,
                      imbalance="none").validate()
@@ -160,11 +160,11 @@ def measure_ours(cfg: RunConfig, td: TrainData, device: torch.device, warmup: in
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
-    optimizer = build_optimizer(cfg, model.parameters())
+    optimizer = build_optimizer(cfg, model)
     batches = train_batches(cfg, td, Dist(), device)
 
     def prepare(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = to_model_input(x.to(device, non_blocking=True), td.mean, td.std, cfg.image_size, td.batch_augment)
+        x = to_model_input(x.to(device, non_blocking=True), td.mean, td.std, cfg.input_size, td.batch_augment)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y.to(device, non_blocking=True)
@@ -202,12 +202,12 @@ def measure_accel(cfg: RunConfig, td: TrainData, device: torch.device, batch_siz
     on_cuda = device.type == "cuda"
     model = build_model("resnet18", NUM_CLASSES).to(device).to(memory_format=torch.channels_last).train()
     big = RunConfig.from_dict({**cfg.to_dict(), "batch_size": batch_size})
-    optimizer = build_optimizer(big, model.parameters())  # fit's optimizer: fused AdamW on CUDA
+    optimizer = build_optimizer(big, model)  # fit's optimizer: fused AdamW on CUDA
     runner = torch.compile(model) if compile_model else model
     sync = torch.cuda.synchronize if on_cuda else (lambda: None)
 
     def prepare(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = to_model_input(x.to(device, non_blocking=True), td.mean, td.std, cfg.image_size, td.batch_augment)
+        x = to_model_input(x.to(device, non_blocking=True), td.mean, td.std, cfg.input_size, td.batch_augment)
         return x.contiguous(memory_format=torch.channels_last), y.to(device, non_blocking=True)
 
     return measure(forever(train_batches(big, td, Dist(), device)), prepare,

@@ -39,6 +39,7 @@ class LoadedModel:
     metrics: dict = field(default_factory=dict)
     path: Path | None = None
     epoch: int | None = None
+    splits: dict = field(default_factory=dict)  # {"val": {"files": [...], "observations": [...]}, "test": ...}
 
     @property
     def device(self) -> torch.device:
@@ -64,14 +65,17 @@ class LoadedModel:
 def checkpoint_payload(model: nn.Module, *, arch: str, image_size: int, mean: float, std: float,
                        config: dict, metrics: dict | None = None, temperature: float = 1.0,
                        epoch: int | None = None, half: bool = False,
-                       class_names: list[str] | None = None) -> dict[str, Any]:
-    """The dict a checkpoint file holds. `half` stores floating weights as float16 (for shipping)."""
+                       class_names: list[str] | None = None, splits: dict | None = None) -> dict[str, Any]:
+    """The dict a checkpoint file holds. `half` stores floating weights as float16 (for shipping).
+
+    `splits` records which files (and observations) were in validation and test, so the model is later
+    scored on exactly those tiles whenever the same data is loaded (`core.data.split_manifest`)."""
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in _unwrap(model).state_dict().items()}
     return {"format": FORMAT, "arch": arch, "class_names": list(class_names or CLASS_NAMES),
             "image_size": int(image_size), "in_chans": 1, "mean": float(mean), "std": float(std),
             "temperature": float(temperature), "config": config, "metrics": metrics or {},
-            "epoch": epoch, "state_dict": state}
+            "epoch": epoch, "splits": splits or {}, "state_dict": state}
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
@@ -139,7 +143,15 @@ def model_from_payload(payload: dict[str, Any], path: Path, device: str | torch.
     return LoadedModel(model=model, arch=payload["arch"], class_names=classes, image_size=int(payload["image_size"]),
                        mean=float(payload["mean"]), std=float(payload["std"]), temperature=temperature,
                        config=dict(payload.get("config") or {}), metrics=dict(payload.get("metrics") or {}),
-                       path=path, epoch=payload.get("epoch"))
+                       path=path, epoch=payload.get("epoch"), splits=_splits(payload.get("splits")))
+
+
+def _splits(value: Any) -> dict:
+    """The recorded split manifest, kept only if it has the expected shape (lists of file names)."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(v, dict) and isinstance(v.get("files"), list)
+            and all(isinstance(f, str) for f in v["files"])}
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

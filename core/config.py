@@ -15,9 +15,10 @@ from typing import Any, get_type_hints
 from .data.merge import CONFLICT_POLICIES
 from .data.split import SPLIT_MODES
 from .classes import SELECTION_METRICS
-from .models import ARCHITECTURES, FREEZE_MODES, stages
+from .models import ARCHITECTURES, DEFAULT_ARCH, FREEZE_MODES, spec, stages
+from .optim import OPTIMIZERS as OPTIMIZER_BUILDERS
 
-OPTIMIZERS = ("adam", "nadam", "adamw", "sgd")
+OPTIMIZERS = tuple(OPTIMIZER_BUILDERS)
 SCHEDULERS = ("none", "step", "plateau", "onecycle", "cosine")
 AUGMENT_MODES = ("none", "online", "expand", "official")
 TRANSFORMS = ("hflip", "vflip", "rot90", "rotate", "perspective", "color_jitter", "blur", "resized_crop", "erasing")
@@ -52,20 +53,26 @@ class RunConfig:
     keep_split_repeats: bool = opt(False, "keep the official split file's repeated minority rows", "data")
     allow_leakage: bool = opt(False, "train even if an observation or landmark is on two sides", "data")
     # Model
-    model: str = opt("resnet18", "architecture", "model", ARCHITECTURES)
-    init: str = opt("scratch", "start from random weights, ImageNet weights, or an earlier run", "model", INITS)
+    model: str = opt(DEFAULT_ARCH, "architecture", "model", ARCHITECTURES)
+    init: str = opt("imagenet", "start from random weights, ImageNet weights, or an earlier run", "model", INITS)
     init_from: str = opt("", "run folder or checkpoint to start from", "model", when=("init", ("run",)))
-    image_size: int = opt(227, "model input size in pixels (tiles are 227x227)", "model", min=32, max=512)
+    image_size: int = opt(0, "model input size in pixels (tiles are 227x227); 0: the model's native size "
+                          "(224 for lite0 and the ResNets, 240 for lite1, 260 for lite2)", "model", min=0, max=512)
     # Freezing
     freeze: str = opt("none", "none, all but the classifier head, or everything below a stage", "freezing",
                       FREEZE_MODES)
     freeze_below: str = opt("layer3", "stages below this one stay frozen", "freezing", when=("freeze", ("below",)))
     unfreeze_every: int = opt(0, "gradual unfreezing: release one more stage every N epochs (0: off)", "freezing",
                               when=("freeze", ("head_only", "below")), min=0)
+    unfreeze_all_at: int = opt(0, "release every frozen stage after N epochs: a head-only warm-up, then full "
+                               "fine-tuning (0: off)", "freezing", when=("freeze", ("head_only", "below")), min=0)
     # Optimisation
     optimizer: str = opt("adamw", "optimizer", "optimisation", OPTIMIZERS)
     lr: float = opt(1e-3, "learning rate (peak rate for OneCycleLR)", "optimisation", min=0.0)
-    weight_decay: float = opt(1e-4, "weight decay", "optimisation", min=0.0)
+    backbone_lr_scale: float = opt(1.0, "discriminative learning rates: the backbone learns at this fraction of "
+                                   "the head's rate (1: one rate for all)", "optimisation", min=0.0, max=1.0)
+    weight_decay: float = opt(1e-4, "weight decay (convolution and linear weights; never biases or norms)",
+                              "optimisation", min=0.0)
     momentum: float = opt(0.9, "SGD momentum", "optimisation", when=("optimizer", ("sgd",)), min=0.0)
     nesterov: bool = opt(False, "SGD Nesterov momentum", "optimisation", when=("optimizer", ("sgd",)))
     scheduler: str = opt("cosine", "learning-rate schedule", "optimisation", SCHEDULERS)
@@ -133,8 +140,14 @@ class RunConfig:
                               f"(stages: {', '.join(stages(self.model))})")
         if self.init == "run" and not self.init_from:
             raise ConfigError("init_from: name the run folder or checkpoint to start from")
-        if self.init == "imagenet" and self.model == "simple_cnn":
-            raise ConfigError("simple_cnn has no ImageNet weights; use init=scratch")
+        if self.init == "imagenet" and not spec(self.model).weight_sources:
+            raise ConfigError(f"{self.model} has no ImageNet weights; use init=scratch")
+        if 0 < self.image_size < 32:
+            raise ConfigError("image_size: at least 32 px (or 0 for the model's native size)")
+        if self.backbone_lr_scale <= 0:
+            raise ConfigError("backbone_lr_scale must be above 0 (freeze the backbone to stop it learning)")
+        if self.unfreeze_every and self.unfreeze_all_at:
+            raise ConfigError("unfreeze_every and unfreeze_all_at are two unfreezing plans: choose one")
         if self.augment in ("online", "expand") and not self.transforms:
             raise ConfigError(f"augment={self.augment} needs at least one transform")
         if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1 or \
@@ -142,11 +155,14 @@ class RunConfig:
             raise ConfigError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
         if self.val_fraction == 0 and self.split_mode != "official":
             raise ConfigError("val_fraction 0 leaves no validation split to select the best epoch on")
-        if self.model == "simple_cnn" and self.image_size < 16:
-            raise ConfigError("image_size: simple_cnn needs at least 16 px")
         if self.scheduler == "onecycle" and not 0 < self.pct_start < 1:
             raise ConfigError("pct_start must be between 0 and 1")
         return self
+
+    @property
+    def input_size(self) -> int:
+        """The model's input size in pixels: `image_size`, or the architecture's native size when 0."""
+        return self.image_size or spec(self.model).native_size
 
     # ---- (de)serialisation -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

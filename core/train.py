@@ -30,11 +30,12 @@ from . import augment
 from .checkpoint import CheckpointError, checkpoint_payload, model_from_payload, read_checkpoint, save_checkpoint
 from .classes import CLASS_NAMES, NUM_CLASSES
 from .config import ConfigError, RunConfig, add_arguments, config_from_args
-from .data import DataError, DeviceBatches, HiriseData, TileDataset, begin_epoch, load_dataset, training_batches
+from .data import (DataError, DeviceBatches, HiriseData, TileDataset, begin_epoch, load_dataset, split_manifest,
+                   training_batches)
 from .evaluate import evaluate_model, save_report
 from .jobs import Cancelled, device_key, device_turn
 from .metrics import classification_metrics, headline
-from .models import (WeightsUnavailable, build_model, freeze_batchnorm_of_frozen, frozen_stages, set_frozen,
+from .models import (WeightsUnavailable, build_model, freeze_batchnorm_of_frozen, frozen_stages, set_frozen, spec,
                      unfrozen_after)
 from .optim import Schedule, build_optimizer, loss_weights, lr_range_test
 from .precision import autocast, bf16_native
@@ -129,7 +130,8 @@ def prepare_data(cfg: RunConfig, log) -> TrainData:
         raise DataError("the training split is empty")
     if not val_records:
         raise DataError("the validation split is empty: add data or raise val_fraction")
-    mean, std = data.pixel_stats(train_records)
+    mean, std = input_normalisation(cfg, data, train_records)
+    log(f"input normalisation: mean {mean:.4f}, std {std:.4f}")
     size = 227
     batched, per_tile = augment.split_online(cfg.transforms) if cfg.augment == "online" else ([], [])
     transform = augment.online_transform(per_tile, size) if per_tile else None
@@ -141,6 +143,24 @@ def prepare_data(cfg: RunConfig, log) -> TrainData:
         f"originals; train per class: " + ", ".join(f"{c} {n}" for c, n in zip(CLASS_NAMES, counts)))
     return TrainData(data, train, val, mean, std, data.labels(train_records),
                      augment.BatchAugment(batched) if batched else None)
+
+
+def input_normalisation(cfg: RunConfig, data: HiriseData, train_records: list) -> tuple[float, float]:
+    """The (mean, std) the model's input is standardised with, stored in every checkpoint.
+
+    ImageNet weights keep the scaling they were trained with; weights from an earlier run keep that run's;
+    a model from scratch gets the training tiles' own statistics."""
+    if cfg.init == "imagenet":
+        return spec(cfg.model).imagenet_norm or data.pixel_stats(train_records)
+    if cfg.init == "run":
+        payload = read_checkpoint(_init_checkpoint(cfg))
+        return float(payload["mean"]), float(payload["std"])
+    return data.pixel_stats(train_records)
+
+
+def _init_checkpoint(cfg: RunConfig) -> Path:
+    path = Path(cfg.init_from)
+    return path / "best.pt" if path.is_dir() else path
 
 
 def train_batches(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device) -> DeviceBatches | DataLoader:
@@ -164,9 +184,7 @@ def describe_batches(batches: DeviceBatches | DataLoader) -> str:
 def build_initial_model(cfg: RunConfig, log) -> nn.Module:
     model = build_model(cfg.model, NUM_CLASSES, pretrained=cfg.init == "imagenet")
     if cfg.init == "run":
-        path = Path(cfg.init_from)
-        if path.is_dir():
-            path = path / "best.pt"
+        path = _init_checkpoint(cfg)
         payload = read_checkpoint(path)
         if payload["arch"] != cfg.model:
             raise CheckpointError(f"{path} holds a {payload['arch']}, but this run trains a {cfg.model}")
@@ -272,7 +290,7 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
     loader = train_batches(cfg, td, d, device)
     log(describe_batches(loader))
     steps_per_epoch = len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
-    optimizer = build_optimizer(cfg, model.parameters())
+    optimizer = build_optimizer(cfg, model)
     schedule = Schedule(cfg, optimizer, steps_per_epoch)
     weights = loss_weights(cfg.imbalance, td.train_labels, NUM_CLASSES)
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device),
@@ -306,7 +324,7 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
     ddp_model: nn.Module = compiled
     cancelled = False
     for epoch in range(start_epoch, cfg.epochs):
-        now_frozen = unfrozen_after(cfg.model, initial_frozen, epoch, cfg.unfreeze_every)
+        now_frozen = unfrozen_after(cfg.model, initial_frozen, epoch, cfg.unfreeze_every, cfg.unfreeze_all_at)
         if now_frozen != frozen:
             frozen = now_frozen
             set_frozen(model, cfg.model, frozen)
@@ -332,7 +350,7 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
             if (d.world == 1 or i % cfg.log_every == 0) and d.any(bool(stop), device):
                 cancelled = True
                 break
-            x = to_model_input(x.to(device, non_blocking=True), td.mean, td.std, cfg.image_size, td.batch_augment)
+            x = to_model_input(x.to(device, non_blocking=True), td.mean, td.std, cfg.input_size, td.batch_augment)
             y = y.to(device, non_blocking=True)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -359,7 +377,7 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
             log(f"stopping at epoch {epoch + 1}: cancel requested (last.pt keeps the last finished epoch)")
             break
         seconds = time.perf_counter() - t0
-        val_logits = evaluate_logits(model, td.val, td.mean, td.std, cfg.image_size, device, cfg.batch_size * 2, amp)
+        val_logits = evaluate_logits(model, td.val, td.mean, td.std, cfg.input_size, device, cfg.batch_size * 2, amp)
         val_labels = td.val.labels.numpy()
         val_probs = torch.softmax(torch.from_numpy(val_logits), 1).numpy()
         val = classification_metrics(val_labels, val_probs)
@@ -404,8 +422,8 @@ def _payload(cfg: RunConfig, model: nn.Module, td: TrainData, val: dict, epoch: 
     metrics = {k: val[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "majority_baseline",
                                    "per_class", "n")}
     metrics["split"] = "val"
-    return checkpoint_payload(model, arch=cfg.model, image_size=cfg.image_size, mean=td.mean, std=td.std,
-                              config=cfg.to_dict(), metrics=metrics, epoch=epoch)
+    return checkpoint_payload(model, arch=cfg.model, image_size=cfg.input_size, mean=td.mean, std=td.std,
+                              config=cfg.to_dict(), metrics=metrics, epoch=epoch, splits=split_manifest(td.data))
 
 
 def finish(run: Run, cfg: RunConfig, td: TrainData, device: torch.device, log) -> None:
@@ -436,7 +454,7 @@ def find_lr(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, log, s
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     set_frozen(model, cfg.model, frozen_stages(cfg.model, cfg.freeze, cfg.freeze_below))
-    optimizer = build_optimizer(cfg, model.parameters())
+    optimizer = build_optimizer(cfg, model)
     weights = loss_weights(cfg.imbalance, td.train_labels, NUM_CLASSES)
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device),
                                     label_smoothing=cfg.label_smoothing)
@@ -454,8 +472,8 @@ def find_lr(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, log, s
             batches = iter(loader)
             x, y = next(batches)
         for g in optimizer.param_groups:
-            g["lr"] = lr
-        x = to_model_input(x.to(device), td.mean, td.std, cfg.image_size, td.batch_augment)
+            g["lr"] = lr * g["lr_scale"]
+        x = to_model_input(x.to(device), td.mean, td.std, cfg.input_size, td.batch_augment)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return float(optimizer_step(model, criterion, optimizer, x, y.to(device), device, cfg.amp)[1].detach())

@@ -55,7 +55,7 @@ def with_runs(tmp_path_factory):
                                   synthetic.official_files("3.2", n_obs=12, per_obs=6, missing=0))
     Path(APP_STATE_FILE).write_text(json.dumps({"data_paths": [str(data)]}))
     for name, opt in (("a-adamw", "adamw"), ("b-sgd", "sgd")):
-        cfg = RunConfig(data=[str(data)], model="simple_cnn", image_size=48, epochs=2, batch_size=16,
+        cfg = RunConfig(data=[str(data)], model="simple_cnn", init="scratch", image_size=48, epochs=2, batch_size=16,
                         optimizer=opt, name=name).validate()
         run = Run(Path(RUNS_DIR) / f"20260101-00000{len(list_runs())}-{name}")
         run.path.mkdir(parents=True)

@@ -28,7 +28,7 @@ from core.train import main as train_cli
 from core.train import train
 from tests import synthetic
 
-TINY = dict(model="simple_cnn", image_size=48, batch_size=16, log_every=1)
+TINY = dict(model="simple_cnn", init="scratch", image_size=48, batch_size=16, log_every=1)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,10 @@ def test_config_validation_messages():
     cases = [({"scheduler": "onecycle", "step_size": 3}, "step_size applies only when scheduler is step"),
              ({"freeze": "below", "freeze_below": "layer9"}, "no stage 'layer9'"),
              ({"model": "vgg16"}, "unknown value 'vgg16'"),
-             ({"image_size": 8}, "below the minimum"),
+             ({"image_size": 8}, "at least 32 px"),
+             ({"image_size": -1}, "below the minimum"),
+             ({"backbone_lr_scale": 0.0}, "backbone_lr_scale must be above 0"),
+             ({"freeze": "head_only", "unfreeze_every": 1, "unfreeze_all_at": 2}, "choose one"),
              ({"augment": "online", "transforms": []}, "needs at least one transform"),
              ({"optimizer": "adam", "momentum": 0.5}, "momentum applies only when optimizer is sgd"),
              ({"init": "run"}, "init_from"),
@@ -162,6 +165,8 @@ def test_config_validation_messages():
             RunConfig(data=["x"], **values).validate()
     with pytest.raises(ConfigError, match="data"):
         RunConfig().validate()
+    assert RunConfig(data=["x"]).validate().input_size == 224  # EfficientNet-Lite0's native size
+    assert RunConfig(data=["x"], model="tf_efficientnet_lite2").input_size == 260
     with pytest.raises(ConfigError, match="unknown option"):
         RunConfig.from_dict({"data": ["x"], "learning_rate": 1})
 
@@ -172,10 +177,10 @@ def test_cli_config_file_and_overrides(tmp_path, data_dir, capsys):
     assert train_cli(["--run-dir", str(tmp_path / "r"), "--config", str(tmp_path / "c.json"), "--lr", "0.01"]) == 0
     saved = RunConfig.load(tmp_path / "r" / "config.json")
     assert saved.lr == 0.01 and saved.model == "simple_cnn" and saved.epochs == 1
-    assert train_cli(["--run-dir", str(tmp_path / "bad"), "--data", str(data_dir), "--scheduler", "step",
+    assert train_cli(["--run-dir", str(tmp_path / "bad"), "--data", str(data_dir), "--init", "scratch", "--scheduler", "step",
                       "--pct-start", "0.5"]) == 2
     assert "pct_start applies only when scheduler is onecycle" in capsys.readouterr().err
-    assert train_cli(["--run-dir", str(tmp_path / "missing"), "--data", str(tmp_path / "nope")]) == 2
+    assert train_cli(["--run-dir", str(tmp_path / "missing"), "--data", str(tmp_path / "nope"), "--init", "scratch"]) == 2
     assert "not found" in Run(tmp_path / "missing").status()["error"]
 
 
@@ -212,7 +217,7 @@ def test_imagenet_weights_offline_and_from_local_server(tmp_path, monkeypatch):
     torch.save(state, served / "w.pth")
     prefix = hashlib.sha256((served / "w.pth").read_bytes()).hexdigest()[:8]
     target = tmp_path / "hub" / "checkpoints" / f"resnet18-{prefix}.pth"
-    monkeypatch.setattr("core.models.imagenet_weights_file", lambda arch: target)
+    monkeypatch.setattr("core.models.hub_cache_file", lambda url: target)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

