@@ -10,13 +10,15 @@ from .config import RunConfig
 from .runs import Run
 
 
-def settings_table(runs: Sequence[Run]) -> tuple[pd.DataFrame, list[str]]:
-    """One column per run, one row per option; and the options whose values differ between runs."""
+def settings_table(runs: Sequence[Run], models: Mapping[str, dict] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """One column per run (and per shipped model: name -> its checkpoint's config), one row per option; and
+    the options whose values differ between them."""
     defaults = RunConfig().to_dict()
+    configs = {run.name: run.config() for run in runs} | dict(models or {})
     columns = {}
-    for run in runs:
-        cfg = {**defaults, **run.config()}
-        columns[run.name] = {k: ", ".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in cfg.items()}
+    for name, config in configs.items():
+        cfg = {**defaults, **config}
+        columns[name] = {k: ", ".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in cfg.items()}
     table = pd.DataFrame(columns)
     differing = [k for k in table.index if table.loc[k].nunique() > 1]
     return table, differing
@@ -24,20 +26,27 @@ def settings_table(runs: Sequence[Run]) -> tuple[pd.DataFrame, list[str]]:
 
 def metrics_table(runs: Sequence[Run], reports: Mapping[str, dict | None]) -> pd.DataFrame:
     """Headline validation metrics of each run's best checkpoint (from its saved evaluation, `reports` by run
-    name, when present)."""
+    name, when present), and of any other model whose report is in `reports` (a shipped model). The tile-set
+    fingerprint says whether two rows were scored on the same tiles."""
     rows = []
     for run in runs:
         report = reports.get(run.name)
         row = run.best_epoch()
         if report:
-            rows.append({"run": run.name, "macro-F1": report["macro_f1"], "balanced accuracy": report["balanced_accuracy"],
-                         "accuracy": report["accuracy"], "majority baseline": report["majority_baseline"]["accuracy"],
-                         "val tiles": report["n"], "best epoch": row.get("epoch")})
+            rows.append(_report_row(run.name, report, row.get("epoch")))
         elif row:
             rows.append({"run": run.name, "macro-F1": row["val_macro_f1"],
                          "balanced accuracy": row["val_balanced_accuracy"], "accuracy": row["val_accuracy"],
-                         "majority baseline": None, "val tiles": None, "best epoch": row.get("epoch")})
+                         "majority baseline": None, "val tiles": None, "tile set": None, "best epoch": row.get("epoch")})
+    names = {run.name for run in runs}
+    rows += [_report_row(name, report, None) for name, report in reports.items() if name not in names and report]
     return pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame()
+
+
+def _report_row(name: str, report: dict, epoch: int | None) -> dict:
+    return {"run": name, "macro-F1": report["macro_f1"], "balanced accuracy": report["balanced_accuracy"],
+            "accuracy": report["accuracy"], "majority baseline": report["majority_baseline"]["accuracy"],
+            "val tiles": report["n"], "tile set": report.get("tiles_digest"), "best epoch": epoch}
 
 
 def per_class(runs: Sequence[Run], reports: Mapping[str, dict | None], key: str = "f1") -> dict[str, list[float]]:
@@ -46,10 +55,16 @@ def per_class(runs: Sequence[Run], reports: Mapping[str, dict | None], key: str 
     for run in runs:
         report = reports.get(run.name)
         if report:
-            values = {c["class"]: c[key] for c in report["per_class"]}
-            out[run.name] = [values.get(c, 0.0) for c in CLASS_NAMES]
+            out[run.name] = _per_class_values(report, key)
         else:
             row = run.best_epoch()
             if key == "recall" and row.get("val_recall"):
                 out[run.name] = [row["val_recall"].get(c, 0.0) for c in CLASS_NAMES]
+    names = {run.name for run in runs}
+    out |= {name: _per_class_values(report, key) for name, report in reports.items() if name not in names and report}
     return out
+
+
+def _per_class_values(report: dict, key: str) -> list[float]:
+    values = {c["class"]: c[key] for c in report["per_class"]}
+    return [values.get(c, 0.0) for c in CLASS_NAMES]

@@ -103,7 +103,8 @@ class RunConfig:
     cutmix_alpha: float = opt(0.0, "CutMix alpha (0: off), a batch option", "augmentation", min=0.0)
     # Runtime
     device: str = opt("auto", "auto (GPU when there is one), cpu or cuda", "runtime", ("auto", "cpu", "cuda"))
-    amp: bool = opt(True, "bf16 mixed precision (CUDA, or a CPU with native bf16)", "runtime")
+    amp: bool = opt(True, "bf16 mixed precision (CUDA, or a CPU with native bf16; EfficientNet-Lite always runs "
+                                 "in fp32, since bf16 changes its predictions)", "runtime")
     channels_last: bool = opt(True, "channels-last memory format (faster convolutions)", "runtime")
     compile: bool = opt(False, "torch.compile the model (CUDA)", "runtime")
     num_workers: int = opt(0, "DataLoader worker processes, for per-tile transforms and the expand mode (other "

@@ -21,6 +21,7 @@ from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
 from .data import DataError, HiriseData, Record
 from .data.cli import add_data_arguments, load_from_args
 from .metrics import classification_metrics, confused_pairs, headline, per_class_curves
+from .models import spec
 from .precision import autocast, bf16_native
 from .progress import ProgressCallback, track
 from .settings import DEFAULT_CHECKPOINT
@@ -64,6 +65,7 @@ def predict_logits(loaded: LoadedModel, tiles: np.ndarray | RecordTiles, batch_s
     """
     if isinstance(tiles, list):
         tiles = np.asarray(tiles)
+    bf16 = bf16 and bf16_suits(loaded)
     n = len(tiles)
     out = np.empty((n, len(loaded.class_names)), dtype=np.float32)
     desc = "predicting" + (" (8x TTA)" if tta else "")
@@ -81,6 +83,11 @@ def predict_logits(loaded: LoadedModel, tiles: np.ndarray | RecordTiles, batch_s
         out[start:i + 1] = logits.cpu().numpy()
         start = i + 1
     return out
+
+
+def bf16_suits(loaded: LoadedModel) -> bool:
+    """Whether bf16 evaluation is offered for this model: some architectures change predictions under it."""
+    return spec(loaded.arch).bf16_safe
 
 
 def evaluate_model(loaded: LoadedModel, data: HiriseData, split: str = "val", originals_only: bool = True,
@@ -133,7 +140,7 @@ def evaluate_model(loaded: LoadedModel, data: HiriseData, split: str = "val", or
                  "warnings": list(data.warnings), "leakage": list(data.leakage)},
         "split": split, "originals_only": originals_only, "tta": tta, "n": len(records), "tiles_from": tiles_from,
         "tiles_digest": tiles_digest(r.name for r in records),
-        "precision": "bf16" if bf16 and bf16_native(loaded.device) else "fp32",
+        "precision": "bf16" if bf16 and bf16_suits(loaded) and bf16_native(loaded.device) else "fp32",
     })
     return _jsonable(report)
 

@@ -35,8 +35,8 @@ from .data import (DataError, DeviceBatches, HiriseData, TileDataset, begin_epoc
 from .evaluate import evaluate_model, save_report
 from .jobs import Cancelled, device_key, device_turn
 from .metrics import classification_metrics, headline
-from .models import (WeightsUnavailable, build_model, freeze_batchnorm_of_frozen, frozen_stages, set_frozen, spec,
-                     unfrozen_after)
+from .models import (WeightsUnavailable, build_model, freeze_batchnorm_of_frozen, frozen_stages, require_imagenet,
+                     set_frozen, spec, unfrozen_after)
 from .optim import Schedule, build_optimizer, loss_weights, lr_range_test
 from .precision import autocast, bf16_native
 from .preprocess import to_model_input
@@ -206,6 +206,17 @@ def evaluate_logits(model: nn.Module, dataset: TileDataset, mean: float, std: fl
     return torch.cat(out).numpy()
 
 
+def use_bf16(cfg: RunConfig, device: torch.device, log) -> bool:
+    """Whether this run trains under bf16 autocast, saying why when it was asked for and is declined."""
+    if not cfg.amp:
+        return False
+    if not spec(cfg.model).bf16_safe:
+        log(f"bf16 autocast: off ({cfg.model} changes its predictions under bf16; it trains in fp32)")
+        return False
+    log(f"bf16 autocast: {'on' if bf16_native(device) else 'off (this CPU has no bf16)'}")
+    return bf16_native(device)
+
+
 def optimizer_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                    target: torch.Tensor, device: torch.device, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One training step: forward (bf16 autocast where enabled), loss in fp32, backward, update."""
@@ -296,9 +307,7 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device),
                                     label_smoothing=cfg.label_smoothing)
     mixer = augment.batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, NUM_CLASSES)
-    amp = cfg.amp
-    if amp:
-        log(f"bf16 autocast: {'on' if bf16_native(device) else 'off (this CPU has no bf16)'}")
+    amp = use_bf16(cfg, device, log)
 
     start_epoch, best_score, best_epoch, bad_epochs, step = 0, -math.inf, None, 0, 0
     if resume:
@@ -460,6 +469,7 @@ def find_lr(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, log, s
                                     label_smoothing=cfg.label_smoothing)
     loader = train_batches(cfg, td, d, device)
     batches = iter(loader)
+    amp = use_bf16(cfg, device, log)
     model.train()
 
     def step(lr: float) -> float:
@@ -476,7 +486,7 @@ def find_lr(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, log, s
         x = to_model_input(x.to(device), td.mean, td.std, cfg.input_size, td.batch_augment)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return float(optimizer_step(model, criterion, optimizer, x, y.to(device), device, cfg.amp)[1].detach())
+        return float(optimizer_step(model, criterion, optimizer, x, y.to(device), device, amp)[1].detach())
 
     bar = tqdm(total=num_steps, desc="LR range test", unit="batch", mininterval=2.0)
     result = lr_range_test(step, num_steps=num_steps, on_step=lambda i, n: bar.update(1))
@@ -500,7 +510,9 @@ def main(argv: list[str] | None = None) -> int:
         base = RunConfig.load(args.config) if args.config else (
             RunConfig.load(run_dir / "config.json") if args.resume else None)
         cfg = config_from_args(args, base)
-    except ConfigError as exc:
+        if cfg.init == "imagenet":  # before anything is written: which weights, or what is missing
+            print(require_imagenet(cfg.model), flush=True)
+    except (ConfigError, WeightsUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     rank0 = int(os.environ.get("RANK", "0")) == 0

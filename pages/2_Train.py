@@ -7,7 +7,7 @@ import streamlit as st
 from core import appstate, figures, jobs
 from core.augment import epoch_multiplier
 from core.config import ConfigError, RunConfig
-from core.models import WeightsUnavailable, fetch_imagenet_weights, imagenet_status
+from core.models import WeightsUnavailable, fetch_imagenet_weights, imagenet_status, require_imagenet
 from core.runs import ACTIVE_STATES, list_runs, read_json
 from ui.common import IMBALANCE_NOTE, page, show_error
 from ui.run_form import run_form
@@ -40,10 +40,12 @@ with st.expander("Configure a run", expanded=not list_runs()):
     if launch_clicked or find_clicked:
         try:
             cfg = RunConfig.from_dict(values).validate()
+            if cfg.init == "imagenet":
+                require_imagenet(cfg.model)  # nothing is queued without the weights it starts from
             run = jobs.launch(cfg, lr_find=find_clicked)
             st.session_state["selected_run"] = run.name
             st.toast(f"Launched {run.name}")
-        except ConfigError as exc:
+        except (ConfigError, WeightsUnavailable) as exc:
             show_error(exc, "Not launched")
 
 runs = list_runs()

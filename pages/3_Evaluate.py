@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from core import appstate, figures
-from core.evaluate import evaluate_model, load_report
+from core.evaluate import bf16_suits, evaluate_model, load_report
 from core.precision import bf16_native
 from ui.common import (IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, data_for_config, get_model, model_choices,
                        page, progress_bar, run_of_checkpoint, show_error)
@@ -31,9 +31,10 @@ try:
 except USER_ERRORS as exc:
     show_error(exc, "Cannot load the model")
     st.stop()
-bf16 = top[4].toggle("bf16 (faster)", disabled=not bf16_native(model.device),
+bf16 = top[4].toggle("bf16 (faster)", disabled=not (bf16_native(model.device) and bf16_suits(model)),
                      help="bf16 autocast: about 2x faster where the device runs bf16 natively; a few predictions in "
-                          "a thousand may change. Off: fp32, the reference figures.")
+                          "a thousand may change. Off: fp32, the reference figures. Not offered for "
+                          "EfficientNet-Lite, whose predictions bf16 changes.")
 
 report = None
 key = (str(path), path.stat().st_mtime, split, originals_only, tta, bf16)
@@ -81,6 +82,9 @@ st.caption(f"{report['n']:,} tiles · split {report['split']} · "
            f"{'originals only' if report['originals_only'] else 'all files'} · TTA {'on' if report['tta'] else 'off'}"
            f" · {report.get('precision', 'fp32')}"
            f" · {report['data']['split_method']}")
+if report.get("tiles_from"):
+    st.caption(f"Scored on {report['tiles_from']} (tile-set fingerprint `{report.get('tiles_digest', '-')}`: two "
+               "reports with the same fingerprint scored exactly the same tiles).")
 
 left, right = st.columns([3, 2])
 with left:

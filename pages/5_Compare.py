@@ -6,7 +6,9 @@ import streamlit as st
 from core import compare, figures
 from core.classes import CLASS_NAMES
 from core.runs import list_runs
-from ui.common import IMBALANCE_NOTE, RARE_NOTE, page
+from core.evaluate import evaluate_model
+from ui.common import (IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, data_for_config, get_model, page, progress_bar,
+                       shipped_models, show_error)
 
 page("Compare runs", ":material/compare:")
 runs = [r for r in list_runs() if (status := r.status()).get("kind", "train") == "train" and r.best_epoch(status)]
@@ -20,14 +22,33 @@ if len(chosen) < 2:
     st.info("Pick at least two runs.")
     st.stop()
 
+shipped = shipped_models()
+included = st.multiselect("Shipped models to include", list(shipped),
+                          help="Scored on the validation tiles of the first run's data: the tiles recorded in the "
+                               "model's checkpoint when that data holds them all, else that data's own split. The "
+                               "'tile set' column says whether two rows scored the same tiles.")
+shipped_reports: dict[str, dict] = {}
+for label in included:
+    path = shipped[label]
+    config = chosen[0].config()
+    key = ("compare-eval", str(path), path.stat().st_mtime, str(config.get("data")), str(config.get("split_seed")))
+    if key not in st.session_state:
+        try:
+            st.session_state[key] = evaluate_model(get_model(path), data_for_config(config), "val",
+                                                   on_progress=progress_bar(f"Scoring {path.name}"))
+        except USER_ERRORS as exc:
+            show_error(exc, f"Cannot score {path.name}")
+            continue
+    shipped_reports[label] = st.session_state[key]
+
 st.subheader("Settings")
-table, differing = compare.settings_table(chosen)
+table, differing = compare.settings_table(chosen, {label: get_model(shipped[label]).config for label in shipped_reports})
 only_diff = st.toggle("Only the settings that differ", value=True)
 shown = table.loc[differing] if only_diff and differing else table
 st.dataframe(shown.style.apply(lambda row: ["background-color: #fff3cd" if row.name in differing else ""
                                             for _ in row], axis=1), width="stretch")
 
-reports = {r.name: r.evaluation() for r in chosen}  # each saved evaluation read once
+reports = {r.name: r.evaluation() for r in chosen} | shipped_reports  # each saved evaluation read once
 
 st.subheader("Metrics (validation, best checkpoint)")
 st.caption(IMBALANCE_NOTE)
@@ -52,12 +73,13 @@ a.plotly_chart(figures.compare_curves(rows, "val_balanced_accuracy", "validation
 b.plotly_chart(figures.compare_curves(rows, "train_loss", "training loss"), width="stretch")
 
 st.subheader("Confusion matrices (validation, row-normalised)")
-cols = st.columns(min(3, len(chosen)))
-for i, run in enumerate(chosen):
-    report = reports[run.name]
+names_shown = [r.name for r in chosen] + list(shipped_reports)
+cols = st.columns(min(3, len(names_shown)))
+for i, name in enumerate(names_shown):
+    report = reports[name]
     with cols[i % len(cols)]:
         if report:
-            st.plotly_chart(figures.confusion_matrix(report["confusion"], report["class_names"], True, run.name),
-                            width="stretch", key=f"cm-{run.name}")
+            st.plotly_chart(figures.confusion_matrix(report["confusion"], report["class_names"], True, name),
+                            width="stretch", key=f"cm-{name}")
         else:
-            st.caption(f"{run.name}: no saved evaluation (the run did not complete).")
+            st.caption(f"{name}: no saved evaluation (the run did not complete).")

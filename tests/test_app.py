@@ -127,11 +127,25 @@ def test_compare_page_with_two_runs(with_runs):
     assert "optimizer" in at.dataframe[0].value.index
 
 
+def test_compare_page_includes_the_default_model_on_the_runs_tiles(with_runs):
+    at = run_page("pages/5_Compare.py")
+    default = next(o for o in at.multiselect[1].options if o.startswith("default model"))
+    at.multiselect[1].set_value([default]).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    metrics = next(d.value for d in at.dataframe if "macro-F1" in d.value.columns)
+    assert default in metrics.index and metrics.loc[default, "val tiles"] > 0
+    # the runs and the default model were trained on different data: no shared recorded tiles, so the default
+    # model is scored on the runs' data split, which the runs' own reports also used
+    runs = [i for i in metrics.index if i != default]
+    assert metrics.loc[default, "tile set"] == metrics.loc[runs[0], "tile set"]
+
+
 @pytest.mark.slow
 def test_train_page_launches_a_job_and_shows_it(with_runs):
     before = {r.name for r in list_runs()}
     at = run_page("pages/2_Train.py")
     at.selectbox(key="cfg_model").set_value("simple_cnn").run()
+    at.selectbox(key="cfg_init").set_value("scratch").run()
     at.number_input(key="cfg_image_size").set_value(48).run()
     at.number_input(key="cfg_epochs").set_value(1).run()
     at.number_input(key="cfg_max_steps_per_epoch").set_value(2).run()
@@ -145,6 +159,19 @@ def test_train_page_launches_a_job_and_shows_it(with_runs):
     assert jobs.job_state(new[0]) == "completed", new[0].log_tail()
     at = run_page("pages/2_Train.py")
     assert f"**{new[0].name}** · state **completed**" in texts(at)
+
+
+def test_train_page_refuses_imagenet_init_without_weights(with_runs, monkeypatch, tmp_path):
+    import torch
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))  # no cached resnet18 weights
+    at = run_page("pages/2_Train.py")
+    at.selectbox(key="cfg_model").set_value("resnet18").run()
+    at.selectbox(key="cfg_init").set_value("imagenet").run()
+    assert "not in the local cache" in texts(at)  # said before anything is launched
+    before = {r.name for r in list_runs()}
+    button(at, "Launch training").click().run()
+    assert "Not launched" in texts(at) and "resnet18" in texts(at)
+    assert {r.name for r in list_runs()} == before
 
 
 def test_train_page_reports_a_bad_configuration(with_runs):

@@ -240,3 +240,28 @@ def test_cli_default_checkpoint_missing_runs_as_a_module(tmp_path, v32_folder):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "train a model first" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_model_is_scored_on_the_tiles_its_checkpoint_recorded(tiny, v32_folder):
+    """Same data, another split today: the checkpoint's recorded val tiles are still the ones scored."""
+    import dataclasses
+
+    from core.data import split_manifest
+    trained_on = load_dataset([v32_folder], split_mode="grouped", split_seed=0)
+    today = load_dataset([v32_folder], split_mode="grouped", split_seed=1)
+    recorded = split_manifest(trained_on)
+    own_val = {r.name for r in today.select("val", originals_only=True)}
+    assert own_val != set(recorded["val"]["files"])  # the two seeds split differently
+    model = dataclasses.replace(tiny, splits=recorded)
+    report = evaluate.evaluate_model(model, today, "val")
+    assert {p["name"] for p in report["predictions"]} == set(recorded["val"]["files"])
+    assert "recorded in the checkpoint" in report["tiles_from"]
+    assert report["tiles_digest"] == evaluate.tiles_digest(recorded["val"]["files"])
+    # a model that records nothing is scored on the data's own split, and says so
+    plain = evaluate.evaluate_model(dataclasses.replace(tiny, splits={}), today, "val")
+    assert {p["name"] for p in plain["predictions"]} == own_val and "own val split" in plain["tiles_from"]
+    # recorded tiles missing from the loaded data: the data's own split, with the reason
+    missing = dataclasses.replace(tiny, splits={"val": {"files": ["ESP_000000_0000_RED-0001.jpg"]}})
+    partial = evaluate.evaluate_model(missing, today, "val")
+    assert "only 0 of the 1 val tiles" in partial["tiles_from"]
+    assert {p["name"] for p in partial["predictions"]} == own_val

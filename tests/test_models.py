@@ -166,3 +166,21 @@ def test_parameter_groups_discriminative_lr_and_no_decay():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)  # the head's group first: its LR is logged
     bn = model.bn1.weight
     assert next(g for g in optimizer.param_groups if any(p is bn for p in g["params"]))["weight_decay"] == 0.0
+
+
+def test_efficientnet_lite_is_not_run_in_bf16(tiny):
+    """bf16 rounding, magnified by EfficientNet-Lite's BatchNorm layers, changes its predictions: training and
+    evaluation keep it in fp32 even when bf16 is asked for; the ResNets and simple_cnn may use it."""
+    import dataclasses
+
+    from core.evaluate import bf16_suits, predict_logits
+    from core.train import use_bf16
+    notes: list[str] = []
+    cfg = RunConfig(data=["x"], amp=True)
+    assert not use_bf16(cfg, torch.device("cpu"), notes.append)
+    assert "trains in fp32" in notes[-1]
+    lite = dataclasses.replace(tiny, model=build_model("tf_efficientnet_lite0").eval(), arch="tf_efficientnet_lite0",
+                               image_size=64)
+    assert bf16_suits(tiny) and not bf16_suits(lite)
+    tiles = np.random.default_rng(0).integers(0, 255, (3, 227, 227), dtype=np.uint8)
+    assert np.array_equal(predict_logits(lite, tiles, bf16=True), predict_logits(lite, tiles, bf16=False))

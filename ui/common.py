@@ -13,7 +13,7 @@ from core.checkpoint import CheckpointError, LoadedModel, load_checkpoint
 from core.data import DataError, HiriseData, load_dataset, open_tile_cache, read_source
 from core.imageio import ImageError
 from core.runs import Run, list_runs
-from core.settings import DEFAULT_CHECKPOINT
+from core.settings import DEFAULT_CHECKPOINT, PROJECT_ROOT
 
 #: Errors a user can cause; shown as a message, never a traceback.
 USER_ERRORS = (DataError, CheckpointError, ImageError, ValueError, FileNotFoundError, OSError)
@@ -124,11 +124,20 @@ def show_error(exc: BaseException, what: str = "") -> None:
     st.error(f"{what + ': ' if what else ''}{exc}", icon=":material/error:")
 
 
-def model_choices() -> dict[str, Path]:
-    """The shipped default model and every run with a best checkpoint, by display name."""
+def shipped_models() -> dict[str, Path]:
+    """The checkpoints shipped in checkpoints/ (the default first), by display name."""
     choices: dict[str, Path] = {}
     if DEFAULT_CHECKPOINT.is_file():
         choices[f"default model ({DEFAULT_CHECKPOINT.name})"] = DEFAULT_CHECKPOINT
+    for path in sorted((PROJECT_ROOT / "checkpoints").glob("*.pt")):
+        if path.resolve() != DEFAULT_CHECKPOINT.resolve():
+            choices[f"shipped baseline ({path.name})"] = path
+    return choices
+
+
+def model_choices() -> dict[str, Path]:
+    """The shipped models and every run with a best checkpoint, by display name."""
+    choices = shipped_models()
     for run in list_runs():
         if run.best_checkpoint.is_file():
             choices[f"run {run.name}"] = run.best_checkpoint
