@@ -47,8 +47,8 @@ def share_cpu_with_jobs() -> None:
     two processes with two threads each on two cores ran small models 30-50x slower (measured)."""
     if torch.cuda.is_available():
         return
-    statuses = (r.status() for r in list_runs()[:20])
-    busy = any(s.get("state") == "running" and s.get("device") == "cpu" for s in statuses)
+    busy = any(s.get("state") == "running" and s.get("device") == "cpu" and r.trainer_alive()
+               for r, s in ((r, r.status()) for r in list_runs()[:20]))
     torch.set_num_threads(1 if busy else max(1, os.cpu_count() or 1))
 
 
@@ -120,7 +120,7 @@ def data_for_config(config: dict) -> HiriseData:
                     config.get("keep_split_repeats", False))
 
 
-def show_error(exc: BaseException, what: str = "") -> None:
+def show_error(exc: BaseException | str, what: str = "") -> None:
     st.error(f"{what + ': ' if what else ''}{exc}", icon=":material/error:")
 
 
