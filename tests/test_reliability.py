@@ -7,12 +7,16 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
+import tracemalloc
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -343,3 +347,302 @@ def test_a_failed_checkpoint_write_leaves_no_temporary_file(tmp_path, monkeypatc
     with pytest.raises(OSError):
         save_checkpoint(tmp_path / "last.pt", {"format": "x"})
     assert not list(tmp_path.iterdir())
+
+
+# ---- 6, 7: a damaged zip member, zip bombs ----------------------------------------------------------------
+
+def _official_zip(path: Path) -> tuple[Path, list[str]]:
+    """A small official v3.2 zip (members stored, not compressed); returns it and its tile members."""
+    files = synthetic.official_files("3.2", n_obs=6, per_obs=4, augment=(), missing=0)
+    synthetic.write_zip(path, files)
+    return path, sorted(n for n in files if n.endswith(".jpg"))
+
+
+def _data_offset(path: Path, member: str) -> int:
+    """Where a member's bytes start in the zip (after its local header)."""
+    with zipfile.ZipFile(path) as zf:
+        start = zf.getinfo(member).header_offset
+    raw = path.read_bytes()
+    name_len, extra_len = struct.unpack("<HH", raw[start + 26:start + 30])
+    return start + 30 + name_len + extra_len
+
+
+def _set_declared_size(path: Path, member: str, size: int) -> None:
+    """Make the central directory lie about a member's uncompressed size (what an attacker controls)."""
+    raw = bytearray(path.read_bytes())
+    end = raw.rindex(b"PK\x05\x06")  # the end-of-central-directory record says where the directory starts
+    entry = struct.unpack("<I", raw[end + 16:end + 20])[0]
+    while True:
+        name_len = struct.unpack("<H", raw[entry + 28:entry + 30])[0]
+        if raw[entry + 46:entry + 46 + name_len].decode() == member:
+            raw[entry + 24:entry + 28] = struct.pack("<I", size)
+            break
+        extra_len, comment_len = struct.unpack("<HH", raw[entry + 30:entry + 34])
+        entry += 46 + name_len + extra_len + comment_len
+    path.write_bytes(bytes(raw))
+
+
+def test_a_member_with_a_bad_crc_is_skipped_with_its_reason(tmp_path, capsys):
+    from core.data import load_dataset
+    from core.data.__main__ import main as data_cli
+    from core import evaluate
+    path, tiles = _official_zip(tmp_path / "bad-crc.zip")
+    offset = _data_offset(path, tiles[3]) + 200
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0xFF  # one flipped bit in the middle of a JPEG: only the CRC knows
+    path.write_bytes(bytes(raw))
+    data = load_dataset([str(path)])
+    assert [f for f, _ in data.unreadable] == [f"bad-crc.zip:{tiles[3]}"]
+    assert "Bad CRC-32" in data.unreadable[0][1]
+    assert len(data.records) == len(tiles) - 1
+    assert data_cli(["summary", str(path)]) == 0
+    assert "1 unreadable tiles were skipped" in capsys.readouterr().out
+    code = evaluate.main(["--checkpoint", str(model_fixtures.tiny_checkpoint()), "--data", str(path), "--split", "all"])
+    assert code == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("declared", ["honest", "lying"])
+def test_a_zip_bomb_member_is_refused_with_bounded_memory(tmp_path, declared):
+    from core.data import load_dataset
+    files = synthetic.official_files("3.2", n_obs=6, per_obs=4, augment=(), missing=0)
+    bomb = "ESP_010000_2000_RED-0099.jpg"
+    files["labels-map-proj_v3_2.txt"] += f"{bomb} 1\n".encode()
+    files["labels-map-proj_v3_2_train_val_test.txt"] += f"{bomb} 1 train\n".encode()
+    path = synthetic.write_zip(tmp_path / "bomb.zip", files)
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as zf, \
+            zf.open(f"map-proj-v3_2/{bomb}", "w") as out:  # 96 MiB of zeros, about 100 KB deflated
+        for _ in range(96):
+            out.write(bytes(1 << 20))
+    if declared == "lying":
+        _set_declared_size(path, f"map-proj-v3_2/{bomb}", 4096)  # claims 4 KiB: only a capped read stays bounded
+    tracemalloc.start()
+    try:
+        data = load_dataset([str(path)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    reasons = dict(data.unreadable)
+    assert list(reasons) == [f"bomb.zip:map-proj-v3_2/{bomb}"]
+    assert ("96.0 MiB, over the 64 MiB limit" if declared == "honest" else "Bad CRC-32") in reasons[list(reasons)[0]]
+    assert peak < 24 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+    assert len(data.records) == sum(n.endswith(".jpg") for n in files)
+
+
+def test_an_oversized_file_in_a_folder_is_skipped_unread(tmp_path):
+    from core.data import load_dataset
+    root = synthetic.write_folder(tmp_path / "v32", synthetic.official_files("3.2", n_obs=6, per_obs=4,
+                                                                            augment=(), missing=0))
+    victim = sorted((root / "map-proj-v3_2").iterdir())[0]
+    with open(victim, "r+b") as f:
+        f.truncate(200 * 2**20)  # sparse: costs no disk, would cost 200 MiB to read
+    tracemalloc.start()
+    try:
+        data = load_dataset([str(root)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+    assert [f.split(":", 1)[1] for f, _ in data.unreadable] == [f"map-proj-v3_2/{victim.name}"]
+    assert "200.0 MiB, over the 64 MiB limit" in data.unreadable[0][1]
+
+
+# ---- 11: labels.csv naming a file twice ------------------------------------------------------------------
+
+def test_labels_csv_refuses_one_file_with_several_labels(tmp_path):
+    from core.data import DataError, read_source
+    root = synthetic.write_plain(tmp_path / "own", n=4)
+    rows = (root / "labels.csv").read_text().splitlines()
+    name = rows[1].split(",")[0]
+    (root / "labels.csv").write_text("\n".join(rows + [f"{name},1", f"{name},2"]) + "\n")
+    with pytest.raises(DataError, match=r"labels.csv line 6: tiles/own-0.jpg is labelled crater here and other on "
+                                        r"line 2; a file takes one label"):
+        read_source(root)
+    (root / "labels.csv").write_text("\n".join(rows + [f"{name},other", f"{name},0"]) + "\n")
+    src = read_source(root)
+    assert len(src.records) == 4 and any("2 files again with the same label" in w for w in src.warnings)
+
+
+# ---- 8: a read-only runs folder ----------------------------------------------------------------------------
+
+def unprivileged() -> list[str]:
+    """A command prefix under which file modes apply. Root ignores them, so as root the command runs
+    under setpriv with every capability dropped (it stays uid 0, owner of the project's files)."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a read-only folder cannot be made to bite")
+    return ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
+
+
+def test_a_read_only_runs_folder_is_reported_in_one_line(tmp_path, data_dir):
+    runs = tmp_path / "runs"
+    lost = Run(runs / "lost")
+    lost.path.mkdir(parents=True)
+    RunConfig(data=[str(data_dir)], **TINY).save(lost.config_file)
+    lost.update_status(state="running", pid=2**22 + 9)
+    (lost.path / "last.pt").write_bytes(b"x")
+    for folder in (lost.path, runs):
+        folder.chmod(0o555)
+    cli = [*unprivileged(), sys.executable, "-m", "core.train"]
+    try:
+        new = subprocess.run([*cli, "--run-dir", str(runs / "new"), "--data", str(data_dir)], cwd=PROJECT_ROOT,
+                             capture_output=True, text=True, timeout=120)
+        resumed = subprocess.run([*cli, "--run-dir", str(lost.path), "--resume"], cwd=PROJECT_ROOT,
+                                 capture_output=True, text=True, timeout=120)
+        script = ("import sys\nfrom pathlib import Path\nfrom core import jobs\nfrom core.config import RunConfig\n"
+                  "from core.runs import Run\nrun = Run(Path(sys.argv[1]) / 'lost')\n"
+                  "print(jobs.job_state(run), jobs.observed_status(run)['error'])\n"
+                  "try:\n    jobs.launch(RunConfig.load(run.config_file), runs_dir=Path(sys.argv[1]))\n"
+                  "except jobs.JobError as exc:\n    print(exc)\n")
+        app_side = subprocess.run([*unprivileged(), sys.executable, "-c", script, str(runs)], cwd=PROJECT_ROOT,
+                                  capture_output=True, text=True, timeout=120)
+    finally:
+        for folder in (lost.path, runs):
+            folder.chmod(0o755)
+    for proc in (new, resumed):
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith("error: cannot write the run folder") and "Permission denied" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    assert app_side.returncode == 0, app_side.stderr
+    lines = app_side.stdout.splitlines()
+    assert lines[0].startswith("lost the training process") and "vanished" in lines[0]
+    assert lines[1] == f"cannot write to {runs}: Permission denied"
+    assert lost.status()["state"] == "running"  # read, never rewritten
+
+
+# ---- the pages: empty checkpoint, damaged zip, unwritable runs, device box, binding ----------------------
+
+def run_page(path: str):
+    from streamlit.testing.v1 import AppTest
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=180)
+    if path != "app.py":
+        at.switch_page(path)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def page_text(at) -> str:
+    parts = [m.value for m in at.markdown] + [e.value for e in at.error] + [w.value for w in at.warning] + \
+        [i.value for i in at.info]
+    return "\n".join(str(p) for p in parts)
+
+
+@pytest.fixture()
+def own_runs(tmp_path, monkeypatch) -> Path:
+    """An empty runs folder and app state of this test's own."""
+    monkeypatch.setattr("core.runs.RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setattr(appstate, "APP_STATE_FILE", tmp_path / "app-state.json")
+    (tmp_path / "runs").mkdir()
+    return tmp_path / "runs"
+
+
+def test_home_and_explain_survive_an_empty_default_checkpoint(tmp_path, own_runs, monkeypatch):
+    import ui.common
+    empty = tmp_path / "hirise-resnet18.pt"
+    empty.touch()
+    monkeypatch.setattr(ui.common, "DEFAULT_CHECKPOINT", empty)
+    assert "No default model: hirise-resnet18.pt is empty (0 bytes)" in page_text(run_page("app.py"))
+    assert "Cannot load the model: hirise-resnet18.pt is empty" in page_text(run_page("pages/4_Explain.py"))
+
+
+def test_dataset_page_lists_a_damaged_zip_member_and_goes_on(tmp_path, own_runs):
+    path, tiles = _official_zip(tmp_path / "bad-crc.zip")
+    raw = bytearray(path.read_bytes())
+    raw[_data_offset(path, tiles[0]) + 200] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    appstate.save_state(data_paths=[str(path)])
+    at = run_page("pages/1_Dataset.py")
+    assert any(e.label == "1 unreadable tiles (skipped)" for e in at.expander)
+
+
+def test_home_and_train_read_a_lost_run_they_cannot_write(tmp_path, own_runs, data_dir, monkeypatch):
+    lost = Run(own_runs / "20260101-000000-lost")
+    lost.path.mkdir()
+    RunConfig(data=[str(data_dir)], **TINY).save(lost.config_file)
+    lost.update_status(state="running", pid=2**22 + 11, kind="train")
+
+    def read_only(*_args, **_kw):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("core.runs.update_json", read_only)  # a fake read-only folder: any write raises
+    monkeypatch.setattr("core.jobs.new_run_dir", read_only)
+    at = run_page("app.py")
+    assert at.dataframe[0].value["state"].tolist() == ["lost"]
+    at = run_page("pages/2_Train.py")
+    assert "Lost: the training process (pid 4194315) vanished without finishing" in page_text(at)
+    at.text_area(key="cfg_data_text").input(str(data_dir)).run()
+    next(b for b in at.button if b.label == "Launch training").click().run()
+    assert not at.exception
+    assert f"Not launched: cannot write to {own_runs}: Permission denied" in page_text(at)
+
+
+def test_the_device_box_offers_cuda_only_with_a_gpu(own_runs, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    at = run_page("pages/2_Train.py")
+    assert at.selectbox(key="cfg_device").options == ["auto", "cpu"]
+
+
+@pytest.mark.parametrize("address, serves", [(None, False), ("", False), ("127.0.0.1", True), ("0.0.0.0", True)])
+def test_the_app_serves_nothing_on_an_address_nobody_chose(own_runs, monkeypatch, address, serves):
+    import streamlit
+    real = streamlit.get_option
+    monkeypatch.setattr(streamlit, "get_option", lambda key: address if key == "server.address" else real(key))
+    for path in ("app.py", "pages/4_Explain.py"):
+        at = run_page(path)
+        assert bool(at.title) == serves
+        assert ("started without a server address" in page_text(at)) != serves
+
+
+# ---- 12: class maps of large images in bounded memory -------------------------------------------------------
+
+def _reference_render(gray, class_map, alpha=0.45, skip=("other",), min_confidence=0.0):
+    """render_class_map as it was: float32 over the whole image (5.5 GB for a 7,900 px square)."""
+    from core.tiling import CLASS_COLORS, _grid_index
+    h, w = class_map.image_shape
+    rgb = np.repeat(gray[:h, :w, None].astype(np.float32), 3, axis=2)
+    index = _grid_index(class_map)
+    classes = class_map.classes[index]
+    palette = np.array([CLASS_COLORS.get(c, (255, 255, 255)) for c in class_map.class_names], dtype=np.float32)
+    keep = np.array([c not in skip for c in class_map.class_names])[classes]
+    if min_confidence > 0:
+        keep &= class_map.confidence[index] >= min_confidence
+    rgb[keep] = (1 - alpha) * rgb[keep] + alpha * palette[classes][keep]
+    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+
+
+def _random_class_map(h: int, w: int, stride: int, seed: int):
+    from core.classes import CLASS_NAMES
+    from core.tiling import ClassMap, window_starts
+    rng = np.random.default_rng(seed)
+    ys, xs = window_starts(h, 227, stride), window_starts(w, 227, stride)
+    boxes = np.array([[[x, y, min(x + 227, w), min(y + 227, h)] for x in xs] for y in ys], dtype=np.int64)
+    shape = (len(ys), len(xs))
+    return ClassMap(classes=rng.integers(0, 8, shape), confidence=rng.random(shape).astype(np.float32),
+                    probabilities=np.zeros((*shape, 8), np.float32), boxes=boxes, window=227, stride=stride,
+                    image_shape=(h, w), class_names=list(CLASS_NAMES))
+
+
+@pytest.mark.parametrize("alpha, min_confidence", [(0.45, 0.0), (0.8, 0.5), (1.0, 0.0), (0.0, 0.0)])
+def test_class_map_rendering_draws_what_it_drew_before(alpha, min_confidence):
+    from core.tiling import render_class_map
+    gray = np.random.default_rng(1).integers(0, 256, (700, 1000), dtype=np.uint8)
+    cm = _random_class_map(700, 1000, 113, seed=2)
+    np.testing.assert_array_equal(render_class_map(gray, cm, alpha, min_confidence=min_confidence),
+                                  _reference_render(gray, cm, alpha, min_confidence=min_confidence))
+
+
+def test_class_map_of_a_large_image_needs_little_more_than_its_result():
+    from core.tiling import render_class_map
+    h, w = 4000, 3900
+    gray = np.random.default_rng(3).integers(0, 256, (h, w), dtype=np.uint8)
+    cm = _random_class_map(h, w, 227, seed=4)
+    tracemalloc.start()
+    try:
+        out = render_class_map(gray, cm)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    result = out.nbytes  # 47 MB; the float32 version needed over 10x that
+    assert peak < result + 24 * 2**20, f"peak {peak / 2**20:.0f} MiB for a {result / 2**20:.0f} MiB result"
+    # the largest image the decoder accepts (64 Mpx) therefore renders in about 200 MB, far below 1 GB
