@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig
-from .runs import ACTIVE_STATES, Run, RunBusy, RunLock, list_runs, new_run_dir, now_iso
-from .settings import PROJECT_ROOT, RUNS_DIR
+from .runs import ACTIVE_STATES, Run, RunBusy, RunLock, list_runs, new_run_dir, now_iso, runs_root
+from .settings import PROJECT_ROOT
 
 
 class Cancelled(Exception):
@@ -107,7 +107,7 @@ def launch(cfg: RunConfig, runs_dir: Path | None = None, lr_find: bool = False, 
     (a double click, a CLI `--resume`) is refused from the first instant, and readers never see a
     queued job without its lock."""
     cfg.validate()
-    where = resume.path if resume is not None else Path(runs_dir or RUNS_DIR)
+    where = resume.path if resume is not None else runs_root(runs_dir)
     try:
         if resume is not None:
             run = resume

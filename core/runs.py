@@ -244,9 +244,14 @@ def best_epoch_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return (chosen or epochs or [{}])[-1]
 
 
+def runs_root(runs_dir: Path | None = None) -> Path:
+    """The folder runs live in: `runs_dir`, else the configured one (HIRISE_RUNS_DIR)."""
+    return Path(runs_dir or RUNS_DIR)
+
+
 def new_run_dir(name_hint: str = "", runs_dir: Path | None = None) -> Run:
     """A fresh, uniquely named run folder under the runs directory."""
-    root = Path(runs_dir or RUNS_DIR)
+    root = runs_root(runs_dir)
     root.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     hint = re.sub(r"[^A-Za-z0-9._-]+", "-", name_hint).strip("-.")[:40]
@@ -263,7 +268,7 @@ def new_run_dir(name_hint: str = "", runs_dir: Path | None = None) -> Run:
 
 def resolve_run(name_or_path: str | Path, runs_dir: Path | None = None) -> Run:
     """A run by folder name (checked: no path tricks) under the runs directory, or by explicit path."""
-    root = Path(runs_dir or RUNS_DIR)
+    root = runs_root(runs_dir)
     text = str(name_or_path)
     if _RUN_NAME.match(text) and (root / text).is_dir():
         return Run(root / text)
@@ -275,7 +280,7 @@ def resolve_run(name_or_path: str | Path, runs_dir: Path | None = None) -> Run:
 
 def list_runs(runs_dir: Path | None = None) -> list[Run]:
     """Runs, newest first."""
-    root = Path(runs_dir or RUNS_DIR)
+    root = runs_root(runs_dir)
     if not root.is_dir():
         return []
     runs = [Run(p) for p in root.iterdir() if p.is_dir() and (p / "config.json").is_file()]
