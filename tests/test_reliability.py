@@ -646,3 +646,12 @@ def test_class_map_of_a_large_image_needs_little_more_than_its_result():
     result = out.nbytes  # 47 MB; the float32 version needed over 10x that
     assert peak < result + 24 * 2**20, f"peak {peak / 2**20:.0f} MiB for a {result / 2**20:.0f} MiB result"
     # the largest image the decoder accepts (64 Mpx) therefore renders in about 200 MB, far below 1 GB
+
+
+# ---- 13: the offline hint names the folder asked for ------------------------------------------------------
+
+def test_offline_download_hint_names_the_chosen_folder(tmp_path, capsys):
+    from core import download
+    dest = tmp_path / "my-data"
+    with pytest.raises(download.DownloadError, match=f"put it in {dest} "):
+        download.download_v32(dest, api="http://127.0.0.1:9/api/records")
