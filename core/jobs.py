@@ -123,7 +123,7 @@ def launch(cfg: RunConfig, runs_dir: Path | None = None, lr_find: bool = False, 
         if resume is not None:
             run.cancel_file.unlink(missing_ok=True)
         else:
-            cfg.save(run.config_file)
+            run.save_config(cfg.to_dict())
         run.update_status(state="queued", queued_at=now_iso(), device=device_key(cfg.device),
                           kind="lr_find" if lr_find else "train", error=None, ended_at=None, pid=None)
         cmd = [sys.executable, "-m", "core.train", "--run-dir", str(run.path), "--config", str(run.config_file),

@@ -103,6 +103,10 @@ class Run:
     def config(self) -> dict[str, Any]:
         return read_json(self.config_file, {}) or {}
 
+    def save_config(self, values: dict[str, Any]) -> None:
+        """Write config.json atomically: the app, and a trainer refused by the run lock, read it at any time."""
+        write_json_atomic(self.config_file, values)
+
     def append_metrics(self, row: dict[str, Any]) -> dict[str, Any]:
         """Append `row`, time-stamped; returns the row as written."""
         row = {"time": round(time.time(), 3), **row}

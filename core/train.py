@@ -528,7 +528,7 @@ def prepare_run_folder(run: Run, cfg: RunConfig, args: argparse.Namespace) -> No
     elif run.metrics_file.exists() and not args.queue:
         raise ConfigError(f"{run.path} already holds a run; use --resume or a new --run-dir")
     run.remove_stale_temps()
-    cfg.save(run.config_file)
+    run.save_config(cfg.to_dict())
     me = {"pid": os.getpid(), "pid_start": process_start(os.getpid())}
     if args.queue:  # the launcher wrote `queued` already
         run.update_status(**me)

@@ -117,6 +117,31 @@ def test_app_state_saved_from_threads_keeps_every_key(tmp_path, monkeypatch):
     assert len(appstate.load_state()) == 100
 
 
+def test_config_json_is_never_read_half_written(tmp_path):
+    """Found by tools/soak_kill_resume.py: a trainer refused by the lock read config.json while the lock's
+    holder rewrote it (a resume records its overrides)."""
+    run = Run(tmp_path / "r")
+    run.path.mkdir()
+    values = RunConfig(data=[f"/data/source-{i}" for i in range(50)]).to_dict()
+    run.save_config(values)
+    done, errors = threading.Event(), []
+
+    def reader() -> None:
+        while not done.is_set():
+            try:
+                RunConfig.load(run.config_file)
+            except ConfigError as exc:
+                errors.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for epochs in range(1, 400):
+        run.save_config({**values, "epochs": epochs})
+    done.set()
+    thread.join()
+    assert not errors, errors[:1]
+
+
 # ---- 1: one trainer per run ------------------------------------------------------------------------------
 
 def test_run_lock_is_exclusive_and_tells_readers_a_trainer_lives(tmp_path, monkeypatch):
