@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .runs import write_json_atomic
+from .runs import update_json
 from .settings import APP_STATE_FILE, SHARED_DATA_DIR
 
 
@@ -17,10 +17,8 @@ def load_state() -> dict[str, Any]:
 
 
 def save_state(**changes: Any) -> None:
-    state = load_state()
-    state.update(changes)
     Path(APP_STATE_FILE).parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(Path(APP_STATE_FILE), state)
+    update_json(Path(APP_STATE_FILE), changes)
 
 
 def data_paths() -> list[str]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,8 @@ import torch
 from torch import nn
 
 from .classes import CLASS_NAMES
+from .config import field_bounds
+from .errors import first_line
 from .models import ARCHITECTURES, build_model
 from .preprocess import to_model_input
 from .settings import DEFAULT_CHECKPOINT
@@ -82,9 +85,13 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write atomically (a crash mid-write never leaves half a checkpoint behind)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # unique: two writers never share one
+    try:
+        torch.save(payload, tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a kill -9 cannot run this: the run's next trainer clears what is left
+        raise
     return path
 
 
@@ -93,11 +100,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path.name} is empty (0 bytes): not a checkpoint")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError,
-            AttributeError, TypeError) as exc:
-        detail = str(exc).splitlines()[0][:200]
+            AttributeError, TypeError, IndexError, KeyError) as exc:
+        detail = first_line(exc, 200)
         if detail.startswith("Weights only load failed"):  # torch's advice there (weights_only=False) is unsafe
             detail = "it does not read as tensors and plain data, and nothing else is ever unpickled here"
         raise CheckpointError(f"{path.name} is not a readable checkpoint (corrupt, truncated or not a "
@@ -111,7 +120,72 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if payload["arch"] not in ARCHITECTURES:
         raise CheckpointError(f"{path.name} is a {payload['arch']!r} model, which this version cannot build "
                               f"(known: {', '.join(ARCHITECTURES)})")
+    problem = payload_problem(payload)
+    if problem:
+        raise CheckpointError(f"{path.name} is not a usable checkpoint: {problem}")
     return payload
+
+
+def payload_problem(payload: dict[str, Any]) -> str | None:
+    """What is wrong with a checkpoint's fields, or None. Every field a loader uses is checked before use:
+    a hand-made file must fail here in one line, not as a traceback (or a 40 GB allocation) later."""
+    low, high = field_bounds("image_size")
+    size = payload["image_size"]
+    if not _is_int(size) or not low <= size <= high:
+        return f"image_size {_brief(size)} is not a whole number of pixels from {low} to {high}"
+    names = payload["class_names"]
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(c, str) for c in names):
+        return "class_names is not a list of class names"
+    for key in ("mean", "std"):
+        if not _is_number(payload[key]) or not math.isfinite(payload[key]):
+            return f"{key} {_brief(payload[key])} is not a finite number"
+    if payload["std"] <= 0:
+        return f"std {payload['std']} is not positive"
+    in_chans, temperature = payload.get("in_chans", 1), payload.get("temperature")
+    if not (_is_int(in_chans) and in_chans == 1):
+        return f"in_chans {_brief(in_chans)}: models here read one-channel tiles"
+    if temperature is not None and not _is_number(temperature):
+        return f"temperature {_brief(temperature)} is not a number"
+    if payload.get("epoch") is not None and not _is_int(payload["epoch"]):
+        return f"epoch {_brief(payload['epoch'])} is not a whole number"
+    for key in ("config", "metrics"):
+        if payload.get(key) is not None and not isinstance(payload[key], dict):
+            return f"{key} is not a dictionary"
+    state = payload["state_dict"]
+    if not isinstance(state, dict) or not state or \
+            not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        return "state_dict is not a dictionary of named weight tensors"
+    return _train_state_problem(payload.get("train_state"))
+
+
+#: What a resumable checkpoint (last.pt) keeps to continue training, and the type of each.
+TRAIN_STATE_FIELDS = {"optimizer": dict, "scheduler": dict, "epoch": int, "best_score": (int, float),
+                      "best_epoch": (int, type(None)), "bad_epochs": int, "step": int, "rng": torch.Tensor}
+
+
+def _train_state_problem(state: Any) -> str | None:
+    if state is None:
+        return None
+    if not isinstance(state, dict):
+        return "train_state is not a dictionary"
+    for key, kind in TRAIN_STATE_FIELDS.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"train_state lacks a valid {key}"
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _brief(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def load_checkpoint(path: str | Path | None = None, device: str | torch.device = "cpu",
@@ -133,8 +207,7 @@ def model_from_payload(payload: dict[str, Any], path: Path, device: str | torch.
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise CheckpointError(f"{path.name}: its weights do not fit a {payload['arch']} ({first})") from exc
+        raise CheckpointError(f"{path.name}: its weights do not fit a {payload['arch']} ({first_line(exc)})") from exc
     temperature = float(payload.get("temperature") or 1.0)
     if not math.isfinite(temperature) or temperature <= 0:
         temperature = 1.0

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
+
+import torch
 
 from .data.merge import CONFLICT_POLICIES
 from .data.split import SPLIT_MODES
@@ -126,6 +129,8 @@ class RunConfig:
                 bad = [v for v in values if v not in choices]
                 if bad:
                     raise ConfigError(f"{f.name}: unknown value {bad[0]!r} (expected one of {', '.join(choices)})")
+            if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison below
+                raise ConfigError(f"{f.name}: {value} is not a finite number")
             if "min" in meta and value < meta["min"]:
                 raise ConfigError(f"{f.name}: {value} is below the minimum {meta['min']}")
             if "max" in meta and value > meta["max"]:
@@ -158,6 +163,10 @@ class RunConfig:
             raise ConfigError("val_fraction 0 leaves no validation split to select the best epoch on")
         if self.scheduler == "onecycle" and not 0 < self.pct_start < 1:
             raise ConfigError("pct_start must be between 0 and 1")
+        _check_open_ranges(self)
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device: cuda was asked for, but this machine has no GPU that torch can use "
+                              "(choose auto or cpu)")
         return self
 
     @property
@@ -174,6 +183,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        if not isinstance(values, dict):
+            raise ConfigError(f"a configuration is a JSON object of options, not a {_json_kind(values)}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -184,18 +195,23 @@ class RunConfig:
             try:
                 clean[k] = _coerce(v, hints[k])
             except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{k}: {v!r} is not a valid {hints[k]}") from exc
+                raise ConfigError(f"{k}: {_short(v)} is not a valid {_type_name(hints[k])}") from exc
         return cls(**clean)
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            values = json.loads(Path(path).read_text())
+        except UnicodeDecodeError:
+            raise ConfigError(f"cannot read configuration {path}: not a text file (expected JSON)") from None
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read configuration {path}: {exc}") from exc
+        return cls.from_dict(values)
 
 
 def _coerce(value: Any, kind: Any) -> Any:
+    """`value` (from JSON, a form or a flag) as `kind`, or TypeError/ValueError: nothing is guessed
+    (`true` is not an epoch count, a list is not a name)."""
     if kind is bool:
         if isinstance(value, str):
             if value.lower() in ("1", "true", "yes", "on"):
@@ -203,14 +219,59 @@ def _coerce(value: Any, kind: Any) -> Any:
             if value.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(value)
-        return bool(value)
-    if kind in (int, float, str):
+        if isinstance(value, bool) or (isinstance(value, int) and value in (0, 1)):
+            return bool(value)
+        raise TypeError(value)
+    if kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise TypeError(value)
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
         return kind(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise TypeError(value)
+        return value
     if getattr(kind, "__origin__", None) is list:
-        return [str(v) for v in (value if isinstance(value, list) else [value])]
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) for v in items):
+            raise TypeError(value)
+        return list(items)
     return value
+
+
+def _check_open_ranges(cfg: RunConfig) -> None:
+    """Bounds that a field's inclusive `min`/`max` cannot say: a rate above zero, factors that shrink."""
+    if cfg.lr <= 0:
+        raise ConfigError(f"lr: {cfg.lr} must be above 0")
+    if not 0 < cfg.gamma <= 1:
+        raise ConfigError(f"gamma: the StepLR decay factor {cfg.gamma} must be in (0, 1]")
+    if not 0 < cfg.plateau_factor < 1:
+        raise ConfigError(f"plateau_factor: the ReduceLROnPlateau factor {cfg.plateau_factor} must be in (0, 1)")
+    if cfg.min_lr < 0:
+        raise ConfigError(f"min_lr: {cfg.min_lr} must be 0 or more")
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value),
+                                                                                            type(value).__name__)
+
+
+def _type_name(kind: Any) -> str:
+    return kind.__name__ if isinstance(kind, type) else str(kind)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def field_bounds(name: str) -> tuple[Any, Any]:
+    """A field's inclusive (min, max) from its metadata (None where unbounded), for checks made elsewhere."""
+    meta = next(f.metadata for f in fields(RunConfig) if f.name == name)
+    return meta.get("min"), meta.get("max")
 
 
 def field_specs() -> list[dict[str, Any]]:

@@ -34,14 +34,15 @@ def _manual_hint(record: str, name: str, dest: Path) -> str:
 
 
 def file_info(record: str = V32_RECORD, name: str = V32_FILE, api: str = ZENODO_API,
-              timeout: float = 20) -> tuple[str, str | None, int | None]:
-    """(download URL, md5, size) of one file of a Zenodo record, from the record's JSON."""
+              timeout: float = 20, dest: Path = DEFAULT_DEST) -> tuple[str, str | None, int | None]:
+    """(download URL, md5, size) of one file of a Zenodo record, from the record's JSON. `dest`: where the
+    file was meant to go, for the by-hand instructions when Zenodo cannot be reached."""
     try:
         with urllib.request.urlopen(f"{api}/{record}", timeout=timeout) as resp:
             meta = json.load(resp)
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         raise DownloadError(f"cannot reach Zenodo ({exc}); this machine looks offline. "
-                            + _manual_hint(record, name, DEFAULT_DEST)) from exc
+                            + _manual_hint(record, name, dest)) from exc
     except ValueError as exc:
         raise DownloadError(f"Zenodo sent an unreadable answer for record {record}") from exc
     for f in meta.get("files", []):
@@ -92,7 +93,7 @@ def download_v32(dest_dir: Path = DEFAULT_DEST, api: str = ZENODO_API,
                  on_progress: ProgressCallback | None = None) -> Path:
     """The v3.2 zip in `dest_dir` (kept zipped: the data layer reads it as it is)."""
     dest = Path(dest_dir) / V32_FILE
-    url, md5, size = file_info(api=api)
+    url, md5, size = file_info(api=api, dest=Path(dest_dir))
     if dest.is_file() and md5 and _md5(dest) == md5:
         return dest
     return download(url, dest, md5, size, on_progress)

@@ -14,14 +14,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from .config import RunConfig
-from .runs import ACTIVE_STATES, Run, list_runs, new_run_dir, now_iso
+from .runs import ACTIVE_STATES, Run, RunBusy, RunLock, list_runs, new_run_dir, now_iso, runs_root
 from .settings import PROJECT_ROOT
 
 
@@ -34,6 +34,11 @@ def device_key(device: str) -> str:
     return "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
 
 
+def device_choices() -> tuple[str, ...]:
+    """The devices a run may ask for on this machine (the form offers no cuda without a GPU)."""
+    return ("auto", "cpu", "cuda") if torch.cuda.is_available() else ("auto", "cpu")
+
+
 def describe_device() -> str:
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -41,7 +46,7 @@ def describe_device() -> str:
     return f"CPU ({os.cpu_count()} cores; no GPU found)"
 
 
-def _proc_start(pid: int) -> str | None:
+def process_start(pid: int) -> str | None:
     """The process's start time (to tell it from a later process that reused its pid)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -55,7 +60,7 @@ def pid_alive(pid: int | None, start: str | None = None) -> bool:
     if not pid:
         return False
     if Path("/proc").is_dir():
-        now = _proc_start(pid)
+        now = process_start(pid)
         return now is not None and (start is None or now == start)
     try:
         os.kill(pid, 0)
@@ -66,59 +71,101 @@ def pid_alive(pid: int | None, start: str | None = None) -> bool:
         return True
 
 
+def observed_status(run: Run, status: dict | None = None) -> dict:
+    """The run's status as a reader should see it (pass `status` when it is already read).
+
+    A queued or running run whose trainer no longer holds the run lock vanished without saying so: it
+    is 'lost' ('cancelled' when a cancel was asked for, which is how it ended). That is derived here and
+    never written: the trainer owns status.json, and a reader may not even be allowed to write it.
+    """
+    status = dict(run.status() if status is None else status)
+    status.setdefault("state", "lost")
+    if status["state"] in ACTIVE_STATES and not run.trainer_alive():
+        status = {"state": "lost", **run.status()}  # a trainer writes its last state before it lets go of the lock
+        if status["state"] in ACTIVE_STATES:
+            if run.cancel_requested():
+                status.update(state="cancelled", error=None)
+            else:
+                status.update(state="lost", error=f"the training process (pid {status.get('pid', '?')}) "
+                                                  "vanished without finishing")
+    return status
+
+
 def job_state(run: Run, status: dict | None = None) -> str:
-    """The run's state, noticing a process that vanished without saying so ('lost'). Pass `status`
-    when it is already read."""
-    status = run.status() if status is None else status
-    state = status.get("state", "lost")
-    if state in ACTIVE_STATES and not pid_alive(status.get("pid"), status.get("pid_start")):
-        time.sleep(0.2)  # it may have just finished: read again before calling it lost
-        status = run.status()
-        state = status.get("state", "lost")
-        if state in ACTIVE_STATES and not pid_alive(status.get("pid"), status.get("pid_start")):
-            run.update_status(state="lost", ended_at=now_iso(),
-                              error=f"the training process (pid {status.get('pid')}) vanished without finishing")
-            return "lost"
-    return state
+    """The run's state, noticing a trainer that vanished ('lost'). Pass `status` when it is already read."""
+    return observed_status(run, status)["state"]
+
+
+class JobError(RuntimeError):
+    """A job could not be launched; the message says why in one line."""
 
 
 def launch(cfg: RunConfig, runs_dir: Path | None = None, lr_find: bool = False, resume: Run | None = None) -> Run:
-    """Start a training (or LR-finder) job in the background and return its run at once."""
+    """Start a training (or LR-finder) job in the background and return its run at once.
+
+    The run lock is taken here and handed to the job (`--lock-fd`), so a second trainer on the same run
+    (a double click, a CLI `--resume`) is refused from the first instant, and readers never see a
+    queued job without its lock."""
     cfg.validate()
-    if resume is not None:
-        run = resume
-        run.cancel_file.unlink(missing_ok=True)
-    else:
-        hint = cfg.name or f"{cfg.model}-{'lrfind' if lr_find else cfg.optimizer}"
-        run = new_run_dir(hint, runs_dir)
-        cfg.save(run.config_file)
-    run.update_status(state="queued", queued_at=now_iso(), device=device_key(cfg.device),
-                      kind="lr_find" if lr_find else "train", error=None, ended_at=None)
-    cmd = [sys.executable, "-m", "core.train", "--run-dir", str(run.path), "--config", str(run.config_file), "--queue"]
-    if lr_find:
-        cmd.append("--lr-find")
-    if resume is not None:
-        cmd.append("--resume")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(PROJECT_ROOT)}
-    with open(run.log_file, "ab") as log:
-        proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
-    run.update_status(pid=proc.pid, pid_start=_proc_start(proc.pid))
+    where = resume.path if resume is not None else runs_root(runs_dir)
+    try:
+        if resume is not None:
+            run = resume
+        else:
+            hint = cfg.name or f"{cfg.model}-{'lrfind' if lr_find else cfg.optimizer}"
+            run = new_run_dir(hint, runs_dir)
+        lock = RunLock.acquire(run)
+    except RunBusy as exc:
+        raise JobError(str(exc)) from None
+    except OSError as exc:
+        raise JobError(f"cannot write to {where}: {exc.strerror or exc}") from None
+    try:
+        if resume is not None:
+            run.cancel_file.unlink(missing_ok=True)
+        else:
+            run.save_config(cfg.to_dict())
+        run.update_status(state="queued", queued_at=now_iso(), device=device_key(cfg.device),
+                          kind="lr_find" if lr_find else "train", error=None, ended_at=None, pid=None)
+        cmd = [sys.executable, "-m", "core.train", "--run-dir", str(run.path), "--config", str(run.config_file),
+               "--queue", "--lock-fd", str(lock.fd)]
+        if lr_find:
+            cmd.append("--lr-find")
+        if resume is not None:
+            cmd.append("--resume")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(PROJECT_ROOT)}
+        with open(run.log_file, "ab") as log:
+            proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+                                    pass_fds=(lock.fd,))
+    except OSError as exc:
+        lock.release()
+        raise JobError(f"cannot write to {run.path}: {exc.strerror or exc}") from None
+    lock.hand_over()  # the job holds the lock now, until it exits
     threading.Thread(target=proc.wait, daemon=True).start()  # reap it when it ends, no zombie
     return run
 
 
 def cancel(run: Run) -> None:
-    """Ask the job to stop: it finishes the current step, keeps its last checkpoint and exits."""
+    """Ask the job to stop: it finishes the current step, keeps its last checkpoint and exits.
+
+    The CANCEL file is what every trainer checks (a queued job while it waits, a starting one before
+    its first step); a running trainer also gets SIGTERM. With no trainer alive, an active status is
+    settled as cancelled under the run lock, so no trainer can start meanwhile."""
     run.cancel_file.touch()
+    if not run.trainer_alive():
+        try:
+            with RunLock.acquire(run):
+                if run.status().get("state") in ACTIVE_STATES:
+                    run.update_status(state="cancelled", ended_at=now_iso())
+            return
+        except RunBusy:
+            pass  # a trainer started meanwhile: it sees the CANCEL file
     status = run.status()
-    if pid_alive(status.get("pid"), status.get("pid_start")):
+    if status.get("state") == "running" and pid_alive(status.get("pid"), status.get("pid_start")):
         try:
             os.kill(status["pid"], signal.SIGTERM)
         except ProcessLookupError:
             pass
-    elif status.get("state") in ACTIVE_STATES:
-        run.update_status(state="cancelled", ended_at=now_iso())
 
 
 def _queued_before(run: Run, device: str) -> list[Run]:
@@ -130,19 +177,21 @@ def _queued_before(run: Run, device: str) -> list[Run]:
             continue
         s = other.status()
         if s.get("state") == "queued" and s.get("device") == device and \
-                (s.get("queued_at", ""), other.name) < mine and pid_alive(s.get("pid"), s.get("pid_start")):
+                (s.get("queued_at", ""), other.name) < mine and other.trainer_alive():
             ahead.append(other)
     return ahead
 
 
 @contextmanager
-def device_turn(run: Run, device: str, poll_seconds: float = 1.0) -> Iterator[None]:
-    """Wait, queued, until no older job wants the device and its lock is free; hold it meanwhile."""
+def device_turn(run: Run, device: str, poll_seconds: float = 1.0,
+                stop: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    """Wait, queued, until no older job wants the device and its lock is free; hold it meanwhile.
+    A cancel (the CANCEL file, or `stop()`: SIGTERM) ends the wait."""
     lock_dir = run.path.parent / ".locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     with open(lock_dir / f"{device}.lock", "w") as lock:
         while True:
-            if run.cancel_requested():
+            if run.cancel_requested() or stop():
                 raise Cancelled()
             if not _queued_before(run, device):
                 try:

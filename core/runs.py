@@ -9,12 +9,16 @@
     eval_val.json   evaluation of best.pt on the validation split, written when the run completes
     lr_find.json    the learning-rate range test, for runs launched as an LR finder
     CANCEL          present when a cancel was requested
+    run.lock        locked (flock) by the run's one trainer for its whole life, queued time included
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,9 +37,33 @@ def now_iso() -> str:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    """Write through a temporary file of a unique name (threads of one process write side by side), then
+    rename it over `path`: readers see the old file or the new one, never half of either."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_UPDATE_LOCKS: dict[Path, threading.Lock] = {}
+_UPDATE_LOCKS_GUARD = threading.Lock()
+
+
+def update_json(path: Path, changes: dict[str, Any]) -> dict[str, Any]:
+    """Read, change and rewrite a JSON object file, one thread of this process at a time (Streamlit sessions
+    are threads: two unguarded read-modify-writes lose each other's keys). Returns the object written."""
+    with _UPDATE_LOCKS_GUARD:
+        lock = _UPDATE_LOCKS.setdefault(Path(path).absolute(), threading.Lock())
+    with lock:
+        data = read_json(path, {})
+        data = data if isinstance(data, dict) else {}
+        data.update(changes)
+        write_json_atomic(path, data)
+        return data
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -62,18 +90,22 @@ class Run:
     eval_file = property(lambda self: self.path / "eval_val.json")
     lr_find_file = property(lambda self: self.path / "lr_find.json")
     cancel_file = property(lambda self: self.path / "CANCEL")
+    lock_file = property(lambda self: self.path / "run.lock")
 
     def status(self) -> dict[str, Any]:
         return read_json(self.status_file, {}) or {}
 
     def update_status(self, **changes: Any) -> dict[str, Any]:
-        status = self.status()
-        status.update(changes, updated_at=now_iso())
-        write_json_atomic(self.status_file, status)
-        return status
+        """Change some fields of status.json. Its owner is the run's trainer while one lives (see RunLock);
+        readers never write it."""
+        return update_json(self.status_file, {**changes, "updated_at": now_iso()})
 
     def config(self) -> dict[str, Any]:
         return read_json(self.config_file, {}) or {}
+
+    def save_config(self, values: dict[str, Any]) -> None:
+        """Write config.json atomically: the app, and a trainer refused by the run lock, read it at any time."""
+        write_json_atomic(self.config_file, values)
 
     def append_metrics(self, row: dict[str, Any]) -> dict[str, Any]:
         """Append `row`, time-stamped; returns the row as written."""
@@ -121,6 +153,93 @@ class Run:
     def cancel_requested(self) -> bool:
         return self.cancel_file.exists()
 
+    def trainer_alive(self) -> bool:
+        """Whether a trainer (queued or running) holds this run's lock. The OS drops the lock when its holder
+        dies, however it dies, so this never mistakes a reused pid or a stale status for a live trainer."""
+        try:
+            fd = os.open(self.lock_file, os.O_RDONLY)
+        except OSError:
+            return False  # no lock file: no trainer ever took this run
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the shared lock this test may have taken
+
+    def remove_stale_temps(self) -> None:
+        """Delete temporary files a killed writer left behind (`last.pt.tmp`, `.status.json.*.tmp`). Only
+        the run's trainer calls this, holding the run lock, so no writer of this run is alive to own them."""
+        for tmp in self.path.glob("*.tmp"):  # pathlib's `*` matches dot-files too
+            tmp.unlink(missing_ok=True)
+
+
+class RunBusy(RuntimeError):
+    """Another trainer holds the run: a run folder has exactly one."""
+
+
+class RunLock:
+    """The one-trainer lock of a run: an exclusive `flock` on `run.lock`, held for the trainer's whole life.
+
+    The app's launcher takes it before it writes `queued` and hands the locked file to the job it starts
+    (`--lock-fd`), so the lock is held from launch to exit with no gap; a CLI trainer takes it itself.
+    """
+
+    RETRY_SECONDS = 1.0  # readers hold a shared lock for microseconds (`Run.trainer_alive`): not a trainer
+
+    def __init__(self, run: Run, fd: int):
+        self.run, self.fd = run, fd
+
+    @classmethod
+    def acquire(cls, run: Run) -> RunLock:
+        """Take the lock, or raise RunBusy when a trainer holds it."""
+        fd = os.open(run.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + cls.RETRY_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return cls(run, fd)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise RunBusy(f"{run.path} already has a trainer (queued or running); cancel it or wait "
+                                  "for it to end") from None
+                time.sleep(0.05)
+
+    @classmethod
+    def adopt(cls, run: Run, fd: int | None) -> RunLock | None:
+        """The lock handed over by the launcher as an open, locked descriptor; None if `fd` is not that."""
+        if fd is None:
+            return None
+        try:
+            held, lock_file = os.fstat(fd), os.stat(run.lock_file)
+            if (held.st_dev, held.st_ino) != (lock_file.st_dev, lock_file.st_ino):
+                return None
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a no-op for the holder; fails for anyone else
+        except OSError:
+            return None
+        return cls(run, fd)
+
+    def hand_over(self) -> None:
+        """Close this process's descriptor without unlocking: the job that inherited it keeps the lock."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def release(self) -> None:
+        """Unlock (for this process and any child that inherited the descriptor) and close; once is enough."""
+        if self.fd >= 0:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
 
 def best_epoch_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Of a run's metrics rows, the last epoch row flagged best, else the last epoch row."""
@@ -129,9 +248,14 @@ def best_epoch_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return (chosen or epochs or [{}])[-1]
 
 
+def runs_root(runs_dir: Path | None = None) -> Path:
+    """The folder runs live in: `runs_dir`, else the configured one (HIRISE_RUNS_DIR)."""
+    return Path(runs_dir or RUNS_DIR)
+
+
 def new_run_dir(name_hint: str = "", runs_dir: Path | None = None) -> Run:
     """A fresh, uniquely named run folder under the runs directory."""
-    root = Path(runs_dir or RUNS_DIR)
+    root = runs_root(runs_dir)
     root.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     hint = re.sub(r"[^A-Za-z0-9._-]+", "-", name_hint).strip("-.")[:40]
@@ -148,7 +272,7 @@ def new_run_dir(name_hint: str = "", runs_dir: Path | None = None) -> Run:
 
 def resolve_run(name_or_path: str | Path, runs_dir: Path | None = None) -> Run:
     """A run by folder name (checked: no path tricks) under the runs directory, or by explicit path."""
-    root = Path(runs_dir or RUNS_DIR)
+    root = runs_root(runs_dir)
     text = str(name_or_path)
     if _RUN_NAME.match(text) and (root / text).is_dir():
         return Run(root / text)
@@ -160,7 +284,7 @@ def resolve_run(name_or_path: str | Path, runs_dir: Path | None = None) -> Run:
 
 def list_runs(runs_dir: Path | None = None) -> list[Run]:
     """Runs, newest first."""
-    root = Path(runs_dir or RUNS_DIR)
+    root = runs_root(runs_dir)
     if not root.is_dir():
         return []
     runs = [Run(p) for p in root.iterdir() if p.is_dir() and (p / "config.json").is_file()]

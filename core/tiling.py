@@ -110,22 +110,40 @@ def _nearest(positions: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return np.searchsorted((centres[1:] + centres[:-1]) / 2.0, positions)
 
 
+#: Rows of the image blended at a time: bounds render_class_map's temporaries (a few MB) for any width.
+RENDER_ROWS = 256
+
+
 def render_class_map(gray: np.ndarray, class_map: ClassMap, alpha: float = 0.45,
                      skip: tuple[str, ...] = ("other",), min_confidence: float = 0.0) -> np.ndarray:
     """RGB uint8 (H, W, 3): the grayscale image with each window's class colour blended on top.
 
     Classes in `skip` (by default `other`) and windows below `min_confidence` stay uncoloured,
-    so the landmarks stand out.
+    so the landmarks stand out. Memory: the uint8 result plus a band of RENDER_ROWS rows; every blend
+    of a grey level with a class colour is looked up in a (classes + 1, 256, 3) table made once.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     h, w = class_map.image_shape
-    rgb = np.repeat(gray[:h, :w, None].astype(np.float32), 3, axis=2)
-    index = _grid_index(class_map)
-    classes = class_map.classes[index]
-    palette = np.array([CLASS_COLORS.get(c, (255, 255, 255)) for c in class_map.class_names], dtype=np.float32)
-    keep = np.array([c not in skip for c in class_map.class_names])[classes]
+    n = len(class_map.class_names)
+    drawn = np.array([c not in skip for c in class_map.class_names])[class_map.classes]
     if min_confidence > 0:
-        keep &= class_map.confidence[index] >= min_confidence
-    rgb[keep] = (1 - alpha) * rgb[keep] + alpha * palette[classes][keep]
-    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+        drawn &= class_map.confidence >= min_confidence
+    window_colour = np.where(drawn, class_map.classes, n)  # per window: its class, or n for "leave grey"
+    rows, cols = _grid_index(class_map)
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    lut = _blend_table(class_map.class_names, alpha)
+    for y in range(0, h, RENDER_ROWS):
+        band = slice(y, min(h, y + RENDER_ROWS))
+        out[band] = lut[window_colour[rows[band], cols], gray[band, :w]]
+    return out
+
+
+def _blend_table(class_names: list[str], alpha: float) -> np.ndarray:
+    """(C + 1, 256, 3) uint8: grey level g blended with class c's colour (row C: g unchanged), rounded as
+    a float32 blend of the pixel itself would be."""
+    palette = np.array([CLASS_COLORS.get(c, (255, 255, 255)) for c in class_names], dtype=np.float32)
+    grey = np.repeat(np.arange(256, dtype=np.float32)[:, None], 3, axis=1)
+    blended = (1 - alpha) * grey[None] + alpha * palette[:, None, :]
+    table = np.concatenate([blended, grey[None]])
+    return np.clip(table + 0.5, 0, 255).astype(np.uint8)

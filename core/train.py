@@ -6,16 +6,23 @@ GPUs, gloo on CPU); only rank 0 writes the run folder.
 """
 from __future__ import annotations
 
+import signal
+
+# A job cancelled while the imports below still load (seconds) must still end 'cancelled': run as a program,
+# it notes SIGTERM from here on and StopFlag reads the note. Imported as a library, nothing changes.
+_EARLY_SIGTERM: list[int] = []
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: _EARLY_SIGTERM.append(1))
+
 import argparse
 import contextlib
 import json
 import math
 import os
-import signal
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -32,22 +39,24 @@ from .classes import CLASS_NAMES, NUM_CLASSES
 from .config import ConfigError, RunConfig, add_arguments, config_from_args
 from .data import (DataError, DeviceBatches, HiriseData, TileDataset, begin_epoch, load_dataset, split_manifest,
                    training_batches)
+from .errors import first_line
 from .evaluate import evaluate_model, save_report
-from .jobs import Cancelled, device_key, device_turn
+from .jobs import Cancelled, device_key, device_turn, process_start
 from .metrics import classification_metrics, headline
 from .models import (WeightsUnavailable, build_model, freeze_batchnorm_of_frozen, frozen_stages, require_imagenet,
                      set_frozen, spec, unfrozen_after)
 from .optim import Schedule, build_optimizer, loss_weights, lr_range_test
 from .precision import autocast, bf16_native
 from .preprocess import to_model_input
-from .runs import Run, best_epoch_row, now_iso, write_json_atomic
+from .runs import Run, RunBusy, RunLock, best_epoch_row, now_iso, write_json_atomic
 
 
 class StopFlag:
-    """Set by SIGTERM or the run's CANCEL file; checked between steps."""
+    """Set by SIGTERM (also one that came while the program was still importing) or the run's CANCEL file;
+    checked before the run starts, while it is queued, and between steps."""
 
     def __init__(self, run: Run | None):
-        self.run, self.set = run, False
+        self.run, self.set = run, bool(_EARLY_SIGTERM)
         signal.signal(signal.SIGTERM, self._on_signal)
 
     def _on_signal(self, *_: object) -> None:
@@ -240,10 +249,29 @@ def finite_loss(loss: torch.Tensor, epoch: int, index: int) -> float:
 
 # ---- the run -----------------------------------------------------------------------------------------
 
-def train(cfg: RunConfig, run: Run | None, resume: bool = False, lr_find: bool = False, queue: bool = False) -> int:
-    """Train (or run the LR range test). Returns the process exit code; the run folder says the rest."""
-    d, device = init_distributed(cfg)
-    writer = run if d.main else None
+def train(cfg: RunConfig, run: Run | None, resume: bool = False, lr_find: bool = False, queue: bool = False,
+          lock: RunLock | None = None) -> int:
+    """Train (or run the LR range test). Returns the process exit code; the run folder says the rest.
+
+    A run folder has one trainer: its lock is taken here (2, with a one-line error, if another trainer
+    holds it) unless the caller already holds it (`lock`), and let go only after the final status write."""
+    own_lock = None
+    if run is not None and lock is None:
+        try:
+            own_lock = RunLock.acquire(run)
+        except (RunBusy, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    try:
+        return _train_locked(cfg, run, resume, lr_find, queue)
+    finally:
+        if own_lock is not None:
+            own_lock.release()
+
+
+def _train_locked(cfg: RunConfig, run: Run | None, resume: bool, lr_find: bool, queue: bool) -> int:
+    """`train`, with the run lock held. Every way out leaves a final state in status.json."""
+    d, writer = Dist(), run
 
     def log(msg: str) -> None:
         if d.main:
@@ -251,11 +279,16 @@ def train(cfg: RunConfig, run: Run | None, resume: bool = False, lr_find: bool =
 
     stop = StopFlag(run)
     try:
-        held = device_turn(run, device_key(cfg.device)) if (queue and run is not None and d.world == 1) \
-            else contextlib.nullcontext()
+        if stop:
+            raise Cancelled()  # cancelled while it was starting
+        d, device = init_distributed(cfg)
+        writer = run if d.main else None
+        held = device_turn(run, device_key(cfg.device), stop=lambda: bool(stop)) \
+            if (queue and run is not None and d.world == 1) else contextlib.nullcontext()
         with held:
             if writer:
-                writer.update_status(state="running", pid=os.getpid(), started_at=now_iso(), epochs=cfg.epochs,
+                writer.update_status(state="running", pid=os.getpid(), pid_start=process_start(os.getpid()),
+                                     started_at=now_iso(), ended_at=None, error=None, epochs=cfg.epochs,
                                      device=str(device), host=os.uname().nodename, world_size=d.world)
             log(f"device {device}, world size {d.world}")
             seed_everything(cfg.seed)
@@ -280,10 +313,10 @@ def train(cfg: RunConfig, run: Run | None, resume: bool = False, lr_find: bool =
         if writer:
             writer.update_status(state="failed", ended_at=now_iso(), error=str(exc))
         return 2
-    except Exception as exc:  # noqa: BLE001 - any crash must land in status.json, with its traceback in the log
+    except Exception as exc:  # noqa: BLE001 - any crash must land in status.json (one line), its traceback in the log
         traceback.print_exc()
         if writer:
-            writer.update_status(state="failed", ended_at=now_iso(), error=f"{type(exc).__name__}: {exc}")
+            writer.update_status(state="failed", ended_at=now_iso(), error=f"{type(exc).__name__}: {first_line(exc)}")
         return 1
     finally:
         if d.world > 1 and dist.is_initialized():
@@ -495,6 +528,43 @@ def find_lr(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, log, s
     return result
 
 
+#: What a resumed run may change: how long and how it runs, not what it trains (that is a new run).
+RESUME_CHANGEABLE = ("epochs", "patience", "log_every", "num_workers", "device", "amp", "channels_last", "compile",
+                     "name")
+
+
+def check_resume_changes(stored: RunConfig, cfg: RunConfig) -> None:
+    """Refuse, in one line, a resume that changes what the run trains (its model, data, optimizer ...):
+    its checkpoint and optimizer state would not fit, or would silently mean something else."""
+    for f in fields(RunConfig):
+        old, new = getattr(stored, f.name), getattr(cfg, f.name)
+        if old != new and f.name not in RESUME_CHANGEABLE:
+            raise ConfigError(f"{f.name}: this run was trained with {old!r}, and a resumed run keeps it (not {new!r}); "
+                              "start a new run, with --init run --init-from the run folder to keep its weights")
+    if cfg.scheduler in ("onecycle", "cosine") and cfg.epochs != stored.epochs:
+        raise ConfigError(f"epochs: the {cfg.scheduler} schedule is laid out over the run's {stored.epochs} epochs "
+                          "and a resumed run keeps them (schedules none, step and plateau can run longer)")
+
+
+def prepare_run_folder(run: Run, cfg: RunConfig, args: argparse.Namespace) -> None:
+    """With the run lock held: refuse what cannot start, clear what a dead writer left, record the config
+    (overrides of a resume included: the app reads it) and who the trainer is."""
+    if args.resume:
+        check_resume_changes(RunConfig.load(run.config_file), cfg)
+        if not args.queue:
+            run.cancel_file.unlink(missing_ok=True)  # the app clears it when it launches; from the CLI, here
+    elif run.metrics_file.exists() and not args.queue:
+        raise ConfigError(f"{run.path} already holds a run; use --resume or a new --run-dir")
+    run.remove_stale_temps()
+    run.save_config(cfg.to_dict())
+    me = {"pid": os.getpid(), "pid_start": process_start(os.getpid())}
+    if args.queue:  # the launcher wrote `queued` already
+        run.update_status(**me)
+    else:
+        run.update_status(state="queued", queued_at=now_iso(), kind="lr_find" if args.lr_find else "train",
+                          error=None, ended_at=None, **me)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -503,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last.pt")
     parser.add_argument("--lr-find", action="store_true", help="run the LR range test instead of training")
     parser.add_argument("--queue", action="store_true", help="wait for the device's turn (used by app jobs)")
+    parser.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)  # the run lock, handed over by jobs.launch
     add_arguments(parser)
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
@@ -513,21 +584,36 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.init == "imagenet":  # before anything is written: which weights, or what is missing
             print(require_imagenet(cfg.model), flush=True)
     except (ConfigError, WeightsUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    run: Run | None = None
-    if rank0:
+        handed = RunLock.adopt(Run(run_dir.resolve()), args.lock_fd)  # a job the app launched: say why it failed
+        return refuse(str(exc), handed)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return train(cfg, None, resume=args.resume, lr_find=args.lr_find, queue=args.queue)
+    try:
         run_dir.mkdir(parents=True, exist_ok=True)
         run = Run(run_dir.resolve())
-        if not args.resume and run.metrics_file.exists() and not args.queue:
-            print(f"error: {run_dir} already holds a run; use --resume or a new --run-dir", file=sys.stderr)
-            return 2
-        if not run.config_file.exists() or not args.resume:
-            cfg.save(run.config_file)
-        if "pid" not in run.status():
-            run.update_status(state="queued", queued_at=now_iso(), pid=os.getpid(), kind="train")
-    return train(cfg, run, resume=args.resume, lr_find=args.lr_find, queue=args.queue)
+        lock = RunLock.adopt(run, args.lock_fd) or RunLock.acquire(run)
+    except RunBusy as exc:
+        return refuse(str(exc))
+    except OSError as exc:
+        return refuse(f"cannot write the run folder {run_dir}: {exc.strerror or exc}")
+    with lock:
+        try:
+            prepare_run_folder(run, cfg, args)
+        except ConfigError as exc:
+            return refuse(str(exc), lock if args.queue else None)
+        except OSError as exc:
+            return refuse(f"cannot write the run folder {run_dir}: {exc.strerror or exc}")
+        return train(cfg, run, resume=args.resume, lr_find=args.lr_find, queue=args.queue, lock=lock)
+
+
+def refuse(message: str, lock: RunLock | None = None) -> int:
+    """Say why in one line and return 2. A job the app launched (it holds the run's `lock`) also records it
+    as failed, so the app shows the reason rather than a lost job; otherwise the run folder is left as it was."""
+    print(f"error: {message}", file=sys.stderr)
+    if lock is not None:
+        with lock, contextlib.suppress(OSError):
+            lock.run.update_status(state="failed", ended_at=now_iso(), error=message)
+    return 2
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ with st.expander("Configure a run", expanded=not list_runs()):
             run = jobs.launch(cfg, lr_find=find_clicked)
             st.session_state["selected_run"] = run.name
             st.toast(f"Launched {run.name}")
-        except (ConfigError, WeightsUnavailable) as exc:
+        except (ConfigError, WeightsUnavailable, jobs.JobError) as exc:
             show_error(exc, "Not launched")
 
 runs = list_runs()
@@ -78,8 +78,8 @@ def _eta(status: dict, epoch_rows: list[dict], epochs: int) -> str:
 
 @st.fragment(run_every=2.0 if active else None)
 def live() -> None:
-    state = jobs.job_state(run)  # first: it may mark the run lost, with the error read below
-    status, cfg, rows = run.status(), run.config(), run.metrics()
+    status = jobs.observed_status(run)  # a vanished trainer shows as lost, with why
+    state, cfg, rows = status["state"], run.config(), run.metrics()
     epoch_rows = [r for r in rows if r.get("kind") == "epoch"]
     st.markdown(f"**{run.name}** · state **{state}** · {status.get('device', '')}")
     if state == "queued":
@@ -116,16 +116,19 @@ def live() -> None:
     buttons = st.columns(4)
     if state in ACTIVE_STATES:
         if buttons[0].button("Cancel", type="secondary"):
-            jobs.cancel(run)
-            st.toast("Cancel requested: the job stops after the current batch and keeps its last checkpoint.")
+            try:
+                jobs.cancel(run)
+                st.toast("Cancel requested: the job stops after the current batch and keeps its last checkpoint.")
+            except OSError as exc:
+                show_error(f"cannot write to {run.path}: {exc.strerror or exc}", "Not cancelled")
     elif state in ("cancelled", "lost", "failed") and run.last_checkpoint.is_file() and \
             status.get("kind", "train") == "train":
         if buttons[0].button("Resume from the last checkpoint"):
             try:
                 jobs.launch(RunConfig.load(run.config_file), resume=run)
                 st.rerun()
-            except ConfigError as exc:
-                show_error(exc)
+            except (ConfigError, jobs.JobError) as exc:
+                show_error(exc, "Not resumed")
     if active and state not in ACTIVE_STATES:
         st.rerun()  # the job just ended: redraw the page once, and stop polling
 

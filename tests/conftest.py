@@ -11,6 +11,11 @@ os.environ.setdefault("HIRISE_RUNS_DIR", str(_SESSION_TMP / "runs"))
 os.environ.setdefault("HIRISE_APP_STATE", str(_SESSION_TMP / "app-state.json"))
 
 import pytest  # noqa: E402
+from streamlit import config as _streamlit_config  # noqa: E402
+
+# What `make app` passes (the app serves nothing without an address; AppTest reads .streamlit/config.toml
+# from the working directory only, so pytest started elsewhere would otherwise have none).
+_streamlit_config.set_option("server.address", "127.0.0.1")
 
 from core.settings import PROJECT_ROOT, SHARED_DATA_DIR  # noqa: E402
 from tests import synthetic  # noqa: E402

@@ -34,6 +34,7 @@ NAVIGATION = (("app.py", "Home", ":material/satellite_alt:"), ("pages/1_Dataset.
 
 def page(title: str, icon: str = ":material/satellite_alt:") -> None:
     st.set_page_config(page_title=f"{title} · HiRISE Studio", page_icon=icon, layout="wide")
+    refuse_unchosen_address()
     with st.sidebar:
         for path, label, link_icon in NAVIGATION:
             st.page_link(path, label=label, icon=link_icon)
@@ -42,13 +43,26 @@ def page(title: str, icon: str = ":material/satellite_alt:") -> None:
     st.title(title)
 
 
+def refuse_unchosen_address() -> None:
+    """Serve nothing unless the server's address was chosen. Streamlit reads .streamlit/config.toml (127.0.0.1)
+    from the working directory and from the script's own folder as given on the command line; started any
+    other way (a symlink or a copy of app.py, another folder's config) it has no address and listens on
+    every network interface. The socket is Streamlit's, opened before this script runs: what the app can
+    do is show nothing there. An address given on purpose (127.0.0.1, or 0.0.0.0 to share) is served."""
+    if not st.get_option("server.address"):
+        st.error("HiRISE Studio was started without a server address, so Streamlit listens on every network "
+                 "interface; nothing is served that way. Restart it with `make app`, or `streamlit run app.py "
+                 "--server.address 127.0.0.1` (0.0.0.0 to share it on purpose).", icon=":material/lock:")
+        st.stop()
+
+
 def share_cpu_with_jobs() -> None:
     """With no GPU, the app's own inference uses one thread while a training job runs on the CPU:
     two processes with two threads each on two cores ran small models 30-50x slower (measured)."""
     if torch.cuda.is_available():
         return
-    statuses = (r.status() for r in list_runs()[:20])
-    busy = any(s.get("state") == "running" and s.get("device") == "cpu" for s in statuses)
+    busy = any(s.get("state") == "running" and s.get("device") == "cpu" and r.trainer_alive()
+               for r, s in ((r, r.status()) for r in list_runs()[:20]))
     torch.set_num_threads(1 if busy else max(1, os.cpu_count() or 1))
 
 
@@ -120,7 +134,7 @@ def data_for_config(config: dict) -> HiriseData:
                     config.get("keep_split_repeats", False))
 
 
-def show_error(exc: BaseException, what: str = "") -> None:
+def show_error(exc: BaseException | str, what: str = "") -> None:
     st.error(f"{what + ': ' if what else ''}{exc}", icon=":material/error:")
 
 

@@ -6,6 +6,7 @@ from typing import Any
 import streamlit as st
 
 from core.config import field_specs
+from core.jobs import device_choices
 from core.models import stages
 from core.runs import list_runs
 
@@ -40,6 +41,10 @@ def _widget(spec: dict, values: dict[str, Any]) -> Any:
             st.session_state[key] = runs[0]
         return st.selectbox("Start from run", runs, key=key, help=help_text,
                             format_func=lambda p: p.rsplit("/", 1)[-1])
+    if name == "device":
+        choices = [c for c in choices if c in device_choices()]
+        if st.session_state[key] not in choices:
+            st.session_state[key] = default
     if getattr(kind, "__origin__", None) is list:
         return st.multiselect(_label(name), choices, key=key, help=help_text)
     if choices:

@@ -19,7 +19,7 @@ from ..progress import ProgressCallback, track
 from ..settings import CACHE_DIR
 from .merge import content_hashes
 from .sources import Source
-from .storage import content_digest
+from .storage import UnreadableFile, content_digest
 
 CACHE_FORMAT = "tiles-v1"
 
@@ -67,7 +67,7 @@ def _build(source: Source, size: int, directory: Path, on_progress: ProgressCall
         for row, path in enumerate(track(paths, len(paths), f"decoding {source.name}", on_progress)):
             try:
                 tile, tile_notes = decode_tile(source.storage.read(path), path, size)
-            except (ImageError, OSError) as exc:
+            except (ImageError, UnreadableFile, OSError) as exc:
                 unreadable[path] = str(exc)
                 continue
             tiles[row] = tile

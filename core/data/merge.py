@@ -11,7 +11,7 @@ from ..progress import ProgressCallback, track
 from ..settings import CACHE_DIR
 from .records import DataError, Record
 from .sources import Source
-from .storage import content_digest
+from .storage import UnreadableFile, content_digest
 
 #: How a label conflict between two copies of the same tile is settled.
 CONFLICT_POLICIES = ("newest", "first", "drop")
@@ -52,8 +52,7 @@ def content_hashes(source: Source, on_progress: ProgressCallback | None = None) 
             return json.loads(memo.read_text())
         except (OSError, ValueError):
             pass
-    hashes = {p: hashlib.sha1(source.storage.read(p)).hexdigest()
-              for p in track(paths, len(paths), f"hashing {source.name}", on_progress)}
+    hashes = {p: _digest(source, p) for p in track(paths, len(paths), f"hashing {source.name}", on_progress)}
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
         tmp = memo.with_suffix(".tmp")
@@ -62,6 +61,15 @@ def content_hashes(source: Source, on_progress: ProgressCallback | None = None) 
     except OSError:
         pass  # a read-only cache only costs time
     return hashes
+
+
+def _digest(source: Source, path: str) -> str:
+    """The file's sha1, read in chunks. A file that cannot be read gets a key of its own (it is a copy of
+    nothing); the tile cache skips it and records why."""
+    try:
+        return source.storage.digest(path)
+    except UnreadableFile:
+        return "unreadable:" + hashlib.sha1(f"{source.storage.describe()}/{path}".encode()).hexdigest()
 
 
 def merge_sources(sources: Sequence[Source], policy: str = "newest",

@@ -204,6 +204,8 @@ def _read_plain_csv(storage: Storage, path: Path) -> Source:
     if header is None or [h.strip().lower() for h in header[:2]] != ["file", "label"]:
         raise DataError(f"{where0} line 1: expected the header 'file,label', got {','.join(header or [])!r}")
     records, missing, warnings = [], [], []
+    first_row: dict[str, tuple[int, int]] = {}  # file -> (label, line) where it was first named
+    repeated = 0
     for lineno, row in enumerate(reader, 2):
         if not row or not "".join(row).strip():
             continue
@@ -215,12 +217,22 @@ def _read_plain_csv(storage: Storage, path: Path) -> Source:
             label = class_index(row[1])
         except ValueError as exc:
             raise DataError(f"{where}: {exc}") from exc
+        if rel in first_row:  # as in the official layout: one file, one label
+            first_label, first_line = first_row[rel]
+            if first_label != label:
+                raise DataError(f"{where}: {rel} is labelled {CLASS_NAMES[label]} here and {CLASS_NAMES[first_label]} "
+                                f"on line {first_line}; a file takes one label")
+            repeated += 1
+            continue
+        first_row[rel] = (label, lineno)
         if not storage.exists(rel):
             missing.append(rel)
             continue
         records.append(_plain_record(path, rel, label))
     if missing:
         warnings.append(f"{len(missing)} files named in labels.csv are missing and were skipped (e.g. {missing[0]})")
+    if repeated:
+        warnings.append(f"labels.csv names {repeated} files again with the same label; the repeats were dropped")
     if not records:
         raise DataError(f"{where0}: no labelled tile was found (the data set is empty)")
     return Source(name=path.name, location=str(path), kind="plain tiles", version="", storage=storage,

@@ -4,11 +4,30 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
+from ..errors import first_line
+from ..imageio import MAX_FILE_BYTES
 from .records import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+CHUNK = 1 << 20
+#: What reading a zip member can raise: a bad CRC, damaged deflate data, a truncated archive, an
+#: unsupported method, an encrypted member.
+ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError)
+
+
+class UnreadableFile(DataError):
+    """One file of a source cannot be read (damaged, or larger than any tile may be): its tile is skipped
+    with this reason, the rest of the source is used."""
+
+
+def _too_large(rel: str, size: int | None = None) -> UnreadableFile:
+    """`size`: what the file (or zip header) says; None when the bytes ran past the limit regardless."""
+    told = f"{size / 2**20:,.1f} MiB" if size is not None else "more bytes than its header said"
+    return UnreadableFile(f"{rel}: {told}, over the {MAX_FILE_BYTES / 2**20:.0f} MiB limit for one file (a damaged "
+                          "file or a decompression bomb); skipped")
 
 
 def safe_relpath(rel: str, where: str) -> str:
@@ -44,9 +63,11 @@ class Storage:
     def at(self, root: str) -> Storage:
         return type(self)(self.location, root)  # type: ignore[call-arg]
 
-    # Subclasses implement these.
+    # Subclasses implement these. `read` and `digest` raise UnreadableFile for a damaged or oversized file,
+    # having read at most MAX_FILE_BYTES of it, whatever its header claims.
     def exists(self, rel: str) -> bool: ...
     def read(self, rel: str) -> bytes: ...
+    def digest(self, rel: str) -> str: ...
     def list_dir(self, rel: str) -> list[str]: ...
     def subdirs(self, rel: str) -> list[str]: ...
     def find(self, file_name: str, max_depth: int = 2) -> str | None: ...
@@ -64,7 +85,23 @@ class FolderStorage(Storage):
         return self._path(rel).is_file()
 
     def read(self, rel: str) -> bytes:
-        return self._path(rel).read_bytes()
+        return b"".join(self._chunks(rel))
+
+    def digest(self, rel: str) -> str:
+        h = hashlib.sha1()
+        for chunk in self._chunks(rel):
+            h.update(chunk)
+        return h.hexdigest()
+
+    def _chunks(self, rel: str):
+        try:
+            with open(self._path(rel), "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > MAX_FILE_BYTES:
+                    raise _too_large(rel, size)
+                yield from _capped(iter(lambda: f.read(CHUNK), b""), rel)
+        except OSError as exc:
+            raise UnreadableFile(f"{rel}: cannot be read ({exc.strerror or first_line(exc)})") from exc
 
     def list_dir(self, rel: str) -> list[str]:
         d = self._path(rel)
@@ -109,10 +146,28 @@ class ZipStorage(Storage):
         return self._full(rel) in self._infos
 
     def read(self, rel: str) -> bytes:
+        return b"".join(self._chunks(rel))
+
+    def digest(self, rel: str) -> str:
+        h = hashlib.sha1()
+        for chunk in self._chunks(rel):
+            h.update(chunk)
+        return h.hexdigest()
+
+    def _chunks(self, rel: str):
+        """The member's bytes, a chunk at a time: its declared size is checked before anything is
+        decompressed, and the reading stops at the limit if the declaration lied."""
         try:
-            return self._zip.read(self._infos[self._full(rel)])
+            info = self._infos[self._full(rel)]
         except KeyError as exc:
             raise DataError(f"{rel} is not in {self.describe()}") from exc
+        if info.file_size > MAX_FILE_BYTES:
+            raise _too_large(rel, info.file_size)
+        try:
+            with self._zip.open(info) as f:
+                yield from _capped(iter(lambda: f.read(CHUNK), b""), rel)
+        except ZIP_READ_ERRORS as exc:
+            raise UnreadableFile(f"{rel}: damaged in {self.location.name} ({first_line(exc, 120)})") from exc
 
     def list_dir(self, rel: str) -> list[str]:
         prefix = self._full(rel).rstrip("/") + "/" if self._full(rel) else ""
@@ -135,6 +190,16 @@ class ZipStorage(Storage):
     def stat_key(self, rel: str) -> str:
         info = self._infos[self._full(rel)]
         return f"{info.file_size}:{info.CRC:08x}"
+
+
+def _capped(chunks, rel: str):
+    """Pass chunks on until they pass MAX_FILE_BYTES in all, then refuse (a file that grew, a lying header)."""
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > MAX_FILE_BYTES:
+            raise _too_large(rel)
+        yield chunk
 
 
 def content_digest(chunks: list[str]) -> str:
