@@ -76,7 +76,7 @@ def train_memory(args: argparse.Namespace) -> None:
         _, ref_hwm, ref_rusage, _ = child_peak([sys.executable, "-c", "import core.train"], env, tmp / "ref.log")
         ref = max(ref_hwm, ref_rusage)
         cmd = [sys.executable, "-m", "core.train", "--data", args.data, "--run-dir", str(tmp / "runs" / "bench"),
-               "--model", "resnet18", "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
+               "--model", "resnet18", "--init", "scratch", "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
                "--epochs", "1", "--max-steps-per-epoch", str(args.train_steps)]
         t0 = time.perf_counter()
         code, hwm, rusage, series = child_peak(cmd, env, tmp / "train.log")

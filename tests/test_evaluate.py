@@ -265,3 +265,24 @@ def test_a_model_is_scored_on_the_tiles_its_checkpoint_recorded(tiny, v32_folder
     partial = evaluate.evaluate_model(missing, today, "val")
     assert "only 0 of the 1 val tiles" in partial["tiles_from"]
     assert {p["name"] for p in partial["predictions"]} == own_val
+
+
+def test_ensemble_of_saved_reports(val_report, tmp_path, capsys):
+    import copy
+
+    from tools.ensemble_reports import ensemble, main
+    same = ensemble([val_report, val_report])
+    assert same["macro_f1"] == pytest.approx(val_report["macro_f1"]) and same["n"] == val_report["n"]
+    # a second model that is sure of the truth everywhere pulls the average to the right answer
+    sure = copy.deepcopy(val_report)
+    for p in sure["predictions"]:
+        p["probs"] = [1.0 if c == p["true"] else 0.0 for c in sure["class_names"]]
+    assert ensemble([val_report, sure])["accuracy"] >= val_report["accuracy"]
+    other = copy.deepcopy(val_report)
+    other["predictions"] = other["predictions"][1:]
+    with pytest.raises(ValueError, match="different tiles"):
+        ensemble([val_report, other])
+    for name, report in (("a.json", val_report), ("b.json", other)):
+        evaluate.save_report(report, tmp_path / name)
+    assert main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2
+    assert "different tiles" in capsys.readouterr().err
