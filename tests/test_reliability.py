@@ -29,8 +29,9 @@ from core.settings import PROJECT_ROOT
 from core.train import main as train_cli
 from core.train import train
 from tests import model_fixtures, synthetic
+from tests.test_train import wait_for
 
-TINY = dict(model="simple_cnn", image_size=32, batch_size=16, log_every=1)
+TINY = dict(model="simple_cnn", init="scratch", image_size=32, batch_size=16, log_every=1)
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +49,6 @@ def tiny_run(path: Path, data_dir: Path, **overrides) -> Run:
     return run
 
 
-def wait_for(predicate, timeout: float = 180.0, what: str = "condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def one_line_error(capsys) -> str:
@@ -223,7 +216,7 @@ def test_cancelling_a_job_that_is_still_starting_ends_cancelled(tmp_path, data_d
 def test_sigterm_while_importing_ends_cancelled(tmp_path, data_dir):
     run_dir = tmp_path / "r"
     proc = subprocess.Popen([sys.executable, "-m", "core.train", "--run-dir", str(run_dir), "--data", str(data_dir),
-                             "--model", "simple_cnn", "--image-size", "32", "--epochs", "50"],
+                             "--model", "simple_cnn", "--init", "scratch", "--image-size", "32", "--epochs", "50"],
                             cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     time.sleep(0.5)  # python is up; torch is still importing
     proc.send_signal(signal.SIGTERM)
@@ -350,7 +343,7 @@ def test_an_empty_checkpoint_is_refused_everywhere_in_one_line(tmp_path, data_di
     assert "is empty" in one_line_error(capsys)
     run = Run(tmp_path / "init-from")
     run.path.mkdir()
-    assert train(RunConfig(data=[str(data_dir)], **TINY, init="run", init_from=str(empty)).validate(), run) == 2
+    assert train(RunConfig(data=[str(data_dir)], **{**TINY, "init": "run", "init_from": str(empty)}).validate(), run) == 2
     assert run.status()["error"] == "empty.pt is empty (0 bytes): not a checkpoint"
 
 

@@ -46,7 +46,7 @@ def run_tiny(tmp_path: Path, data_dir: Path, **overrides) -> Run:
     return run
 
 
-def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
+def wait_for(predicate, timeout: float = 180.0, what: str = "condition"):
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()

@@ -1,10 +1,12 @@
 """Make a finished run's best checkpoint the shipped model, and measure what it is worth.
 
-    python tools/ship_model.py runs/RUN [--out checkpoints/hirise-resnet18.pt]
+    python tools/ship_model.py runs/RUN [--out checkpoints/hirise-efficientnet-lite0.pt]
 
 Stores the weights in half precision (after checking on the validation split that it costs nothing
-measurable), then writes checkpoints/hirise-resnet18.json: validation and test metrics (with and without
+measurable), then writes the checkpoint's .json beside it: validation and test metrics (with and without
 test-time augmentation), per class with support, and the calibration temperature, for the model card.
+The checkpoint carries the files of its validation and test splits, so these figures are measured, and
+later re-measured, on exactly those tiles.
 """
 from __future__ import annotations
 
@@ -46,13 +48,14 @@ def main() -> None:
     save_checkpoint(args.out, half)
     shipped = load_checkpoint(args.out)
     figures: dict = {"run": args.run.name, "epoch": payload["epoch"], "temperature": payload["temperature"],
-                     "config": cfg, "split_method": data.split_method}
+                     "config": cfg, "split_method": data.split_method, "arch": payload["arch"],
+                     "image_size": payload["image_size"]}
     for name, model, split, tta in (("val_fp32", full, "val", False), ("val", shipped, "val", False),
                                     ("val_tta", shipped, "val", True), ("test", shipped, "test", False),
                                     ("test_tta", shipped, "test", True)):
         report = evaluate_model(model, data, split, originals_only=True, tta=tta)
         figures[name] = summary(report)
-        print(f"{name:9s} n={report['n']:4d}  {headline(report)}")
+        print(f"{name:9s} n={report['n']:4d}  {headline(report)}  [{report['tiles_from']}]")
     drift = abs(figures["val"]["macro_f1"] - figures["val_fp32"]["macro_f1"])
     print(f"half precision changes val macro-F1 by {drift:.4f}; file {args.out.stat().st_size / 2**20:.1f} MiB")
     args.out.with_suffix(".json").write_text(json.dumps(figures, indent=1) + "\n")

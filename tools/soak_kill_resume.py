@@ -39,8 +39,8 @@ from core.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
 from core.runs import Run  # noqa: E402
 from tests import synthetic  # noqa: E402
 
-TRAIN_ARGS = ["--model", "simple_cnn", "--image-size", "32", "--batch-size", "16", "--epochs", "100000",
-              "--max-steps-per-epoch", "2", "--log-every", "1", "--scheduler", "none", "--patience", "0"]
+TRAIN_ARGS = ["--model", "simple_cnn", "--init", "scratch", "--image-size", "32", "--batch-size", "16",
+              "--epochs", "100000", "--max-steps-per-epoch", "2", "--log-every", "1", "--scheduler", "none", "--patience", "0"]
 REFUSED = "already has a trainer"
 
 

@@ -5,6 +5,7 @@ import hashlib
 import os
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import first_line
@@ -63,11 +64,20 @@ class Storage:
     def at(self, root: str) -> Storage:
         return type(self)(self.location, root)  # type: ignore[call-arg]
 
-    # Subclasses implement these. `read` and `digest` raise UnreadableFile for a damaged or oversized file,
-    # having read at most MAX_FILE_BYTES of it, whatever its header claims.
+    def read(self, rel: str) -> bytes:
+        return b"".join(self._chunks(rel))
+
+    def digest(self, rel: str) -> str:
+        """SHA-1 of the file's bytes, streamed: a large member is never held whole."""
+        h = hashlib.sha1()
+        for chunk in self._chunks(rel):
+            h.update(chunk)
+        return h.hexdigest()
+
+    # Subclasses implement these. `_chunks` (and so `read` and `digest`) raise UnreadableFile for a damaged or
+    # oversized file, having read at most MAX_FILE_BYTES of it, whatever its header claims.
+    def _chunks(self, rel: str) -> Iterator[bytes]: ...
     def exists(self, rel: str) -> bool: ...
-    def read(self, rel: str) -> bytes: ...
-    def digest(self, rel: str) -> str: ...
     def list_dir(self, rel: str) -> list[str]: ...
     def subdirs(self, rel: str) -> list[str]: ...
     def find(self, file_name: str, max_depth: int = 2) -> str | None: ...
@@ -83,15 +93,6 @@ class FolderStorage(Storage):
 
     def exists(self, rel: str) -> bool:
         return self._path(rel).is_file()
-
-    def read(self, rel: str) -> bytes:
-        return b"".join(self._chunks(rel))
-
-    def digest(self, rel: str) -> str:
-        h = hashlib.sha1()
-        for chunk in self._chunks(rel):
-            h.update(chunk)
-        return h.hexdigest()
 
     def _chunks(self, rel: str):
         try:
@@ -144,15 +145,6 @@ class ZipStorage(Storage):
 
     def exists(self, rel: str) -> bool:
         return self._full(rel) in self._infos
-
-    def read(self, rel: str) -> bytes:
-        return b"".join(self._chunks(rel))
-
-    def digest(self, rel: str) -> str:
-        h = hashlib.sha1()
-        for chunk in self._chunks(rel):
-            h.update(chunk)
-        return h.hexdigest()
 
     def _chunks(self, rel: str):
         """The member's bytes, a chunk at a time: its declared size is checked before anything is
