@@ -76,10 +76,11 @@ def predict_logits(loaded: LoadedModel, tiles: np.ndarray | RecordTiles, batch_s
             continue
         x = loaded.preprocess(tiles[start:i + 1])
         with amp:
+            forward = loaded.model if bf16 else loaded.logits  # a frozen trace does not follow autocast
             if tta:
-                logits = torch.stack([loaded.model(t(x)).float() for t in DIHEDRAL]).mean(0)
+                logits = torch.stack([forward(t(x)).float() for t in DIHEDRAL]).mean(0)
             else:
-                logits = loaded.model(x).float()
+                logits = forward(x).float()
         out[start:i + 1] = logits.cpu().numpy()
         start = i + 1
     return out

@@ -7,6 +7,7 @@
     best.pt         checkpoint of the best epoch (by the run's early-stopping metric)
     last.pt         checkpoint of the last finished epoch, with optimizer state for resuming
     eval_val.json   evaluation of best.pt on the validation split, written when the run completes
+    splits.json     the files and observations of its validation and test splits (also in each checkpoint)
     lr_find.json    the learning-rate range test, for runs launched as an LR finder
     CANCEL          present when a cancel was requested
     run.lock        locked (flock) by the run's one trainer for its whole life, queued time included
@@ -89,6 +90,7 @@ class Run:
     last_checkpoint = property(lambda self: self.path / "last.pt")
     eval_file = property(lambda self: self.path / "eval_val.json")
     lr_find_file = property(lambda self: self.path / "lr_find.json")
+    splits_file = property(lambda self: self.path / "splits.json")
     cancel_file = property(lambda self: self.path / "CANCEL")
     lock_file = property(lambda self: self.path / "run.lock")
 

@@ -293,6 +293,8 @@ def _train_locked(cfg: RunConfig, run: Run | None, resume: bool, lr_find: bool, 
             log(f"device {device}, world size {d.world}")
             seed_everything(cfg.seed)
             td = prepare_data(cfg, log)
+            if writer:
+                write_json_atomic(writer.splits_file, split_manifest(td.data))
             if lr_find:
                 result = find_lr(cfg, td, d, device, log, stop)
                 if writer:
