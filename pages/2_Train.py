@@ -10,13 +10,17 @@ from core.config import ConfigError, RunConfig
 from core.models import WeightsUnavailable, fetch_imagenet_weights, imagenet_status, require_imagenet
 from core.runs import ACTIVE_STATES, list_runs, read_json
 from ui.common import IMBALANCE_NOTE, page, show_error
-from ui.run_form import run_form
+from ui.run_form import propose, run_form
 
 page("Train", ":material/model_training:")
 st.caption(f"Training runs on **{jobs.describe_device()}**, in a separate process: close the tab or restart the "
            "app and it goes on. " + IMBALANCE_NOTE)
 
-with st.expander("Configure a run", expanded=not list_runs()):
+applied = st.session_state.pop("lr_applied", None)
+if applied:
+    st.success(f"Learning rate set to {applied:.2e} from the LR finder: see Configure a run › Optimisation.",
+               icon=":material/check:")
+with st.expander("Configure a run", expanded=not list_runs() or applied is not None):
     values = run_form(appstate.data_paths())
     if values["augment"] == "expand":
         k = epoch_multiplier("expand", values["transforms"])
@@ -58,7 +62,7 @@ for r in runs[:30]:
     status, cfg = r.status(), r.config()  # each file read once
     state = jobs.job_state(r, status)
     rows.append({"run": r.name, "state": state, "kind": status.get("kind", "train"), "model": cfg.get("model"),
-                 "epoch": f"{status.get('epoch', 0)}/{cfg.get('epochs', '?')}", "queued": status.get("queued_at", "")})
+                 "progress": jobs.progress_column(status, cfg), "queued": status.get("queued_at") or ""})
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 names = [r.name for r in runs]
 default = st.session_state.get("selected_run")
@@ -66,14 +70,6 @@ selected = st.selectbox("Watch run", names, index=names.index(default) if defaul
 st.session_state["selected_run"] = selected
 run = runs[names.index(selected)]
 active = jobs.job_state(run) in ACTIVE_STATES
-
-
-def _eta(status: dict, epoch_rows: list[dict], epochs: int) -> str:
-    per_epoch = [r["seconds"] for r in epoch_rows]
-    if not per_epoch or status.get("epoch") is None:
-        return ""
-    left = (epochs - status["epoch"]) * (sum(per_epoch) / len(per_epoch)) + status.get("eta_epoch_s", 0)
-    return f" · about {left / 60:.1f} min left in the run"
 
 
 @st.fragment(run_every=2.0 if active else None)
@@ -84,12 +80,9 @@ def live() -> None:
     st.markdown(f"**{run.name}** · state **{state}** · {status.get('device', '')}")
     if state == "queued":
         st.info("Queued: waiting for the device (one job per device at a time).")
-    if status.get("steps_per_epoch"):
-        done, total = status.get("step_in_epoch", 0), status["steps_per_epoch"]
-        st.progress(min(1.0, done / total), text=(
-            f"epoch {status.get('epoch')}/{cfg.get('epochs')} · batch {done}/{total} · "
-            f"{status.get('images_per_s', 0):.0f} images/s · ETA {status.get('eta_epoch_s', 0):.0f} s for this epoch"
-            + _eta(status, epoch_rows, cfg.get("epochs", 0))))
+    text = jobs.progress_text(status, cfg, [r["seconds"] for r in epoch_rows])
+    if text:
+        st.progress(min(1.0, (status.get("step_in_epoch") or 0) / status["steps_per_epoch"]), text=text)
     if state == "failed":
         st.error(f"Failed: {status.get('error')}")
     if state == "lost":
@@ -98,8 +91,11 @@ def live() -> None:
         result = read_json(run.lr_find_file)
         st.plotly_chart(figures.lr_finder(result), width="stretch")
         if result.get("suggested_lr"):
-            st.button(f"Use the suggested LR ({result['suggested_lr']:.1e}) in the form",
-                      on_click=lambda: st.session_state.update(cfg_lr=float(f"{result['suggested_lr']:.2e}")))
+            lr = float(f"{result['suggested_lr']:.2e}")
+            if st.button(f"Use the suggested LR ({lr:.2e}) in the form"):
+                propose(lr=lr)  # the form's widget is outside this fragment: the whole page must redraw
+                st.session_state["lr_applied"] = lr
+                st.rerun(scope="app")
     elif rows:
         st.plotly_chart(figures.training_curves(rows), width="stretch")
         if epoch_rows:

@@ -179,3 +179,48 @@ def test_train_page_reports_a_bad_configuration(with_runs):
     at.text_area(key="cfg_data_text").input("").run()
     button(at, "Launch training").click().run()
     assert "Not launched" in texts(at) and "data" in texts(at)
+
+
+def _fake_run(name: str, status: dict, config: dict | None = None, files: dict | None = None) -> Run:
+    """A run folder written by hand (no trainer): what the pages read."""
+    run = Run(Path(RUNS_DIR) / name)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.save_config(config or RunConfig(data=["/nowhere"], model="simple_cnn", init="scratch").to_dict())
+    run.update_status(**status)
+    for file, content in (files or {}).items():
+        (run.path / file).write_text(json.dumps(content))
+    return run
+
+
+def test_suggested_lr_goes_into_the_form(with_runs):
+    lrs = [10 ** (-7 + i * 0.1) for i in range(60)]
+    result = {"lrs": lrs, "losses": [1.0] * 60, "smoothed": [1.0] * 60, "suggested_lr": 0.0031622}
+    run = _fake_run("20260102-000000-lrfind", {"state": "completed", "kind": "lr_find", "steps_per_epoch": 100,
+                                               "step_in_epoch": 60}, files={"lr_find.json": result})
+    try:
+        at = run_page("pages/2_Train.py")
+        watch = next(s for s in at.selectbox if s.label == "Watch run")
+        watch.set_value(run.name).run()
+        jobs_table = at.dataframe[0].value
+        assert "LR test, batch 60/100" in set(jobs_table["progress"])
+        button(at, "Use the suggested LR (3.16e-03) in the form").click().run()
+        assert not at.exception
+        assert at.number_input(key="cfg_lr").value == pytest.approx(3.16e-3)
+        assert "Learning rate set to 3.16e-03" in texts(at)
+    finally:
+        import shutil
+        shutil.rmtree(run.path)
+
+
+def test_progress_text_says_only_what_is_known():
+    cfg = {"epochs": 10}
+    starting = {"state": "running", "epoch": 1, "step_in_epoch": 0, "steps_per_epoch": 50, "images_per_s": 0}
+    assert "measuring speed" in jobs.progress_text(starting, cfg, []) and "ETA" not in jobs.progress_text(starting, cfg, [])
+    running = {**starting, "step_in_epoch": 10, "images_per_s": 120.0, "eta_epoch_s": 30}
+    assert "120 images/s · ETA 30 s" in jobs.progress_text(running, cfg, [60.0])
+    assert jobs.progress_text({**running, "state": "cancelled"}, cfg, [60.0]) is None  # no stale ETA
+    lr = {"state": "running", "kind": "lr_find", "step_in_epoch": 40, "steps_per_epoch": 100, "images_per_s": 50,
+          "eta_epoch_s": 12}
+    assert jobs.progress_text(lr, cfg, []).startswith("LR range test · batch 40/100")
+    assert jobs.progress_column(lr, cfg) == "LR test, batch 40/100"
+    assert jobs.progress_column({"state": "queued"}, cfg) == "epoch 0/10"

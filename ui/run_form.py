@@ -60,10 +60,22 @@ def _widget(spec: dict, values: dict[str, Any]) -> Any:
     return st.text_input(_label(name), key=key, help=help_text)
 
 
+PENDING = "cfg_pending"
+
+
+def propose(**values: Any) -> None:
+    """Ask the form to take these values on its next run. A widget's value can be set only before the widget
+    is drawn in a full run of the page (a button in a fragment that sets it directly changes nothing visible),
+    so the form applies them first thing, and the caller reruns the page."""
+    st.session_state.setdefault(PENDING, {}).update(values)
+
+
 def run_form(default_data: list[str]) -> dict[str, Any]:
     """Draw every option, grouped; options that do not apply to the current choices are hidden."""
     if "cfg_data" not in st.session_state:
         st.session_state["cfg_data"] = default_data
+    for name, value in st.session_state.pop(PENDING, {}).items():
+        st.session_state[f"cfg_{name}"] = value
     specs = field_specs()
     defaults = {s["name"]: s["default"] for s in specs}
     values: dict[str, Any] = {}
