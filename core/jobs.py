@@ -105,8 +105,9 @@ def launch(cfg: RunConfig, runs_dir: Path | None = None, lr_find: bool = False, 
 
     The run lock is taken here and handed to the job (`--lock-fd`), so a second trainer on the same run
     (a double click, a CLI `--resume`) is refused from the first instant, and readers never see a
-    queued job without its lock."""
-    cfg.validate()
+    queued job without its lock. Nothing is queued unless the configuration is valid and ready (data found,
+    weights here): ConfigError otherwise."""
+    cfg.validate().check_ready(resume=resume is not None)
     where = resume.path if resume is not None else runs_root(runs_dir)
     try:
         if resume is not None:

@@ -7,10 +7,10 @@ import streamlit as st
 from core import appstate, figures, jobs
 from core.augment import epoch_multiplier
 from core.config import ConfigError, RunConfig
-from core.models import WeightsUnavailable, fetch_imagenet_weights, imagenet_status, require_imagenet
+from core.models import WeightsUnavailable, fetch_imagenet_weights, imagenet_status
 from core.runs import ACTIVE_STATES, list_runs, read_json
 from ui.common import IMBALANCE_NOTE, page, show_error
-from ui.run_form import propose, run_form
+from ui.run_form import GROUP_TITLES, checked_config, group_of, propose, run_form
 
 page("Train", ":material/model_training:")
 st.caption(f"Training runs on **{jobs.describe_device()}**, in a separate process: close the tab or restart the "
@@ -21,7 +21,8 @@ if applied:
     st.success(f"Learning rate set to {applied:.2e} from the LR finder: see Configure a run › Optimisation.",
                icon=":material/check:")
 with st.expander("Configure a run", expanded=not list_runs() or applied is not None):
-    values = run_form(appstate.data_paths())
+    values, slots = run_form(appstate.data_paths())
+    cfg, problem = checked_config(values, slots)
     if values["augment"] == "expand":
         k = epoch_multiplier("expand", values["transforms"])
         st.info(f"Expand mode: each epoch holds the originals plus {k - 1} transformed copies, so it is {k}x longer "
@@ -31,7 +32,8 @@ with st.expander("Configure a run", expanded=not list_runs() or applied is not N
                 "(about 7x the originals) and adds no augmentation of its own.")
     if values["init"] == "imagenet":
         ok, message = imagenet_status(values["model"])
-        (st.success if ok else st.warning)(message)
+        if ok:
+            st.success(message)
         if not ok and st.button("Try to download the ImageNet weights"):
             try:
                 fetch_imagenet_weights(values["model"], progress=False)
@@ -41,15 +43,17 @@ with st.expander("Configure a run", expanded=not list_runs() or applied is not N
     launch, find_lr = st.columns([1, 1])
     launch_clicked = launch.button("Launch training", type="primary")
     find_clicked = find_lr.button("Find a learning rate", help="A short LR range test, run as a job like training")
+    if problem is not None:
+        where = f" (in {GROUP_TITLES[group_of(problem.field)]})" if problem.field else ""
+        st.caption(f"Launch is refused until this is fixed{where}: {problem}")
     if launch_clicked or find_clicked:
         try:
-            cfg = RunConfig.from_dict(values).validate()
-            if cfg.init == "imagenet":
-                require_imagenet(cfg.model)  # nothing is queued without the weights it starts from
+            if problem is not None:
+                raise problem  # nothing is queued until every field is valid
             run = jobs.launch(cfg, lr_find=find_clicked)
             st.session_state["selected_run"] = run.name
             st.toast(f"Launched {run.name}")
-        except (ConfigError, WeightsUnavailable, jobs.JobError) as exc:
+        except (ConfigError, jobs.JobError) as exc:
             show_error(exc, "Not launched")
 
 runs = list_runs()

@@ -224,3 +224,27 @@ def test_progress_text_says_only_what_is_known():
     assert jobs.progress_text(lr, cfg, []).startswith("LR range test · batch 40/100")
     assert jobs.progress_column(lr, cfg) == "LR test, batch 40/100"
     assert jobs.progress_column({"state": "queued"}, cfg) == "epoch 0/10"
+
+
+@pytest.mark.parametrize("key, value, message", [("cfg_epochs", 0, "epochs: 0 is below the minimum 1"),
+                                                 ("cfg_image_size", 8, "image_size: at least 32 px")])
+def test_train_form_keeps_and_refuses_out_of_range_values(with_runs, key, value, message):
+    """What the user typed is what is shown, checked and refused: no silent clamp to a bound or old value."""
+    before = {r.name for r in list_runs()}
+    at = run_page("pages/2_Train.py")
+    at.number_input(key=key).set_value(value).run()
+    assert at.number_input(key=key).value == value
+    assert any(message in e.value for e in at.error)  # at the field, before any click
+    button(at, "Launch training").click().run()
+    assert f"Not launched: {message}" in texts(at) and at.number_input(key=key).value == value
+    assert {r.name for r in list_runs()} == before
+
+
+def test_train_form_refuses_a_missing_data_path_at_the_field(with_runs, tmp_path):
+    before = {r.name for r in list_runs()}
+    at = run_page("pages/2_Train.py")
+    at.text_area(key="cfg_data_text").input(str(tmp_path / "nowhere")).run()
+    assert any("data: not found" in e.value for e in at.error)
+    button(at, "Find a learning rate").click().run()
+    assert "Not launched: data: not found" in texts(at)
+    assert {r.name for r in list_runs()} == before
