@@ -71,7 +71,7 @@ else:
         rows.append({"run": run.name, "state": job_state(run, status), "model": cfg.get("model") or "",
                      "progress": progress_column(status, cfg),
                      **{label: _score(best.get(key)) for label, key in SCORES},
-                     "started": status.get("started_at") or ""})
+                     "tags": ", ".join(run.notes()["tags"]), "started": status.get("started_at") or ""})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 with st.expander("The eight classes"):

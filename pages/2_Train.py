@@ -10,6 +10,7 @@ from core.config import ConfigError, RunConfig
 from core.models import WeightsUnavailable, fetch_imagenet_weights, imagenet_status
 from core.runs import ACTIVE_STATES, list_runs, read_json
 from ui.common import IMBALANCE_NOTE, page, show_error
+from ui.run_admin import delete_button, notes_editor
 from ui.run_form import GROUP_TITLES, checked_config, group_of, propose, run_form
 
 page("Train", ":material/model_training:")
@@ -57,6 +58,9 @@ with st.expander("Configure a run", expanded=not list_runs() or applied is not N
             show_error(exc, "Not launched")
 
 runs = list_runs()
+deleted = st.session_state.pop("deleted_run", None)
+if deleted:
+    st.success(f"Deleted run {deleted}.", icon=":material/delete:")
 if not runs:
     st.stop()
 
@@ -65,8 +69,10 @@ rows = []
 for r in runs[:30]:
     status, cfg = r.status(), r.config()  # each file read once
     state = jobs.job_state(r, status)
+    notes = r.notes()
     rows.append({"run": r.name, "state": state, "kind": status.get("kind", "train"), "model": cfg.get("model"),
-                 "progress": jobs.progress_column(status, cfg), "queued": status.get("queued_at") or ""})
+                 "progress": jobs.progress_column(status, cfg), "tags": ", ".join(notes["tags"]),
+                 "note": notes["note"], "queued": status.get("queued_at") or ""})
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 names = [r.name for r in runs]
 default = st.session_state.get("selected_run")
@@ -134,3 +140,6 @@ def live() -> None:
 
 
 live()
+with st.expander("Note, tags, delete"):
+    notes_editor(run)
+    delete_button(run, jobs.job_state(run) in ACTIVE_STATES)

@@ -248,3 +248,36 @@ def test_train_form_refuses_a_missing_data_path_at_the_field(with_runs, tmp_path
     button(at, "Find a learning rate").click().run()
     assert "Not launched: data: not found" in texts(at)
     assert {r.name for r in list_runs()} == before
+
+
+def test_a_run_gets_a_note_and_tags_and_can_be_deleted_after_confirming(with_runs):
+    run = _fake_run("20260103-000000-unwanted", {"state": "failed", "error": "boom"})
+    at = run_page("pages/2_Train.py")
+    next(s for s in at.selectbox if s.label == "Watch run").set_value(run.name).run()
+    next(t for t in at.text_area if t.label == "Note").input("diverged at lr 1e-1")
+    next(t for t in at.text_input if t.label.startswith("Tags")).input("sweep, bad  sweep")
+    button(at, "Save note and tags").click().run()
+    assert run.notes() == {"note": "diverged at lr 1e-1", "tags": ["sweep", "bad"]}
+    assert "sweep, bad" in set(at.dataframe[0].value["tags"])
+    button(at, "Delete this run…").click().run()
+    assert run.path.is_dir() and f"Delete **{run.name}**" in texts(at)  # nothing gone before the confirmation
+    button(at, "Keep it").click().run()
+    assert run.path.is_dir() and not any(b.label.startswith("Yes, delete") for b in at.button)
+    button(at, "Delete this run…").click().run()
+    button(at, f"Yes, delete {run.name}").click().run()
+    assert not at.exception and not run.path.exists()
+    assert f"Deleted run {run.name}" in texts(at)
+
+
+def test_a_running_job_cannot_be_deleted(with_runs):
+    from core.runs import RunBusy, RunLock, delete_run
+    run = _fake_run("20260103-000001-busy", {"state": "running"})
+    with RunLock.acquire(run):  # a live trainer holds the run
+        at = run_page("pages/2_Train.py")
+        next(s for s in at.selectbox if s.label == "Watch run").set_value(run.name).run()
+        assert button(at, "Delete this run…").disabled
+        with pytest.raises(RunBusy):
+            delete_run(run)
+        assert run.config_file.is_file()
+    delete_run(run)
+    assert not run.path.exists()
