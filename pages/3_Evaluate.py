@@ -9,6 +9,7 @@ import streamlit as st
 from core import appstate, figures
 from core.evaluate import bf16_suits, evaluate_model, load_report
 from core.precision import bf16_native
+from ui.gallery import tile_gallery
 from ui.common import (IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, data_for_config, get_model, model_choices,
                        page, progress_bar, run_of_checkpoint, show_error)
 
@@ -112,22 +113,24 @@ true_cls = c1.selectbox("True class", names, index=picked[0] if picked else 0)
 pred_cls = c2.selectbox("Predicted class", names, index=picked[1] if picked else 1)
 
 
-def _tiles(config: dict, items: list[dict]) -> list:
-    """The tiles of report rows, read from the data the model was evaluated on (memory-mapped: instant)."""
+def _tiles(config: dict, items: list[dict]) -> tuple[list, list[dict]]:
+    """The tiles of report rows, read from the data the model was evaluated on (memory-mapped: instant), and
+    the rows found (kept in step with the images)."""
     data = data_for_config(config)
     by_key = {(r.source, r.path): r for r in data.records}
-    return list(data.tiles([by_key[(p["source"], p["path"])] for p in items if (p["source"], p["path"]) in by_key]))
+    found = [p for p in items if (p["source"], p["path"]) in by_key]
+    return list(data.tiles([by_key[(p["source"], p["path"])] for p in found])), found
 
 
 cell = [p for p in report["predictions"] if p["true"] == true_cls and p["pred"] == pred_cls]
 cell.sort(key=lambda p: -max(p["probs"]))
-st.caption(f"{len(cell)} tiles are {true_cls} and predicted {pred_cls}; the 24 surest shown.")
+st.caption(f"{len(cell)} tiles are {true_cls} and predicted {pred_cls}; the 24 surest shown, each with its full "
+           "file name (the copy button beside it copies it).")
 config = st.session_state.get("eval_config") or (run.config() if run else model.config)
 if cell and config.get("data"):
     try:
         shown = cell[:24]
-        images = _tiles(config, shown)
-        st.image(images, width=120, caption=[f"{p['name'][:22]} · {max(p['probs']):.0%}" for p in shown])
+        tile_gallery(*_tiles(config, shown))
     except USER_ERRORS as exc:
         show_error(exc, "Cannot show tiles")
 
@@ -143,8 +146,7 @@ st.subheader("Top losses: wrong and sure")
 losses = report.get("top_losses", [])
 if losses and config.get("data"):
     try:
-        images = _tiles(config, losses)
-        st.image(images, width=120, caption=[f"{p['true']} → {p['pred']} ({p['prob']:.0%})" for p in losses])
+        tile_gallery(*_tiles(config, losses))
     except USER_ERRORS as exc:
         show_error(exc, "Cannot show tiles")
 elif not losses:

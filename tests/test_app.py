@@ -281,3 +281,15 @@ def test_a_running_job_cannot_be_deleted(with_runs):
         assert run.config_file.is_file()
     delete_run(run)
     assert not run.path.exists()
+
+
+def test_evaluate_galleries_show_full_names_labels_and_probabilities(with_runs):
+    at = run_page("pages/3_Evaluate.py")
+    choice = next(o for o in at.selectbox[0].options if o.startswith("run "))
+    at.selectbox[0].set_value(choice).run()
+    report = Run(Path(RUNS_DIR) / choice.removeprefix("run ")).evaluation()
+    names = {c.value for c in at.code}
+    wrong = report["top_losses"]
+    assert wrong and {t["name"] for t in wrong} <= names  # whole file names, copyable
+    t = wrong[0]
+    assert f"true **{t['true']}** → predicted **{t['pred']}** · {t['prob']:.0%}" in texts(at)
