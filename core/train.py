@@ -438,6 +438,7 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
                "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
                "val_balanced_accuracy": val["balanced_accuracy"],
                "val_recall": {c["class"]: c["recall"] for c in val["per_class"]},
+               "val_support": {c["class"]: c["support"] for c in val["per_class"]},
                "lr": lr_now, "images_per_s": seen * d.world / seconds, "seconds": seconds,
                "best": improved}
         log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "

@@ -115,8 +115,14 @@ def live() -> None:
             cols[1].metric("val balanced accuracy", f"{last['val_balanced_accuracy']:.3f}")
             cols[2].metric("val accuracy", f"{last['val_accuracy']:.3f}")
             cols[3].metric("images/s", f"{last['images_per_s']:.0f}")
-            recall = pd.DataFrame([last["val_recall"]], index=["val recall"])
-            st.dataframe(recall.style.format("{:.2f}"), width="stretch")
+            support = last.get("val_support", {})
+            recall = pd.DataFrame([{c: None if support.get(c) == 0 else r for c, r in last["val_recall"].items()}],
+                                  index=["val recall"], dtype=float)
+            st.dataframe(recall.style.format("{:.2f}", na_rep="no tiles"), width="stretch")
+            absent = [c for c, n in support.items() if n == 0]
+            if absent:
+                st.caption(f"Validation has no tiles of {', '.join(absent)}: no recall for them, and macro-F1 "
+                           "averages over the other classes.")
     with st.expander("Log", expanded=state in ("failed", "lost")):
         st.code(run.log_tail(30) or "(empty)")
     buttons = st.columns(4)

@@ -11,7 +11,7 @@ from core.evaluate import bf16_suits, evaluate_model, load_report
 from core.precision import bf16_native
 from ui.gallery import tile_gallery
 from ui.common import (IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, data_for_config, get_model, model_choices,
-                       page, progress_bar, run_of_checkpoint, show_error)
+                       page, per_class_table, progress_bar, run_of_checkpoint, show_error)
 
 page("Evaluate", ":material/grid_on:")
 choices = model_choices()
@@ -94,9 +94,11 @@ with left:
                             on_select="rerun", selection_mode="points", key="cm", width="stretch")
 with right:
     st.markdown("**Per class**")
-    table = pd.DataFrame(report["per_class"]).set_index("class")
-    st.dataframe(table.style.format({"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}"})
-                 .background_gradient(subset=["recall"], cmap="RdYlGn", vmin=0, vmax=1), width="stretch")
+    st.dataframe(per_class_table(report["per_class"]), width="stretch")
+    absent = [c["class"] for c in report["per_class"] if c["support"] == 0]
+    if absent:
+        st.caption(f"This split has no tiles of {', '.join(absent)}: no recall or F1 for them, and the macro "
+                   "figures average over the other classes.")
     few = report.get("few_tiles") or []
     st.caption(RARE_NOTE + (f" Here: {', '.join(few)}." if few else ""))
     if report.get("confused_pairs"):

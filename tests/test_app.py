@@ -5,6 +5,7 @@ import json
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -293,3 +294,16 @@ def test_evaluate_galleries_show_full_names_labels_and_probabilities(with_runs):
     assert wrong and {t["name"] for t in wrong} <= names  # whole file names, copyable
     t = wrong[0]
     assert f"true **{t['true']}** → predicted **{t['pred']}** · {t['prob']:.0%}" in texts(at)
+
+
+def test_a_class_without_tiles_shows_no_recall_but_says_why():
+    from ui.common import NO_TILES, per_class_table
+    rows = [{"class": "crater", "precision": 0.5, "recall": 0.75, "f1": 0.6, "support": 4},
+            {"class": "spider", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}]
+    table = per_class_table(rows).data
+    assert table.loc["crater", "recall"] == 0.75 and table.loc["crater", "note"] == ""
+    assert pd.isna(table.loc["spider", "recall"]) and pd.isna(table.loc["spider", "f1"])
+    assert table.loc["spider", "note"] == NO_TILES
+    html = per_class_table(rows).to_html()
+    spider = html.split("spider")[1].split("</tr>")[0]
+    assert spider.count(">–</td>") == 2  # recall and F1: a dash, not a red 0.000

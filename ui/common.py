@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 import torch
 
@@ -160,3 +161,17 @@ def model_choices() -> dict[str, Path]:
 
 def run_of_checkpoint(path: Path) -> Run | None:
     return Run(path.parent) if path.name == "best.pt" and (path.parent / "config.json").is_file() else None
+
+
+NO_TILES = "no tiles of this class in this split"
+
+
+def per_class_table(per_class: list[dict]) -> "pd.io.formats.style.Styler":
+    """Per-class precision, recall, F1 and support, recall coloured. A class the split has no tile of gets no
+    recall or F1 (a red 0.000 would read as total failure) but a note saying so."""
+    table = pd.DataFrame(per_class).set_index("class")
+    absent = table["support"] == 0
+    table[["recall", "f1"]] = table[["recall", "f1"]].astype(float).mask(absent)
+    table["note"] = [NO_TILES if a else "" for a in absent]
+    return (table.style.format({"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}"}, na_rep="–")
+            .background_gradient(subset=["recall"], cmap="RdYlGn", vmin=0, vmax=1))
