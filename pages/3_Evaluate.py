@@ -19,11 +19,12 @@ if not choices:
     st.warning("No model yet: train one on the Train page (the shipped default model lives in checkpoints/).")
     st.stop()
 
-top = st.columns([3, 1, 1, 1, 1])
+top = st.columns([3, 1])
 label = top[0].selectbox("Model", list(choices))
 split = top[1].selectbox("Split", ["val", "test", "train", "all"])
-originals_only = top[2].toggle("Originals only", value=True, help="Leave out the data set's augmented copies")
-tta = top[3].toggle("Test-time augmentation", help="Average over the 8 flips and rotations")
+toggles = st.columns(3)  # a row of their own: squeezed beside the selectors their labels were cut
+originals_only = toggles[0].toggle("Originals only", value=True, help="Leave out the data set's augmented copies")
+tta = toggles[1].toggle("Test-time augmentation", help="Average over the 8 flips and rotations")
 path = choices[label]
 run = run_of_checkpoint(path)
 
@@ -32,7 +33,7 @@ try:
 except USER_ERRORS as exc:
     show_error(exc, "Cannot load the model")
     st.stop()
-bf16 = top[4].toggle("bf16 (faster)", disabled=not (bf16_native(model.device) and bf16_suits(model)),
+bf16 = toggles[2].toggle("bf16 (faster)", disabled=not (bf16_native(model.device) and bf16_suits(model)),
                      help="bf16 autocast: about 2x faster where the device runs bf16 natively; a few predictions in "
                           "a thousand may change. Off: fp32, the reference figures. Not offered for "
                           "EfficientNet-Lite, whose predictions bf16 changes.")
