@@ -300,10 +300,10 @@ def test_a_class_without_tiles_shows_no_recall_but_says_why():
     from ui.common import NO_TILES, per_class_table
     rows = [{"class": "crater", "precision": 0.5, "recall": 0.75, "f1": 0.6, "support": 4},
             {"class": "spider", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}]
-    table = per_class_table(rows).data
-    assert table.loc["crater", "recall"] == 0.75 and table.loc["crater", "note"] == ""
-    assert pd.isna(table.loc["spider", "recall"]) and pd.isna(table.loc["spider", "f1"])
-    assert table.loc["spider", "note"] == NO_TILES
-    html = per_class_table(rows).to_html()
-    spider = html.split("spider")[1].split("</tr>")[0]
-    assert spider.count(">–</td>") == 2  # recall and F1: a dash, not a red 0.000
+    styled = per_class_table(rows)
+    table = styled.data
+    assert table.loc["crater", "recall"] == "0.750"
+    assert table.loc["spider", "recall"] == NO_TILES and table.loc["spider", "f1"] == NO_TILES
+    html = styled.to_html()
+    spider = html.split(">spider<")[1].split("</tr>")[0]
+    assert spider.count(f">{NO_TILES}</td>") == 2  # recall and F1 say so; no red 0.000

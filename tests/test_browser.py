@@ -132,6 +132,12 @@ def _explain_then_evaluate(url: str, tmp: Path, page) -> None:
     names = page.locator("[data-testid='stCode']").all_inner_texts()
     assert any(re.search(r"\.(jpe?g|png)$", n.strip()) for n in names), names[:5]  # full, copyable file names
     page.screenshot(path=str(ARTIFACTS / "evaluate.png"), full_page=True)
+    # Streamlit scrolls its own main block, so a full-page shot stops at the window: scroll to what follows
+    for text, shot in (("precision-recall (one vs rest)", "evaluate-curves.png"),
+                       ("Top losses: wrong and sure", "evaluate-gallery.png")):
+        page.get_by_text(text).first.scroll_into_view_if_needed()
+        page.wait_for_timeout(800)
+        page.screenshot(path=str(ARTIFACTS / shot))
     assert page.locator("[data-testid='stException']").count() == 0
     _train_page(url, tmp, page)
 
