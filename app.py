@@ -9,10 +9,17 @@ import streamlit as st
 
 from core import appstate
 from core.classes import CLASS_DESCRIPTIONS, CLASS_NAMES
-from core.jobs import describe_device, job_state
+from core.jobs import describe_device, job_state, progress_column
 from core.runs import list_runs
 from core.settings import DEFAULT_CHECKPOINT
 from ui.common import IMBALANCE_NOTE, USER_ERRORS, get_model, page
+
+SCORES = (("best val macro-F1", "val_macro_f1"), ("balanced acc", "val_balanced_accuracy"), ("accuracy", "val_accuracy"))
+
+
+def _score(value: float | None) -> str:
+    """A score to three places, or a dash before the first epoch (never `None`)."""
+    return "–" if value is None else f"{value:.3f}"
 
 
 page("HiRISE Studio")
@@ -61,13 +68,11 @@ else:
     for run in runs[:50]:
         cfg, status = run.config(), run.status()
         best = run.best_epoch(status)
-        rows.append({"run": run.name, "state": job_state(run, status), "model": cfg.get("model"),
-                     "epochs": f"{status.get('epoch', 0)}/{cfg.get('epochs', '?')}",
-                     "best val macro-F1": best.get("val_macro_f1"), "balanced acc": best.get("val_balanced_accuracy"),
-                     "accuracy": best.get("val_accuracy"), "started": status.get("started_at", "")})
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
-                 column_config={k: st.column_config.NumberColumn(format="%.3f")
-                                for k in ("best val macro-F1", "balanced acc", "accuracy")})
+        rows.append({"run": run.name, "state": job_state(run, status), "model": cfg.get("model") or "",
+                     "progress": progress_column(status, cfg),
+                     **{label: _score(best.get(key)) for label, key in SCORES},
+                     "tags": ", ".join(run.notes()["tags"]), "started": status.get("started_at") or ""})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 with st.expander("The eight classes"):
     for name in CLASS_NAMES:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -18,7 +19,7 @@ import torch
 from .data.merge import CONFLICT_POLICIES
 from .data.split import SPLIT_MODES
 from .classes import SELECTION_METRICS
-from .models import ARCHITECTURES, DEFAULT_ARCH, FREEZE_MODES, spec, stages
+from .models import ARCHITECTURES, DEFAULT_ARCH, FREEZE_MODES, WeightsUnavailable, require_imagenet, spec, stages
 from .optim import OPTIMIZERS as OPTIMIZER_BUILDERS
 
 OPTIMIZERS = tuple(OPTIMIZER_BUILDERS)
@@ -30,7 +31,14 @@ INITS = ("scratch", "imagenet", "run")
 
 
 class ConfigError(ValueError):
-    """An unknown or inconsistent option; the message names it."""
+    """An unknown or inconsistent option; the message starts with the field's name."""
+
+    @property
+    def field(self) -> str:
+        """The field the message is about (its first word), or "" when it names none: lets a form put the
+        message next to the field."""
+        match = re.match(r"[a-z_]+", str(self))
+        return match.group(0) if match and match.group(0) in _FIELD_NAMES else ""
 
 
 def opt(default: Any = MISSING, help: str = "", group: str = "", choices: tuple | None = None,
@@ -147,7 +155,7 @@ class RunConfig:
         if self.init == "run" and not self.init_from:
             raise ConfigError("init_from: name the run folder or checkpoint to start from")
         if self.init == "imagenet" and not spec(self.model).weight_sources:
-            raise ConfigError(f"{self.model} has no ImageNet weights; use init=scratch")
+            raise ConfigError(f"init: {self.model} has no ImageNet weights; use init=scratch")
         if 0 < self.image_size < 32:
             raise ConfigError("image_size: at least 32 px (or 0 for the model's native size)")
         if self.backbone_lr_scale <= 0:
@@ -167,6 +175,26 @@ class RunConfig:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device: cuda was asked for, but this machine has no GPU that torch can use "
                               "(choose auto or cpu)")
+        return self
+
+    def check_ready(self, resume: bool = False) -> RunConfig:
+        """What the values alone cannot say, checked before anything is queued: the data sources exist, the run
+        to start from has a checkpoint, the ImageNet weights are here (not needed to resume: last.pt holds the
+        weights). Raises ConfigError naming the field; returns self."""
+        missing = [p for p in self.data if not Path(p).expanduser().exists()]
+        if missing:
+            raise ConfigError(f"data: not found: {', '.join(missing)}")
+        if resume:
+            return self
+        if self.init == "run":
+            path = Path(self.init_from).expanduser()
+            if not (path / "best.pt" if path.is_dir() else path).is_file():
+                raise ConfigError(f"init_from: no checkpoint at {self.init_from}")
+        if self.init == "imagenet":
+            try:
+                require_imagenet(self.model)
+            except WeightsUnavailable as exc:
+                raise ConfigError(f"init: {exc}") from None
         return self
 
     @property
@@ -238,6 +266,9 @@ def _coerce(value: Any, kind: Any) -> Any:
             raise TypeError(value)
         return list(items)
     return value
+
+
+_FIELD_NAMES = frozenset(f.name for f in fields(RunConfig))
 
 
 def _check_open_ranges(cfg: RunConfig) -> None:

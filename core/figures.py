@@ -14,9 +14,19 @@ PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#F
 
 
 def _layout(fig: go.Figure, title: str = "", height: int = 380) -> go.Figure:
-    fig.update_layout(title=title or None, height=height, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+    """Shared look. The legend sits in a row just above the plot; a title goes above the legend, at the top of
+    the figure, with room kept for both (a title at plotly's default place lay over the legend)."""
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=95 if title else 10, b=10),
                       legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
+    if title:
+        fig.update_layout(title=dict(text=title, x=0, xanchor="left", xref="paper", y=0.99, yanchor="top",
+                                     yref="container"))
     return fig
+
+
+def _mode(n_points: int) -> str:
+    """Lines, with markers while there are few points: a curve of one point is otherwise invisible."""
+    return "lines+markers" if n_points <= 20 else "lines"
 
 
 def class_counts(summary: dict, log_scale: bool = True) -> go.Figure:
@@ -66,7 +76,7 @@ def training_curves(rows: list[dict]) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "validation"))
     if steps:
         per_epoch = {r["epoch"]: r["step"] for r in epochs}
-        fig.add_scatter(x=[r["step"] for r in steps], y=[r["train_loss"] for r in steps], mode="lines",
+        fig.add_scatter(x=[r["step"] for r in steps], y=[r["train_loss"] for r in steps], mode=_mode(len(steps)),
                         name="train loss (steps)", line=dict(color="#BAB0AC", width=1), row=1, col=1)
         fig.add_scatter(x=[per_epoch[r["epoch"]] for r in epochs], y=[r["train_loss"] for r in epochs],
                         mode="lines+markers", name="train loss (epoch)", line=dict(color=PALETTE[0]), row=1, col=1)
@@ -129,8 +139,10 @@ def one_vs_rest_curves(curves: dict, kind: str) -> go.Figure:
         fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), showlegend=False)
     fig.update_layout(xaxis_title="recall" if kind == "pr" else "false positive rate",
                       yaxis_title="precision" if kind == "pr" else "true positive rate",
-                      xaxis_range=[0, 1], yaxis_range=[0, 1.02], legend=dict(orientation="v", x=1.02, y=1))
-    return _layout(fig, "precision-recall (one vs rest)" if kind == "pr" else "ROC (one vs rest)", height=420)
+                      xaxis_range=[0, 1], yaxis_range=[0, 1.02])
+    fig = _layout(fig, "precision-recall (one vs rest)" if kind == "pr" else "ROC (one vs rest)", height=560)
+    # eight long entries: below the plot, clear of the title (above, they ran over it)
+    return fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.15, x=0), margin=dict(t=50))
 
 
 def lr_finder(result: dict) -> go.Figure:
@@ -139,7 +151,7 @@ def lr_finder(result: dict) -> go.Figure:
     fig.add_scatter(x=result["lrs"], y=result["smoothed"], mode="lines", name="smoothed", line=dict(color=PALETTE[0]))
     if result.get("suggested_lr"):
         fig.add_vline(x=result["suggested_lr"], line_dash="dash", line_color=PALETTE[3],
-                      annotation_text=f"suggested {result['suggested_lr']:.1e}")
+                      annotation_text=f"suggested {result['suggested_lr']:.1e}", annotation_position="bottom right")
     fig.update_xaxes(type="log", title="learning rate")
     fig.update_yaxes(title="loss", range=[0, min(max(result["smoothed"] or [1]) * 1.1, 3 * min(result["smoothed"] or
                                                                                              [1]) + 1)])

@@ -105,8 +105,9 @@ def launch(cfg: RunConfig, runs_dir: Path | None = None, lr_find: bool = False, 
 
     The run lock is taken here and handed to the job (`--lock-fd`), so a second trainer on the same run
     (a double click, a CLI `--resume`) is refused from the first instant, and readers never see a
-    queued job without its lock."""
-    cfg.validate()
+    queued job without its lock. Nothing is queued unless the configuration is valid and ready (data found,
+    weights here): ConfigError otherwise."""
+    cfg.validate().check_ready(resume=resume is not None)
     where = resume.path if resume is not None else runs_root(runs_dir)
     try:
         if resume is not None:
@@ -204,3 +205,33 @@ def device_turn(run: Run, device: str, poll_seconds: float = 1.0,
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def progress_column(status: dict, config: dict) -> str:
+    """What the jobs table says of a job's progress: `epoch 3/10`, or `batch 40/100` for an LR range test
+    (which has no epochs); never a bare `None` or a misleading `0/10`."""
+    if status.get("kind") == "lr_find":
+        total = status.get("steps_per_epoch")
+        return f"LR test, batch {status.get('step_in_epoch') or 0}/{total}" if total else "LR test, starting"
+    return f"epoch {status.get('epoch') or 0}/{config.get('epochs', '?')}"
+
+
+def progress_text(status: dict, config: dict, epoch_seconds: list[float]) -> str | None:
+    """The live progress line of a running job, or None when no bar belongs on screen (queued, or ended:
+    a cancelled job's last ETA is not an estimate of anything). Rates appear once measured, not as 0."""
+    total = status.get("steps_per_epoch")
+    if status.get("state") != "running" or not total:
+        return None
+    done = status.get("step_in_epoch") or 0
+    where = (f"LR range test · batch {done}/{total}" if status.get("kind") == "lr_find"
+             else f"epoch {status.get('epoch')}/{config.get('epochs')} · batch {done}/{total}")
+    rate = status.get("images_per_s") or 0
+    if done == 0 or rate <= 0:
+        return where + " · measuring speed…"
+    eta = status.get("eta_epoch_s") or 0
+    text = f"{where} · {rate:,.0f} images/s · ETA {eta:,.0f} s" + ("" if status.get("kind") == "lr_find" else
+                                                                  " for this epoch")
+    if epoch_seconds and status.get("kind") != "lr_find" and status.get("epoch"):
+        left = (config.get("epochs", 0) - status["epoch"]) * sum(epoch_seconds) / len(epoch_seconds) + eta
+        text += f" · about {left / 60:.1f} min left in the run"
+    return text

@@ -11,6 +11,7 @@
     lr_find.json    the learning-rate range test, for runs launched as an LR finder
     CANCEL          present when a cancel was requested
     run.lock        locked (flock) by the run's one trainer for its whole life, queued time included
+    notes.json      the researcher's note and tags (the app writes it; training never reads it)
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -93,6 +95,19 @@ class Run:
     splits_file = property(lambda self: self.path / "splits.json")
     cancel_file = property(lambda self: self.path / "CANCEL")
     lock_file = property(lambda self: self.path / "run.lock")
+    notes_file = property(lambda self: self.path / "notes.json")
+
+    def notes(self) -> dict[str, Any]:
+        """The researcher's note and tags: {"note": str, "tags": [str]} (empty when none were given)."""
+        data = read_json(self.notes_file, {})
+        data = data if isinstance(data, dict) else {}
+        tags = data.get("tags") if isinstance(data.get("tags"), list) else []
+        return {"note": str(data.get("note") or ""), "tags": [str(t) for t in tags]}
+
+    def save_notes(self, note: str, tags: list[str]) -> dict[str, Any]:
+        """Keep a note and tags in notes.json, a file of their own: status.json is the trainer's, config.json
+        says what was trained, and both stay as they were."""
+        return update_json(self.notes_file, {"note": note.strip(), "tags": parse_tags(",".join(tags))})
 
     def status(self) -> dict[str, Any]:
         return read_json(self.status_file, {}) or {}
@@ -241,6 +256,18 @@ class RunLock:
 
     def __exit__(self, *_: object) -> None:
         self.release()
+
+
+def parse_tags(text: str) -> list[str]:
+    """Tags from "a, b c" (commas or spaces), stripped, without repeats, in the order given."""
+    return list(dict.fromkeys(t for t in re.split(r"[,\s]+", text) if t))
+
+
+def delete_run(run: Run) -> None:
+    """Remove a run's folder, files and all. Refused (RunBusy) while a trainer holds the run, queued or
+    running: the lock is taken first, so no trainer can start on it while its files go."""
+    with RunLock.acquire(run):
+        shutil.rmtree(run.path)
 
 
 def best_epoch_row(rows: list[dict[str, Any]]) -> dict[str, Any]:

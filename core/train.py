@@ -296,7 +296,7 @@ def _train_locked(cfg: RunConfig, run: Run | None, resume: bool, lr_find: bool, 
             if writer:
                 write_json_atomic(writer.splits_file, split_manifest(td.data))
             if lr_find:
-                result = find_lr(cfg, td, d, device, log, stop)
+                result = find_lr(cfg, td, d, device, log, stop, run=writer)
                 if writer:
                     write_json_atomic(writer.lr_find_file, result)
                     writer.update_status(state="completed", ended_at=now_iso())
@@ -440,6 +440,7 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
                "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
                "val_balanced_accuracy": val["balanced_accuracy"],
                "val_recall": {c["class"]: c["recall"] for c in val["per_class"]},
+               "val_support": {c["class"]: c["support"] for c in val["per_class"]},
                "lr": lr_now, "images_per_s": seen * d.world / seconds, "seconds": seconds,
                "best": improved}
         log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
@@ -492,8 +493,9 @@ def _drop_metrics_after(run: Run, last_epoch_index: int) -> None:
 
 
 def find_lr(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, log, stop: StopFlag,
-            num_steps: int = 100) -> dict:
-    """The LR range test on this run's model, data and optimizer."""
+            num_steps: int = 100, run: Run | None = None) -> dict:
+    """The LR range test on this run's model, data and optimizer; its progress goes to `run`'s status
+    (batch i of `num_steps`, images/s, ETA) the way an epoch's does, so the app draws it the same way."""
     model = build_initial_model(cfg, log).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -524,8 +526,21 @@ def find_lr(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, log, s
         return float(optimizer_step(model, criterion, optimizer, x, y.to(device), device, amp)[1].detach())
 
     bar = tqdm(total=num_steps, desc="LR range test", unit="batch", mininterval=2.0)
-    result = lr_range_test(step, num_steps=num_steps, on_step=lambda i, n: bar.update(1))
+    start = time.perf_counter()
+    if run:
+        run.update_status(epoch=None, step_in_epoch=0, steps_per_epoch=num_steps)
+
+    def on_step(i: int, n: int) -> None:
+        bar.update(1)
+        if run and (i % max(1, n // 20) == 0 or i == n):
+            elapsed = time.perf_counter() - start
+            run.update_status(step_in_epoch=i, images_per_s=i * cfg.batch_size / elapsed,
+                              eta_epoch_s=elapsed / i * (n - i))
+
+    result = lr_range_test(step, num_steps=num_steps, on_step=on_step)
     bar.close()
+    if run:
+        run.update_status(step_in_epoch=len(result["lrs"]), eta_epoch_s=0)
     log(f"LR range test: suggested lr {result['suggested_lr']}")
     return result
 

@@ -7,17 +7,23 @@ import streamlit as st
 from core import appstate, figures, jobs
 from core.augment import epoch_multiplier
 from core.config import ConfigError, RunConfig
-from core.models import WeightsUnavailable, fetch_imagenet_weights, imagenet_status, require_imagenet
+from core.models import WeightsUnavailable, fetch_imagenet_weights, imagenet_status
 from core.runs import ACTIVE_STATES, list_runs, read_json
 from ui.common import IMBALANCE_NOTE, page, show_error
-from ui.run_form import run_form
+from ui.run_admin import delete_button, notes_editor
+from ui.run_form import GROUP_TITLES, checked_config, group_of, propose, run_form
 
 page("Train", ":material/model_training:")
 st.caption(f"Training runs on **{jobs.describe_device()}**, in a separate process: close the tab or restart the "
            "app and it goes on. " + IMBALANCE_NOTE)
 
-with st.expander("Configure a run", expanded=not list_runs()):
-    values = run_form(appstate.data_paths())
+applied = st.session_state.pop("lr_applied", None)
+if applied:
+    st.success(f"Learning rate set to {applied:.2e} from the LR finder: see Configure a run › Optimisation.",
+               icon=":material/check:")
+with st.expander("Configure a run", expanded=not list_runs() or applied is not None):
+    values, slots = run_form(appstate.data_paths())
+    cfg, problem = checked_config(values, slots)
     if values["augment"] == "expand":
         k = epoch_multiplier("expand", values["transforms"])
         st.info(f"Expand mode: each epoch holds the originals plus {k - 1} transformed copies, so it is {k}x longer "
@@ -27,7 +33,8 @@ with st.expander("Configure a run", expanded=not list_runs()):
                 "(about 7x the originals) and adds no augmentation of its own.")
     if values["init"] == "imagenet":
         ok, message = imagenet_status(values["model"])
-        (st.success if ok else st.warning)(message)
+        if ok:
+            st.success(message)
         if not ok and st.button("Try to download the ImageNet weights"):
             try:
                 fetch_imagenet_weights(values["model"], progress=False)
@@ -37,18 +44,23 @@ with st.expander("Configure a run", expanded=not list_runs()):
     launch, find_lr = st.columns([1, 1])
     launch_clicked = launch.button("Launch training", type="primary")
     find_clicked = find_lr.button("Find a learning rate", help="A short LR range test, run as a job like training")
+    if problem is not None:
+        where = f" (in {GROUP_TITLES[group_of(problem.field)]})" if problem.field else ""
+        st.caption(f"Launch is refused until this is fixed{where}: {problem}")
     if launch_clicked or find_clicked:
         try:
-            cfg = RunConfig.from_dict(values).validate()
-            if cfg.init == "imagenet":
-                require_imagenet(cfg.model)  # nothing is queued without the weights it starts from
+            if problem is not None:
+                raise problem  # nothing is queued until every field is valid
             run = jobs.launch(cfg, lr_find=find_clicked)
             st.session_state["selected_run"] = run.name
             st.toast(f"Launched {run.name}")
-        except (ConfigError, WeightsUnavailable, jobs.JobError) as exc:
+        except (ConfigError, jobs.JobError) as exc:
             show_error(exc, "Not launched")
 
 runs = list_runs()
+deleted = st.session_state.pop("deleted_run", None)
+if deleted:
+    st.success(f"Deleted run {deleted}.", icon=":material/delete:")
 if not runs:
     st.stop()
 
@@ -57,8 +69,10 @@ rows = []
 for r in runs[:30]:
     status, cfg = r.status(), r.config()  # each file read once
     state = jobs.job_state(r, status)
+    notes = r.notes()
     rows.append({"run": r.name, "state": state, "kind": status.get("kind", "train"), "model": cfg.get("model"),
-                 "epoch": f"{status.get('epoch', 0)}/{cfg.get('epochs', '?')}", "queued": status.get("queued_at", "")})
+                 "progress": jobs.progress_column(status, cfg), "tags": ", ".join(notes["tags"]),
+                 "note": notes["note"], "queued": status.get("queued_at") or ""})
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 names = [r.name for r in runs]
 default = st.session_state.get("selected_run")
@@ -66,14 +80,6 @@ selected = st.selectbox("Watch run", names, index=names.index(default) if defaul
 st.session_state["selected_run"] = selected
 run = runs[names.index(selected)]
 active = jobs.job_state(run) in ACTIVE_STATES
-
-
-def _eta(status: dict, epoch_rows: list[dict], epochs: int) -> str:
-    per_epoch = [r["seconds"] for r in epoch_rows]
-    if not per_epoch or status.get("epoch") is None:
-        return ""
-    left = (epochs - status["epoch"]) * (sum(per_epoch) / len(per_epoch)) + status.get("eta_epoch_s", 0)
-    return f" · about {left / 60:.1f} min left in the run"
 
 
 @st.fragment(run_every=2.0 if active else None)
@@ -84,12 +90,9 @@ def live() -> None:
     st.markdown(f"**{run.name}** · state **{state}** · {status.get('device', '')}")
     if state == "queued":
         st.info("Queued: waiting for the device (one job per device at a time).")
-    if status.get("steps_per_epoch"):
-        done, total = status.get("step_in_epoch", 0), status["steps_per_epoch"]
-        st.progress(min(1.0, done / total), text=(
-            f"epoch {status.get('epoch')}/{cfg.get('epochs')} · batch {done}/{total} · "
-            f"{status.get('images_per_s', 0):.0f} images/s · ETA {status.get('eta_epoch_s', 0):.0f} s for this epoch"
-            + _eta(status, epoch_rows, cfg.get("epochs", 0))))
+    text = jobs.progress_text(status, cfg, [r["seconds"] for r in epoch_rows])
+    if text:
+        st.progress(min(1.0, (status.get("step_in_epoch") or 0) / status["steps_per_epoch"]), text=text)
     if state == "failed":
         st.error(f"Failed: {status.get('error')}")
     if state == "lost":
@@ -98,8 +101,11 @@ def live() -> None:
         result = read_json(run.lr_find_file)
         st.plotly_chart(figures.lr_finder(result), width="stretch")
         if result.get("suggested_lr"):
-            st.button(f"Use the suggested LR ({result['suggested_lr']:.1e}) in the form",
-                      on_click=lambda: st.session_state.update(cfg_lr=float(f"{result['suggested_lr']:.2e}")))
+            lr = float(f"{result['suggested_lr']:.2e}")
+            if st.button(f"Use the suggested LR ({lr:.2e}) in the form"):
+                propose(lr=lr)  # the form's widget is outside this fragment: the whole page must redraw
+                st.session_state["lr_applied"] = lr
+                st.rerun(scope="app")
     elif rows:
         st.plotly_chart(figures.training_curves(rows), width="stretch")
         if epoch_rows:
@@ -109,8 +115,14 @@ def live() -> None:
             cols[1].metric("val balanced accuracy", f"{last['val_balanced_accuracy']:.3f}")
             cols[2].metric("val accuracy", f"{last['val_accuracy']:.3f}")
             cols[3].metric("images/s", f"{last['images_per_s']:.0f}")
-            recall = pd.DataFrame([last["val_recall"]], index=["val recall"])
-            st.dataframe(recall.style.format("{:.2f}"), width="stretch")
+            support = last.get("val_support", {})
+            recall = pd.DataFrame([{c: None if support.get(c) == 0 else r for c, r in last["val_recall"].items()}],
+                                  index=["val recall"], dtype=float)
+            st.dataframe(recall.style.format("{:.2f}", na_rep="no tiles"), width="stretch")
+            absent = [c for c, n in support.items() if n == 0]
+            if absent:
+                st.caption(f"Validation has no tiles of {', '.join(absent)}: no recall for them, and macro-F1 "
+                           "averages over the other classes.")
     with st.expander("Log", expanded=state in ("failed", "lost")):
         st.code(run.log_tail(30) or "(empty)")
     buttons = st.columns(4)
@@ -134,3 +146,6 @@ def live() -> None:
 
 
 live()
+with st.expander("Note, tags, delete"):
+    notes_editor(run)
+    delete_button(run, jobs.job_state(run) in ACTIVE_STATES)

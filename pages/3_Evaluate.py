@@ -9,8 +9,9 @@ import streamlit as st
 from core import appstate, figures
 from core.evaluate import bf16_suits, evaluate_model, load_report
 from core.precision import bf16_native
+from ui.gallery import tile_gallery
 from ui.common import (IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, data_for_config, get_model, model_choices,
-                       page, progress_bar, run_of_checkpoint, show_error)
+                       page, per_class_table, progress_bar, run_of_checkpoint, show_error)
 
 page("Evaluate", ":material/grid_on:")
 choices = model_choices()
@@ -18,11 +19,12 @@ if not choices:
     st.warning("No model yet: train one on the Train page (the shipped default model lives in checkpoints/).")
     st.stop()
 
-top = st.columns([3, 1, 1, 1, 1])
+top = st.columns([3, 1])
 label = top[0].selectbox("Model", list(choices))
 split = top[1].selectbox("Split", ["val", "test", "train", "all"])
-originals_only = top[2].toggle("Originals only", value=True, help="Leave out the data set's augmented copies")
-tta = top[3].toggle("Test-time augmentation", help="Average over the 8 flips and rotations")
+toggles = st.columns(3)  # a row of their own: squeezed beside the selectors their labels were cut
+originals_only = toggles[0].toggle("Originals only", value=True, help="Leave out the data set's augmented copies")
+tta = toggles[1].toggle("Test-time augmentation", help="Average over the 8 flips and rotations")
 path = choices[label]
 run = run_of_checkpoint(path)
 
@@ -31,7 +33,7 @@ try:
 except USER_ERRORS as exc:
     show_error(exc, "Cannot load the model")
     st.stop()
-bf16 = top[4].toggle("bf16 (faster)", disabled=not (bf16_native(model.device) and bf16_suits(model)),
+bf16 = toggles[2].toggle("bf16 (faster)", disabled=not (bf16_native(model.device) and bf16_suits(model)),
                      help="bf16 autocast: about 2x faster where the device runs bf16 natively; a few predictions in "
                           "a thousand may change. Off: fp32, the reference figures. Not offered for "
                           "EfficientNet-Lite, whose predictions bf16 changes.")
@@ -93,9 +95,11 @@ with left:
                             on_select="rerun", selection_mode="points", key="cm", width="stretch")
 with right:
     st.markdown("**Per class**")
-    table = pd.DataFrame(report["per_class"]).set_index("class")
-    st.dataframe(table.style.format({"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}"})
-                 .background_gradient(subset=["recall"], cmap="RdYlGn", vmin=0, vmax=1), width="stretch")
+    st.dataframe(per_class_table(report["per_class"]), width="stretch")
+    absent = [c["class"] for c in report["per_class"] if c["support"] == 0]
+    if absent:
+        st.caption(f"This split has no tiles of {', '.join(absent)}: no recall or F1 for them, and the macro "
+                   "figures average over the other classes.")
     few = report.get("few_tiles") or []
     st.caption(RARE_NOTE + (f" Here: {', '.join(few)}." if few else ""))
     if report.get("confused_pairs"):
@@ -112,22 +116,24 @@ true_cls = c1.selectbox("True class", names, index=picked[0] if picked else 0)
 pred_cls = c2.selectbox("Predicted class", names, index=picked[1] if picked else 1)
 
 
-def _tiles(config: dict, items: list[dict]) -> list:
-    """The tiles of report rows, read from the data the model was evaluated on (memory-mapped: instant)."""
+def _tiles(config: dict, items: list[dict]) -> tuple[list, list[dict]]:
+    """The tiles of report rows, read from the data the model was evaluated on (memory-mapped: instant), and
+    the rows found (kept in step with the images)."""
     data = data_for_config(config)
     by_key = {(r.source, r.path): r for r in data.records}
-    return list(data.tiles([by_key[(p["source"], p["path"])] for p in items if (p["source"], p["path"]) in by_key]))
+    found = [p for p in items if (p["source"], p["path"]) in by_key]
+    return list(data.tiles([by_key[(p["source"], p["path"])] for p in found])), found
 
 
 cell = [p for p in report["predictions"] if p["true"] == true_cls and p["pred"] == pred_cls]
 cell.sort(key=lambda p: -max(p["probs"]))
-st.caption(f"{len(cell)} tiles are {true_cls} and predicted {pred_cls}; the 24 surest shown.")
+st.caption(f"{len(cell)} tiles are {true_cls} and predicted {pred_cls}; the 24 surest shown, each with its full "
+           "file name (the copy button beside it copies it).")
 config = st.session_state.get("eval_config") or (run.config() if run else model.config)
 if cell and config.get("data"):
     try:
         shown = cell[:24]
-        images = _tiles(config, shown)
-        st.image(images, width=120, caption=[f"{p['name'][:22]} · {max(p['probs']):.0%}" for p in shown])
+        tile_gallery(*_tiles(config, shown))
     except USER_ERRORS as exc:
         show_error(exc, "Cannot show tiles")
 
@@ -143,8 +149,7 @@ st.subheader("Top losses: wrong and sure")
 losses = report.get("top_losses", [])
 if losses and config.get("data"):
     try:
-        images = _tiles(config, losses)
-        st.image(images, width=120, caption=[f"{p['true']} → {p['pred']} ({p['prob']:.0%})" for p in losses])
+        tile_gallery(*_tiles(config, losses))
     except USER_ERRORS as exc:
         show_error(exc, "Cannot show tiles")
 elif not losses:

@@ -46,7 +46,8 @@ table, differing = compare.settings_table(chosen, {label: get_model(shipped[labe
 only_diff = st.toggle("Only the settings that differ", value=True)
 shown = table.loc[differing] if only_diff and differing else table
 st.dataframe(shown.style.apply(lambda row: ["background-color: #fff3cd" if row.name in differing else ""
-                                            for _ in row], axis=1), width="stretch")
+                                            for _ in row], axis=1), width="stretch",
+             height=min(36 * (len(shown) + 1) + 3, 1200))  # every setting in view, no scroll box
 
 reports = {r.name: r.evaluation() for r in chosen} | shipped_reports  # each saved evaluation read once
 

@@ -5,6 +5,7 @@ import json
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -179,3 +180,130 @@ def test_train_page_reports_a_bad_configuration(with_runs):
     at.text_area(key="cfg_data_text").input("").run()
     button(at, "Launch training").click().run()
     assert "Not launched" in texts(at) and "data" in texts(at)
+
+
+def _fake_run(name: str, status: dict, config: dict | None = None, files: dict | None = None) -> Run:
+    """A run folder written by hand (no trainer): what the pages read."""
+    run = Run(Path(RUNS_DIR) / name)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.save_config(config or RunConfig(data=["/nowhere"], model="simple_cnn", init="scratch").to_dict())
+    run.update_status(**status)
+    for file, content in (files or {}).items():
+        (run.path / file).write_text(json.dumps(content))
+    return run
+
+
+def test_suggested_lr_goes_into_the_form(with_runs):
+    lrs = [10 ** (-7 + i * 0.1) for i in range(60)]
+    result = {"lrs": lrs, "losses": [1.0] * 60, "smoothed": [1.0] * 60, "suggested_lr": 0.0031622}
+    run = _fake_run("20260102-000000-lrfind", {"state": "completed", "kind": "lr_find", "steps_per_epoch": 100,
+                                               "step_in_epoch": 60}, files={"lr_find.json": result})
+    try:
+        at = run_page("pages/2_Train.py")
+        watch = next(s for s in at.selectbox if s.label == "Watch run")
+        watch.set_value(run.name).run()
+        jobs_table = at.dataframe[0].value
+        assert "LR test, batch 60/100" in set(jobs_table["progress"])
+        button(at, "Use the suggested LR (3.16e-03) in the form").click().run()
+        assert not at.exception
+        assert at.number_input(key="cfg_lr").value == pytest.approx(3.16e-3)
+        assert "Learning rate set to 3.16e-03" in texts(at)
+    finally:
+        import shutil
+        shutil.rmtree(run.path)
+
+
+def test_progress_text_says_only_what_is_known():
+    cfg = {"epochs": 10}
+    starting = {"state": "running", "epoch": 1, "step_in_epoch": 0, "steps_per_epoch": 50, "images_per_s": 0}
+    assert "measuring speed" in jobs.progress_text(starting, cfg, []) and "ETA" not in jobs.progress_text(starting, cfg, [])
+    running = {**starting, "step_in_epoch": 10, "images_per_s": 120.0, "eta_epoch_s": 30}
+    assert "120 images/s · ETA 30 s" in jobs.progress_text(running, cfg, [60.0])
+    assert jobs.progress_text({**running, "state": "cancelled"}, cfg, [60.0]) is None  # no stale ETA
+    lr = {"state": "running", "kind": "lr_find", "step_in_epoch": 40, "steps_per_epoch": 100, "images_per_s": 50,
+          "eta_epoch_s": 12}
+    assert jobs.progress_text(lr, cfg, []).startswith("LR range test · batch 40/100")
+    assert jobs.progress_column(lr, cfg) == "LR test, batch 40/100"
+    assert jobs.progress_column({"state": "queued"}, cfg) == "epoch 0/10"
+
+
+@pytest.mark.parametrize("key, value, message", [("cfg_epochs", 0, "epochs: 0 is below the minimum 1"),
+                                                 ("cfg_image_size", 8, "image_size: at least 32 px")])
+def test_train_form_keeps_and_refuses_out_of_range_values(with_runs, key, value, message):
+    """What the user typed is what is shown, checked and refused: no silent clamp to a bound or old value."""
+    before = {r.name for r in list_runs()}
+    at = run_page("pages/2_Train.py")
+    at.number_input(key=key).set_value(value).run()
+    assert at.number_input(key=key).value == value
+    assert any(message in e.value for e in at.error)  # at the field, before any click
+    button(at, "Launch training").click().run()
+    assert f"Not launched: {message}" in texts(at) and at.number_input(key=key).value == value
+    assert {r.name for r in list_runs()} == before
+
+
+def test_train_form_refuses_a_missing_data_path_at_the_field(with_runs, tmp_path):
+    before = {r.name for r in list_runs()}
+    at = run_page("pages/2_Train.py")
+    at.text_area(key="cfg_data_text").input(str(tmp_path / "nowhere")).run()
+    assert any("data: not found" in e.value for e in at.error)
+    button(at, "Find a learning rate").click().run()
+    assert "Not launched: data: not found" in texts(at)
+    assert {r.name for r in list_runs()} == before
+
+
+def test_a_run_gets_a_note_and_tags_and_can_be_deleted_after_confirming(with_runs):
+    run = _fake_run("20260103-000000-unwanted", {"state": "failed", "error": "boom"})
+    at = run_page("pages/2_Train.py")
+    next(s for s in at.selectbox if s.label == "Watch run").set_value(run.name).run()
+    next(t for t in at.text_area if t.label == "Note").input("diverged at lr 1e-1")
+    next(t for t in at.text_input if t.label.startswith("Tags")).input("sweep, bad  sweep")
+    button(at, "Save note and tags").click().run()
+    assert run.notes() == {"note": "diverged at lr 1e-1", "tags": ["sweep", "bad"]}
+    assert "sweep, bad" in set(at.dataframe[0].value["tags"])
+    button(at, "Delete this run…").click().run()
+    assert run.path.is_dir() and f"Delete **{run.name}**" in texts(at)  # nothing gone before the confirmation
+    button(at, "Keep it").click().run()
+    assert run.path.is_dir() and not any(b.label.startswith("Yes, delete") for b in at.button)
+    button(at, "Delete this run…").click().run()
+    button(at, f"Yes, delete {run.name}").click().run()
+    assert not at.exception and not run.path.exists()
+    assert f"Deleted run {run.name}" in texts(at)
+
+
+def test_a_running_job_cannot_be_deleted(with_runs):
+    from core.runs import RunBusy, RunLock, delete_run
+    run = _fake_run("20260103-000001-busy", {"state": "running"})
+    with RunLock.acquire(run):  # a live trainer holds the run
+        at = run_page("pages/2_Train.py")
+        next(s for s in at.selectbox if s.label == "Watch run").set_value(run.name).run()
+        assert button(at, "Delete this run…").disabled
+        with pytest.raises(RunBusy):
+            delete_run(run)
+        assert run.config_file.is_file()
+    delete_run(run)
+    assert not run.path.exists()
+
+
+def test_evaluate_galleries_show_full_names_labels_and_probabilities(with_runs):
+    at = run_page("pages/3_Evaluate.py")
+    choice = next(o for o in at.selectbox[0].options if o.startswith("run "))
+    at.selectbox[0].set_value(choice).run()
+    report = Run(Path(RUNS_DIR) / choice.removeprefix("run ")).evaluation()
+    names = {c.value for c in at.code}
+    wrong = report["top_losses"]
+    assert wrong and {t["name"] for t in wrong} <= names  # whole file names, copyable
+    t = wrong[0]
+    assert f"true **{t['true']}** → predicted **{t['pred']}** · {t['prob']:.0%}" in texts(at)
+
+
+def test_a_class_without_tiles_shows_no_recall_but_says_why():
+    from ui.common import NO_TILES, per_class_table
+    rows = [{"class": "crater", "precision": 0.5, "recall": 0.75, "f1": 0.6, "support": 4},
+            {"class": "spider", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}]
+    styled = per_class_table(rows)
+    table = styled.data
+    assert table.loc["crater", "recall"] == "0.750"
+    assert table.loc["spider", "recall"] == NO_TILES and table.loc["spider", "f1"] == NO_TILES
+    html = styled.to_html()
+    spider = html.split(">spider<")[1].split("</tr>")[0]
+    assert spider.count(f">{NO_TILES}</td>") == 2  # recall and F1 say so; no red 0.000

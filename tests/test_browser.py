@@ -39,6 +39,7 @@ def app_url(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browser")
     data = synthetic.write_folder(tmp / "data", synthetic.official_files("3.2", n_obs=12, per_obs=6, missing=0))
     (tmp / "state.json").write_text(json.dumps({"data_paths": [str(data)]}))
+    _fake_runs(tmp / "runs", data)
     port = free_port()
     env = {**os.environ, "HIRISE_APP_STATE": str(tmp / "state.json"), "HIRISE_RUNS_DIR": str(tmp / "runs"),
            "HIRISE_CACHE_DIR": str(tmp / "cache")}
@@ -62,6 +63,24 @@ def app_url(tmp_path_factory):
         proc.terminate()
         proc.wait(timeout=20)
         log.close()
+
+
+def _fake_runs(root: Path, data: Path) -> None:
+    """A finished LR-finder run (suggesting 3.16e-03) and, newer, a failed run to annotate and delete."""
+    from core.config import RunConfig
+    from core.runs import Run
+    cfg = RunConfig(data=[str(data)], model="simple_cnn", init="scratch", image_size=32).to_dict()
+    lrs = [10 ** (-7 + i * 0.1) for i in range(60)]
+    for name, status in (("20260101-000000-lrfind", {"state": "completed", "kind": "lr_find", "steps_per_epoch": 100,
+                                                       "step_in_epoch": 60}),
+                         ("20260101-000001-failed", {"state": "failed", "error": "diverged"})):
+        run = Run(root / name)
+        run.path.mkdir(parents=True)
+        run.save_config(cfg)
+        run.update_status(**status)
+    (root / "20260101-000000-lrfind" / "lr_find.json").write_text(json.dumps(
+        {"lrs": lrs, "losses": [2.0 - i / 60 for i in range(60)], "smoothed": [2.0 - i / 60 for i in range(60)],
+         "suggested_lr": 0.0031622}))
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +127,63 @@ def _explain_then_evaluate(url: str, tmp: Path, page) -> None:
     page.locator(".js-plotly-plot .heatmaplayer").first.wait_for(timeout=120_000)
     page.get_by_text("predicted class").first.wait_for(timeout=10_000)
     assert page.get_by_text("Macro-F1").count() >= 1
+    page.get_by_text("Top losses: wrong and sure").first.wait_for(timeout=60_000)
     page.wait_for_timeout(1500)
+    names = page.locator("[data-testid='stCode']").all_inner_texts()
+    assert any(re.search(r"\.(jpe?g|png)$", n.strip()) for n in names), names[:5]  # full, copyable file names
     page.screenshot(path=str(ARTIFACTS / "evaluate.png"), full_page=True)
+    # Streamlit scrolls its own main block, so a full-page shot stops at the window: scroll to what follows
+    for text, shot in (("precision-recall (one vs rest)", "evaluate-curves.png"),
+                       ("Top losses: wrong and sure", "evaluate-gallery.png")):
+        page.get_by_text(text).first.scroll_into_view_if_needed()
+        page.wait_for_timeout(800)
+        page.screenshot(path=str(ARTIFACTS / shot))
+    assert page.locator("[data-testid='stException']").count() == 0
+    _train_page(url, tmp, page)
+
+
+def _runs(tmp: Path) -> set[str]:
+    return {p.name for p in (tmp / "runs").iterdir() if (p / "config.json").is_file()}
+
+
+def _train_page(url: str, tmp: Path, page) -> None:
+    """Items of issue 14: out-of-range values are kept and refused, a run is annotated and deleted after a
+    confirmation, and the LR finder's suggestion reaches the form."""
+    page.goto(f"{url}/Train")
+    page.get_by_text("Configure a run").first.click(timeout=60_000)
+    page.get_by_role("tab", name="Optimisation").click()
+    epochs = page.get_by_label("Epochs", exact=True)
+    epochs.fill("0")
+    epochs.press("Enter")
+    page.get_by_text("epochs: 0 is below the minimum 1").first.wait_for(timeout=30_000)
+    before = _runs(tmp)
+    page.get_by_role("button", name="Launch training").click()
+    page.get_by_text("Not launched: epochs: 0 is below the minimum 1").first.wait_for(timeout=30_000)
+    assert epochs.input_value() == "0" and _runs(tmp) == before  # kept as typed, nothing queued
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(ARTIFACTS / "train-invalid.png"), full_page=True)
+    epochs.fill("2")
+    epochs.press("Enter")
+    page.get_by_text("epochs: 0 is below").first.wait_for(state="detached", timeout=30_000)
+
+    page.get_by_text("Note, tags, delete").first.click()
+    page.get_by_label("Note", exact=True).fill("diverged: lr too high")
+    page.get_by_label("Tags (commas or spaces)").fill("sweep, discard")
+    page.get_by_role("button", name="Save note and tags").click()
+    page.get_by_text("Saved the note and tags of 20260101-000001-failed").first.wait_for(timeout=30_000)
+    page.get_by_role("button", name="Delete this run…").click()
+    page.get_by_role("button", name="Yes, delete 20260101-000001-failed").wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "train-delete-confirm.png"), full_page=True)
+    assert "20260101-000001-failed" in _runs(tmp)  # nothing deleted before the confirmation
+    page.get_by_role("button", name="Yes, delete 20260101-000001-failed").click()
+    page.get_by_text("Deleted run 20260101-000001-failed").first.wait_for(timeout=30_000)
+    assert "20260101-000001-failed" not in _runs(tmp)
+
+    page.get_by_role("button", name="Use the suggested LR (3.16e-03) in the form").click(timeout=30_000)
+    page.get_by_text("Learning rate set to 3.16e-03").first.wait_for(timeout=30_000)
+    page.get_by_role("tab", name="Optimisation").click()
+    lr = page.get_by_label("Lr", exact=True)
+    page.wait_for_timeout(800)
+    assert float(lr.input_value()) == pytest.approx(3.16e-3), lr.input_value()
+    page.screenshot(path=str(ARTIFACTS / "train-lr.png"), full_page=True)
     assert page.locator("[data-testid='stException']").count() == 0

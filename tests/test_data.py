@@ -292,3 +292,36 @@ def test_device_batches_refuse_per_tile_transforms():
     with pytest.raises(ValueError, match="DataLoader"):
         DeviceBatches(ds, 2, torch.device("cpu"))
     assert isinstance(training_batches(ds, 2, torch.device("cpu"), num_workers=0), DataLoader)
+
+
+def _records(obs_per_class: dict[int, int], tiles_per_obs: int = 3) -> list:
+    """Observations each holding `other` tiles plus tiles of one class (like HiRISE: classes cluster)."""
+    from core.data.records import Record
+    out, k = [], 0
+    for label, n_obs in obs_per_class.items():
+        for o in range(n_obs):
+            obs = f"ESP_{k:06d}_0000_RED"
+            k += 1
+            for t in range(tiles_per_obs * (8 if label == 0 else 1)):
+                out.append(Record("s", f"{obs}-{t}.jpg", f"{obs}-{t}.jpg", label, observation=obs,
+                                  landmark=f"{obs}-{t}"))
+            out += [Record("s", f"{obs}-o{t}.jpg", f"{obs}-o{t}.jpg", 0, observation=obs, landmark=f"{obs}-o{t}")
+                    for t in range(10)]
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_grouped_split_places_every_class_with_three_observations(seed):
+    from core.classes import CLASS_NAMES
+    from core.data.split import assign_splits, coverage_warnings
+    counts = {0: 40, 1: 12, 2: 3, 3: 5, 4: 4, 5: 3, 6: 3, 7: 2}  # spider: two observations only
+    records, _ = assign_splits(_records(counts), "grouped", 0.15, 0.15, seed)
+    for label, n in counts.items():
+        sides = {r.split for r in records if r.label == label}
+        assert sides == ({"train", "val", "test"} if n >= 3 else sides), (CLASS_NAMES[label], sides)
+    again, _ = assign_splits(_records(counts), "grouped", 0.15, 0.15, seed)
+    assert [r.split for r in again] == [r.split for r in records]  # deterministic for a seed
+    assert not find_leakage(records)
+    warnings = coverage_warnings(records, CLASS_NAMES)
+    assert len(warnings) == 1 and warnings[0].startswith("class spider has no tiles in")
+    assert "only 2 observations" in warnings[0]

@@ -22,7 +22,7 @@ from core.config import ConfigError, RunConfig
 from core.models import (WeightsUnavailable, build_model, fetch_imagenet_weights, frozen_stages, imagenet_status,
                          unfrozen_after)
 from core.optim import lr_range_test
-from core.runs import Run, best_epoch_row
+from core.runs import Run, best_epoch_row, list_runs
 from core.settings import PROJECT_ROOT
 from core.train import main as train_cli
 from core.train import train
@@ -284,10 +284,13 @@ def test_job_survives_its_launcher_and_jobs_queue(tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_crashed_and_failed_jobs_are_reported(tmp_path, data_dir):
-    bad = RunConfig(data=[str(tmp_path / "no-such-folder")], **TINY)
-    failed = jobs.launch(bad, runs_dir=tmp_path)
+    with pytest.raises(ConfigError, match="data: not found"):  # refused before anything is queued
+        jobs.launch(RunConfig(data=[str(tmp_path / "no-such-folder")], **TINY), runs_dir=tmp_path)
+    assert not list_runs(tmp_path)
+    (tmp_path / "empty-source").mkdir()
+    failed = jobs.launch(RunConfig(data=[str(tmp_path / "empty-source")], **TINY), runs_dir=tmp_path)
     wait_for(lambda: jobs.job_state(failed) == "failed", what="failed")
-    assert "not found" in failed.status()["error"] and "not found" in failed.log_tail()
+    assert failed.status()["error"] and failed.status()["error"] in failed.log_tail()
     cfg = RunConfig(data=[str(data_dir)], **TINY, epochs=50, max_steps_per_epoch=2)
     run = jobs.launch(cfg, runs_dir=tmp_path)
     wait_for(lambda: run.status().get("state") == "running", what="running")

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 import torch
 
@@ -160,3 +161,27 @@ def model_choices() -> dict[str, Path]:
 
 def run_of_checkpoint(path: Path) -> Run | None:
     return Run(path.parent) if path.name == "best.pt" and (path.parent / "config.json").is_file() else None
+
+
+NO_TILES = "no tiles"
+
+
+def _recall_colour(value: float | None) -> str:
+    """Red to green, as background_gradient drew it; no colour where there is no recall."""
+    if value is None or value != value:
+        return "color: #888"
+    from matplotlib import colormaps
+    r, g, b, _ = colormaps["RdYlGn"](float(value))
+    return f"background-color: rgb({r * 255:.0f}, {g * 255:.0f}, {b * 255:.0f}); color: black"
+
+
+def per_class_table(per_class: list[dict]) -> "pd.io.formats.style.Styler":
+    """Per-class precision, recall, F1 and support, recall coloured. A class the split has no tile of shows
+    "no tiles" as its recall and F1 (a red 0.000 read as total failure; Streamlit shows NaN as "None")."""
+    table = pd.DataFrame(per_class).set_index("class")
+    absent = table["support"] == 0
+    recall = table["recall"].astype(float).mask(absent)
+    for column in ("precision", "recall", "f1"):
+        table[column] = [NO_TILES if a and column != "precision" else f"{v:.3f}"
+                         for v, a in zip(table[column].astype(float), absent)]
+    return table.style.apply(lambda col: [_recall_colour(recall[c]) for c in col.index], subset=["recall"])

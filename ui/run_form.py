@@ -5,7 +5,7 @@ from typing import Any
 
 import streamlit as st
 
-from core.config import field_specs
+from core.config import ConfigError, RunConfig, field_specs
 from core.jobs import device_choices
 from core.models import stages
 from core.runs import list_runs
@@ -51,22 +51,36 @@ def _widget(spec: dict, values: dict[str, Any]) -> Any:
         return st.selectbox(_label(name), choices, key=key, help=help_text)
     if kind is bool:
         return st.checkbox(_label(name), key=key, help=help_text)
+    # Numbers get no min_value/max_value: Streamlit would replace an out-of-range entry by the bound or the
+    # previous value behind the user's back. What is typed is what RunConfig.validate() checks and refuses.
     if kind is int:
-        return int(st.number_input(_label(name), min_value=spec.get("min"), max_value=spec.get("max"), step=1,
-                                   key=key, help=help_text))
+        return int(st.number_input(_label(name), step=1, key=key, help=help_text))
     if kind is float:
-        return float(st.number_input(_label(name), min_value=spec.get("min"), max_value=spec.get("max"),
-                                     key=key, help=help_text, format="%g", step=None))
+        return float(st.number_input(_label(name), key=key, help=help_text, format="%g", step=None))
     return st.text_input(_label(name), key=key, help=help_text)
 
 
-def run_form(default_data: list[str]) -> dict[str, Any]:
-    """Draw every option, grouped; options that do not apply to the current choices are hidden."""
+PENDING = "cfg_pending"
+
+
+def propose(**values: Any) -> None:
+    """Ask the form to take these values on its next run. A widget's value can be set only before the widget
+    is drawn in a full run of the page (a button in a fragment that sets it directly changes nothing visible),
+    so the form applies them first thing, and the caller reruns the page."""
+    st.session_state.setdefault(PENDING, {}).update(values)
+
+
+def run_form(default_data: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Draw every option, grouped; options that do not apply to the current choices are hidden. Returns the
+    values and, by field name, an empty slot under each widget for a message about it."""
     if "cfg_data" not in st.session_state:
         st.session_state["cfg_data"] = default_data
+    for name, value in st.session_state.pop(PENDING, {}).items():
+        st.session_state[f"cfg_{name}"] = value
     specs = field_specs()
     defaults = {s["name"]: s["default"] for s in specs}
     values: dict[str, Any] = {}
+    slots: dict[str, Any] = {}
     groups = list(GROUP_TITLES)
     tabs = st.tabs([GROUP_TITLES[g] for g in groups])
     for group, tab in zip(groups, tabs):
@@ -80,5 +94,23 @@ def run_form(default_data: list[str]) -> dict[str, Any]:
                     continue
                 with cols[shown % 3] if spec["name"] != "data" else st.container():
                     values[spec["name"]] = _widget(spec, values)
+                    slots[spec["name"]] = st.empty()
                 shown += spec["name"] != "data"
-    return values
+    return values, slots
+
+
+def checked_config(values: dict[str, Any], slots: dict[str, Any]) -> tuple[RunConfig | None, ConfigError | None]:
+    """The form's values as a valid, ready RunConfig, or the first problem, shown in red under its field (and
+    returned, for the Launch button to refuse with). The one validation path: RunConfig's, as the CLI's."""
+    try:
+        return RunConfig.from_dict(values).validate().check_ready(), None
+    except ConfigError as exc:
+        slot = slots.get(exc.field)
+        if slot is not None:
+            slot.error(str(exc), icon=":material/error:")
+        return None, exc
+
+
+def group_of(name: str) -> str:
+    """The form tab a field is drawn in."""
+    return next(s["group"] for s in field_specs() if s["name"] == name)

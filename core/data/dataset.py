@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..classes import CLASS_NAMES
 from ..progress import ProgressCallback
 from .cache import TileCache, open_tile_cache
 from .merge import MergeReport, merge_sources
 from .records import DataError, Record
 from .sources import Source, read_source
-from .split import assign_splits, find_leakage
+from .split import assign_splits, coverage_warnings, find_leakage
 
 
 @dataclass
@@ -31,6 +32,7 @@ class HiriseData:
         if self.unreadable:
             out.append(f"{len(self.unreadable)} unreadable tiles were skipped (e.g. {self.unreadable[0][0]}: "
                        f"{self.unreadable[0][1]})")
+        out += coverage_warnings(self.records, CLASS_NAMES)
         converted = sum(len(c.notes) for c in self.caches.values())
         if converted:
             example = next((f"{p}: {', '.join(n)}" for c in self.caches.values() for p, n in c.notes.items()), "")

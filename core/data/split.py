@@ -84,7 +84,56 @@ def grouped_observation_split(records: Sequence[Record], val_fraction: float, te
                 best, best_cost = si, cost
         filled[best] += counts[gi]
         split_of[groups[gi]] = names[best]
-    return split_of
+    side = np.array([names.index(split_of[g]) for g in groups])
+    _place_every_class(counts[:, :-1] > 0, side, [si for si in range(3) if fractions[si] > 0], rng)
+    return {**split_of, **{g: names[side[gi]] for gi, g in enumerate(groups)}}
+
+
+def _place_every_class(has: np.ndarray, side: np.ndarray, sides: list[int], rng: np.random.Generator) -> None:
+    """Move observations (in place in `side`) so that each class with at least as many observations as there
+    are sides is on every side: the balance pass alone left rare classes out of val or test, and the best
+    epoch was then chosen on a macro-F1 over fewer classes. A move takes, from the side holding the most
+    observations of the class, its smallest such observation (seeded tie-break), and only if the donor keeps
+    every class it must keep. Deterministic for a seed; classes it cannot place are reported by
+    `coverage_warnings`."""
+    n_groups, n_classes = has.shape
+    size = has.sum(1) + rng.uniform(0, 0.5, n_groups)  # fewer classes first; a seeded tie-break
+    for c in np.argsort(has.sum(0), kind="stable"):  # rarest class first
+        if has[:, c].sum() < len(sides):
+            continue
+        for target in sides:
+            if has[side == target, c].any():
+                continue
+            donors = sorted(sides, key=lambda si: -has[side == si, c].sum())
+            for donor in donors:
+                if donor == target or has[side == donor, c].sum() < 2:
+                    continue
+                for gi in sorted(np.flatnonzero((side == donor) & has[:, c]), key=lambda g: size[g]):
+                    rest = has[(side == donor) & (np.arange(n_groups) != gi)].any(0)
+                    needed = has[side == donor].any(0) & (has.sum(0) >= len(sides))
+                    if (rest | ~needed).all():
+                        side[gi] = target
+                        break
+                if has[side == target, c].any():
+                    break
+
+
+def coverage_warnings(records: Sequence[Record], class_names: Sequence[str]) -> list[str]:
+    """One sentence per class that a split (train, val or test, where it exists) has no tile of."""
+    splits = [s for s in ("train", "val", "test") if any(r.split == s for r in records)]
+    out = []
+    for label, name in enumerate(class_names):
+        mine = [r for r in records if r.label == label]
+        if not mine:
+            continue
+        lacking = [s for s in splits if not any(r.split == s for r in mine)]
+        if lacking:
+            n_obs = len({r.observation for r in mine if r.observation})
+            why = (f"only {n_obs} observation{'s' if n_obs != 1 else ''}: a class needs one per split" if n_obs < 3
+                   else "the split could not place it")
+            out.append(f"class {name} has no tiles in {' or '.join(lacking)} ({why}); its recall there is "
+                       "undefined and macro-F1 averages over the other classes")
+    return out
 
 
 def find_leakage(records: Sequence[Record]) -> list[str]:
