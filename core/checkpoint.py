@@ -21,6 +21,7 @@ from .preprocess import to_model_input
 from .settings import DEFAULT_CHECKPOINT
 
 FORMAT = "hirise-studio-checkpoint/1"
+MIN_INPUT_SIZE = 32
 
 
 class CheckpointError(ValueError):
@@ -149,7 +150,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def payload_problem(payload: dict[str, Any]) -> str | None:
     """What is wrong with a checkpoint's fields, or None. Every field a loader uses is checked before use:
     a hand-made file must fail here in one line, not as a traceback (or a 40 GB allocation) later."""
-    low, high = field_bounds("image_size")
+    low, high = MIN_INPUT_SIZE, field_bounds("image_size")[1]  # a real size: never 0 (which means "native")
     size = payload["image_size"]
     if not _is_int(size) or not low <= size <= high:
         return f"image_size {_brief(size)} is not a whole number of pixels from {low} to {high}"

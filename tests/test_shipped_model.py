@@ -32,7 +32,7 @@ def test_shipped_checkpoint_loads_and_predicts_every_class_name():
     payload = read_checkpoint(DEFAULT_CHECKPOINT)
     assert all(v.dtype == torch.float16 for v in payload["state_dict"].values() if v.is_floating_point())
     loaded = load_checkpoint()  # the default path, no argument: what the app and the CLIs use
-    assert loaded.class_names == list(CLASS_NAMES) and loaded.arch == "tf_efficientnet_lite0"
+    assert loaded.class_names == list(CLASS_NAMES) and loaded.arch == "tf_efficientnet_lite2"
     assert loaded.temperature > 0 and loaded.metrics["split"] == "val"
     assert len(loaded.splits["val"]["files"]) == card_figures(DEFAULT_CHECKPOINT)["val"]["n"]  # its recorded tiles
     tiles = np.stack([synthetic.tile(c, seed=c) for c in range(8)])

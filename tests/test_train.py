@@ -313,7 +313,7 @@ def test_two_process_ddp_on_cpu(tmp_path, data_dir):
     run_dir = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
            "-m", "core.train", "--run-dir", str(run_dir), "--data", str(data_dir), "--model", "simple_cnn",
-           "--image-size", "48", "--epochs", "2", "--batch-size", "8", "--device", "cpu"]
+           "--init", "scratch", "--image-size", "48", "--epochs", "2", "--batch-size", "8", "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run = Run(run_dir)

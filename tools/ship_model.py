@@ -1,6 +1,6 @@
 """Make a finished run's best checkpoint the shipped model, and measure what it is worth.
 
-    python tools/ship_model.py runs/RUN [--out checkpoints/hirise-efficientnet-lite0.pt]
+    python tools/ship_model.py runs/RUN [--out checkpoints/hirise-efficientnet-lite2.pt]
 
 Stores the weights in half precision (after checking on the validation split that it costs nothing
 measurable), then writes the checkpoint's .json beside it: validation and test metrics (with and without
