@@ -10,7 +10,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import jobs
+from core.checkpoint import read_checkpoint
 from core.config import RunConfig
+from core.models import default_cam_layer
 from core.runs import Run, list_runs
 from core.settings import APP_STATE_FILE, DEFAULT_CHECKPOINT, PROJECT_ROOT, RUNS_DIR
 from core.train import train
@@ -101,7 +103,8 @@ def test_explain_page_uses_the_shipped_model_and_a_data_tile(with_runs):
     assert "Predicted **" in body and "Faithfulness" in body
     at.sidebar.selectbox[1].set_value("gradcam++").run()
     captions = " ".join(str(getattr(img, "proto", "")) for img in at.get("image"))
-    assert not at.exception and "gradcam++ on layer4" in captions, captions[:500]
+    layer = default_cam_layer(read_checkpoint(DEFAULT_CHECKPOINT)["arch"])  # bn2 for EfficientNet-Lite
+    assert not at.exception and f"gradcam++ on {layer}" in captions, captions[:500]
 
 
 def test_evaluate_page_shows_saved_evaluation_of_a_run(with_runs):

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from core.checkpoint import read_checkpoint
+from core.models import default_cam_layer
 from core.settings import DEFAULT_CHECKPOINT, PROJECT_ROOT
 from tests import synthetic
 from tests.conftest import ARTIFACTS
@@ -114,7 +116,8 @@ def _explain_then_evaluate(url: str, tmp: Path, page) -> None:
     page.wait_for_selector("input[type=file]", state="attached", timeout=60_000)
     page.locator("input[type=file]").set_input_files(str(tile))
     page.get_by_text(re.compile(r"^Predicted .+ \(\d+\.\d%\)")).first.wait_for(timeout=120_000)
-    page.get_by_text("on layer4 for", exact=False).first.wait_for(timeout=60_000)
+    layer = default_cam_layer(read_checkpoint(DEFAULT_CHECKPOINT)["arch"])  # bn2 for EfficientNet-Lite
+    page.get_by_text(f"on {layer} for", exact=False).first.wait_for(timeout=60_000)
     page.get_by_text("Download overlay (PNG)").wait_for(timeout=60_000)
     page.wait_for_timeout(1500)
     images = page.locator("[data-testid='stImage'] img")
