@@ -16,6 +16,8 @@ import torch
 import torchvision
 from torch import nn
 
+from .errors import first_line
+
 FREEZE_MODES = ("none", "head_only", "below")  # below: everything below `freeze_below` stays frozen
 
 
@@ -276,7 +278,13 @@ def build_model(arch: str, num_classes: int = 8, pretrained: bool = False) -> nn
     if source is None:
         raise WeightsUnavailable(imagenet_status(arch)[1])
     rgb_shapes = s.build(1000, 3).state_dict()
-    state = dict(source.load(rgb_shapes))
+    try:
+        state = dict(source.load(rgb_shapes))
+    except WeightsUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - empty, truncated or foreign files: say which file, in one line
+        raise WeightsUnavailable(f"the ImageNet weights for {arch} in {source.describe()} cannot be read "
+                                 f"({first_line(exc, 160)}); delete the file or train from scratch") from exc
     stem = f"{s.stem}.weight"
     state[stem] = state[stem].sum(dim=1, keepdim=True)
     head = f"{s.head}."

