@@ -39,7 +39,8 @@ def metrics_table(runs: Sequence[Run], reports: Mapping[str, dict | None]) -> pd
                          "balanced accuracy": row["val_balanced_accuracy"], "accuracy": row["val_accuracy"],
                          "majority baseline": None, "val tiles": None, "tile set": None, "best epoch": row.get("epoch")})
     names = {run.name for run in runs}
-    rows += [_report_row(name, report, None) for name, report in reports.items() if name not in names and report]
+    rows += [_report_row(name, report, report["checkpoint"].get("epoch")) for name, report in reports.items()
+             if name not in names and report]
     return pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame()
 
 
