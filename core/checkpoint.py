@@ -14,14 +14,13 @@ import torch
 from torch import nn
 
 from .classes import CLASS_NAMES
-from .config import field_bounds
+from .config import MIN_INPUT_SIZE, field_bounds
 from .errors import first_line
 from .models import ARCHITECTURES, build_model
 from .preprocess import to_model_input
 from .settings import DEFAULT_CHECKPOINT
 
 FORMAT = "hirise-studio-checkpoint/1"
-MIN_INPUT_SIZE = 32
 
 
 class CheckpointError(ValueError):

@@ -30,6 +30,9 @@ IMBALANCE = ("none", "weighted_loss", "sqrt_weighted_loss", "balanced_sampler")
 INITS = ("scratch", "imagenet", "run")
 
 
+MIN_INPUT_SIZE = 32  # the smallest real model input; image_size 0 means "the model's native size"
+
+
 class ConfigError(ValueError):
     """An unknown or inconsistent option; the message starts with the field's name."""
 
@@ -156,8 +159,8 @@ class RunConfig:
             raise ConfigError("init_from: name the run folder or checkpoint to start from")
         if self.init == "imagenet" and not spec(self.model).weight_sources:
             raise ConfigError(f"init: {self.model} has no ImageNet weights; use init=scratch")
-        if 0 < self.image_size < 32:
-            raise ConfigError("image_size: at least 32 px (or 0 for the model's native size)")
+        if 0 < self.image_size < MIN_INPUT_SIZE:
+            raise ConfigError(f"image_size: at least {MIN_INPUT_SIZE} px (or 0 for the model's native size)")
         if self.backbone_lr_scale <= 0:
             raise ConfigError("backbone_lr_scale must be above 0 (freeze the backbone to stop it learning)")
         if self.unfreeze_every and self.unfreeze_all_at:
