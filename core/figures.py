@@ -156,3 +156,28 @@ def lr_finder(result: dict) -> go.Figure:
     fig.update_yaxes(title="loss", range=[0, min(max(result["smoothed"] or [1]) * 1.1, 3 * min(result["smoothed"] or
                                                                                              [1]) + 1)])
     return _layout(fig, "LR range test", height=320)
+
+
+def reliability(calibration: dict) -> go.Figure:
+    """Reliability diagram before and after temperature scaling: accuracy against confidence per bin, the
+    diagonal being perfect calibration. Marker area follows the bin's tile count, so a wild point backed by two
+    tiles reads as such."""
+    fig = go.Figure()
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), name="perfectly calibrated")
+    temperature = calibration.get("temperature", 1.0)
+    for key, label, colour in (("reliability_uncalibrated", "before (T = 1)", PALETTE[1]),
+                               ("reliability_calibrated", f"after (T = {temperature:.2f})", PALETTE[0])):
+        diagram = calibration.get(key)
+        if not diagram:
+            continue
+        used = [i for i, c in enumerate(diagram["count"]) if c > 0]
+        counts = [diagram["count"][i] for i in used]
+        biggest = max(counts, default=1)
+        fig.add_scatter(x=[diagram["confidence"][i] for i in used], y=[diagram["accuracy"][i] for i in used],
+                        mode="lines+markers", line=dict(color=colour),
+                        marker=dict(size=[6 + 18 * (c / biggest) ** 0.5 for c in counts], color=colour),
+                        customdata=counts, name=f"{label}, ECE {diagram['ece']:.3f}",
+                        hovertemplate="confidence %{x:.2f}, accuracy %{y:.2f}<br>%{customdata} tiles<extra></extra>")
+    fig.update_layout(xaxis_title="confidence (top class)", yaxis_title="accuracy", xaxis_range=[0, 1.02],
+                      yaxis_range=[0, 1.02])
+    return _layout(fig, "reliability: before and after temperature scaling", height=420)

@@ -9,7 +9,7 @@ from core.augment import epoch_multiplier
 from core.config import ConfigError, RunConfig
 from core.models import WeightsUnavailable, fetch_imagenet_weights, imagenet_status
 from core.runs import ACTIVE_STATES, list_runs, read_json
-from ui.common import IMBALANCE_NOTE, page, show_error
+from ui.common import IMBALANCE_NOTE, USER_ERRORS, data_for_config, page, show_error
 from ui.run_admin import delete_button, notes_editor
 from ui.run_form import GROUP_TITLES, checked_config, group_of, propose, run_form
 
@@ -41,6 +41,12 @@ with st.expander("Configure a run", expanded=not list_runs() or applied is not N
                 st.rerun()
             except WeightsUnavailable as exc:
                 show_error(exc)
+    if cfg is not None:
+        try:  # the split this run will get: a class it cannot place is said before launch, not found after
+            for warning in data_for_config(cfg.to_dict()).coverage:
+                st.warning(f"Split: {warning}.", icon=":material/call_split:")
+        except USER_ERRORS as exc:
+            show_error(exc, "Cannot read the data")
     launch, find_lr = st.columns([1, 1])
     launch_clicked = launch.button("Launch training", type="primary")
     find_clicked = find_lr.button("Find a learning rate", help="A short LR range test, run as a job like training")

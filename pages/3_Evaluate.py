@@ -68,18 +68,19 @@ if report is None:
 
 st.caption(IMBALANCE_NOTE)
 base = report["majority_baseline"]
-cols = st.columns(6)
+cols = st.columns(3)  # two rows of three: six across cut the labels ("Always-other base...")
 cols[0].metric("Macro-F1", f"{report['macro_f1']:.3f}", f"{report['macro_f1'] - base['macro_f1']:+.3f} vs baseline")
 cols[1].metric("Balanced accuracy", f"{report['balanced_accuracy']:.3f}",
                f"{report['balanced_accuracy'] - base['balanced_accuracy']:+.3f} vs baseline")
 cols[2].metric("Accuracy", f"{report['accuracy']:.3f}", f"{report['accuracy'] - base['accuracy']:+.3f} vs baseline")
-cols[3].metric(f"Always-{base['class']} baseline", f"{base['accuracy']:.3f}",
+cols = st.columns(3)
+cols[0].metric(f"Always-{base['class']} baseline accuracy", f"{base['accuracy']:.3f}",
                help="Accuracy of answering the majority class every time")
-cols[4].metric("Top-2 accuracy", f"{report['top2_accuracy']:.3f}" if report.get("top2_accuracy") else "–")
+cols[1].metric("Top-2 accuracy", f"{report['top2_accuracy']:.3f}" if report.get("top2_accuracy") else "–")
 cal = report.get("calibration", {})
-cols[5].metric("ECE (calibrated)", f"{cal.get('ece_calibrated', 0):.3f}",
+cols[2].metric("ECE (calibrated)", f"{cal.get('ece_calibrated', 0):.3f}",
                help=f"temperature {cal.get('temperature', 1):.2f}; uncalibrated ECE "
-                    f"{cal.get('ece_uncalibrated', 0):.3f}")
+                    f"{cal.get('ece_uncalibrated', 0):.3f}. The reliability diagram is below.")
 st.caption(f"{report['n']:,} tiles · split {report['split']} · "
            f"{'originals only' if report['originals_only'] else 'all files'} · TTA {'on' if report['tta'] else 'off'}"
            f" · {report.get('precision', 'fp32')}"
@@ -144,6 +145,18 @@ if curves:
     b.plotly_chart(figures.one_vs_rest_curves(curves, "roc"), width="stretch")
     if curves.get("skipped"):
         st.caption("No curve for: " + "; ".join(f"{k} ({v})" for k, v in curves["skipped"].items()))
+
+if cal.get("reliability_calibrated"):
+    st.subheader("Calibration")
+    a, b = st.columns([3, 2])
+    a.plotly_chart(figures.reliability(cal), width="stretch")
+    b.markdown(
+        f"Temperature scaling divides the logits by **T = {cal.get('temperature', 1):.2f}**, fitted on the "
+        "validation split at the end of training. A point below the diagonal is over-confident: the model said "
+        "that sure, and was right less often. Expected calibration error: "
+        f"**{cal.get('ece_uncalibrated', 0):.3f}** before, **{cal.get('ece_calibrated', 0):.3f}** after.")
+    b.caption("Marker size follows the number of tiles in the bin; a bin of a few tiles says little. On the "
+              "validation split the temperature was fitted on these very tiles: judge it on the test split.")
 
 st.subheader("Top losses: wrong and sure")
 losses = report.get("top_losses", [])

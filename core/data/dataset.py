@@ -27,12 +27,17 @@ class HiriseData:
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (source:path, reason)
 
     @property
+    def coverage(self) -> list[str]:
+        """One sentence per class that a split has no tile of (the Train page and the CLI repeat these)."""
+        return coverage_warnings(self.records, CLASS_NAMES)
+
+    @property
     def warnings(self) -> list[str]:
         out = [f"{s.name}: {w}" for s in self.sources for w in s.warnings]
         if self.unreadable:
             out.append(f"{len(self.unreadable)} unreadable tiles were skipped (e.g. {self.unreadable[0][0]}: "
                        f"{self.unreadable[0][1]})")
-        out += coverage_warnings(self.records, CLASS_NAMES)
+        out += self.coverage
         converted = sum(len(c.notes) for c in self.caches.values())
         if converted:
             example = next((f"{p}: {', '.join(n)}" for c in self.caches.values() for p, n in c.notes.items()), "")

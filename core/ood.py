@@ -1,0 +1,120 @@
+"""How unlike the training tiles an input is: an out-of-distribution score on the penultimate features.
+
+A softmax says which class is likeliest, not whether the input is a HiRISE tile at all: pure noise is called
+`other` at 95%. The features the classifier head reads say more. This module fits a Gaussian to the training
+tiles' features (one mean per class, one shared covariance) and scores an input by its Mahalanobis distance to
+the nearest class mean. The covariance is kept low-rank, as in probabilistic PCA: `k` principal directions
+with their own variances and one noise variance for the rest, so the fit is a few hundred kB in a checkpoint
+rather than a D x D matrix.
+
+The distance alone has no meaning to a reader, so it is calibrated on validation tiles, which the model never
+trained on: an input is reported by the share of validation tiles that lie closer (`typicality`), and flagged
+when further than all but `FLAG_SHARE` of them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FLAG_SHARE = 0.99  # further than 99% of validation tiles: the input looks unlike the data the model knows
+N_COMPONENTS = 64
+N_QUANTILES = 201
+
+
+class OODError(ValueError):
+    """Too few or malformed features to fit, or a stored reference that does not fit the model."""
+
+
+@dataclass(frozen=True)
+class FeatureDensity:
+    """Class means and a low-rank shared covariance of training features, with validation distances."""
+
+    class_means: np.ndarray  # (C, D)
+    components: np.ndarray  # (k, D), orthonormal rows: the principal directions of the within-class spread
+    variances: np.ndarray  # (k,) variance along each component
+    noise_variance: float  # variance in every other direction
+    val_quantiles: np.ndarray  # (N_QUANTILES,) distances of the validation tiles at 0, 0.5, ..., 100 %
+
+    def distance(self, features: np.ndarray) -> np.ndarray:
+        """(N, D) features -> (N,) squared Mahalanobis distance to the nearest class mean, per dimension."""
+        x = np.asarray(features, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.class_means.shape[1]:
+            raise OODError(f"features of shape {x.shape} do not fit a reference of {self.class_means.shape[1]} "
+                           "dimensions")
+        best = np.full(len(x), np.inf)
+        for mean in self.class_means:
+            z = x - mean
+            projected = z @ self.components.T
+            inside = projected**2
+            rest = np.maximum((z**2).sum(1) - inside.sum(1), 0.0)
+            best = np.minimum(best, (inside / self.variances).sum(1) + rest / self.noise_variance)
+        return best / self.class_means.shape[1]
+
+    def typicality(self, features: np.ndarray) -> np.ndarray:
+        """(N,) share of validation tiles whose distance is below each input's: 0.5 is a typical tile, 1.0
+        further than every validation tile."""
+        d = self.distance(features)
+        return np.interp(d, self.val_quantiles, np.linspace(0.0, 1.0, len(self.val_quantiles)), left=0.0,
+                         right=1.0)
+
+    def to_dict(self) -> dict:
+        """Plain lists and floats: what `torch.load(weights_only=True)` reads back from a checkpoint."""
+        return {"class_means": self.class_means.astype(np.float32).tolist(),
+                "components": self.components.astype(np.float32).tolist(),
+                "variances": self.variances.tolist(), "noise_variance": float(self.noise_variance),
+                "val_quantiles": self.val_quantiles.tolist()}
+
+    @classmethod
+    def from_dict(cls, values: object) -> FeatureDensity:
+        """Read `to_dict`'s output back; OODError when anything is missing or out of shape."""
+        try:
+            means = np.asarray(values["class_means"], dtype=np.float64)
+            comps = np.asarray(values["components"], dtype=np.float64)
+            var = np.asarray(values["variances"], dtype=np.float64)
+            noise = float(values["noise_variance"])
+            quantiles = np.asarray(values["val_quantiles"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise OODError(f"the stored out-of-distribution reference is malformed ({exc})") from exc
+        ok = (means.ndim == 2 and comps.ndim == 2 and comps.shape[1] == means.shape[1] and var.shape == comps.shape[:1]
+              and quantiles.ndim == 1 and len(quantiles) >= 2 and np.all(np.isfinite(quantiles))
+              and np.all(np.diff(quantiles) >= 0) and np.all(var > 0) and np.isfinite(noise) and noise > 0
+              and np.all(np.isfinite(means)) and np.all(np.isfinite(comps)))
+        if not ok:
+            raise OODError("the stored out-of-distribution reference is malformed (shapes or values)")
+        return cls(means, comps, var, noise, quantiles)
+
+
+def fit_density(features: np.ndarray, labels: np.ndarray, val_features: np.ndarray,
+                n_components: int = N_COMPONENTS) -> FeatureDensity:
+    """Fit class means and a probabilistic-PCA covariance on training features, calibrated on validation ones."""
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels)
+    if x.ndim != 2 or len(x) != len(y) or len(x) < 2:
+        raise OODError(f"need at least two training feature rows with one label each, got {x.shape} and {y.shape}")
+    if len(val_features) < 2:
+        raise OODError("need at least two validation tiles to calibrate the out-of-distribution score")
+    classes = np.unique(y)
+    means = np.stack([x[y == c].mean(0) for c in classes])
+    centred = x - means[np.searchsorted(classes, y)]
+    n, dim = centred.shape
+    k = max(1, min(n_components, dim - 1, n - 1))
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    eigen = singular**2 / max(n - len(classes), 1)
+    total = float((centred**2).sum() / max(n - len(classes), 1))
+    floor = max(total / dim, 1e-12) * 1e-3  # a direction of no spread must not divide by zero
+    noise = max((total - eigen[:k].sum()) / max(dim - k, 1), floor)
+    density = FeatureDensity(means, vt[:k], np.maximum(eigen[:k], floor), noise, np.zeros(2))
+    val = np.sort(density.distance(val_features))
+    quantiles = np.quantile(val, np.linspace(0.0, 1.0, N_QUANTILES))
+    return FeatureDensity(means, vt[:k], np.maximum(eigen[:k], floor), noise, quantiles)
+
+
+def describe(typicality: float) -> tuple[str, bool]:
+    """A sentence for the reader, and whether the input should be flagged as unlike the training data."""
+    flagged = typicality >= FLAG_SHARE
+    share = f"{typicality:.0%}" if typicality < 0.995 else "over 99.5%"
+    if flagged:
+        return (f"Unlike the tiles this model was trained on: its features lie further from them than {share} of "
+                "the validation tiles. The prediction is a guess outside what the model knows.", True)
+    return f"Looks like the data the model knows: {share} of validation tiles lie closer to the training tiles.", False

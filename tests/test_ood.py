@@ -1,0 +1,73 @@
+"""The out-of-distribution score: fitted on features, calibrated on validation, stored and read back."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.ood import FLAG_SHARE, FeatureDensity, OODError, describe, fit_density
+
+
+def _clusters(rng: np.random.Generator, n: int, dim: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Three classes on a low-dimensional manifold, like a network's features: most spread in a few directions."""
+    centres = rng.normal(0, 4, (3, dim))
+    basis = rng.normal(0, 1, (4, dim))
+    labels = rng.integers(0, 3, n)
+    x = centres[labels] + rng.normal(0, 1, (n, 4)) @ basis + rng.normal(0, 0.1, (n, dim))
+    return x, labels
+
+
+def test_in_distribution_is_typical_and_far_inputs_are_flagged():
+    rng = np.random.default_rng(0)
+    x, y = _clusters(rng, 1500)
+    train, val, test = x[:1000], x[1000:1250], x[1250:]
+    density = fit_density(train, y[:1000], val, n_components=8)
+    typical = density.typicality(test)
+    assert 0.35 < np.median(typical) < 0.65  # calibrated on validation: fresh tiles sit in the middle
+    assert (typical >= FLAG_SHARE).mean() < 0.05
+    noise = rng.normal(0, 4, (50, x.shape[1]))  # same scale, not on the manifold
+    assert (density.typicality(noise) >= FLAG_SHARE).all()
+    assert density.distance(noise).min() > density.val_quantiles[-1]
+
+
+def test_round_trip_through_plain_values_gives_the_same_scores():
+    rng = np.random.default_rng(1)
+    x, y = _clusters(rng, 600)
+    density = fit_density(x[:400], y[:400], x[400:500], n_components=6)
+    again = FeatureDensity.from_dict(density.to_dict())
+    np.testing.assert_allclose(again.typicality(x[500:]), density.typicality(x[500:]), atol=1e-3)
+
+
+@pytest.mark.parametrize("broken", [None, {}, {"class_means": [[1.0]]}, "text"])
+def test_a_malformed_reference_is_refused_in_words(broken):
+    with pytest.raises(OODError, match="malformed"):
+        FeatureDensity.from_dict(broken)
+
+
+def test_negative_or_nan_values_in_a_reference_are_refused():
+    rng = np.random.default_rng(2)
+    x, y = _clusters(rng, 300)
+    values = fit_density(x[:200], y[:200], x[200:]).to_dict()
+    values["noise_variance"] = float("nan")
+    with pytest.raises(OODError):
+        FeatureDensity.from_dict(values)
+
+
+def test_features_of_another_width_are_refused():
+    rng = np.random.default_rng(3)
+    x, y = _clusters(rng, 300)
+    density = fit_density(x[:200], y[:200], x[200:])
+    with pytest.raises(OODError, match="dimensions"):
+        density.distance(np.zeros((2, 5)))
+
+
+def test_too_few_rows_to_fit():
+    with pytest.raises(OODError):
+        fit_density(np.zeros((1, 4)), np.zeros(1), np.zeros((5, 4)))
+    with pytest.raises(OODError, match="validation"):
+        fit_density(np.zeros((10, 4)), np.zeros(10), np.zeros((1, 4)))
+
+
+def test_describe_flags_only_beyond_the_share():
+    assert describe(0.5)[1] is False
+    text, flagged = describe(1.0)
+    assert flagged and "over 99.5%" in text
