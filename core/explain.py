@@ -93,6 +93,13 @@ def overlay_heatmap(gray: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -
     return show_cam_on_image(rgb, heatmap, use_rgb=True, image_weight=1.0 - alpha)
 
 
+def colour_scale(width: int = 256, height: int = 12) -> np.ndarray:
+    """The overlay's colour bar, drawn by the same function as the overlay so the two cannot disagree:
+    (height, width, 3) uint8, 0 on the left, 1 on the right."""
+    ramp = np.tile(np.linspace(0.0, 1.0, width, dtype=np.float32), (height, 1))
+    return show_cam_on_image(np.zeros((height, width, 3), np.float32), ramp, use_rgb=True, image_weight=0.0)
+
+
 def explain(loaded: LoadedModel, tile: np.ndarray, method: str = "gradcam", target: int | None = None,
             aug_smooth: bool = False, eigen_smooth: bool = False, layer: str | None = None,
             alpha: float = 0.5, faithfulness: bool = True) -> Explanation:

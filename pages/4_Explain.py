@@ -10,15 +10,15 @@ from PIL import Image
 
 from core import appstate, figures
 from core.classes import CLASS_NAMES
-from core.imageio import TILE_SIZE, decode_gray
+from core.imageio import IMAGE_SUFFIXES, TILE_SIZE, decode_gray
 from ui.common import USER_ERRORS, get_data, get_model, model_choices, page, show_error
 
 page("Explain", ":material/image_search:")
 MAX_FILES = 24
 
 # The uploader comes first: it answers before the model and the CAM library are loaded (cold start).
-uploads = st.file_uploader("Upload tiles (JPEG, PNG or TIFF; colour images are converted to grayscale)",
-                           type=["jpg", "jpeg", "png", "tif", "tiff"], accept_multiple_files=True)
+uploads = st.file_uploader("Upload tiles (JPEG, PNG, TIFF, BMP, GIF or WebP; colour images are converted to "
+                           "grayscale)", type=[s.lstrip(".") for s in IMAGE_SUFFIXES], accept_multiple_files=True)
 items: list[tuple[str, bytes]] = [(u.name, u.getvalue()) for u in uploads or []]
 if len(items) > MAX_FILES:
     st.warning(f"{len(items)} files uploaded: showing the first {MAX_FILES}.")
@@ -43,7 +43,7 @@ with st.expander("…or pick a tile from the data set"):
         except USER_ERRORS as exc:
             show_error(exc, "Cannot read the data set")
 
-from core.explain import CAM_METHODS, explain, overlay_heatmap  # noqa: E402 - after the uploader, see above
+from core.explain import CAM_METHODS, colour_scale, explain, overlay_heatmap  # noqa: E402 - after the uploader, see above
 from core.predict import predict_bytes  # noqa: E402
 from core.tiling import render_class_map  # noqa: E402
 
@@ -110,7 +110,7 @@ for name, payload in items:
         with st.spinner(f"{method} on {name}…"):
             exp = _explain(model_key, f"{digest}:{stride}", pred.tile, method, target, aug_smooth, eigen_smooth)
     except USER_ERRORS as exc:
-        show_error(exc, name)
+        show_error(exc, "" if str(exc).startswith(name) else name)  # decoder messages already name the file
         continue
     overlay = overlay_heatmap(pred.tile, exp.heatmap, alpha)
     st.markdown(f"### {name}\nPredicted **{pred.label}** ({pred.confidence:.1%})" +
@@ -120,6 +120,11 @@ for name, payload in items:
     cols = st.columns([1, 1, 1.3])
     cols[0].image(pred.tile, caption="tile (as the model sees it)", width="stretch", clamp=True)
     cols[1].image(overlay, caption=f"{exp.method} on {exp.layer} for {exp.target_name}", width="stretch")
+    cols[1].image(colour_scale(), width="stretch")
+    cols[1].caption(f"Colour scale: blue 0, none of this tile's evidence for {exp.target_name}; red 1, its "
+                    "strongest. Scaled per tile: red marks where the evidence is, not that it is strong" +
+                    (f" (the model gives {exp.target_name} {pred.probabilities[exp.target_name]:.1%})"
+                     if exp.target != pred.index else "") + ".")
     with cols[2]:
         st.plotly_chart(figures.probability_bars([pred.probabilities[c] for c in model.class_names],
                                                  model.class_names, pred.index), width="stretch",
