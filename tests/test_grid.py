@@ -193,3 +193,85 @@ def test_launch_queues_a_2x2_grid_as_jobs(data_dir, tmp_path):
         while any(r.trainer_alive() for r in runs) and time.time() < deadline:
             time.sleep(0.5)
     assert {jobs.job_state(r) for r in runs} <= {"cancelled", "completed"}
+
+
+# ---- the Train page's grid -----------------------------------------------------------------------------------
+
+@pytest.fixture()
+def app_data(data_dir):
+    """The synthetic data chosen in the app, and the app's runs folder left as it was found."""
+    import json
+    import shutil
+    from core.settings import APP_STATE_FILE, RUNS_DIR
+    Path(APP_STATE_FILE).write_text(json.dumps({"data_paths": [str(data_dir)]}))
+    before = {r.name for r in list_runs()}
+    grids_before = {m["id"] for m in grid.list_grids()}
+    yield data_dir
+    for r in list_runs():
+        if r.name not in before:
+            jobs.cancel(r)
+            deadline = time.time() + 120
+            while r.trainer_alive() and time.time() < deadline:
+                time.sleep(0.5)
+            shutil.rmtree(r.path)
+    for m in grid.list_grids():
+        if m["id"] not in grids_before:
+            (grid.grids_dir() / f"{m['id']}.json").unlink()
+    Path(APP_STATE_FILE).unlink(missing_ok=True)
+    assert Path(RUNS_DIR).is_dir()
+
+
+def _tiny_form(at):
+    for key, value in (("cfg_model", "simple_cnn"), ("cfg_init", "scratch")):
+        at.selectbox(key=key).set_value(value).run()
+    for key, value in (("cfg_image_size", 48), ("cfg_epochs", 1), ("cfg_max_steps_per_epoch", 2)):
+        at.number_input(key=key).set_value(value).run()
+
+
+@pytest.mark.slow
+def test_train_page_grid_refuses_bad_values_at_the_field_then_queues_a_2x2_grid(app_data):
+    from tests.test_app import run_page, texts
+    before = {r.name for r in list_runs()}
+    at = run_page("pages/2_Train.py")
+    _tiny_form(at)
+    at.multiselect(key="grid_fields").set_value(["lr"]).run()
+    at.text_input(key="grid_values_lr").input("1e-3, abc").run()
+    assert any("lr: 'abc' is not a valid float" in e.value for e in at.error)  # at the field, before any click
+    at.button(key="grid_launch").click().run()
+    assert "Grid not launched: lr: 'abc' is not a valid float" in texts(at)
+    at.text_input(key="grid_values_lr").input("1e-3, -1").run()  # parsed, but not a valid run
+    assert any("lr: -1.0 is below the minimum" in e.value and "in the run lr-1.0" in e.value for e in at.error)
+    at.button(key="grid_launch").click().run()
+    assert "Grid not launched" in texts(at) and at.text_input(key="grid_values_lr").value == "1e-3, -1"
+    assert {r.name for r in list_runs()} == before and not at.exception
+
+    at.multiselect(key="grid_fields").set_value(["optimizer", "scheduler"]).run()
+    at.multiselect(key="grid_values_optimizer").set_value(["adam", "nadam"]).run()
+    at.multiselect(key="grid_values_scheduler").set_value(["step", "onecycle"]).run()
+    assert "**4 runs**" in texts(at) and "`nadam-onecycle`" in texts(at)
+    at.button(key="grid_launch").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    new = [r for r in list_runs() if r.name not in before]
+    assert len(new) == 4 and {(r.config()["optimizer"], r.config()["scheduler"]) for r in new} == \
+           {("adam", "step"), ("adam", "onecycle"), ("nadam", "step"), ("nadam", "onecycle")}
+    grid_id = at.session_state["grid_shown"]
+    assert all(r.notes()["tags"] == [f"grid:{grid_id}"] for r in new)
+    table = next(d.value for d in at.dataframe if "val macro-F1" in d.value.columns)
+    assert set(table["run"]) == {r.name for r in new} and list(table.columns[:2]) == ["optimizer", "scheduler"]
+
+
+@pytest.mark.slow
+def test_grid_results_open_the_runs_in_compare(app_data, one_thread):
+    from tests.test_app import run_page, texts
+    p = grid.plan(base(app_data), [grid.parse_axis("seed=0,1")])
+    grid_id, code = grid.run_in_process(p, say=lambda line: None)
+    assert code == 0
+    names = [e["run"] for e in grid.load_manifest(grid_id)["runs"]]
+    at = run_page("pages/2_Train.py")
+    at.selectbox(key="grid_shown").set_value(grid_id).run()
+    table = next(d.value for d in at.dataframe if "val macro-F1" in d.value.columns)
+    assert set(table["state"]) == {"completed"} and "One split: the same data options" in texts(at)
+    at.button(key="grid_compare").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert sorted(at.multiselect[0].value) == sorted(names)  # Compare, with the grid's runs picked
+    assert "seed" in at.dataframe[0].value.index  # the setting that differs
