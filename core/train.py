@@ -683,8 +683,7 @@ def grid_report(grid_id: str, runs_dir: Path | None) -> int:
     if not grid_id:
         grids = grid.list_grids(runs_dir)
         for m in grids:
-            values = "; ".join(f"{k}={','.join(v)}" for k, v in m.get("values", {}).items())
-            print(f"{m['id']}  {len(m.get('runs', []))} runs  {values}")
+            print(f"{m['id']}  {len(m.get('runs', []))} runs  {grid.describe_values(m.get('values', {}))}")
         if not grids:
             print(f"no grids in {grid.grids_dir(runs_dir)}")
         return 0

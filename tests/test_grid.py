@@ -170,7 +170,11 @@ def test_report_says_when_runs_do_not_share_a_split(data_dir, tmp_path):
         grid._record(path, run, combo)
     table, split = grid.report(grid_id, runs_dir)
     assert "do NOT share one split" in split
-    assert list(table["seed"]) == ["1", "0"] and list(table["val macro-F1"]) == [0.6, 0.5]
+    assert list(table["seed"]) == [1, 0] and list(table["val macro-F1"]) == [0.6, 0.5]
+    import shutil
+    shutil.rmtree(runs_dir / table["run"][0])  # a run deleted since: its row stays, saying so
+    table, split = grid.report(grid_id, runs_dir)
+    assert list(table["state"]) == ["completed", "deleted"] and "one split" in split
 
 
 @pytest.mark.slow

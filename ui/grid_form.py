@@ -87,8 +87,8 @@ def grid_results() -> None:
     if st.session_state.get(SHOWN) not in ids:
         st.session_state[SHOWN] = ids[0]
     by_id = {m["id"]: m for m in grids}
-    grid_id = st.selectbox("Grid", ids, key=SHOWN, format_func=lambda i: f"{i} · " + " × ".join(
-        f"{k} ({', '.join(v)})" for k, v in by_id[i].get("values", {}).items()))
+    grid_id = st.selectbox("Grid", ids, key=SHOWN,
+                           format_func=lambda i: f"{i} · {grid.describe_values(by_id[i].get('values', {}))}")
     table, _ = grid.report(grid_id)
     active = bool(len(table)) and table["state"].isin(ACTIVE_STATES).any()
 
