@@ -8,7 +8,7 @@ import pytest
 
 from core import grid, jobs
 from core.config import RunConfig
-from core.runs import list_runs
+from core.runs import Run, list_runs
 from core.train import main as train_cli
 from tests import synthetic
 
@@ -178,10 +178,14 @@ def test_report_says_when_runs_do_not_share_a_split(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_launch_queues_a_2x2_grid_as_jobs(data_dir, tmp_path):
+def test_cli_queue_launches_a_2x2_grid_as_jobs(data_dir, tmp_path, capsys):
     runs_dir = tmp_path / "runs"
-    p = grid.plan(base(data_dir), [grid.parse_axis("optimizer=adam,nadam"), grid.parse_axis("scheduler=step,none")])
-    grid_id, runs = grid.launch(p, runs_dir)
+    assert train_cli(["--data", str(data_dir), "--model", "simple_cnn", "--init", "scratch", "--image-size", "48",
+                      "--epochs", "1", "--max-steps-per-epoch", "2", "--device", "cpu", "--runs-dir", str(runs_dir),
+                      "--queue", "--grid", "optimizer=adam,nadam", "--grid", "scheduler=step,none"]) == 0
+    [manifest] = grid.list_grids(runs_dir)
+    grid_id, runs = manifest["id"], [Run(runs_dir / e["run"]) for e in manifest["runs"]]
+    assert f"grid {grid_id}: queued 4 runs" in capsys.readouterr().out
     try:
         assert len(runs) == 4 and {r.name for r in list_runs(runs_dir)} == {r.name for r in runs}
         assert {jobs.job_state(r) for r in runs} <= {"queued", "running"}
