@@ -254,6 +254,7 @@ def test_train_page_grid_refuses_bad_values_at_the_field_then_queues_a_2x2_grid(
     assert {r.name for r in list_runs()} == before and not at.exception
 
     at.multiselect(key="grid_fields").set_value(["optimizer", "scheduler"]).run()
+    assert "Give at least two values." in texts(at) and not at.error  # a hint until values are picked
     at.multiselect(key="grid_values_optimizer").set_value(["adam", "nadam"]).run()
     at.multiselect(key="grid_values_scheduler").set_value(["step", "onecycle"]).run()
     assert "**4 runs**" in texts(at) and "`nadam-onecycle`" in texts(at)

@@ -44,6 +44,10 @@ def grid_form(values: dict[str, Any]) -> None:
         with col:
             picked = _value_widget(name, specs[name])
             slots[name] = st.empty()
+        if not picked:  # nothing typed yet: a hint, not an error
+            slots[name].caption("Give at least two values.")
+            problem = problem or grid.GridError(f"{name}: give at least two values to vary")
+            continue
         try:
             axes.append(grid.parse_values(name, picked))
         except grid.GridError as exc:
