@@ -44,7 +44,7 @@ from .data import (DataError, DeviceBatches, HiriseData, TileDataset, begin_epoc
                    training_batches)
 from .errors import first_line
 from .evaluate import evaluate_model, save_report
-from .jobs import Cancelled, device_key, device_turn, process_start
+from .jobs import Cancelled, JobError, device_key, device_turn, process_start
 from .metrics import classification_metrics, headline
 from .models import (WeightsUnavailable, build_model, freeze_batchnorm_of_frozen, frozen_stages, require_imagenet,
                      set_frozen, spec, unfrozen_after)
@@ -667,7 +667,7 @@ def grid_main(args: argparse.Namespace) -> int:
     if args.queue:
         try:
             grid_id, runs = grid.launch(p, runs_dir)
-        except RuntimeError as exc:  # JobError
+        except JobError as exc:
             return refuse(str(exc))
         print(f"grid {grid_id}: queued {len(runs)} runs: {', '.join(r.name for r in runs)}\n"
               f"results: python -m core.train --grid-report {grid_id}")
