@@ -1,5 +1,8 @@
 """`python -m core.train --data PATH [--data PATH ...] --run-dir DIR [options]`: train and write a run.
 
+`--grid FIELD=V1,V2 [FIELD=...]` trains every combination (an ablation grid, core.grid) one after another, or
+queues them as jobs with `--queue`; `--grid-report ID` prints a grid's results table.
+
 Every option of `core.config.RunConfig` is a flag (or comes from `--config FILE`). With
 `torchrun --nproc_per_node N -m core.train ...` it trains with DistributedDataParallel (NCCL on
 GPUs, gloo on CPU); only rank 0 writes the run folder.
@@ -41,7 +44,7 @@ from .data import (DataError, DeviceBatches, HiriseData, TileDataset, begin_epoc
                    training_batches)
 from .errors import first_line
 from .evaluate import evaluate_model, save_report
-from .jobs import Cancelled, device_key, device_turn, process_start
+from .jobs import Cancelled, JobError, device_key, device_turn, process_start
 from .metrics import classification_metrics, headline
 from .models import (WeightsUnavailable, build_model, freeze_batchnorm_of_frozen, frozen_stages, require_imagenet,
                      set_frozen, spec, unfrozen_after)
@@ -585,14 +588,19 @@ def prepare_run_folder(run: Run, cfg: RunConfig, args: argparse.Namespace) -> No
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", required=True, help="the run folder to create (or resume)")
+    parser.add_argument("--run-dir", help="the run folder to create (or resume); required except with --grid")
     parser.add_argument("--config", help="a config.json to start from; flags override it")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last.pt")
     parser.add_argument("--lr-find", action="store_true", help="run the LR range test instead of training")
     parser.add_argument("--queue", action="store_true", help="wait for the device's turn (used by app jobs)")
     parser.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)  # the run lock, handed over by jobs.launch
+    add_grid_arguments(parser)
     add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.grid or args.grid_report is not None:
+        return grid_main(args)
+    if not args.run_dir:
+        parser.error("the following arguments are required: --run-dir (or --grid FIELD=V1,V2)")
     run_dir = Path(args.run_dir)
     try:
         base = RunConfig.load(args.config) if args.config else (
@@ -621,6 +629,71 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             return refuse(f"cannot write the run folder {run_dir}: {exc.strerror or exc}")
         return train(cfg, run, resume=args.resume, lr_find=args.lr_find, queue=args.queue, lock=lock)
+
+
+def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ablation grid's flags (core.grid)."""
+    parser.add_argument("--grid", nargs="+", action="extend", default=[], metavar="FIELD=V1,V2",
+                        help="train every combination of up to three options' values, everything else equal "
+                             "(one run folder each under --runs-dir), one after another in this process; with "
+                             "--queue, queue them as jobs (as the app does) and return")
+    parser.add_argument("--runs-dir", help="where a grid's run folders go (default: HIRISE_RUNS_DIR or runs/)")
+    parser.add_argument("--grid-report", nargs="?", const="", metavar="ID",
+                        help="print a grid's results table (without ID: list the grids)")
+
+
+def grid_main(args: argparse.Namespace) -> int:
+    """`--grid` and `--grid-report`: every combination checked before the first run starts."""
+    from . import grid
+    runs_dir = Path(args.runs_dir) if args.runs_dir else None
+    if args.grid_report is not None:
+        return grid_report(args.grid_report, runs_dir)
+    clash = [flag for flag, on in (("--run-dir", args.run_dir), ("--resume", args.resume),
+                                   ("--lr-find", args.lr_find), ("--lock-fd", args.lock_fd is not None)) if on]
+    if clash:
+        return refuse(f"--grid makes one run folder per combination under --runs-dir; it takes no {clash[0]}")
+    try:
+        axes = [grid.parse_axis(text) for text in args.grid]
+        names = {f.name for f in fields(RunConfig)}
+        typed = [a.field for a in axes if a.field in vars(args)]
+        if typed:
+            raise grid.GridError(f"{typed[0]}: given both as --{typed[0].replace('_', '-')} and in --grid; "
+                                 "give it once")
+        values = (RunConfig.load(args.config) if args.config else RunConfig()).to_dict()
+        values.update({k: v for k, v in vars(args).items() if k in names})
+        p = grid.plan(RunConfig.from_dict(values), axes)  # the base alone is not checked: the grid may fix it
+    except ConfigError as exc:
+        return refuse(str(exc))
+    if args.queue:
+        try:
+            grid_id, runs = grid.launch(p, runs_dir)
+        except JobError as exc:
+            return refuse(str(exc))
+        print(f"grid {grid_id}: queued {len(runs)} runs: {', '.join(r.name for r in runs)}\n"
+              f"results: python -m core.train --grid-report {grid_id}")
+        return 0
+    grid_id, code = grid.run_in_process(p, runs_dir)
+    grid_report(grid_id, runs_dir)
+    return code
+
+
+def grid_report(grid_id: str, runs_dir: Path | None) -> int:
+    """Print a grid's results table, or (no id) the grids there are."""
+    from . import grid
+    if not grid_id:
+        grids = grid.list_grids(runs_dir)
+        for m in grids:
+            print(f"{m['id']}  {len(m.get('runs', []))} runs  {grid.describe_values(m.get('values', {}))}")
+        if not grids:
+            print(f"no grids in {grid.grids_dir(runs_dir)}")
+        return 0
+    try:
+        table, split = grid.report(grid_id, runs_dir)
+    except FileNotFoundError as exc:
+        return refuse(str(exc))
+    print(f"grid {grid_id}: {split}")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-") if len(table) else "(no runs)")
+    return 0
 
 
 def refuse(message: str, lock: RunLock | None = None) -> int:

@@ -10,6 +10,7 @@ from core.config import ConfigError, RunConfig
 from core.models import WeightsUnavailable, fetch_imagenet_weights, imagenet_status
 from core.runs import ACTIVE_STATES, list_runs, read_json
 from ui.common import IMBALANCE_NOTE, USER_ERRORS, data_for_config, page, show_error
+from ui.grid_form import grid_form, grid_results
 from ui.run_admin import delete_button, notes_editor
 from ui.run_form import GROUP_TITLES, checked_config, group_of, propose, run_form
 
@@ -62,6 +63,8 @@ with st.expander("Configure a run", expanded=not list_runs() or applied is not N
             st.toast(f"Launched {run.name}")
         except (ConfigError, jobs.JobError) as exc:
             show_error(exc, "Not launched")
+with st.expander("Grid: vary up to three options, one run per combination"):
+    grid_form(values)  # everything else as configured above
 
 runs = list_runs()
 deleted = st.session_state.pop("deleted_run", None)
@@ -80,6 +83,7 @@ for r in runs[:30]:
                  "progress": jobs.progress_column(status, cfg), "tags": ", ".join(notes["tags"]),
                  "note": notes["note"], "queued": status.get("queued_at") or ""})
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+grid_results()
 names = [r.name for r in runs]
 default = st.session_state.get("selected_run")
 selected = st.selectbox("Watch run", names, index=names.index(default) if default in names else 0)

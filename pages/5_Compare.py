@@ -16,7 +16,11 @@ if len(runs) < 2:
     st.info("Compare needs at least two runs with metrics: train some on the Train page.")
     st.stop()
 names = [r.name for r in runs]
-picked = st.multiselect("Runs", names, default=names[:2])
+preset = [n for n in st.session_state.pop("compare_runs", []) if n in names]  # from a grid (ui/grid_form.py)
+if len(preset) >= 2 or "compare_picked" not in st.session_state:
+    st.session_state["compare_picked"] = preset if len(preset) >= 2 else names[:2]
+st.session_state["compare_picked"] = [n for n in st.session_state["compare_picked"] if n in names]
+picked = st.multiselect("Runs", names, key="compare_picked")
 chosen = [runs[names.index(n)] for n in picked]
 if len(chosen) < 2:
     st.info("Pick at least two runs.")

@@ -1,0 +1,369 @@
+"""Ablation grids: several values for up to three options, every combination a run, everything else equal.
+
+`FIELD=V1,V2` is parsed against RunConfig's field metadata (type, choices), and every combination is checked by
+the same `validate()` and `check_ready()` as a single run before anything is queued. The runs of a grid share
+their data options, so they share one split; `splits.json` of the runs that started is compared to say so.
+
+A grid is a manifest, `<runs dir>/.grids/<id>.json` (its options, values and run folders), and a tag
+`grid:<id>` in each run's notes.json; the manifest is what the results table is gathered from.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .config import ConfigError, RunConfig, field_specs
+from .runs import Run, now_iso, read_json, runs_root, update_json, write_json_atomic
+
+MAX_FIELDS = 3
+MAX_RUNS = 24  # each queued job waits as a process with torch loaded (~0.45 GB private): 24 hold ~11 GB
+
+#: Options a grid may not vary, and why (besides every `data` option: see `why_not_gridable`).
+NOT_GRIDABLE = {
+    "name": "each run of a grid is named after its values (the form's name becomes their prefix)",
+    "init_from": "it is a path; start the whole grid from one run instead",
+    "device": "every run of a grid runs on one device (jobs queue per device)",
+    "num_workers": "it changes how fast a run goes, not what it learns",
+    "channels_last": "it changes how fast a run goes, not what it learns",
+    "compile": "it changes how fast a run goes, not what it learns",
+    "log_every": "it changes how often a run logs, not what it learns",
+}
+TAG_PREFIX = "grid:"
+METRICS = {"val macro-F1": "val_macro_f1", "val balanced accuracy": "val_balanced_accuracy",
+           "val accuracy": "val_accuracy"}
+
+
+class GridError(ConfigError):
+    """A grid that cannot be launched; the message starts with the option it is about, when there is one."""
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One varied option and its values, in the order given."""
+    field: str
+    values: tuple
+
+
+@dataclass
+class GridPlan:
+    """A checked grid: its axes and one valid, ready RunConfig per combination (names say the values)."""
+    axes: list[Axis]
+    combos: list[dict[str, Any]]
+    configs: list[RunConfig]
+    base: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.configs)
+
+
+def _specs() -> dict[str, dict]:
+    return {s["name"]: s for s in field_specs()}
+
+
+def why_not_gridable(name: str) -> str | None:
+    """None when a grid may vary `name`; otherwise why not, in a phrase."""
+    spec = _specs().get(name)
+    if spec is None:
+        return "no such option"
+    if spec["group"] == "data":
+        return "the runs of a grid share their data options, so that they share one split"
+    return NOT_GRIDABLE.get(name)
+
+
+def gridable_fields() -> list[str]:
+    """The options a grid may vary, in the form's order."""
+    return [s["name"] for s in field_specs() if why_not_gridable(s["name"]) is None]
+
+
+def is_list_field(name: str) -> bool:
+    return getattr(_specs()[name]["type"], "__origin__", None) is list
+
+
+def format_value(value: Any) -> str:
+    """A grid value as it is typed: lists as `a+b`, booleans as true/false."""
+    if isinstance(value, (list, tuple)):
+        return "+".join(map(str, value))
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def parse_values(name: str, texts: Sequence[Any]) -> Axis:
+    """`texts` (strings as typed, or values) as the option's type; a list option's value is `a+b+c`. Raises
+    GridError naming the option: unknown or not gridable option, a value of the wrong type or not among the
+    choices, a repeated value, fewer than two values."""
+    reason = why_not_gridable(name)
+    if reason == "no such option":
+        raise GridError(f"{name}: no such option (gridable: {', '.join(gridable_fields())})")
+    if reason:
+        raise GridError(f"{name}: cannot be varied in a grid: {reason}")
+    spec = _specs()[name]
+    values = []
+    for text in texts:
+        if isinstance(text, str):
+            text = text.strip()
+            if not text:
+                raise GridError(f"{name}: an empty value (values are separated by commas)")
+            if is_list_field(name):
+                text = [t.strip() for t in text.split("+") if t.strip()]
+        try:
+            value = getattr(RunConfig.from_dict({name: text}), name)
+        except ConfigError as exc:
+            raise GridError(str(exc)) from None
+        choices = spec["choices"]
+        bad = [v for v in (value if isinstance(value, list) else [value]) if choices and v not in choices]
+        if bad:
+            raise GridError(f"{name}: unknown value {bad[0]!r} (expected one of {', '.join(choices)})")
+        value = tuple(value) if isinstance(value, list) else value
+        if value in values:
+            raise GridError(f"{name}: {format_value(value)} is given twice")
+        values.append(value)
+    if len(values) < 2:
+        raise GridError(f"{name}: give at least two values to vary (one value is an ordinary option)")
+    return Axis(name, tuple(values))
+
+
+def parse_axis(text: str) -> Axis:
+    """`FIELD=V1,V2[,...]` (the CLI's `--grid`); the field may be spelled with dashes, as its flag."""
+    name, sep, values = text.partition("=")
+    name = name.strip().lstrip("-").replace("-", "_")
+    if not sep or not name:
+        raise GridError(f"--grid {text!r}: write FIELD=V1,V2 (for example optimizer=adam,nadam)")
+    return parse_values(name, values.split(","))
+
+
+def run_label(combo: dict[str, Any]) -> str:
+    """A short name that says the varied values: `nadam-onecycle`, `lr0.0003`, `amp-off`, `hflip+vflip`."""
+    specs = _specs()
+    parts = []
+    for name, value in combo.items():
+        if isinstance(value, bool):
+            parts.append(f"{name}-{'on' if value else 'off'}")
+        elif specs[name]["choices"]:
+            parts.append(format_value(value))
+        else:
+            parts.append(f"{name}{format_value(value)}")
+    return "-".join(parts)
+
+
+def plan(base: RunConfig | dict[str, Any], axes: Sequence[Axis], check_ready: bool = True) -> GridPlan:
+    """Every combination of `axes` over `base`, each checked as a single run is (values, options that do not
+    apply, data found, weights here): GridError on the first problem, before anything is queued."""
+    base = dict(base.to_dict() if isinstance(base, RunConfig) else base)
+    if not axes:
+        raise GridError("choose at least one option to vary")
+    if len(axes) > MAX_FIELDS:
+        raise GridError(f"a grid varies at most {MAX_FIELDS} options, not {len(axes)}")
+    names = [a.field for a in axes]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise GridError(f"{repeated[0]}: varied twice; give all its values once (FIELD=V1,V2)")
+    total = 1
+    for a in axes:
+        total *= len(a.values)
+    if total > MAX_RUNS:
+        raise GridError(f"{' x '.join(str(len(a.values)) for a in axes)} = {total} runs: a grid holds at most "
+                        f"{MAX_RUNS}; drop some values")
+    prefix = str(base.get("name") or "").strip()
+    combos, configs = [], []
+    for values in itertools.product(*(a.values for a in axes)):
+        combo = dict(zip(names, values))
+        label = run_label(combo)
+        typed = {k: list(v) if isinstance(v, tuple) else v for k, v in combo.items()}
+        try:
+            cfg = RunConfig.from_dict({**base, **typed, "name": f"{prefix}-{label}" if prefix else label})
+            cfg.validate()
+            if check_ready:
+                cfg.check_ready()
+        except ConfigError as exc:
+            raise GridError(f"{exc} (in the run {label})") from None
+        combos.append(combo)
+        configs.append(cfg)
+    return GridPlan(list(axes), combos, configs, base)
+
+
+# ---- launching and recording --------------------------------------------------------------------------------
+
+def grids_dir(runs_dir: Path | None = None) -> Path:
+    return runs_root(runs_dir) / ".grids"
+
+
+def _manifest_path(grid_id: str, runs_dir: Path | None = None) -> Path:
+    return grids_dir(runs_dir) / f"{grid_id}.json"
+
+
+def new_grid_id(runs_dir: Path | None = None) -> str:
+    """A fresh id (`20261121-201500-3fa2`), its manifest created exclusively so no two grids share it."""
+    folder = grids_dir(runs_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    while True:
+        grid_id = f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+        try:
+            os.close(os.open(_manifest_path(grid_id, runs_dir), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return grid_id
+        except FileExistsError:
+            continue
+
+
+def _start_manifest(p: GridPlan, grid_id: str, how: str, runs_dir: Path | None) -> Path:
+    path = _manifest_path(grid_id, runs_dir)
+    write_json_atomic(path, {"id": grid_id, "created_at": now_iso(), "how": how,
+                             "fields": [a.field for a in p.axes],
+                             "values": {a.field: [_json_value(v) for v in a.values] for a in p.axes},
+                             "base": {k: v for k, v in p.base.items() if k != "name"}, "runs": []})
+    return path
+
+
+def _record(path: Path, run: Run, combo: dict[str, Any]) -> None:
+    """Add a run to the manifest and tag it; each grid's manifest has one writer (the thread launching it)."""
+    manifest = read_json(path, {})
+    manifest["runs"] = manifest.get("runs", []) + [{"run": run.name,
+                                                    "values": {k: _json_value(v) for k, v in combo.items()}}]
+    write_json_atomic(path, manifest)
+    notes = run.notes()
+    update_json(run.notes_file, {"note": notes["note"] or f"grid {path.stem}: {_describe(combo)}",
+                                 "tags": list(dict.fromkeys(notes["tags"] + [TAG_PREFIX + path.stem]))})
+
+
+def _json_value(value: Any) -> Any:
+    """A grid value as the manifest keeps it: its own JSON type (numbers sort as numbers), lists as lists."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def describe_values(values: dict[str, list]) -> str:
+    """A manifest's axes in a line: `optimizer (adam, nadam) × lr (0.001, 0.003)`."""
+    return " × ".join(f"{k} ({', '.join(format_value(v) for v in vs)})" for k, vs in values.items())
+
+
+def _describe(combo: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={format_value(v)}" for k, v in combo.items())
+
+
+def launch(p: GridPlan, runs_dir: Path | None = None) -> tuple[str, list[Run]]:
+    """Queue every run of the grid as a job (core.jobs: one per device at a time, oldest first). Returns the
+    grid id and the runs. The plan was checked; a launch failing half way (a full disk) raises JobError naming
+    the runs already queued."""
+    from .jobs import JobError, launch as launch_job
+    grid_id = new_grid_id(runs_dir)
+    path = _start_manifest(p, grid_id, "queued", runs_dir)
+    runs: list[Run] = []
+    for combo, cfg in zip(p.combos, p.configs):
+        try:
+            run = launch_job(cfg, runs_dir)
+        except (ConfigError, JobError) as exc:
+            done = f"; queued before it: {', '.join(r.name for r in runs)}" if runs else ""
+            raise JobError(f"grid {grid_id}: run {run_label(combo)} not queued: {exc}{done}") from None
+        _record(path, run, combo)
+        runs.append(run)
+    return grid_id, runs
+
+
+def run_in_process(p: GridPlan, runs_dir: Path | None = None, say: Callable[[str], None] = print) -> tuple[str, int]:
+    """Train the grid's runs one after another in this process (the CLI's `--grid`), a progress line each.
+    Returns the grid id and an exit code: 0 when every run completed; a cancelled run (Ctrl-C is not caught:
+    the run is then `lost`, resumable) stops the grid."""
+    from .jobs import job_state
+    from .runs import RunLock, new_run_dir
+    from .train import train
+    grid_id = new_grid_id(runs_dir)
+    path = _start_manifest(p, grid_id, "in-process", runs_dir)
+    say(f"grid {grid_id}: {len(p)} runs ({' x '.join(f'{a.field} {len(a.values)}' for a in p.axes)}), "
+        "one after another in this process")
+    code = 0
+    for i, (combo, cfg) in enumerate(zip(p.combos, p.configs), 1):
+        run = new_run_dir(cfg.name, runs_dir)
+        with RunLock.acquire(run) as lock:
+            run.save_config(cfg.to_dict())
+            run.update_status(state="queued", queued_at=now_iso(), kind="train", error=None, ended_at=None)
+            _record(path, run, combo)
+            say(f"[grid {i}/{len(p)}] {_describe(combo)} -> {run.path}")
+            rc = train(cfg, run, lock=lock)
+        status = run.status()
+        best = run.best_epoch(status)
+        score = f", val macro-F1 {best['val_macro_f1']:.3f}" if best.get("val_macro_f1") is not None else ""
+        say(f"[grid {i}/{len(p)}] {job_state(run, status)}{score}" +
+            (f": {status.get('error')}" if status.get("error") else ""))
+        code = code or rc
+        if status.get("state") == "cancelled":
+            say(f"grid {grid_id}: stopped after a cancel; {len(p) - i} runs not started")
+            return grid_id, 1
+    return grid_id, code
+
+
+# ---- results ---------------------------------------------------------------------------------------------------
+
+def list_grids(runs_dir: Path | None = None) -> list[dict[str, Any]]:
+    """The grids' manifests, newest first."""
+    folder = grids_dir(runs_dir)
+    manifests = [read_json(p) for p in folder.glob("*.json")] if folder.is_dir() else []
+    return sorted([m for m in manifests if isinstance(m, dict) and m.get("id")], key=lambda m: m["id"], reverse=True)
+
+
+def load_manifest(grid_id: str, runs_dir: Path | None = None) -> dict[str, Any]:
+    manifest = read_json(_manifest_path(grid_id, runs_dir)) if "/" not in grid_id else None
+    if not isinstance(manifest, dict):
+        known = ", ".join(m["id"] for m in list_grids(runs_dir)[:5]) or "none yet"
+        raise FileNotFoundError(f"no grid {grid_id!r} in {grids_dir(runs_dir)} (latest: {known})")
+    return manifest
+
+
+def _split_digest(run: Run) -> str | None:
+    """A short fingerprint of the run's validation and test files (None before the run wrote its split)."""
+    splits = read_json(run.splits_file)
+    if not isinstance(splits, dict):
+        return None
+    text = json.dumps({k: v.get("files") for k, v in sorted(splits.items()) if isinstance(v, dict)}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def report(grid_id: str, runs_dir: Path | None = None) -> tuple[pd.DataFrame, str]:
+    """The grid's results, a row per run (varied values, state, best-epoch validation metrics, split), sorted by
+    val macro-F1; and a line saying whether they share one split (data options and split files compared)."""
+    from .jobs import job_state
+    manifest = load_manifest(grid_id, runs_dir)
+    root = runs_root(runs_dir)
+    rows, digests, data_options = [], set(), set()
+    data_fields = [s["name"] for s in field_specs() if s["group"] == "data"]
+    for entry in manifest.get("runs", []):
+        if not isinstance(entry, dict) or not isinstance(entry.get("run"), str) or "/" in entry["run"]:
+            continue  # not a line this module wrote
+        run = Run(root / entry["run"])
+        row: dict[str, Any] = {k: format_value(v) if isinstance(v, list) else v
+                               for k, v in entry.get("values", {}).items()}
+        if not run.config_file.is_file():
+            rows.append({**row, "run": entry["run"], "state": "deleted"})
+            continue
+        status, config = run.status(), run.config()
+        best = run.best_epoch(status)
+        digest = _split_digest(run)
+        if digest:
+            digests.add(digest)
+        data_options.add(json.dumps({k: config.get(k) for k in data_fields}, sort_keys=True))
+        row.update({"run": run.name, "state": job_state(run, status), "best epoch": best.get("epoch")})
+        row.update({label: best.get(key) for label, key in METRICS.items()})
+        row["split"] = digest
+        rows.append(row)
+    columns = list(manifest.get("fields", [])) + ["run", "state", "best epoch", *METRICS, "split"]
+    table = pd.DataFrame(rows, columns=columns)
+    if len(table):
+        table = table.sort_values("val macro-F1", ascending=False, na_position="last", kind="stable")
+        table["best epoch"] = table["best epoch"].astype("Int64")
+    started = int(table["split"].notna().sum()) if len(table) else 0
+    if len(data_options) > 1 or len(digests) > 1:
+        split = "the runs do NOT share one split (their data options or split files differ): compare with care"
+    elif started:
+        split = (f"one split: the same data options and split seed, and the {started} runs that started wrote "
+                 f"identical validation and test files ({next(iter(digests))})")
+    else:
+        split = "one split by construction (the same data options and split seed); no run has started yet"
+    return table.reset_index(drop=True), split
