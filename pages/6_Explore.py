@@ -9,7 +9,7 @@ import streamlit as st
 from core import appstate
 from core.classes import CLASS_NAMES
 from core.data.overrides import Override, OverridesError, read_overrides, update_overrides
-from core.explore.embed import DEFAULT_METHOD, METHODS, embed
+from core.explore.embed import DEFAULT_METHOD, METHODS, embed, is_cached
 from core.explore.features import DEFAULT_EMBED_SIZE, get_features
 from core.explore.labels import review_labels
 from core.settings import LABEL_OVERRIDES_FILE
@@ -69,9 +69,9 @@ def _features():
 with map_tab:
     key = (*run_key, method)
     emb = st.session_state.get("explore_map") if st.session_state.get("explore_map_key") == key else None
-    if emb is None and st.button("Draw the map", type="primary",
-                                 help="Cold: a feature pass over every tile (minutes on a CPU); later: read from the "
-                                      "cache in seconds"):
+    if emb is None and (is_cached(model, data, method, size) or st.button(
+            "Draw the map", type="primary", help="Cold: a feature pass over every tile (minutes on a CPU, once); "
+                                                 "later: read from the cache in seconds, without asking")):
         try:
             emb = embed(model, data, method, size, on_progress=progress_bar("Embedding"))
             st.session_state["explore_map_key"], st.session_state["explore_map"] = key, emb

@@ -13,7 +13,7 @@ from core.classes import CLASS_NAMES
 from core.data import DataError, load_dataset, summarize
 from core.data.overrides import Override, OverridesError, parse_overrides, read_overrides, update_overrides
 from core.explore import __main__ as cli
-from core.explore.embed import embed, reduce
+from core.explore.embed import embed, is_cached, reduce
 from core.explore.features import cache_dir, compute_features, features_key, get_features
 from core.explore.labels import groups_of, review_labels
 from tests import synthetic
@@ -82,12 +82,15 @@ def test_corrupt_feature_cache_is_rebuilt(tiny, data, cache, damage):
 
 @pytest.mark.parametrize("method", ["pca", "umap"])
 def test_embed_map_and_its_cache(tiny, data, cache, method):
+    assert not is_cached(tiny, data, method, 32, cache_root=cache)
     emb = embed(tiny, data, method, size=32, cache_root=cache)
     assert not emb.from_cache
     t = emb.table
     assert len(t) == len(data.records) and np.isfinite(t[["x", "y"]].to_numpy()).all()
     assert set(t["label"]) <= set(CLASS_NAMES) and set(t["split"]) <= {"train", "val", "test"}
     assert t["file"].tolist() == [r.name for r in data.records]
+    assert is_cached(tiny, data, method, 32, cache_root=cache)
+    assert not is_cached(tiny, data, "tsne", 32, cache_root=cache)
     warm = embed(tiny, data, method, size=32, cache_root=cache)
     assert warm.from_cache and warm.features.from_cache
     np.testing.assert_array_equal(warm.table[["x", "y"]].to_numpy(), t[["x", "y"]].to_numpy())
@@ -290,21 +293,25 @@ def test_cli_malformed_overrides_file(tiny, v32_folder, tmp_path, capsys, monkey
                      str(tmp_path / "m.csv")]) == 2
     err = capsys.readouterr().err
     assert "unknown label 'volcano'" in err and "line 2" in err
+    assert cli.main(["embed", "--data", str(v32_folder), "--checkpoint", str(tiny.path), "--size", "32", "--method",
+                     "pca", "--no-label-overrides", "--out", str(tmp_path / "m.csv")]) == 0
 
 
 # ---- real tiles ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
+@pytest.mark.timeout(1500)  # about 300 tiles through EfficientNet-Lite2 at 260 px: ~20 s idle, minutes when busy
 def test_review_recalls_flipped_real_labels(shared_data, tmp_path):
     """5% of one real source's labels flipped on purpose (through an overrides file: the data stay untouched).
-    The review must flag at least half of them; how many unflipped tiles it flags is printed for the record."""
+    The review must flag at least half of them (about 300 tiles); how many unflipped tiles it flags is printed for the record."""
     from core.checkpoint import load_checkpoint
     source = shared_data / "hirise-v3-subset"
     clean = load_dataset([source], label_overrides=False)
     rng = np.random.default_rng(16)
     observations = sorted({r.observation for r in clean.records if r.observation})
     chosen, count = set(), 0
-    for obs in rng.permutation(observations):  # whole observations, about 500 tiles: a modest runtime
-        if count >= 500:
+    for obs in rng.permutation(observations):  # whole observations, about 300 tiles: a modest runtime
+        if count >= 300:
             break
         chosen.add(obs)
         count += sum(r.observation == obs for r in clean.records)
@@ -334,7 +341,7 @@ def test_review_recalls_flipped_real_labels(shared_data, tmp_path):
 def test_explore_page_draws_a_map_and_reviews(v32_folder, tmp_path):
     from streamlit.testing.v1 import AppTest
 
-    from core.settings import APP_STATE_FILE, PROJECT_ROOT
+    from core.settings import APP_STATE_FILE, LABEL_OVERRIDES_FILE, PROJECT_ROOT
     Path(APP_STATE_FILE).write_text(json.dumps({"data_paths": [str(v32_folder)]}))
     try:
         at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=300)
@@ -352,5 +359,51 @@ def test_explore_page_draws_a_map_and_reviews(v32_folder, tmp_path):
         at.run()
         assert not at.exception, [e.value for e in at.exception]
         assert any("suspects among" in m.value for m in at.markdown)
+        accept = [b for b in at.button if b.label == "Accept"]
+        assert accept, "the review flagged nothing on the synthetic set"
+        first = next(m.value for m in at.markdown if m.value.startswith("**#1**"))
+        accept[0].click()
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        written = read_overrides(LABEL_OVERRIDES_FILE)
+        assert len(written) == 1 and next(iter(written)) in first
+        assert any("1 label(s) changed" in c.value for c in at.caption)  # the data was reloaded with it
     finally:
+        Path(APP_STATE_FILE).unlink(missing_ok=True)
+        LABEL_OVERRIDES_FILE.unlink(missing_ok=True)
+
+
+def _open_explore():
+    from streamlit.testing.v1 import AppTest
+
+    from core.settings import PROJECT_ROOT
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=300)
+    at.switch_page("pages/6_Explore.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_explore_page_without_data(monkeypatch):
+    from core.settings import APP_STATE_FILE
+    Path(APP_STATE_FILE).write_text(json.dumps({"data_paths": []}))
+    monkeypatch.setattr("core.appstate.SHARED_DATA_DIR", Path("/nonexistent"))
+    try:
+        at = _open_explore()
+        assert any("No data set chosen yet" in i.value for i in at.info)
+    finally:
+        Path(APP_STATE_FILE).unlink(missing_ok=True)
+
+
+def test_explore_page_with_a_malformed_overrides_file(v32_folder):
+    from core.settings import APP_STATE_FILE, LABEL_OVERRIDES_FILE
+    Path(APP_STATE_FILE).write_text(json.dumps({"data_paths": [str(v32_folder)]}))
+    LABEL_OVERRIDES_FILE.write_text("file,label\nx.jpg,volcano\n")
+    try:
+        at = _open_explore()
+        errors = " ".join(e.value for e in at.error)
+        assert "unknown label 'volcano'" in errors and "line 2" in errors
+        assert LABEL_OVERRIDES_FILE.read_text() == "file,label\nx.jpg,volcano\n"
+    finally:
+        LABEL_OVERRIDES_FILE.unlink(missing_ok=True)
         Path(APP_STATE_FILE).unlink(missing_ok=True)

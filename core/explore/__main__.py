@@ -18,8 +18,8 @@ from pathlib import Path
 
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..config import MIN_INPUT_SIZE
-from ..data import DataError
-from ..data.cli import add_data_arguments, load_from_args
+from ..data import DataError, load_dataset
+from ..data.cli import add_data_arguments
 from ..settings import DEFAULT_CHECKPOINT
 from .embed import DEFAULT_METHOD, METHODS, embed, write_table
 from .features import DEFAULT_EMBED_SIZE, get_features
@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "faster but loses quality, see README)")
         p.add_argument("--out", required=True, metavar="FILE", help="CSV to write")
         add_data_arguments(p)
+        p.add_argument("--no-label-overrides", action="store_true",
+                       help="the labels as published, without label_overrides.csv (see README)")
         if name == "embed":
             p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
         else:
@@ -78,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         loaded = load_checkpoint(args.checkpoint)
-        data = load_from_args(args.data, args)
+        data = load_dataset(args.data, args.conflict_policy, args.split_mode, args.val_fraction, args.test_fraction,
+                            args.split_seed, args.keep_split_repeats,
+                            label_overrides=False if args.no_label_overrides else None)
         if data.overrides is not None:
             print(f"label overrides: {data.overrides.describe()}", file=sys.stderr)
         t0 = time.perf_counter()

@@ -17,7 +17,7 @@ from ..classes import CLASS_NAMES
 from ..data import HiriseData, Record
 from ..data.storage import content_digest
 from ..progress import ProgressCallback
-from .features import DEFAULT_EMBED_SIZE, Features, cache_dir, get_features, load_npz, save_npz_atomic
+from .features import DEFAULT_EMBED_SIZE, Features, cache_dir, features_key, get_features, load_npz, save_npz_atomic
 
 METHODS = ("umap", "tsne", "pca")
 #: Chosen by measurement on the shared tiles (README, "Explore"): UMAP keeps neighbourhoods as well as
@@ -84,6 +84,16 @@ def embed(loaded: LoadedModel, data: HiriseData, method: str = DEFAULT_METHOD, s
         on_progress(1, 1, f"reducing {len(feats.records):,} tiles to 2-D ({method})")
     save_npz_atomic(path, xy=xy)
     return Embedding(table(feats, xy), feats, method, False, seconds)
+
+
+def is_cached(loaded: LoadedModel, data: HiriseData, method: str = DEFAULT_METHOD, size: int = DEFAULT_EMBED_SIZE,
+              records: list[Record] | None = None, cache_root: Path | None = None) -> bool:
+    """Whether `embed` would only read files (the page then draws the map without being asked)."""
+    records = list(data.records if records is None else records)
+    fkey = features_key(loaded, data, records, size)
+    key = content_digest([EMBED_FORMAT, fkey, method, str(SEED)])
+    return (cache_dir(cache_root) / f"features-{fkey}.npz").is_file() and \
+        (cache_dir(cache_root) / f"embedding-{key}.npz").is_file()
 
 
 def table(feats: Features, xy: np.ndarray) -> pd.DataFrame:
