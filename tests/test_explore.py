@@ -368,6 +368,9 @@ def test_explore_page_draws_a_map_and_reviews(v32_folder, tmp_path):
         written = read_overrides(LABEL_OVERRIDES_FILE)
         assert len(written) == 1 and next(iter(written)) in first
         assert any("1 label(s) changed" in c.value for c in at.caption)  # the data was reloaded with it
+        at.switch_page("pages/1_Dataset.py")
+        at.run()
+        assert any("1 label(s) changed" in i.value for i in at.info)  # and the data summary shows it
     finally:
         Path(APP_STATE_FILE).unlink(missing_ok=True)
         LABEL_OVERRIDES_FILE.unlink(missing_ok=True)
@@ -407,3 +410,17 @@ def test_explore_page_with_a_malformed_overrides_file(v32_folder):
     finally:
         LABEL_OVERRIDES_FILE.unlink(missing_ok=True)
         Path(APP_STATE_FILE).unlink(missing_ok=True)
+
+
+@pytest.mark.slow
+def test_bench_explore_smoke(shared_data):
+    import subprocess
+    import sys
+
+    from core.settings import PROJECT_ROOT
+    res = subprocess.run([sys.executable, str(PROJECT_ROOT / "bench" / "bench_explore.py"), "--data",
+                          str(shared_data / "hirise-v3-subset"), "--max-tiles", "20", "--baseline-tiles", "8",
+                          "--method", "pca", "--size", "64"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "BASELINE" in res.stdout and "OURS" in res.stdout and "ratio" in res.stdout and "warm total" in res.stdout
