@@ -42,6 +42,7 @@ with middle:
     for p in paths:
         (st.success if Path(p).exists() else st.error)(f"{'found' if Path(p).exists() else 'missing'}: `{p}`")
     st.page_link("pages/1_Dataset.py", label="Choose or download data", icon=":material/folder_open:")
+    st.page_link("pages/6_Explore.py", label="Explore: embedding map and label review", icon=":material/scatter_plot:")
 with right:
     st.subheader("Default model")
     try:

@@ -8,6 +8,7 @@
     last.pt         checkpoint of the last finished epoch, with optimizer state for resuming
     eval_val.json   evaluation of best.pt on the validation split, written when the run completes
     splits.json     the files and observations of its validation and test splits (also in each checkpoint)
+    label_overrides.json  the label corrections (core.data.overrides) applied to its data, when there were any
     lr_find.json    the learning-rate range test, for runs launched as an LR finder
     CANCEL          present when a cancel was requested
     run.lock        locked (flock) by the run's one trainer for its whole life, queued time included

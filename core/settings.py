@@ -22,3 +22,6 @@ CACHE_DIR = _env_path("HIRISE_CACHE_DIR", PROJECT_ROOT / ".cache" / "hirise")
 SHARED_DATA_DIR = _env_path("HIRISE_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data")
 #: Small app state remembered across restarts (the chosen data set, ...).
 APP_STATE_FILE = _env_path("HIRISE_APP_STATE", PROJECT_ROOT / ".hirise-app.json")
+#: Label corrections accepted in the Explore page's label review (issue 16); applied by `core.data.load_dataset`,
+#: never written into the data's own label files.
+LABEL_OVERRIDES_FILE = _env_path("HIRISE_LABEL_OVERRIDES", PROJECT_ROOT / "label_overrides.csv")

@@ -130,6 +130,8 @@ def prepare_data(cfg: RunConfig, log) -> TrainData:
     for w in data.warnings:
         log(f"warning: {w}")
     log(f"split: {data.split_method}")
+    if data.overrides is not None:  # issue 16
+        log(f"label overrides: {data.overrides.describe()}")
     if data.leakage:
         message = "the split leaks: " + "; ".join(data.leakage)
         if not cfg.allow_leakage:
@@ -298,6 +300,8 @@ def _train_locked(cfg: RunConfig, run: Run | None, resume: bool, lr_find: bool, 
             td = prepare_data(cfg, log)
             if writer:
                 write_json_atomic(writer.splits_file, split_manifest(td.data))
+                if td.data.overrides is not None:  # issue 16: the label corrections this run trained with
+                    write_json_atomic(writer.path / "label_overrides.json", td.data.overrides.as_dict())
             if lr_find:
                 result = find_lr(cfg, td, d, device, log, stop, run=writer)
                 if writer:

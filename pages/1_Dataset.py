@@ -89,6 +89,10 @@ with left:
         st.error("Leakage: " + "; ".join(summary["leakage"]) + ". Training refuses this split.")
     else:
         st.success("No observation or landmark falls on two sides.")
+    if summary.get("label_overrides"):  # issue 16: corrections accepted on the Explore page
+        lo = summary["label_overrides"]
+        st.info(f"**Label overrides:** {len(lo['changed'])} label(s) changed by `{lo['file']}` (the data's own label "
+                "files are untouched; review them on the Explore page).", icon=":material/edit_note:")
     if summary["pixel_mean"] is not None:
         st.write(f"Training pixels: mean {summary['pixel_mean']:.4f}, std {summary['pixel_std']:.4f} "
                  "(what training normalises with).")

@@ -14,7 +14,7 @@ from core.checkpoint import CheckpointError, LoadedModel, load_checkpoint
 from core.data import DataError, HiriseData, load_dataset, open_tile_cache, read_source
 from core.imageio import ImageError
 from core.runs import Run, list_runs
-from core.settings import DEFAULT_CHECKPOINT, PROJECT_ROOT
+from core.settings import DEFAULT_CHECKPOINT, LABEL_OVERRIDES_FILE, PROJECT_ROOT
 
 #: Errors a user can cause; shown as a message, never a traceback.
 USER_ERRORS = (DataError, CheckpointError, ImageError, ValueError, FileNotFoundError, OSError)
@@ -30,7 +30,8 @@ NAVIGATION = (("app.py", "Home", ":material/satellite_alt:"), ("pages/1_Dataset.
               ("pages/2_Train.py", "Train", ":material/model_training:"),
               ("pages/3_Evaluate.py", "Evaluate", ":material/grid_on:"),
               ("pages/4_Explain.py", "Explain", ":material/image_search:"),
-              ("pages/5_Compare.py", "Compare", ":material/compare:"))
+              ("pages/5_Compare.py", "Compare", ":material/compare:"),
+              ("pages/6_Explore.py", "Explore", ":material/scatter_plot:"))  # issue 16
 
 
 def page(title: str, icon: str = ":material/satellite_alt:") -> None:
@@ -100,7 +101,7 @@ def get_model(path: str | Path | None = None) -> LoadedModel:
 
 
 @st.cache_resource(show_spinner="Reading, merging and splitting the data…", max_entries=4)
-def _cached_data(paths: tuple[str, ...], options: tuple) -> HiriseData:
+def _cached_data(paths: tuple[str, ...], options: tuple, overrides_stamp: tuple = ()) -> HiriseData:
     return load_dataset(list(paths), *options)  # draws nothing: Streamlit replays what cached functions draw
 
 
@@ -125,7 +126,16 @@ def get_data(paths: list[str], conflict_policy: str = "newest", split_mode: str 
     """The merged, split data set, held in memory once per set of options (tiles decoded once, on disk)."""
     _warm_tile_caches(tuple(paths))
     return _cached_data(tuple(paths), (conflict_policy, split_mode, float(val_fraction), float(test_fraction),
-                                       int(split_seed), bool(keep_split_repeats)))
+                                       int(split_seed), bool(keep_split_repeats)), _overrides_stamp())
+
+
+def _overrides_stamp() -> tuple:
+    """Issue 16: the label overrides file's version, so accepting a correction reloads the data with it."""
+    try:
+        st_ = LABEL_OVERRIDES_FILE.stat()
+        return (st_.st_mtime_ns, st_.st_size)
+    except OSError:
+        return ()
 
 
 def data_for_config(config: dict) -> HiriseData:

@@ -11,6 +11,8 @@ from ..classes import CLASS_NAMES
 from ..progress import ProgressCallback
 from .cache import TileCache, open_tile_cache
 from .merge import MergeReport, merge_sources
+from .overrides import Applied, apply_overrides, read_overrides
+from .overrides import default_file as default_overrides_file
 from .records import DataError, Record
 from .sources import Source, read_source
 from .split import assign_splits, coverage_warnings, find_leakage
@@ -25,6 +27,7 @@ class HiriseData:
     leakage: list[str]
     caches: dict[str, TileCache]
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (source:path, reason)
+    overrides: Applied | None = None  # label overrides applied while loading (issue 16), None when no file
 
     @property
     def coverage(self) -> list[str]:
@@ -38,6 +41,8 @@ class HiriseData:
             out.append(f"{len(self.unreadable)} unreadable tiles were skipped (e.g. {self.unreadable[0][0]}: "
                        f"{self.unreadable[0][1]})")
         out += self.coverage
+        if self.overrides is not None and self.overrides.unmatched:  # issue 16: label overrides
+            out.append(self.overrides.describe())
         converted = sum(len(c.notes) for c in self.caches.values())
         if converted:
             example = next((f"{p}: {', '.join(n)}" for c in self.caches.values() for p, n in c.notes.items()), "")
@@ -85,8 +90,13 @@ class HiriseData:
 def load_dataset(paths: Sequence[str | Path], conflict_policy: str = "newest", split_mode: str = "auto",
                  val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0,
                  keep_split_repeats: bool = False, image_size: int = 227,
-                 on_progress: ProgressCallback | None = None) -> HiriseData:
-    """Read, merge, split and decode the given folders or zips. Raises DataError with a clear message."""
+                 on_progress: ProgressCallback | None = None,
+                 label_overrides: str | Path | None | bool = None) -> HiriseData:
+    """Read, merge, split and decode the given folders or zips. Raises DataError with a clear message.
+
+    `label_overrides`: a file of accepted label corrections (`core.data.overrides`), None for the default
+    file (applied when it exists), False for none. They are applied after the split, so correcting a label
+    never moves a tile between train, val and test."""
     if not paths:
         raise DataError("no data path given")
     sources: list[Source] = []
@@ -112,8 +122,21 @@ def load_dataset(paths: Sequence[str | Path], conflict_policy: str = "newest", s
     if not readable:
         raise DataError("no readable tile in " + ", ".join(str(p) for p in paths))
     records, method = assign_splits(readable, split_mode, val_fraction, test_fraction, split_seed)
+    records, applied = _apply_label_overrides(records, label_overrides)
     return HiriseData(sources=sources, records=records, merge_report=report, split_method=method,
-                      leakage=find_leakage(records), caches=caches, unreadable=unreadable)
+                      leakage=find_leakage(records), caches=caches, unreadable=unreadable, overrides=applied)
+
+
+def _apply_label_overrides(records: list[Record], which: str | Path | None | bool) -> tuple[list[Record], Applied | None]:
+    """Issue 16: the records with the overrides file's labels (OverridesError, a DataError, if it is malformed)."""
+    if which is False:
+        return records, None
+    path = Path(which) if which not in (None, True) else default_overrides_file()
+    if which in (None, True) and not path.is_file():
+        return records, None
+    if not path.is_file():
+        raise DataError(f"label overrides file not found: {path}")
+    return apply_overrides(records, read_overrides(path), str(path))
 
 
 def _renamed(record: Record, source_name: str) -> Record:

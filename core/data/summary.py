@@ -41,6 +41,7 @@ def summarize(data: HiriseData) -> dict:
         "unreadable": [{"file": f, "reason": why} for f, why in data.unreadable],
         "merge": data.merge_report.lines() if len(data.sources) > 1 else [],
         "warnings": data.warnings,
+        "label_overrides": data.overrides.as_dict() if data.overrides is not None else None,  # issue 16
     }
 
 
@@ -69,6 +70,10 @@ def format_summary(summary: dict) -> str:
     if summary["pixel_mean"] is not None:
         lines.append(f"training pixel mean {summary['pixel_mean']:.4f}, std {summary['pixel_std']:.4f}")
     lines.append("leakage: " + ("; ".join(summary["leakage"]) if summary["leakage"] else "none"))
+    lo = summary.get("label_overrides")
+    if lo:  # issue 16
+        lines.append(f"label overrides: {len(lo['changed'])} label(s) changed by {lo['file']}"
+                     + (f", {len(lo['unmatched'])} name no tile here" if lo["unmatched"] else ""))
     if summary["merge"]:
         lines.append("")
         lines.append("merge report:")

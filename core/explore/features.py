@@ -1,0 +1,181 @@
+"""Penultimate features (and the head's logits) of a checkpoint for every tile of a data set, cached on disk.
+
+The features are what the model's classifier head reads: the pooled vector before the last linear layer.
+They are computed by a frozen copy of the model whose head is removed; the logits follow from the head's
+weights, so one pass gives both. The cache sits beside the tile cache (CACHE_DIR/explore) and is keyed by
+the checkpoint's bytes, the tiles' content (the tile caches' own content keys), the record list and the
+input size: any change to one of them is a miss, never a stale hit.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoint import LoadedModel, _frozen_trace
+from ..data import HiriseData, Record
+from ..data.storage import content_digest
+from ..models import get_layer, spec
+from ..progress import ProgressCallback, track
+from ..settings import CACHE_DIR
+
+FEATURE_FORMAT = "explore-features-v1"
+#: The input size of the feature pass; 0 means the checkpoint's own (260 px for the shipped EfficientNet-Lite2).
+#: A smaller size is faster but loses much of what the features know (README, "Explore": measured trade-off),
+#: so it is only ever chosen on purpose.
+DEFAULT_EMBED_SIZE = 0
+
+
+def resolve_size(loaded: LoadedModel, size: int) -> int:
+    return int(size) or int(loaded.image_size)
+BATCH = 64
+
+
+@dataclass
+class Features:
+    """Features, logits and probabilities for `records` (same order), and how they were made."""
+
+    records: list[Record]
+    features: np.ndarray  # (N, D) float32
+    logits: np.ndarray  # (N, C) float32, uncalibrated
+    probs: np.ndarray  # (N, C) float32, calibrated with the checkpoint's temperature
+    key: str
+    size: int
+    from_cache: bool
+    seconds: float  # time to compute them (0 for a cache hit)
+    note: str = ""  # e.g. "the cache file was unreadable and was rebuilt"
+
+
+def file_sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def features_key(loaded: LoadedModel, data: HiriseData, records: list[Record], size: int) -> str:
+    """Checkpoint content + tile content + which records, in which order + input size."""
+    size = resolve_size(loaded, size)
+    ckpt = file_sha1(loaded.path) if loaded.path and Path(loaded.path).is_file() else f"unsaved-{id(loaded)}"
+    tile_keys = sorted(f"{name}={cache.directory.name}" for name, cache in data.caches.items())
+    rows = [f"{r.source}:{r.path}" for r in records]
+    return content_digest([FEATURE_FORMAT, ckpt, str(size), *tile_keys, *rows])
+
+
+def cache_dir(root: Path | None = None) -> Path:
+    return Path(root or CACHE_DIR) / "explore"
+
+
+def head_name(loaded: LoadedModel) -> str:
+    """The final linear layer's name (its input is the penultimate feature vector)."""
+    return spec(loaded.arch).stages[-1]
+
+
+def feature_extractor(loaded: LoadedModel) -> tuple[nn.Module, nn.Linear]:
+    """A copy of the model with its head replaced by Identity (outputs features), and the head itself."""
+    name = head_name(loaded)
+    head = get_layer(loaded.model, name)
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"{loaded.arch}: its head {name!r} is not a linear layer; cannot read its features")
+    body = copy.deepcopy(loaded.model).eval()
+    parent_name, _, attr = name.rpartition(".")
+    setattr(get_layer(body, parent_name) if parent_name else body, attr, nn.Identity())
+    return body, head
+
+
+@torch.inference_mode()
+def compute_features(loaded: LoadedModel, data: HiriseData, records: list[Record], size: int = DEFAULT_EMBED_SIZE,
+                     on_progress: ProgressCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(features, logits) of `records` at `size` px input, in batches with a progress bar counting tiles."""
+    size = resolve_size(loaded, size)
+    body, head = feature_extractor(loaded)
+    n = len(records)
+    dim = head.in_features
+    feats = np.empty((n, dim), dtype=np.float32)
+    forward = None
+    start = 0
+    for i in track(range(n), n, f"features at {size}px", on_progress):  # progress counts tiles
+        if i + 1 - start < BATCH and i < n - 1:
+            continue
+        batch = records[start:i + 1]
+        x = loaded.preprocess(data.tiles(batch))
+        if size != loaded.image_size:
+            x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                          antialias=True).contiguous(memory_format=torch.channels_last)
+        if forward is None:  # on a CPU a frozen trace, about 2x faster (see LoadedModel.logits)
+            forward = (_frozen_trace(body, x) if loaded.device.type == "cpu" else None) or body
+        try:
+            out = forward(x)
+        except RuntimeError:  # a shape the trace cannot take: the eager model can
+            out = body(x)
+        feats[start:i + 1] = out.float().reshape(len(batch), -1).cpu().numpy()
+        start = i + 1
+    w = head.weight.detach().float().cpu().numpy()
+    b = head.bias.detach().float().cpu().numpy() if head.bias is not None else 0.0
+    return feats, feats @ w.T + b
+
+
+def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+    """Write through a uniquely named temporary file, then rename: readers (other threads, other
+    processes) see the old file or the whole new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_npz(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The named arrays of a cache file, or None when it is missing, truncated or lacks one of them."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {n: z[n] for n in names}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def get_features(loaded: LoadedModel, data: HiriseData, records: list[Record] | None = None,
+                 size: int = DEFAULT_EMBED_SIZE, cache_root: Path | None = None,
+                 on_progress: ProgressCallback | None = None) -> Features:
+    """Features of `records` (default: every tile of `data`), from the cache or computed and cached."""
+    records = list(data.records if records is None else records)
+    size = resolve_size(loaded, size)
+    if not records:
+        raise ValueError("no tiles to compute features for")
+    key = features_key(loaded, data, records, size)
+    path = cache_dir(cache_root) / f"features-{key}.npz"
+    cached = load_npz(path, ("features", "logits"))
+    note = ""
+    if cached is not None and len(cached["features"]) == len(records):
+        return Features(records, cached["features"], cached["logits"], _softmax(cached["logits"], loaded.temperature),
+                        key, size, True, 0.0)
+    if path.is_file():
+        note = f"the feature cache {path.name} was unreadable and has been rebuilt"
+    t0 = time.perf_counter()
+    feats, logits = compute_features(loaded, data, records, size, on_progress)
+    seconds = time.perf_counter() - t0
+    save_npz_atomic(path, features=feats, logits=logits)
+    return Features(records, feats, logits, _softmax(logits, loaded.temperature), key, size, False, seconds, note)

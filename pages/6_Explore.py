@@ -1,0 +1,185 @@
+"""Explore: a 2-D map of every tile as the model sees it, and a review of labels that look wrong (issue 16)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from core import appstate
+from core.classes import CLASS_NAMES
+from core.data.overrides import Override, OverridesError, read_overrides, update_overrides
+from core.explore.embed import DEFAULT_METHOD, METHODS, embed, is_cached
+from core.explore.features import DEFAULT_EMBED_SIZE, get_features
+from core.explore.labels import review_labels
+from core.settings import LABEL_OVERRIDES_FILE
+from ui.common import USER_ERRORS, RARE_NOTE, get_data, get_model, model_choices, page, progress_bar, show_error
+from ui.gallery import tile_gallery
+
+page("Explore", ":material/scatter_plot:")
+COLOURS = {"label": "label", "prediction": "predicted", "split": "split", "confidence": "confidence",
+           "observation": "observation", "correct": "correct"}
+MAX_SHOWN = 24
+SIZES = (DEFAULT_EMBED_SIZE, 224, 192, 160, 128)
+REVIEW_PAGE = 12
+
+paths = appstate.data_paths()
+choices = model_choices()
+if not paths:
+    st.info("No data set chosen yet: pick one on the Dataset page.")
+    st.page_link("pages/1_Dataset.py", label="Choose data", icon=":material/folder_open:")
+    st.stop()
+if not choices:
+    st.error("No model is available: the shipped checkpoint is missing from checkpoints/ and no run has finished.")
+    st.stop()
+
+with st.sidebar:
+    st.header("Map")
+    model_label = st.selectbox("Model", list(choices))
+    method = st.selectbox("Reduction", METHODS, index=METHODS.index(DEFAULT_METHOD),
+                          help="UMAP (default) keeps neighbourhoods best for its time; t-SNE is slower; PCA is "
+                               "instant but mixes the classes (README, Explore)")
+    size = st.selectbox("Feature pass input", SIZES, format_func=lambda v: "the model's own" if v == 0 else f"{v} px",
+                        help="The model's own input size (260 px for the default model) by default. Smaller is faster "
+                             "on a CPU but the features lose much of what they know (README, Explore)")
+    colour = st.selectbox("Colour by", list(COLOURS))
+
+try:
+    data = get_data(paths)
+    model = get_model(choices[model_label])
+except USER_ERRORS as exc:
+    show_error(exc, "Cannot load the data or the model")
+    st.stop()
+
+st.caption(f"{len(data.records):,} tiles from {', '.join(s.name for s in data.sources)} · {model.arch}, features "
+           f"read at {size or model.image_size}px" + ("" if size in (0, model.image_size) else
+                                                      f" (its own input is {model.image_size}px: the predictions shown "
+                                                      "are the model's at the smaller size)") + ". " + RARE_NOTE)
+if data.overrides is not None:
+    st.caption(f"Label overrides: {data.overrides.describe()}.")
+
+map_tab, review_tab = st.tabs(["Embedding map", "Label review"])
+run_key = (str(choices[model_label]), tuple(paths), size)
+
+
+def _features():
+    return get_features(model, data, None, size, on_progress=progress_bar("Model features"))
+
+
+with map_tab:
+    key = (*run_key, method)
+    emb = st.session_state.get("explore_map") if st.session_state.get("explore_map_key") == key else None
+    if emb is None and (is_cached(model, data, method, size) or st.button(
+            "Draw the map", type="primary", help="Cold: a feature pass over every tile (minutes on a CPU, once); "
+                                                 "later: read from the cache in seconds, without asking")):
+        try:
+            emb = embed(model, data, method, size, on_progress=progress_bar("Embedding"))
+            st.session_state["explore_map_key"], st.session_state["explore_map"] = key, emb
+        except USER_ERRORS as exc:
+            show_error(exc, "Cannot draw the map")
+    if emb is not None:
+        # the labels follow the data as loaded now (overrides accepted meanwhile included)
+        df = emb.table.copy()
+        label_now = {(r.source, r.path): r.label for r in data.records}
+        df["label"] = [CLASS_NAMES[label_now.get((r.source, r.path), r.label)] for r in emb.features.records]
+        df["correct"] = df["label"] == df["predicted"]
+        df["row"] = np.arange(len(df))
+        column = COLOURS[colour]
+        fig = px.scatter(df, x="x", y="y", color=column, custom_data=["row"], render_mode="webgl",
+                         hover_data={"file": True, "label": True, "predicted": True, "confidence": ":.2f",
+                                     "split": True, "x": False, "y": False, "row": False},
+                         category_orders={"label": list(CLASS_NAMES), "predicted": list(CLASS_NAMES)},
+                         color_continuous_scale="Viridis", height=650)
+        fig.update_traces(marker={"size": 4, "opacity": 0.7})
+        fig.update_layout(showlegend=colour != "observation", legend={"itemsizing": "constant"},
+                          xaxis={"visible": False}, yaxis={"visible": False}, margin={"l": 0, "r": 0, "t": 10, "b": 0})
+        st.caption(f"{len(df):,} tiles · {emb.method.upper()} of {emb.features.features.shape[1]}-d features"
+                   f" · features {'cached' if emb.features.from_cache else f'{emb.features.seconds:.0f} s'}, map "
+                   f"{'cached' if emb.from_cache else f'{emb.seconds:.0f} s'}. Box- or lasso-select points, or click one.")
+        event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"), key="explore_plot",
+                                width="stretch")
+        rows = sorted({int(p["customdata"][0]) for p in (event.selection.points if event else [])
+                       if p.get("customdata")})
+        if rows:
+            shown = rows[:MAX_SHOWN]
+            st.subheader(f"{len(rows):,} selected" + (f" (first {MAX_SHOWN} shown)" if len(rows) > MAX_SHOWN else ""))
+            recs = [emb.features.records[i] for i in shown]
+            items = [{"name": r.name, "true": df["label"].iat[i], "pred": df["predicted"].iat[i],
+                      "prob": float(df["confidence"].iat[i])} for r, i in zip(recs, shown)]
+            tile_gallery(list(data.tiles(recs)), items)
+            with st.expander("Selected tiles as a table"):
+                st.dataframe(df.iloc[rows].drop(columns=["x", "y", "row"]), hide_index=True)
+            pick = shown[0] if len(shown) == 1 else st.selectbox(
+                "Grad-CAM of", shown, format_func=lambda i: f"{df['file'].iat[i]} ({df['label'].iat[i]})")
+            if len(shown) == 1 or st.button("Grad-CAM"):
+                from core.explain import explain  # only a click pays for importing grad-cam
+                try:
+                    with st.spinner("Grad-CAM…"):
+                        tile = data.tiles([emb.features.records[pick]])[0]
+                        exp = explain(model, tile, "gradcam")
+                    c1, c2 = st.columns(2)
+                    c1.image(tile, caption=df["file"].iat[pick], width="stretch")
+                    c2.image(exp.overlay, width="stretch",
+                             caption=f"Grad-CAM for {exp.target_name} ({exp.confidence:.0%} at {model.image_size}px)")
+                except USER_ERRORS as exc:
+                    show_error(exc, "Grad-CAM failed")
+
+with review_tab:
+    st.markdown("Tiles whose label the rest of the data argues against: a linear head on the model's features, "
+                "fitted on folds grouped by observation, gives each tile out-of-sample probabilities; "
+                "[cleanlab](https://docs.cleanlab.ai) flags the labels they contradict, surest first. Accepted "
+                f"corrections go to `{LABEL_OVERRIDES_FILE.name}` (never into the data's own label files) and apply "
+                "whenever the data is loaded.")
+    try:
+        current = read_overrides(LABEL_OVERRIDES_FILE)
+    except OverridesError as exc:
+        show_error(exc, "The overrides file is malformed; fix or remove it (nothing is written to it meanwhile)")
+        st.stop()
+    if st.button("Run the label review", help="Uses the cached features (computed first if needed)"):
+        try:
+            feats = _features()
+            st.session_state["explore_review"] = (run_key, review_labels(
+                feats.records, feats.features, on_progress=progress_bar("Label review")))
+        except USER_ERRORS as exc:
+            show_error(exc, "Label review failed")
+    stored = st.session_state.get("explore_review")
+    if stored and stored[0] == run_key:
+        review = stored[1]
+        rejected: set[str] = st.session_state.setdefault("explore_rejected", set())
+        todo = review.suspects[~review.suspects["file"].isin(rejected | set(current))]
+        st.write(f"**{len(review.suspects):,}** suspects among {len(data.records):,} tiles ({review.folds} folds); "
+                 f"{len(todo):,} awaiting a decision.")
+        st.download_button("Download suspects (CSV)", review.suspects.to_csv(index=False), "suspects.csv", "text/csv")
+        start = int(st.number_input("From rank", 1, max(1, len(todo)), 1, REVIEW_PAGE)) - 1
+        chunk = todo.iloc[start:start + REVIEW_PAGE]
+        by_name = {r.name: r for r in data.records}
+        for _, row in chunk.iterrows():
+            rec = by_name.get(row["file"])
+            c1, c2, c3 = st.columns([1, 2, 1])
+            if rec is not None:
+                c1.image(data.tiles([rec])[0], width="stretch")
+            c2.markdown(f"**#{row['rank']}** `{row['file']}`  \ngiven **{row['given']}** ({row['p_given']:.0%}) → "
+                        f"suggested **{row['suggested']}** ({row['p_suggested']:.0%})  \n{row['source']} · "
+                        f"{row['observation'] or 'no observation'} · {row['split']}")
+            if c3.button("Accept", key=f"acc-{row['file']}", type="primary"):
+                try:
+                    update_overrides([Override(row["file"], CLASS_NAMES.index(row["suggested"]), row["given"],
+                                               "label review")], path=LABEL_OVERRIDES_FILE)
+                    st.rerun()
+                except (OverridesError, OSError) as exc:
+                    show_error(exc, "Not saved")
+            if c3.button("Reject", key=f"rej-{row['file']}"):
+                rejected.add(row["file"])
+                st.rerun()
+    if current:
+        with st.expander(f"{len(current)} accepted override(s) in {LABEL_OVERRIDES_FILE}"):
+            table = pd.DataFrame([{"file": o.file, "label": CLASS_NAMES[o.label], "previous": o.previous,
+                                   "note": o.note} for o in current.values()])
+            st.dataframe(table, hide_index=True)
+            undo = st.multiselect("Undo overrides", list(current))
+            if undo and st.button("Remove the selected overrides"):
+                try:
+                    update_overrides(remove=undo, path=LABEL_OVERRIDES_FILE)
+                    st.rerun()
+                except (OverridesError, OSError) as exc:
+                    show_error(exc, "Not saved")
