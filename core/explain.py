@@ -28,6 +28,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from .checkpoint import LoadedModel
+from .inference import predict_proba, preprocess, probabilities
 from .models import default_cam_layer, get_layer
 
 # ScoreCAM and AblationCAM draw a tqdm bar of their own on every call, which would clutter the CLI
@@ -113,15 +114,15 @@ def explain(loaded: LoadedModel, tile: np.ndarray, method: str = "gradcam", targ
     model = loaded.model
     target_layer = get_layer(model, layer)
     start = time.perf_counter()
-    x = loaded.preprocess(tile[None])
+    x = preprocess(loaded, tile[None])
     with _LOCK, _ModelState(model):
         probs = None
         if target is None and aug_smooth:  # smoothing runs several views: settle the class on the plain one
-            probs = loaded.predict_proba(tile[None])[0]
+            probs = predict_proba(loaded, tile[None])[0]
             target = int(probs.argmax())
         cam, logits = _run_cam(model, target_layer, method, x, target, aug_smooth, eigen_smooth, layer)
         if probs is None:
-            probs = torch.softmax(logits / loaded.temperature, dim=0).numpy()
+            probs = probabilities(logits[None], loaded.temperature)[0]
         target = int(probs.argmax()) if target is None else int(target)
         keep = remove = None
         if faithfulness:
@@ -244,7 +245,7 @@ def _keep_remove_confidence(loaded: LoadedModel, x: torch.Tensor, cam: np.ndarra
     threshold = torch.quantile(cam_t.flatten(), 1.0 - TOP_FRACTION)
     top = (cam_t >= threshold).to(x.dtype)[None, None]
     batch = torch.cat([x * top, x * (1 - top)])
-    probs = torch.softmax(loaded.model(batch).float() / loaded.temperature, dim=1)[:, target].cpu()
+    probs = probabilities(loaded.model(batch), loaded.temperature)[:, target]
     return float(probs[0]), float(probs[1])
 
 

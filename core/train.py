@@ -41,6 +41,7 @@ from .data import (DataError, DeviceBatches, HiriseData, TileDataset, begin_epoc
                    training_batches)
 from .errors import first_line
 from .evaluate import evaluate_model, save_report
+from .inference import probabilities, training_model_logits
 from .jobs import Cancelled, device_key, device_turn, process_start
 from .metrics import classification_metrics, headline
 from .models import (WeightsUnavailable, build_model, freeze_batchnorm_of_frozen, frozen_stages, require_imagenet,
@@ -200,19 +201,6 @@ def build_initial_model(cfg: RunConfig, log) -> nn.Module:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
         log(f"starting from the weights of {path}")
     return model
-
-
-@torch.inference_mode()
-def evaluate_logits(model: nn.Module, dataset: TileDataset, mean: float, std: float, size: int,
-                    device: torch.device, batch_size: int, amp: bool) -> np.ndarray:
-    model.eval()
-    out = []
-    for start in range(0, len(dataset.labels), batch_size):
-        x = dataset.tiles[start:start + batch_size].to(device, non_blocking=True)
-        x = to_model_input(x, mean, std, size)
-        with autocast(device, amp):
-            out.append(model(x).float().cpu())
-    return torch.cat(out).numpy()
 
 
 def use_bf16(cfg: RunConfig, device: torch.device, log) -> bool:
@@ -421,9 +409,10 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
             log(f"stopping at epoch {epoch + 1}: cancel requested (last.pt keeps the last finished epoch)")
             break
         seconds = time.perf_counter() - t0
-        val_logits = evaluate_logits(model, td.val, td.mean, td.std, cfg.input_size, device, cfg.batch_size * 2, amp)
+        val_logits = training_model_logits(model, td.val.tiles, NUM_CLASSES, td.mean, td.std, cfg.input_size, device,
+                                           cfg.batch_size * 2, amp, cfg.channels_last)
         val_labels = td.val.labels.numpy()
-        val_probs = torch.softmax(torch.from_numpy(val_logits), 1).numpy()
+        val_probs = probabilities(val_logits)
         val = classification_metrics(val_labels, val_probs)
         val_loss = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), td.val.labels))
         score = val[cfg.early_stopping_metric]

@@ -10,6 +10,7 @@ import torch
 
 from core import explain as ex
 from core.checkpoint import load_checkpoint
+from core.inference import preprocess
 from core.models import get_layer, set_frozen, stages
 from tests import model_fixtures
 from tests.model_fixtures import blob_tile
@@ -129,7 +130,7 @@ def test_many_calls_leak_neither_hooks_nor_memory(blob):
 def test_ablationcam_shortcut_matches_the_full_model_path(blob, monkeypatch):
     """AblationCAM runs only the layers from the target on; without the shortcut, the package's full path."""
     tile = blob_tile(150, 70, seed=14)
-    x = blob.preprocess(tile[None])
+    x = preprocess(blob, tile[None])
     assert ex._split_at(blob.model, "block3", x) is not None
     assert ex._split_at(blob.model, "block3.3", x) is None  # nested: no shortcut
     fast = ex.explain(blob, tile, "ablationcam")

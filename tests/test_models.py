@@ -173,7 +173,7 @@ def test_efficientnet_lite_is_not_run_in_bf16(tiny):
     evaluation keep it in fp32 even when bf16 is asked for; the ResNets and simple_cnn may use it."""
     import dataclasses
 
-    from core.evaluate import bf16_suits, predict_logits
+    from core.inference import bf16_suits, predict_logits
     from core.train import use_bf16
     notes: list[str] = []
     cfg = RunConfig(data=["x"], amp=True)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -12,6 +14,7 @@ from PIL import Image
 from core import predict
 from core.classes import CLASS_NAMES
 from core.imageio import ImageError
+from core.settings import PROJECT_ROOT
 from core.tiling import ClassMap, cut_windows, pixel_classes, render_class_map, window_starts
 from tests import model_fixtures, synthetic
 
@@ -167,3 +170,13 @@ def test_ten_bit_data_in_a_16_bit_file_is_not_dark():
     gray, notes = decode_gray(_encode(ten_bit, "TIFF"), "ten.tif")
     assert any("10-bit" in n for n in notes)
     assert abs(float(gray.mean()) - float(synthetic.tile(3, seed=5).mean())) < 2
+
+
+def test_the_prediction_path_does_not_import_scikit_learn():
+    """Prediction (`python -m core.predict`, the app's model loading) must not pay for scikit-learn: only
+    evaluation's metrics need it. (pytorch-grad-cam imports it itself, so core.explain does load it.)"""
+    code = "import sys, core.predict; print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+                         cwd=PROJECT_ROOT)
+    assert out.stdout.strip() == "False"
+

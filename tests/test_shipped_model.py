@@ -14,6 +14,7 @@ from core.checkpoint import load_checkpoint, read_checkpoint
 from core.classes import CLASS_NAMES
 from core.data import load_dataset
 from core.evaluate import evaluate_model
+from core.inference import predict_proba
 from core.settings import DEFAULT_CHECKPOINT, PROJECT_ROOT
 from tests import synthetic
 
@@ -36,7 +37,7 @@ def test_shipped_checkpoint_loads_and_predicts_every_class_name():
     assert loaded.temperature > 0 and loaded.metrics["split"] == "val"
     assert len(loaded.splits["val"]["files"]) == card_figures(DEFAULT_CHECKPOINT)["val"]["n"]  # its recorded tiles
     tiles = np.stack([synthetic.tile(c, seed=c) for c in range(8)])
-    probs = loaded.predict_proba(tiles)
+    probs = predict_proba(loaded, tiles)
     assert probs.shape == (8, 8) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
