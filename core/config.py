@@ -20,10 +20,8 @@ from .data.merge import CONFLICT_POLICIES
 from .data.split import SPLIT_MODES
 from .classes import SELECTION_METRICS
 from .models import ARCHITECTURES, DEFAULT_ARCH, FREEZE_MODES, WeightsUnavailable, require_imagenet, spec, stages
-from .optim import OPTIMIZERS as OPTIMIZER_BUILDERS
+from .optim import OPTIMIZERS, SCHEDULERS
 
-OPTIMIZERS = tuple(OPTIMIZER_BUILDERS)
-SCHEDULERS = ("none", "step", "plateau", "onecycle", "cosine")
 AUGMENT_MODES = ("none", "online", "expand", "official")
 TRANSFORMS = ("hflip", "vflip", "rot90", "rotate", "perspective", "color_jitter", "blur", "resized_crop", "erasing")
 IMBALANCE = ("none", "weighted_loss", "sqrt_weighted_loss", "balanced_sampler")
@@ -81,7 +79,7 @@ class RunConfig:
     unfreeze_all_at: int = opt(0, "release every frozen stage after N epochs: a head-only warm-up, then full "
                                "fine-tuning (0: off)", "freezing", when=("freeze", ("head_only", "below")), min=0)
     # Optimisation
-    optimizer: str = opt("adamw", "optimizer", "optimisation", OPTIMIZERS)
+    optimizer: str = opt("adamw", "optimizer", "optimisation", tuple(OPTIMIZERS))
     lr: float = opt(1e-3, "learning rate (peak rate for OneCycleLR)", "optimisation", min=0.0)
     backbone_lr_scale: float = opt(1.0, "discriminative learning rates: the backbone learns at this fraction of "
                                    "the head's rate (1: one rate for all)", "optimisation", min=0.0, max=1.0)
@@ -89,7 +87,7 @@ class RunConfig:
                               "optimisation", min=0.0)
     momentum: float = opt(0.9, "SGD momentum", "optimisation", when=("optimizer", ("sgd",)), min=0.0)
     nesterov: bool = opt(False, "SGD Nesterov momentum", "optimisation", when=("optimizer", ("sgd",)))
-    scheduler: str = opt("cosine", "learning-rate schedule", "optimisation", SCHEDULERS)
+    scheduler: str = opt("cosine", "learning-rate schedule", "optimisation", tuple(SCHEDULERS))
     step_size: int = opt(5, "StepLR: epochs between decays", "optimisation", when=("scheduler", ("step",)), min=1)
     gamma: float = opt(0.1, "StepLR: decay factor", "optimisation", when=("scheduler", ("step",)))
     plateau_factor: float = opt(0.5, "ReduceLROnPlateau: factor", "optimisation", when=("scheduler", ("plateau",)))

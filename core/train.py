@@ -46,7 +46,7 @@ from .jobs import Cancelled, device_key, device_turn, process_start
 from .metrics import classification_metrics, headline
 from .models import (WeightsUnavailable, build_model, freeze_batchnorm_of_frozen, frozen_stages, require_imagenet,
                      set_frozen, spec, unfrozen_after)
-from .optim import Schedule, build_optimizer, loss_weights, lr_range_test
+from .optim import SCHEDULERS, Schedule, build_optimizer, loss_weights, lr_range_test
 from .precision import autocast, bf16_native
 from .preprocess import to_model_input
 from .runs import Run, RunBusy, RunLock, best_epoch_row, now_iso, write_json_atomic
@@ -547,9 +547,10 @@ def check_resume_changes(stored: RunConfig, cfg: RunConfig) -> None:
         if old != new and f.name not in RESUME_CHANGEABLE:
             raise ConfigError(f"{f.name}: this run was trained with {old!r}, and a resumed run keeps it (not {new!r}); "
                               "start a new run, with --init run --init-from the run folder to keep its weights")
-    if cfg.scheduler in ("onecycle", "cosine") and cfg.epochs != stored.epochs:
+    if SCHEDULERS[cfg.scheduler].spans_run and cfg.epochs != stored.epochs:
         raise ConfigError(f"epochs: the {cfg.scheduler} schedule is laid out over the run's {stored.epochs} epochs "
-                          "and a resumed run keeps them (schedules none, step and plateau can run longer)")
+                          "and a resumed run keeps them (schedules "
+                          f"{', '.join(n for n, c in SCHEDULERS.items() if not c.spans_run)} can run longer)")
 
 
 def prepare_run_folder(run: Run, cfg: RunConfig, args: argparse.Namespace) -> None:
