@@ -92,6 +92,11 @@ def probabilities(logits: np.ndarray | torch.Tensor, temperature: float = 1.0) -
     return softmax(logits, temperature)
 
 
+def calibrated_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """`probabilities` for callers that stay in torch (pytorch-grad-cam's metric targets), over the last axis."""
+    return torch.softmax(logits.float() / temperature, dim=-1)
+
+
 # ---- a checkpoint's model ----------------------------------------------------------------------------
 
 def bf16_suits(loaded: LoadedModel) -> bool:

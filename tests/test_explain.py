@@ -59,6 +59,27 @@ def test_faithfulness_and_explicit_target(blob):
     np.testing.assert_allclose(other.probabilities, e.probabilities, atol=1e-6)
 
 
+def test_faithfulness_is_the_keep_and_remove_top_confidence(blob):
+    """pytorch-grad-cam's perturbation metric gives what the Explain page describes: the calibrated confidence
+    with only the hottest TOP_FRACTION of the CAM kept, and with it blanked to the mean brightness."""
+    tile = blob_tile(100, 120, seed=11)
+    e = ex.explain(blob, tile, "gradcam")
+    x = preprocess(blob, tile[None])
+    cam = torch.from_numpy(ex._resize(e.heatmap, x.shape[-2:]))
+    top = (cam >= torch.quantile(cam.flatten(), 1 - ex.TOP_FRACTION)).float()
+    with torch.no_grad():
+        probs = torch.softmax(blob.model(torch.cat([x * top, x * (1 - top)])) / blob.temperature, 1)[:, e.target]
+    assert e.keep_top_confidence == pytest.approx(float(probs[0]), abs=0.02)
+    assert e.remove_top_confidence == pytest.approx(float(probs[1]), abs=0.02)
+
+
+def test_the_package_progress_bars_are_silenced_only_during_a_call(blob):
+    import tqdm
+    from pytorch_grad_cam import score_cam
+    ex.explain(blob, blob_tile(100, 120, seed=11), "scorecam", faithfulness=False)
+    assert score_cam.tqdm is tqdm  # restored: nothing else that reads the module's tqdm is affected
+
+
 def test_smoothing_options_and_other_layers(blob):
     tile = blob_tile(80, 150, seed=12)
     for kw in ({"aug_smooth": True}, {"eigen_smooth": True}, {"layer": "block2"}, {"layer": "block3.3"}):
