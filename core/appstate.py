@@ -1,10 +1,11 @@
-"""Small settings the app remembers across restarts (which data set to use), in one JSON file."""
+"""Small settings the app remembers across pages and restarts (which data, merged and split how), in one JSON file."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
 
+from .data.spec import DataSpec
 from .runs import update_json
 from .settings import APP_STATE_FILE, SHARED_DATA_DIR
 
@@ -28,3 +29,19 @@ def data_paths() -> list[str]:
         return list(remembered)
     default = SHARED_DATA_DIR / "hirise-v3_2-subset"
     return [str(default)] if default.is_dir() else []
+
+
+def data_spec() -> DataSpec:
+    """The remembered data sources, merged and split as last chosen on the Dataset page (defaults otherwise)."""
+    options = load_state().get("data_options")
+    spec = DataSpec.from_mapping({**(options if isinstance(options, dict) else {}), DataSpec.PATHS_KEY: data_paths()})
+    return spec if spec.problem() is None else DataSpec(spec.paths)  # a hand-edited file never breaks a page
+
+
+def save_data_options(spec: DataSpec) -> None:
+    """Remember how `spec` merges and splits (its paths are remembered by `data_paths`)."""
+    options = spec.flat()
+    options.pop(DataSpec.PATHS_KEY)
+    if load_state().get("data_options") != options:
+        save_state(data_options=options)
+

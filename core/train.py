@@ -123,8 +123,7 @@ class TrainData:
 
 
 def prepare_data(cfg: RunConfig, log) -> TrainData:
-    data = load_dataset(cfg.data, cfg.conflict_policy, cfg.split_mode, cfg.val_fraction, cfg.test_fraction,
-                        cfg.split_seed, cfg.keep_split_repeats)
+    data = load_dataset(cfg.data_spec)
     for w in data.warnings:
         log(f"warning: {w}")
     log(f"split: {data.split_method}")

@@ -32,7 +32,7 @@ with st.expander("…or pick a tile from the data set"):
         c1, c2 = st.columns(2)
         cls = c1.selectbox("Class", CLASS_NAMES, key="pick_class")
         try:
-            data = get_data(paths)
+            data = get_data(appstate.data_spec())
             records = [r for r in data.records if r.label == CLASS_NAMES.index(cls) and r.is_original]
             if records:
                 i = c2.number_input(f"Tile (of {len(records)})", 1, len(records), 1) - 1

@@ -10,7 +10,7 @@ import torch
 
 from torch.utils.data import DataLoader
 
-from core.data import (DataError, DeviceBatches, TileDataset, begin_epoch, find_leakage, load_dataset, merge_sources,
+from core.data import (DataError, DataSpec, DeviceBatches, TileDataset, begin_epoch, find_leakage, load_dataset, merge_sources,
                        open_tile_cache, parse_name, read_source, split_dataset, summarize, training_batches)
 from core.data.__main__ import main as data_cli
 from tests import synthetic
@@ -159,14 +159,14 @@ def test_grouped_split_is_deterministic_and_leak_free(tmp_path):
     files = synthetic.official_files("3.2", n_obs=24, per_obs=4, splits=False)
     root = synthetic.write_folder(tmp_path / "v32", files)
     plain = synthetic.write_plain(tmp_path / "own")
-    a = load_dataset([root, plain], split_seed=3)
-    b = load_dataset([root, plain], split_seed=3)
+    a = load_dataset(DataSpec((root, plain), split_seed=3))
+    b = load_dataset(DataSpec((root, plain), split_seed=3))
     assert "grouped" in a.split_method
     assert [(r.name, r.split) for r in a.records] == [(r.name, r.split) for r in b.records]
     assert {r.split for r in a.records} == {"train", "val", "test"}
     assert a.leakage == []
     assert all(r.split == "train" for r in a.records if r.trainable_only)
-    c = load_dataset([root], split_seed=4)
+    c = load_dataset(DataSpec((root,), split_seed=4))
     assert [r.split for r in c.records] != [r.split for r in a.records if not r.trainable_only]
 
 

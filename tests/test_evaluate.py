@@ -14,7 +14,7 @@ from core import evaluate, inference
 from core.calibration import expected_calibration_error, fit_temperature, reliability_diagram, softmax
 from core.checkpoint import checkpoint_payload, save_checkpoint
 from core.classes import CLASS_NAMES
-from core.data import load_dataset
+from core.data import DataSpec, load_dataset
 from core.metrics import classification_metrics, confused_pairs, majority_baseline, per_class_curves
 from core.models import build_model
 from core.precision import bf16_native
@@ -247,8 +247,8 @@ def test_a_model_is_scored_on_the_tiles_its_checkpoint_recorded(tiny, v32_folder
     import dataclasses
 
     from core.data import split_manifest
-    trained_on = load_dataset([v32_folder], split_mode="grouped", split_seed=0)
-    today = load_dataset([v32_folder], split_mode="grouped", split_seed=1)
+    trained_on = load_dataset(DataSpec((v32_folder,), split_mode="grouped", split_seed=0))
+    today = load_dataset(DataSpec((v32_folder,), split_mode="grouped", split_seed=1))
     recorded = split_manifest(trained_on)
     own_val = {r.name for r in today.select("val", originals_only=True)}
     assert own_val != set(recorded["val"]["files"])  # the two seeds split differently

@@ -11,7 +11,7 @@ import streamlit as st
 import torch
 
 from core.checkpoint import CheckpointError, LoadedModel, load_checkpoint
-from core.data import DataError, HiriseData, load_dataset, open_tile_cache, read_source
+from core.data import DataError, DataSpec, HiriseData, load_dataset, open_tile_cache, read_source
 from core.imageio import ImageError
 from core.runs import Run, list_runs
 from core.settings import DEFAULT_CHECKPOINT, PROJECT_ROOT
@@ -100,8 +100,8 @@ def get_model(path: str | Path | None = None) -> LoadedModel:
 
 
 @st.cache_resource(show_spinner="Reading, merging and splitting the data…", max_entries=4)
-def _cached_data(paths: tuple[str, ...], options: tuple) -> HiriseData:
-    return load_dataset(list(paths), *options)  # draws nothing: Streamlit replays what cached functions draw
+def _cached_data(spec: DataSpec) -> HiriseData:
+    return load_dataset(spec)  # draws nothing: Streamlit replays what cached functions draw
 
 
 _WARM: set[tuple] = set()  # data sources whose on-disk caches this process has checked
@@ -120,19 +120,15 @@ def _warm_tile_caches(paths: tuple[str, ...]) -> None:
     _WARM.add(paths)
 
 
-def get_data(paths: list[str], conflict_policy: str = "newest", split_mode: str = "auto", val_fraction: float = 0.15,
-             test_fraction: float = 0.15, split_seed: int = 0, keep_split_repeats: bool = False) -> HiriseData:
-    """The merged, split data set, held in memory once per set of options (tiles decoded once, on disk)."""
-    _warm_tile_caches(tuple(paths))
-    return _cached_data(tuple(paths), (conflict_policy, split_mode, float(val_fraction), float(test_fraction),
-                                       int(split_seed), bool(keep_split_repeats)))
+def get_data(spec: DataSpec) -> HiriseData:
+    """The merged, split data set, held in memory once per DataSpec (tiles decoded once, on disk)."""
+    _warm_tile_caches(spec.paths)
+    return _cached_data(spec)
 
 
 def data_for_config(config: dict) -> HiriseData:
-    """The data a run was trained on, split the same way."""
-    return get_data(list(config["data"]), config.get("conflict_policy", "newest"), config.get("split_mode", "auto"),
-                    config.get("val_fraction", 0.15), config.get("test_fraction", 0.15), config.get("split_seed", 0),
-                    config.get("keep_split_repeats", False))
+    """The data a run (its config.json, or its checkpoint's config) was trained on, split the same way."""
+    return get_data(DataSpec.from_mapping(config))
 
 
 def show_error(exc: BaseException | str, what: str = "") -> None:

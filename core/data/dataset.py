@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from ..classes import CLASS_NAMES
+from ..imageio import TILE_SIZE
 from ..progress import ProgressCallback
 from .cache import TileCache, open_tile_cache
 from .merge import MergeReport, merge_sources
 from .records import DataError, Record
 from .sources import Source, read_source
+from .spec import DataSpec
 from .split import assign_splits, coverage_warnings, find_leakage
 
 
@@ -77,16 +79,18 @@ class HiriseData:
         return mean, float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
 
 
-def load_dataset(paths: Sequence[str | Path], conflict_policy: str = "newest", split_mode: str = "auto",
-                 val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0,
-                 keep_split_repeats: bool = False, image_size: int = 227,
+def load_dataset(spec: DataSpec | Sequence[str | Path], *, tile_size: int = TILE_SIZE,
                  on_progress: ProgressCallback | None = None) -> HiriseData:
-    """Read, merge, split and decode the given folders or zips. Raises DataError with a clear message."""
+    """Read, merge, split and decode the folders or zips of `spec` (a bare list of paths: with the default
+    merge and split) into `tile_size` tiles. Raises DataError with a clear message."""
+    if not isinstance(spec, DataSpec):
+        spec = DataSpec(tuple(spec))
+    paths = spec.paths
     if not paths:
         raise DataError("no data path given")
     sources: list[Source] = []
     for p in paths:
-        src = read_source(p, keep_split_repeats=keep_split_repeats)
+        src = read_source(p, keep_split_repeats=spec.keep_split_repeats)
         names = {s.name for s in sources}
         if src.name in names:  # two sources with one folder name: keep them apart
             i = 2
@@ -95,8 +99,8 @@ def load_dataset(paths: Sequence[str | Path], conflict_policy: str = "newest", s
             src.name = f"{src.name}#{i}"
             src.records = [_renamed(r, src.name) for r in src.records]
         sources.append(src)
-    merged, report = merge_sources(sources, conflict_policy, on_progress)
-    caches = {s.name: open_tile_cache(s, image_size, on_progress=on_progress) for s in sources}
+    merged, report = merge_sources(sources, spec.conflict_policy, on_progress)
+    caches = {s.name: open_tile_cache(s, tile_size, on_progress=on_progress) for s in sources}
     readable, unreadable = [], []
     for src, rec in merged:
         reason = caches[src.name].unreadable.get(rec.path)
@@ -106,7 +110,7 @@ def load_dataset(paths: Sequence[str | Path], conflict_policy: str = "newest", s
             unreadable.append((f"{src.name}:{rec.path}", reason))
     if not readable:
         raise DataError("no readable tile in " + ", ".join(str(p) for p in paths))
-    records, method = assign_splits(readable, split_mode, val_fraction, test_fraction, split_seed)
+    records, method = assign_splits(readable, spec.split_mode, spec.val_fraction, spec.test_fraction, spec.split_seed)
     return HiriseData(sources=sources, records=records, merge_report=report, split_method=method,
                       leakage=find_leakage(records), caches=caches, unreadable=unreadable)
 
