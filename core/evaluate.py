@@ -25,7 +25,7 @@ from .progress import ProgressCallback
 from .settings import DEFAULT_CHECKPOINT
 
 REPORT_FORMAT = "hirise-studio-evaluation/1"
-SPLITS = ("train", "val", "test", "all")
+EVALUATION_SPLITS = ("train", "val", "test", "all")  # the data's splits (`core.data.records.SPLITS`) or all
 FEW_TILES = 30  # below this support a class's figures move a lot with one tile more or less
 TOP_LOSSES = 24
 
@@ -54,8 +54,8 @@ def evaluate_model(loaded: LoadedModel, data: HiriseData, split: str = "val", or
     first fitted on these same logits and set on `loaded` (training does this on val, once: one pass
     over the split serves both the fit and the report). `bf16`: see `core.inference.predict_logits`.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
+    if split not in EVALUATION_SPLITS:
+        raise ValueError(f"unknown split {split!r} (expected one of {', '.join(EVALUATION_SPLITS)})")
     records, tiles_from = evaluation_records(loaded, data, split, originals_only)
     if not records:
         kind = "original " if originals_only else ""
@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help=f"checkpoint file (default: {DEFAULT_CHECKPOINT})")
     parser.add_argument("--data", action="append", required=True, metavar="PATH",
                         help="a data folder or zip; repeat to merge several")
-    parser.add_argument("--split", choices=SPLITS, default="val")
+    parser.add_argument("--split", choices=EVALUATION_SPLITS, default="val")
     parser.add_argument("--all-files", action="store_true",
                         help="include the augmented copies (-r90, -fh, ...), not only the original tiles")
     parser.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")

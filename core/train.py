@@ -41,6 +41,7 @@ from .data import (DataError, DeviceBatches, HiriseData, TileDataset, begin_epoc
                    training_batches)
 from .errors import first_line
 from .evaluate import evaluate_model, save_report
+from .imageio import TILE_SIZE
 from .inference import probabilities, training_model_logits
 from .jobs import Cancelled, device_key, device_turn, process_start
 from .metrics import classification_metrics, headline
@@ -141,10 +142,9 @@ def prepare_data(cfg: RunConfig, log) -> TrainData:
         raise DataError("the validation split is empty: add data or raise val_fraction")
     mean, std = input_normalisation(cfg, data, train_records)
     log(f"input normalisation: mean {mean:.4f}, std {std:.4f}")
-    size = 227
     batched, per_tile = augment.split_online(cfg.transforms) if cfg.augment == "online" else ([], [])
-    transform = augment.online_transform(per_tile, size) if per_tile else None
-    copies = augment.expand_copies(cfg.transforms, size) if cfg.augment == "expand" else []
+    transform = augment.online_transform(per_tile, TILE_SIZE) if per_tile else None  # on the tiles, before resizing
+    copies = augment.expand_copies(cfg.transforms, TILE_SIZE) if cfg.augment == "expand" else []
     train = TileDataset(data.tiles(train_records), data.labels(train_records), transform, copies)
     val = TileDataset(data.tiles(val_records), data.labels(val_records))
     counts = np.bincount(data.labels(train_records), minlength=NUM_CLASSES)
