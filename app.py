@@ -7,11 +7,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import appstate
 from core.classes import CLASS_DESCRIPTIONS, CLASS_NAMES
 from core.jobs import describe_device, job_state, progress_column
 from core.runs import list_runs
 from core.settings import DEFAULT_CHECKPOINT
+from ui import appstate
 from ui.common import IMBALANCE_NOTE, USER_ERRORS, get_model, page
 
 SCORES = (("best val macro-F1", "val_macro_f1"), ("balanced acc", "val_balanced_accuracy"), ("accuracy", "val_accuracy"))

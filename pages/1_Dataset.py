@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import appstate, figures
 from core.classes import CLASS_DESCRIPTIONS, CLASS_NAMES
 from core.data import CONFLICT_POLICIES, SPLIT_MODES, DataSpec, summarize
 from core.data.spec import FRACTION_LIMIT, FRACTION_STEP
 from core.download import DEFAULT_DEST, DownloadError, download_v32
+from ui import appstate, figures
 from ui.common import IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, get_data, page, progress_bar, show_error
 
 page("Dataset", ":material/folder_open:")

@@ -8,9 +8,9 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from core import appstate, figures
 from core.classes import CLASS_NAMES
 from core.imageio import TILE_SIZE, decode_gray
+from ui import appstate, figures
 from ui.common import USER_ERRORS, get_data, get_model, model_choices, page, show_error
 
 page("Explain", ":material/image_search:")

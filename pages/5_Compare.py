@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import compare, figures
 from core.classes import CLASS_NAMES
 from core.runs import list_runs
 from core.evaluate import evaluate_model
+from ui import compare, figures
 from ui.common import (IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, data_for_config, get_model, page, progress_bar,
                        shipped_models, show_error)
 

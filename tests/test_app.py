@@ -46,7 +46,7 @@ def texts(at: AppTest) -> str:
 def no_data(monkeypatch):
     """A fresh clone: no data chosen, no runs, no shared data folder."""
     Path(APP_STATE_FILE).write_text(json.dumps({"data_paths": []}))
-    monkeypatch.setattr("core.appstate.SHARED_DATA_DIR", Path("/nonexistent"))
+    monkeypatch.setattr("ui.appstate.SHARED_DATA_DIR", Path("/nonexistent"))
     yield
     Path(APP_STATE_FILE).unlink(missing_ok=True)
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from core import appstate, jobs
+from core import jobs
 from core.checkpoint import CheckpointError, checkpoint_payload, read_checkpoint, save_checkpoint
 from core.config import ConfigError, RunConfig
 from core.models import build_model
@@ -28,6 +28,7 @@ from core.runs import Run, RunBusy, RunLock
 from core.settings import PROJECT_ROOT
 from core.train import main as train_cli
 from core.train import train
+from ui import appstate
 from tests import model_fixtures, synthetic
 from tests.test_train import wait_for
 

@@ -5,9 +5,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .data.spec import DataSpec
-from .runs import update_json
-from .settings import APP_STATE_FILE, SHARED_DATA_DIR
+from core.data.spec import DataSpec
+from core.runs import update_json
+from core.settings import APP_STATE_FILE, SHARED_DATA_DIR
 
 
 def load_state() -> dict[str, Any]:
