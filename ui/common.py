@@ -1,9 +1,11 @@
-"""What every page needs: page set-up, cached model and data loading, progress, friendly errors."""
+"""What every page needs: the list of pages and their set-up, cached model and data loading, progress, friendly
+errors."""
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -25,23 +27,22 @@ RARE_NOTE = ("Rare classes (impact ejecta, spider, dark dune) have few tiles: th
              "with one tile more or less.")
 
 
-#: The sidebar menu (Streamlit's own, from the file names, is hidden in .streamlit/config.toml).
-NAVIGATION = (("app.py", "Home", ":material/satellite_alt:"), ("pages/1_Dataset.py", "Dataset", ":material/folder_open:"),
-              ("pages/2_Train.py", "Train", ":material/model_training:"),
-              ("pages/3_Evaluate.py", "Evaluate", ":material/grid_on:"),
-              ("pages/4_Explain.py", "Explain", ":material/image_search:"),
-              ("pages/5_Compare.py", "Compare", ":material/compare:"))
+@dataclass(frozen=True)
+class AppPage:
+    path: str  # the script, from the project root
+    label: str  # in the menu
+    icon: str
+    url_path: str  # "" for the home page
+    heading: str  # the page's title
 
 
-def page(title: str, icon: str = ":material/satellite_alt:") -> None:
-    st.set_page_config(page_title=f"{title} · HiRISE Studio", page_icon=icon, layout="wide")
-    refuse_unchosen_address()
-    with st.sidebar:
-        for path, label, link_icon in NAVIGATION:
-            st.page_link(path, label=label, icon=link_icon)
-        st.divider()
-    share_cpu_with_jobs()
-    st.title(title)
+#: The app's pages, in menu order: app.py builds `st.navigation` from them (the one list of pages).
+PAGES = (AppPage("pages/home.py", "Home", ":material/satellite_alt:", "", "HiRISE Studio"),
+         AppPage("pages/dataset.py", "Dataset", ":material/folder_open:", "Dataset", "Dataset"),
+         AppPage("pages/train.py", "Train", ":material/model_training:", "Train", "Train"),
+         AppPage("pages/evaluate.py", "Evaluate", ":material/grid_on:", "Evaluate", "Evaluate"),
+         AppPage("pages/explain.py", "Explain", ":material/image_search:", "Explain", "Explain"),
+         AppPage("pages/compare.py", "Compare", ":material/compare:", "Compare", "Compare runs"))
 
 
 def refuse_unchosen_address() -> None:

@@ -12,9 +12,8 @@ from core.data import CONFLICT_POLICIES, SPLIT_MODES, DataSpec, summarize
 from core.data.spec import FRACTION_LIMIT, FRACTION_STEP
 from core.download import DEFAULT_DEST, DownloadError, download_v32
 from ui import appstate, figures
-from ui.common import IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, get_data, page, progress_bar, show_error
+from ui.common import IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, get_data, progress_bar, show_error
 
-page("Dataset", ":material/folder_open:")
 
 with st.form("sources"):
     text = st.text_area("Data sources: one folder or zip per line (official v3.2 / v3 layout, or your own tiles "

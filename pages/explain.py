@@ -11,9 +11,8 @@ from PIL import Image
 from core.classes import CLASS_NAMES
 from core.imageio import TILE_SIZE, decode_gray
 from ui import appstate, figures
-from ui.common import USER_ERRORS, get_data, get_model, model_choices, page, show_error
+from ui.common import USER_ERRORS, get_data, get_model, model_choices, show_error
 
-page("Explain", ":material/image_search:")
 MAX_FILES = 24
 
 # The uploader comes first: it answers before the model and the CAM library are loaded (cold start).
