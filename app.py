@@ -1,80 +1,18 @@
-"""HiRISE Studio (`streamlit run app.py`), home page: what this is, the device, the data, the default model,
-the runs so far. The other pages live in pages/."""
+"""HiRISE Studio (`streamlit run app.py`): the page set-up every page shares, then the page chosen in the menu.
+
+The pages live in pages/ and are listed, with their titles, icons and URLs, in `ui.common.PAGES`."""
 from __future__ import annotations
 
-from pathlib import Path
-
-import pandas as pd
 import streamlit as st
 
-from core import appstate
-from core.classes import CLASS_DESCRIPTIONS, CLASS_NAMES
-from core.jobs import describe_device, job_state, progress_column
-from core.runs import list_runs
-from core.settings import DEFAULT_CHECKPOINT
-from ui.common import IMBALANCE_NOTE, USER_ERRORS, get_model, page
+from ui.common import PAGES, refuse_unchosen_address, share_cpu_with_jobs
 
-SCORES = (("best val macro-F1", "val_macro_f1"), ("balanced acc", "val_balanced_accuracy"), ("accuracy", "val_accuracy"))
-
-
-def _score(value: float | None) -> str:
-    """A score to three places, or a dash before the first epoch (never `None`)."""
-    return "–" if value is None else f"{value:.3f}"
-
-
-page("HiRISE Studio")
-st.markdown(
-    "Classify NASA HiRISE Mars orbital image tiles into the eight landmark classes of the v3.2 data set: "
-    + ", ".join(f"**{c}**" for c in CLASS_NAMES) + ". Train models, watch them learn, inspect their mistakes, "
-    "see what they look at with Grad-CAM, and compare runs.")
-st.info(IMBALANCE_NOTE, icon=":material/balance:")
-
-left, middle, right = st.columns(3)
-with left:
-    st.subheader("Device")
-    st.write(f"Training runs on **{describe_device()}**.")
-    st.caption("Jobs run as separate processes, one per device at a time; a refresh or restart loses nothing.")
-with middle:
-    st.subheader("Data")
-    paths = appstate.data_paths()
-    if not paths:
-        st.warning("No data set chosen yet.")
-    for p in paths:
-        (st.success if Path(p).exists() else st.error)(f"{'found' if Path(p).exists() else 'missing'}: `{p}`")
-    st.page_link("pages/1_Dataset.py", label="Choose or download data", icon=":material/folder_open:")
-    st.page_link("pages/6_Explore.py", label="Explore: embedding map and label review", icon=":material/scatter_plot:")
-with right:
-    st.subheader("Default model")
-    try:
-        model = get_model()
-        m = model.metrics
-        st.write(f"**{model.arch}**, input {model.image_size}px, epoch {model.epoch}, temperature "
-                 f"{model.temperature:.2f}")
-        if m:
-            st.write(f"On its {m.get('split', 'validation')} split ({m.get('n', '?')} tiles): macro-F1 "
-                     f"**{m['macro_f1']:.3f}**, balanced accuracy **{m['balanced_accuracy']:.3f}**, accuracy "
-                     f"{m['accuracy']:.3f} vs always-other {m['majority_baseline']['accuracy']:.3f}")
-    except USER_ERRORS as exc:
-        st.warning(f"No default model: {exc}")
-    st.caption(f"`{DEFAULT_CHECKPOINT}`")
-    st.page_link("pages/4_Explain.py", label="Classify and explain tiles", icon=":material/image_search:")
-
-st.subheader("Runs")
-runs = list_runs()
-if not runs:
-    st.write("No runs yet.")
-    st.page_link("pages/2_Train.py", label="Train a model", icon=":material/model_training:")
-else:
-    rows = []
-    for run in runs[:50]:
-        cfg, status = run.config(), run.status()
-        best = run.best_epoch(status)
-        rows.append({"run": run.name, "state": job_state(run, status), "model": cfg.get("model") or "",
-                     "progress": progress_column(status, cfg),
-                     **{label: _score(best.get(key)) for label, key in SCORES},
-                     "tags": ", ".join(run.notes()["tags"]), "started": status.get("started_at") or ""})
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-
-with st.expander("The eight classes"):
-    for name in CLASS_NAMES:
-        st.markdown(f"**{name}**: {CLASS_DESCRIPTIONS[name]}")
+current = st.navigation([st.Page(p.path, title=p.label, icon=p.icon, url_path=p.url_path, default=p.url_path == "")
+                         for p in PAGES])
+chosen = next(p for p in PAGES if p.url_path == current.url_path)
+st.set_page_config(page_title=f"{chosen.heading} · HiRISE Studio" if chosen.url_path else chosen.heading,
+                   page_icon=chosen.icon, layout="wide")
+refuse_unchosen_address()
+share_cpu_with_jobs()
+st.title(chosen.heading)
+current.run()

@@ -38,7 +38,7 @@ from core.checkpoint import LoadedModel, checkpoint_payload, load_checkpoint, sa
 from core.classes import NUM_CLASSES  # noqa: E402
 from core.data import load_dataset  # noqa: E402
 from core.data.storage import FolderStorage  # noqa: E402
-from core.evaluate import predict_logits  # noqa: E402
+from core.inference import predict_logits  # noqa: E402
 from core.models import build_model  # noqa: E402
 from core.precision import bf16_native  # noqa: E402
 from core.settings import DEFAULT_CHECKPOINT, SHARED_DATA_DIR  # noqa: E402

@@ -2,7 +2,7 @@
 
     python bench/bench_explore.py [--data PATH ...] [--checkpoint F] [--size 0] [--method umap] [--max-tiles N]
 
-Baseline: what a plain script does, the eager model (`model.forward_features` + pooling, no trace, no cache)
+Baseline: what a plain script does, the eager model (no trace, no cache)
 over the same tiles, timed on the first `--baseline-tiles` tiles and given as tiles/s. Then:
 - cold: `core.explore.embed` with empty caches (the feature pass, a frozen trace, plus the 2-D reduction);
 - warm: the same call again (both read from the cache), which is what the Explore page pays on a revisit.
@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.checkpoint import load_checkpoint  # noqa: E402
 from core.data import load_dataset  # noqa: E402
 from core.explore.embed import DEFAULT_METHOD, METHODS, embed  # noqa: E402
-from core.explore.features import feature_extractor, resolve_size  # noqa: E402
+from core.explore.features import resolve_size  # noqa: E402
+from core.inference import model_input  # noqa: E402
 from core.settings import SHARED_DATA_DIR  # noqa: E402
 from benchlib import OtherLoad, at_least, real_data_missing  # noqa: E402 - bench/benchlib.py
 
@@ -50,15 +51,12 @@ def main() -> None:
     load.start()
 
     # baseline: the eager model, no trace, no cache
-    body, _ = feature_extractor(loaded)
     sample = records[:args.baseline_tiles]
     t0 = time.perf_counter()
     with torch.inference_mode():
         for start in range(0, len(sample), 64):
-            x = loaded.preprocess(data.tiles(sample[start:start + 64]))
-            if size != loaded.image_size:
-                x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-            body(x)
+            loaded.model(model_input(data.tiles(sample[start:start + 64]), loaded.mean, loaded.std, size,
+                                     loaded.device))
     baseline = len(sample) / (time.perf_counter() - t0)
 
     with tempfile.TemporaryDirectory() as cache:

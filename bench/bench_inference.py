@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.checkpoint import LoadedModel, load_checkpoint  # noqa: E402
 from core.classes import CLASS_NAMES  # noqa: E402
 from core.explain import CAM_METHODS, explain  # noqa: E402
+from core.inference import preprocess  # noqa: E402
 from core.models import build_model, default_cam_layer, get_layer  # noqa: E402
 from core.predict import predict_bytes  # noqa: E402
 from core.settings import DEFAULT_CHECKPOINT  # noqa: E402
@@ -86,7 +87,7 @@ def main() -> None:
           f"{torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f}")
 
-    x = loaded.preprocess(tile[None])
+    x = preprocess(loaded, tile[None])
     with torch.inference_mode():
         base = timed(lambda: loaded.model(x), args.reps)
     rows = [("model(x) baseline", base)]

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from .imageio import TILE_SIZE
+
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -45,11 +47,11 @@ ONLINE_PROBABILITY = {"hflip": 0.5, "vflip": 0.5, "rot90": 0.75, "rotate": 0.5, 
                       "color_jitter": 0.5, "blur": 0.2, "resized_crop": 0.5, "erasing": 0.25}
 
 
-def online_transform(names: list[str], size: int = 227) -> Transform:
+def online_transform(names: list[str], size: int = TILE_SIZE) -> Transform:
     return v2.Compose([v2.RandomApply([_make(n, size)], p=ONLINE_PROBABILITY[n]) for n in names])
 
 
-def expand_copies(names: list[str], size: int = 227) -> list[Transform]:
+def expand_copies(names: list[str], size: int = TILE_SIZE) -> list[Transform]:
     return [_make(n, size) for n in names]
 
 

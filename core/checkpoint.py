@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -17,7 +16,6 @@ from .classes import CLASS_NAMES
 from .config import MIN_INPUT_SIZE, field_bounds
 from .errors import first_line
 from .models import ARCHITECTURES, build_model
-from .preprocess import to_model_input
 from .settings import DEFAULT_CHECKPOINT
 
 FORMAT = "hirise-studio-checkpoint/1"
@@ -29,7 +27,9 @@ class CheckpointError(ValueError):
 
 @dataclass
 class LoadedModel:
-    """A ready-to-use model (eval mode, float32) and what it needs to be fed."""
+    """A ready-to-use model (eval mode, float32, channels-last) and what it needs to be fed.
+
+    Running it is `core.inference`'s job (`predict_logits`, `predict_proba`)."""
 
     model: nn.Module
     arch: str
@@ -43,46 +43,12 @@ class LoadedModel:
     path: Path | None = None
     epoch: int | None = None
     splits: dict = field(default_factory=dict)  # {"val": {"files": [...], "observations": [...]}, "test": ...}
-    _frozen: Any = field(default=None, init=False, repr=False, compare=False)  # see `logits`; False: not traceable
+    # the frozen CPU trace `core.inference.fast_forward` makes on first use; False: the model is not traceable
+    _frozen: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-    def preprocess(self, tiles: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """(N, H, W) or (N, 1, H, W) uint8 tiles -> model input on the model's device."""
-        t = torch.as_tensor(np.asarray(tiles)) if isinstance(tiles, np.ndarray) else tiles
-        if t.dim() == 2:
-            t = t[None]
-        if t.dim() == 3:
-            t = t[:, None]
-        x = to_model_input(t.to(self.device), self.mean, self.std, self.image_size)
-        return x.contiguous(memory_format=torch.channels_last)  # the model's layout (`model_from_payload`)
-
-    @torch.inference_mode()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's raw logits for preprocessed input: the forward pass of prediction and evaluation.
-
-        On a CPU this runs a frozen TorchScript trace of the model (BatchNorm folded into the convolutions):
-        the same numbers within float rounding, about twice as fast for EfficientNet-Lite (`bench_inference`).
-        Training and Grad-CAM use `model` itself, which they need hooks and gradients from."""
-        if self.device.type != "cpu":
-            return self.model(x)
-        if self._frozen is None:
-            self._frozen = _frozen_trace(self.model, x) or False
-        if self._frozen:
-            try:
-                return self._frozen(x)
-            except RuntimeError:  # a shape the trace cannot take: the eager model can
-                pass
-        return self.model(x)
-
-    @torch.inference_mode()
-    def predict_proba(self, tiles: torch.Tensor | np.ndarray, calibrated: bool = True) -> np.ndarray:
-        logits = self.logits(self.preprocess(tiles)).float()
-        if calibrated:
-            logits = logits / self.temperature
-        return torch.softmax(logits, dim=1).cpu().numpy()
 
 
 def checkpoint_payload(model: nn.Module, *, arch: str, image_size: int, mean: float, std: float,
@@ -237,19 +203,6 @@ def model_from_payload(payload: dict[str, Any], path: Path, device: str | torch.
                        mean=float(payload["mean"]), std=float(payload["std"]), temperature=temperature,
                        config=dict(payload.get("config") or {}), metrics=dict(payload.get("metrics") or {}),
                        path=path, epoch=payload.get("epoch"), splits=_splits(payload.get("splits")))
-
-
-def _frozen_trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule | None:
-    """`model` traced on `example` and frozen for inference, if that works and gives the model's own outputs."""
-    import warnings
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about Python values taken as constants
-            frozen = torch.jit.freeze(torch.jit.trace(model, example, check_trace=False))
-            same = torch.allclose(frozen(example), model(example), rtol=1e-3, atol=1e-3)
-    except Exception:  # noqa: BLE001 - any model TorchScript cannot take simply runs eagerly
-        return None
-    return frozen if same else None
 
 
 def _splits(value: Any) -> dict:

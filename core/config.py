@@ -17,13 +17,12 @@ from typing import Any, get_type_hints
 import torch
 
 from .data.merge import CONFLICT_POLICIES
+from .data.spec import DataSpec
 from .data.split import SPLIT_MODES
 from .classes import SELECTION_METRICS
 from .models import ARCHITECTURES, DEFAULT_ARCH, FREEZE_MODES, WeightsUnavailable, require_imagenet, spec, stages
-from .optim import OPTIMIZERS as OPTIMIZER_BUILDERS
+from .optim import OPTIMIZERS, SCHEDULERS
 
-OPTIMIZERS = tuple(OPTIMIZER_BUILDERS)
-SCHEDULERS = ("none", "step", "plateau", "onecycle", "cosine")
 AUGMENT_MODES = ("none", "online", "expand", "official")
 TRANSFORMS = ("hflip", "vflip", "rot90", "rotate", "perspective", "color_jitter", "blur", "resized_crop", "erasing")
 IMBALANCE = ("none", "weighted_loss", "sqrt_weighted_loss", "balanced_sampler")
@@ -54,17 +53,17 @@ def opt(default: Any = MISSING, help: str = "", group: str = "", choices: tuple 
 
 @dataclass
 class RunConfig:
-    # Data
+    # Data: the fields of a DataSpec (`data_spec`), flat here so that flags, form and config.json stay flat
     data: list[str] = opt([], "data sources: folders or zips (official v3.2/v3 layout or plain tiles)", "data")
-    conflict_policy: str = opt("newest", "which copy wins a label conflict when merging", "data", CONFLICT_POLICIES)
-    split_mode: str = opt("auto", "official split if the files carry one, else grouped by observation", "data",
+    conflict_policy: str = opt(DataSpec.conflict_policy, "which copy wins a label conflict when merging", "data", CONFLICT_POLICIES)
+    split_mode: str = opt(DataSpec.split_mode, "official split if the files carry one, else grouped by observation", "data",
                           SPLIT_MODES)
-    val_fraction: float = opt(0.15, "share of observations for validation (grouped split)", "data",
+    val_fraction: float = opt(DataSpec.val_fraction, "share of observations for validation (grouped split)", "data",
                               when=("split_mode", ("auto", "grouped")))
-    test_fraction: float = opt(0.15, "share of observations for test (grouped split)", "data",
+    test_fraction: float = opt(DataSpec.test_fraction, "share of observations for test (grouped split)", "data",
                                when=("split_mode", ("auto", "grouped")))
-    split_seed: int = opt(0, "seed of the grouped split", "data", when=("split_mode", ("auto", "grouped")))
-    keep_split_repeats: bool = opt(False, "keep the official split file's repeated minority rows", "data")
+    split_seed: int = opt(DataSpec.split_seed, "seed of the grouped split", "data", when=("split_mode", ("auto", "grouped")))
+    keep_split_repeats: bool = opt(DataSpec.keep_split_repeats, "keep the official split file's repeated minority rows", "data")
     allow_leakage: bool = opt(False, "train even if an observation or landmark is on two sides", "data")
     # Model
     model: str = opt(DEFAULT_ARCH, "architecture", "model", ARCHITECTURES)
@@ -81,7 +80,7 @@ class RunConfig:
     unfreeze_all_at: int = opt(0, "release every frozen stage after N epochs: a head-only warm-up, then full "
                                "fine-tuning (0: off)", "freezing", when=("freeze", ("head_only", "below")), min=0)
     # Optimisation
-    optimizer: str = opt("adamw", "optimizer", "optimisation", OPTIMIZERS)
+    optimizer: str = opt("adamw", "optimizer", "optimisation", tuple(OPTIMIZERS))
     lr: float = opt(1e-3, "learning rate (peak rate for OneCycleLR)", "optimisation", min=0.0)
     backbone_lr_scale: float = opt(1.0, "discriminative learning rates: the backbone learns at this fraction of "
                                    "the head's rate (1: one rate for all)", "optimisation", min=0.0, max=1.0)
@@ -89,7 +88,7 @@ class RunConfig:
                               "optimisation", min=0.0)
     momentum: float = opt(0.9, "SGD momentum", "optimisation", when=("optimizer", ("sgd",)), min=0.0)
     nesterov: bool = opt(False, "SGD Nesterov momentum", "optimisation", when=("optimizer", ("sgd",)))
-    scheduler: str = opt("cosine", "learning-rate schedule", "optimisation", SCHEDULERS)
+    scheduler: str = opt("cosine", "learning-rate schedule", "optimisation", tuple(SCHEDULERS))
     step_size: int = opt(5, "StepLR: epochs between decays", "optimisation", when=("scheduler", ("step",)), min=1)
     gamma: float = opt(0.1, "StepLR: decay factor", "optimisation", when=("scheduler", ("step",)))
     plateau_factor: float = opt(0.5, "ReduceLROnPlateau: factor", "optimisation", when=("scheduler", ("plateau",)))
@@ -167,11 +166,9 @@ class RunConfig:
             raise ConfigError("unfreeze_every and unfreeze_all_at are two unfreezing plans: choose one")
         if self.augment in ("online", "expand") and not self.transforms:
             raise ConfigError(f"augment={self.augment} needs at least one transform")
-        if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1 or \
-                self.val_fraction + self.test_fraction >= 1:
-            raise ConfigError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
-        if self.val_fraction == 0 and self.split_mode != "official":
-            raise ConfigError("val_fraction 0 leaves no validation split to select the best epoch on")
+        problem = self.data_spec.problem()
+        if problem:
+            raise ConfigError(problem)
         if self.scheduler == "onecycle" and not 0 < self.pct_start < 1:
             raise ConfigError("pct_start must be between 0 and 1")
         _check_open_ranges(self)
@@ -199,6 +196,11 @@ class RunConfig:
             except WeightsUnavailable as exc:
                 raise ConfigError(f"init: {exc}") from None
         return self
+
+    @property
+    def data_spec(self) -> DataSpec:
+        """The data this run trains on, merged and split how."""
+        return DataSpec.from_mapping(self.to_dict())
 
     @property
     def input_size(self) -> int:

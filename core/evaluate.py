@@ -10,85 +10,24 @@ import hashlib
 import json
 import math
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .calibration import expected_calibration_error, fit_temperature, reliability_diagram, softmax
+from .calibration import expected_calibration_error, fit_temperature, reliability_diagram
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
-from .data import DataError, HiriseData, Record
+from .data import DataError, HiriseData, Record, RecordTiles
 from .data.cli import add_data_arguments, load_from_args
 from .metrics import classification_metrics, confused_pairs, headline, per_class_curves
-from .models import spec
-from .precision import autocast, bf16_native
-from .progress import ProgressCallback, track
+from .inference import predict_logits, probabilities, uses_bf16
+from .progress import ProgressCallback
 from .settings import DEFAULT_CHECKPOINT
 
 REPORT_FORMAT = "hirise-studio-evaluation/1"
-SPLITS = ("train", "val", "test", "all")
+EVALUATION_SPLITS = ("train", "val", "test", "all")  # the data's splits (`core.data.records.SPLITS`) or all
 FEW_TILES = 30  # below this support a class's figures move a lot with one tile more or less
 TOP_LOSSES = 24
-
-
-#: The 8 flips/rotations of a square image (the dihedral group D4), as functions of (B, C, H, W).
-DIHEDRAL: tuple[Callable[[torch.Tensor], torch.Tensor], ...] = tuple(
-    (lambda t, k=k, flip=flip: torch.rot90(torch.flip(t, dims=(3,)) if flip else t, k, dims=(2, 3)))
-    for flip in (False, True) for k in range(4))
-
-
-class RecordTiles:
-    """The tiles of some records, read from the tile cache one slice at a time, so that
-    evaluating every tile of a large data set never holds them all in memory."""
-
-    def __init__(self, data: HiriseData, records: Sequence[Record]):
-        self.data, self.records = data, list(records)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: slice) -> np.ndarray:
-        return self.data.tiles(self.records[index])
-
-
-@torch.inference_mode()
-def predict_logits(loaded: LoadedModel, tiles: np.ndarray | RecordTiles, batch_size: int = 64, tta: bool = False,
-                   on_progress: ProgressCallback | None = None, bf16: bool = False) -> np.ndarray:
-    """(N, H, W) uint8 tiles -> (N, C) float32 logits, uncalibrated (divide by the temperature yourself).
-
-    With `tta`, the logits are the mean over the 8 dihedral transforms: Mars has no "up", so
-    every rotation and mirror of a tile is an equally valid view (8x the compute). `tiles` may
-    be anything that slices into uint8 arrays (see `RecordTiles`). With `bf16`, the model runs under
-    bf16 autocast where that is native (about 2x on this project's CPU; a few predictions in a
-    thousand may flip, so reports say which precision made them).
-    """
-    if isinstance(tiles, list):
-        tiles = np.asarray(tiles)
-    bf16 = bf16 and bf16_suits(loaded)
-    n = len(tiles)
-    out = np.empty((n, len(loaded.class_names)), dtype=np.float32)
-    desc = "predicting" + (" (8x TTA)" if tta else "")
-    amp = autocast(loaded.device, bf16)
-    start = 0
-    for i in track(range(n), total=n, desc=desc, on_progress=on_progress):  # progress counts tiles
-        if i + 1 - start < batch_size and i < n - 1:
-            continue
-        x = loaded.preprocess(tiles[start:i + 1])
-        with amp:
-            forward = loaded.model if bf16 else loaded.logits  # a frozen trace does not follow autocast
-            if tta:
-                logits = torch.stack([forward(t(x)).float() for t in DIHEDRAL]).mean(0)
-            else:
-                logits = forward(x).float()
-        out[start:i + 1] = logits.cpu().numpy()
-        start = i + 1
-    return out
-
-
-def bf16_suits(loaded: LoadedModel) -> bool:
-    """Whether bf16 evaluation is offered for this model: some architectures change predictions under it."""
-    return spec(loaded.arch).bf16_safe
 
 
 def evaluate_model(loaded: LoadedModel, data: HiriseData, split: str = "val", originals_only: bool = True,
@@ -99,10 +38,10 @@ def evaluate_model(loaded: LoadedModel, data: HiriseData, split: str = "val", or
     Metrics are computed on calibrated probabilities (softmax(logits / T) with the checkpoint's T);
     ECE is given with and without T so the calibration itself can be judged. With `calibrate`, T is
     first fitted on these same logits and set on `loaded` (training does this on val, once: one pass
-    over the split serves both the fit and the report). `bf16`: see `predict_logits`.
+    over the split serves both the fit and the report). `bf16`: see `core.inference.predict_logits`.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
+    if split not in EVALUATION_SPLITS:
+        raise ValueError(f"unknown split {split!r} (expected one of {', '.join(EVALUATION_SPLITS)})")
     records, tiles_from = evaluation_records(loaded, data, split, originals_only)
     if not records:
         kind = "original " if originals_only else ""
@@ -113,7 +52,7 @@ def evaluate_model(loaded: LoadedModel, data: HiriseData, split: str = "val", or
                             on_progress=on_progress, bf16=bf16)
     if calibrate:
         loaded.temperature = fit_temperature(logits, y)
-    raw, probs = softmax(logits), softmax(logits, loaded.temperature)
+    raw, probs = probabilities(logits), probabilities(logits, loaded.temperature)
     pred = probs.argmax(1)
 
     report = classification_metrics(y, probs, names)
@@ -141,7 +80,7 @@ def evaluate_model(loaded: LoadedModel, data: HiriseData, split: str = "val", or
                  "warnings": list(data.warnings), "leakage": list(data.leakage)},
         "split": split, "originals_only": originals_only, "tta": tta, "n": len(records), "tiles_from": tiles_from,
         "tiles_digest": tiles_digest(r.name for r in records),
-        "precision": "bf16" if bf16 and bf16_suits(loaded) and bf16_native(loaded.device) else "fp32",
+        "precision": "bf16" if uses_bf16(loaded, bf16) else "fp32",
     })
     return _jsonable(report)
 
@@ -263,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help=f"checkpoint file (default: {DEFAULT_CHECKPOINT})")
     parser.add_argument("--data", action="append", required=True, metavar="PATH",
                         help="a data folder or zip; repeat to merge several")
-    parser.add_argument("--split", choices=SPLITS, default="val")
+    parser.add_argument("--split", choices=EVALUATION_SPLITS, default="val")
     parser.add_argument("--all-files", action="store_true",
                         help="include the augmented copies (-r90, -fh, ...), not only the original tiles")
     parser.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")

@@ -11,6 +11,7 @@ import functools
 import threading
 import time
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -20,6 +21,8 @@ import tqdm
 from pytorch_grad_cam import (AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM,
                               XGradCAM, ablation_cam, score_cam)
 from pytorch_grad_cam.ablation_layer import AblationLayer
+from pytorch_grad_cam.metrics.perturbation_confidence import (PerturbationConfidenceMetric, RemoveLeastRelevantFirst,
+                                                              RemoveMostRelevantFirst)
 from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -28,13 +31,8 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from .checkpoint import LoadedModel
+from .inference import calibrated_softmax, predict_proba, preprocess, probabilities
 from .models import default_cam_layer, get_layer
-
-# ScoreCAM and AblationCAM draw a tqdm bar of their own on every call, which would clutter the CLI
-# and the app's logs (they report progress themselves): silence those two bars only.
-for _module in (score_cam, ablation_cam):
-    _module.tqdm = types.SimpleNamespace(tqdm=functools.partial(tqdm.tqdm, disable=True))
-
 
 class SignedEigenCAM(EigenCAM):
     """EigenCAM with the package's sign correction: an SVD component's sign is arbitrary, and without
@@ -120,15 +118,15 @@ def explain(loaded: LoadedModel, tile: np.ndarray, method: str = "gradcam", targ
     model = loaded.model
     target_layer = get_layer(model, layer)
     start = time.perf_counter()
-    x = loaded.preprocess(tile[None])
+    x = preprocess(loaded, tile[None])
     with _LOCK, _ModelState(model):
         probs = None
         if target is None and aug_smooth:  # smoothing runs several views: settle the class on the plain one
-            probs = loaded.predict_proba(tile[None])[0]
+            probs = predict_proba(loaded, tile[None])[0]
             target = int(probs.argmax())
         cam, logits = _run_cam(model, target_layer, method, x, target, aug_smooth, eigen_smooth, layer)
         if probs is None:
-            probs = torch.softmax(logits / loaded.temperature, dim=0).numpy()
+            probs = probabilities(logits[None], loaded.temperature)[0]
         target = int(probs.argmax()) if target is None else int(target)
         keep = remove = None
         if faithfulness:
@@ -157,10 +155,11 @@ def _run_cam(model: nn.Module, target_layer: nn.Module, method: str, x: torch.Te
     # The eigen methods run a small SVD: multi-threaded BLAS turns that from 3 ms into a second
     # when the cores are busy (say, with a training run), so it gets one thread.
     blas = threadpool_limits(1, "blas") if method == "eigencam" or eigen_smooth else contextlib.nullcontext()
+    bars = _quiet_package_bars() if method in ("scorecam", "ablationcam") else contextlib.nullcontext()
     leaf = target_layer.register_forward_hook(_as_grad_leaf, prepend=True)
     grayscale = None
     try:
-        with blas, torch.enable_grad(), _CAM_CLASSES[method](model=cam_model, target_layers=[target_layer],
+        with blas, bars, torch.enable_grad(), _CAM_CLASSES[method](model=cam_model, target_layers=[target_layer],
                                                              **kwargs) as cam:
             if method == "scorecam":
                 cam.batch_size = PERTURBATION_BATCH
@@ -237,22 +236,58 @@ class _ModelState:
             m.training = training
 
 
+@contextlib.contextmanager
+def _quiet_package_bars() -> Iterator[None]:
+    """Silence the tqdm bar ScoreCAM and AblationCAM draw on every call, for the length of one call: it would
+    clutter the CLI and the app's logs (they report progress themselves). tqdm itself is left alone."""
+    modules = (score_cam, ablation_cam)
+    saved = [m.tqdm for m in modules]
+    quiet = types.SimpleNamespace(tqdm=functools.partial(tqdm.tqdm, disable=True))
+    for m in modules:
+        m.tqdm = quiet
+    try:
+        yield
+    finally:
+        for m, original in zip(modules, saved):
+            m.tqdm = original
+
+
+class CalibratedSoftmaxTarget:
+    """The model's calibrated probability of one class (softmax(logits / T)), as a pytorch-grad-cam target."""
+
+    def __init__(self, category: int, temperature: float):
+        self.category, self.temperature = category, temperature
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        return calibrated_softmax(model_output, self.temperature)[..., self.category]
+
+
+def _zero_imputer(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Blank the pixels `keep` is 0 at: 0 in model-input space is the training data's mean brightness."""
+    return x * keep.to(x.dtype)
+
+
+#: pytorch-grad-cam's perturbation metrics, with the mean brightness as the imputation: the target's
+#: confidence after removing the hottest TOP_FRACTION of the CAM (most relevant first), and after keeping
+#: only it (least relevant removed first).
+_REMOVE_TOP = PerturbationConfidenceMetric(RemoveMostRelevantFirst(100 * (1 - TOP_FRACTION), _zero_imputer))
+_KEEP_TOP = PerturbationConfidenceMetric(RemoveLeastRelevantFirst(100 * TOP_FRACTION, _zero_imputer))
+
+
 @torch.inference_mode()
 def _keep_remove_confidence(loaded: LoadedModel, x: torch.Tensor, cam: np.ndarray, target: int
                             ) -> tuple[float | None, float | None]:
     """Target confidence with only the top TOP_FRACTION of the CAM kept, and with it removed.
 
-    Removed pixels are set to 0 in model-input space, i.e. to the training data's mean brightness.
-    A flat CAM has no top region: (None, None).
+    Removed pixels are set to the training data's mean brightness. A flat CAM has no top region: (None, None).
     """
     if cam.max() <= cam.min():
         return None, None
-    cam_t = torch.from_numpy(_resize(cam, x.shape[-2:])).to(x.device)
-    threshold = torch.quantile(cam_t.flatten(), 1.0 - TOP_FRACTION)
-    top = (cam_t >= threshold).to(x.dtype)[None, None]
-    batch = torch.cat([x * top, x * (1 - top)])
-    probs = torch.softmax(loaded.model(batch).float() / loaded.temperature, dim=1)[:, target].cpu()
-    return float(probs[0]), float(probs[1])
+    cams = _resize(cam, x.shape[-2:])[None]
+    targets = [CalibratedSoftmaxTarget(target, loaded.temperature)]
+    keep, remove = (float(metric(x, cams, targets, loaded.model, return_diff=False)[0])
+                    for metric in (_KEEP_TOP, _REMOVE_TOP))
+    return keep, remove
 
 
 def _resize(heatmap: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

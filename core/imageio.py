@@ -96,5 +96,6 @@ def decode_tile(data: bytes, name: str = "tile", size: int = TILE_SIZE) -> tuple
     return tile, notes + more
 
 
-#: File endings `core.predict` picks up when given a folder.
+#: The image files this project reads: tiles in a data folder or zip, and the images `core.predict` picks up
+#: from a folder it is given.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")

@@ -1,8 +1,9 @@
 """Training jobs as separate processes: launched, queued one per device, cancelled, found lost.
 
 A job is a run folder plus a `python -m core.train` process started in its own session, so it
-outlives the app that launched it (a browser refresh or an app restart loses nothing): the app
-only ever reads the run folder. Jobs for one device run one at a time, oldest first; a queued job
+outlives the app that launched it (a browser refresh or an app restart loses nothing). The trainer
+owns status.json and the metrics; the app writes only a new run's config.json, a CANCEL request, and
+deletions the user asks for. Jobs for one device run one at a time, oldest first; a queued job
 waits for its turn by itself (a file lock per device, released by the OS if the holder dies).
 """
 from __future__ import annotations
@@ -92,7 +93,8 @@ def observed_status(run: Run, status: dict | None = None) -> dict:
 
 
 def job_state(run: Run, status: dict | None = None) -> str:
-    """The run's state, noticing a trainer that vanished ('lost'). Pass `status` when it is already read."""
+    """The run's state, noticing a trainer that vanished ('lost'); a query: it writes nothing (see
+    `observed_status`). Pass `status` when it is already read."""
     return observed_status(run, status)["state"]
 
 

@@ -9,7 +9,7 @@ from sklearn.metrics import (accuracy_score, average_precision_score, balanced_a
                              f1_score, precision_recall_curve, precision_recall_fscore_support, roc_auc_score,
                              roc_curve, top_k_accuracy_score)
 
-from .classes import CLASS_NAMES, SELECTION_METRICS  # noqa: F401 - SELECTION_METRICS re-exported
+from .classes import CLASS_NAMES
 
 
 def classification_metrics(y_true: Sequence[int], y_prob: np.ndarray,

@@ -1,9 +1,13 @@
-"""Optimizers, LR schedules, class weights and the LR range test, built from a RunConfig."""
+"""Optimizers, LR schedules, class weights and the LR range test, built from a RunConfig.
+
+`OPTIMIZERS` and `SCHEDULERS` are the registries of those choices: RunConfig's field choices (hence its
+validation, the CLI flags and the app's form) are their keys."""
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import torch
@@ -13,6 +17,8 @@ from .models import head_parameters
 
 if TYPE_CHECKING:
     from .config import RunConfig
+
+LRScheduler = Union[torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau]
 
 
 def parameter_groups(cfg: RunConfig, model: nn.Module) -> list[dict]:
@@ -38,7 +44,8 @@ def _sgd(cfg: RunConfig, groups: list[dict], **kw) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, **kw)
 
 
-# name -> builder(cfg, parameter groups, fused kwargs): the one list of optimizers (RunConfig's choices)
+# name -> builder(cfg, parameter groups, fused kwargs): the one list of optimizers (RunConfig's choices, the
+# form's, the CLI's)
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": lambda cfg, groups, **kw: torch.optim.Adam(groups, lr=cfg.lr, **kw),
     "nadam": lambda cfg, groups, **kw: torch.optim.NAdam(groups, lr=cfg.lr),  # no fused kernel
@@ -58,34 +65,49 @@ def build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     return OPTIMIZERS[cfg.optimizer](cfg, groups, **fused)
 
 
+def _cosine(cfg: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> LRScheduler:
+    warm = min(cfg.warmup_epochs, cfg.epochs - 1)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs - warm), eta_min=cfg.min_lr)
+    if warm <= 0:
+        return cosine
+    linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warm)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warm])
+
+
+@dataclass(frozen=True)
+class SchedulerChoice:
+    """How to build one LR schedule (None: a constant LR), when it steps (after every "batch", every "epoch", or
+    every epoch with the validation "metric"), and whether it is laid out over the run's epochs (a resumed
+    run cannot then change them)."""
+
+    build: Callable[[RunConfig, torch.optim.Optimizer, int], LRScheduler | None]
+    steps: str = "epoch"
+    spans_run: bool = False
+
+
+# name -> how to build and step it: the one list of schedules (RunConfig's choices, the form's, the CLI's)
+SCHEDULERS: dict[str, SchedulerChoice] = {
+    "none": SchedulerChoice(lambda cfg, opt, n: None),
+    "step": SchedulerChoice(lambda cfg, opt, n: torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size,
+                                                                                gamma=cfg.gamma)),
+    "plateau": SchedulerChoice(lambda cfg, opt, n: torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience), steps="metric"),
+    "onecycle": SchedulerChoice(lambda cfg, opt, n: torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=[cfg.lr * g["lr_scale"] for g in opt.param_groups], epochs=cfg.epochs, steps_per_epoch=n,
+        pct_start=cfg.pct_start), steps="batch", spans_run=True),
+    "cosine": SchedulerChoice(_cosine, spans_run=True),
+}
+
+
 class Schedule:
     """A scheduler and when to step it: after every batch (OneCycleLR) or after every epoch."""
 
     def __init__(self, cfg: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-        self.per_batch = cfg.scheduler == "onecycle"
-        self.on_metric = cfg.scheduler == "plateau"
-        self.scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None
-        if cfg.scheduler == "none":
-            self.scheduler = None
-        elif cfg.scheduler == "step":
-            self.scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-        elif cfg.scheduler == "plateau":
-            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
-        elif cfg.scheduler == "onecycle":
-            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=[cfg.lr * g['lr_scale'] for g in optimizer.param_groups], epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, pct_start=cfg.pct_start)
-        elif cfg.scheduler == "cosine":
-            warm = min(cfg.warmup_epochs, cfg.epochs - 1)
-            cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs - warm),
-                                                                eta_min=cfg.min_lr)
-            if warm > 0:
-                linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warm)
-                self.scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warm])
-            else:
-                self.scheduler = cosine
-        else:
+        if cfg.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {cfg.scheduler!r}")
+        choice = SCHEDULERS[cfg.scheduler]
+        self.per_batch, self.on_metric = choice.steps == "batch", choice.steps == "metric"
+        self.scheduler = choice.build(cfg, optimizer, steps_per_epoch)
 
     def after_batch(self) -> None:
         if self.scheduler is not None and self.per_batch:

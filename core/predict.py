@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .calibration import softmax
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
-from .evaluate import predict_logits
+from .inference import predict_proba
 from .imageio import IMAGE_SUFFIXES, TILE_SIZE, ImageError, decode_gray, to_tile
 from .progress import ProgressCallback
 from .settings import DEFAULT_CHECKPOINT
@@ -81,7 +80,7 @@ def predict_array(loaded: LoadedModel, gray: np.ndarray, name: str = "image", to
         if more and max(h, w) < TILE_SIZE / RESIZE_LIMIT:
             more = [f"{more[0]} (upscaled a lot: fine detail is interpolated, treat with care)"]
         notes += more
-        probs = loaded.predict_proba(tile[None])[0]
+        probs = predict_proba(loaded, tile[None])[0]
     else:
         class_map, window_probs, tiles = classify_windows(loaded, gray, stride, batch_size, on_progress)
         rows, cols = class_map.grid_shape
@@ -105,8 +104,8 @@ def classify_windows(loaded: LoadedModel, gray: np.ndarray, stride: int = TILE_S
                      on_progress: ProgressCallback | None = None) -> tuple[ClassMap, np.ndarray, np.ndarray]:
     """Every TILE_SIZE window of `gray` -> (class map, (N, C) probabilities, (N, 227, 227) windows)."""
     tiles, boxes, _ = cut_windows(gray, TILE_SIZE, stride)
-    logits = predict_logits(loaded, tiles, batch_size=batch_size, on_progress=on_progress)
-    probs = softmax(logits, loaded.temperature).astype(np.float32)
+    probs = predict_proba(loaded, tiles, batch_size=batch_size, on_progress=on_progress,
+                          show_progress=True).astype(np.float32)
     rows, cols = boxes.shape[:2]
     grid = probs.reshape(rows, cols, -1)
     class_map = ClassMap(classes=grid.argmax(-1), confidence=grid.max(-1), probabilities=grid, boxes=boxes,

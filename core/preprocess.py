@@ -21,7 +21,3 @@ def to_model_input(tiles: torch.Tensor, mean: float, std: float, image_size: int
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
     return x.sub_(mean).div_(std)
 
-
-def from_model_input(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """Undo the standardisation: back to [0, 1] floats (for drawing overlays)."""
-    return (x * std + mean).clamp_(0, 1)

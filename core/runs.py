@@ -31,9 +31,7 @@ from typing import Any
 
 from .settings import RUNS_DIR
 
-STATES = ("queued", "running", "completed", "failed", "cancelled", "lost")
 ACTIVE_STATES = ("queued", "running")
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
 
 
 def now_iso() -> str:
@@ -298,18 +296,6 @@ def new_run_dir(name_hint: str = "", runs_dir: Path | None = None) -> Run:
         except FileExistsError:
             continue
     raise RuntimeError(f"could not create a run folder under {root}")
-
-
-def resolve_run(name_or_path: str | Path, runs_dir: Path | None = None) -> Run:
-    """A run by folder name (checked: no path tricks) under the runs directory, or by explicit path."""
-    root = runs_root(runs_dir)
-    text = str(name_or_path)
-    if _RUN_NAME.match(text) and (root / text).is_dir():
-        return Run(root / text)
-    path = Path(text).expanduser()
-    if path.is_dir() and (path / "config.json").is_file():
-        return Run(path.resolve())
-    raise FileNotFoundError(f"no run named {text!r} in {root}")
 
 
 def list_runs(runs_dir: Path | None = None) -> list[Run]:

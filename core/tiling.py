@@ -44,12 +44,6 @@ class ClassMap:
         n = np.bincount(self.classes.ravel(), minlength=len(self.class_names))
         return {c: int(k) for c, k in zip(self.class_names, n) if k}
 
-    def to_dict(self) -> dict:
-        """A JSON-able form of the map."""
-        return {"grid_shape": list(self.grid_shape), "window": self.window, "stride": self.stride,
-                "image_shape": list(self.image_shape), "class_names": list(self.class_names),
-                "classes": [[self.class_names[c] for c in row] for row in self.classes.tolist()],
-                "confidence": np.round(self.confidence, 4).tolist(), "boxes": self.boxes.tolist()}
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -84,15 +78,6 @@ def cut_windows(gray: np.ndarray, window: int = TILE_SIZE, stride: int = TILE_SI
     tiles = np.stack([gray[y:y + window, x:x + window] for y in ys for x in xs])
     boxes = np.array([[[x, y, min(x + window, w), min(y + window, h)] for x in xs] for y in ys], dtype=np.int64)
     return tiles, boxes, notes
-
-
-def pixel_classes(class_map: ClassMap) -> np.ndarray:
-    """(H, W) class index per pixel: each pixel takes the window whose centre is nearest.
-
-    With overlapping windows (stride < window) this gives each window its central cell, so the
-    drawn map is a clean grid however the windows were laid out.
-    """
-    return class_map.classes[_grid_index(class_map)]
 
 
 def _grid_index(class_map: ClassMap) -> tuple[np.ndarray, np.ndarray]:

@@ -44,11 +44,13 @@ from .data import (DataError, DeviceBatches, HiriseData, TileDataset, begin_epoc
                    training_batches)
 from .errors import first_line
 from .evaluate import evaluate_model, save_report
+from .imageio import TILE_SIZE
+from .inference import probabilities, training_model_logits
 from .jobs import Cancelled, JobError, device_key, device_turn, process_start
 from .metrics import classification_metrics, headline
 from .models import (WeightsUnavailable, build_model, freeze_batchnorm_of_frozen, frozen_stages, require_imagenet,
                      set_frozen, spec, unfrozen_after)
-from .optim import Schedule, build_optimizer, loss_weights, lr_range_test
+from .optim import SCHEDULERS, Schedule, build_optimizer, loss_weights, lr_range_test
 from .precision import autocast, bf16_native
 from .preprocess import to_model_input
 from .runs import Run, RunBusy, RunLock, best_epoch_row, now_iso, write_json_atomic
@@ -125,8 +127,7 @@ class TrainData:
 
 
 def prepare_data(cfg: RunConfig, log) -> TrainData:
-    data = load_dataset(cfg.data, cfg.conflict_policy, cfg.split_mode, cfg.val_fraction, cfg.test_fraction,
-                        cfg.split_seed, cfg.keep_split_repeats)
+    data = load_dataset(cfg.data_spec)
     for w in data.warnings:
         log(f"warning: {w}")
     log(f"split: {data.split_method}")
@@ -146,10 +147,9 @@ def prepare_data(cfg: RunConfig, log) -> TrainData:
         raise DataError("the validation split is empty: add data or raise val_fraction")
     mean, std = input_normalisation(cfg, data, train_records)
     log(f"input normalisation: mean {mean:.4f}, std {std:.4f}")
-    size = 227
     batched, per_tile = augment.split_online(cfg.transforms) if cfg.augment == "online" else ([], [])
-    transform = augment.online_transform(per_tile, size) if per_tile else None
-    copies = augment.expand_copies(cfg.transforms, size) if cfg.augment == "expand" else []
+    transform = augment.online_transform(per_tile, TILE_SIZE) if per_tile else None  # on the tiles, before resizing
+    copies = augment.expand_copies(cfg.transforms, TILE_SIZE) if cfg.augment == "expand" else []
     train = TileDataset(data.tiles(train_records), data.labels(train_records), transform, copies)
     val = TileDataset(data.tiles(val_records), data.labels(val_records))
     counts = np.bincount(data.labels(train_records), minlength=NUM_CLASSES)
@@ -205,19 +205,6 @@ def build_initial_model(cfg: RunConfig, log) -> nn.Module:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
         log(f"starting from the weights of {path}")
     return model
-
-
-@torch.inference_mode()
-def evaluate_logits(model: nn.Module, dataset: TileDataset, mean: float, std: float, size: int,
-                    device: torch.device, batch_size: int, amp: bool) -> np.ndarray:
-    model.eval()
-    out = []
-    for start in range(0, len(dataset.labels), batch_size):
-        x = dataset.tiles[start:start + batch_size].to(device, non_blocking=True)
-        x = to_model_input(x, mean, std, size)
-        with autocast(device, amp):
-            out.append(model(x).float().cpu())
-    return torch.cat(out).numpy()
 
 
 def use_bf16(cfg: RunConfig, device: torch.device, log) -> bool:
@@ -332,142 +319,210 @@ def _train_locked(cfg: RunConfig, run: Run | None, resume: bool, lr_find: bool, 
             dist.destroy_process_group()
 
 
-def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run | None, resume: bool, log,
-        stop: StopFlag) -> bool:
-    """Train, writing metrics and checkpoints into `run` (rank 0); True when a cancel stopped it."""
-    on_cuda = device.type == "cuda"
+# ---- one set-up, shared by fit and the LR range test ------------------------------------------------
+
+@dataclass
+class Trainer:
+    """What training and the LR range test train with: built once, by `set_up`."""
+
+    model: nn.Module
+    loader: DeviceBatches | DataLoader
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    amp: bool  # bf16 autocast (see `use_bf16`)
+    initial_frozen: list[str]
+
+
+def set_up(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, log) -> Trainer:
+    """The model (initial weights, layout, frozen stages), this rank's batches, the optimizer and the loss."""
     model = build_initial_model(cfg, log).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     initial_frozen = frozen_stages(cfg.model, cfg.freeze, cfg.freeze_below)
+    set_frozen(model, cfg.model, initial_frozen)
     loader = train_batches(cfg, td, d, device)
     log(describe_batches(loader))
-    steps_per_epoch = len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
     optimizer = build_optimizer(cfg, model)
-    schedule = Schedule(cfg, optimizer, steps_per_epoch)
     weights = loss_weights(cfg.imbalance, td.train_labels, NUM_CLASSES)
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device),
                                     label_smoothing=cfg.label_smoothing)
-    mixer = augment.batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, NUM_CLASSES)
-    amp = use_bf16(cfg, device, log)
+    return Trainer(model, loader, optimizer, criterion, use_bf16(cfg, device, log), initial_frozen)
 
-    start_epoch, best_score, best_epoch, bad_epochs, step = 0, -math.inf, None, 0, 0
-    if resume:
-        if run is None or not run.last_checkpoint.is_file():
-            raise CheckpointError("nothing to resume: the run has no last.pt yet")
-        last = read_checkpoint(run.last_checkpoint)  # one read: weights and optimizer/scheduler state
-        state = last["train_state"]
-        model.load_state_dict(last["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"])
-        start_epoch, best_score, best_epoch, bad_epochs, step = (state["epoch"] + 1, state["best_score"],
-                                                                state["best_epoch"], state["bad_epochs"], state["step"])
-        torch.set_rng_state(state["rng"])
-        if run is not None:
-            _drop_metrics_after(run, state["epoch"])
-            run.update_status(best=best_epoch_row(run.metrics()))
-        log(f"resuming after epoch {state['epoch'] + 1}")
+
+def training_input(cfg: RunConfig, td: TrainData, tiles: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch of uint8 training tiles -> model input on `device` (batch augmentation included)."""
+    x = to_model_input(tiles.to(device, non_blocking=True), td.mean, td.std, cfg.input_size, td.batch_augment)
+    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+
+
+@dataclass
+class Progress:
+    """Where a run stands between epochs: what last.pt keeps to resume it."""
+
+    start_epoch: int = 0
+    best_score: float = -math.inf
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    step: int = 0
+
+
+@dataclass
+class EpochStats:
+    train_loss: float
+    train_accuracy: float | None  # None with mixup/cutmix (targets are mixed)
+    images_per_s: float
+    seconds: float
+
+
+# ---- training: fit = train_one_epoch + evaluate + save_checkpoints, epoch after epoch ------------------
+
+def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run | None, resume: bool, log,
+        stop: StopFlag) -> bool:
+    """Train, writing metrics and checkpoints into `run` (rank 0); True when a cancel stopped it."""
+    on_cuda = device.type == "cuda"
+    t = set_up(cfg, td, d, device, log)
+    model = t.model
+    steps_per_epoch = len(t.loader) if not cfg.max_steps_per_epoch else min(len(t.loader), cfg.max_steps_per_epoch)
+    schedule = Schedule(cfg, t.optimizer, steps_per_epoch)
+    mixer = augment.batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, NUM_CLASSES)
+    progress = resume_from(run, t, schedule, log) if resume else Progress()
 
     compiled = torch.compile(model) if (cfg.compile and on_cuda) else model
     if cfg.compile and not on_cuda:
-        log("note: compile is for CUDA (on this CPU torch.compile trained slower: README, Performance); not compiling")
+        log("note: compile is for CUDA (torch.compile trained slower on this project's CPU); not compiling")
     frozen: list[str] | None = None
     ddp_model: nn.Module = compiled
-    cancelled = False
-    for epoch in range(start_epoch, cfg.epochs):
-        now_frozen = unfrozen_after(cfg.model, initial_frozen, epoch, cfg.unfreeze_every, cfg.unfreeze_all_at)
+    for epoch in range(progress.start_epoch, cfg.epochs):
+        now_frozen = unfrozen_after(cfg.model, t.initial_frozen, epoch, cfg.unfreeze_every, cfg.unfreeze_all_at)
         if now_frozen != frozen:
             frozen = now_frozen
             set_frozen(model, cfg.model, frozen)
-            if frozen != initial_frozen or epoch == start_epoch:
+            if frozen != t.initial_frozen or epoch == progress.start_epoch:
                 log(f"epoch {epoch + 1}: frozen stages: {', '.join(frozen) or 'none'}")
             if d.world > 1:  # DDP records which parameters train when it is built
                 ddp_model = DistributedDataParallel(compiled, device_ids=[device.index] if on_cuda else None)
-        begin_epoch(loader, epoch)
         ddp_model.train()
         freeze_batchnorm_of_frozen(model, cfg.model, frozen or [])
-        if run:
-            run.update_status(epoch=epoch + 1, step_in_epoch=0, steps_per_epoch=steps_per_epoch,
-                              epoch_started_at=now_iso())
-        # Sums stay on the device: reading a value back stalls a GPU, so it happens once per log_every steps.
-        t0, seen = time.perf_counter(), 0
-        loss_sum, correct = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device)
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=not d.main, mininterval=2.0, dynamic_ncols=True)
-        for i, (x, y) in enumerate(loader):
-            if i >= steps_per_epoch:
-                break
-            # a cancel is a file on disk; with several ranks agreeing on it is a collective, so less often
-            if (d.world == 1 or i % cfg.log_every == 0) and d.any(bool(stop), device):
-                cancelled = True
-                break
-            x = to_model_input(x.to(device, non_blocking=True), td.mean, td.std, cfg.input_size, td.batch_augment)
-            y = y.to(device, non_blocking=True)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            target = y
-            if mixer is not None:
-                x, target = mixer(x, y)
-            logits, loss = optimizer_step(ddp_model, criterion, optimizer, x, target, device, amp)
-            schedule.after_batch()
-            step += 1
-            seen += len(y)
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            bar.update(1)
-            if step % cfg.log_every == 0 or i == steps_per_epoch - 1:
-                loss_value = finite_loss(loss, epoch, i)
-                if run:
-                    elapsed = time.perf_counter() - t0
-                    run.append_metrics({"kind": "step", "epoch": epoch + 1, "step": step, "train_loss": loss_value,
-                                        "lr": optimizer.param_groups[0]["lr"]})
-                    run.update_status(step_in_epoch=i + 1, images_per_s=seen * d.world / elapsed,
-                                      eta_epoch_s=elapsed / (i + 1) * (steps_per_epoch - i - 1))
-        bar.close()
-        if cancelled:
+        stats = train_one_epoch(cfg, t, ddp_model, td, d, device, schedule, mixer, epoch, steps_per_epoch,
+                                progress, run, stop)
+        if stats is None:
             log(f"stopping at epoch {epoch + 1}: cancel requested (last.pt keeps the last finished epoch)")
-            break
-        seconds = time.perf_counter() - t0
-        val_logits = evaluate_logits(model, td.val, td.mean, td.std, cfg.input_size, device, cfg.batch_size * 2, amp)
-        val_labels = td.val.labels.numpy()
-        val_probs = torch.softmax(torch.from_numpy(val_logits), 1).numpy()
-        val = classification_metrics(val_labels, val_probs)
-        val_loss = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), td.val.labels))
+            return True
+        val, val_loss = evaluate(cfg, model, td, device, t.amp)
         score = val[cfg.early_stopping_metric]
-        lr_now = optimizer.param_groups[0]["lr"]
+        lr_now = t.optimizer.param_groups[0]["lr"]
         schedule.after_epoch(score)
-        improved = score > best_score
+        improved = score > progress.best_score
         if improved:
-            best_score, best_epoch, bad_epochs = score, epoch + 1, 0
+            progress.best_score, progress.best_epoch, progress.bad_epochs = score, epoch + 1, 0
         else:
-            bad_epochs += 1
-        train_loss = finite_loss(loss_sum / max(1, seen), epoch, steps_per_epoch - 1)
-        row = {"kind": "epoch", "epoch": epoch + 1, "step": step, "train_loss": train_loss,
-               "train_accuracy": None if mixer else int(correct) / max(1, seen), "val_loss": val_loss,
+            progress.bad_epochs += 1
+        row = {"kind": "epoch", "epoch": epoch + 1, "step": progress.step, "train_loss": stats.train_loss,
+               "train_accuracy": stats.train_accuracy, "val_loss": val_loss,
                "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
                "val_balanced_accuracy": val["balanced_accuracy"],
                "val_recall": {c["class"]: c["recall"] for c in val["per_class"]},
                "val_support": {c["class"]: c["support"] for c in val["per_class"]},
-               "lr": lr_now, "images_per_s": seen * d.world / seconds, "seconds": seconds,
+               "lr": lr_now, "images_per_s": stats.images_per_s, "seconds": stats.seconds,
                "best": improved}
         log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
             f"{headline(val)}, {row['images_per_s']:.0f} img/s" + (" *" if improved else ""))
         if run:
             written = run.append_metrics(row)
-            payload = _payload(cfg, model, td, val, epoch + 1)
-            if improved:
-                save_checkpoint(run.best_checkpoint, payload)
-                run.update_status(best=written)
-            payload["train_state"] = {"optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
-                                      "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
-                                      "bad_epochs": bad_epochs, "step": step, "rng": torch.get_rng_state()}
-            save_checkpoint(run.last_checkpoint, payload)
-        if cfg.patience and bad_epochs >= cfg.patience:
+            save_checkpoints(run, cfg, t, schedule, td, val, epoch, progress, best_row=written if improved else None)
+        if cfg.patience and progress.bad_epochs >= cfg.patience:
             log(f"early stopping: no {cfg.early_stopping_metric} gain in {cfg.patience} epochs")
             break
-    if run and not cancelled and run.best_checkpoint.is_file():
+    if run and run.best_checkpoint.is_file():
         finish(run, cfg, td, device, log)
-    return cancelled
+    return False
+
+
+def resume_from(run: Run | None, t: Trainer, schedule: Schedule, log) -> Progress:
+    """Load last.pt's weights, optimizer, schedule and RNG state into `t`; where the run stood."""
+    if run is None or not run.last_checkpoint.is_file():
+        raise CheckpointError("nothing to resume: the run has no last.pt yet")
+    last = read_checkpoint(run.last_checkpoint)  # one read: weights and optimizer/scheduler state
+    state = last["train_state"]
+    t.model.load_state_dict(last["state_dict"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    _drop_metrics_after(run, state["epoch"])
+    run.update_status(best=best_epoch_row(run.metrics()))
+    log(f"resuming after epoch {state['epoch'] + 1}")
+    return Progress(start_epoch=state["epoch"] + 1, best_score=state["best_score"], best_epoch=state["best_epoch"],
+                    bad_epochs=state["bad_epochs"], step=state["step"])
+
+
+def train_one_epoch(cfg: RunConfig, t: Trainer, ddp_model: nn.Module, td: TrainData, d: Dist, device: torch.device,
+                    schedule: Schedule, mixer: nn.Module | None, epoch: int, steps_per_epoch: int, progress: Progress,
+                    run: Run | None, stop: StopFlag) -> EpochStats | None:
+    """One pass over this rank's batches (`progress.step` counts them); None when a cancel stopped it."""
+    begin_epoch(t.loader, epoch)
+    if run:
+        run.update_status(epoch=epoch + 1, step_in_epoch=0, steps_per_epoch=steps_per_epoch,
+                          epoch_started_at=now_iso())
+    # Sums stay on the device: reading a value back stalls a GPU, so it happens once per log_every steps.
+    t0, seen = time.perf_counter(), 0
+    loss_sum, correct = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device)
+    bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+               disable=not d.main, mininterval=2.0, dynamic_ncols=True)
+    try:
+        for i, (x, y) in enumerate(t.loader):
+            if i >= steps_per_epoch:
+                break
+            # a cancel is a file on disk; with several ranks agreeing on it is a collective, so less often
+            if (d.world == 1 or i % cfg.log_every == 0) and d.any(bool(stop), device):
+                return None
+            x = training_input(cfg, td, x, device)
+            y = y.to(device, non_blocking=True)
+            target = y
+            if mixer is not None:
+                x, target = mixer(x, y)
+            logits, loss = optimizer_step(ddp_model, t.criterion, t.optimizer, x, target, device, t.amp)
+            schedule.after_batch()
+            progress.step += 1
+            seen += len(y)
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            bar.update(1)
+            if progress.step % cfg.log_every == 0 or i == steps_per_epoch - 1:
+                loss_value = finite_loss(loss, epoch, i)
+                if run:
+                    elapsed = time.perf_counter() - t0
+                    run.append_metrics({"kind": "step", "epoch": epoch + 1, "step": progress.step,
+                                        "train_loss": loss_value, "lr": t.optimizer.param_groups[0]["lr"]})
+                    run.update_status(step_in_epoch=i + 1, images_per_s=seen * d.world / elapsed,
+                                      eta_epoch_s=elapsed / (i + 1) * (steps_per_epoch - i - 1))
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    return EpochStats(train_loss=finite_loss(loss_sum / max(1, seen), epoch, steps_per_epoch - 1),
+                      train_accuracy=None if mixer else int(correct) / max(1, seen),
+                      images_per_s=seen * d.world / seconds, seconds=seconds)
+
+
+def evaluate(cfg: RunConfig, model: nn.Module, td: TrainData, device: torch.device, amp: bool) -> tuple[dict, float]:
+    """The model's validation metrics (`core.metrics.classification_metrics`) and loss, after an epoch."""
+    logits = training_model_logits(model, td.val.tiles, NUM_CLASSES, td.mean, td.std, cfg.input_size, device,
+                                   cfg.batch_size * 2, amp, cfg.channels_last)
+    val = classification_metrics(td.val.labels.numpy(), probabilities(logits))
+    return val, float(nn.functional.cross_entropy(torch.from_numpy(logits), td.val.labels))
+
+
+def save_checkpoints(run: Run, cfg: RunConfig, t: Trainer, schedule: Schedule, td: TrainData, val: dict, epoch: int,
+                     progress: Progress, best_row: dict | None) -> None:
+    """last.pt after every epoch (with what resuming needs); best.pt too when the epoch improved (`best_row`)."""
+    payload = _payload(cfg, t.model, td, val, epoch + 1)
+    if best_row is not None:
+        save_checkpoint(run.best_checkpoint, payload)
+        run.update_status(best=best_row)
+    payload["train_state"] = {"optimizer": t.optimizer.state_dict(), "scheduler": schedule.state_dict(),
+                              "epoch": epoch, "best_score": progress.best_score, "best_epoch": progress.best_epoch,
+                              "bad_epochs": progress.bad_epochs, "step": progress.step,
+                              "rng": torch.get_rng_state()}
+    save_checkpoint(run.last_checkpoint, payload)
 
 
 def _payload(cfg: RunConfig, model: nn.Module, td: TrainData, val: dict, epoch: int) -> dict:
@@ -501,20 +556,11 @@ def _drop_metrics_after(run: Run, last_epoch_index: int) -> None:
 
 def find_lr(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, log, stop: StopFlag,
             num_steps: int = 100, run: Run | None = None) -> dict:
-    """The LR range test on this run's model, data and optimizer; its progress goes to `run`'s status
-    (batch i of `num_steps`, images/s, ETA) the way an epoch's does, so the app draws it the same way."""
-    model = build_initial_model(cfg, log).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    set_frozen(model, cfg.model, frozen_stages(cfg.model, cfg.freeze, cfg.freeze_below))
-    optimizer = build_optimizer(cfg, model)
-    weights = loss_weights(cfg.imbalance, td.train_labels, NUM_CLASSES)
-    criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device),
-                                    label_smoothing=cfg.label_smoothing)
-    loader = train_batches(cfg, td, d, device)
-    batches = iter(loader)
-    amp = use_bf16(cfg, device, log)
-    model.train()
+    """The LR range test on this run's model, data and optimizer (`set_up`, as training); its progress goes to
+    `run`'s status (batch i of `num_steps`, images/s, ETA) the way an epoch's does, so the app draws it the same way."""
+    t = set_up(cfg, td, d, device, log)
+    batches = iter(t.loader)
+    t.model.train()
 
     def step(lr: float) -> float:
         nonlocal batches
@@ -523,14 +569,12 @@ def find_lr(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, log, s
         try:
             x, y = next(batches)
         except StopIteration:
-            batches = iter(loader)
+            batches = iter(t.loader)
             x, y = next(batches)
-        for g in optimizer.param_groups:
+        for g in t.optimizer.param_groups:
             g["lr"] = lr * g["lr_scale"]
-        x = to_model_input(x.to(device), td.mean, td.std, cfg.input_size, td.batch_augment)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return float(optimizer_step(model, criterion, optimizer, x, y.to(device), device, amp)[1].detach())
+        x = training_input(cfg, td, x, device)
+        return float(optimizer_step(t.model, t.criterion, t.optimizer, x, y.to(device), device, t.amp)[1].detach())
 
     bar = tqdm(total=num_steps, desc="LR range test", unit="batch", mininterval=2.0)
     start = time.perf_counter()
@@ -565,9 +609,10 @@ def check_resume_changes(stored: RunConfig, cfg: RunConfig) -> None:
         if old != new and f.name not in RESUME_CHANGEABLE:
             raise ConfigError(f"{f.name}: this run was trained with {old!r}, and a resumed run keeps it (not {new!r}); "
                               "start a new run, with --init run --init-from the run folder to keep its weights")
-    if cfg.scheduler in ("onecycle", "cosine") and cfg.epochs != stored.epochs:
+    if SCHEDULERS[cfg.scheduler].spans_run and cfg.epochs != stored.epochs:
         raise ConfigError(f"epochs: the {cfg.scheduler} schedule is laid out over the run's {stored.epochs} epochs "
-                          "and a resumed run keeps them (schedules none, step and plateau can run longer)")
+                          "and a resumed run keeps them (schedules "
+                          f"{', '.join(n for n, c in SCHEDULERS.items() if not c.spans_run)} can run longer)")
 
 
 def prepare_run_folder(run: Run, cfg: RunConfig, args: argparse.Namespace) -> None:

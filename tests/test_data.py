@@ -10,7 +10,7 @@ import torch
 
 from torch.utils.data import DataLoader
 
-from core.data import (DataError, DeviceBatches, TileDataset, begin_epoch, find_leakage, load_dataset, merge_sources,
+from core.data import (DataError, DataSpec, DeviceBatches, TileDataset, begin_epoch, find_leakage, load_dataset, merge_sources,
                        open_tile_cache, parse_name, read_source, split_dataset, summarize, training_batches)
 from core.data.__main__ import main as data_cli
 from tests import synthetic
@@ -159,14 +159,14 @@ def test_grouped_split_is_deterministic_and_leak_free(tmp_path):
     files = synthetic.official_files("3.2", n_obs=24, per_obs=4, splits=False)
     root = synthetic.write_folder(tmp_path / "v32", files)
     plain = synthetic.write_plain(tmp_path / "own")
-    a = load_dataset([root, plain], split_seed=3)
-    b = load_dataset([root, plain], split_seed=3)
+    a = load_dataset(DataSpec((root, plain), split_seed=3))
+    b = load_dataset(DataSpec((root, plain), split_seed=3))
     assert "grouped" in a.split_method
     assert [(r.name, r.split) for r in a.records] == [(r.name, r.split) for r in b.records]
     assert {r.split for r in a.records} == {"train", "val", "test"}
     assert a.leakage == []
     assert all(r.split == "train" for r in a.records if r.trainable_only)
-    c = load_dataset([root], split_seed=4)
+    c = load_dataset(DataSpec((root,), split_seed=4))
     assert [r.split for r in c.records] != [r.split for r in a.records if not r.trainable_only]
 
 
@@ -325,3 +325,20 @@ def test_grouped_split_places_every_class_with_three_observations(seed):
     warnings = coverage_warnings(records, CLASS_NAMES)
     assert len(warnings) == 1 and warnings[0].startswith("class spider has no tiles in")
     assert "only 2 observations" in warnings[0]
+
+
+def test_data_spec_reads_flat_configs_and_checks_the_shares():
+    """One DataSpec for the seven data options; config.json and checkpoints keep them flat, old ones included."""
+    from core.config import ConfigError, RunConfig
+    old = {"data": ["/a", "/b"], "conflict_policy": "first", "split_mode": "grouped", "val_fraction": 0.2,
+           "test_fraction": 0.1, "split_seed": 7, "keep_split_repeats": True, "model": "simple_cnn"}
+    spec = DataSpec.from_mapping(old)
+    assert spec == DataSpec(("/a", "/b"), "first", "grouped", 0.2, 0.1, 7, True)
+    assert DataSpec.from_mapping(spec.flat()) == spec and hash(spec) == hash(DataSpec.from_mapping(spec.flat()))
+    assert RunConfig(**{k: v for k, v in old.items()}).data_spec == spec
+    assert DataSpec.from_mapping({"data": ["/a"]}) == DataSpec(("/a",))  # fields absent from old files: defaults
+    assert DataSpec(("/a",), val_fraction=0.6, test_fraction=0.4).problem().startswith("val_fraction")
+    assert DataSpec(("/a",), val_fraction=0).problem().startswith("val_fraction 0")
+    assert DataSpec(("/a",), split_mode="official", val_fraction=0).problem() is None
+    with pytest.raises(ConfigError, match="val_fraction"):
+        RunConfig(data=["/a"], val_fraction=0.7, test_fraction=0.3).validate()

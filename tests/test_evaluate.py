@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from core import evaluate
+from core import evaluate, inference
 from core.calibration import expected_calibration_error, fit_temperature, reliability_diagram, softmax
 from core.checkpoint import checkpoint_payload, save_checkpoint
 from core.classes import CLASS_NAMES
-from core.data import load_dataset
+from core.data import DataSpec, load_dataset
 from core.metrics import classification_metrics, confused_pairs, majority_baseline, per_class_curves
 from core.models import build_model
 from core.precision import bf16_native
@@ -147,8 +147,8 @@ def test_evaluate_model_learns_and_tta_is_rotation_invariant(tiny, v32_data):
     assert calls and calls[-1][0] == calls[-1][1] == r["n"]
     assert r["macro_f1"] > r["majority_baseline"]["macro_f1"] + 0.3  # the tiny model really learned
     tiles = v32_data.tiles(v32_data.records[:4])
-    a = evaluate.predict_logits(tiny, tiles, tta=True, on_progress=lambda *a: None)
-    b = evaluate.predict_logits(tiny, np.ascontiguousarray(np.rot90(tiles, 1, axes=(1, 2))[:, ::-1]), tta=True,
+    a = inference.predict_logits(tiny, tiles, tta=True, on_progress=lambda *a: None)
+    b = inference.predict_logits(tiny, np.ascontiguousarray(np.rot90(tiles, 1, axes=(1, 2))[:, ::-1]), tta=True,
                                 on_progress=lambda *a: None)
     np.testing.assert_allclose(a, b, atol=1e-3)  # the mean over D4 is the same for any view of the tile
 
@@ -163,8 +163,8 @@ def test_bf16_evaluation_says_so_and_agrees_with_fp32(tiny, v32_data, val_report
     if r["precision"] == "bf16":  # the logits really came from bf16 (they are not bit-identical to fp32)
         tiles = v32_data.tiles(v32_data.records[:16])
         quiet = lambda *a: None  # noqa: E731
-        a = evaluate.predict_logits(tiny, tiles, on_progress=quiet)
-        b = evaluate.predict_logits(tiny, tiles, on_progress=quiet, bf16=True)
+        a = inference.predict_logits(tiny, tiles, on_progress=quiet)
+        b = inference.predict_logits(tiny, tiles, on_progress=quiet, bf16=True)
         assert not np.array_equal(a, b) and np.allclose(a, b, atol=0.5)
     assert ("bf16" in evaluate.format_report(r)) == (r["precision"] == "bf16")
 
@@ -247,8 +247,8 @@ def test_a_model_is_scored_on_the_tiles_its_checkpoint_recorded(tiny, v32_folder
     import dataclasses
 
     from core.data import split_manifest
-    trained_on = load_dataset([v32_folder], split_mode="grouped", split_seed=0)
-    today = load_dataset([v32_folder], split_mode="grouped", split_seed=1)
+    trained_on = load_dataset(DataSpec((v32_folder,), split_mode="grouped", split_seed=0))
+    today = load_dataset(DataSpec((v32_folder,), split_mode="grouped", split_seed=1))
     recorded = split_manifest(trained_on)
     own_val = {r.name for r in today.select("val", originals_only=True)}
     assert own_val != set(recorded["val"]["files"])  # the two seeds split differently

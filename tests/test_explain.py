@@ -10,6 +10,7 @@ import torch
 
 from core import explain as ex
 from core.checkpoint import load_checkpoint
+from core.inference import preprocess
 from core.models import get_layer, set_frozen, stages
 from tests import model_fixtures
 from tests.model_fixtures import blob_tile
@@ -56,6 +57,27 @@ def test_faithfulness_and_explicit_target(blob):
     other = ex.explain(blob, tile, "gradcam", target=0, faithfulness=False)
     assert other.target == 0 and other.target_name == "other" and other.keep_top_confidence is None
     np.testing.assert_allclose(other.probabilities, e.probabilities, atol=1e-6)
+
+
+def test_faithfulness_is_the_keep_and_remove_top_confidence(blob):
+    """pytorch-grad-cam's perturbation metric gives what the Explain page describes: the calibrated confidence
+    with only the hottest TOP_FRACTION of the CAM kept, and with it blanked to the mean brightness."""
+    tile = blob_tile(100, 120, seed=11)
+    e = ex.explain(blob, tile, "gradcam")
+    x = preprocess(blob, tile[None])
+    cam = torch.from_numpy(ex._resize(e.heatmap, x.shape[-2:]))
+    top = (cam >= torch.quantile(cam.flatten(), 1 - ex.TOP_FRACTION)).float()
+    with torch.no_grad():
+        probs = torch.softmax(blob.model(torch.cat([x * top, x * (1 - top)])) / blob.temperature, 1)[:, e.target]
+    assert e.keep_top_confidence == pytest.approx(float(probs[0]), abs=0.02)
+    assert e.remove_top_confidence == pytest.approx(float(probs[1]), abs=0.02)
+
+
+def test_the_package_progress_bars_are_silenced_only_during_a_call(blob):
+    import tqdm
+    from pytorch_grad_cam import score_cam
+    ex.explain(blob, blob_tile(100, 120, seed=11), "scorecam", faithfulness=False)
+    assert score_cam.tqdm is tqdm  # restored: nothing else that reads the module's tqdm is affected
 
 
 def test_smoothing_options_and_other_layers(blob):
@@ -129,7 +151,7 @@ def test_many_calls_leak_neither_hooks_nor_memory(blob):
 def test_ablationcam_shortcut_matches_the_full_model_path(blob, monkeypatch):
     """AblationCAM runs only the layers from the target on; without the shortcut, the package's full path."""
     tile = blob_tile(150, 70, seed=14)
-    x = blob.preprocess(tile[None])
+    x = preprocess(blob, tile[None])
     assert ex._split_at(blob.model, "block3", x) is not None
     assert ex._split_at(blob.model, "block3.3", x) is None  # nested: no shortcut
     fast = ex.explain(blob, tile, "ablationcam")

@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import torch
 import pandas as pd
 import pytest
 
@@ -14,6 +15,7 @@ from core.data import DataError, load_dataset, summarize
 from core.data.overrides import Override, OverridesError, parse_overrides, read_overrides, update_overrides
 from core.explore import __main__ as cli
 from core.explore.embed import embed, is_cached, reduce
+from core.inference import preprocess
 from core.explore.features import cache_dir, compute_features, features_key, get_features
 from core.explore.labels import groups_of, review_labels
 from tests import synthetic
@@ -37,7 +39,8 @@ def test_features_match_the_models_own_logits(tiny, data):
     recs = data.records[:20]
     feats, logits = compute_features(tiny, data, recs, size=tiny.image_size)
     assert feats.shape == (20, tiny.model.fc.in_features)
-    expected = tiny.logits(tiny.preprocess(data.tiles(recs))).numpy()
+    with torch.inference_mode():
+        expected = tiny.model(preprocess(tiny, data.tiles(recs))).numpy()
     np.testing.assert_allclose(logits, expected, rtol=1e-3, atol=1e-3)
 
 
@@ -345,7 +348,8 @@ def test_explore_page_draws_a_map_and_reviews(v32_folder, tmp_path):
     Path(APP_STATE_FILE).write_text(json.dumps({"data_paths": [str(v32_folder)]}))
     try:
         at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=300)
-        at.switch_page("pages/6_Explore.py")
+        at.run()  # the entrypoint's st.navigation registers the pages
+        at.switch_page("pages/explore.py")
         at.run()
         assert not at.exception, [e.value for e in at.exception]
         next(s for s in at.selectbox if s.label == "Reduction").set_value("pca")
@@ -368,7 +372,7 @@ def test_explore_page_draws_a_map_and_reviews(v32_folder, tmp_path):
         written = read_overrides(LABEL_OVERRIDES_FILE)
         assert len(written) == 1 and next(iter(written)) in first
         assert any("1 label(s) changed" in c.value for c in at.caption)  # the data was reloaded with it
-        at.switch_page("pages/1_Dataset.py")
+        at.switch_page("pages/dataset.py")
         at.run()
         assert any("1 label(s) changed" in i.value for i in at.info)  # and the data summary shows it
     finally:
@@ -381,7 +385,8 @@ def _open_explore():
 
     from core.settings import PROJECT_ROOT
     at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=300)
-    at.switch_page("pages/6_Explore.py")
+    at.run()  # the entrypoint's st.navigation registers the pages
+    at.switch_page("pages/explore.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -390,7 +395,7 @@ def _open_explore():
 def test_explore_page_without_data(monkeypatch):
     from core.settings import APP_STATE_FILE
     Path(APP_STATE_FILE).write_text(json.dumps({"data_paths": []}))
-    monkeypatch.setattr("core.appstate.SHARED_DATA_DIR", Path("/nonexistent"))
+    monkeypatch.setattr("ui.appstate.SHARED_DATA_DIR", Path("/nonexistent"))
     try:
         at = _open_explore()
         assert any("No data set chosen yet" in i.value for i in at.info)

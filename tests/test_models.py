@@ -147,6 +147,22 @@ def test_freezing_lite_stages():
     assert models.unfrozen_after(arch, frozen, 2, 0, all_at=2) == []
 
 
+def test_optimizer_and_scheduler_choices_come_from_their_registries():
+    """One list per choice: the registries in core.optim are what validation, the CLI and the form offer."""
+    from core.config import ConfigError, field_specs
+    from core.optim import OPTIMIZERS, SCHEDULERS, Schedule
+    specs = {s["name"]: s for s in field_specs()}
+    assert tuple(specs["optimizer"]["choices"]) == tuple(OPTIMIZERS)
+    assert tuple(specs["scheduler"]["choices"]) == tuple(SCHEDULERS)
+    with pytest.raises(ConfigError, match="scheduler"):
+        RunConfig(data=["x"], scheduler="exponential").validate()
+    model = build_model("simple_cnn")
+    for name in SCHEDULERS:
+        cfg = RunConfig(data=["x"], model="simple_cnn", scheduler=name, epochs=3)
+        schedule = Schedule(cfg, build_optimizer(cfg, model), steps_per_epoch=4)
+        assert (schedule.scheduler is None) == (name == "none")
+
+
 def test_parameter_groups_discriminative_lr_and_no_decay():
     cfg = RunConfig(data=["x"], model="tf_efficientnet_lite0", lr=1e-3, backbone_lr_scale=0.1, weight_decay=0.05)
     model = build_model(cfg.model)
@@ -173,7 +189,7 @@ def test_efficientnet_lite_is_not_run_in_bf16(tiny):
     evaluation keep it in fp32 even when bf16 is asked for; the ResNets and simple_cnn may use it."""
     import dataclasses
 
-    from core.evaluate import bf16_suits, predict_logits
+    from core.inference import bf16_suits, predict_logits
     from core.train import use_bf16
     notes: list[str] = []
     cfg = RunConfig(data=["x"], amp=True)

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from core.data import load_dataset, read_source
+from core.data import DataSpec, load_dataset, read_source
 
 pytestmark = pytest.mark.realdata
 
@@ -37,8 +37,8 @@ def test_v3_and_extra_counts(shared_data):
 
 
 def test_merged_grouped_split_leaks_nothing(shared_data):
-    data = load_dataset([shared_data / "hirise-v3_2-subset", shared_data / "hirise-v3-subset",
-                         shared_data / "hirise-v3_2-extra-train"], split_seed=0)
+    data = load_dataset(DataSpec((shared_data / "hirise-v3_2-subset", shared_data / "hirise-v3-subset",
+                                  shared_data / "hirise-v3_2-extra-train"), split_seed=0))
     assert data.leakage == []
     assert "grouped" in data.split_method
     sides: dict[str, set] = {}

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from core import appstate, jobs
+from core import jobs
 from core.checkpoint import CheckpointError, checkpoint_payload, read_checkpoint, save_checkpoint
 from core.config import ConfigError, RunConfig
 from core.models import build_model
@@ -28,6 +28,7 @@ from core.runs import Run, RunBusy, RunLock
 from core.settings import PROJECT_ROOT
 from core.train import main as train_cli
 from core.train import train
+from ui import appstate
 from tests import model_fixtures, synthetic
 from tests.test_train import wait_for
 
@@ -533,9 +534,10 @@ def test_a_read_only_runs_folder_is_reported_in_one_line(tmp_path, data_dir):
 def run_page(path: str):
     from streamlit.testing.v1 import AppTest
     at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=180)
+    at.run()  # the entrypoint's st.navigation registers the pages
     if path != "app.py":
         at.switch_page(path)
-    at.run()
+        at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 
@@ -561,7 +563,7 @@ def test_home_and_explain_survive_an_empty_default_checkpoint(tmp_path, own_runs
     empty.touch()
     monkeypatch.setattr(ui.common, "DEFAULT_CHECKPOINT", empty)
     assert "No default model: hirise-resnet18.pt is empty (0 bytes)" in page_text(run_page("app.py"))
-    assert "Cannot load the model: hirise-resnet18.pt is empty" in page_text(run_page("pages/4_Explain.py"))
+    assert "Cannot load the model: hirise-resnet18.pt is empty" in page_text(run_page("pages/explain.py"))
 
 
 def test_dataset_page_lists_a_damaged_zip_member_and_goes_on(tmp_path, own_runs):
@@ -570,7 +572,7 @@ def test_dataset_page_lists_a_damaged_zip_member_and_goes_on(tmp_path, own_runs)
     raw[_data_offset(path, tiles[0]) + 200] ^= 0xFF
     path.write_bytes(bytes(raw))
     appstate.save_state(data_paths=[str(path)])
-    at = run_page("pages/1_Dataset.py")
+    at = run_page("pages/dataset.py")
     assert any(e.label == "1 unreadable tiles (skipped)" for e in at.expander)
 
 
@@ -587,7 +589,7 @@ def test_home_and_train_read_a_lost_run_they_cannot_write(tmp_path, own_runs, da
     monkeypatch.setattr("core.jobs.new_run_dir", read_only)
     at = run_page("app.py")
     assert at.dataframe[0].value["state"].tolist() == ["lost"]
-    at = run_page("pages/2_Train.py")
+    at = run_page("pages/train.py")
     assert "Lost: the training process (pid 4194315) vanished without finishing" in page_text(at)
     at.text_area(key="cfg_data_text").input(str(data_dir)).run()
     next(b for b in at.button if b.label == "Launch training").click().run()
@@ -597,7 +599,7 @@ def test_home_and_train_read_a_lost_run_they_cannot_write(tmp_path, own_runs, da
 
 def test_the_device_box_offers_cuda_only_with_a_gpu(own_runs, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    at = run_page("pages/2_Train.py")
+    at = run_page("pages/train.py")
     assert at.selectbox(key="cfg_device").options == ["auto", "cpu"]
 
 
@@ -606,7 +608,7 @@ def test_the_app_serves_nothing_on_an_address_nobody_chose(own_runs, monkeypatch
     import streamlit
     real = streamlit.get_option
     monkeypatch.setattr(streamlit, "get_option", lambda key: address if key == "server.address" else real(key))
-    for path in ("app.py", "pages/4_Explain.py"):
+    for path in ("app.py", "pages/explain.py"):
         at = run_page(path)
         assert bool(at.title) == serves
         assert ("started without a server address" in page_text(at)) != serves

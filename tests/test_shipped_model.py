@@ -3,6 +3,7 @@ reproduces its model card's validation figures on the tiles it recorded; the fro
 selectable."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,8 +13,9 @@ import torch
 
 from core.checkpoint import load_checkpoint, read_checkpoint
 from core.classes import CLASS_NAMES
-from core.data import load_dataset
+from core.data import DataSpec, load_dataset
 from core.evaluate import evaluate_model
+from core.inference import predict_proba
 from core.settings import DEFAULT_CHECKPOINT, PROJECT_ROOT
 from tests import synthetic
 
@@ -36,7 +38,7 @@ def test_shipped_checkpoint_loads_and_predicts_every_class_name():
     assert loaded.temperature > 0 and loaded.metrics["split"] == "val"
     assert len(loaded.splits["val"]["files"]) == card_figures(DEFAULT_CHECKPOINT)["val"]["n"]  # its recorded tiles
     tiles = np.stack([synthetic.tile(c, seed=c) for c in range(8)])
-    probs = loaded.predict_proba(tiles)
+    probs = predict_proba(loaded, tiles)
     assert probs.shape == (8, 8) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
@@ -52,9 +54,8 @@ def test_shipped_model_reproduces_its_card_on_its_recorded_validation_tiles(shar
     card = card_figures(DEFAULT_CHECKPOINT)["val"]
     cfg = loaded.config
     # the card's data, found next to this checkout whatever absolute path it was trained from
-    paths = [shared_data / Path(p).name for p in cfg["data"]]
-    data = load_dataset(paths, cfg["conflict_policy"], cfg["split_mode"], cfg["val_fraction"], cfg["test_fraction"],
-                        cfg["split_seed"], cfg["keep_split_repeats"])
+    spec = DataSpec.from_mapping(cfg)
+    data = load_dataset(dataclasses.replace(spec, paths=tuple(shared_data / Path(p).name for p in spec.paths)))
     report = evaluate_model(loaded, data, "val")
     base = report["majority_baseline"]
     assert report["n"] == card["n"] and "recorded in the checkpoint" in report["tiles_from"]

@@ -21,7 +21,7 @@ from core.checkpoint import load_checkpoint
 from core.config import ConfigError, RunConfig
 from core.models import (WeightsUnavailable, build_model, fetch_imagenet_weights, frozen_stages, imagenet_status,
                          unfrozen_after)
-from core.optim import lr_range_test
+from core.optim import OPTIMIZERS, lr_range_test
 from core.runs import Run, best_epoch_row, list_runs
 from core.settings import PROJECT_ROOT
 from core.train import main as train_cli
@@ -82,7 +82,7 @@ def test_run_folder_checkpoint_and_falling_loss(tmp_path, data_dir):
     assert report["n"] == loaded.metrics["n"] and report["macro_f1"] == pytest.approx(best["val_macro_f1"], abs=1e-6)
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "nadam", "adamw", "sgd"])
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 def test_each_optimizer_runs(tmp_path, data_dir, optimizer):
     extra = {"momentum": 0.8, "nesterov": True} if optimizer == "sgd" else {}
     run = run_tiny(tmp_path, data_dir, optimizer=optimizer, **extra)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.checkpoint import load_checkpoint, model_from_payload, read_checkpoint, save_checkpoint  # noqa: E402
-from core.data import load_dataset  # noqa: E402
+from core.data import DataSpec, load_dataset  # noqa: E402
 from core.evaluate import evaluate_model  # noqa: E402
 from core.metrics import headline  # noqa: E402
 from core.settings import DEFAULT_CHECKPOINT  # noqa: E402
@@ -40,8 +40,7 @@ def main() -> None:
     best = args.run / "best.pt"
     payload = read_checkpoint(best)
     cfg = payload["config"]
-    data = load_dataset(cfg["data"], cfg["conflict_policy"], cfg["split_mode"], cfg["val_fraction"],
-                        cfg["test_fraction"], cfg["split_seed"], cfg["keep_split_repeats"])
+    data = load_dataset(DataSpec.from_mapping(cfg))
     full = model_from_payload(payload, best)  # the file is read once
     half = {**payload, "state_dict": {k: v.half() if v.is_floating_point() else v
                                       for k, v in payload["state_dict"].items()}}

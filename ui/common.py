@@ -1,9 +1,11 @@
-"""What every page needs: page set-up, cached model and data loading, progress, friendly errors."""
+"""What every page needs: the list of pages and their set-up, cached model and data loading, progress, friendly
+errors."""
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +13,7 @@ import streamlit as st
 import torch
 
 from core.checkpoint import CheckpointError, LoadedModel, load_checkpoint
-from core.data import DataError, HiriseData, load_dataset, open_tile_cache, read_source
+from core.data import DataError, DataSpec, HiriseData, load_dataset, open_tile_cache, read_source
 from core.imageio import ImageError
 from core.runs import Run, list_runs
 from core.settings import DEFAULT_CHECKPOINT, LABEL_OVERRIDES_FILE, PROJECT_ROOT
@@ -25,24 +27,23 @@ RARE_NOTE = ("Rare classes (impact ejecta, spider, dark dune) have few tiles: th
              "with one tile more or less.")
 
 
-#: The sidebar menu (Streamlit's own, from the file names, is hidden in .streamlit/config.toml).
-NAVIGATION = (("app.py", "Home", ":material/satellite_alt:"), ("pages/1_Dataset.py", "Dataset", ":material/folder_open:"),
-              ("pages/2_Train.py", "Train", ":material/model_training:"),
-              ("pages/3_Evaluate.py", "Evaluate", ":material/grid_on:"),
-              ("pages/4_Explain.py", "Explain", ":material/image_search:"),
-              ("pages/5_Compare.py", "Compare", ":material/compare:"),
-              ("pages/6_Explore.py", "Explore", ":material/scatter_plot:"))  # issue 16
+@dataclass(frozen=True)
+class AppPage:
+    path: str  # the script, from the project root
+    label: str  # in the menu
+    icon: str
+    url_path: str  # "" for the home page
+    heading: str  # the page's title
 
 
-def page(title: str, icon: str = ":material/satellite_alt:") -> None:
-    st.set_page_config(page_title=f"{title} · HiRISE Studio", page_icon=icon, layout="wide")
-    refuse_unchosen_address()
-    with st.sidebar:
-        for path, label, link_icon in NAVIGATION:
-            st.page_link(path, label=label, icon=link_icon)
-        st.divider()
-    share_cpu_with_jobs()
-    st.title(title)
+#: The app's pages, in menu order: app.py builds `st.navigation` from them (the one list of pages).
+PAGES = (AppPage("pages/home.py", "Home", ":material/satellite_alt:", "", "HiRISE Studio"),
+         AppPage("pages/dataset.py", "Dataset", ":material/folder_open:", "Dataset", "Dataset"),
+         AppPage("pages/train.py", "Train", ":material/model_training:", "Train", "Train"),
+         AppPage("pages/evaluate.py", "Evaluate", ":material/grid_on:", "Evaluate", "Evaluate"),
+         AppPage("pages/explain.py", "Explain", ":material/image_search:", "Explain", "Explain"),
+         AppPage("pages/compare.py", "Compare", ":material/compare:", "Compare", "Compare runs"),
+         AppPage("pages/explore.py", "Explore", ":material/scatter_plot:", "Explore", "Explore"))
 
 
 def refuse_unchosen_address() -> None:
@@ -101,8 +102,8 @@ def get_model(path: str | Path | None = None) -> LoadedModel:
 
 
 @st.cache_resource(show_spinner="Reading, merging and splitting the data…", max_entries=4)
-def _cached_data(paths: tuple[str, ...], options: tuple, overrides_stamp: tuple = ()) -> HiriseData:
-    return load_dataset(list(paths), *options)  # draws nothing: Streamlit replays what cached functions draw
+def _cached_data(spec: DataSpec, overrides_stamp: tuple = ()) -> HiriseData:
+    return load_dataset(spec)  # draws nothing: Streamlit replays what cached functions draw
 
 
 _WARM: set[tuple] = set()  # data sources whose on-disk caches this process has checked
@@ -121,28 +122,25 @@ def _warm_tile_caches(paths: tuple[str, ...]) -> None:
     _WARM.add(paths)
 
 
-def get_data(paths: list[str], conflict_policy: str = "newest", split_mode: str = "auto", val_fraction: float = 0.15,
-             test_fraction: float = 0.15, split_seed: int = 0, keep_split_repeats: bool = False) -> HiriseData:
-    """The merged, split data set, held in memory once per set of options (tiles decoded once, on disk)."""
-    _warm_tile_caches(tuple(paths))
-    return _cached_data(tuple(paths), (conflict_policy, split_mode, float(val_fraction), float(test_fraction),
-                                       int(split_seed), bool(keep_split_repeats)), _overrides_stamp())
+def get_data(spec: DataSpec) -> HiriseData:
+    """The merged, split data set, held in memory once per DataSpec and label-overrides version (tiles decoded
+    once, on disk)."""
+    _warm_tile_caches(spec.paths)
+    return _cached_data(spec, _overrides_stamp())
 
 
 def _overrides_stamp() -> tuple:
-    """Issue 16: the label overrides file's version, so accepting a correction reloads the data with it."""
+    """The label overrides file's version, so accepting a correction (Explore page) reloads the data with it."""
     try:
-        st_ = LABEL_OVERRIDES_FILE.stat()
-        return (st_.st_mtime_ns, st_.st_size)
+        stat = LABEL_OVERRIDES_FILE.stat()
+        return (stat.st_mtime_ns, stat.st_size)
     except OSError:
         return ()
 
 
 def data_for_config(config: dict) -> HiriseData:
-    """The data a run was trained on, split the same way."""
-    return get_data(list(config["data"]), config.get("conflict_policy", "newest"), config.get("split_mode", "auto"),
-                    config.get("val_fraction", 0.15), config.get("test_fraction", 0.15), config.get("split_seed", 0),
-                    config.get("keep_split_repeats", False))
+    """The data a run (its config.json, or its checkpoint's config) was trained on, split the same way."""
+    return get_data(DataSpec.from_mapping(config))
 
 
 def show_error(exc: BaseException | str, what: str = "") -> None:

@@ -1,4 +1,4 @@
-"""The run configuration form, generated from RunConfig's fields: one source of truth for every option."""
+"""The run configuration form, generated from RunConfig's fields: the form offers what the CLI and validation accept."""
 from __future__ import annotations
 
 from typing import Any

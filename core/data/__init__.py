@@ -1,13 +1,14 @@
 """The HiRISE data layer: read official folders and zips or plain tiles, merge, split, cache, load."""
 from .cache import TileCache, open_tile_cache
-from .dataset import HiriseData, load_dataset, split_manifest
+from .dataset import HiriseData, RecordTiles, load_dataset, split_manifest
 from .merge import CONFLICT_POLICIES, MergeReport, merge_sources
 from .records import AUG_SUFFIXES, DataError, Record, parse_name
 from .sources import Source, read_source
+from .spec import DataSpec
 from .split import SPLIT_MODES, assign_splits, find_leakage
 from .summary import format_summary, summarize
 
-__all__ = ["AUG_SUFFIXES", "CONFLICT_POLICIES", "DataError", "HiriseData", "MergeReport", "Record", "SPLIT_MODES",
+__all__ = ["AUG_SUFFIXES", "CONFLICT_POLICIES", "DataError", "DataSpec", "HiriseData", "MergeReport", "Record", "RecordTiles", "SPLIT_MODES",
            "Source", "TileCache", "assign_splits", "find_leakage", "format_summary", "load_dataset", "merge_sources",
            "open_tile_cache", "parse_name", "read_source", "split_manifest", "summarize"]
 from .loader import DeviceBatches, TileDataset, begin_epoch, split_dataset, training_batches  # noqa: E402

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..classes import CLASS_NAMES
+from ..imageio import TILE_SIZE
 from ..progress import ProgressCallback
 from .cache import TileCache, open_tile_cache
 from .merge import MergeReport, merge_sources
@@ -15,6 +16,7 @@ from .overrides import Applied, apply_overrides, read_overrides
 from .overrides import default_file as default_overrides_file
 from .records import DataError, Record
 from .sources import Source, read_source
+from .spec import DataSpec
 from .split import assign_splits, coverage_warnings, find_leakage
 
 
@@ -87,21 +89,37 @@ class HiriseData:
         return mean, float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
 
 
-def load_dataset(paths: Sequence[str | Path], conflict_policy: str = "newest", split_mode: str = "auto",
-                 val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0,
-                 keep_split_repeats: bool = False, image_size: int = 227,
+class RecordTiles:
+    """The tiles of some records, read from the tile cache one slice at a time, so that a pass over every tile
+    of a large data set (evaluation, features) never holds them all in memory."""
+
+    def __init__(self, data: HiriseData, records: Sequence[Record]):
+        self.data, self.records = data, list(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        return self.data.tiles(self.records[index])
+
+
+def load_dataset(spec: DataSpec | Sequence[str | Path], *, tile_size: int = TILE_SIZE,
                  on_progress: ProgressCallback | None = None,
                  label_overrides: str | Path | None | bool = None) -> HiriseData:
-    """Read, merge, split and decode the given folders or zips. Raises DataError with a clear message.
+    """Read, merge, split and decode the folders or zips of `spec` (a bare list of paths: with the default
+    merge and split) into `tile_size` tiles. Raises DataError with a clear message.
 
     `label_overrides`: a file of accepted label corrections (`core.data.overrides`), None for the default
     file (applied when it exists), False for none. They are applied after the split, so correcting a label
     never moves a tile between train, val and test."""
+    if not isinstance(spec, DataSpec):
+        spec = DataSpec(tuple(spec))
+    paths = spec.paths
     if not paths:
         raise DataError("no data path given")
     sources: list[Source] = []
     for p in paths:
-        src = read_source(p, keep_split_repeats=keep_split_repeats)
+        src = read_source(p, keep_split_repeats=spec.keep_split_repeats)
         names = {s.name for s in sources}
         if src.name in names:  # two sources with one folder name: keep them apart
             i = 2
@@ -110,8 +128,8 @@ def load_dataset(paths: Sequence[str | Path], conflict_policy: str = "newest", s
             src.name = f"{src.name}#{i}"
             src.records = [_renamed(r, src.name) for r in src.records]
         sources.append(src)
-    merged, report = merge_sources(sources, conflict_policy, on_progress)
-    caches = {s.name: open_tile_cache(s, image_size, on_progress=on_progress) for s in sources}
+    merged, report = merge_sources(sources, spec.conflict_policy, on_progress)
+    caches = {s.name: open_tile_cache(s, tile_size, on_progress=on_progress) for s in sources}
     readable, unreadable = [], []
     for src, rec in merged:
         reason = caches[src.name].unreadable.get(rec.path)
@@ -121,7 +139,7 @@ def load_dataset(paths: Sequence[str | Path], conflict_policy: str = "newest", s
             unreadable.append((f"{src.name}:{rec.path}", reason))
     if not readable:
         raise DataError("no readable tile in " + ", ".join(str(p) for p in paths))
-    records, method = assign_splits(readable, split_mode, val_fraction, test_fraction, split_seed)
+    records, method = assign_splits(readable, spec.split_mode, spec.val_fraction, spec.test_fraction, spec.split_seed)
     records, applied = _apply_label_overrides(records, label_overrides)
     return HiriseData(sources=sources, records=records, merge_report=report, split_method=method,
                       leakage=find_leakage(records), caches=caches, unreadable=unreadable, overrides=applied)

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..classes import CLASS_NAMES, class_index
+from ..imageio import IMAGE_SUFFIXES
 from .records import SPLITS, DataError, Record, parse_name
-from .storage import IMAGE_EXTENSIONS, Storage, safe_relpath
+from .storage import Storage, safe_relpath
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,6 @@ class Source:
     repeats: Counter = field(default_factory=Counter)  # split-file repeats per class id, dropped or kept
     unlabelled: int = 0  # image files present that no label file names
     warnings: list[str] = field(default_factory=list)
-
-    @property
-    def has_official_split(self) -> bool:
-        splits = {r.split for r in self.records}
-        return {"train", "val", "test"} <= splits
 
 
 def read_source(path: str | Path, keep_split_repeats: bool = False) -> Source:
@@ -181,7 +177,7 @@ def _read_official(storage: Storage, path: Path, layout: Layout, keep_repeats: b
     if missing:
         warnings.append(f"{len(missing)} labelled files are missing from {layout.image_dir}/ and were skipped "
                         f"(e.g. {missing[0]})")
-    unlabelled = len({p for p in present if p.lower().endswith(IMAGE_EXTENSIONS)} - listed)
+    unlabelled = len({p for p in present if p.lower().endswith(IMAGE_SUFFIXES)} - listed)
     if not records:
         raise DataError(f"{storage.describe()}: no labelled tile was found (the data set is empty)")
     return Source(name=path.name, location=str(path), kind=f"official v{layout.version}", version=layout.version,
@@ -254,7 +250,7 @@ def _read_class_folders(storage: Storage, path: Path, class_dirs: dict[str, int]
         _plain_record(path, f"{d}/{f}", label)
         for d, label in class_dirs.items()
         for f in storage.list_dir(d)
-        if f.lower().endswith(IMAGE_EXTENSIONS)
+        if f.lower().endswith(IMAGE_SUFFIXES)
     ]
     if not records:
         raise DataError(f"{storage.describe()}: the class folders hold no image (the data set is empty)")

@@ -12,7 +12,6 @@ from ..errors import first_line
 from ..imageio import MAX_FILE_BYTES
 from .records import DataError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 CHUNK = 1 << 20
 #: What reading a zip member can raise: a bad CRC, damaged deflate data, a truncated archive, an
 #: unsupported method, an encrypted member.

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..config import MIN_INPUT_SIZE
-from ..data import DataError, load_dataset
+from ..data import DataError, DataSpec, load_dataset
 from ..data.cli import add_data_arguments
 from ..settings import DEFAULT_CHECKPOINT
 from .embed import DEFAULT_METHOD, METHODS, embed, write_table
@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         loaded = load_checkpoint(args.checkpoint)
-        data = load_dataset(args.data, args.conflict_policy, args.split_mode, args.val_fraction, args.test_fraction,
-                            args.split_seed, args.keep_split_repeats,
+        data = load_dataset(DataSpec.from_args(args.data, args),
                             label_overrides=False if args.no_label_overrides else None)
         if data.overrides is not None:
             print(f"label overrides: {data.overrides.describe()}", file=sys.stderr)

@@ -1,14 +1,12 @@
 """Penultimate features (and the head's logits) of a checkpoint for every tile of a data set, cached on disk.
 
 The features are what the model's classifier head reads: the pooled vector before the last linear layer.
-They are computed by a frozen copy of the model whose head is removed; the logits follow from the head's
-weights, so one pass gives both. The cache sits beside the tile cache (CACHE_DIR/explore) and is keyed by
+They come from `core.inference.predict_features`, the same pass as prediction's, which gives the logits too. The cache sits beside the tile cache (CACHE_DIR/explore) and is keyed by
 the checkpoint's bytes, the tiles' content (the tile caches' own content keys), the record list and the
 input size: any change to one of them is a miss, never a stale hit.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 import tempfile
@@ -18,14 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
-from ..checkpoint import LoadedModel, _frozen_trace
-from ..data import HiriseData, Record
+from ..checkpoint import LoadedModel
+from ..data import HiriseData, Record, RecordTiles
 from ..data.storage import content_digest
-from ..models import get_layer, spec
-from ..progress import ProgressCallback, track
+from ..inference import predict_features, probabilities
+from ..progress import ProgressCallback
 from ..settings import CACHE_DIR
 
 FEATURE_FORMAT = "explore-features-v1"
@@ -76,60 +72,12 @@ def cache_dir(root: Path | None = None) -> Path:
     return Path(root or CACHE_DIR) / "explore"
 
 
-def head_name(loaded: LoadedModel) -> str:
-    """The final linear layer's name (its input is the penultimate feature vector)."""
-    return spec(loaded.arch).stages[-1]
-
-
-def feature_extractor(loaded: LoadedModel) -> tuple[nn.Module, nn.Linear]:
-    """A copy of the model with its head replaced by Identity (outputs features), and the head itself."""
-    name = head_name(loaded)
-    head = get_layer(loaded.model, name)
-    if not isinstance(head, nn.Linear):
-        raise ValueError(f"{loaded.arch}: its head {name!r} is not a linear layer; cannot read its features")
-    body = copy.deepcopy(loaded.model).eval()
-    parent_name, _, attr = name.rpartition(".")
-    setattr(get_layer(body, parent_name) if parent_name else body, attr, nn.Identity())
-    return body, head
-
-
-@torch.inference_mode()
 def compute_features(loaded: LoadedModel, data: HiriseData, records: list[Record], size: int = DEFAULT_EMBED_SIZE,
                      on_progress: ProgressCallback | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(features, logits) of `records` at `size` px input, in batches with a progress bar counting tiles."""
-    size = resolve_size(loaded, size)
-    body, head = feature_extractor(loaded)
-    n = len(records)
-    dim = head.in_features
-    feats = np.empty((n, dim), dtype=np.float32)
-    forward = None
-    start = 0
-    for i in track(range(n), n, f"features at {size}px", on_progress):  # progress counts tiles
-        if i + 1 - start < BATCH and i < n - 1:
-            continue
-        batch = records[start:i + 1]
-        x = loaded.preprocess(data.tiles(batch))
-        if size != loaded.image_size:
-            x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                                          antialias=True).contiguous(memory_format=torch.channels_last)
-        if forward is None:  # on a CPU a frozen trace, about 2x faster (see LoadedModel.logits)
-            forward = (_frozen_trace(body, x) if loaded.device.type == "cpu" else None) or body
-        try:
-            out = forward(x)
-        except RuntimeError:  # a shape the trace cannot take: the eager model can
-            out = body(x)
-        feats[start:i + 1] = out.float().reshape(len(batch), -1).cpu().numpy()
-        start = i + 1
-    w = head.weight.detach().float().cpu().numpy()
-    b = head.bias.detach().float().cpu().numpy() if head.bias is not None else 0.0
-    return feats, feats @ w.T + b
-
-
-def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    """(features, logits) of `records` at `size` px input, through the one inference path (a progress bar
+    counts tiles)."""
+    tiles = RecordTiles(data, records)
+    return predict_features(loaded, tiles, batch_size=BATCH, size=resolve_size(loaded, size), on_progress=on_progress)
 
 
 def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
@@ -170,7 +118,7 @@ def get_features(loaded: LoadedModel, data: HiriseData, records: list[Record] | 
     cached = load_npz(path, ("features", "logits"))
     note = ""
     if cached is not None and len(cached["features"]) == len(records):
-        return Features(records, cached["features"], cached["logits"], _softmax(cached["logits"], loaded.temperature),
+        return Features(records, cached["features"], cached["logits"], probabilities(cached["logits"], loaded.temperature),
                         key, size, True, 0.0)
     if path.is_file():
         note = f"the feature cache {path.name} was unreadable and has been rebuilt"
@@ -178,4 +126,4 @@ def get_features(loaded: LoadedModel, data: HiriseData, records: list[Record] | 
     feats, logits = compute_features(loaded, data, records, size, on_progress)
     seconds = time.perf_counter() - t0
     save_npz_atomic(path, features=feats, logits=logits)
-    return Features(records, feats, logits, _softmax(logits, loaded.temperature), key, size, False, seconds, note)
+    return Features(records, feats, logits, probabilities(logits, loaded.temperature), key, size, False, seconds, note)

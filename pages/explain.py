@@ -8,12 +8,11 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from core import appstate, figures
 from core.classes import CLASS_NAMES
 from core.imageio import IMAGE_SUFFIXES, TILE_SIZE, decode_gray
-from ui.common import USER_ERRORS, get_data, get_model, model_choices, page, show_error
+from ui import appstate, figures
+from ui.common import USER_ERRORS, get_data, get_model, model_choices, show_error
 
-page("Explain", ":material/image_search:")
 MAX_FILES = 24
 
 # The uploader comes first: it answers before the model and the CAM library are loaded (cold start).
@@ -32,7 +31,7 @@ with st.expander("…or pick a tile from the data set"):
         c1, c2 = st.columns(2)
         cls = c1.selectbox("Class", CLASS_NAMES, key="pick_class")
         try:
-            data = get_data(paths)
+            data = get_data(appstate.data_spec())
             records = [r for r in data.records if r.label == CLASS_NAMES.index(cls) and r.is_original]
             if records:
                 i = c2.number_input(f"Tile (of {len(records)})", 1, len(records), 1) - 1

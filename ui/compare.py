@@ -5,9 +5,9 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
-from .classes import CLASS_NAMES
-from .config import RunConfig
-from .runs import Run
+from core.classes import CLASS_NAMES
+from core.config import RunConfig
+from core.runs import Run
 
 
 def settings_table(runs: Sequence[Run], models: Mapping[str, dict] | None = None) -> tuple[pd.DataFrame, list[str]]:

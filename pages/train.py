@@ -4,17 +4,17 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import appstate, figures, jobs
+from core import jobs
 from core.augment import epoch_multiplier
 from core.config import ConfigError, RunConfig
 from core.models import WeightsUnavailable, fetch_imagenet_weights, imagenet_status
 from core.runs import ACTIVE_STATES, list_runs, read_json
-from ui.common import IMBALANCE_NOTE, USER_ERRORS, data_for_config, page, show_error
+from ui import appstate, figures
+from ui.common import IMBALANCE_NOTE, USER_ERRORS, data_for_config, show_error
 from ui.grid_form import grid_form, grid_results
 from ui.run_admin import delete_button, notes_editor
 from ui.run_form import GROUP_TITLES, checked_config, group_of, propose, run_form
 
-page("Train", ":material/model_training:")
 st.caption(f"Training runs on **{jobs.describe_device()}**, in a separate process: close the tab or restart the "
            "app and it goes on. " + IMBALANCE_NOTE)
 

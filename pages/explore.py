@@ -6,17 +6,16 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core import appstate
 from core.classes import CLASS_NAMES
 from core.data.overrides import Override, OverridesError, read_overrides, update_overrides
 from core.explore.embed import DEFAULT_METHOD, METHODS, embed, is_cached
 from core.explore.features import DEFAULT_EMBED_SIZE, get_features
 from core.explore.labels import review_labels
 from core.settings import LABEL_OVERRIDES_FILE
-from ui.common import USER_ERRORS, RARE_NOTE, get_data, get_model, model_choices, page, progress_bar, show_error
+from ui import appstate
+from ui.common import USER_ERRORS, RARE_NOTE, get_data, get_model, model_choices, progress_bar, show_error
 from ui.gallery import tile_gallery
 
-page("Explore", ":material/scatter_plot:")
 COLOURS = {"label": "label", "prediction": "predicted", "split": "split", "confidence": "confidence",
            "observation": "observation", "correct": "correct"}
 MAX_SHOWN = 24
@@ -27,7 +26,7 @@ paths = appstate.data_paths()
 choices = model_choices()
 if not paths:
     st.info("No data set chosen yet: pick one on the Dataset page.")
-    st.page_link("pages/1_Dataset.py", label="Choose data", icon=":material/folder_open:")
+    st.page_link("pages/dataset.py", label="Choose data", icon=":material/folder_open:")
     st.stop()
 if not choices:
     st.error("No model is available: the shipped checkpoint is missing from checkpoints/ and no run has finished.")
@@ -45,7 +44,7 @@ with st.sidebar:
     colour = st.selectbox("Colour by", list(COLOURS))
 
 try:
-    data = get_data(paths)
+    data = get_data(appstate.data_spec())
     model = get_model(choices[model_label])
 except USER_ERRORS as exc:
     show_error(exc, "Cannot load the data or the model")

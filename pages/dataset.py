@@ -7,13 +7,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import appstate, figures
 from core.classes import CLASS_DESCRIPTIONS, CLASS_NAMES
-from core.data import CONFLICT_POLICIES, SPLIT_MODES, summarize
+from core.data import CONFLICT_POLICIES, SPLIT_MODES, DataSpec, summarize
+from core.data.spec import FRACTION_LIMIT, FRACTION_STEP
 from core.download import DEFAULT_DEST, DownloadError, download_v32
-from ui.common import IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, get_data, page, progress_bar, show_error
+from ui import appstate, figures
+from ui.common import IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, get_data, progress_bar, show_error
 
-page("Dataset", ":material/folder_open:")
 
 with st.form("sources"):
     text = st.text_area("Data sources: one folder or zip per line (official v3.2 / v3 layout, or your own tiles "
@@ -45,19 +45,28 @@ if not paths:
     st.info("Choose a data source above, or download the v3.2 set.")
     st.stop()
 
+remembered = appstate.data_spec()  # the last choices, on this page or another, kept across restarts
+share_max = FRACTION_LIMIT - FRACTION_STEP  # validation's range [0, 1), on the sliders' grid
 with st.sidebar:
     st.header("Merge and split")
-    policy = st.selectbox("Label conflicts", CONFLICT_POLICIES, help="newest version wins, first source wins, or "
-                          "drop conflicting tiles")
-    split_mode = st.selectbox("Split", SPLIT_MODES, help="auto: the official split when the files carry val and "
-                              "test rows, else grouped by observation")
-    val_fraction = st.slider("Validation share", 0.05, 0.4, 0.15, 0.05)
-    test_fraction = st.slider("Test share", 0.0, 0.4, 0.15, 0.05)
-    seed = st.number_input("Split seed", 0, 10_000, 0)
-    repeats = st.checkbox("Keep the split file's repeated rows")
+    policy = st.selectbox("Label conflicts", CONFLICT_POLICIES, CONFLICT_POLICIES.index(remembered.conflict_policy),
+                          help="newest version wins, first source wins, or drop conflicting tiles")
+    split_mode = st.selectbox("Split", SPLIT_MODES, SPLIT_MODES.index(remembered.split_mode),
+                              help="auto: the official split when the files carry val and test rows, else grouped "
+                              "by observation")
+    val_fraction = st.slider("Validation share", 0.0, share_max, min(remembered.val_fraction, share_max),
+                             FRACTION_STEP)
+    test_fraction = st.slider("Test share", 0.0, share_max, min(remembered.test_fraction, share_max), FRACTION_STEP)
+    seed = st.number_input("Split seed", 0, 10_000, remembered.split_seed)
+    repeats = st.checkbox("Keep the split file's repeated rows", remembered.keep_split_repeats)
 
+spec = DataSpec(tuple(paths), policy, split_mode, val_fraction, test_fraction, int(seed), repeats)
+if spec.problem():
+    st.error(spec.problem())
+    st.stop()
+appstate.save_data_options(spec)
 try:
-    data = get_data(paths, policy, split_mode, val_fraction, test_fraction, int(seed), repeats)
+    data = get_data(spec)
     summary = summarize(data)
 except USER_ERRORS as exc:
     show_error(exc, "Cannot read the data")

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import compare, figures
 from core.classes import CLASS_NAMES
 from core.runs import list_runs
 from core.evaluate import evaluate_model
-from ui.common import (IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, data_for_config, get_model, page, progress_bar,
+from ui import compare, figures
+from ui.common import (IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, data_for_config, get_model, progress_bar,
                        shipped_models, show_error)
 
-page("Compare runs", ":material/compare:")
 runs = [r for r in list_runs() if (status := r.status()).get("kind", "train") == "train" and r.best_epoch(status)]
 if len(runs) < 2:
     st.info("Compare needs at least two runs with metrics: train some on the Train page.")

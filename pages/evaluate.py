@@ -6,14 +6,14 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import appstate, figures
-from core.evaluate import bf16_suits, evaluate_model, load_report
+from core.evaluate import evaluate_model, load_report
+from core.inference import bf16_suits
 from core.precision import bf16_native
+from ui import appstate, figures
 from ui.gallery import tile_gallery
 from ui.common import (IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, data_for_config, get_model, model_choices,
-                       page, per_class_table, progress_bar, run_of_checkpoint, show_error)
+                       per_class_table, progress_bar, run_of_checkpoint, show_error)
 
-page("Evaluate", ":material/grid_on:")
 choices = model_choices()
 if not choices:
     st.warning("No model yet: train one on the Train page (the shipped default model lives in checkpoints/).")

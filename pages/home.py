@@ -1,0 +1,78 @@
+"""Home: what this is, the device, the data, the default model, the runs so far."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core.classes import CLASS_DESCRIPTIONS, CLASS_NAMES
+from core.jobs import describe_device, job_state, progress_column
+from core.runs import list_runs
+from core.settings import DEFAULT_CHECKPOINT
+from ui import appstate
+from ui.common import IMBALANCE_NOTE, USER_ERRORS, get_model
+
+SCORES = (("best val macro-F1", "val_macro_f1"), ("balanced acc", "val_balanced_accuracy"), ("accuracy", "val_accuracy"))
+
+
+def _score(value: float | None) -> str:
+    """A score to three places, or a dash before the first epoch (never `None`)."""
+    return "–" if value is None else f"{value:.3f}"
+
+
+st.markdown(
+    "Classify NASA HiRISE Mars orbital image tiles into the eight landmark classes of the v3.2 data set: "
+    + ", ".join(f"**{c}**" for c in CLASS_NAMES) + ". Train models, watch them learn, inspect their mistakes, "
+    "see what they look at with Grad-CAM, and compare runs.")
+st.info(IMBALANCE_NOTE, icon=":material/balance:")
+
+left, middle, right = st.columns(3)
+with left:
+    st.subheader("Device")
+    st.write(f"Training runs on **{describe_device()}**.")
+    st.caption("Jobs run as separate processes, one per device at a time; a refresh or restart loses nothing.")
+with middle:
+    st.subheader("Data")
+    paths = appstate.data_paths()
+    if not paths:
+        st.warning("No data set chosen yet.")
+    for p in paths:
+        (st.success if Path(p).exists() else st.error)(f"{'found' if Path(p).exists() else 'missing'}: `{p}`")
+    st.page_link("pages/dataset.py", label="Choose or download data", icon=":material/folder_open:")
+    st.page_link("pages/explore.py", label="Explore: embedding map and label review", icon=":material/scatter_plot:")
+with right:
+    st.subheader("Default model")
+    try:
+        model = get_model()
+        m = model.metrics
+        st.write(f"**{model.arch}**, input {model.image_size}px, epoch {model.epoch}, temperature "
+                 f"{model.temperature:.2f}")
+        if m:
+            st.write(f"On its {m.get('split', 'validation')} split ({m.get('n', '?')} tiles): macro-F1 "
+                     f"**{m['macro_f1']:.3f}**, balanced accuracy **{m['balanced_accuracy']:.3f}**, accuracy "
+                     f"{m['accuracy']:.3f} vs always-other {m['majority_baseline']['accuracy']:.3f}")
+    except USER_ERRORS as exc:
+        st.warning(f"No default model: {exc}")
+    st.caption(f"`{DEFAULT_CHECKPOINT}`")
+    st.page_link("pages/explain.py", label="Classify and explain tiles", icon=":material/image_search:")
+
+st.subheader("Runs")
+runs = list_runs()
+if not runs:
+    st.write("No runs yet.")
+    st.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
+else:
+    rows = []
+    for run in runs[:50]:
+        cfg, status = run.config(), run.status()
+        best = run.best_epoch(status)
+        rows.append({"run": run.name, "state": job_state(run, status), "model": cfg.get("model") or "",
+                     "progress": progress_column(status, cfg),
+                     **{label: _score(best.get(key)) for label, key in SCORES},
+                     "tags": ", ".join(run.notes()["tags"]), "started": status.get("started_at") or ""})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+with st.expander("The eight classes"):
+    for name in CLASS_NAMES:
+        st.markdown(f"**{name}**: {CLASS_DESCRIPTIONS[name]}")
