@@ -16,6 +16,7 @@ from .classes import CLASS_NAMES
 from .config import MIN_INPUT_SIZE, field_bounds
 from .errors import first_line
 from .models import ARCHITECTURES, build_model
+from .ood import FeatureDensity, OODError
 from .settings import DEFAULT_CHECKPOINT
 
 FORMAT = "hirise-studio-checkpoint/1"
@@ -43,6 +44,7 @@ class LoadedModel:
     path: Path | None = None
     epoch: int | None = None
     splits: dict = field(default_factory=dict)  # {"val": {"files": [...], "observations": [...]}, "test": ...}
+    ood: FeatureDensity | None = None  # how unlike the training tiles an input is (`core.ood`); None: no reference
     # the frozen CPU trace `core.inference.fast_forward` makes on first use; False: the model is not traceable
     _frozen: Any = field(default=None, init=False, repr=False, compare=False)
 
@@ -202,7 +204,19 @@ def model_from_payload(payload: dict[str, Any], path: Path, device: str | torch.
     return LoadedModel(model=model, arch=payload["arch"], class_names=classes, image_size=int(payload["image_size"]),
                        mean=float(payload["mean"]), std=float(payload["std"]), temperature=temperature,
                        config=dict(payload.get("config") or {}), metrics=dict(payload.get("metrics") or {}),
-                       path=path, epoch=payload.get("epoch"), splits=_splits(payload.get("splits")))
+                       path=path, epoch=payload.get("epoch"), splits=_splits(payload.get("splits")),
+                       ood=_ood(payload.get("ood")))
+
+
+def _ood(value: Any) -> FeatureDensity | None:
+    """The stored out-of-distribution reference, or None when there is none or it is unusable: the model still
+    classifies, the app then says it has no typicality to show."""
+    if value is None:
+        return None
+    try:
+        return FeatureDensity.from_dict(value)
+    except OODError:
+        return None
 
 
 def _splits(value: Any) -> dict:

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
-from .inference import predict_proba
+from .inference import predict_features, predict_proba, probabilities
 from .imageio import IMAGE_SUFFIXES, TILE_SIZE, ImageError, decode_gray, to_tile
 from .progress import ProgressCallback
 from .settings import DEFAULT_CHECKPOINT
@@ -42,12 +42,16 @@ class Prediction:
     image_shape: tuple[int, int]  # (H, W) of the decoded image
     notes: list[str] = field(default_factory=list)
     class_map: ClassMap | None = None  # for images larger than a tile
+    #: share of validation tiles more typical than this image (`core.ood`): near 1, unlike anything the model
+    #: knows; None when the checkpoint has no reference. For a large image, the median over its windows.
+    typicality: float | None = None
 
     def row(self) -> dict:
         """A flat dict for CSV and tables."""
         out = {"file": self.name, "predicted": self.label, "confidence": round(self.confidence, 4),
                "top_k": "; ".join(f"{c} {p:.3f}" for c, p in self.top_k),
                "windows": "x".join(map(str, self.class_map.grid_shape)) if self.class_map else "",
+               "typicality": "" if self.typicality is None else round(self.typicality, 4),
                "notes": "; ".join(self.notes)}
         out.update({f"p_{c}": round(p, 5) for c, p in self.probabilities.items()})
         return out
@@ -80,9 +84,10 @@ def predict_array(loaded: LoadedModel, gray: np.ndarray, name: str = "image", to
         if more and max(h, w) < TILE_SIZE / RESIZE_LIMIT:
             more = [f"{more[0]} (upscaled a lot: fine detail is interpolated, treat with care)"]
         notes += more
-        probs = predict_proba(loaded, tile[None])[0]
+        probs, typical = _proba_and_typicality(loaded, tile[None])
+        probs = probs[0]
     else:
-        class_map, window_probs, tiles = classify_windows(loaded, gray, stride, batch_size, on_progress)
+        class_map, window_probs, tiles, typical = classify_windows(loaded, gray, stride, batch_size, on_progress)
         rows, cols = class_map.grid_shape
         notes.append(f"{w}x{h} image: classified as {rows}x{cols} windows of {TILE_SIZE}px (stride {stride}); "
                      "probabilities are the mean over windows")
@@ -97,20 +102,36 @@ def predict_array(loaded: LoadedModel, gray: np.ndarray, name: str = "image", to
     return Prediction(name=name, label=names[best], index=best, confidence=float(probs[best]),
                       probabilities={c: float(p) for c, p in zip(names, probs)},
                       top_k=[(names[i], float(probs[i])) for i in order[:k]], tile=tile, image_shape=(h, w),
-                      notes=notes, class_map=class_map)
+                      notes=notes, class_map=class_map,
+                      typicality=None if typical is None else float(np.median(typical)))
+
+
+def _proba_and_typicality(loaded: LoadedModel, tiles: np.ndarray, batch_size: int = 32,
+                          on_progress: ProgressCallback | None = None, show_progress: bool = False
+                          ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Calibrated probabilities and, when the checkpoint has an out-of-distribution reference, each tile's
+    typicality: both from one forward pass."""
+    if loaded.ood is None:
+        return predict_proba(loaded, tiles, batch_size=batch_size, on_progress=on_progress,
+                             show_progress=show_progress), None
+    features, logits = predict_features(loaded, tiles, batch_size=batch_size, on_progress=on_progress,
+                                        show_progress=show_progress or on_progress is not None)
+    return probabilities(logits, loaded.temperature), loaded.ood.typicality(features)
 
 
 def classify_windows(loaded: LoadedModel, gray: np.ndarray, stride: int = TILE_SIZE, batch_size: int = 32,
-                     on_progress: ProgressCallback | None = None) -> tuple[ClassMap, np.ndarray, np.ndarray]:
-    """Every TILE_SIZE window of `gray` -> (class map, (N, C) probabilities, (N, 227, 227) windows)."""
+                     on_progress: ProgressCallback | None = None
+                     ) -> tuple[ClassMap, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Every TILE_SIZE window of `gray` -> (class map, (N, C) probabilities, (N, 227, 227) windows, (N,)
+    typicality or None)."""
     tiles, boxes, _ = cut_windows(gray, TILE_SIZE, stride)
-    probs = predict_proba(loaded, tiles, batch_size=batch_size, on_progress=on_progress,
-                          show_progress=True).astype(np.float32)
+    probs, typical = _proba_and_typicality(loaded, tiles, batch_size, on_progress, show_progress=True)
+    probs = probs.astype(np.float32)
     rows, cols = boxes.shape[:2]
     grid = probs.reshape(rows, cols, -1)
     class_map = ClassMap(classes=grid.argmax(-1), confidence=grid.max(-1), probabilities=grid, boxes=boxes,
                          window=TILE_SIZE, stride=stride, image_shape=gray.shape, class_names=list(loaded.class_names))
-    return class_map, probs, tiles
+    return class_map, probs, tiles, typical
 
 
 def find_images(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:

@@ -50,6 +50,7 @@ from .jobs import Cancelled, JobError, device_key, device_turn, process_start
 from .metrics import classification_metrics, headline
 from .models import (WeightsUnavailable, build_model, freeze_batchnorm_of_frozen, frozen_stages, require_imagenet,
                      set_frozen, spec, unfrozen_after)
+from .ood import OODError, fit_reference
 from .optim import SCHEDULERS, Schedule, build_optimizer, loss_weights, lr_range_test
 from .precision import autocast, bf16_native
 from .preprocess import to_model_input
@@ -541,6 +542,10 @@ def finish(run: Run, cfg: RunConfig, td: TrainData, device: torch.device, log) -
                             calibrate=True)
     temperature = loaded.temperature
     payload["temperature"] = float(temperature)
+    try:  # what the app tells an input unlike the training tiles by (core.ood); a run never fails for it
+        payload["ood"] = fit_reference(loaded, td.data).to_dict()
+    except OODError as exc:
+        log(f"warning: no out-of-distribution reference: {exc}")
     save_checkpoint(run.best_checkpoint, payload)
     save_report(report, run.eval_file)
     log(f"calibration temperature {temperature:.3f}; best checkpoint on val: {headline(report)}")

@@ -43,6 +43,7 @@ with st.expander("…or pick a tile from the data set"):
             show_error(exc, "Cannot read the data set")
 
 from core.explain import CAM_METHODS, colour_scale, explain, overlay_heatmap  # noqa: E402 - after the uploader, see above
+from core.ood import describe  # noqa: E402
 from core.predict import predict_bytes  # noqa: E402
 from core.tiling import render_class_map  # noqa: E402
 
@@ -114,6 +115,12 @@ for name, payload in items:
     overlay = overlay_heatmap(pred.tile, exp.heatmap, alpha)
     st.markdown(f"### {name}\nPredicted **{pred.label}** ({pred.confidence:.1%})" +
                 (f" · explaining **{exp.target_name}**" if exp.target != pred.index else ""))
+    if pred.typicality is None:
+        st.caption("No out-of-distribution check: this checkpoint has no reference from its training tiles "
+                   f"(`python -m core.ood {model.path}` adds one).")
+    else:
+        text, unlike = describe(pred.typicality)
+        (st.warning if unlike else st.caption)(text, **({"icon": ":material/help:"} if unlike else {}))
     for note in pred.notes:
         st.caption(f"ℹ️ {note}")
     cols = st.columns([1, 1, 1.3])

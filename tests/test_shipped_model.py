@@ -62,3 +62,14 @@ def test_shipped_model_reproduces_its_card_on_its_recorded_validation_tiles(shar
     assert report["macro_f1"] >= card["macro_f1"] - TOLERANCE
     assert report["macro_f1"] > base["macro_f1"] + 0.3  # always-other scores about 0.11 here
     assert report["balanced_accuracy"] > base["balanced_accuracy"] + 0.3
+
+
+def test_shipped_model_flags_noise_as_unusual():
+    """Pure noise is called `other` with confidence; the out-of-distribution check says it is unusual."""
+    from core.ood import FLAG_SHARE
+    from core.predict import predict_array
+
+    loaded = load_checkpoint()
+    assert loaded.ood is not None, "the shipped checkpoint has no out-of-distribution reference"
+    noise = np.random.default_rng(0).integers(0, 256, (227, 227), dtype=np.uint8)
+    assert predict_array(loaded, noise).typicality >= FLAG_SHARE

@@ -80,6 +80,11 @@ def test_run_folder_checkpoint_and_falling_loss(tmp_path, data_dir):
     report = run.evaluation()
     assert report["calibration"]["temperature"] == loaded.temperature
     assert report["n"] == loaded.metrics["n"] and report["macro_f1"] == pytest.approx(best["val_macro_f1"], abs=1e-6)
+    # ... and fits the out-of-distribution reference that prediction reports typicality by
+    assert loaded.ood is not None and loaded.ood.class_means.shape[1] == loaded.model.fc.in_features
+    from core.predict import predict_array
+    pred = predict_array(loaded, np.full((227, 227), 90, np.uint8))
+    assert 0.0 <= pred.typicality <= 1.0 and pred.row()["typicality"] == round(pred.typicality, 4)
 
 
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
