@@ -119,6 +119,8 @@ def _explain_then_evaluate(url: str, tmp: Path, page) -> None:
     layer = default_cam_layer(read_checkpoint(DEFAULT_CHECKPOINT)["arch"])  # bn2 for EfficientNet-Lite
     page.get_by_text(f"on {layer} for", exact=False).first.wait_for(timeout=60_000)
     page.get_by_text("Download overlay (PNG)").wait_for(timeout=60_000)
+    page.get_by_text(re.compile(r"(Typical|Unusual) input")).first.wait_for(timeout=30_000)  # the OOD check
+    page.get_by_text("Colour scale: blue 0").first.wait_for(timeout=30_000)
     page.wait_for_timeout(1500)
     images = page.locator("[data-testid='stImage'] img")
     assert images.count() >= 2  # the tile and its Grad-CAM overlay
@@ -136,7 +138,7 @@ def _explain_then_evaluate(url: str, tmp: Path, page) -> None:
     assert any(re.search(r"\.(jpe?g|png)$", n.strip()) for n in names), names[:5]  # full, copyable file names
     page.screenshot(path=str(ARTIFACTS / "evaluate.png"), full_page=True)
     # Streamlit scrolls its own main block, so a full-page shot stops at the window: scroll to what follows
-    for text, shot in (("precision-recall (one vs rest)", "evaluate-curves.png"),
+    for text, shot in (("precision-recall (one vs rest)", "evaluate-curves.png"), ("reliability: before and after temperature scaling", "evaluate-reliability.png"),
                        ("Top losses: wrong and sure", "evaluate-gallery.png")):
         page.get_by_text(text).first.scroll_into_view_if_needed()
         page.wait_for_timeout(800)
@@ -160,7 +162,9 @@ def _train_page(url: str, tmp: Path, page) -> None:
     epochs.press("Enter")
     page.get_by_text("epochs: 0 is below the minimum 1").first.wait_for(timeout=30_000)
     before = _runs(tmp)
-    page.get_by_role("button", name="Launch training").click()
+    # while a rerun is in flight Streamlit shows the old and the new elements side by side: wait for it to end
+    page.wait_for_selector("[data-testid='stStatusWidget']", state="detached", timeout=60_000)
+    page.get_by_role("button", name="Launch training", exact=True).click()
     page.get_by_text("Not launched: epochs: 0 is below the minimum 1").first.wait_for(timeout=30_000)
     assert epochs.input_value() == "0" and _runs(tmp) == before  # kept as typed, nothing queued
     page.wait_for_timeout(800)
