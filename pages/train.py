@@ -42,12 +42,14 @@ with st.expander("Configure a run", expanded=not list_runs() or applied is not N
                 st.rerun()
             except WeightsUnavailable as exc:
                 show_error(exc)
+    split_notes = st.container()  # always there, filled or not, so the buttons below keep their place
     if cfg is not None:
         try:  # the split this run will get: a class it cannot place is said before launch, not found after
             for warning in data_for_config(cfg.to_dict()).coverage:
-                st.warning(f"Split: {warning}.", icon=":material/call_split:")
+                split_notes.warning(f"Split: {warning}.", icon=":material/call_split:")
         except USER_ERRORS as exc:
-            show_error(exc, "Cannot read the data")
+            with split_notes:
+                show_error(exc, "Cannot read the data")
     launch, find_lr = st.columns([1, 1])
     launch_clicked = launch.button("Launch training", type="primary")
     find_clicked = find_lr.button("Find a learning rate", help="A short LR range test, run as a job like training")
