@@ -1,6 +1,6 @@
 """HiRISE Studio (`streamlit run app.py`): the page set-up every page shares, then the page chosen in the menu.
 
-The pages live in pages/ and are listed, with their titles, icons and URLs, in `ui.common.PAGES`."""
+The pages live in views/ (not pages/, which Streamlit would also read as an old-style page folder) and are listed, with their titles, icons and URLs, in `ui.common.PAGES`."""
 from __future__ import annotations
 
 import streamlit as st

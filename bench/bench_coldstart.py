@@ -132,7 +132,7 @@ def print_tree(nodes: list, threshold: float, max_depth: int, depth: int = 0) ->
 
 def importtime_report(root: Path = ROOT, threshold: float = 0.1, max_depth: int = 5) -> None:
     """What app.py + the Explain page import at their first run, as a tree of the costly imports."""
-    lines = list(dict.fromkeys(import_lines(root / "app.py") + import_lines(root / "pages" / "explain.py")))
+    lines = list(dict.fromkeys(import_lines(root / "app.py") + import_lines(root / "views" / "explain.py")))
     code = "import time; t = time.perf_counter()\n" + "\n".join(lines) + \
         "\nprint(f'IMPORTS {time.perf_counter() - t:.3f}')" + \
         "\nfrom core.checkpoint import load_checkpoint; from core.settings import DEFAULT_CHECKPOINT" + \
@@ -144,7 +144,7 @@ def importtime_report(root: Path = ROOT, threshold: float = 0.1, max_depth: int 
         return
     total = float(re.search(r"IMPORTS (\S+)", res.stdout).group(1))
     model = float(re.search(r"MODEL (\S+)", res.stdout).group(1))
-    print(f"\nimporttime: the imports of app.py + pages/explain.py take {total:.2f} s in a fresh interpreter "
+    print(f"\nimporttime: the imports of app.py + views/explain.py take {total:.2f} s in a fresh interpreter "
           f"(-X importtime adds some overhead); loading the default model then takes {model:.2f} s")
     print(f"imports costing >= {threshold} s (cumulative, first importer only; a module imported earlier costs its "
           "later importers nothing):")

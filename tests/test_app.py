@@ -18,7 +18,7 @@ from core.settings import APP_STATE_FILE, DEFAULT_CHECKPOINT, PROJECT_ROOT, RUNS
 from core.train import train
 from tests import synthetic
 
-PAGES = ["pages/dataset.py", "pages/train.py", "pages/evaluate.py", "pages/explain.py", "pages/compare.py"]
+PAGES = ["views/dataset.py", "views/train.py", "views/evaluate.py", "views/explain.py", "views/compare.py"]
 TIMEOUT = 180
 
 
@@ -75,12 +75,12 @@ def test_home_and_pages_without_data_or_runs(no_data):
     assert "No data set chosen" in texts(at)
     for page in PAGES:
         at = run_page(page)
-    at = run_page("pages/dataset.py")
+    at = run_page("views/dataset.py")
     assert "Choose a data source" in texts(at)
 
 
 def test_dataset_page_rejects_a_missing_folder(no_data, tmp_path):
-    at = run_page("pages/dataset.py")
+    at = run_page("views/dataset.py")
     at.text_area[0].input(str(tmp_path / "nowhere"))
     button(at, "Use these sources").click().run()
     assert "Not found" in texts(at) and not at.exception
@@ -88,14 +88,14 @@ def test_dataset_page_rejects_a_missing_folder(no_data, tmp_path):
 
 
 def test_dataset_page_summarises_the_data(with_runs):
-    at = run_page("pages/dataset.py")
+    at = run_page("views/dataset.py")
     assert at.metric and any("always-other" in m.label for m in at.metric)
     assert "No observation or landmark falls on two sides" in texts(at)
 
 
 def test_explain_page_uses_the_shipped_model_and_a_data_tile(with_runs):
     assert DEFAULT_CHECKPOINT.is_file(), "the shipped checkpoint is missing"
-    at = run_page("pages/explain.py")
+    at = run_page("views/explain.py")
     assert at.sidebar.selectbox[0].value.startswith("default model")
     at.toggle(key="browse").set_value(True).run()
     at.checkbox(key="use_pick").check().run()
@@ -109,7 +109,7 @@ def test_explain_page_uses_the_shipped_model_and_a_data_tile(with_runs):
 
 
 def test_evaluate_page_shows_saved_evaluation_of_a_run(with_runs):
-    at = run_page("pages/evaluate.py")
+    at = run_page("views/evaluate.py")
     runs = [o for o in at.selectbox[0].options if o.startswith("run ")]
     at.selectbox[0].set_value(runs[0]).run()
     assert not at.exception
@@ -127,13 +127,13 @@ def test_evaluate_page_shows_saved_evaluation_of_a_run(with_runs):
 
 
 def test_compare_page_with_two_runs(with_runs):
-    at = run_page("pages/compare.py")
+    at = run_page("views/compare.py")
     assert len(at.multiselect[0].value) == 2
     assert "optimizer" in at.dataframe[0].value.index
 
 
 def test_compare_page_includes_the_default_model_on_the_runs_tiles(with_runs):
-    at = run_page("pages/compare.py")
+    at = run_page("views/compare.py")
     default = next(o for o in at.multiselect[1].options if o.startswith("default model"))
     at.multiselect[1].set_value([default]).run()
     assert not at.exception and not at.error, [e.value for e in at.error]
@@ -148,7 +148,7 @@ def test_compare_page_includes_the_default_model_on_the_runs_tiles(with_runs):
 @pytest.mark.slow
 def test_train_page_launches_a_job_and_shows_it(with_runs):
     before = {r.name for r in list_runs()}
-    at = run_page("pages/train.py")
+    at = run_page("views/train.py")
     at.selectbox(key="cfg_model").set_value("simple_cnn").run()
     at.selectbox(key="cfg_init").set_value("scratch").run()
     at.number_input(key="cfg_image_size").set_value(48).run()
@@ -162,14 +162,14 @@ def test_train_page_launches_a_job_and_shows_it(with_runs):
     while jobs.job_state(new[0]) in ("queued", "running") and time.time() < deadline:
         time.sleep(1)
     assert jobs.job_state(new[0]) == "completed", new[0].log_tail()
-    at = run_page("pages/train.py")
+    at = run_page("views/train.py")
     assert f"**{new[0].name}** · state **completed**" in texts(at)
 
 
 def test_train_page_refuses_imagenet_init_without_weights(with_runs, monkeypatch, tmp_path):
     import torch
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))  # no cached resnet18 weights
-    at = run_page("pages/train.py")
+    at = run_page("views/train.py")
     at.selectbox(key="cfg_model").set_value("resnet18").run()
     at.selectbox(key="cfg_init").set_value("imagenet").run()
     assert "not in the local cache" in texts(at)  # said before anything is launched
@@ -180,7 +180,7 @@ def test_train_page_refuses_imagenet_init_without_weights(with_runs, monkeypatch
 
 
 def test_train_page_reports_a_bad_configuration(with_runs):
-    at = run_page("pages/train.py")
+    at = run_page("views/train.py")
     at.text_area(key="cfg_data_text").input("").run()
     button(at, "Launch training").click().run()
     assert "Not launched" in texts(at) and "data" in texts(at)
@@ -203,7 +203,7 @@ def test_suggested_lr_goes_into_the_form(with_runs):
     run = _fake_run("20260102-000000-lrfind", {"state": "completed", "kind": "lr_find", "steps_per_epoch": 100,
                                                "step_in_epoch": 60}, files={"lr_find.json": result})
     try:
-        at = run_page("pages/train.py")
+        at = run_page("views/train.py")
         watch = next(s for s in at.selectbox if s.label == "Watch run")
         watch.set_value(run.name).run()
         jobs_table = at.dataframe[0].value
@@ -236,7 +236,7 @@ def test_progress_text_says_only_what_is_known():
 def test_train_form_keeps_and_refuses_out_of_range_values(with_runs, key, value, message):
     """What the user typed is what is shown, checked and refused: no silent clamp to a bound or old value."""
     before = {r.name for r in list_runs()}
-    at = run_page("pages/train.py")
+    at = run_page("views/train.py")
     at.number_input(key=key).set_value(value).run()
     assert at.number_input(key=key).value == value
     assert any(message in e.value for e in at.error)  # at the field, before any click
@@ -247,7 +247,7 @@ def test_train_form_keeps_and_refuses_out_of_range_values(with_runs, key, value,
 
 def test_train_form_refuses_a_missing_data_path_at_the_field(with_runs, tmp_path):
     before = {r.name for r in list_runs()}
-    at = run_page("pages/train.py")
+    at = run_page("views/train.py")
     at.text_area(key="cfg_data_text").input(str(tmp_path / "nowhere")).run()
     assert any("data: not found" in e.value for e in at.error)
     button(at, "Find a learning rate").click().run()
@@ -257,7 +257,7 @@ def test_train_form_refuses_a_missing_data_path_at_the_field(with_runs, tmp_path
 
 def test_a_run_gets_a_note_and_tags_and_can_be_deleted_after_confirming(with_runs):
     run = _fake_run("20260103-000000-unwanted", {"state": "failed", "error": "boom"})
-    at = run_page("pages/train.py")
+    at = run_page("views/train.py")
     next(s for s in at.selectbox if s.label == "Watch run").set_value(run.name).run()
     next(t for t in at.text_area if t.label == "Note").input("diverged at lr 1e-1")
     next(t for t in at.text_input if t.label.startswith("Tags")).input("sweep, bad  sweep")
@@ -278,7 +278,7 @@ def test_a_running_job_cannot_be_deleted(with_runs):
     from core.runs import RunBusy, RunLock, delete_run
     run = _fake_run("20260103-000001-busy", {"state": "running"})
     with RunLock.acquire(run):  # a live trainer holds the run
-        at = run_page("pages/train.py")
+        at = run_page("views/train.py")
         next(s for s in at.selectbox if s.label == "Watch run").set_value(run.name).run()
         assert button(at, "Delete this run…").disabled
         with pytest.raises(RunBusy):
@@ -289,7 +289,7 @@ def test_a_running_job_cannot_be_deleted(with_runs):
 
 
 def test_evaluate_galleries_show_full_names_labels_and_probabilities(with_runs):
-    at = run_page("pages/evaluate.py")
+    at = run_page("views/evaluate.py")
     choice = next(o for o in at.selectbox[0].options if o.startswith("run "))
     at.selectbox[0].set_value(choice).run()
     report = Run(Path(RUNS_DIR) / choice.removeprefix("run ")).evaluation()

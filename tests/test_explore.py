@@ -349,7 +349,7 @@ def test_explore_page_draws_a_map_and_reviews(v32_folder, tmp_path):
     try:
         at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=300)
         at.run()  # the entrypoint's st.navigation registers the pages
-        at.switch_page("pages/explore.py")
+        at.switch_page("views/explore.py")
         at.run()
         assert not at.exception, [e.value for e in at.exception]
         next(s for s in at.selectbox if s.label == "Reduction").set_value("pca")
@@ -372,7 +372,7 @@ def test_explore_page_draws_a_map_and_reviews(v32_folder, tmp_path):
         written = read_overrides(LABEL_OVERRIDES_FILE)
         assert len(written) == 1 and next(iter(written)) in first
         assert any("1 label(s) changed" in c.value for c in at.caption)  # the data was reloaded with it
-        at.switch_page("pages/dataset.py")
+        at.switch_page("views/dataset.py")
         at.run()
         assert any("1 label(s) changed" in i.value for i in at.info)  # and the data summary shows it
     finally:
@@ -386,7 +386,7 @@ def _open_explore():
     from core.settings import PROJECT_ROOT
     at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=300)
     at.run()  # the entrypoint's st.navigation registers the pages
-    at.switch_page("pages/explore.py")
+    at.switch_page("views/explore.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at

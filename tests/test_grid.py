@@ -240,7 +240,7 @@ def _tiny_form(at):
 def test_train_page_grid_refuses_bad_values_at_the_field_then_queues_a_2x2_grid(app_data):
     from tests.test_app import run_page, texts
     before = {r.name for r in list_runs()}
-    at = run_page("pages/train.py")
+    at = run_page("views/train.py")
     _tiny_form(at)
     at.multiselect(key="grid_fields").set_value(["lr"]).run()
     at.text_input(key="grid_values_lr").input("1e-3, abc").run()
@@ -276,7 +276,7 @@ def test_grid_results_open_the_runs_in_compare(app_data, one_thread):
     grid_id, code = grid.run_in_process(p, say=lambda line: None)
     assert code == 0
     names = [e["run"] for e in grid.load_manifest(grid_id)["runs"]]
-    at = run_page("pages/train.py")
+    at = run_page("views/train.py")
     at.selectbox(key="grid_shown").set_value(grid_id).run()
     table = next(d.value for d in at.dataframe if "val macro-F1" in d.value.columns)
     assert set(table["state"]) == {"completed"} and "One split: the same data options" in texts(at)

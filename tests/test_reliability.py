@@ -563,7 +563,7 @@ def test_home_and_explain_survive_an_empty_default_checkpoint(tmp_path, own_runs
     empty.touch()
     monkeypatch.setattr(ui.common, "DEFAULT_CHECKPOINT", empty)
     assert "No default model: hirise-resnet18.pt is empty (0 bytes)" in page_text(run_page("app.py"))
-    assert "Cannot load the model: hirise-resnet18.pt is empty" in page_text(run_page("pages/explain.py"))
+    assert "Cannot load the model: hirise-resnet18.pt is empty" in page_text(run_page("views/explain.py"))
 
 
 def test_dataset_page_lists_a_damaged_zip_member_and_goes_on(tmp_path, own_runs):
@@ -572,7 +572,7 @@ def test_dataset_page_lists_a_damaged_zip_member_and_goes_on(tmp_path, own_runs)
     raw[_data_offset(path, tiles[0]) + 200] ^= 0xFF
     path.write_bytes(bytes(raw))
     appstate.save_state(data_paths=[str(path)])
-    at = run_page("pages/dataset.py")
+    at = run_page("views/dataset.py")
     assert any(e.label == "1 unreadable tiles (skipped)" for e in at.expander)
 
 
@@ -589,7 +589,7 @@ def test_home_and_train_read_a_lost_run_they_cannot_write(tmp_path, own_runs, da
     monkeypatch.setattr("core.jobs.new_run_dir", read_only)
     at = run_page("app.py")
     assert at.dataframe[0].value["state"].tolist() == ["lost"]
-    at = run_page("pages/train.py")
+    at = run_page("views/train.py")
     assert "Lost: the training process (pid 4194315) vanished without finishing" in page_text(at)
     at.text_area(key="cfg_data_text").input(str(data_dir)).run()
     next(b for b in at.button if b.label == "Launch training").click().run()
@@ -599,7 +599,7 @@ def test_home_and_train_read_a_lost_run_they_cannot_write(tmp_path, own_runs, da
 
 def test_the_device_box_offers_cuda_only_with_a_gpu(own_runs, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    at = run_page("pages/train.py")
+    at = run_page("views/train.py")
     assert at.selectbox(key="cfg_device").options == ["auto", "cpu"]
 
 
@@ -608,7 +608,7 @@ def test_the_app_serves_nothing_on_an_address_nobody_chose(own_runs, monkeypatch
     import streamlit
     real = streamlit.get_option
     monkeypatch.setattr(streamlit, "get_option", lambda key: address if key == "server.address" else real(key))
-    for path in ("app.py", "pages/explain.py"):
+    for path in ("app.py", "views/explain.py"):
         at = run_page(path)
         assert bool(at.title) == serves
         assert ("started without a server address" in page_text(at)) != serves

@@ -37,13 +37,13 @@ class AppPage:
 
 
 #: The app's pages, in menu order: app.py builds `st.navigation` from them (the one list of pages).
-PAGES = (AppPage("pages/home.py", "Home", ":material/satellite_alt:", "", "HiRISE Studio"),
-         AppPage("pages/dataset.py", "Dataset", ":material/folder_open:", "Dataset", "Dataset"),
-         AppPage("pages/train.py", "Train", ":material/model_training:", "Train", "Train"),
-         AppPage("pages/evaluate.py", "Evaluate", ":material/grid_on:", "Evaluate", "Evaluate"),
-         AppPage("pages/explain.py", "Explain", ":material/image_search:", "Explain", "Explain"),
-         AppPage("pages/compare.py", "Compare", ":material/compare:", "Compare", "Compare runs"),
-         AppPage("pages/explore.py", "Explore", ":material/scatter_plot:", "Explore", "Explore"))
+PAGES = (AppPage("views/home.py", "Home", ":material/satellite_alt:", "", "HiRISE Studio"),
+         AppPage("views/dataset.py", "Dataset", ":material/folder_open:", "Dataset", "Dataset"),
+         AppPage("views/train.py", "Train", ":material/model_training:", "Train", "Train"),
+         AppPage("views/evaluate.py", "Evaluate", ":material/grid_on:", "Evaluate", "Evaluate"),
+         AppPage("views/explain.py", "Explain", ":material/image_search:", "Explain", "Explain"),
+         AppPage("views/compare.py", "Compare", ":material/compare:", "Compare", "Compare runs"),
+         AppPage("views/explore.py", "Explore", ":material/scatter_plot:", "Explore", "Explore"))
 
 
 def refuse_unchosen_address() -> None:

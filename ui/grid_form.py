@@ -11,7 +11,7 @@ from core.config import field_specs
 from core.runs import ACTIVE_STATES
 from ui.common import show_error
 
-COMPARE_PRESET = "compare_runs"  # run names the Compare page preselects (pages/compare.py)
+COMPARE_PRESET = "compare_runs"  # run names the Compare page preselects (views/compare.py)
 SHOWN = "grid_shown"  # the grid whose results are on screen
 
 
@@ -111,4 +111,4 @@ def grid_results() -> None:
     if st.button("Open these runs in Compare", key="grid_compare", disabled=len(scored) < 2,
                  help="Compare needs two runs with at least one finished epoch" if len(scored) < 2 else None):
         st.session_state[COMPARE_PRESET] = scored
-        st.switch_page("pages/compare.py")
+        st.switch_page("views/compare.py")

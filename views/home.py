@@ -39,8 +39,8 @@ with middle:
         st.warning("No data set chosen yet.")
     for p in paths:
         (st.success if Path(p).exists() else st.error)(f"{'found' if Path(p).exists() else 'missing'}: `{p}`")
-    st.page_link("pages/dataset.py", label="Choose or download data", icon=":material/folder_open:")
-    st.page_link("pages/explore.py", label="Explore: embedding map and label review", icon=":material/scatter_plot:")
+    st.page_link("views/dataset.py", label="Choose or download data", icon=":material/folder_open:")
+    st.page_link("views/explore.py", label="Explore: embedding map and label review", icon=":material/scatter_plot:")
 with right:
     st.subheader("Default model")
     try:
@@ -55,13 +55,13 @@ with right:
     except USER_ERRORS as exc:
         st.warning(f"No default model: {exc}")
     st.caption(f"`{DEFAULT_CHECKPOINT}`")
-    st.page_link("pages/explain.py", label="Classify and explain tiles", icon=":material/image_search:")
+    st.page_link("views/explain.py", label="Classify and explain tiles", icon=":material/image_search:")
 
 st.subheader("Runs")
 runs = list_runs()
 if not runs:
     st.write("No runs yet.")
-    st.page_link("pages/train.py", label="Train a model", icon=":material/model_training:")
+    st.page_link("views/train.py", label="Train a model", icon=":material/model_training:")
 else:
     rows = []
     for run in runs[:50]:

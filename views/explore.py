@@ -26,7 +26,7 @@ paths = appstate.data_paths()
 choices = model_choices()
 if not paths:
     st.info("No data set chosen yet: pick one on the Dataset page.")
-    st.page_link("pages/dataset.py", label="Choose data", icon=":material/folder_open:")
+    st.page_link("views/dataset.py", label="Choose data", icon=":material/folder_open:")
     st.stop()
 if not choices:
     st.error("No model is available: the shipped checkpoint is missing from checkpoints/ and no run has finished.")
