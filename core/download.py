@@ -94,13 +94,14 @@ def download_v32(dest_dir: Path = DEFAULT_DEST, api: str = ZENODO_API,
     """The v3.2 zip in `dest_dir` (kept zipped: the data layer reads it as it is)."""
     dest = Path(dest_dir) / V32_FILE
     url, md5, size = file_info(api=api, dest=Path(dest_dir))
-    if dest.is_file() and md5 and _md5(dest) == md5:
+    if dest.is_file() and md5 and file_digest(dest) == md5:
         return dest
     return download(url, dest, md5, size, on_progress)
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
+def file_digest(path: Path, algorithm: str = "md5") -> str:
+    """The hex digest of a file's bytes, read a MiB at a time."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -66,23 +66,31 @@ def batched_logits(forward: Forward, tiles: Tiles, prepare: Callable[[np.ndarray
     none at all without `show_progress`)."""
     if isinstance(tiles, list):
         tiles = np.asarray(tiles)
-    n = len(tiles)
-    out = np.empty((n, num_classes), dtype=np.float32)
+    out = np.empty((len(tiles), num_classes), dtype=np.float32)
     desc = "predicting" + (" (8x TTA)" if tta else "")
-    steps = track(range(n), total=n, desc=desc, on_progress=on_progress) if show_progress else range(n)
-    start = 0
-    for i in steps:
-        if i + 1 - start < batch_size and i < n - 1:
-            continue
-        x = prepare(tiles[start:i + 1])
+    for rows, batch in in_batches(tiles, batch_size, desc, on_progress, show_progress):
+        x = prepare(batch)
         with autocast(*amp) if amp else contextlib.nullcontext():
             if tta:
                 logits = torch.stack([forward(t(x)).float() for t in DIHEDRAL]).mean(0)
             else:
                 logits = forward(x).float()
-        out[start:i + 1] = logits.cpu().numpy()
-        start = i + 1
+        out[rows] = logits.cpu().numpy()
     return out
+
+
+def in_batches(tiles: Tiles, batch_size: int, desc: str, on_progress: ProgressCallback | None = None,
+               show_progress: bool = True) -> Iterator[tuple[slice, np.ndarray | torch.Tensor]]:
+    """(rows, tiles[rows]) `batch_size` at a time, with a progress bar that counts tiles (or `on_progress`;
+    none at all without `show_progress`)."""
+    n = len(tiles)
+    steps = track(range(n), total=n, desc=desc, on_progress=on_progress) if show_progress else range(n)
+    start = 0
+    for i in steps:
+        if i + 1 - start < batch_size and i < n - 1:
+            continue
+        yield slice(start, i + 1), tiles[start:i + 1]
+        start = i + 1
 
 
 def probabilities(logits: np.ndarray | torch.Tensor, temperature: float = 1.0) -> np.ndarray:
@@ -208,21 +216,14 @@ def predict_features(loaded: LoadedModel, tiles: Tiles | np.ndarray, batch_size:
     features know (README, Explore)."""
     forward = fast_forward(loaded, features=True)
     px = size or loaded.image_size
-    n = len(tiles)
     feats: np.ndarray | None = None
-    logits = np.empty((n, len(loaded.class_names)), dtype=np.float32)
-    steps = track(range(n), total=n, desc=f"features at {px}px", on_progress=on_progress) if show_progress \
-        else range(n)
-    start = 0
-    for i in steps:
-        if i + 1 - start < batch_size and i < n - 1:
-            continue
-        f, out = forward(model_input(tiles[start:i + 1], loaded.mean, loaded.std, px, loaded.device))
+    logits = np.empty((len(tiles), len(loaded.class_names)), dtype=np.float32)
+    for rows, batch in in_batches(tiles, batch_size, f"features at {px}px", on_progress, show_progress):
+        f, out = forward(model_input(batch, loaded.mean, loaded.std, px, loaded.device))
         if feats is None:
-            feats = np.empty((n, f.shape[1]), dtype=np.float32)
-        feats[start:i + 1] = f.float().cpu().numpy()
-        logits[start:i + 1] = out.float().cpu().numpy()
-        start = i + 1
+            feats = np.empty((len(tiles), f.shape[1]), dtype=np.float32)
+        feats[rows] = f.float().cpu().numpy()
+        logits[rows] = out.float().cpu().numpy()
     return (feats if feats is not None else np.empty((0, 0), np.float32)), logits
 
 

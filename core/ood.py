@@ -15,6 +15,7 @@ a flat grey image looks like featureless terrain to the model and scores low.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,9 +120,8 @@ def fit_density(features: np.ndarray, labels: np.ndarray, val_features: np.ndarr
     floor = max(total / dim, 1e-12) * 1e-3  # a direction of no spread must not divide by zero
     noise = max((total - eigen[:k].sum()) / max(dim - k, 1), floor)
     density = FeatureDensity(means, vt[:k], np.maximum(eigen[:k], floor), noise, np.zeros(2))
-    val = np.sort(density.distance(val_features))
-    quantiles = np.quantile(val, np.linspace(0.0, 1.0, N_QUANTILES))
-    return FeatureDensity(means, vt[:k], np.maximum(eigen[:k], floor), noise, quantiles)
+    quantiles = np.quantile(density.distance(val_features), np.linspace(0.0, 1.0, N_QUANTILES))
+    return dataclasses.replace(density, val_quantiles=quantiles)
 
 
 def describe(typicality: float) -> tuple[str, bool]:

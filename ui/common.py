@@ -167,6 +167,15 @@ def model_choices() -> dict[str, Path]:
     return choices
 
 
+def require_model_choices() -> dict[str, Path]:
+    """`model_choices`, or an error and the end of the page when there is none."""
+    choices = model_choices()
+    if not choices:
+        st.error("No model is available: the shipped checkpoint is missing from checkpoints/ and no run has finished.")
+        st.stop()
+    return choices
+
+
 def run_of_checkpoint(path: Path) -> Run | None:
     return Run(path.parent) if path.name == "best.pt" and (path.parent / "config.json").is_file() else None
 

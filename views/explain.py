@@ -11,7 +11,7 @@ from PIL import Image
 from core.classes import CLASS_NAMES
 from core.imageio import IMAGE_SUFFIXES, TILE_SIZE, decode_gray
 from ui import appstate, figures
-from ui.common import USER_ERRORS, get_data, get_model, model_choices, show_error
+from ui.common import USER_ERRORS, get_data, get_model, require_model_choices, show_error
 
 MAX_FILES = 24
 
@@ -47,10 +47,7 @@ from core.ood import describe  # noqa: E402
 from core.predict import predict_bytes  # noqa: E402
 from core.tiling import render_class_map  # noqa: E402
 
-choices = model_choices()
-if not choices:
-    st.error("No model is available: the shipped checkpoint is missing from checkpoints/ and no run has finished.")
-    st.stop()
+choices = require_model_choices()
 
 with st.sidebar:
     st.header("Model and explanation")

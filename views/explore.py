@@ -13,7 +13,7 @@ from core.explore.features import DEFAULT_EMBED_SIZE, get_features
 from core.explore.labels import review_labels
 from core.settings import LABEL_OVERRIDES_FILE
 from ui import appstate
-from ui.common import USER_ERRORS, RARE_NOTE, get_data, get_model, model_choices, progress_bar, show_error
+from ui.common import USER_ERRORS, RARE_NOTE, get_data, get_model, require_model_choices, progress_bar, show_error
 from ui.gallery import tile_gallery
 
 COLOURS = {"label": "label", "prediction": "predicted", "split": "split", "confidence": "confidence",
@@ -23,14 +23,11 @@ SIZES = (DEFAULT_EMBED_SIZE, 224, 192, 160, 128)
 REVIEW_PAGE = 12
 
 paths = appstate.data_paths()
-choices = model_choices()
 if not paths:
     st.info("No data set chosen yet: pick one on the Dataset page.")
     st.page_link("views/dataset.py", label="Choose data", icon=":material/folder_open:")
     st.stop()
-if not choices:
-    st.error("No model is available: the shipped checkpoint is missing from checkpoints/ and no run has finished.")
-    st.stop()
+choices = require_model_choices()
 
 with st.sidebar:
     st.header("Map")

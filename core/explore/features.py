@@ -7,7 +7,6 @@ input size: any change to one of them is a miss, never a stale hit.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import time
@@ -20,6 +19,7 @@ import numpy as np
 from ..checkpoint import LoadedModel
 from ..data import HiriseData, Record, RecordTiles
 from ..data.storage import content_digest
+from ..download import file_digest
 from ..inference import predict_features, probabilities
 from ..progress import ProgressCallback
 from ..settings import CACHE_DIR
@@ -51,18 +51,10 @@ class Features:
     note: str = ""  # e.g. "the cache file was unreadable and was rebuilt"
 
 
-def file_sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def features_key(loaded: LoadedModel, data: HiriseData, records: list[Record], size: int) -> str:
     """Checkpoint content + tile content + which records, in which order + input size."""
     size = resolve_size(loaded, size)
-    ckpt = file_sha1(loaded.path) if loaded.path and Path(loaded.path).is_file() else f"unsaved-{id(loaded)}"
+    ckpt = file_digest(loaded.path, "sha1") if loaded.path and Path(loaded.path).is_file() else f"unsaved-{id(loaded)}"
     tile_keys = sorted(f"{name}={cache.directory.name}" for name, cache in data.caches.items())
     rows = [f"{r.source}:{r.path}" for r in records]
     return content_digest([FEATURE_FORMAT, ckpt, str(size), *tile_keys, *rows])
