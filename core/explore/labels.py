@@ -90,7 +90,8 @@ def review_labels(records: list[Record], features: np.ndarray, folds: int = FOLD
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         issues = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence",
-                                   filter_by="prune_by_noise_rate", min_examples_per_class=1)
+                                   filter_by="prune_by_noise_rate", min_examples_per_class=1,
+                                   n_jobs=1)  # its default forks a Pool: a forked torch process can deadlock (seen)
     issues = np.asarray(issues, dtype=np.int64)
     return Review(suspects_table(records, labels, probs, issues), probs, issues, used)
 
