@@ -26,7 +26,7 @@ from .config import ConfigError, RunConfig, field_specs
 from .runs import Run, now_iso, read_json, runs_root, update_json, write_json_atomic
 
 MAX_FIELDS = 3
-MAX_RUNS = 24  # each queued job waits as a process with torch loaded (~0.45 GB private): 24 hold ~11 GB
+MAX_RUNS = 24  # a grid is one research question, not a sweep; its queued jobs wait in core.queue (~14 MiB each)
 
 #: Options a grid may not vary, and why (besides every `data` option: see `why_not_gridable`).
 NOT_GRIDABLE = {

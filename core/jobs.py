@@ -1,4 +1,4 @@
-"""Training jobs as separate processes: launched, queued one per device, cancelled, found lost.
+"""Training jobs as separate processes: launched, queued one per device (core.queue), cancelled, found lost.
 
 A job is a run folder plus a `python -m core.train` process started in its own session, so it
 outlives the app that launched it (a browser refresh or an app restart loses nothing). The trainer
@@ -8,15 +8,11 @@ waits for its turn by itself (a file lock per device, released by the OS if the 
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -24,10 +20,6 @@ import torch
 from .config import RunConfig
 from .runs import ACTIVE_STATES, Run, RunBusy, RunLock, list_runs, new_run_dir, now_iso, runs_root
 from .settings import PROJECT_ROOT
-
-
-class Cancelled(Exception):
-    """The run was asked to stop (CANCEL file or SIGTERM)."""
 
 
 def device_key(device: str) -> str:
@@ -129,8 +121,9 @@ def launch(cfg: RunConfig, runs_dir: Path | None = None, lr_find: bool = False, 
             run.save_config(cfg.to_dict())
         run.update_status(state="queued", queued_at=now_iso(), device=device_key(cfg.device),
                           kind="lr_find" if lr_find else "train", error=None, ended_at=None, pid=None)
-        cmd = [sys.executable, "-m", "core.train", "--run-dir", str(run.path), "--config", str(run.config_file),
-               "--queue", "--lock-fd", str(lock.fd)]
+        # it waits for its turn in a process without torch (core.queue), then becomes the trainer
+        cmd = [sys.executable, "-m", "core.queue", str(run.path), device_key(cfg.device), "--",
+               "--run-dir", str(run.path), "--config", str(run.config_file), "--queue", "--lock-fd", str(lock.fd)]
         if lr_find:
             cmd.append("--lr-find")
         if resume is not None:
@@ -169,44 +162,6 @@ def cancel(run: Run) -> None:
             os.kill(status["pid"], signal.SIGTERM)
         except ProcessLookupError:
             pass
-
-
-def _queued_before(run: Run, device: str) -> list[Run]:
-    """Live queued jobs for `device` that were queued before `run` (they go first)."""
-    mine = (run.status().get("queued_at", ""), run.name)
-    ahead = []
-    for other in list_runs(run.path.parent):
-        if other.path == run.path:
-            continue
-        s = other.status()
-        if s.get("state") == "queued" and s.get("device") == device and \
-                (s.get("queued_at", ""), other.name) < mine and other.trainer_alive():
-            ahead.append(other)
-    return ahead
-
-
-@contextmanager
-def device_turn(run: Run, device: str, poll_seconds: float = 1.0,
-                stop: Callable[[], bool] = lambda: False) -> Iterator[None]:
-    """Wait, queued, until no older job wants the device and its lock is free; hold it meanwhile.
-    A cancel (the CANCEL file, or `stop()`: SIGTERM) ends the wait."""
-    lock_dir = run.path.parent / ".locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / f"{device}.lock", "w") as lock:
-        while True:
-            if run.cancel_requested() or stop():
-                raise Cancelled()
-            if not _queued_before(run, device):
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    pass
-            time.sleep(poll_seconds)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def progress_column(status: dict, config: dict) -> str:

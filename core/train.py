@@ -46,7 +46,8 @@ from .errors import first_line
 from .evaluate import evaluate_model, save_report
 from .imageio import TILE_SIZE
 from .inference import probabilities, training_model_logits
-from .jobs import Cancelled, JobError, device_key, device_turn, process_start
+from .jobs import JobError, device_key, process_start
+from .queue import Cancelled, device_turn
 from .metrics import classification_metrics, headline
 from .models import (WeightsUnavailable, build_model, freeze_batchnorm_of_frozen, frozen_stages, require_imagenet,
                      set_frozen, spec, unfrozen_after)
@@ -648,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr-find", action="store_true", help="run the LR range test instead of training")
     parser.add_argument("--queue", action="store_true", help="wait for the device's turn (used by app jobs)")
     parser.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)  # the run lock, handed over by jobs.launch
+    # the device's turn, already taken by core.queue (which this process was before its exec): held until exit
+    parser.add_argument("--device-lock-fd", type=int, help=argparse.SUPPRESS)
     add_grid_arguments(parser)
     add_arguments(parser)
     args = parser.parse_args(argv)
@@ -682,7 +685,8 @@ def main(argv: list[str] | None = None) -> int:
             return refuse(str(exc), lock if args.queue else None)
         except OSError as exc:
             return refuse(f"cannot write the run folder {run_dir}: {exc.strerror or exc}")
-        return train(cfg, run, resume=args.resume, lr_find=args.lr_find, queue=args.queue, lock=lock)
+        return train(cfg, run, resume=args.resume, lr_find=args.lr_find, lock=lock,
+                     queue=args.queue and args.device_lock_fd is None)
 
 
 def add_grid_arguments(parser: argparse.ArgumentParser) -> None:

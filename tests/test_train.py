@@ -277,15 +277,35 @@ def test_job_survives_its_launcher_and_jobs_queue(tmp_path, data_dir):
     script = ("import sys; from pathlib import Path; from core.config import RunConfig; from core import jobs; "
               "cfg = RunConfig.load(sys.argv[1]); "
               "print(jobs.launch(cfg, runs_dir=Path(sys.argv[2])).path); "
+              "print(jobs.launch(cfg, runs_dir=Path(sys.argv[2])).path); "
               "print(jobs.launch(cfg, runs_dir=Path(sys.argv[2])).path)")
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "c.json"), str(tmp_path / "runs")],
                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, check=True).stdout.split()
-    first, second = Run(Path(out[0])), Run(Path(out[1]))  # the launcher has exited
+    first, second, third = (Run(Path(p)) for p in out)  # the launcher has exited
+    # the queued jobs wait in core.queue, without torch: a few tens of MB each, not ~450
+    waiting = _waiter_rss_mib(third)
+    assert waiting is not None and waiting < 100, waiting
     wait_for(lambda: first.status().get("state") == "running", what="first running")
-    assert second.status()["state"] == "queued"  # one job per device: the second waits its turn
+    assert second.status()["state"] == "queued" and third.status()["state"] == "queued"  # one job per device
+    jobs.cancel(third)  # cancelled while it waits: settled by its waiting process, nothing trained
+    wait_for(lambda: jobs.job_state(third) == "cancelled", what="cancelled while queued")
+    assert not third.metrics_file.exists() and not third.trainer_alive()
     wait_for(lambda: jobs.job_state(second) == "completed", timeout=240, what="both jobs")
     assert jobs.job_state(first) == "completed"
     assert first.status()["ended_at"] <= second.status()["started_at"]
+
+
+def _waiter_rss_mib(run: Run) -> float | None:
+    """Resident MiB of the `core.queue` process waiting for `run`'s turn (None: none found)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"core.queue" in cmd and str(run.path).encode() in cmd:
+                rss = next(line for line in (proc / "status").read_text().splitlines() if line.startswith("VmRSS"))
+                return int(rss.split()[1]) / 1024
+        except (OSError, StopIteration):
+            continue
+    return None
 
 
 @pytest.mark.slow
