@@ -45,7 +45,8 @@ class LoadedModel:
     epoch: int | None = None
     splits: dict = field(default_factory=dict)  # {"val": {"files": [...], "observations": [...]}, "test": ...}
     ood: FeatureDensity | None = None  # how unlike the training tiles an input is (`core.ood`); None: no reference
-    # the frozen CPU trace `core.inference.fast_forward` makes on first use; False: the model is not traceable
+    # the frozen CPU trace `core.inference.fast_forward` makes on first use; False: the model is not traceable;
+    # `core.inference.DEFERRED`: not made yet on purpose (`defer_trace`)
     _frozen: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -196,16 +197,37 @@ def model_from_payload(payload: dict[str, Any], path: Path, device: str | torch.
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"{path.name}: its weights do not fit a {payload['arch']} ({first_line(exc)})") from exc
-    temperature = float(payload.get("temperature") or 1.0)
-    if not math.isfinite(temperature) or temperature <= 0:
-        temperature = 1.0
     # channels-last: faster CPU inference with the same fp32 numerics (bench/bench_eval.py's NCHW variant)
     model.eval().to(device=device, memory_format=torch.channels_last)
     return LoadedModel(model=model, arch=payload["arch"], class_names=classes, image_size=int(payload["image_size"]),
-                       mean=float(payload["mean"]), std=float(payload["std"]), temperature=temperature,
+                       mean=float(payload["mean"]), std=float(payload["std"]), temperature=_temperature(payload),
                        config=dict(payload.get("config") or {}), metrics=dict(payload.get("metrics") or {}),
                        path=path, epoch=payload.get("epoch"), splits=_splits(payload.get("splits")),
                        ood=_ood(payload.get("ood")))
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a checkpoint holds, read without building its model (no timm import, no weights loaded)."""
+
+    arch: str
+    image_size: int
+    epoch: int | None
+    temperature: float
+    metrics: dict
+
+
+def checkpoint_info(path: str | Path | None = None) -> CheckpointInfo:
+    """The Home page's view of a checkpoint (default: the shipped model), validated as `load_checkpoint` does."""
+    payload = read_checkpoint(Path(path) if path else DEFAULT_CHECKPOINT)
+    return CheckpointInfo(arch=payload["arch"], image_size=int(payload["image_size"]), epoch=payload.get("epoch"),
+                          temperature=_temperature(payload), metrics=dict(payload.get("metrics") or {}))
+
+
+def _temperature(payload: dict[str, Any]) -> float:
+    """The calibration temperature; 1.0 (uncalibrated) when absent or unusable."""
+    temperature = float(payload.get("temperature") or 1.0)
+    return temperature if math.isfinite(temperature) and temperature > 0 else 1.0
 
 
 def _ood(value: Any) -> FeatureDensity | None:

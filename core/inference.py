@@ -140,21 +140,26 @@ class FeaturesAndLogits(nn.Module):
         return torch.flatten(seen[0], 1), logits
 
 
+#: `LoadedModel._frozen` after `defer_trace`: one-tile calls run eagerly until `prepare_trace` (or a batch) makes it.
+DEFERRED = "deferred"
+
+
 def fast_forward(loaded: LoadedModel, features: bool = False) -> Callable[[torch.Tensor], torch.Tensor | tuple]:
     """The forward pass of prediction and evaluation for `loaded`: logits, or (features, logits) with `features`.
 
     On a CPU this runs a frozen TorchScript trace of the model (BatchNorm folded into the convolutions): the
     same numbers within float rounding, about twice as fast for EfficientNet-Lite (`bench_inference`); the
-    trace is made on the first call and kept on `loaded`. Training and Grad-CAM use `loaded.model` itself,
-    which they need hooks and gradients from; bf16 does too (a frozen trace does not follow autocast)."""
+    trace is made on the first call and kept on `loaded`, unless `defer_trace` asked for it later. Training and
+    Grad-CAM use `loaded.model` itself, which they need hooks and gradients from; bf16 does too (a frozen trace
+    does not follow autocast)."""
     eager = FeaturesAndLogits(loaded.model, spec(loaded.arch).head).eval()
 
     def forward(x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         out = None
         if x.device.type == "cpu":
-            if loaded._frozen is None:
+            if loaded._frozen is None or (loaded._frozen is DEFERRED and len(x) > 1):
                 loaded._frozen = frozen_trace(eager, x) or False
-            if loaded._frozen:
+            if loaded._frozen not in (False, DEFERRED):
                 try:
                     out = loaded._frozen(x)
                 except RuntimeError:  # a shape the trace cannot take: the eager model can
@@ -162,6 +167,26 @@ def fast_forward(loaded: LoadedModel, features: bool = False) -> Callable[[torch
         out = out if out is not None else eager(x)
         return out if features else out[1]
     return forward
+
+
+def defer_trace(loaded: LoadedModel) -> None:
+    """Serve one-tile calls eagerly until `prepare_trace`: an app's first answer then costs no trace (seconds on a
+    CPU, plus TorchScript's first optimising runs); a batch of tiles still makes the trace, which pays there."""
+    if loaded._frozen is None:
+        loaded._frozen = DEFERRED
+
+
+def prepare_trace(loaded: LoadedModel) -> None:
+    """Make the frozen trace now, on one tile of the model's input size, and run it twice so TorchScript's
+    profiling runs are paid here rather than by the next predictions (no-op on a GPU or once made)."""
+    if loaded.device.type != "cpu" or loaded._frozen not in (None, DEFERRED):
+        return
+    x = torch.zeros(1, 1, loaded.image_size, loaded.image_size).contiguous(memory_format=torch.channels_last)
+    loaded._frozen = frozen_trace(FeaturesAndLogits(loaded.model, spec(loaded.arch).head).eval(), x) or False
+    if loaded._frozen:
+        with torch.inference_mode():
+            for _ in range(2):
+                loaded._frozen(x)
 
 
 def frozen_trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule | None:

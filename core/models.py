@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from .errors import first_line
@@ -145,6 +144,7 @@ class ModelSpec:
 
 def _torchvision(arch: str) -> Callable[[int, int], nn.Module]:
     def build(num_classes: int, in_chans: int) -> nn.Module:
+        import torchvision  # imported when such a model is built: it imports torch._dynamo, about a second
         model = torchvision.models.get_model(arch, weights=None)
         if in_chans != 3:
             rgb = model.conv1
@@ -161,8 +161,15 @@ def _timm(arch: str) -> Callable[[int, int], nn.Module]:
     return build
 
 
+#: torchvision's IMAGENET1K_V1 weight files (`get_model_weights(arch).IMAGENET1K_V1.url`, checked by a test):
+#: written out so that listing the models does not import torchvision.
+RESNET_WEIGHTS = {"resnet18": "resnet18-f37072fd", "resnet34": "resnet34-b627a593", "resnet50": "resnet50-0676ba61",
+                  "resnet101": "resnet101-63fe2227", "resnet152": "resnet152-394f9c45",
+                  "resnext50_32x4d": "resnext50_32x4d-7cdf4587", "wide_resnet50_2": "wide_resnet50_2-95faca4d"}
+
+
 def _resnet(arch: str) -> ModelSpec:
-    url = torchvision.models.get_model_weights(arch).IMAGENET1K_V1.url
+    url = f"https://download.pytorch.org/models/{RESNET_WEIGHTS[arch]}.pth"
     # ImageNet's RGB mean and std, averaged over the channels for a grayscale tile
     return ModelSpec(arch, _torchvision(arch), ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"),
                      "conv1", "layer4", 224, (0.449, 0.226), (CacheSource(url),))
@@ -185,8 +192,7 @@ def _efficientnet_lite(n: int, size: int) -> ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     _efficientnet_lite(0, 224), _efficientnet_lite(1, 240), _efficientnet_lite(2, 260),
-    *(_resnet(a) for a in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-                           "wide_resnet50_2")),
+    *(_resnet(a) for a in RESNET_WEIGHTS),
     ModelSpec("simple_cnn", lambda n, c: SimpleCNN(n, c), ("block1", "block2", "block3", "fc"), "block1.0",
               "block3", 128),
 )}

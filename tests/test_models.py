@@ -222,3 +222,10 @@ def test_an_empty_or_corrupt_cached_weight_file_is_reported_in_one_line(tmp_path
         cache.write_bytes(content)
         with pytest.raises(WeightsUnavailable, match="cannot be read"):
             build_model("tf_efficientnet_lite0", pretrained=True)
+
+
+def test_resnet_weight_urls_are_torchvision_s():
+    """The URLs are written out so listing the models does not import torchvision; they must stay its own."""
+    import torchvision
+    for arch in models.RESNET_WEIGHTS:
+        assert models.spec(arch).weight_sources[0].url == torchvision.models.get_model_weights(arch).IMAGENET1K_V1.url

@@ -179,3 +179,37 @@ def test_the_prediction_path_does_not_import_scikit_learn():
                          cwd=PROJECT_ROOT)
     assert out.stdout.strip() == "False"
 
+
+
+def test_a_deferred_trace_serves_one_tile_eagerly_until_prepared(tiny):
+    """The app's first answer runs eagerly (no trace to pay for); prepare_trace makes the trace, with the same
+    prediction; a batch makes it by itself, since it pays there."""
+    from core.checkpoint import load_checkpoint
+    from core.inference import DEFERRED, defer_trace, prepare_trace
+    loaded = load_checkpoint(tiny.path)
+    defer_trace(loaded)
+    tile = synthetic.tile(1, seed=3)
+    eager = predict.predict_array(loaded, tile)
+    assert loaded._frozen is DEFERRED
+    prepare_trace(loaded)
+    assert loaded._frozen not in (None, DEFERRED, False)
+    traced = predict.predict_array(loaded, tile)
+    assert traced.label == eager.label
+    np.testing.assert_allclose([traced.probabilities[c] for c in CLASS_NAMES],
+                               [eager.probabilities[c] for c in CLASS_NAMES], atol=1e-4)
+    batch = load_checkpoint(tiny.path)
+    defer_trace(batch)
+    from core.inference import predict_logits
+    predict_logits(batch, np.stack([tile, tile]), show_progress=False)
+    assert batch._frozen not in (None, DEFERRED)
+
+
+def test_the_home_page_imports_neither_torchvision_nor_timm():
+    """Cold start: listing models and reading a checkpoint's description must not import torchvision (which
+    imports torch._dynamo, about a second) or timm; building a model does."""
+    code = ("import sys, ui.common, core.checkpoint as c; info = c.checkpoint_info(); "
+            "print('torchvision' in sys.modules, 'timm' in sys.modules, info.arch, info.image_size)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+                         cwd=PROJECT_ROOT)
+    vision, timm, arch, size = out.stdout.split()
+    assert (vision, timm) == ("False", "False") and arch.startswith("tf_efficientnet_lite") and int(size) >= 224

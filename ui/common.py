@@ -12,9 +12,10 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from core.checkpoint import CheckpointError, LoadedModel, load_checkpoint
+from core.checkpoint import CheckpointError, CheckpointInfo, LoadedModel, checkpoint_info, load_checkpoint
 from core.data import DataError, DataSpec, HiriseData, load_dataset, open_tile_cache, read_source
 from core.imageio import ImageError
+from core.inference import defer_trace
 from core.runs import Run, list_runs
 from core.settings import DEFAULT_CHECKPOINT, LABEL_OVERRIDES_FILE, PROJECT_ROOT
 
@@ -90,15 +91,33 @@ def progress_bar(label: str) -> Callable[[int, int, str], None]:
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=4)
 def _cached_model(path: str, stamp: float) -> LoadedModel:
-    return load_checkpoint(path)
+    model = load_checkpoint(path)
+    defer_trace(model)  # a page's first one-tile answer runs eagerly; the Explain page makes the trace after it
+    return model
 
 
 def get_model(path: str | Path | None = None) -> LoadedModel:
     """Load a checkpoint once per file version (a retrained file is reloaded)."""
+    p = _existing_checkpoint(path)
+    return _cached_model(str(p), p.stat().st_mtime)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _cached_info(path: str, stamp: float) -> CheckpointInfo:
+    return checkpoint_info(path)
+
+
+def get_model_info(path: str | Path | None = None) -> CheckpointInfo:
+    """What a checkpoint is, without building its model (the Home page: no timm import, no weights)."""
+    p = _existing_checkpoint(path)
+    return _cached_info(str(p), p.stat().st_mtime)
+
+
+def _existing_checkpoint(path: str | Path | None) -> Path:
     p = Path(path) if path else DEFAULT_CHECKPOINT
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
-    return _cached_model(str(p), p.stat().st_mtime)
+    return p
 
 
 @st.cache_resource(show_spinner="Reading, merging and splitting the data…", max_entries=4)

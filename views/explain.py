@@ -42,7 +42,8 @@ with st.expander("…or pick a tile from the data set"):
         except USER_ERRORS as exc:
             show_error(exc, "Cannot read the data set")
 
-from core.explain import CAM_METHODS, colour_scale, explain, overlay_heatmap  # noqa: E402 - after the uploader, see above
+# Cold start: the first prediction is drawn before pytorch-grad-cam (and the scikit-learn it imports) is loaded,
+# and before the model's frozen trace is made (`_warm_up`, once per model, after the first answers).
 from core.ood import describe  # noqa: E402
 from core.predict import predict_bytes  # noqa: E402
 from core.tiling import render_class_map  # noqa: E402
@@ -52,10 +53,7 @@ choices = require_model_choices()
 with st.sidebar:
     st.header("Model and explanation")
     label = st.selectbox("Model", list(choices))
-    method = st.selectbox("Method", CAM_METHODS, help="Gradient-based methods take tens of milliseconds. AblationCAM "
-                          "runs the layers above the target once per channel (about half a second); ScoreCAM runs "
-                          "the whole model once per channel: seconds for the ResNets, about a minute on this "
-                          "project's 2-core CPU for EfficientNet-Lite (1,280 channels)")
+    method_slot = st.empty()  # filled once the CAM library is loaded, below
     target_name = st.selectbox("Explain class", ["predicted class", *CLASS_NAMES])
     alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05)
     aug_smooth = st.checkbox("Aug smooth", help="Average the map over flipped and scaled views (slower, steadier)")
@@ -71,19 +69,7 @@ target = None if target_name == "predicted class" else CLASS_NAMES.index(target_
 st.caption(f"{model.arch}, input {model.image_size}px, calibration temperature {model.temperature:.2f}. "
            "Probabilities are calibrated; a HiRISE tile is 227x227 grayscale, other images are converted and, "
            "when larger than a tile, classified window by window.")
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _warm_up(model_key: str) -> bool:
-    """One prediction and one Grad-CAM at load: their one-time allocations (about 30 MiB, bench/bench_memory.py)
-    happen now, so memory stays flat over a long session."""
-    explain(model, np.full((TILE_SIZE, TILE_SIZE), 128, np.uint8))
-    return True
-
-
-if not items:
-    st.info("Upload one or more tiles to classify and explain them.")
-    st.stop()
+model_key = f"{choices[label]}:{choices[label].stat().st_mtime}"
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -91,27 +77,18 @@ def _predict(model_key: str, digest: str, name: str, data: bytes, stride: int):
     return predict_bytes(model, data, name, top_k=3, stride=stride)
 
 
-@st.cache_data(show_spinner=False, max_entries=128)
-def _explain(model_key: str, digest: str, _tile: np.ndarray, method: str, target: int | None, aug: bool, eig: bool):
-    return explain(model, _tile, method, target, aug, eig)
-
-
-model_key = f"{choices[label]}:{choices[label].stat().st_mtime}"
-_warm_up(model_key)
+shown = []  # (name, digest, prediction, the CAM column, the probabilities column): their CAMs follow
 for name, payload in items:
     st.divider()
     digest = hashlib.sha1(payload).hexdigest()
     try:
         with st.spinner(f"Classifying {name}…"):
             pred = _predict(model_key, digest, name, payload, stride)
-        with st.spinner(f"{method} on {name}…"):
-            exp = _explain(model_key, f"{digest}:{stride}", pred.tile, method, target, aug_smooth, eigen_smooth)
     except USER_ERRORS as exc:
         show_error(exc, "" if str(exc).startswith(name) else name)  # decoder messages already name the file
         continue
-    overlay = overlay_heatmap(pred.tile, exp.heatmap, alpha)
     st.markdown(f"### {name}\nPredicted **{pred.label}** ({pred.confidence:.1%})" +
-                (f" · explaining **{exp.target_name}**" if exp.target != pred.index else ""))
+                (f" · explaining **{CLASS_NAMES[target]}**" if target is not None and target != pred.index else ""))
     if pred.typicality is None:
         st.caption("No out-of-distribution check: this checkpoint has no reference from its training tiles "
                    f"(`python -m core.ood {model.path}` adds one).")
@@ -122,27 +99,65 @@ for name, payload in items:
         st.caption(f"ℹ️ {note}")
     cols = st.columns([1, 1, 1.3])
     cols[0].image(pred.tile, caption="tile (as the model sees it)", width="stretch", clamp=True)
-    cols[1].image(overlay, caption=f"{exp.method} on {exp.layer} for {exp.target_name}", width="stretch")
-    cols[1].image(colour_scale(), width="stretch")
-    cols[1].caption(f"Colour scale: blue 0, none of this tile's evidence for {exp.target_name}; red 1, its "
-                    "strongest. Scaled per tile: red marks where the evidence is, not that it is strong" +
-                    (f" (the model gives {exp.target_name} {pred.probabilities[exp.target_name]:.1%})"
-                     if exp.target != pred.index else "") + ".")
-    with cols[2]:
-        st.plotly_chart(figures.probability_bars([pred.probabilities[c] for c in model.class_names],
-                                                 model.class_names, pred.index), width="stretch",
-                        key=f"probs-{digest}")
-        if exp.keep_top_confidence is not None:
-            st.caption(f"Faithfulness: {exp.target_name} confidence {exp.confidence:.0%} on the tile, "
-                       f"{exp.keep_top_confidence:.0%} keeping only the hottest 20%, {exp.remove_top_confidence:.0%} "
-                       f"with it removed ({exp.seconds * 1000:.0f} ms).")
-        buf = io.BytesIO()
-        Image.fromarray(overlay).save(buf, format="PNG")
-        st.download_button("Download overlay (PNG)", buf.getvalue(), file_name=f"{name.rsplit('.', 1)[0]}-{method}.png",
-                           mime="image/png", key=f"dl-{digest}")
+    cols[2].plotly_chart(figures.probability_bars([pred.probabilities[c] for c in model.class_names],
+                                                  model.class_names, pred.index), width="stretch", key=f"probs-{digest}")
     if pred.class_map is not None:
         # decoded again rather than kept in the cached prediction: a large image would pin up to 64 MB there
         gray, _ = decode_gray(payload, name)
         st.image(render_class_map(gray, pred.class_map), width="stretch",
                  caption="Class map: each window coloured by its predicted class (other left uncoloured); the CAM "
                          "above explains the window surest of the predicted class")
+    shown.append((name, digest, pred, cols[1], cols[2]))
+
+from core.explain import CAM_METHODS, colour_scale, explain, overlay_heatmap  # noqa: E402 - after the answers, see above
+
+method = method_slot.selectbox(
+    "Method", CAM_METHODS, help="Gradient-based methods take tens of milliseconds. AblationCAM runs the layers "
+    "above the target once per channel (about half a second); ScoreCAM runs the whole model once per channel: "
+    "seconds for the ResNets, about a minute on this project's 2-core CPU for EfficientNet-Lite (1,280 channels)")
+if not items:
+    st.info("Upload one or more tiles to classify and explain them.")
+    st.stop()  # the model is loaded meanwhile; its trace waits for the first answers (`_warm_up`)
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def _explain(model_key: str, digest: str, _tile: np.ndarray, method: str, target: int | None, aug: bool, eig: bool):
+    return explain(model, _tile, method, target, aug, eig)
+
+
+for name, digest, pred, cam_col, side_col in shown:
+    try:
+        with cam_col, st.spinner(f"{method} on {name}…"):
+            exp = _explain(model_key, f"{digest}:{stride}", pred.tile, method, target, aug_smooth, eigen_smooth)
+    except USER_ERRORS as exc:
+        cam_col.error(f"{name}: no {method} map: {exc}")
+        continue
+    overlay = overlay_heatmap(pred.tile, exp.heatmap, alpha)
+    cam_col.image(overlay, caption=f"{exp.method} on {exp.layer} for {exp.target_name}", width="stretch")
+    cam_col.image(colour_scale(), width="stretch")
+    cam_col.caption(f"Colour scale: blue 0, none of this tile's evidence for {exp.target_name}; red 1, its "
+                    "strongest. Scaled per tile: red marks where the evidence is, not that it is strong" +
+                    (f" (the model gives {exp.target_name} {pred.probabilities[exp.target_name]:.1%})"
+                     if exp.target != pred.index else "") + ".")
+    if exp.keep_top_confidence is not None:
+        side_col.caption(f"Faithfulness: {exp.target_name} confidence {exp.confidence:.0%} on the tile, "
+                         f"{exp.keep_top_confidence:.0%} keeping only the hottest 20%, {exp.remove_top_confidence:.0%} "
+                         f"with it removed ({exp.seconds * 1000:.0f} ms).")
+    buf = io.BytesIO()
+    Image.fromarray(overlay).save(buf, format="PNG")
+    side_col.download_button("Download overlay (PNG)", buf.getvalue(), file_name=f"{name.rsplit('.', 1)[0]}-{method}.png",
+                             mime="image/png", key=f"dl-{digest}")
+
+
+@st.cache_resource(show_spinner="Preparing the model for fast predictions (once)…", max_entries=4)
+def _warm_up(model_key: str) -> bool:
+    """After the first answers: the frozen trace that halves every later prediction (`bench_inference`), and one
+    Grad-CAM, whose one-time allocations (about 30 MiB, bench/bench_memory.py) then happen now, so memory stays
+    flat over a long session."""
+    from core.inference import prepare_trace
+    prepare_trace(model)
+    explain(model, np.full((TILE_SIZE, TILE_SIZE), 128, np.uint8))
+    return True
+
+
+_warm_up(model_key)

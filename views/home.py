@@ -11,7 +11,7 @@ from core.jobs import describe_device, job_state, progress_column
 from core.runs import list_runs
 from core.settings import DEFAULT_CHECKPOINT
 from ui import appstate
-from ui.common import IMBALANCE_NOTE, USER_ERRORS, get_model
+from ui.common import IMBALANCE_NOTE, USER_ERRORS, get_model_info
 
 SCORES = (("best val macro-F1", "val_macro_f1"), ("balanced acc", "val_balanced_accuracy"), ("accuracy", "val_accuracy"))
 
@@ -44,11 +44,12 @@ with middle:
 with right:
     st.subheader("Default model")
     try:
-        model = get_model()
+        model = get_model_info()  # read, not built: the page draws without importing timm
         m = model.metrics
         st.write(f"**{model.arch}**, input {model.image_size}px, epoch {model.epoch}, temperature "
                  f"{model.temperature:.2f}")
-        if m:
+        if all(isinstance(m.get(k), (int, float)) for k in ("macro_f1", "balanced_accuracy", "accuracy")) \
+                and isinstance(m.get("majority_baseline"), dict) and "accuracy" in m["majority_baseline"]:
             st.write(f"On its {m.get('split', 'validation')} split ({m.get('n', '?')} tiles): macro-F1 "
                      f"**{m['macro_f1']:.3f}**, balanced accuracy **{m['balanced_accuracy']:.3f}**, accuracy "
                      f"{m['accuracy']:.3f} vs always-other {m['majority_baseline']['accuracy']:.3f}")
