@@ -1,11 +1,10 @@
-"""What every page needs: the list of pages and their set-up, cached model and data loading, progress, friendly
-errors."""
+"""What the pages share: cached model and data loading, progress, friendly errors (the list of pages and
+their set-up are in `ui.navigation`, which app.py imports without torch)."""
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -26,38 +25,6 @@ IMBALANCE_NOTE = ("About 81% of HiRISE tiles are `other`: a model that always an
                   "accuracy. Read macro-F1, balanced accuracy and per-class recall, not accuracy alone.")
 RARE_NOTE = ("Rare classes (impact ejecta, spider, dark dune) have few tiles: their per-class figures move a lot "
              "with one tile more or less.")
-
-
-@dataclass(frozen=True)
-class AppPage:
-    path: str  # the script, from the project root
-    label: str  # in the menu
-    icon: str
-    url_path: str  # "" for the home page
-    heading: str  # the page's title
-
-
-#: The app's pages, in menu order: app.py builds `st.navigation` from them (the one list of pages).
-PAGES = (AppPage("views/home.py", "Home", ":material/satellite_alt:", "", "HiRISE Studio"),
-         AppPage("views/dataset.py", "Dataset", ":material/folder_open:", "Dataset", "Dataset"),
-         AppPage("views/train.py", "Train", ":material/model_training:", "Train", "Train"),
-         AppPage("views/evaluate.py", "Evaluate", ":material/grid_on:", "Evaluate", "Evaluate"),
-         AppPage("views/explain.py", "Explain", ":material/image_search:", "Explain", "Explain"),
-         AppPage("views/compare.py", "Compare", ":material/compare:", "Compare", "Compare runs"),
-         AppPage("views/explore.py", "Explore", ":material/scatter_plot:", "Explore", "Explore"))
-
-
-def refuse_unchosen_address() -> None:
-    """Serve nothing unless the server's address was chosen. Streamlit reads .streamlit/config.toml (127.0.0.1)
-    from the working directory and from the script's own folder as given on the command line; started any
-    other way (a symlink or a copy of app.py, another folder's config) it has no address and listens on
-    every network interface. The socket is Streamlit's, opened before this script runs: what the app can
-    do is show nothing there. An address given on purpose (127.0.0.1, or 0.0.0.0 to share) is served."""
-    if not st.get_option("server.address"):
-        st.error("HiRISE Studio was started without a server address, so Streamlit listens on every network "
-                 "interface; nothing is served that way. Restart it with `make app`, or `streamlit run app.py "
-                 "--server.address 127.0.0.1` (0.0.0.0 to share it on purpose).", icon=":material/lock:")
-        st.stop()
 
 
 def share_cpu_with_jobs() -> None:
@@ -97,7 +64,9 @@ def _cached_model(path: str, stamp: float) -> LoadedModel:
 
 
 def get_model(path: str | Path | None = None) -> LoadedModel:
-    """Load a checkpoint once per file version (a retrained file is reloaded)."""
+    """Load a checkpoint once per file version (a retrained file is reloaded); the app's inference then shares
+    the CPU with running jobs."""
+    share_cpu_with_jobs()
     p = _existing_checkpoint(path)
     return _cached_model(str(p), p.stat().st_mtime)
 

@@ -10,18 +10,19 @@ from PIL import Image
 
 from core.classes import CLASS_NAMES
 from core.imageio import IMAGE_SUFFIXES, TILE_SIZE, decode_gray
-from ui import appstate, figures
-from ui.common import USER_ERRORS, get_data, get_model, require_model_choices, show_error
 
 MAX_FILES = 24
 
-# The uploader comes first: it answers before the model and the CAM library are loaded (cold start).
+# Cold start: the uploader comes first, before torch, the model and the CAM library are imported or loaded.
 uploads = st.file_uploader("Upload tiles (JPEG, PNG, TIFF, BMP, GIF or WebP; colour images are converted to "
                            "grayscale)", type=[s.lstrip(".") for s in IMAGE_SUFFIXES], accept_multiple_files=True)
 items: list[tuple[str, bytes]] = [(u.name, u.getvalue()) for u in uploads or []]
 if len(items) > MAX_FILES:
     st.warning(f"{len(items)} files uploaded: showing the first {MAX_FILES}.")
     items = items[:MAX_FILES]
+
+from ui import appstate, figures  # noqa: E402 - after the uploader, see above
+from ui.common import USER_ERRORS, get_data, get_model, require_model_choices, show_error  # noqa: E402
 
 with st.expander("…or pick a tile from the data set"):
     paths = appstate.data_paths()

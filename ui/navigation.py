@@ -1,0 +1,40 @@
+"""The app's pages and what every page run starts with. Kept free of torch and the data layer: app.py imports
+it before each page draws, so a page's first element (the Explain page's uploader) shows without waiting for
+them (issue 14, cold start)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+
+@dataclass(frozen=True)
+class AppPage:
+    path: str  # the script, from the project root
+    label: str  # in the menu
+    icon: str
+    url_path: str  # "" for the home page
+    heading: str  # the page's title
+
+
+#: The app's pages, in menu order: app.py builds `st.navigation` from them (the one list of pages).
+PAGES = (AppPage("views/home.py", "Home", ":material/satellite_alt:", "", "HiRISE Studio"),
+         AppPage("views/dataset.py", "Dataset", ":material/folder_open:", "Dataset", "Dataset"),
+         AppPage("views/train.py", "Train", ":material/model_training:", "Train", "Train"),
+         AppPage("views/evaluate.py", "Evaluate", ":material/grid_on:", "Evaluate", "Evaluate"),
+         AppPage("views/explain.py", "Explain", ":material/image_search:", "Explain", "Explain"),
+         AppPage("views/compare.py", "Compare", ":material/compare:", "Compare", "Compare runs"),
+         AppPage("views/explore.py", "Explore", ":material/scatter_plot:", "Explore", "Explore"))
+
+
+def refuse_unchosen_address() -> None:
+    """Serve nothing unless the server's address was chosen. Streamlit reads .streamlit/config.toml (127.0.0.1)
+    from the working directory and from the script's own folder as given on the command line; started any
+    other way (a symlink or a copy of app.py, another folder's config) it has no address and listens on
+    every network interface. The socket is Streamlit's, opened before this script runs: what the app can
+    do is show nothing there. An address given on purpose (127.0.0.1, or 0.0.0.0 to share) is served."""
+    if not st.get_option("server.address"):
+        st.error("HiRISE Studio was started without a server address, so Streamlit listens on every network "
+                 "interface; nothing is served that way. Restart it with `make app`, or `streamlit run app.py "
+                 "--server.address 127.0.0.1` (0.0.0.0 to share it on purpose).", icon=":material/lock:")
+        st.stop()
