@@ -9,8 +9,8 @@ rather than a D x D matrix.
 
 The distance alone has no meaning to a reader, so it is calibrated on validation tiles, which the model never
 trained on: an input is reported by the share of validation tiles that lie closer (`typicality`), and flagged
-when further than `FLAG_SHARE` of them. It is a graded hint, not a detector: uniform noise scores 0.94-0.98,
-a flat grey image looks like featureless terrain to the model and scores low.
+when further than `FLAG_SHARE` of them. It is a graded hint, not a detector: uniform noise and photographs are
+flagged, but Gaussian or faint noise looks like featureless terrain to the model and passes (tools/ood_report.py).
 """
 from __future__ import annotations
 

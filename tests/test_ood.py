@@ -109,3 +109,18 @@ def test_the_cli_says_what_is_missing(tmp_path, capsys):
     assert main([str(path)]) == 2
     assert "records no data: pass --data" in capsys.readouterr().err
     assert main([str(tmp_path / "missing.pt")]) == 2
+
+
+def test_ood_report_on_real_tiles(shared_data):
+    """tools/ood_report.py (the README's figures) runs on real tiles: uniform noise is flagged, real tiles mostly not."""
+    import subprocess
+    import sys
+
+    from core.settings import PROJECT_ROOT
+    out = subprocess.run([sys.executable, "tools/ood_report.py", "--data", str(shared_data / "hirise-v3_2-subset"),
+                          "--tiles", "20", "--seeds", "2"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {line[:40].strip(): line[40:].split() for line in out.stdout.splitlines()[2:]}
+    real = next(v for k, v in rows.items() if k.startswith("real tiles"))
+    assert rows["uniform noise"][-1] == "100%" and int(real[-1].rstrip("%")) <= 50
