@@ -21,6 +21,9 @@ from typing import IO
 from .runs import Run, list_runs, now_iso
 
 
+DEVICES = ("cpu", "cuda")  # what `core.jobs.device_key` answers: one queue (and lock file) each
+
+
 class Cancelled(Exception):
     """The job was asked to stop (its CANCEL file, or SIGTERM)."""
 
@@ -70,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m core.queue RUN_DIR DEVICE -- TRAIN_ARGS...", file=sys.stderr)
         return 2
     run, device, train_args = Run(Path(argv[0]).resolve()), argv[1], argv[3:]
+    if device not in DEVICES:
+        print(f"error: device {device!r}: one of {', '.join(DEVICES)}", file=sys.stderr)
+        return 2
+    if not run.config_file.is_file() or run.status().get("state") != "queued":
+        print(f"error: {run.path} is not a queued run (jobs.launch writes its config and status first)",
+              file=sys.stderr)
+        return 2
     stopped: list[int] = []
     signal.signal(signal.SIGTERM, lambda *_: stopped.append(1))
     try:

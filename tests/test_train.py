@@ -389,3 +389,11 @@ def test_compile_on_the_cpu_is_declined_with_a_note(tmp_path, data_dir, capsys):
     run = run_tiny(tmp_path, data_dir, compile=True, epochs=1)
     assert run.status()["state"] == "completed"
     assert "compile is for CUDA" in capsys.readouterr().out
+
+
+def test_the_queue_waiter_refuses_what_is_not_a_queued_run(tmp_path, capsys):
+    from core import queue
+    assert queue.main([]) == 2 and "usage" in capsys.readouterr().err
+    assert queue.main([str(tmp_path / "nope"), "cpu", "--"]) == 2
+    assert "not a queued run" in capsys.readouterr().err and not (tmp_path / ".locks").exists()
+    assert queue.main([str(tmp_path), "../../etc", "--"]) == 2 and "device" in capsys.readouterr().err
