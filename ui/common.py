@@ -6,8 +6,8 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import streamlit as st
 import torch
 
@@ -17,6 +17,9 @@ from core.imageio import ImageError
 from core.inference import defer_trace
 from core.runs import Run, list_runs
 from core.settings import DEFAULT_CHECKPOINT, LABEL_OVERRIDES_FILE, PROJECT_ROOT
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Errors a user can cause; shown as a message, never a traceback.
 USER_ERRORS = (DataError, CheckpointError, ImageError, ValueError, FileNotFoundError, OSError)
@@ -183,6 +186,7 @@ def _recall_colour(value: float | None) -> str:
 def per_class_table(per_class: list[dict]) -> "pd.io.formats.style.Styler":
     """Per-class precision, recall, F1 and support, recall coloured. A class the split has no tile of shows
     "no tiles" as its recall and F1 (a red 0.000 read as total failure; Streamlit shows NaN as "None")."""
+    import pandas as pd  # here, not at the top: the Explain page's first prediction does not wait for it
     table = pd.DataFrame(per_class).set_index("class")
     absent = table["support"] == 0
     recall = table["recall"].astype(float).mask(absent)
