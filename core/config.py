@@ -51,6 +51,11 @@ def opt(default: Any = MISSING, help: str = "", group: str = "", choices: tuple 
     return field(default=default, metadata=meta)
 
 
+#: Upper bounds that catch a slip of the finger (1e308, 1e9) before a job is queued, not research choices:
+#: an epoch count or schedule length beyond this, a rate above 10, a batch above 8192 are typing mistakes here.
+MAX_EPOCHS = 10_000
+
+
 @dataclass
 class RunConfig:
     # Data: the fields of a DataSpec (`data_spec`), flat here so that flags, form and config.json stay flat
@@ -62,7 +67,8 @@ class RunConfig:
                               when=("split_mode", ("auto", "grouped")))
     test_fraction: float = opt(DataSpec.test_fraction, "share of observations for test (grouped split)", "data",
                                when=("split_mode", ("auto", "grouped")))
-    split_seed: int = opt(DataSpec.split_seed, "seed of the grouped split", "data", when=("split_mode", ("auto", "grouped")))
+    split_seed: int = opt(DataSpec.split_seed, "seed of the grouped split", "data", when=("split_mode", ("auto", "grouped")),
+                          min=0, max=2**32 - 1)
     keep_split_repeats: bool = opt(DataSpec.keep_split_repeats, "keep the official split file's repeated minority rows", "data")
     allow_leakage: bool = opt(False, "train even if an observation or landmark is on two sides", "data")
     # Model
@@ -81,39 +87,42 @@ class RunConfig:
                                "fine-tuning (0: off)", "freezing", when=("freeze", ("head_only", "below")), min=0)
     # Optimisation
     optimizer: str = opt("adamw", "optimizer", "optimisation", tuple(OPTIMIZERS))
-    lr: float = opt(1e-3, "learning rate (peak rate for OneCycleLR)", "optimisation", min=0.0)
+    lr: float = opt(1e-3, "learning rate (peak rate for OneCycleLR)", "optimisation", min=0.0, max=10.0)
     backbone_lr_scale: float = opt(1.0, "discriminative learning rates: the backbone learns at this fraction of "
                                    "the head's rate (1: one rate for all)", "optimisation", min=0.0, max=1.0)
     weight_decay: float = opt(1e-4, "weight decay (convolution and linear weights; never biases or norms)",
-                              "optimisation", min=0.0)
-    momentum: float = opt(0.9, "SGD momentum", "optimisation", when=("optimizer", ("sgd",)), min=0.0)
+                              "optimisation", min=0.0, max=1.0)
+    momentum: float = opt(0.9, "SGD momentum", "optimisation", when=("optimizer", ("sgd",)), min=0.0, max=1.0)
     nesterov: bool = opt(False, "SGD Nesterov momentum", "optimisation", when=("optimizer", ("sgd",)))
     scheduler: str = opt("cosine", "learning-rate schedule", "optimisation", tuple(SCHEDULERS))
-    step_size: int = opt(5, "StepLR: epochs between decays", "optimisation", when=("scheduler", ("step",)), min=1)
+    step_size: int = opt(5, "StepLR: epochs between decays", "optimisation", when=("scheduler", ("step",)), min=1,
+                        max=MAX_EPOCHS)
     gamma: float = opt(0.1, "StepLR: decay factor", "optimisation", when=("scheduler", ("step",)))
     plateau_factor: float = opt(0.5, "ReduceLROnPlateau: factor", "optimisation", when=("scheduler", ("plateau",)))
     plateau_patience: int = opt(2, "ReduceLROnPlateau: epochs without improvement", "optimisation",
-                                when=("scheduler", ("plateau",)), min=0)
+                                when=("scheduler", ("plateau",)), min=0, max=MAX_EPOCHS)
     pct_start: float = opt(0.3, "OneCycleLR: share of steps spent warming up", "optimisation",
-                           when=("scheduler", ("onecycle",)))
+                           when=("scheduler", ("onecycle",)), min=0.0, max=1.0)
     warmup_epochs: int = opt(1, "cosine: linear warm-up epochs", "optimisation", when=("scheduler", ("cosine",)),
-                             min=0)
-    min_lr: float = opt(1e-6, "cosine: final learning rate", "optimisation", when=("scheduler", ("cosine",)))
-    epochs: int = opt(10, "epochs", "optimisation", min=1)
-    batch_size: int = opt(64, "batch size", "optimisation", min=1)
+                             min=0, max=MAX_EPOCHS)
+    min_lr: float = opt(1e-6, "cosine: final learning rate", "optimisation", when=("scheduler", ("cosine",)),
+                         max=10.0)
+    epochs: int = opt(10, "epochs", "optimisation", min=1, max=MAX_EPOCHS)
+    batch_size: int = opt(64, "batch size", "optimisation", min=1, max=8192)
     imbalance: str = opt("weighted_loss", "class-imbalance handling: loss weights n/(k n_c), their square root "
                          "(milder), or a sampler that draws every class equally often", "optimisation", IMBALANCE)
     label_smoothing: float = opt(0.0, "label smoothing", "optimisation", min=0.0, max=0.5)
     early_stopping_metric: str = opt("macro_f1", "validation metric that picks the best epoch", "optimisation",
                                      SELECTION_METRICS)
-    patience: int = opt(5, "early stopping: epochs without improvement (0: off)", "optimisation", min=0)
+    patience: int = opt(5, "early stopping: epochs without improvement (0: off)", "optimisation", min=0,
+                        max=MAX_EPOCHS)
     # Augmentation
     augment: str = opt("online", "none, online (random per tile, every epoch), expand (one copy per transform), "
                        "official (the data set's own -r90 ... -brt copies)", "augmentation", AUGMENT_MODES)
     transforms: list[str] = opt(["hflip", "vflip", "rot90"], "transforms for online/expand", "augmentation",
                                 TRANSFORMS, when=("augment", ("online", "expand")))
-    mixup_alpha: float = opt(0.0, "MixUp alpha (0: off), a batch option", "augmentation", min=0.0)
-    cutmix_alpha: float = opt(0.0, "CutMix alpha (0: off), a batch option", "augmentation", min=0.0)
+    mixup_alpha: float = opt(0.0, "MixUp alpha (0: off), a batch option", "augmentation", min=0.0, max=10.0)
+    cutmix_alpha: float = opt(0.0, "CutMix alpha (0: off), a batch option", "augmentation", min=0.0, max=10.0)
     # Runtime
     device: str = opt("auto", "auto (GPU when there is one), cpu or cuda", "runtime", ("auto", "cpu", "cuda"))
     amp: bool = opt(True, "bf16 mixed precision (CUDA, or a CPU with native bf16; EfficientNet-Lite always runs "
@@ -121,11 +130,12 @@ class RunConfig:
     channels_last: bool = opt(True, "channels-last memory format (faster convolutions)", "runtime")
     compile: bool = opt(False, "torch.compile the model (CUDA)", "runtime")
     num_workers: int = opt(0, "DataLoader worker processes, for per-tile transforms and the expand mode (other "
-                              "runs draw batches from tiles held on the device)", "runtime", min=0)
-    seed: int = opt(0, "random seed (weights, order, augmentation)", "runtime")
-    log_every: int = opt(10, "record the training loss every N steps", "runtime", min=1)
+                              "runs draw batches from tiles held on the device)", "runtime", min=0, max=64)
+    seed: int = opt(0, "random seed (weights, order, augmentation)", "runtime", min=0, max=2**32 - 1)
+    log_every: int = opt(10, "record the training loss every N steps", "runtime", min=1, max=100_000)
     max_steps_per_epoch: int = opt(0, "cap on steps per epoch (0: whole epoch); for smoke tests", "runtime", min=0)
-    name: str = opt("", "a label for the run", "runtime")
+    name: str = opt("", "a label for the run; its folder is named after it (letters, digits, '.', '_' and '-' are "
+                    "kept, anything else becomes '-')", "runtime")
 
     # ---- validation -------------------------------------------------------------------------------
     def validate(self) -> RunConfig:
@@ -228,7 +238,7 @@ class RunConfig:
             try:
                 clean[k] = _coerce(v, hints[k])
             except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{k}: {_short(v)} is not a valid {_type_name(hints[k])}") from exc
+                raise ConfigError(f"{k}: {_not_valid(v, hints[k])}") from exc
         return cls(**clean)
 
     @classmethod
@@ -240,6 +250,13 @@ class RunConfig:
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read configuration {path}: {exc}") from exc
         return cls.from_dict(values)
+
+
+def _not_valid(value: Any, kind: Any) -> str:
+    """Why `value` is not a `kind`, in the reader's words."""
+    if isinstance(value, str) and not value.strip() and kind in (int, float):
+        return "empty: enter a number"
+    return f"{_short(value)} is not " + {int: "a whole number", float: "a number"}.get(kind, f"a valid {_type_name(kind)}")
 
 
 def _coerce(value: Any, kind: Any) -> Any:

@@ -87,9 +87,23 @@ def test_dataset_page_rejects_a_missing_folder(no_data, tmp_path):
     assert json.loads(Path(APP_STATE_FILE).read_text())["data_paths"] == []  # nothing changed
 
 
+@pytest.mark.parametrize("entry, message", [("", "Give at least one folder or zip"),
+                                            ("FILE", "is neither a folder nor a zip"),
+                                            ("EMPTY_DIR", "no HiRISE data found")])
+def test_dataset_page_refuses_what_it_cannot_read_before_saving(no_data, tmp_path, entry, message):
+    (tmp_path / "notes.txt").write_text("not data")
+    (tmp_path / "empty").mkdir()
+    typed = {"": "", "FILE": str(tmp_path / "notes.txt"), "EMPTY_DIR": str(tmp_path / "empty")}[entry]
+    at = run_page("views/dataset.py")
+    at.text_area[0].input(typed)
+    button(at, "Use these sources").click().run()
+    assert message in texts(at) and "Nothing was changed" in texts(at) and not at.exception
+    assert json.loads(Path(APP_STATE_FILE).read_text())["data_paths"] == []
+
+
 def test_dataset_page_summarises_the_data(with_runs):
     at = run_page("views/dataset.py")
-    assert at.metric and any("always-other" in m.label for m in at.metric)
+    assert at.metric and any("always-other" in m.label.lower() for m in at.metric)
     assert "No observation or landmark falls on two sides" in texts(at)
 
 
@@ -151,9 +165,9 @@ def test_train_page_launches_a_job_and_shows_it(with_runs):
     at = run_page("views/train.py")
     at.selectbox(key="cfg_model").set_value("simple_cnn").run()
     at.selectbox(key="cfg_init").set_value("scratch").run()
-    at.number_input(key="cfg_image_size").set_value(48).run()
-    at.number_input(key="cfg_epochs").set_value(1).run()
-    at.number_input(key="cfg_max_steps_per_epoch").set_value(2).run()
+    at.text_input(key="cfg_image_size").input("48").run()
+    at.text_input(key="cfg_epochs").input("1").run()
+    at.text_input(key="cfg_max_steps_per_epoch").input("2").run()
     button(at, "Launch training").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     new = [r for r in list_runs() if r.name not in before]
@@ -210,7 +224,7 @@ def test_suggested_lr_goes_into_the_form(with_runs):
         assert "LR test, batch 60/100" in set(jobs_table["progress"])
         button(at, "Use the suggested LR (3.16e-03) in the form").click().run()
         assert not at.exception
-        assert at.number_input(key="cfg_lr").value == pytest.approx(3.16e-3)
+        assert float(at.text_input(key="cfg_lr").value) == pytest.approx(3.16e-3)
         assert "Learning rate set to 3.16e-03" in texts(at)
     finally:
         import shutil
@@ -231,17 +245,22 @@ def test_progress_text_says_only_what_is_known():
     assert jobs.progress_column({"state": "queued"}, cfg) == "epoch 0/10"
 
 
-@pytest.mark.parametrize("key, value, message", [("cfg_epochs", 0, "epochs: 0 is below the minimum 1"),
-                                                 ("cfg_image_size", 8, "image_size: at least 32 px")])
+@pytest.mark.parametrize("key, value, message", [("cfg_epochs", "0", "epochs: 0 is below the minimum 1"),
+                                                 ("cfg_image_size", "8", "image_size: at least 32 px"),
+                                                 ("cfg_lr", "1e308", "lr: 1e+308 is above the maximum 10.0"),
+                                                 ("cfg_lr", "", "lr: empty: enter a number"),
+                                                 ("cfg_lr", "nan", "lr: nan is not a finite number"),
+                                                 ("cfg_epochs", "2.5", "epochs: '2.5' is not a whole number"),
+                                                 ("cfg_batch_size", "10000000", "batch_size: 10000000 is above")])
 def test_train_form_keeps_and_refuses_out_of_range_values(with_runs, key, value, message):
-    """What the user typed is what is shown, checked and refused: no silent clamp to a bound or old value."""
+    """What the user typed is what is shown, checked and refused: no silent clamp to a bound, 0 or an old value."""
     before = {r.name for r in list_runs()}
     at = run_page("views/train.py")
-    at.number_input(key=key).set_value(value).run()
-    assert at.number_input(key=key).value == value
-    assert any(message in e.value for e in at.error)  # at the field, before any click
+    at.text_input(key=key).input(value).run()
+    assert at.text_input(key=key).value == value
+    assert any(message in e.value for e in at.error), [e.value for e in at.error]  # at the field, before any click
     button(at, "Launch training").click().run()
-    assert f"Not launched: {message}" in texts(at) and at.number_input(key=key).value == value
+    assert f"Not launched: {message}" in texts(at) and at.text_input(key=key).value == value
     assert {r.name for r in list_runs()} == before
 
 

@@ -111,10 +111,13 @@ def test_explain_then_evaluate(app_url, browser_page):
 def _explain_then_evaluate(url: str, tmp: Path, page) -> None:
     tile = tmp / "crater-like.jpg"
     tile.write_bytes(synthetic.jpeg(synthetic.tile(1, 5)))
+    copy = tmp / "copy-of-crater.jpg"  # the same bytes under another name: shown once, with a note
+    copy.write_bytes(tile.read_bytes())
 
     page.goto(f"{url}/Explain")
     page.wait_for_selector("input[type=file]", state="attached", timeout=60_000)
-    page.locator("input[type=file]").set_input_files(str(tile))
+    page.locator("input[type=file]").set_input_files([str(tile), str(copy)])
+    page.get_by_text("copy-of-crater.jpg: the same image as crater-like.jpg, shown above.").wait_for(timeout=120_000)
     page.get_by_text(re.compile(r"^Predicted .+ \(\d+\.\d%\)")).first.wait_for(timeout=120_000)
     layer = default_cam_layer(read_checkpoint(DEFAULT_CHECKPOINT)["arch"])  # bn2 for EfficientNet-Lite
     page.get_by_text(f"on {layer} for", exact=False).first.wait_for(timeout=60_000)

@@ -258,7 +258,7 @@ def test_cli_refuses_non_finite_and_out_of_range_options(tmp_path, data_dir, cap
 
 
 @pytest.mark.parametrize("content, message", [
-    (b'{"data": ["x"], "epochs": true}', "epochs: True is not a valid int"),
+    (b'{"data": ["x"], "epochs": true}', "epochs: True is not a whole number"),
     (b'["--lr", "0.1"]', "a JSON object of options, not a list"),
     (bytes(range(256)) * 4, "not a text file"),
     (b'{"data": ["x"], "name": ["a"]}', "name: ['a'] is not a valid str")])

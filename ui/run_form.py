@@ -51,13 +51,19 @@ def _widget(spec: dict, values: dict[str, Any]) -> Any:
         return st.selectbox(_label(name), choices, key=key, help=help_text)
     if kind is bool:
         return st.checkbox(_label(name), key=key, help=help_text)
-    # Numbers get no min_value/max_value: Streamlit would replace an out-of-range entry by the bound or the
-    # previous value behind the user's back. What is typed is what RunConfig.validate() checks and refuses.
-    if kind is int:
-        return int(st.number_input(_label(name), step=1, key=key, help=help_text))
-    if kind is float:
-        return float(st.number_input(_label(name), key=key, help=help_text, format="%g", step=None))
+    # Numbers are typed as text: a number input replaces an out-of-range, empty or unreadable entry by a bound, 0
+    # or the previous value behind the user's back. What is typed is what RunConfig checks and refuses (as the
+    # CLI's flags are): "", "nan", "1e308" and "2.5 epochs" get a message at the field, and nothing is queued.
+    if kind in (int, float):
+        if not isinstance(st.session_state[key], str):
+            st.session_state[key] = number_text(st.session_state[key])
+        return st.text_input(_label(name), key=key, help=help_text).strip()
     return st.text_input(_label(name), key=key, help=help_text)
+
+
+def number_text(value: Any) -> str:
+    """A number as the form shows it: 0.001, 3.16e-05, 64."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 PENDING = "cfg_pending"
@@ -76,7 +82,8 @@ def run_form(default_data: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     if "cfg_data" not in st.session_state:
         st.session_state["cfg_data"] = default_data
     for name, value in st.session_state.pop(PENDING, {}).items():
-        st.session_state[f"cfg_{name}"] = value
+        st.session_state[f"cfg_{name}"] = number_text(value) if isinstance(value, (int, float)) \
+            and not isinstance(value, bool) else value
     specs = field_specs()
     defaults = {s["name"]: s["default"] for s in specs}
     values: dict[str, Any] = {}

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from core.classes import CLASS_DESCRIPTIONS, CLASS_NAMES
-from core.data import CONFLICT_POLICIES, SPLIT_MODES, DataSpec, summarize
+from core.data import CONFLICT_POLICIES, SPLIT_MODES, DataSpec, read_source, summarize
 from core.data.spec import FRACTION_LIMIT, FRACTION_STEP
 from core.download import DEFAULT_DEST, DownloadError, download_v32
 from ui import appstate, figures
@@ -21,13 +21,31 @@ with st.form("sources"):
                         value="\n".join(appstate.data_paths()), height=110)
     saved = st.form_submit_button("Use these sources", type="primary")
 if saved:
-    paths = [line.strip() for line in text.splitlines() if line.strip()]
-    missing = [p for p in paths if not Path(p).expanduser().exists()]
-    if missing:
+    typed = [line.strip() for line in text.splitlines() if line.strip()]
+    paths = list(dict.fromkeys(str(Path(p).expanduser().resolve()) for p in typed))  # each source once
+    missing = [p for p in typed if not Path(p).expanduser().exists()]
+    if not typed:
+        st.error("Give at least one folder or zip, one per line. Nothing was changed.")
+    elif missing:
         st.error("Not found: " + ", ".join(f"`{p}`" for p in missing) + ". Nothing was changed.")
     else:
-        appstate.save_state(data_paths=[str(Path(p).expanduser().resolve()) for p in paths])
-        st.rerun()
+        problems = []
+        with st.spinner(f"Checking {len(paths)} source(s)…"):
+            for path in paths:
+                try:
+                    read_source(path)  # its layout and label file; the tiles are decoded later, once
+                except USER_ERRORS as exc:
+                    problems.append(str(exc))
+        if problems:
+            st.error("Not usable: " + " · ".join(problems) + " Nothing was changed.")
+        else:
+            if len(paths) < len(typed):
+                st.session_state["dataset_note"] = f"{len(typed) - len(paths)} repeated line(s) dropped: each " \
+                                                   "source is read once."
+            appstate.save_state(data_paths=paths)
+            st.rerun()
+if "dataset_note" in st.session_state:
+    st.info(st.session_state.pop("dataset_note"))
 
 with st.expander("Download the v3.2 zip from Zenodo (record 4002935, about 900 MB)"):
     st.write(f"Saved as `{DEFAULT_DEST / 'hirise-map-proj-v3_2.zip'}` and checked against Zenodo's MD5; "
@@ -76,11 +94,12 @@ st.caption(IMBALANCE_NOTE)
 splits = list(summary["counts"])
 cols = st.columns(len(splits) + 2)
 cols[0].metric("Tiles", f"{summary['total']:,}")
-cols[1].metric("Train-only tiles (no observation id)", f"{summary['training_only_tiles']:,}")
+cols[1].metric("Train-only tiles", f"{summary['training_only_tiles']:,}",
+               help="Tiles with no observation id: they cannot be split by observation, so they only train.")
 for col, split in zip(cols[2:], splits):
     base = summary["majority_baseline"][split]
-    col.metric(f"{split}: always-{base['class']} accuracy", f"{base['accuracy']:.1%}",
-               help="What a model that always answers the majority class scores on this split's originals.")
+    col.metric(f"Always-{base['class']}, {split}", f"{base['accuracy']:.1%}",
+               help=f"The accuracy of a model that always answers {base['class']}, on this split's originals.")
 
 st.subheader("Tiles per class and split")
 st.plotly_chart(figures.class_counts(summary), width="stretch")

@@ -79,9 +79,14 @@ def _predict(model_key: str, digest: str, name: str, data: bytes, stride: int):
 
 
 shown = []  # (name, digest, prediction, the CAM column, the probabilities column): their CAMs follow
+first_name: dict[str, str] = {}  # content digest -> the name it was first shown under
 for name, payload in items:
     st.divider()
     digest = hashlib.sha1(payload).hexdigest()
+    if digest in first_name:
+        st.caption(f"{name}: the same image as {first_name[digest]}, shown above.")
+        continue
+    first_name[digest] = name
     try:
         with st.spinner(f"Classifying {name}…"):
             pred = _predict(model_key, digest, name, payload, stride)

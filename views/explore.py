@@ -19,6 +19,7 @@ from ui.gallery import tile_gallery
 COLOURS = {"label": "label", "prediction": "predicted", "split": "split", "confidence": "confidence",
            "observation": "observation", "correct": "correct"}
 MAX_SHOWN = 24
+MEASURED_TILES_PER_S = 28.6  # the shipped model's feature pass at 260 px, this project's 2-core CPU (README)
 SIZES = (DEFAULT_EMBED_SIZE, 224, 192, 160, 128)
 REVIEW_PAGE = 12
 
@@ -58,6 +59,10 @@ map_tab, review_tab = st.tabs(["Embedding map", "Label review"])
 run_key = (str(choices[model_label]), tuple(paths), size)
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 def _features():
     return get_features(model, data, None, size, on_progress=progress_bar("Model features"))
 
@@ -65,7 +70,14 @@ def _features():
 with map_tab:
     key = (*run_key, method)
     emb = st.session_state.get("explore_map") if st.session_state.get("explore_map_key") == key else None
-    if emb is None and (is_cached(model, data, method, size) or st.button(
+    cached = is_cached(model, data, method, size)
+    if emb is None and not cached and model.device.type == "cpu":
+        side = size or model.image_size
+        cost = (f"about {_duration(len(data.records) / (MEASURED_TILES_PER_S * (260 / side) ** 2))} on a 2-core CPU "
+                f"at {side}px" if model.arch == "tf_efficientnet_lite2" else "minutes on a CPU for an EfficientNet-Lite")
+        st.caption(f"Not drawn yet: the first map reads the features of all {len(data.records):,} tiles once ({cost}"
+                   "; less with more cores or a GPU), with a progress bar; then it is cached and redrawn in seconds.")
+    if emb is None and (cached or st.button(
             "Draw the map", type="primary", help="Cold: a feature pass over every tile (minutes on a CPU, once); "
                                                  "later: read from the cache in seconds, without asking")):
         try:
@@ -144,7 +156,13 @@ with review_tab:
         rejected: set[str] = st.session_state.setdefault("explore_rejected", set())
         todo = review.suspects[~review.suspects["file"].isin(rejected | set(current))]
         st.write(f"**{len(review.suspects):,}** suspects among {len(data.records):,} tiles ({review.folds} folds); "
-                 f"{len(todo):,} awaiting a decision.")
+                 f"{len(todo):,} awaiting a decision. The heads that judge the labels score macro-F1 "
+                 f"{review.judge_macro_f1:.3f} out of sample.")
+        if not review.trustworthy:
+            st.warning(f"These features are too weak to judge labels: heads on them reach a macro-F1 of only "
+                       f"{review.judge_macro_f1:.2f}, so they contradict good labels everywhere and most suspects "
+                       "are noise. Review with a better model (Model, in the sidebar) before accepting any.",
+                       icon=":material/warning:")
         st.download_button("Download suspects (CSV)", review.suspects.to_csv(index=False), "suspects.csv", "text/csv")
         start = int(st.number_input("From rank", 1, max(1, len(todo)), 1, REVIEW_PAGE)) - 1
         chunk = todo.iloc[start:start + REVIEW_PAGE]

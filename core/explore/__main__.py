@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             write_table(review.suspects, out)
             print(f"{len(review.suspects):,} suspect label(s) among {len(feats.records):,} tiles "
                   f"({review.folds} folds by observation) in {time.perf_counter() - t0:.1f} s -> {out}")
+            print(f"the judging heads score macro-F1 {review.judge_macro_f1:.3f} out of sample" +
+                  ("" if review.trustworthy else ": too weak for their doubts to mean much (a better model's "
+                   "features, --checkpoint, give a review worth reading)"))
         if feats.note:
             print(f"note: {feats.note}", file=sys.stderr)
     except (CheckpointError, DataError, ValueError) as exc:

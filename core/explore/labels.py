@@ -28,12 +28,23 @@ FOLDS = 5
 SEED = 0
 
 
+#: Below this out-of-sample macro-F1 of the judging heads, the review says its suspects are mostly noise.
+TRUST_MACRO_F1 = 0.5
+
+
 @dataclass
 class Review:
     suspects: pd.DataFrame  # ranked: rank, file, path, source, given, suggested, p_suggested, p_given, ...
     pred_probs: np.ndarray  # (N, C) out-of-sample probabilities, in record order
     issues: np.ndarray  # indices of flagged records, surest first
     folds: int
+    judge_macro_f1: float = float("nan")  # how well the out-of-sample heads themselves classify (given labels)
+
+    @property
+    def trustworthy(self) -> bool:
+        """Whether the heads judging the labels classify well enough for their doubts to mean much: features
+        that cannot tell the classes apart contradict good labels everywhere."""
+        return self.judge_macro_f1 >= TRUST_MACRO_F1
 
 
 def groups_of(records: list[Record]) -> np.ndarray:
@@ -93,7 +104,9 @@ def review_labels(records: list[Record], features: np.ndarray, folds: int = FOLD
                                    filter_by="prune_by_noise_rate", min_examples_per_class=1,
                                    n_jobs=1)  # its default forks a Pool: a forked torch process can deadlock (seen)
     issues = np.asarray(issues, dtype=np.int64)
-    return Review(suspects_table(records, labels, probs, issues), probs, issues, used)
+    from sklearn.metrics import f1_score
+    judge = float(f1_score(labels, probs.argmax(1), average="macro", labels=np.unique(labels)))
+    return Review(suspects_table(records, labels, probs, issues), probs, issues, used, judge)
 
 
 def suspects_table(records: list[Record], labels: np.ndarray, probs: np.ndarray, issues: np.ndarray) -> pd.DataFrame:
