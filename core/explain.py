@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import threading
 import time
 import types
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from .checkpoint import LoadedModel
-from .inference import calibrated_softmax, predict_proba, preprocess, probabilities
+from .inference import MODEL_LOCK, calibrated_softmax, predict_proba, preprocess, probabilities
 from .models import default_cam_layer, get_layer
 
 class SignedEigenCAM(EigenCAM):
@@ -50,7 +49,6 @@ _CAM_CLASSES = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": Hi
 PERTURBATION_BATCH = 32
 TOP_FRACTION = 0.2  # the share of the tile kept / removed by the faithfulness check
 
-_LOCK = threading.RLock()  # a CAM call changes model state for its duration: one at a time
 
 
 @dataclass
@@ -119,7 +117,7 @@ def explain(loaded: LoadedModel, tile: np.ndarray, method: str = "gradcam", targ
     target_layer = get_layer(model, layer)
     start = time.perf_counter()
     x = preprocess(loaded, tile[None])
-    with _LOCK, _ModelState(model):
+    with MODEL_LOCK, _ModelState(model):  # a CAM call changes model state for its duration
         probs = None
         if target is None and aug_smooth:  # smoothing runs several views: settle the class on the plain one
             probs = predict_proba(loaded, tile[None])[0]

@@ -8,6 +8,7 @@ the prediction path (the Explain page) must start fast.
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -140,6 +141,11 @@ class FeaturesAndLogits(nn.Module):
         return torch.flatten(seen[0], 1), logits
 
 
+#: Held while a model's own modules run outside training: a CAM call (`core.explain`) hooks or replaces layers for
+#: its duration, and an eager forward or a trace of the same model from another app session must not run meanwhile
+#: (its activations would land in the CAM, or its trace would record the CAM's hooks). A frozen trace needs no lock.
+MODEL_LOCK = threading.RLock()
+
 #: `LoadedModel._frozen` after `defer_trace`: one-tile calls run eagerly until `prepare_trace` (or a batch) makes it.
 DEFERRED = "deferred"
 
@@ -158,13 +164,16 @@ def fast_forward(loaded: LoadedModel, features: bool = False) -> Callable[[torch
         out = None
         if x.device.type == "cpu":
             if loaded._frozen is None or (loaded._frozen is DEFERRED and len(x) > 1):
-                loaded._frozen = frozen_trace(eager, x) or False
+                with MODEL_LOCK:
+                    loaded._frozen = frozen_trace(eager, x) or False
             if loaded._frozen not in (False, DEFERRED):
                 try:
                     out = loaded._frozen(x)
                 except RuntimeError:  # a shape the trace cannot take: the eager model can
                     pass
-        out = out if out is not None else eager(x)
+        if out is None:
+            with MODEL_LOCK:
+                out = eager(x)
         return out if features else out[1]
     return forward
 
@@ -182,7 +191,8 @@ def prepare_trace(loaded: LoadedModel) -> None:
     if loaded.device.type != "cpu" or loaded._frozen not in (None, DEFERRED):
         return
     x = torch.zeros(1, 1, loaded.image_size, loaded.image_size).contiguous(memory_format=torch.channels_last)
-    loaded._frozen = frozen_trace(FeaturesAndLogits(loaded.model, spec(loaded.arch).head).eval(), x) or False
+    with MODEL_LOCK:
+        loaded._frozen = frozen_trace(FeaturesAndLogits(loaded.model, spec(loaded.arch).head).eval(), x) or False
     if loaded._frozen:
         with torch.inference_mode():
             for _ in range(2):

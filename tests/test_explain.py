@@ -160,3 +160,34 @@ def test_ablationcam_shortcut_matches_the_full_model_path(blob, monkeypatch):
     assert np.abs(fast.heatmap - full.heatmap).max() < 0.1  # the CAM is upsampled from another size
     np.testing.assert_allclose(fast.probabilities, full.probabilities, atol=1e-5)
     assert _hooks(blob.model) == 0
+
+
+def test_a_cam_and_an_eager_prediction_in_two_sessions_do_not_mix():
+    """App sessions are threads sharing one model: a CAM hooks its layers for its duration, and an eager prediction
+    (the app's first answers run eagerly, core.inference.defer_trace) from another session must wait for it,
+    or its activations land in the CAM and the CAM's gradient hook fails on its inference tensors."""
+    import threading
+
+    from core.inference import defer_trace
+    from core.predict import predict_array
+    loaded = load_checkpoint(model_fixtures.blob_checkpoint())
+    defer_trace(loaded)
+    tile, other = blob_tile(60, 60, seed=1), blob_tile(150, 160, seed=2)
+    cam_alone = ex.explain(loaded, tile, "gradcam").heatmap
+    alone = predict_array(loaded, other).probabilities
+    errors, cams, preds = [], [], []
+
+    def predict_many():
+        try:
+            preds.extend(predict_array(loaded, other).probabilities for _ in range(60))
+        except Exception as exc:  # noqa: BLE001 - the test reports any failure of the other session
+            errors.append(exc)
+
+    thread = threading.Thread(target=predict_many)
+    thread.start()
+    while thread.is_alive() and len(cams) < 30:
+        cams.append(ex.explain(loaded, tile, "gradcam").heatmap)
+    thread.join()
+    assert not errors, errors[:1]
+    assert all(np.allclose(c, cam_alone, atol=1e-5) for c in cams)
+    assert all(p == pytest.approx(alone, abs=1e-5) for p in preds)
