@@ -289,7 +289,8 @@ def test_job_survives_its_launcher_and_jobs_queue(tmp_path, data_dir):
     assert second.status()["state"] == "queued" and third.status()["state"] == "queued"  # one job per device
     jobs.cancel(third)  # cancelled while it waits: settled by its waiting process, nothing trained
     wait_for(lambda: jobs.job_state(third) == "cancelled", what="cancelled while queued")
-    assert not third.metrics_file.exists() and not third.trainer_alive()
+    wait_for(lambda: not third.trainer_alive(), what="the waiting process to exit")  # it wrote the status first
+    assert not third.metrics_file.exists()
     wait_for(lambda: jobs.job_state(second) == "completed", timeout=240, what="both jobs")
     assert jobs.job_state(first) == "completed"
     assert first.status()["ended_at"] <= second.status()["started_at"]
@@ -375,7 +376,8 @@ def test_best_epoch_falls_back_to_the_metrics_of_older_runs(tmp_path):
 
 def test_a_diverging_loss_fails_the_run_with_what_to_do(tmp_path, data_dir):
     cfg = RunConfig(data=[str(data_dir)], **{**TINY, "log_every": 2}, epochs=1, max_steps_per_epoch=4,
-                    optimizer="sgd", lr=1e30, scheduler="none").validate()
+                    optimizer="sgd", scheduler="none").validate()
+    cfg.lr = 1e30  # above what validation accepts (10): the quickest sure way to a NaN loss in a few steps
     run = Run(tmp_path / "run")
     run.path.mkdir(parents=True)
     cfg.save(run.config_file)
