@@ -67,7 +67,8 @@ except USER_ERRORS as exc:
     show_error(exc, "Cannot load the model")
     st.stop()
 target = None if target_name == "predicted class" else CLASS_NAMES.index(target_name)
-st.caption(f"{model.arch}, input {model.image_size}px, calibration temperature {model.temperature:.2f}. "
+st.caption(f"Model: **{label}** · {model.arch}, input {model.image_size}px, calibration "
+           f"temperature {model.temperature:.2f}. "
            "Probabilities are calibrated; a HiRISE tile is 227x227 grayscale, other images are converted and, "
            "when larger than a tile, classified window by window.")
 model_key = f"{choices[label]}:{choices[label].stat().st_mtime}"
