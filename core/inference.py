@@ -164,8 +164,7 @@ def fast_forward(loaded: LoadedModel, features: bool = False) -> Callable[[torch
         out = None
         if x.device.type == "cpu":
             if loaded._frozen is None or (loaded._frozen is DEFERRED and len(x) > 1):
-                with MODEL_LOCK:
-                    loaded._frozen = frozen_trace(eager, x) or False
+                _make_trace(loaded, x)
             if loaded._frozen not in (False, DEFERRED):
                 try:
                     out = loaded._frozen(x)
@@ -191,12 +190,17 @@ def prepare_trace(loaded: LoadedModel) -> None:
     if loaded.device.type != "cpu" or loaded._frozen not in (None, DEFERRED):
         return
     x = torch.zeros(1, 1, loaded.image_size, loaded.image_size).contiguous(memory_format=torch.channels_last)
-    with MODEL_LOCK:
-        loaded._frozen = frozen_trace(FeaturesAndLogits(loaded.model, spec(loaded.arch).head).eval(), x) or False
+    _make_trace(loaded, x)
     if loaded._frozen:
         with torch.inference_mode():
             for _ in range(2):
                 loaded._frozen(x)
+
+
+def _make_trace(loaded: LoadedModel, example: torch.Tensor) -> None:
+    """Keep on `loaded` the frozen trace of its (features, logits) model made on `example` (False: untraceable)."""
+    with MODEL_LOCK:
+        loaded._frozen = frozen_trace(FeaturesAndLogits(loaded.model, spec(loaded.arch).head).eval(), example) or False
 
 
 def frozen_trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule | None:

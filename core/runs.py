@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_path
 from .settings import RUNS_DIR
 
 ACTIVE_STATES = ("queued", "running")
@@ -41,14 +41,8 @@ def now_iso() -> str:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write through a temporary file of a unique name (threads of one process write side by side), then
     rename it over `path`: readers see the old file or the new one, never half of either."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 _UPDATE_LOCKS: dict[Path, threading.Lock] = {}
@@ -92,6 +86,7 @@ class Run:
     eval_file = property(lambda self: self.path / "eval_val.json")
     lr_find_file = property(lambda self: self.path / "lr_find.json")
     splits_file = property(lambda self: self.path / "splits.json")
+    label_overrides_file = property(lambda self: self.path / "label_overrides.json")
     cancel_file = property(lambda self: self.path / "CANCEL")
     lock_file = property(lambda self: self.path / "run.lock")
     notes_file = property(lambda self: self.path / "notes.json")

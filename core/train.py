@@ -290,7 +290,7 @@ def _train_locked(cfg: RunConfig, run: Run | None, resume: bool, lr_find: bool, 
             if writer:
                 write_json_atomic(writer.splits_file, split_manifest(td.data))
                 if td.data.overrides is not None:  # issue 16: the label corrections this run trained with
-                    write_json_atomic(writer.path / "label_overrides.json", td.data.overrides.as_dict())
+                    write_json_atomic(writer.label_overrides_file, td.data.overrides.as_dict())
             if lr_find:
                 result = find_lr(cfg, td, d, device, log, stop, run=writer)
                 if writer:

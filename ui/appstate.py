@@ -22,9 +22,10 @@ def save_state(**changes: Any) -> None:
     update_json(Path(APP_STATE_FILE), changes)
 
 
-def data_paths() -> list[str]:
-    """The remembered data sources, or the shared development data when it is there."""
-    remembered = load_state().get("data_paths")
+def data_paths(state: dict | None = None) -> list[str]:
+    """The remembered data sources (from `state`, else the state file), or the shared development data when it is
+    there."""
+    remembered = (load_state() if state is None else state).get("data_paths")
     if remembered:
         return list(remembered)
     default = SHARED_DATA_DIR / "hirise-v3_2-subset"
@@ -33,8 +34,9 @@ def data_paths() -> list[str]:
 
 def data_spec() -> DataSpec:
     """The remembered data sources, merged and split as last chosen on the Dataset page (defaults otherwise)."""
-    options = load_state().get("data_options")
-    spec = DataSpec.from_mapping({**(options if isinstance(options, dict) else {}), DataSpec.PATHS_KEY: data_paths()})
+    state = load_state()
+    options = state.get("data_options")
+    spec = DataSpec.from_mapping({**(options if isinstance(options, dict) else {}), DataSpec.PATHS_KEY: data_paths(state)})
     return spec if spec.problem() is None else DataSpec(spec.paths)  # a hand-edited file never breaks a page
 
 

@@ -37,7 +37,7 @@ if saved:
                 except USER_ERRORS as exc:
                     problems.append(str(exc))
         if problems:
-            st.error("Not usable: " + " · ".join(problems) + " Nothing was changed.")
+            st.error("Not usable: " + " · ".join(p.rstrip(".") for p in problems) + ". Nothing was changed.")
         else:
             if len(paths) < len(typed):
                 st.session_state["dataset_note"] = f"{len(typed) - len(paths)} repeated line(s) dropped: each " \

@@ -70,7 +70,7 @@ def _features():
 with map_tab:
     key = (*run_key, method)
     emb = st.session_state.get("explore_map") if st.session_state.get("explore_map_key") == key else None
-    cached = is_cached(model, data, method, size)
+    cached = emb is None and is_cached(model, data, method, size)  # hashes the checkpoint: only when needed
     if emb is None and not cached and model.device.type == "cpu":
         side = size or model.image_size
         cost = (f"about {_duration(len(data.records) / (MEASURED_TILES_PER_S * (260 / side) ** 2))} on a 2-core CPU "

@@ -11,13 +11,12 @@ from __future__ import annotations
 import csv
 import fcntl
 import io
-import os
-import tempfile
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..atomic import atomic_path
 from ..classes import CLASS_NAMES
 from .records import DataError, Record
 
@@ -105,15 +104,8 @@ def format_overrides(overrides: Iterable[Override]) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def update_overrides(add: Iterable[Override] = (), remove: Iterable[str] = (), path: Path | None = None) -> dict[str, Override]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..atomic import atomic_path
 from ..checkpoint import LoadedModel
 from ..classes import CLASS_NAMES
 from ..data import HiriseData, Record
@@ -115,17 +116,8 @@ def table(feats: Features, xy: np.ndarray) -> pd.DataFrame:
 
 def write_table(df: pd.DataFrame, out: Path) -> None:
     """CSV (or Parquet by extension) of the map, written atomically."""
-    import os
-    import tempfile
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         if out.suffix.lower() == ".parquet":
             df.to_parquet(tmp, index=False)
         else:
             df.to_csv(tmp, index=False)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

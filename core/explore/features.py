@@ -7,8 +7,6 @@ input size: any change to one of them is a miss, never a stale hit.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -16,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..checkpoint import LoadedModel
 from ..data import HiriseData, Record, RecordTiles
 from ..data.storage import content_digest
@@ -75,15 +74,8 @@ def compute_features(loaded: LoadedModel, data: HiriseData, records: list[Record
 def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     """Write through a uniquely named temporary file, then rename: readers (other threads, other
     processes) see the old file or the whole new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def load_npz(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:

@@ -35,7 +35,6 @@ TRUST_MACRO_F1 = 0.5
 @dataclass
 class Review:
     suspects: pd.DataFrame  # ranked: rank, file, path, source, given, suggested, p_suggested, p_given, ...
-    pred_probs: np.ndarray  # (N, C) out-of-sample probabilities, in record order
     issues: np.ndarray  # indices of flagged records, surest first
     folds: int
     judge_macro_f1: float = float("nan")  # how well the out-of-sample heads themselves classify (given labels)
@@ -106,7 +105,7 @@ def review_labels(records: list[Record], features: np.ndarray, folds: int = FOLD
     issues = np.asarray(issues, dtype=np.int64)
     from sklearn.metrics import f1_score
     judge = float(f1_score(labels, probs.argmax(1), average="macro", labels=np.unique(labels)))
-    return Review(suspects_table(records, labels, probs, issues), probs, issues, used, judge)
+    return Review(suspects_table(records, labels, probs, issues), issues, used, judge)
 
 
 def suspects_table(records: list[Record], labels: np.ndarray, probs: np.ndarray, issues: np.ndarray) -> pd.DataFrame:
