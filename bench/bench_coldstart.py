@@ -24,7 +24,6 @@ import argparse
 import ast
 import os
 import re
-import shutil
 import signal
 import socket
 import statistics
@@ -38,11 +37,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchlib import at_least  # noqa: E402 - bench/benchlib.py, next to this script
+from core.cliargs import at_least  # noqa: E402
+from tools.chromium import CHROMIUM_ARGS, chromium_path  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 GOAL_S = 5.0
 MINIMAL_APP = 'import streamlit as st\nst.file_uploader("x")\n'
 
@@ -201,9 +198,9 @@ def main() -> int:
                         help="the checkout whose app.py is measured (default: this one; e.g. a patched copy)")
     args = parser.parse_args()
 
-    chromium = CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium")
+    chromium = chromium_path()
     if not chromium:
-        print(f"error: chromium not found at {CHROMIUM} (apt-get install chromium); nothing measured", file=sys.stderr)
+        print("error: chromium is not installed (apt-get install chromium); nothing measured", file=sys.stderr)
         return 2
     try:
         from playwright.sync_api import sync_playwright

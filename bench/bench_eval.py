@@ -42,7 +42,8 @@ from core.inference import predict_logits  # noqa: E402
 from core.models import build_model  # noqa: E402
 from core.precision import bf16_native  # noqa: E402
 from core.settings import DEFAULT_CHECKPOINT, SHARED_DATA_DIR  # noqa: E402
-from benchlib import OtherLoad, at_least, real_data_missing  # noqa: E402 - bench/benchlib.py, next to this script
+from benchlib import OtherLoad, real_data_missing  # noqa: E402 - bench/benchlib.py, next to this script
+from core.cliargs import at_least  # noqa: E402
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

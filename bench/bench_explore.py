@@ -26,7 +26,8 @@ from core.explore.embed import DEFAULT_METHOD, METHODS, embed  # noqa: E402
 from core.explore.features import resolve_size  # noqa: E402
 from core.inference import model_input  # noqa: E402
 from core.settings import SHARED_DATA_DIR  # noqa: E402
-from benchlib import OtherLoad, at_least, real_data_missing  # noqa: E402 - bench/benchlib.py
+from benchlib import OtherLoad, real_data_missing  # noqa: E402 - bench/benchlib.py
+from core.cliargs import at_least  # noqa: E402
 
 SOURCES = ("hirise-v3_2-subset", "hirise-v3-subset", "hirise-v3_2-extra-train")
 

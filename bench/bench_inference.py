@@ -33,7 +33,7 @@ from core.inference import preprocess  # noqa: E402
 from core.models import build_model, default_cam_layer, get_layer  # noqa: E402
 from core.predict import predict_bytes  # noqa: E402
 from core.settings import DEFAULT_CHECKPOINT  # noqa: E402
-from benchlib import at_least  # noqa: E402 - bench/benchlib.py, next to this script
+from core.cliargs import at_least  # noqa: E402
 
 SLOW_METHODS = ("scorecam", "ablationcam")  # one forward pass per channel of layer4 (512)
 

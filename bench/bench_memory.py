@@ -32,7 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from core.settings import DEFAULT_CHECKPOINT, SHARED_DATA_DIR  # noqa: E402
-from benchlib import at_least, real_data_missing  # noqa: E402 - bench/benchlib.py, next to this script
+from benchlib import real_data_missing  # noqa: E402 - bench/benchlib.py, next to this script
+from core.cliargs import at_least  # noqa: E402
 
 POLL_S = 0.2
 

@@ -21,7 +21,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.data import load_dataset  # noqa: E402
 from core.settings import SHARED_DATA_DIR  # noqa: E402
-from benchlib import at_least  # noqa: E402 - bench/benchlib.py, next to this script
+from core.cliargs import at_least  # noqa: E402
 
 
 def main() -> None:

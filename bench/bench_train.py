@@ -56,7 +56,8 @@ from core.preprocess import to_model_input  # noqa: E402
 from core.precision import cpu_has_bf16  # noqa: E402
 from core.settings import SHARED_DATA_DIR  # noqa: E402
 from core.train import Dist, TrainData, optimizer_step, prepare_data, train_batches  # noqa: E402
-from benchlib import OtherLoad, at_least, real_data_missing  # noqa: E402 - bench/benchlib.py, next to this script
+from benchlib import OtherLoad, real_data_missing  # noqa: E402 - bench/benchlib.py, next to this script
+from core.cliargs import at_least  # noqa: E402
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LR, WEIGHT_DECAY = 1e-3, 1e-4

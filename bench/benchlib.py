@@ -1,12 +1,10 @@
-"""What the benchmark scripts share: the real-data check, how much CPU other processes took meanwhile,
-and argument checks."""
+"""What the benchmark scripts share: the real-data check, and how much CPU other processes took meanwhile
+(argument types are in core.cliargs)."""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 
@@ -51,18 +49,3 @@ class OtherLoad:
         busy, own = cpu_ticks()
         capacity = (time.perf_counter() - self.t) * (os.cpu_count() or 1) * os.sysconf("SC_CLK_TCK")
         return max(0.0, (busy - self.busy) - (own - self.own)) / max(capacity, 1e-9)
-
-
-def at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse `type` for counts: an integer of at least `minimum`, or a one-line usage error."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is below the minimum {minimum}")
-        return value
-
-    return parse

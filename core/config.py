@@ -336,19 +336,19 @@ def field_specs() -> list[dict[str, Any]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One CLI flag per field; defaults are suppressed so only what the user typed overrides --config."""
-    for spec in field_specs():
-        flag = "--" + spec["name"].replace("_", "-")
-        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{spec['help']} (default: {spec['default']})"}
-        kind = spec["type"]
-        if spec["name"] == "data":
+    """One CLI flag per option; defaults are suppressed so only what the user typed overrides --config."""
+    for option in field_specs():
+        flag = "--" + option["name"].replace("_", "-")
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{option['help']} (default: {option['default']})"}
+        kind = option["type"]
+        if option["name"] == "data":
             parser.add_argument(flag, action="append", metavar="PATH", **kw)
         elif kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif getattr(kind, "__origin__", None) is list:
-            parser.add_argument(flag, nargs="*", choices=spec["choices"], metavar="NAME", **kw)
+            parser.add_argument(flag, nargs="*", choices=option["choices"], metavar="NAME", **kw)
         else:
-            parser.add_argument(flag, type=kind, choices=spec["choices"], **kw)
+            parser.add_argument(flag, type=kind, choices=option["choices"], **kw)
 
 
 def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:

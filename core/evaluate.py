@@ -93,16 +93,16 @@ def evaluation_records(loaded: LoadedModel, data: HiriseData, split: str,
     loaded data, the model is scored on exactly those tiles (and their augmented copies when asked), so
     two models trained on the same data are compared on the same tiles, whatever split the data would make
     today. Otherwise the data's own split is used, and the sentence says why."""
-    recorded = loaded.splits.get(split, {}).get("files") if split in ("val", "test") else None
-    if recorded:
-        wanted = set(recorded)
-        originals = [r for r in data.records if r.is_original and r.name in wanted]
-        if len({r.name for r in originals}) == len(wanted):
+    wanted = set(loaded.splits.get(split, {}).get("files") or ()) if split in ("val", "test") else set()
+    if wanted:
+        originals = data.recorded(loaded.splits, split)
+        if originals is not None:
             landmarks = {r.landmark for r in originals}
             chosen = originals if originals_only else [r for r in data.records if r.landmark in landmarks]
             return chosen, f"the {len(wanted)} {split} tiles recorded in the checkpoint"
+        present = len(wanted & {r.name for r in data.records if r.is_original})
         return (data.select(split, originals_only),
-                f"this data's own {split} split: only {len({r.name for r in originals})} of the "
+                f"this data's own {split} split: only {present} of the "
                 f"{len(wanted)} {split} tiles recorded in the checkpoint are in the loaded data")
     return data.select(split, originals_only), f"this data's own {split} split"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig
-from .runs import ACTIVE_STATES, Run, RunBusy, RunLock, list_runs, new_run_dir, now_iso, runs_root
+from .runs import ACTIVE_STATES, Run, RunBusy, RunLock, new_run_dir, now_iso, runs_root
 from .settings import PROJECT_ROOT
 
 

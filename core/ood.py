@@ -159,14 +159,13 @@ def fit_reference(loaded: LoadedModel, data: HiriseData, max_train: int = MAX_TR
 
 def _reference_split(loaded: LoadedModel, data: HiriseData) -> tuple[list, list]:
     """(training originals, validation originals) of `loaded`, as its checkpoint recorded them if possible."""
-    files = {s: set(loaded.splits.get(s, {}).get("files") or ()) for s in ("val", "test")}
-    held_observations = {o for s in ("val", "test") for o in loaded.splits.get(s, {}).get("observations") or ()}
-    originals = [r for r in data.records if r.is_original]
-    val = [r for r in originals if r.name in files["val"]]
-    if not files["val"] or len({r.name for r in val}) < len(files["val"]):
+    val = data.recorded(loaded.splits, "val")
+    if val is None:
         return data.select("train", originals_only=True), data.select("val", originals_only=True)
-    held = files["val"] | files["test"]
-    train = [r for r in originals if r.name not in held and not (r.observation and r.observation in held_observations)]
+    held = {name for s in ("val", "test") for name in loaded.splits.get(s, {}).get("files") or ()}
+    held_observations = {o for s in ("val", "test") for o in loaded.splits.get(s, {}).get("observations") or ()}
+    train = [r for r in data.records if r.is_original and r.name not in held
+             and not (r.observation and r.observation in held_observations)]
     return train, val
 
 

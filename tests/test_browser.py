@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,11 +19,10 @@ from core.models import default_cam_layer
 from core.settings import DEFAULT_CHECKPOINT, PROJECT_ROOT
 from tests import synthetic
 from tests.conftest import ARTIFACTS
+from tools.chromium import CHROMIUM_ARGS, chromium_path
 
 pytestmark = pytest.mark.browser
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM = chromium_path()
 
 
 def free_port() -> int:

@@ -3,7 +3,6 @@
 Each test here failed before the fix it names (item numbers are the issue's)."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

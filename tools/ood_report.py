@@ -18,18 +18,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+from core.cliargs import at_least  # noqa: E402
 from core.data import DataError, load_dataset  # noqa: E402
 from core.imageio import TILE_SIZE  # noqa: E402
 from core.ood import FLAG_SHARE  # noqa: E402
 from core.predict import predict_array  # noqa: E402
 from core.settings import SHARED_DATA_DIR  # noqa: E402
-
-
-def at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is below 1")
-    return value
 
 
 def real_tiles(loaded, data_path: str, n: int) -> tuple[list[np.ndarray], str, bool]:
@@ -66,8 +60,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="default: the shipped model")
     parser.add_argument("--data", default=str(SHARED_DATA_DIR / "hirise-v3_2-subset"), help="where real tiles come from")
-    parser.add_argument("--tiles", type=at_least_one, default=150, help="how many real tiles")
-    parser.add_argument("--seeds", type=at_least_one, default=4, help="how many noise images of each kind")
+    parser.add_argument("--tiles", type=at_least(1), default=150, help="how many real tiles")
+    parser.add_argument("--seeds", type=at_least(1), default=4, help="how many noise images of each kind")
     args = parser.parse_args()
     try:
         loaded = load_checkpoint(args.checkpoint)

@@ -63,6 +63,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
+def _labelled(emb, data):
+    """The map's table with the labels of the data as loaded now (overrides accepted meanwhile included); kept
+    for the session until the map or the data changes (a selection reruns the page)."""
+    made_from = st.session_state.get("explore_table_of", (None, None))
+    if made_from[0] is not emb or made_from[1] is not data:
+        df = emb.table.copy()
+        label_now = {(r.source, r.path): r.label for r in data.records}
+        df["label"] = [CLASS_NAMES[label_now.get((r.source, r.path), r.label)] for r in emb.features.records]
+        df["correct"] = df["label"] == df["predicted"]
+        df["row"] = np.arange(len(df))
+        st.session_state["explore_table_of"], st.session_state["explore_table"] = (emb, data), df
+    return st.session_state["explore_table"]
+
+
 def _features():
     return get_features(model, data, None, size, on_progress=progress_bar("Model features"))
 
@@ -86,12 +100,7 @@ with map_tab:
         except USER_ERRORS as exc:
             show_error(exc, "Cannot draw the map")
     if emb is not None:
-        # the labels follow the data as loaded now (overrides accepted meanwhile included)
-        df = emb.table.copy()
-        label_now = {(r.source, r.path): r.label for r in data.records}
-        df["label"] = [CLASS_NAMES[label_now.get((r.source, r.path), r.label)] for r in emb.features.records]
-        df["correct"] = df["label"] == df["predicted"]
-        df["row"] = np.arange(len(df))
+        df = _labelled(emb, data)
         column = COLOURS[colour]
         fig = px.scatter(df, x="x", y="y", color=column, custom_data=["row"], render_mode="webgl",
                          hover_data={"file": True, "label": True, "predicted": True, "confidence": ":.2f",

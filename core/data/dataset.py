@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -56,6 +57,14 @@ class HiriseData:
         return [r for r in self.records
                 if (split in (None, "all") or r.split == split) and (r.is_original or not originals_only)]
 
+    def recorded(self, manifest: dict, split: str) -> list[Record] | None:
+        """The original tiles of a split as a checkpoint recorded it (`split_manifest`), in data order; None when
+        the manifest names none, or when not every one of them is in this data (a recorded split is used whole
+        or not at all)."""
+        names = set((manifest.get(split) or {}).get("files") or ())
+        found = [r for r in self.records if r.is_original and r.name in names]
+        return found if names and len({r.name for r in found}) == len(names) else None
+
     def tiles(self, records: Sequence[Record]) -> np.ndarray:
         """An in-memory (N, H, W) uint8 array of the records' decoded tiles, in order."""
         size = next(iter(self.caches.values())).tiles.shape[-1]
@@ -105,7 +114,7 @@ class RecordTiles:
 
 def load_dataset(spec: DataSpec | Sequence[str | Path], *, tile_size: int = TILE_SIZE,
                  on_progress: ProgressCallback | None = None,
-                 label_overrides: str | Path | None | bool = None) -> HiriseData:
+                 label_overrides: str | Path | None | Literal[False] = None) -> HiriseData:
     """Read, merge, split and decode the folders or zips of `spec` (a bare list of paths: with the default
     merge and split) into `tile_size` tiles. Raises DataError with a clear message.
 
@@ -145,12 +154,13 @@ def load_dataset(spec: DataSpec | Sequence[str | Path], *, tile_size: int = TILE
                       leakage=find_leakage(records), caches=caches, unreadable=unreadable, overrides=applied)
 
 
-def _apply_label_overrides(records: list[Record], which: str | Path | None | bool) -> tuple[list[Record], Applied | None]:
+def _apply_label_overrides(records: list[Record], which: str | Path | None | Literal[False]
+                           ) -> tuple[list[Record], Applied | None]:
     """Issue 16: the records with the overrides file's labels (OverridesError, a DataError, if it is malformed)."""
     if which is False:
         return records, None
-    path = Path(which) if which not in (None, True) else default_overrides_file()
-    if which in (None, True) and not path.is_file():
+    path = default_overrides_file() if which is None else Path(which)
+    if which is None and not path.is_file():
         return records, None
     if not path.is_file():
         raise DataError(f"label overrides file not found: {path}")

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from ..checkpoint import CheckpointError, load_checkpoint
+from ..cliargs import at_least
 from ..config import MIN_INPUT_SIZE
 from ..data import DataError, DataSpec, load_dataset
 from ..data.cli import add_data_arguments
@@ -35,16 +36,6 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of pixels") from None
     if value != 0 and not MIN_INPUT_SIZE <= value <= MAX_SIZE:
         raise argparse.ArgumentTypeError(f"{value} is outside {MIN_INPUT_SIZE}-{MAX_SIZE} px (or 0: the model's own)")
-    return value
-
-
-def _folds(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 2:
-        raise argparse.ArgumentTypeError("at least 2 folds")
     return value
 
 
@@ -68,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "embed":
             p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
         else:
-            p.add_argument("--folds", type=_folds, default=FOLDS, help="folds grouped by observation")
+            p.add_argument("--folds", type=at_least(2), default=FOLDS, help="folds grouped by observation")
     return parser
 
 
