@@ -1,0 +1,1 @@
+"""Maintenance scripts (run as `python tools/NAME.py`) and what the tests and benchmarks share with them."""
