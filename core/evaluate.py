@@ -40,16 +40,21 @@ def evaluate_model(loaded: LoadedModel, data: HiriseData, split: str = "val", or
     first fitted on these same logits and set on `loaded` (training does this on val, once: one pass
     over the split serves both the fit and the report). `bf16`: see `core.inference.predict_logits`.
     """
-    if split not in EVALUATION_SPLITS:
-        raise ValueError(f"unknown split {split!r} (expected one of {', '.join(EVALUATION_SPLITS)})")
     records, tiles_from = evaluation_records(loaded, data, split, originals_only)
-    if not records:
-        kind = "original " if originals_only else ""
-        raise DataError(f"the {split} split has no {kind}tiles (split method: {data.split_method})")
-    names = list(loaded.class_names)
-    y = data.labels(records)
     logits = predict_logits(loaded, RecordTiles(data, records), batch_size=batch_size, tta=tta,
                             on_progress=on_progress, bf16=bf16)
+    return report_from_logits(loaded, data, records, logits, split=split, originals_only=originals_only,
+                              tiles_from=tiles_from, tta=tta, calibrate=calibrate,
+                              precision="bf16" if uses_bf16(loaded, bf16) else "fp32")
+
+
+def report_from_logits(loaded: LoadedModel, data: HiriseData, records: list[Record], logits: np.ndarray, *,
+                       split: str, originals_only: bool, tiles_from: str, tta: bool = False, calibrate: bool = False,
+                       precision: str = "fp32") -> dict:
+    """`evaluate_model`'s report from logits already computed for `records` (training's last validation pass
+    also gives the features the out-of-distribution reference needs: one pass serves both)."""
+    names = list(loaded.class_names)
+    y = data.labels(records)
     if calibrate:
         loaded.temperature = fit_temperature(logits, y)
     raw, probs = probabilities(logits), probabilities(logits, loaded.temperature)
@@ -80,19 +85,30 @@ def evaluate_model(loaded: LoadedModel, data: HiriseData, split: str = "val", or
                  "warnings": list(data.warnings), "leakage": list(data.leakage)},
         "split": split, "originals_only": originals_only, "tta": tta, "n": len(records), "tiles_from": tiles_from,
         "tiles_digest": tiles_digest(r.name for r in records),
-        "precision": "bf16" if uses_bf16(loaded, bf16) else "fp32",
+        "precision": precision,
     })
     return _jsonable(report)
 
 
 def evaluation_records(loaded: LoadedModel, data: HiriseData, split: str,
                        originals_only: bool) -> tuple[list[Record], str]:
-    """The tiles to score a model on, and a sentence saying where that choice came from.
+    """The tiles to score a model on, and a sentence saying where that choice came from (DataError if none).
 
     A checkpoint records the files of its validation and test splits. When every one of them is in the
     loaded data, the model is scored on exactly those tiles (and their augmented copies when asked), so
     two models trained on the same data are compared on the same tiles, whatever split the data would make
     today. Otherwise the data's own split is used, and the sentence says why."""
+    if split not in EVALUATION_SPLITS:
+        raise ValueError(f"unknown split {split!r} (expected one of {', '.join(EVALUATION_SPLITS)})")
+    records, tiles_from = _chosen_records(loaded, data, split, originals_only)
+    if not records:
+        kind = "original " if originals_only else ""
+        raise DataError(f"the {split} split has no {kind}tiles (split method: {data.split_method})")
+    return records, tiles_from
+
+
+def _chosen_records(loaded: LoadedModel, data: HiriseData, split: str,
+                    originals_only: bool) -> tuple[list[Record], str]:
     wanted = set(loaded.splits.get(split, {}).get("files") or ()) if split in ("val", "test") else set()
     if wanted:
         originals = data.recorded(loaded.splits, split)

@@ -25,7 +25,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from .checkpoint import LoadedModel
-    from .data import HiriseData
+    from .data import HiriseData, Record
     from .progress import ProgressCallback
 
 #: Flagged when further than 95% of validation tiles: by construction 1 real tile in 20 is flagged too, so the
@@ -137,12 +137,15 @@ def describe(typicality: float) -> tuple[str, bool]:
 
 
 def fit_reference(loaded: LoadedModel, data: HiriseData, max_train: int = MAX_TRAIN_TILES,
-                  on_progress: ProgressCallback | None = None) -> FeatureDensity:
+                  on_progress: ProgressCallback | None = None,
+                  known: tuple[list[Record], np.ndarray] | None = None) -> FeatureDensity:
     """The reference of a trained model: fitted on (a seeded sample of) its training originals, calibrated on its
     validation originals, with the features of the one inference path (`core.inference.predict_features`).
 
     The split is the one the checkpoint records when the data holds all its validation files (so a model trained
-    under an older split rule is calibrated on tiles it never saw), else the data's own."""
+    under an older split rule is calibrated on tiles it never saw), else the data's own. `known`: (records,
+    features) already computed, used for the validation tiles when they are exactly those records (training's
+    final validation pass: one pass gives the report and these)."""
     from .data import RecordTiles
     from .inference import predict_features
 
@@ -153,11 +156,14 @@ def fit_reference(loaded: LoadedModel, data: HiriseData, max_train: int = MAX_TR
         keep = np.sort(np.random.default_rng(0).choice(len(train), max_train, replace=False))
         train = [train[i] for i in keep]
     train_features, _ = predict_features(loaded, RecordTiles(data, train), on_progress=on_progress)
-    val_features, _ = predict_features(loaded, RecordTiles(data, val), on_progress=on_progress)
+    if known is not None and known[0] == val:
+        val_features = known[1]
+    else:
+        val_features, _ = predict_features(loaded, RecordTiles(data, val), on_progress=on_progress)
     return fit_density(train_features, data.labels(train), val_features)
 
 
-def _reference_split(loaded: LoadedModel, data: HiriseData) -> tuple[list, list]:
+def _reference_split(loaded: LoadedModel, data: HiriseData) -> tuple[list[Record], list[Record]]:
     """(training originals, validation originals) of `loaded`, as its checkpoint recorded them if possible."""
     val = data.recorded(loaded.splits, "val")
     if val is None:

@@ -40,12 +40,12 @@ from . import augment
 from .checkpoint import CheckpointError, checkpoint_payload, model_from_payload, read_checkpoint, save_checkpoint
 from .classes import CLASS_NAMES, NUM_CLASSES
 from .config import ConfigError, RunConfig, add_arguments, config_from_args
-from .data import (DataError, DeviceBatches, HiriseData, TileDataset, begin_epoch, load_dataset, split_manifest,
-                   training_batches)
+from .data import (DataError, DeviceBatches, HiriseData, RecordTiles, TileDataset, begin_epoch, load_dataset,
+                   split_manifest, training_batches)
 from .errors import first_line
-from .evaluate import evaluate_model, save_report
+from .evaluate import evaluation_records, report_from_logits, save_report
 from .imageio import TILE_SIZE
-from .inference import probabilities, training_model_logits
+from .inference import predict_features, probabilities, training_model_logits
 from .jobs import JobError, device_key, process_start
 from .queue import Cancelled, device_turn
 from .metrics import classification_metrics, headline
@@ -539,12 +539,15 @@ def finish(run: Run, cfg: RunConfig, td: TrainData, device: torch.device, log) -
     """Calibrate the best checkpoint on validation and save its evaluation for the app (on the training device)."""
     payload = read_checkpoint(run.best_checkpoint)
     loaded = model_from_payload(payload, run.best_checkpoint, device)
-    report = evaluate_model(loaded, td.data, split="val", originals_only=True, batch_size=cfg.batch_size * 2,
-                            calibrate=True)
+    # one pass over val: its logits fit the temperature and make the report, its features calibrate the OOD check
+    records, tiles_from = evaluation_records(loaded, td.data, "val", originals_only=True)
+    features, logits = predict_features(loaded, RecordTiles(td.data, records), batch_size=cfg.batch_size * 2)
+    report = report_from_logits(loaded, td.data, records, logits, split="val", originals_only=True,
+                                tiles_from=tiles_from, calibrate=True)
     temperature = loaded.temperature
     payload["temperature"] = float(temperature)
     try:  # what the app tells an input unlike the training tiles by (core.ood); a run never fails for it
-        payload["ood"] = fit_reference(loaded, td.data).to_dict()
+        payload["ood"] = fit_reference(loaded, td.data, known=(records, features)).to_dict()
     except OODError as exc:
         log(f"warning: no out-of-distribution reference: {exc}")
     save_checkpoint(run.best_checkpoint, payload)

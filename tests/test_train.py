@@ -57,7 +57,19 @@ def wait_for(predicate, timeout: float = 180.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_run_folder_checkpoint_and_falling_loss(tmp_path, data_dir):
+def test_run_folder_checkpoint_and_falling_loss(tmp_path, data_dir, monkeypatch):
+    import core.inference
+    import core.train
+    passes = []  # the tiles of each feature pass over data-set records
+
+    def counted(loaded, tiles, *args, **kwargs):
+        if hasattr(tiles, "records"):
+            passes.append([(r.source, r.path) for r in tiles.records])
+        return feature_pass(loaded, tiles, *args, **kwargs)
+
+    feature_pass = core.inference.predict_features
+    monkeypatch.setattr(core.inference, "predict_features", counted)  # what core.ood imports when it runs
+    monkeypatch.setattr(core.train, "predict_features", counted)
     run = run_tiny(tmp_path, data_dir, epochs=6, max_steps_per_epoch=0, lr=3e-3, augment="none", scheduler="none",
                    patience=0)
     assert run.status()["state"] == "completed"
@@ -81,7 +93,9 @@ def test_run_folder_checkpoint_and_falling_loss(tmp_path, data_dir):
     report = run.evaluation()
     assert report["calibration"]["temperature"] == loaded.temperature
     assert report["n"] == loaded.metrics["n"] and report["macro_f1"] == pytest.approx(best["val_macro_f1"], abs=1e-6)
-    # ... and fits the out-of-distribution reference that prediction reports typicality by
+    # ... and fits the out-of-distribution reference that prediction reports typicality by, from the same pass:
+    # the validation tiles go through the model once (their features and logits), then the training tiles
+    assert len(passes) == 2 and len(passes[0]) == report["n"] and not set(passes[0]) & set(passes[1])
     assert loaded.ood is not None and loaded.ood.class_means.shape[1] == loaded.model.fc.in_features
     from core.predict import predict_array
     pred = predict_array(loaded, np.full((227, 227), 90, np.uint8))
