@@ -67,6 +67,43 @@ def test_feature_key_follows_the_checkpoint_bytes(tiny, data, tmp_path):
     assert features_key(other, data, data.records, 32) != features_key(tiny, data, data.records, 32)
 
 
+def test_a_stopped_feature_pass_goes_on_where_it_stood(tiny, data, cache, monkeypatch):
+    import core.explore.features as features_module
+    monkeypatch.setattr(features_module, "PART_TILES", 16)
+    assert len(data.records) > 48
+
+    class Stopped(Exception):  # what Streamlit raises in a page run when the reader leaves the page
+        pass
+
+    def stop_at(limit: int):
+        def on_progress(done: int, total: int, desc: str) -> None:
+            if done >= limit:
+                raise Stopped
+        return on_progress
+
+    with pytest.raises(Stopped):  # stopped inside the third part of 16 tiles: the first two are kept
+        get_features(tiny, data, size=32, cache_root=cache, on_progress=stop_at(40))
+    assert len(list(cache_dir(cache).glob("features-*.parts/*.npz"))) == 2
+
+    computed = []
+    real_pass = features_module.predict_features
+
+    def counted(loaded, tiles, *args, **kwargs):
+        computed.append(len(tiles))
+        return real_pass(loaded, tiles, *args, **kwargs)
+
+    monkeypatch.setattr(features_module, "predict_features", counted)
+    seen = []
+    resumed = get_features(tiny, data, size=32, cache_root=cache, on_progress=lambda d, t, _: seen.append((d, t)))
+    assert sum(computed) == len(data.records) - 32  # only what was not kept
+    assert seen[-1] == (len(data.records), len(data.records)) and seen[0][0] <= 32  # one count over the whole pass
+    whole, logits = compute_features(tiny, data, data.records, size=32)
+    np.testing.assert_allclose(resumed.features, whole, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(resumed.logits, logits, rtol=1e-4, atol=1e-5)
+    assert not list(cache_dir(cache).glob("features-*.parts"))  # the whole file replaces the parts
+    assert get_features(tiny, data, size=32, cache_root=cache).from_cache
+
+
 @pytest.mark.parametrize("damage", [b"", b"not a zip at all", None])
 def test_corrupt_feature_cache_is_rebuilt(tiny, data, cache, damage):
     first = get_features(tiny, data, size=32, cache_root=cache)
