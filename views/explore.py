@@ -88,7 +88,7 @@ with map_tab:
     if emb is None and not cached and model.device.type == "cpu":
         side = size or model.image_size
         cost = (f"about {_duration(len(data.records) / (MEASURED_TILES_PER_S * (260 / side) ** 2))} on a 2-core CPU "
-                f"at {side}px" if model.arch == "tf_efficientnet_lite2" else "minutes on a CPU for an EfficientNet-Lite")
+                f"at {side}px" if model.arch == "tf_efficientnet_lite2" else f"minutes on a CPU for a {model.arch}")
         st.caption(f"Not drawn yet: the first map reads the features of all {len(data.records):,} tiles once ({cost}"
                    "; less with more cores or a GPU), with a progress bar; then it is cached and redrawn in seconds. "
                    "Leaving the page stops the pass; drawn again, it goes on from where it stood (finished work is "
