@@ -82,6 +82,13 @@ def compute_features(loaded: LoadedModel, data: HiriseData, records: list[Record
     desc = f"features at {px}px"
     bar = None if on_progress is not None else tqdm(total=n, desc=desc, unit="tile", dynamic_ncols=True,
                                                      mininterval=0.5)
+
+    def report(done: int) -> None:
+        if bar is not None:
+            bar.update(done - bar.n)
+        else:
+            on_progress(done, n, desc)
+
     feats, logits = [], []
     try:
         for start in range(0, n, PART_TILES):
@@ -89,25 +96,19 @@ def compute_features(loaded: LoadedModel, data: HiriseData, records: list[Record
             part = parts / f"{start:08d}-{stop:08d}.npz" if parts is not None else None
             kept = load_npz(part, ("features", "logits")) if part is not None else None
             if kept is None or len(kept["features"]) != stop - start:
-                def shown(done: int, _total: int, _desc: str, offset: int = start) -> None:
-                    if bar is not None:
-                        bar.update(offset + done - bar.n)
-                    else:
-                        on_progress(offset + done, n, desc)
                 f, lg = predict_features(loaded, RecordTiles(data, records[start:stop]), batch_size=BATCH, size=px,
-                                         on_progress=shown)
+                                         on_progress=lambda done, _n, _desc, offset=start: report(offset + done))
                 kept = {"features": f, "logits": lg}
                 if part is not None:
                     _keep_part(part, kept)
-            elif bar is not None:
-                bar.update(stop - bar.n)
-            else:
-                on_progress(stop, n, desc)
+            report(stop)
             feats.append(kept["features"])
             logits.append(kept["logits"])
     finally:
         if bar is not None:
             bar.close()
+    if not feats:
+        return np.empty((0, 0), np.float32), np.empty((0, len(loaded.class_names)), np.float32)
     return np.concatenate(feats), np.concatenate(logits)
 
 
