@@ -16,7 +16,7 @@ from core.data.overrides import Override, OverridesError, parse_overrides, read_
 from core.explore import __main__ as cli
 from core.explore.embed import embed, is_cached, reduce
 from core.inference import preprocess
-from core.explore.features import cache_dir, compute_features, features_key, get_features
+from core.explore.features import cache_dir, compute_features, features_key, get_features, kept_tiles
 from core.explore.labels import groups_of, review_labels
 from tests import synthetic
 
@@ -84,6 +84,7 @@ def test_a_stopped_feature_pass_goes_on_where_it_stood(tiny, data, cache, monkey
     with pytest.raises(Stopped):  # stopped inside the third part of 16 tiles: the first two are kept
         get_features(tiny, data, size=32, cache_root=cache, on_progress=stop_at(40))
     assert len(list(cache_dir(cache).glob("features-*.parts/*.npz"))) == 2
+    assert kept_tiles(tiny, data, 32, cache_root=cache) == 32 and kept_tiles(tiny, data, 48, cache_root=cache) == 0
 
     computed = []
     real_pass = features_module.predict_features

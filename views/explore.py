@@ -9,7 +9,7 @@ import streamlit as st
 from core.classes import CLASS_NAMES
 from core.data.overrides import Override, OverridesError, read_overrides, update_overrides
 from core.explore.embed import DEFAULT_METHOD, METHODS, embed, is_cached
-from core.explore.features import DEFAULT_EMBED_SIZE, PART_TILES, get_features
+from core.explore.features import DEFAULT_EMBED_SIZE, PART_TILES, get_features, kept_tiles
 from core.explore.labels import review_labels
 from core.settings import LABEL_OVERRIDES_FILE
 from ui import appstate
@@ -87,12 +87,15 @@ with map_tab:
     cached = emb is None and is_cached(model, data, method, size)  # hashes the checkpoint: only when needed
     if emb is None and not cached and model.device.type == "cpu":
         side = size or model.image_size
-        cost = (f"about {_duration(len(data.records) / (MEASURED_TILES_PER_S * (260 / side) ** 2))} on a 2-core CPU "
+        done = kept_tiles(model, data, size)
+        todo = len(data.records) - done
+        cost = (f"about {_duration(todo / (MEASURED_TILES_PER_S * (260 / side) ** 2))} on a 2-core CPU "
                 f"at {side}px" if model.arch == "tf_efficientnet_lite2" else f"minutes on a CPU for a {model.arch}")
-        st.caption(f"Not drawn yet: the first map reads the features of all {len(data.records):,} tiles once ({cost}"
-                   "; less with more cores or a GPU), with a progress bar; then it is cached and redrawn in seconds. "
-                   "Leaving the page stops the pass; drawn again, it goes on from where it stood (finished work is "
-                   f"kept every {PART_TILES:,} tiles).")
+        so_far = f" ({done:,} were done by an earlier pass that was stopped; {todo:,} are left)" if done else ""
+        st.caption(f"Not drawn yet: the first map reads the features of all {len(data.records):,} tiles once{so_far} "
+                   f"({cost}; less with more cores or a GPU), with a progress bar; then it is cached and redrawn in "
+                   "seconds. Leaving the page stops the pass; drawn again, it goes on from where it stood (finished "
+                   f"work is kept every {PART_TILES:,} tiles).")
     if emb is None and (cached or st.button(
             "Draw the map", type="primary", help="Cold: a feature pass over every tile (minutes on a CPU, once); "
                                                  "later: read from the cache in seconds, without asking")):

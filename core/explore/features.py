@@ -7,6 +7,7 @@ input size: any change to one of them is a miss, never a stale hit.
 """
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 import zipfile
@@ -60,10 +61,33 @@ class Features:
 def features_key(loaded: LoadedModel, data: HiriseData, records: list[Record], size: int) -> str:
     """Checkpoint content + tile content + which records, in which order + input size."""
     size = resolve_size(loaded, size)
-    ckpt = file_digest(loaded.path, "sha1") if loaded.path and Path(loaded.path).is_file() else f"unsaved-{id(loaded)}"
+    ckpt = _checkpoint_digest(loaded.path) if loaded.path and Path(loaded.path).is_file() else f"unsaved-{id(loaded)}"
     tile_keys = sorted(f"{name}={cache.directory.name}" for name, cache in data.caches.items())
     rows = [f"{r.source}:{r.path}" for r in records]
     return content_digest([FEATURE_FORMAT, ckpt, str(size), *tile_keys, *rows])
+
+
+def _checkpoint_digest(path: Path) -> str:
+    """The checkpoint file's SHA-1, hashed once per file version (the Explore page asks on every rerun)."""
+    stat = Path(path).stat()
+    return _digest_of_version(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest_of_version(path: str, mtime_ns: int, size: int) -> str:
+    return file_digest(path, "sha1")
+
+
+def kept_tiles(loaded: LoadedModel, data: HiriseData, size: int = DEFAULT_EMBED_SIZE,
+               cache_root: Path | None = None) -> int:
+    """How many tiles of an unfinished feature pass over every tile of `data` are kept on disk (0: none)."""
+    key = features_key(loaded, data, list(data.records), size)
+    done = 0
+    for part in (cache_dir(cache_root) / f"features-{key}.parts").glob("*.npz"):
+        start, _, stop = part.stem.partition("-")
+        if start.isdigit() and stop.isdigit():
+            done += int(stop) - int(start)
+    return done
 
 
 def cache_dir(root: Path | None = None) -> Path:
