@@ -114,10 +114,14 @@ def explain(loaded: LoadedModel, tile: np.ndarray, method: str = "gradcam", targ
         raise ValueError(f"target {target} is not a class index (0..{n_classes - 1})")
     layer = layer or default_cam_layer(loaded.arch)
     model = loaded.model
-    target_layer = get_layer(model, layer)
+    get_layer(model, layer)  # a bad name fails here, before the wait
     start = time.perf_counter()
     x = preprocess(loaded, tile[None])
     with MODEL_LOCK, _ModelState(model):  # a CAM call changes model state for its duration
+        # The layer is looked up only now: AblationCAM swaps it out of the model while it runs, so a lookup
+        # made while another session's AblationCAM held the lock would find its stand-in, hook a layer the
+        # model no longer calls, and put the stand-in back for good when "restoring" it.
+        target_layer = get_layer(model, layer)
         probs = None
         if target is None and aug_smooth:  # smoothing runs several views: settle the class on the plain one
             probs = predict_proba(loaded, tile[None])[0]

@@ -11,7 +11,7 @@ import torch
 from core import explain as ex
 from core.checkpoint import load_checkpoint
 from core.inference import preprocess
-from core.models import get_layer, set_frozen, stages
+from core.models import default_cam_layer, get_layer, set_frozen, stages
 from tests import model_fixtures
 from tests.model_fixtures import blob_tile
 
@@ -191,3 +191,42 @@ def test_a_cam_and_an_eager_prediction_in_two_sessions_do_not_mix():
     assert not errors, errors[:1]
     assert all(np.allclose(c, cam_alone, atol=1e-5) for c in cams)
     assert all(p == pytest.approx(alone, abs=1e-5) for p in preds)
+
+
+def test_a_cam_asked_for_while_ablationcam_has_the_layer_swapped_out_uses_the_real_layer():
+    """Streamlit's fast reruns start a new run (a new thread) while the old one still computes: a CAM asked for
+    while an AblationCAM holds the model, with its layer swapped for a stand-in, must hook the real layer once
+    the lock is free, and leave the model whole (it once hooked the stand-in, failed, and put the stand-in into
+    the model for good, breaking every later CAM of every session)."""
+    import threading
+
+    from core.inference import MODEL_LOCK
+    from pytorch_grad_cam.ablation_layer import AblationLayer
+    from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
+    loaded = load_checkpoint(model_fixtures.blob_checkpoint())
+    tile = blob_tile(60, 60, seed=1)
+    alone = ex.explain(loaded, tile, "ablationcam").heatmap
+    layer_name = default_cam_layer(loaded.arch)
+    real, stand_in = get_layer(loaded.model, layer_name), AblationLayer()
+    results, errors = [], []
+
+    def another_session():
+        try:
+            results.append(ex.explain(loaded, tile, "ablationcam").heatmap)
+        except Exception as exc:  # noqa: BLE001 - the test reports any failure of the other session
+            errors.append(exc)
+
+    with MODEL_LOCK:  # what AblationCAM does in the first session, mid-way
+        replace_layer_recursive(loaded.model, real, stand_in)
+        thread = threading.Thread(target=another_session)
+        thread.start()
+        thread.join(timeout=1.0)  # it waits for the lock
+        assert thread.is_alive()
+        replace_layer_recursive(loaded.model, stand_in, real)
+    thread.join()
+    assert not errors, errors[:1]
+    assert get_layer(loaded.model, layer_name) is real and _hooks(loaded.model) == 0
+    np.testing.assert_allclose(results[0], alone, atol=1e-5)
+    np.testing.assert_allclose(ex.explain(loaded, tile, "gradcam").heatmap,
+                               ex.explain(load_checkpoint(model_fixtures.blob_checkpoint()), tile, "gradcam").heatmap,
+                               atol=1e-5)
