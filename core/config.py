@@ -303,6 +303,9 @@ def _check_open_ranges(cfg: RunConfig) -> None:
         raise ConfigError(f"plateau_factor: the ReduceLROnPlateau factor {cfg.plateau_factor} must be in (0, 1)")
     if cfg.min_lr < 0:
         raise ConfigError(f"min_lr: {cfg.min_lr} must be 0 or more")
+    if cfg.scheduler == "cosine" and cfg.min_lr > cfg.lr:
+        raise ConfigError(f"min_lr: {cfg.min_lr} is above lr ({cfg.lr}): the cosine schedule would raise the rate "
+                          "as it goes; give a final rate at or below lr")
 
 
 def _json_kind(value: Any) -> str:

@@ -179,12 +179,14 @@ def test_config_validation_messages():
              ({"augment": "online", "transforms": []}, "needs at least one transform"),
              ({"optimizer": "adam", "momentum": 0.5}, "momentum applies only when optimizer is sgd"),
              ({"init": "run"}, "init_from"),
-             ({"model": "simple_cnn", "init": "imagenet"}, "no ImageNet weights")]
+             ({"model": "simple_cnn", "init": "imagenet"}, "no ImageNet weights"),
+             ({"scheduler": "cosine", "lr": 1e-3, "min_lr": 0.5}, "min_lr: 0.5 is above lr")]
     for values, message in cases:
         with pytest.raises(ConfigError, match=message):
             RunConfig(data=["x"], **values).validate()
     with pytest.raises(ConfigError, match="data"):
         RunConfig().validate()
+    assert RunConfig(data=["x"], scheduler="cosine", lr=1e-3, min_lr=1e-3).validate()  # a constant rate is allowed
     assert RunConfig(data=["x"]).validate().input_size == 224  # EfficientNet-Lite0's native size
     assert RunConfig(data=["x"], model="tf_efficientnet_lite2").input_size == 260
     with pytest.raises(ConfigError, match="unknown option"):
