@@ -78,11 +78,14 @@ def test_home_and_pages_without_data_or_runs(no_data):
     assert "Choose a data source" in texts(at)
 
 
-def test_dataset_page_rejects_a_missing_folder(no_data, tmp_path):
+@pytest.mark.parametrize("typed, message", [("NOWHERE", "not found"),
+                                            ("/a" * 3000, "not a usable path (File name too long)"),
+                                            ("/tmp/\x00x", "`/tmp/\\x00x`: not a usable path (embedded null byte)")])
+def test_dataset_page_rejects_a_missing_or_impossible_path(no_data, tmp_path, typed, message):
     at = run_page("views/dataset.py")
-    at.text_area[0].input(str(tmp_path / "nowhere"))
+    at.text_area[0].input(str(tmp_path / "nowhere") if typed == "NOWHERE" else typed)
     button(at, "Use these sources").click().run()
-    assert "Not found" in texts(at) and not at.exception
+    assert message in texts(at) and "Nothing was changed" in texts(at) and not at.exception
     assert json.loads(Path(APP_STATE_FILE).read_text())["data_paths"] == []  # nothing changed
 
 

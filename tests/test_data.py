@@ -342,3 +342,25 @@ def test_data_spec_reads_flat_configs_and_checks_the_shares():
     assert DataSpec(("/a",), split_mode="official", val_fraction=0).problem() is None
     with pytest.raises(ConfigError, match="val_fraction"):
         RunConfig(data=["/a"], val_fraction=0.7, test_fraction=0.3).validate()
+
+
+def test_a_source_search_passes_by_folders_it_may_not_list(tmp_path, monkeypatch):
+    """A source of / meets /proc/1/cwd, which even root may not list: the search for a layout's files skips
+    such a folder instead of failing the whole source with a raw errno."""
+    import os
+
+    from core.data.storage import Storage
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "open" / "deeper").mkdir(parents=True)
+    (tmp_path / "open" / "deeper" / "labels.csv").write_text("file,label\n")
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if os.path.basename(os.fspath(path)) == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    storage = Storage.open(tmp_path)
+    assert storage.subdirs("locked") == []
+    assert storage.find("labels.csv") == "open/deeper"

@@ -20,14 +20,33 @@ with st.form("sources"):
                         "with labels.csv or class-named sub-folders). Several are merged.",
                         value="\n".join(appstate.data_paths()), height=110)
     saved = st.form_submit_button("Use these sources", type="primary")
+
+
+def _located(line: str) -> tuple[str | None, str]:
+    """(the absolute path of a typed source, "") or (None, why it is not one): a path that is missing, too long
+    for the file system or holds a NUL byte is reported, never raised."""
+    try:
+        path = Path(line).expanduser().resolve()
+        return (str(path), "") if path.exists() else (None, "not found")
+    except (OSError, ValueError) as exc:
+        return None, f"not a usable path ({getattr(exc, 'strerror', None) or exc})"
+
+
+def _shown(line: str, limit: int = 80) -> str:
+    """A typed line as it can be shown in a message: shortened, control characters written out (NUL as \\x00)."""
+    text = line if len(line) <= limit else line[:limit - 1] + "…"
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text).replace("`", "'")
+
+
 if saved:
     typed = [line.strip() for line in text.splitlines() if line.strip()]
-    paths = list(dict.fromkeys(str(Path(p).expanduser().resolve()) for p in typed))  # each source once
-    missing = [p for p in typed if not Path(p).expanduser().exists()]
+    located = [(line, *_located(line)) for line in typed]
+    bad = [(line, why) for line, path, why in located if path is None]
+    paths = list(dict.fromkeys(path for _, path, _ in located if path is not None))  # each source once
     if not typed:
         st.error("Give at least one folder or zip, one per line. Nothing was changed.")
-    elif missing:
-        st.error("Not found: " + ", ".join(f"`{p}`" for p in missing) + ". Nothing was changed.")
+    elif bad:
+        st.error("Cannot use: " + "; ".join(f"`{_shown(line)}`: {why}" for line, why in bad) + ". Nothing was changed.")
     else:
         problems = []
         with st.spinner(f"Checking {len(paths)} source(s)…"):

@@ -52,6 +52,8 @@ class Storage:
         if not p.exists():
             raise DataError(f"data path not found: {p}")
         if p.is_dir():
+            if not os.access(p, os.R_OK | os.X_OK):
+                raise DataError(f"{p}: the folder cannot be read (permission denied)")
             return FolderStorage(p)
         if zipfile.is_zipfile(p):
             return ZipStorage(p)
@@ -110,8 +112,13 @@ class FolderStorage(Storage):
         return sorted(e.name for e in os.scandir(d) if e.is_file())
 
     def subdirs(self, rel: str) -> list[str]:
+        """The sub-folders of `rel`; none for a folder that cannot be listed (searching for a layout's files
+        passes by what it may not read, such as /proc/1/cwd under a source of /)."""
         d = self._path(rel)
-        return sorted(e.name for e in os.scandir(d) if e.is_dir()) if d.is_dir() else []
+        try:
+            return sorted(e.name for e in os.scandir(d) if e.is_dir()) if d.is_dir() else []
+        except OSError:
+            return []
 
     def find(self, file_name: str, max_depth: int = 2) -> str | None:
         """Return the relative folder holding `file_name`, searching shallow levels first."""
