@@ -32,6 +32,7 @@ def classification_metrics(y_true: Sequence[int], y_prob: np.ndarray,
 def _metrics(y_true: np.ndarray, y_prob: np.ndarray, y_pred: np.ndarray, labels: list[int], present: list[int],
              class_names: Sequence[str]) -> dict:
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
     out = {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -42,9 +43,10 @@ def _metrics(y_true: np.ndarray, y_prob: np.ndarray, y_pred: np.ndarray, labels:
         "top2_accuracy": float(top_k_accuracy_score(y_true, y_prob, k=2, labels=labels))
         if len(labels) > 2 and len(y_true) else None,
         "majority_baseline": majority_baseline(y_true, class_names),
+        # "predicted": how often the class was answered; at 0 its precision is undefined (stored as 0)
         "per_class": [{"class": class_names[i], "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                       "support": int(s[i])} for i in labels],
-        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+                       "support": int(s[i]), "predicted": int(cm[:, i].sum())} for i in labels],
+        "confusion": cm.tolist(),
         "class_names": list(class_names),
     }
     return out

@@ -423,7 +423,7 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
                "train_accuracy": stats.train_accuracy, "val_loss": val_loss,
                "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
                "val_balanced_accuracy": val["balanced_accuracy"],
-               "val_recall": {c["class"]: c["recall"] for c in val["per_class"]},
+               "val_recall": {c["class"]: c["recall"] if c["support"] else None for c in val["per_class"]},
                "val_support": {c["class"]: c["support"] for c in val["per_class"]},
                "lr": lr_now, "images_per_s": stats.images_per_s, "seconds": stats.seconds,
                "best": improved}

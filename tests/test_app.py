@@ -5,6 +5,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -322,7 +323,7 @@ def test_evaluate_galleries_show_full_names_labels_and_probabilities(with_runs):
 
 
 def test_a_class_without_tiles_shows_no_recall_but_says_why():
-    from ui.common import NO_TILES, per_class_table
+    from ui.common import NEVER_PREDICTED, NO_TILES, per_class_table
     rows = [{"class": "crater", "precision": 0.5, "recall": 0.75, "f1": 0.6, "support": 4},
             {"class": "spider", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}]
     styled = per_class_table(rows)
@@ -332,3 +333,18 @@ def test_a_class_without_tiles_shows_no_recall_but_says_why():
     html = styled.to_html()
     spider = html.split(">spider<")[1].split("</tr>")[0]
     assert spider.count(f">{NO_TILES}</td>") == 2  # recall and F1 say so; no red 0.000
+    # a class never predicted has no precision (0/0), which is not a precision of 0
+    rows = [{**r, "predicted": n} for r, n in zip(rows, (3, 0))]
+    assert per_class_table(rows).data.loc["spider", "precision"] == NEVER_PREDICTED
+    assert per_class_table(rows).data.loc["crater", "precision"] == "0.500"
+
+
+def test_the_row_normalised_confusion_matrix_leaves_a_class_without_tiles_blank():
+    from ui.figures import confusion_matrix
+    fig = confusion_matrix([[3, 1], [0, 0]], ["crater", "spider"], normalize=True)
+    heat = fig.data[0]
+    assert [list(r) for r in heat.text] == [["75%", "25%"], ["–", "–"]]
+    assert np.isnan(np.asarray(heat.z, dtype=float)[1]).all()
+    assert "no spider tiles" in heat.hovertext[1][0] and "3 of 4 tiles" in heat.hovertext[0][0]
+    counts = confusion_matrix([[3, 1], [0, 0]], ["crater", "spider"], normalize=False).data[0]
+    assert [list(r) for r in counts.text] == [["3", "1"], ["0", "0"]]

@@ -179,6 +179,7 @@ def run_of_checkpoint(path: Path) -> Run | None:
 
 
 NO_TILES = "no tiles"
+NEVER_PREDICTED = "never predicted"
 
 
 def _recall_colour(value: float | None) -> str:
@@ -191,13 +192,16 @@ def _recall_colour(value: float | None) -> str:
 
 
 def per_class_table(per_class: list[dict]) -> "pd.io.formats.style.Styler":
-    """Per-class precision, recall, F1 and support, recall coloured. A class the split has no tile of shows
-    "no tiles" as its recall and F1 (a red 0.000 read as total failure; Streamlit shows NaN as "None")."""
+    """Per-class precision, recall, F1, support and how often predicted, recall coloured. A class the split has
+    no tile of shows "no tiles" as its recall and F1 (a red 0.000 read as total failure; Streamlit shows NaN as
+    "None"); a class never predicted shows "never predicted" as its precision, which is undefined, not 0."""
     import pandas as pd  # here, not at the top: the Explain page's first prediction does not wait for it
     table = pd.DataFrame(per_class).set_index("class")
     absent = table["support"] == 0
+    unpredicted = (table["predicted"] == 0) if "predicted" in table else pd.Series(False, index=table.index)
     recall = table["recall"].astype(float).mask(absent)
     for column in ("precision", "recall", "f1"):
-        table[column] = [NO_TILES if a and column != "precision" else f"{v:.3f}"
-                         for v, a in zip(table[column].astype(float), absent)]
+        blank = unpredicted if column == "precision" else absent
+        text = NEVER_PREDICTED if column == "precision" else NO_TILES
+        table[column] = [text if b else f"{v:.3f}" for v, b in zip(table[column].astype(float), blank)]
     return table.style.apply(lambda col: [_recall_colour(recall[c]) for c in col.index], subset=["recall"])

@@ -59,13 +59,15 @@ def per_class(runs: Sequence[Run], reports: Mapping[str, dict | None], key: str 
             out[run.name] = _per_class_values(report, key)
         else:
             row = run.best_epoch()
-            if key == "recall" and row.get("val_recall"):
-                out[run.name] = [row["val_recall"].get(c, 0.0) for c in CLASS_NAMES]
+            if key == "recall" and row.get("val_recall"):  # no tiles of a class: no bar (None), not a 0
+                support = row.get("val_support") or {}
+                out[run.name] = [None if support.get(c) == 0 else row["val_recall"].get(c) for c in CLASS_NAMES]
     names = {run.name for run in runs}
     out |= {name: _per_class_values(report, key) for name, report in reports.items() if name not in names and report}
     return out
 
 
-def _per_class_values(report: dict, key: str) -> list[float]:
-    values = {c["class"]: c[key] for c in report["per_class"]}
-    return [values.get(c, 0.0) for c in CLASS_NAMES]
+def _per_class_values(report: dict, key: str) -> list[float | None]:
+    """A report's per-class `key` in class order; None (no bar) for a class its split has no tile of."""
+    values = {c["class"]: (c[key] if c["support"] else None) for c in report["per_class"]}
+    return [values.get(c) for c in CLASS_NAMES]

@@ -1,7 +1,7 @@
 """Plotly figures for the app, built from core's plain data (summaries, metrics rows, reports)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -47,18 +47,20 @@ def confusion_matrix(confusion: Sequence[Sequence[int]], class_names: Sequence[s
                      normalize: bool = False, title: str = "") -> go.Figure:
     """Rows are the true class, columns the prediction; hover shows counts and row rates either way."""
     cm = np.asarray(confusion, dtype=float)
-    rows = cm.sum(1, keepdims=True)
-    rate = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    rows = cm.sum(1)
+    n = len(class_names)
+    # a true class the split has no tile of has no rates: its row is left blank, not filled with 0%
+    rate = np.divide(cm, rows[:, None], out=np.full_like(cm, np.nan), where=rows[:, None] > 0)
     z = rate if normalize else cm
-    text = [[f"{rate[i, j]:.0%}" if normalize else f"{int(cm[i, j])}" for j in range(len(cm))] for i in range(len(cm))]
-    custom = np.dstack([cm, rate, np.repeat(rows, len(cm), axis=1)])
+    text = [["–" if normalize and not rows[i] else f"{rate[i, j]:.0%}" if normalize else f"{int(cm[i, j])}"
+             for j in range(n)] for i in range(n)]
+    hover = [[f"true {class_names[i]}, predicted {class_names[j]}<br>" +
+              (f"{int(cm[i, j])} of {int(rows[i])} tiles ({rate[i, j]:.1%} of the true class)" if rows[i]
+               else f"the split has no {class_names[i]} tiles") for j in range(n)] for i in range(n)]
     fig = go.Figure(go.Heatmap(
         z=z, x=list(class_names), y=list(class_names), text=text, texttemplate="%{text}", colorscale="Blues",
-        customdata=custom, zmin=0, showscale=False,
-        hovertemplate="true %{y}, predicted %{x}<br>%{customdata[0]:.0f} of %{customdata[2]:.0f} tiles "
-                      "(%{customdata[1]:.1%} of the true class)<extra></extra>"))
+        hovertext=hover, hovertemplate="%{hovertext}<extra></extra>", zmin=0, showscale=False))
     # Heatmap cells cannot be selected in Streamlit (streamlit#8760): an invisible marker per cell can.
-    n = len(class_names)
     fig.add_scatter(x=[class_names[j] for i in range(n) for j in range(n)],
                     y=[class_names[i] for i in range(n) for j in range(n)], mode="markers",
                     marker=dict(size=36, color="rgba(0,0,0,0)", symbol="square"), hoverinfo="none",
@@ -94,21 +96,30 @@ def training_curves(rows: list[dict]) -> go.Figure:
     return fig
 
 
-def compare_curves(runs: dict[str, list[dict]], key: str, label: str) -> go.Figure:
+def run_colours(names: Sequence[str]) -> dict[str, str]:
+    """One colour per run, for every chart of a page (a run keeps its colour when another chart lacks a run)."""
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+
+
+def compare_curves(runs: dict[str, list[dict]], key: str, label: str,
+                   colours: Mapping[str, str] | None = None) -> go.Figure:
+    colours = colours or run_colours(list(runs))
     fig = go.Figure()
-    for i, (name, rows) in enumerate(runs.items()):
+    for name, rows in runs.items():
         epochs = [r for r in rows if r.get("kind") == "epoch" and r.get(key) is not None]
         fig.add_scatter(x=[r["epoch"] for r in epochs], y=[r[key] for r in epochs], mode="lines+markers",
-                        name=name, line=dict(color=PALETTE[i % len(PALETTE)]))
+                        name=name, line=dict(color=colours[name]))
     fig.update_layout(xaxis_title="epoch", yaxis_title=label)
     return _layout(fig, label, height=320)
 
 
-def grouped_bars(values: dict[str, Sequence[float]], categories: Sequence[str], title: str, y_title: str
-                 ) -> go.Figure:
+def grouped_bars(values: dict[str, Sequence[float | None]], categories: Sequence[str], title: str, y_title: str,
+                 colours: Mapping[str, str] | None = None) -> go.Figure:
+    """One bar per (category, series); a None value draws no bar."""
+    colours = colours or run_colours(list(values))
     fig = go.Figure()
-    for i, (name, ys) in enumerate(values.items()):
-        fig.add_bar(name=name, x=list(categories), y=list(ys), marker_color=PALETTE[i % len(PALETTE)])
+    for name, ys in values.items():
+        fig.add_bar(name=name, x=list(categories), y=list(ys), marker_color=colours[name])
     fig.update_layout(barmode="group", yaxis_title=y_title, yaxis_range=[0, 1])
     return _layout(fig, title)
 

@@ -53,31 +53,38 @@ st.dataframe(shown.style.apply(lambda row: ["background-color: #fff3cd" if row.n
              height=min(36 * (len(shown) + 1) + 3, 1200))  # every setting in view, no scroll box
 
 reports = {r.name: r.evaluation() for r in chosen} | shipped_reports  # each saved evaluation read once
+names_shown = [r.name for r in chosen] + list(shipped_reports)
+colours = figures.run_colours(names_shown)  # a run keeps its colour in every chart below
 
 st.subheader("Metrics (validation, best checkpoint)")
 st.caption(IMBALANCE_NOTE)
 metrics = compare.metrics_table(chosen, reports)
 st.dataframe(metrics.style.format("{:.3f}", subset=[c for c in ("macro-F1", "balanced accuracy", "accuracy",
-                                                                "majority baseline") if c in metrics])
+                                                                "majority baseline") if c in metrics], na_rep="–")
+             .format("{:.0f}", subset=[c for c in ("val tiles", "best epoch") if c in metrics], na_rep="–")
              .highlight_max(subset=["macro-F1", "balanced accuracy"], color="#d4edda"), width="stretch")
 f1 = compare.per_class(chosen, reports, "f1")
 if f1:
-    st.plotly_chart(figures.grouped_bars(f1, CLASS_NAMES, "per-class F1", "F1"), width="stretch")
+    st.plotly_chart(figures.grouped_bars(f1, CLASS_NAMES, "per-class F1", "F1", colours), width="stretch")
 recall = compare.per_class(chosen, reports, "recall")
 if recall:
-    st.plotly_chart(figures.grouped_bars(recall, CLASS_NAMES, "per-class recall", "recall"), width="stretch")
-st.caption(RARE_NOTE)
+    st.plotly_chart(figures.grouped_bars(recall, CLASS_NAMES, "per-class recall", "recall", colours), width="stretch")
+no_f1 = [name for name in names_shown if name not in f1]
+if no_f1:
+    st.caption(f"No per-class F1 for {', '.join(no_f1)}: no saved evaluation (the run did not complete)" +
+               ("; the recall chart shows its best epoch's validation recall." if any(n in recall for n in no_f1)
+                else "."))
+st.caption(RARE_NOTE + " A class a split has no tiles of has no bar.")
 
 st.subheader("Curves")
 rows = {r.name: r.metrics() for r in chosen}
 a, b = st.columns(2)
-a.plotly_chart(figures.compare_curves(rows, "val_macro_f1", "validation macro-F1"), width="stretch")
-b.plotly_chart(figures.compare_curves(rows, "val_loss", "validation loss"), width="stretch")
-a.plotly_chart(figures.compare_curves(rows, "val_balanced_accuracy", "validation balanced accuracy"), width="stretch")
-b.plotly_chart(figures.compare_curves(rows, "train_loss", "training loss"), width="stretch")
+for column, (key, label) in zip((a, b, a, b), (("val_macro_f1", "validation macro-F1"), ("val_loss", "validation loss"),
+                                              ("val_balanced_accuracy", "validation balanced accuracy"),
+                                              ("train_loss", "training loss"))):
+    column.plotly_chart(figures.compare_curves(rows, key, label, colours), width="stretch")
 
 st.subheader("Confusion matrices (validation, row-normalised)")
-names_shown = [r.name for r in chosen] + list(shipped_reports)
 cols = st.columns(min(3, len(names_shown)))
 for i, name in enumerate(names_shown):
     report = reports[name]

@@ -14,6 +14,8 @@ from ui.gallery import tile_gallery
 from ui.common import (IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, data_for_config, get_model, model_choices,
                        per_class_table, progress_bar, run_of_checkpoint, show_error)
 
+CELL_TILES = 24  # tiles of a clicked confusion-matrix cell shown, surest first
+
 choices = model_choices()
 if not choices:
     st.warning("No model yet: train one on the Train page (the shipped default model lives in checkpoints/).")
@@ -128,13 +130,17 @@ def _tiles(config: dict, items: list[dict]) -> tuple[list, list[dict]]:
 
 cell = [p for p in report["predictions"] if p["true"] == true_cls and p["pred"] == pred_cls]
 cell.sort(key=lambda p: -max(p["probs"]))
-st.caption(f"{len(cell)} tiles are {true_cls} and predicted {pred_cls}; the 24 surest shown, each with its full "
-           "file name (the copy button beside it copies it).")
+if not cell:
+    st.caption(f"No tile is {true_cls} and predicted {pred_cls} in this split.")
+else:
+    which = (f"the {CELL_TILES} surest are shown" if len(cell) > CELL_TILES else
+             "it is shown" if len(cell) == 1 else "all are shown")
+    st.caption(f"{len(cell)} tile{'s are' if len(cell) > 1 else ' is'} {true_cls} and predicted {pred_cls}; "
+               f"{which}, each with its full file name (the copy button beside it copies it).")
 config = st.session_state.get("eval_config") or (run.config() if run else model.config)
 if cell and config.get("data"):
     try:
-        shown = cell[:24]
-        tile_gallery(*_tiles(config, shown))
+        tile_gallery(*_tiles(config, cell[:CELL_TILES]))
     except USER_ERRORS as exc:
         show_error(exc, "Cannot show tiles")
 
