@@ -348,3 +348,28 @@ def test_the_row_normalised_confusion_matrix_leaves_a_class_without_tiles_blank(
     assert "no spider tiles" in heat.hovertext[1][0] and "3 of 4 tiles" in heat.hovertext[0][0]
     counts = confusion_matrix([[3, 1], [0, 0]], ["crater", "spider"], normalize=False).data[0]
     assert [list(r) for r in counts.text] == [["3", "1"], ["0", "0"]]
+
+
+def test_progress_bar_times_each_stage_from_where_it_started(monkeypatch):
+    """A resumed feature pass starts at the tiles kept earlier (no speed in them), and the map's one-step
+    reduction that follows has no count to make an ETA from."""
+    import ui.common as common
+    shown = []
+
+    class Bar:
+        def progress(self, value, text=""):
+            shown.append(text)
+
+        def empty(self):
+            shown.append("(cleared)")
+
+    clock = iter([0.0, 10.0, 12.0, 30.0])
+    monkeypatch.setattr(common.st, "progress", lambda *args, **kwargs: Bar())
+    monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
+    update = common.progress_bar("Embedding")
+    update(512, 1024, "features at 260px")  # 512 kept from a stopped pass
+    update(612, 1024, "features at 260px")  # 100 tiles in 10 s
+    update(0, 1, "reducing to 2-D (umap)")
+    update(1, 1, "reducing to 2-D (umap)")
+    assert shown == ["features at 260px: 512/1,024 · 0/s · ETA …", "features at 260px: 612/1,024 · 10/s · ETA 41 s",
+                     "reducing to 2-D (umap)…", "reducing to 2-D (umap)…", "(cleared)"]

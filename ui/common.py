@@ -48,16 +48,22 @@ def share_cpu_with_jobs() -> None:
 
 
 def progress_bar(label: str) -> Callable[[int, int, str], None]:
-    """An on_progress callback drawing a Streamlit bar with counts, rate and ETA."""
+    """An on_progress callback drawing a Streamlit bar with counts, rate and ETA. Each stage (a new description)
+    is timed from its own start and from the count it started at (work kept from an earlier run is not speed);
+    a one-step stage shows its description alone, with no count to make an ETA from."""
     bar = st.progress(0.0, text=label)
-    start = time.perf_counter()
+    stage = {"desc": None, "start": 0.0, "from": 0}
 
     def update(done: int, total: int, desc: str) -> None:
-        elapsed = time.perf_counter() - start
-        if total:
-            rate = done / elapsed if elapsed > 0 else 0.0
-            eta = (total - done) / rate if rate > 0 else 0.0
-            bar.progress(min(1.0, done / total), text=f"{desc}: {done:,}/{total:,} · {rate:,.0f}/s · ETA {eta:,.0f} s")
+        now = time.perf_counter()
+        if desc != stage["desc"] or done < stage["from"]:
+            stage.update({"desc": desc, "start": now, "from": done})
+        if total > 1:
+            rate = (done - stage["from"]) / (now - stage["start"]) if now > stage["start"] else 0.0
+            eta = f"ETA {(total - done) / rate:,.0f} s" if rate > 0 else "ETA …"
+            bar.progress(min(1.0, done / total), text=f"{desc}: {done:,}/{total:,} · {rate:,.0f}/s · {eta}")
+        elif total == 1:
+            bar.progress(float(min(done, 1)), text=f"{desc}…")
         else:
             bar.progress(0.0, text=f"{desc}: {done:,}")
         if total and done >= total:

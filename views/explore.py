@@ -48,10 +48,11 @@ except USER_ERRORS as exc:
     show_error(exc, "Cannot load the data or the model")
     st.stop()
 
+side = size or model.image_size
 st.caption(f"{len(data.records):,} tiles from {', '.join(s.name for s in data.sources)} · {model.arch}, features "
-           f"read at {size or model.image_size}px" + ("" if size in (0, model.image_size) else
-                                                      f" (its own input is {model.image_size}px: the predictions shown "
-                                                      "are the model's at the smaller size)") + ". " + RARE_NOTE)
+           f"read at {side}px" + ("" if side == model.image_size else
+                                  f" (its own input is {model.image_size}px: the predictions shown are the model's at "
+                                  f"this {'smaller' if side < model.image_size else 'larger'} size)") + ". " + RARE_NOTE)
 if data.overrides is not None:
     st.caption(f"Label overrides: {data.overrides.describe()}.")
 
@@ -85,20 +86,25 @@ with map_tab:
     key = (*run_key, method)
     emb = st.session_state.get("explore_map") if st.session_state.get("explore_map_key") == key else None
     cached = emb is None and is_cached(model, data, method, size)  # hashes the checkpoint: only when needed
-    if emb is None and not cached and model.device.type == "cpu":
-        side = size or model.image_size
-        done = kept_tiles(model, data, size)
-        todo = len(data.records) - done
-        cost = (f"about {_duration(todo / (MEASURED_TILES_PER_S * (260 / side) ** 2))} on a 2-core CPU "
-                f"at {side}px" if model.arch == "tf_efficientnet_lite2" else f"minutes on a CPU for a {model.arch}")
-        so_far = f" ({done:,} were done by an earlier pass that was stopped; {todo:,} are left)" if done else ""
-        st.caption(f"Not drawn yet: the first map reads the features of all {len(data.records):,} tiles once{so_far} "
-                   f"({cost}; less with more cores or a GPU), with a progress bar; then it is cached and redrawn in "
-                   "seconds. Leaving the page stops the pass; drawn again, it goes on from where it stood (finished "
-                   f"work is kept every {PART_TILES:,} tiles).")
-    if emb is None and (cached or st.button(
-            "Draw the map", type="primary", help="Cold: a feature pass over every tile (minutes on a CPU, once); "
-                                                 "later: read from the cache in seconds, without asking")):
+    intro = st.empty()  # what the map costs, and the button: cleared once the map is drawn
+    clicked = False
+    if emb is None and not cached:
+        with intro.container():
+            if model.device.type == "cpu":
+                done = kept_tiles(model, data, size)
+                todo = len(data.records) - done
+                cost = (f"about {_duration(todo / (MEASURED_TILES_PER_S * (260 / side) ** 2))} on a 2-core CPU at "
+                        f"{side}px" if model.arch == "tf_efficientnet_lite2" else f"minutes on a CPU for a {model.arch}")
+                so_far = f" ({done:,} were done by an earlier pass that was stopped; {todo:,} are left)" if done else ""
+                st.caption(f"Not drawn yet: the first map reads the features of all {len(data.records):,} tiles once"
+                           f"{so_far} ({cost}; less with more cores or a GPU), with a progress bar; then it is cached "
+                           "and redrawn in seconds. Leaving the page stops the pass; drawn again, it goes on from where "
+                           f"it stood (finished work is kept every {PART_TILES:,} tiles).")
+            clicked = st.button("Draw the map", type="primary",
+                                help="Cold: a feature pass over every tile (minutes on a CPU, once); later: read from "
+                                     "the cache in seconds, without asking")
+    if emb is None and (cached or clicked):
+        intro.empty()
         try:
             emb = embed(model, data, method, size, on_progress=progress_bar("Embedding"))
             st.session_state["explore_map_key"], st.session_state["explore_map"] = key, emb
