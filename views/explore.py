@@ -175,35 +175,48 @@ with review_tab:
         review = stored[1]
         rejected: set[str] = st.session_state.setdefault("explore_rejected", set())
         todo = review.suspects[~review.suspects["file"].isin(rejected | set(current))]
-        st.write(f"**{len(review.suspects):,}** suspects among {len(data.records):,} tiles ({review.folds} folds); "
-                 f"{len(todo):,} awaiting a decision. The heads that judge the labels score macro-F1 "
+        flagged = todo.groupby("landmark", sort=False)["file"].apply(list).to_dict()
+        heads = todo.drop_duplicates("landmark")  # one decision per landmark: its best-ranked flagged copy
+        st.write(f"**{len(review.suspects):,}** suspect tiles among {len(data.records):,} ({review.folds} folds); "
+                 f"{len(todo):,} awaiting a decision, in {len(heads):,} landmarks (an original and its augmented "
+                 f"copies are decided together). Ranked by the out-of-sample probability of the given label, lowest "
+                 f"(surest finding) first. The heads that judge the labels score macro-F1 "
                  f"{review.judge_macro_f1:.3f} out of sample.")
+        may_accept = review.trustworthy
         if not review.trustworthy:
             st.warning(f"These features are too weak to judge labels: heads on them reach a macro-F1 of only "
                        f"{review.judge_macro_f1:.2f}, so they contradict good labels everywhere and most suspects "
                        "are noise. Review with a better model (Model, in the sidebar) before accepting any.",
                        icon=":material/warning:")
+            may_accept = st.checkbox("Let me accept suggestions anyway", key="accept_weak")
         st.download_button("Download suspects (CSV)", review.suspects.to_csv(index=False), "suspects.csv", "text/csv")
-        start = int(st.number_input("From rank", 1, max(1, len(todo)), 1, REVIEW_PAGE)) - 1
-        chunk = todo.iloc[start:start + REVIEW_PAGE]
+        start = int(st.number_input("From landmark", 1, max(1, len(heads)), 1, REVIEW_PAGE)) - 1
+        chunk = heads.iloc[start:start + REVIEW_PAGE]
         by_name = {r.name: r for r in data.records}
         for _, row in chunk.iterrows():
             rec = by_name.get(row["file"])
+            given = CLASS_NAMES.index(row["given"])
+            copies = sorted({r.name for r in data.records if r.landmark == row["landmark"] and r.label == given})
+            others = [f for f in flagged[row["landmark"]] if f != row["file"]]
             c1, c2, c3 = st.columns([1, 2, 1])
             if rec is not None:
                 c1.image(data.tiles([rec])[0], width="stretch")
-            c2.markdown(f"**#{row['rank']}** `{row['file']}`  \ngiven **{row['given']}** ({row['p_given']:.0%}) → "
-                        f"suggested **{row['suggested']}** ({row['p_suggested']:.0%})  \n{row['source']} · "
-                        f"{row['observation'] or 'no observation'} · {row['split']}")
-            if c3.button("Accept", key=f"acc-{row['file']}", type="primary"):
+            c2.markdown(f"**#{row['rank']}** `{row['file']}`  \ngiven **{row['given']}** (out-of-sample "
+                        f"{row['p_given']:.0%}) → suggested **{row['suggested']}** ({row['p_suggested']:.0%})  \n"
+                        f"{row['source']} · {row['observation'] or 'no observation'} · {row['split']}")
+            if len(copies) > 1:
+                c2.caption(f"Deciding for the landmark's {len(copies)} tiles labelled {row['given']}"
+                           + (f"; also flagged: {', '.join(others)}" if others else "") + ".")
+            if c3.button("Accept", key=f"acc-{row['file']}", type="primary", disabled=not may_accept,
+                         help=None if may_accept else "The judging heads are too weak: see the warning above"):
                 try:
-                    update_overrides([Override(row["file"], CLASS_NAMES.index(row["suggested"]), row["given"],
-                                               "label review")], path=LABEL_OVERRIDES_FILE)
+                    update_overrides([Override(f, CLASS_NAMES.index(row["suggested"]), row["given"], "label review")
+                                      for f in copies or [row["file"]]], path=LABEL_OVERRIDES_FILE)
                     st.rerun()
                 except (OverridesError, OSError) as exc:
                     show_error(exc, "Not saved")
             if c3.button("Reject", key=f"rej-{row['file']}"):
-                rejected.add(row["file"])
+                rejected.update([row["file"], *others])
                 st.rerun()
     if current:
         with st.expander(f"{len(current)} accepted override(s) in {LABEL_OVERRIDES_FILE}"):

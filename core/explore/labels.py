@@ -117,6 +117,7 @@ def suspects_table(records: list[Record], labels: np.ndarray, probs: np.ndarray,
     return pd.DataFrame({
         "rank": np.arange(1, len(issues) + 1),
         "file": [records[i].name for i in issues],
+        "landmark": [records[i].landmark for i in issues],  # an original and its augmented copies share it
         "given": names[labels[issues]],
         "suggested": names[suggested],
         "p_suggested": sub[np.arange(len(issues)), suggested].round(4),
