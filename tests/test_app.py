@@ -303,6 +303,9 @@ def test_a_running_job_cannot_be_deleted(with_runs):
         at = run_page("views/train.py")
         next(s for s in at.selectbox if s.label == "Watch run").set_value(run.name).run()
         assert button(at, "Delete this run…").disabled
+        at.session_state["confirm_delete"] = run.name  # asked before the run was resumed
+        at.run()
+        assert not any(b.label.startswith("Yes, delete") for b in at.button) and button(at, "Delete this run…").disabled
         with pytest.raises(RunBusy):
             delete_run(run)
         assert run.config_file.is_file()

@@ -33,7 +33,10 @@ def _forget() -> None:
 
 
 def delete_button(run: Run, active: bool) -> None:
-    """Delete, after an explicit confirmation naming the run; a queued or running job must be cancelled first."""
+    """Delete, after an explicit confirmation naming the run; a queued or running job must be cancelled first
+    (a confirmation asked before the run was resumed is withdrawn)."""
+    if active and st.session_state.get("confirm_delete") == run.name:
+        _forget()
     if st.session_state.get("confirm_delete") != run.name:
         st.button("Delete this run…", on_click=_ask, args=(run.name,), disabled=active, icon=":material/delete:",
                   help="A queued or running job cannot be deleted: cancel it first." if active else
