@@ -15,6 +15,7 @@ from core.config import RunConfig
 from core.models import default_cam_layer
 from core.runs import Run, list_runs
 from core.settings import APP_STATE_FILE, DEFAULT_CHECKPOINT, PROJECT_ROOT, RUNS_DIR
+from ui import appstate
 from core.train import train
 from tests import synthetic
 
@@ -102,6 +103,27 @@ def test_dataset_page_refuses_what_it_cannot_read_before_saving(no_data, tmp_pat
     button(at, "Use these sources").click().run()
     assert message in texts(at) and "Nothing was changed" in texts(at) and not at.exception
     assert json.loads(Path(APP_STATE_FILE).read_text())["data_paths"] == []
+
+
+@pytest.mark.parametrize("typed, message", [("-5", "-5 is outside 0 to 4,294,967,295"),
+                                            ("abc", "`abc` is not a whole number"),
+                                            ("", "empty: enter a whole number")])
+def test_dataset_page_refuses_a_bad_split_seed_and_keeps_the_last(with_runs, typed, message):
+    """Also: each change to a sidebar option is kept, the second as the first (an unkeyed widget whose default
+    is the remembered choice became a new widget after the first change and dropped the next)."""
+    at = run_page("views/dataset.py")
+    seed = next(t for t in at.sidebar.text_input if t.label == "Split seed")
+    seed.input("7").run()
+    assert appstate.data_spec().split_seed == 7 and not at.error
+    next(t for t in at.sidebar.text_input if t.label == "Split seed").input(typed).run()
+    assert f"Split seed: {message}. The data below keeps seed 7" in texts(at) and not at.exception
+    assert appstate.data_spec().split_seed == 7  # kept, and said so
+    next(t for t in at.sidebar.text_input if t.label == "Split seed").input("0").run()
+    share = next(s for s in at.sidebar.slider if s.label == "Validation share")
+    share.set_value(0.2).run()
+    next(s for s in at.sidebar.slider if s.label == "Validation share").set_value(0.25).run()
+    assert appstate.data_spec().val_fraction == 0.25 and appstate.data_spec().split_seed == 0
+    next(s for s in at.sidebar.slider if s.label == "Validation share").set_value(0.15).run()
 
 
 def test_dataset_page_summarises_the_data(with_runs):

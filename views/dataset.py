@@ -9,6 +9,7 @@ import streamlit as st
 
 from core.classes import CLASS_DESCRIPTIONS, CLASS_NAMES
 from core.data import CONFLICT_POLICIES, SPLIT_MODES, DataSpec, read_source, summarize
+from core.config import field_bounds
 from core.data.spec import FRACTION_LIMIT, FRACTION_STEP
 from core.download import DEFAULT_DEST, DownloadError, download_v32
 from ui import appstate, figures
@@ -84,20 +85,34 @@ if not paths:
 
 remembered = appstate.data_spec()  # the last choices, on this page or another, kept across restarts
 share_max = FRACTION_LIMIT - FRACTION_STEP  # validation's range [0, 1), on the sliders' grid
+# Keyed widgets: an unkeyed widget whose default (the remembered choice) changes becomes a new widget, and the
+# reader's next change to the old one is dropped without a word.
 with st.sidebar:
     st.header("Merge and split")
     policy = st.selectbox("Label conflicts", CONFLICT_POLICIES, CONFLICT_POLICIES.index(remembered.conflict_policy),
-                          help="newest version wins, first source wins, or drop conflicting tiles")
-    split_mode = st.selectbox("Split", SPLIT_MODES, SPLIT_MODES.index(remembered.split_mode),
+                          key="ds_policy", help="newest version wins, first source wins, or drop conflicting tiles")
+    split_mode = st.selectbox("Split", SPLIT_MODES, SPLIT_MODES.index(remembered.split_mode), key="ds_split_mode",
                               help="auto: the official split when the files carry val and test rows, else grouped "
                               "by observation")
     val_fraction = st.slider("Validation share", 0.0, share_max, min(remembered.val_fraction, share_max),
-                             FRACTION_STEP)
-    test_fraction = st.slider("Test share", 0.0, share_max, min(remembered.test_fraction, share_max), FRACTION_STEP)
-    seed = st.number_input("Split seed", 0, 10_000, remembered.split_seed)
-    repeats = st.checkbox("Keep the split file's repeated rows", remembered.keep_split_repeats)
+                             FRACTION_STEP, key="ds_val_fraction")
+    test_fraction = st.slider("Test share", 0.0, share_max, min(remembered.test_fraction, share_max), FRACTION_STEP,
+                              key="ds_test_fraction")
+    seed_low, seed_high = field_bounds("split_seed")
+    seed_text = st.text_input("Split seed", str(remembered.split_seed), key="ds_split_seed",
+                              help=f"Which grouped split: a whole number from {seed_low} to {seed_high:,}")
+    repeats = st.checkbox("Keep the split file's repeated rows", remembered.keep_split_repeats, key="ds_repeats")
 
-spec = DataSpec(tuple(paths), policy, split_mode, val_fraction, test_fraction, int(seed), repeats)
+try:
+    seed = int(seed_text.strip())
+    seed_problem = "" if seed_low <= seed <= seed_high else f"{seed} is outside {seed_low} to {seed_high:,}"
+except ValueError:
+    seed_problem = f"`{_shown(seed_text.strip(), 40)}` is not a whole number" if seed_text.strip() else \
+        "empty: enter a whole number"
+if seed_problem:
+    st.error(f"Split seed: {seed_problem}. The data below keeps seed {remembered.split_seed}; nothing was changed.")
+    seed = remembered.split_seed
+spec = DataSpec(tuple(paths), policy, split_mode, val_fraction, test_fraction, seed, repeats)
 if spec.problem():
     st.error(spec.problem())
     st.stop()
