@@ -172,8 +172,9 @@ def plan(base: RunConfig | dict[str, Any], axes: Sequence[Axis], check_ready: bo
     for a in axes:
         total *= len(a.values)
     if total > MAX_RUNS:
-        raise GridError(f"{' x '.join(str(len(a.values)) for a in axes)} = {total} runs: a grid holds at most "
-                        f"{MAX_RUNS}; drop some values")
+        product = f"{' x '.join(str(len(a.values)) for a in axes)} = {total} runs" if len(axes) > 1 else \
+            f"{total} values, {total} runs"
+        raise GridError(f"{product}: a grid holds at most {MAX_RUNS}; drop some values")
     prefix = str(base.get("name") or "").strip()
     combos, configs = [], []
     for values in itertools.product(*(a.values for a in axes)):

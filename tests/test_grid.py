@@ -75,6 +75,8 @@ def test_too_many_fields_or_runs_and_a_field_given_twice(data_dir):
     big = [grid.parse_axis("seed=0,1,2,3,4"), grid.parse_axis("lr=1e-3,2e-3,3e-3,4e-3,5e-3")]
     with pytest.raises(grid.GridError, match=r"5 x 5 = 25 runs: a grid holds at most 24"):
         grid.plan(base(data_dir), big)
+    with pytest.raises(grid.GridError, match=r"^30 values, 30 runs: a grid holds at most 24"):
+        grid.plan(base(data_dir), [grid.parse_axis("seed=" + ",".join(map(str, range(30))))])
     with pytest.raises(grid.GridError, match="^seed: varied twice"):
         grid.plan(base(data_dir), [grid.parse_axis("seed=0,1"), grid.parse_axis("seed=2,3")])
 

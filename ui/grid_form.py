@@ -76,6 +76,7 @@ def grid_form(values: dict[str, Any]) -> None:
             show_error(exc, "Grid not launched")
             return
         st.session_state[SHOWN] = grid_id
+        st.session_state["selected_run"] = runs[0].name  # Watch run follows the grid's first run
         st.success(f"Grid {grid_id}: queued {len(runs)} runs (tagged grid:{grid_id}). Its results are under "
                    "Grid results below.", icon=":material/check:")
 
