@@ -14,8 +14,8 @@ from core.imageio import IMAGE_SUFFIXES, TILE_SIZE, decode_gray
 MAX_FILES = 24
 
 # Cold start: the uploader comes first, before torch, the model and the CAM library are imported or loaded.
-uploads = st.file_uploader("Upload tiles (JPEG, PNG, TIFF, BMP, GIF or WebP; colour images are converted to "
-                           "grayscale)", type=[s.lstrip(".") for s in IMAGE_SUFFIXES], accept_multiple_files=True)
+uploads = st.file_uploader("Upload tiles (JPEG, PNG, TIFF, BMP, GIF or WebP up to 64 MiB each; colour images are "
+                           "converted to grayscale)", type=[s.lstrip(".") for s in IMAGE_SUFFIXES], accept_multiple_files=True)
 items: list[tuple[str, bytes]] = [(u.name, u.getvalue()) for u in uploads or []]
 if len(items) > MAX_FILES:
     st.warning(f"{len(items)} files uploaded: showing the first {MAX_FILES}.")
