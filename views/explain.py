@@ -132,9 +132,13 @@ def _explain(model_key: str, digest: str, _tile: np.ndarray, method: str, target
     return explain(model, _tile, method, target, aug, eig)
 
 
+PERTURBATION = {"scorecam": "the whole model", "ablationcam": "the layers above the target"}
+slow = (f" It runs {PERTURBATION[method]} once per channel of the layer"
+        + (", for each smoothing view" if aug_smooth else "") + ": a minute or more on a CPU.") \
+    if method in PERTURBATION else ""
 for name, digest, pred, cam_col, side_col in shown:
     try:
-        with cam_col, st.spinner(f"{method} on {name}…"):
+        with cam_col, st.spinner(f"{method} on {name}…{slow}"):
             exp = _explain(model_key, f"{digest}:{stride}", pred.tile, method, target, aug_smooth, eigen_smooth)
     except USER_ERRORS as exc:
         cam_col.error(f"{name}: no {method} map: {exc}")
