@@ -39,7 +39,7 @@ def class_counts(summary: dict, log_scale: bool = True) -> go.Figure:
                     hovertemplate="%{x}: %{y} tiles (%{customdata[0]} originals)<extra>" + split + "</extra>")
     fig.update_layout(barmode="group", yaxis_title="tiles" + (" (log scale)" if log_scale else ""))
     if log_scale:
-        fig.update_yaxes(type="log")
+        fig.update_yaxes(type="log", dtick=1, tickformat=",d")  # 1, 10, 100, ...: no bare minor-tick digits
     return _layout(fig)
 
 
@@ -163,7 +163,7 @@ def lr_finder(result: dict) -> go.Figure:
     if result.get("suggested_lr"):
         fig.add_vline(x=result["suggested_lr"], line_dash="dash", line_color=PALETTE[3],
                       annotation_text=f"suggested {result['suggested_lr']:.1e}", annotation_position="bottom right")
-    fig.update_xaxes(type="log", title="learning rate")
+    fig.update_xaxes(type="log", title="learning rate", dtick=1, exponentformat="power")
     fig.update_yaxes(title="loss", range=[0, min(max(result["smoothed"] or [1]) * 1.1, 3 * min(result["smoothed"] or
                                                                                              [1]) + 1)])
     return _layout(fig, "LR range test", height=320)
