@@ -255,7 +255,7 @@ def test_review_finds_flipped_labels_in_separable_features():
     assert len(found & set(flipped.tolist())) >= 8
     assert len(found - set(flipped.tolist())) <= 5
     s = review.suspects
-    assert list(s.columns[:6]) == ["rank", "file", "given", "suggested", "p_suggested", "p_given"]
+    assert list(s.columns[:7]) == ["rank", "file", "landmark", "given", "suggested", "p_suggested", "p_given"]
     top = s.iloc[0]
     assert top["given"] != top["suggested"]
     i = int(top["file"].split("-")[1].split(".")[0])
@@ -302,7 +302,7 @@ def test_cli_embed_and_labels(tiny, v32_folder, tmp_path, capsys):
     assert cli.main(["labels", "--data", str(v32_folder), "--checkpoint", str(tiny.path), "--size", "32",
                      "--folds", "3", "--out", str(suspects)]) == 0
     s = pd.read_csv(suspects)
-    assert list(s.columns[:6]) == ["rank", "file", "given", "suggested", "p_suggested", "p_given"]
+    assert list(s.columns[:7]) == ["rank", "file", "landmark", "given", "suggested", "p_suggested", "p_given"]
     assert "suspect label(s) among" in capsys.readouterr().out
 
 
