@@ -16,13 +16,6 @@ from ui import appstate, figures
 from ui.common import IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, get_data, progress_bar, show_error
 
 
-with st.form("sources"):
-    text = st.text_area("Data sources: one folder or zip per line (official v3.2 / v3 layout, or your own tiles "
-                        "with labels.csv or class-named sub-folders). Several are merged.",
-                        value="\n".join(appstate.data_paths()), height=110)
-    saved = st.form_submit_button("Use these sources", type="primary")
-
-
 def _located(line: str) -> tuple[str | None, str]:
     """(the absolute path of a typed source, "") or (None, why it is not one): a path that is missing, too long
     for the file system or holds a NUL byte is reported, never raised."""
@@ -39,6 +32,11 @@ def _shown(line: str, limit: int = 80) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text).replace("`", "'")
 
 
+with st.form("sources"):
+    text = st.text_area("Data sources: one folder or zip per line (official v3.2 / v3 layout, or your own tiles "
+                        "with labels.csv or class-named sub-folders). Several are merged.",
+                        value="\n".join(appstate.data_paths()), height=110)
+    saved = st.form_submit_button("Use these sources", type="primary")
 if saved:
     typed = [line.strip() for line in text.splitlines() if line.strip()]
     located = [(line, *_located(line)) for line in typed]
