@@ -362,6 +362,8 @@ def test_a_class_without_tiles_shows_no_recall_but_says_why():
     rows = [{**r, "predicted": n} for r, n in zip(rows, (3, 0))]
     assert per_class_table(rows).data.loc["spider", "precision"] == NEVER_PREDICTED
     assert per_class_table(rows).data.loc["crater", "precision"] == "0.500"
+    older = [{k: v for k, v in r.items() if k != "predicted"} for r in rows]  # counted from the confusion matrix
+    assert per_class_table(older, [[3, 0], [1, 0]]).data.loc["spider", "precision"] == NEVER_PREDICTED
 
 
 def test_the_row_normalised_confusion_matrix_leaves_a_class_without_tiles_blank():

@@ -197,12 +197,14 @@ def _recall_colour(value: float | None) -> str:
     return f"background-color: rgb({r * 255:.0f}, {g * 255:.0f}, {b * 255:.0f}); color: black"
 
 
-def per_class_table(per_class: list[dict]) -> "pd.io.formats.style.Styler":
+def per_class_table(per_class: list[dict], confusion: list[list[int]] | None = None) -> "pd.io.formats.style.Styler":
     """Per-class precision, recall, F1, support and how often predicted, recall coloured. A class the split has
     no tile of shows "no tiles" as its recall and F1 (a red 0.000 read as total failure; Streamlit shows NaN as
     "None"); a class never predicted shows "never predicted" as its precision, which is undefined, not 0."""
     import pandas as pd  # here, not at the top: the Explain page's first prediction does not wait for it
     table = pd.DataFrame(per_class).set_index("class")
+    if "predicted" not in table and confusion is not None:  # a report saved before it counted predictions
+        table["predicted"] = [sum(column) for column in zip(*confusion)]
     absent = table["support"] == 0
     unpredicted = (table["predicted"] == 0) if "predicted" in table else pd.Series(False, index=table.index)
     recall = table["recall"].astype(float).mask(absent)

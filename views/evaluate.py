@@ -98,7 +98,7 @@ with left:
                             on_select="rerun", selection_mode="points", key="cm", width="stretch")
 with right:
     st.markdown("**Per class**")
-    st.dataframe(per_class_table(report["per_class"]), width="stretch")
+    st.dataframe(per_class_table(report["per_class"], report.get("confusion")), width="stretch")
     absent = [c["class"] for c in report["per_class"] if c["support"] == 0]
     if absent:
         st.caption(f"This split has no tiles of {', '.join(absent)}: no recall or F1 for them, and the macro "
