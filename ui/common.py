@@ -185,7 +185,7 @@ def run_of_checkpoint(path: Path) -> Run | None:
 
 
 NO_TILES = "no tiles"
-NEVER_PREDICTED = "never predicted"
+NEVER_PREDICTED = "n/a"  # short: the table sits in a narrow column (never_predicted names the classes)
 
 
 def _recall_colour(value: float | None) -> str:
@@ -197,19 +197,28 @@ def _recall_colour(value: float | None) -> str:
     return f"background-color: rgb({r * 255:.0f}, {g * 255:.0f}, {b * 255:.0f}); color: black"
 
 
+def never_predicted(per_class: list[dict], confusion: list[list[int]] | None = None) -> list[str]:
+    """The classes a report's model never answered (their precision is undefined); a report saved before
+    predictions were counted per class gives them through its confusion matrix's columns."""
+    if per_class and "predicted" in per_class[0]:
+        return [c["class"] for c in per_class if c["predicted"] == 0]
+    if confusion is None:
+        return []
+    return [c["class"] for c, column in zip(per_class, zip(*confusion)) if sum(column) == 0]
+
+
 def per_class_table(per_class: list[dict], confusion: list[list[int]] | None = None) -> "pd.io.formats.style.Styler":
-    """Per-class precision, recall, F1, support and how often predicted, recall coloured. A class the split has
+    """Per-class precision, recall, F1 and support, recall coloured. A class the split has
     no tile of shows "no tiles" as its recall and F1 (a red 0.000 read as total failure; Streamlit shows NaN as
-    "None"); a class never predicted shows "never predicted" as its precision, which is undefined, not 0."""
+    "None"); a class never predicted shows "n/a" as its precision, which is undefined, not 0."""
     import pandas as pd  # here, not at the top: the Explain page's first prediction does not wait for it
     table = pd.DataFrame(per_class).set_index("class")
-    if "predicted" not in table and confusion is not None:  # a report saved before it counted predictions
-        table["predicted"] = [sum(column) for column in zip(*confusion)]
     absent = table["support"] == 0
-    unpredicted = (table["predicted"] == 0) if "predicted" in table else pd.Series(False, index=table.index)
+    unpredicted = table.index.isin(never_predicted(per_class, confusion))
     recall = table["recall"].astype(float).mask(absent)
     for column in ("precision", "recall", "f1"):
         blank = unpredicted if column == "precision" else absent
         text = NEVER_PREDICTED if column == "precision" else NO_TILES
         table[column] = [text if b else f"{v:.3f}" for v, b in zip(table[column].astype(float), blank)]
+    table = table.drop(columns="predicted", errors="ignore")  # said through precision; the table keeps its width
     return table.style.apply(lambda col: [_recall_colour(recall[c]) for c in col.index], subset=["recall"])

@@ -12,7 +12,7 @@ from core.precision import bf16_native
 from ui import appstate, figures
 from ui.gallery import tile_gallery
 from ui.common import (IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, data_for_config, get_model, model_choices,
-                       per_class_table, progress_bar, run_of_checkpoint, show_error)
+                       never_predicted, per_class_table, progress_bar, run_of_checkpoint, show_error)
 
 CELL_TILES = 24  # tiles of a clicked confusion-matrix cell shown, surest first
 
@@ -103,6 +103,9 @@ with right:
     if absent:
         st.caption(f"This split has no tiles of {', '.join(absent)}: no recall or F1 for them, and the macro "
                    "figures average over the other classes.")
+    unanswered = never_predicted(report["per_class"], report.get("confusion"))
+    if unanswered:
+        st.caption(f"The model never answered {', '.join(unanswered)}: their precision is undefined (n/a), not 0.")
     few = report.get("few_tiles") or []
     st.caption(RARE_NOTE + (f" Here: {', '.join(few)}." if few else ""))
     if report.get("confused_pairs"):
