@@ -391,7 +391,7 @@ def test_progress_bar_times_each_stage_from_where_it_started(monkeypatch):
             shown.append("(cleared)")
 
     clock = iter([0.0, 10.0, 12.0, 30.0])
-    monkeypatch.setattr(common.st, "progress", lambda *args, **kwargs: Bar())
+    monkeypatch.setattr(common.st, "empty", lambda *args, **kwargs: Bar())
     monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
     update = common.progress_bar("Embedding")
     update(512, 1024, "features at 260px")  # 512 kept from a stopped pass

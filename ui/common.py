@@ -50,12 +50,14 @@ def share_cpu_with_jobs() -> None:
 def progress_bar(label: str) -> Callable[[int, int, str], None]:
     """An on_progress callback drawing a Streamlit bar with counts, rate and ETA. Each stage (a new description)
     is timed from its own start and from the count it started at (work kept from an earlier run is not speed);
-    a one-step stage shows its description alone, with no count to make an ETA from."""
-    bar = st.progress(0.0, text=label)
+    a one-step stage shows its description alone, with no count to make an ETA from. The bar appears with the
+    first report (work read from a cache reports none, and leaves no empty bar behind)."""
+    bar = st.empty()
     stage = {"desc": None, "start": 0.0, "from": 0}
 
     def update(done: int, total: int, desc: str) -> None:
         now = time.perf_counter()
+        desc = desc or label
         if desc != stage["desc"] or done < stage["from"]:
             stage.update({"desc": desc, "start": now, "from": done})
         if total > 1:
