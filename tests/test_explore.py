@@ -105,6 +105,36 @@ def test_a_stopped_feature_pass_goes_on_where_it_stood(tiny, data, cache, monkey
     assert get_features(tiny, data, size=32, cache_root=cache).from_cache
 
 
+def test_a_damaged_kept_part_is_computed_again_and_two_sessions_share_a_pass(tiny, data, cache, monkeypatch):
+    import threading
+
+    import core.explore.features as features_module
+    monkeypatch.setattr(features_module, "PART_TILES", 16)
+    whole, _ = compute_features(tiny, data, data.records, size=32)
+    parts = cache_dir(cache) / f"features-{features_key(tiny, data, data.records, 32)}.parts"
+    parts.mkdir(parents=True)
+    (parts / f"{0:08d}-{16:08d}.npz").write_bytes(b"not a zip at all")  # a part cut short by a crash
+    (parts / "notes.npz").write_bytes(b"")  # not a part name: ignored
+    assert kept_tiles(tiny, data, 32, cache_root=cache) == 16
+    results, errors = [], []
+
+    def session():
+        try:
+            results.append(get_features(tiny, data, size=32, cache_root=cache).features)
+        except Exception as exc:  # noqa: BLE001 - the test reports any failure of either session
+            errors.append(exc)
+
+    threads = [threading.Thread(target=session) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:1]
+    for features in results:
+        np.testing.assert_allclose(features, whole, rtol=1e-4, atol=1e-5)
+    assert get_features(tiny, data, size=32, cache_root=cache).from_cache
+
+
 @pytest.mark.parametrize("damage", [b"", b"not a zip at all", None])
 def test_corrupt_feature_cache_is_rebuilt(tiny, data, cache, damage):
     first = get_features(tiny, data, size=32, cache_root=cache)
