@@ -108,7 +108,7 @@ def test_dataset_page_refuses_what_it_cannot_read_before_saving(no_data, tmp_pat
 @pytest.mark.parametrize("typed, message", [("-5", "-5 is outside 0 to 4,294,967,295"),
                                             ("abc", "`abc` is not a whole number"),
                                             ("nan", "`nan` is not a whole number"),
-                                            ("9" * 30, "is outside 0 to 4,294,967,295"),
+                                            ("9" * 30, "9" * 30 + " is outside 0 to 4,294,967,295"),
                                             ("", "empty: enter a whole number")])
 def test_dataset_page_refuses_a_bad_split_seed_and_keeps_the_last(with_runs, typed, message):
     """Also: each change to a sidebar option is kept, the second as the first (an unkeyed widget whose default
