@@ -402,3 +402,19 @@ def test_progress_bar_times_each_stage_from_where_it_started(monkeypatch):
     update(1, 1, "reducing to 2-D (umap)")
     assert shown == ["features at 260px: 512/1,024 · 0/s · ETA …", "features at 260px: 612/1,024 · 10/s · ETA 41 s",
                      "reducing to 2-D (umap)…", "reducing to 2-D (umap)…", "(cleared)"]
+
+
+def test_the_live_recall_row_says_no_tiles_for_a_class_the_split_lacks(with_runs):
+    """Old runs stored 0.0, new ones None, for a class without validation tiles: both read "no tiles", never
+    "None" (Streamlit shows a NaN that way whatever the Styler says) nor a red 0.00."""
+    from ui.common import NO_TILES
+    row = {"kind": "epoch", "epoch": 1, "step": 4, "train_loss": 1.0, "val_loss": 1.0, "val_accuracy": 0.5,
+           "val_macro_f1": 0.4, "val_balanced_accuracy": 0.4, "images_per_s": 10.0, "seconds": 1.0, "best": True,
+           "val_recall": {"other": 0.5, "crater": 0.25, "spider": None, "swiss cheese": 0.0},
+           "val_support": {"other": 4, "crater": 4, "spider": 0, "swiss cheese": 0}}
+    run = _fake_run("20260104-000000-recall", {"state": "completed"})
+    run.metrics_file.write_text(json.dumps(row) + "\n")
+    at = run_page("views/train.py")
+    next(s for s in at.selectbox if s.label == "Watch run").set_value(run.name).run()
+    table = next(d.value for d in at.dataframe if "val recall" in list(d.value.index))
+    assert list(table.loc["val recall"]) == ["0.50", "0.25", NO_TILES, NO_TILES] and not at.exception

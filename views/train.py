@@ -10,7 +10,7 @@ from core.config import ConfigError, RunConfig
 from core.models import WeightsUnavailable, fetch_imagenet_weights, imagenet_status
 from core.runs import ACTIVE_STATES, list_runs, read_json
 from ui import appstate, figures
-from ui.common import IMBALANCE_NOTE, USER_ERRORS, data_for_config, show_error
+from ui.common import IMBALANCE_NOTE, NO_TILES, USER_ERRORS, data_for_config, show_error
 from ui.grid_form import grid_form, grid_results
 from ui.run_admin import delete_button, notes_editor
 from ui.run_form import GROUP_TITLES, checked_config, group_of, propose, run_form
@@ -128,9 +128,10 @@ def live() -> None:
             cols[2].metric("val accuracy", f"{last['val_accuracy']:.3f}")
             cols[3].metric("images/s", f"{last['images_per_s']:.0f}")
             support = last.get("val_support", {})
-            recall = pd.DataFrame([{c: None if support.get(c) == 0 else r for c, r in last["val_recall"].items()}],
-                                  index=["val recall"], dtype=float)
-            st.dataframe(recall.style.format("{:.2f}", na_rep="no tiles"), width="stretch")
+            # text, not NaN: Streamlit shows a NaN as "None" whatever the Styler says
+            recall = pd.DataFrame([{c: NO_TILES if support.get(c) == 0 or r is None else f"{r:.2f}"
+                                    for c, r in last["val_recall"].items()}], index=["val recall"])
+            st.dataframe(recall, width="stretch")
             absent = [c for c, n in support.items() if n == 0]
             if absent:
                 st.caption(f"Validation has no tiles of {', '.join(absent)}: no recall for them, and macro-F1 "
