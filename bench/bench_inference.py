@@ -28,14 +28,13 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.checkpoint import LoadedModel, load_checkpoint  # noqa: E402
 from core.classes import CLASS_NAMES  # noqa: E402
-from core.explain import CAM_METHODS, explain  # noqa: E402
+from core.explain import CAM_METHODS, PERTURBATION_METHODS, explain  # noqa: E402
 from core.inference import preprocess  # noqa: E402
 from core.models import build_model, default_cam_layer, get_layer  # noqa: E402
 from core.predict import predict_bytes  # noqa: E402
 from core.settings import DEFAULT_CHECKPOINT  # noqa: E402
 from core.cliargs import at_least  # noqa: E402
 
-SLOW_METHODS = ("scorecam", "ablationcam")  # one forward pass per channel of layer4 (512)
 
 
 def timed(fn: Callable[[], object], reps: int, warmup: int = 3) -> tuple[float, float]:
@@ -76,7 +75,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=at_least(32), default=227, help="input size of the random resnet18")
     parser.add_argument("--reps", type=at_least(1), default=50)
     parser.add_argument("--cam-reps", type=at_least(1), default=20)
-    parser.add_argument("--slow-reps", type=at_least(1), default=2, help=f"repetitions for {', '.join(SLOW_METHODS)}")
+    parser.add_argument("--slow-reps", type=at_least(1), default=2, help=f"repetitions for {', '.join(PERTURBATION_METHODS)}")
     parser.add_argument("--threads", type=at_least(1), help="torch.set_num_threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
@@ -105,8 +104,8 @@ def main() -> None:
             rows.append(("  variant: bfloat16 autocast (changes numerics)", timed(lambda: loaded.model(x), args.reps)))
 
     for method in CAM_METHODS:
-        reps = args.slow_reps if method in SLOW_METHODS else args.cam_reps
-        warmup = 1 if method in SLOW_METHODS else 3
+        reps = args.slow_reps if method in PERTURBATION_METHODS else args.cam_reps
+        warmup = 1 if method in PERTURBATION_METHODS else 3
         rows.append((f"explain {method}", timed(lambda m=method: explain(loaded, tile, m, faithfulness=False),
                                                 reps, warmup)))
         if method == "gradcam":

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import pickle
-import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import atomic_path
 from .classes import CLASS_NAMES
 from .config import MIN_INPUT_SIZE, field_bounds
 from .errors import first_line
@@ -73,14 +73,8 @@ def checkpoint_payload(model: nn.Module, *, arch: str, image_size: int, mean: fl
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write atomically (a crash mid-write never leaves half a checkpoint behind)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")  # unique: two writers never share one
-    try:
+    with atomic_path(path) as tmp:  # a kill -9 leaves its temporary file: the run's next trainer clears it
         torch.save(payload, tmp)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a kill -9 cannot run this: the run's next trainer clears what is left
-        raise
     return path
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .calibration import expected_calibration_error, fit_temperature, reliability_diagram
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
 from .data import DataError, HiriseData, Record, RecordTiles
@@ -146,10 +147,9 @@ def _jsonable(obj):
 def save_report(report: dict, path: str | Path) -> Path:
     """Write the report as JSON, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(report), allow_nan=False))
-    tmp.replace(path)
+    text = json.dumps(_jsonable(report), allow_nan=False)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
     return path
 
 

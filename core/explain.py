@@ -42,6 +42,8 @@ class SignedEigenCAM(EigenCAM):
 
 
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "scorecam", "ablationcam")
+#: The methods that run the model (or the layers above the target) once per channel of the layer: slow.
+PERTURBATION_METHODS = ("scorecam", "ablationcam")
 _CAM_CLASSES = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "xgradcam": XGradCAM,
                 "layercam": LayerCAM, "eigencam": SignedEigenCAM, "scorecam": ScoreCAM, "ablationcam": AblationCAM}
 #: ScoreCAM and AblationCAM run one forward pass per channel of the layer (512 for a ResNet's
@@ -157,7 +159,7 @@ def _run_cam(model: nn.Module, target_layer: nn.Module, method: str, x: torch.Te
     # The eigen methods run a small SVD: multi-threaded BLAS turns that from 3 ms into a second
     # when the cores are busy (say, with a training run), so it gets one thread.
     blas = threadpool_limits(1, "blas") if method == "eigencam" or eigen_smooth else contextlib.nullcontext()
-    bars = _quiet_package_bars() if method in ("scorecam", "ablationcam") else contextlib.nullcontext()
+    bars = _quiet_package_bars() if method in PERTURBATION_METHODS else contextlib.nullcontext()
     leaf = target_layer.register_forward_hook(_as_grad_leaf, prepend=True)
     grayscale = None
     try:

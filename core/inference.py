@@ -11,7 +11,7 @@ import contextlib
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -158,7 +158,7 @@ def fast_forward(loaded: LoadedModel, features: bool = False) -> Callable[[torch
     trace is made on the first call and kept on `loaded`, unless `defer_trace` asked for it later. Training and
     Grad-CAM use `loaded.model` itself, which they need hooks and gradients from; bf16 does too (a frozen trace
     does not follow autocast)."""
-    eager = FeaturesAndLogits(loaded.model, spec(loaded.arch).head).eval()
+    eager = locked(FeaturesAndLogits(loaded.model, spec(loaded.arch).head).eval())
 
     def forward(x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         out = None
@@ -171,9 +171,17 @@ def fast_forward(loaded: LoadedModel, features: bool = False) -> Callable[[torch
                 except RuntimeError:  # a shape the trace cannot take: the eager model can
                     pass
         if out is None:
-            with MODEL_LOCK:
-                out = eager(x)
+            out = eager(x)
         return out if features else out[1]
+    return forward
+
+
+def locked(module: nn.Module) -> Callable[[torch.Tensor], Any]:
+    """`module`'s forward, one caller at a time: the app's sessions share one model, and a CAM in one of them
+    hooks its layers (MODEL_LOCK). Every eager forward of a shared model goes through here."""
+    def forward(x: torch.Tensor) -> Any:
+        with MODEL_LOCK:
+            return module(x)
     return forward
 
 
@@ -227,7 +235,7 @@ def predict_logits(loaded: LoadedModel, tiles: Tiles | Sequence[np.ndarray], bat
     architecture allows it (about 2x on this project's CPU; a few predictions in a thousand may flip, so
     reports say which precision made them)."""
     bf16 = bf16 and bf16_suits(loaded)
-    forward = loaded.model if bf16 else fast_forward(loaded)
+    forward = locked(loaded.model) if bf16 else fast_forward(loaded)
     return batched_logits(forward, tiles, lambda t: preprocess(loaded, t), len(loaded.class_names),
                           batch_size=batch_size, tta=tta, amp=(loaded.device, bf16), on_progress=on_progress,
                           show_progress=show_progress)

@@ -2,7 +2,6 @@
 figures. They check that the scripts work, not the figures (those need an idle machine and the defaults)."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.settings import DEFAULT_CHECKPOINT, PROJECT_ROOT
+from tools.chromium import chromium_path
 
 pytestmark = pytest.mark.slow
 BENCH = PROJECT_ROOT / "bench"
@@ -58,7 +58,7 @@ def test_bench_eval_smoke(shared_data: Path):
 
 
 def test_bench_coldstart_smoke():
-    if not (Path("/usr/bin/chromium").is_file() or shutil.which("chromium")):
+    if chromium_path() is None:
         pytest.skip("chromium is not installed (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     if not DEFAULT_CHECKPOINT.is_file():

@@ -31,20 +31,21 @@ RARE_NOTE = ("Rare classes (impact ejecta, spider, dark dune) have few tiles: th
 
 
 JOBS_RECHECK_S = 5.0
-_jobs_checked_at = float("-inf")  # when share_cpu_with_jobs last listed the runs (time.monotonic)
+
+
+@st.cache_data(ttl=JOBS_RECHECK_S, show_spinner=False)
+def _cpu_job_running() -> bool:
+    """Whether a training job runs on the CPU; the runs are listed again at most every few seconds (a page asks
+    for its model several times per run)."""
+    return any(s.get("state") == "running" and s.get("device") == "cpu" and r.trainer_alive()
+               for r, s in ((r, r.status()) for r in list_runs()[:20]))
 
 
 def share_cpu_with_jobs() -> None:
     """With no GPU, the app's own inference uses one thread while a training job runs on the CPU:
-    two processes with two threads each on two cores ran small models 30-50x slower (measured). The runs are
-    listed again at most every few seconds (a page asks for its model several times per run)."""
-    global _jobs_checked_at
-    if torch.cuda.is_available() or time.monotonic() - _jobs_checked_at < JOBS_RECHECK_S:
-        return
-    _jobs_checked_at = time.monotonic()
-    busy = any(s.get("state") == "running" and s.get("device") == "cpu" and r.trainer_alive()
-               for r, s in ((r, r.status()) for r in list_runs()[:20]))
-    torch.set_num_threads(1 if busy else max(1, os.cpu_count() or 1))
+    two processes with two threads each on two cores ran small models 30-50x slower (measured)."""
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1 if _cpu_job_running() else max(1, os.cpu_count() or 1))
 
 
 def progress_bar(label: str) -> Callable[[int, int, str], None]:

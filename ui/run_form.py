@@ -82,8 +82,7 @@ def run_form(default_data: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     if "cfg_data" not in st.session_state:
         st.session_state["cfg_data"] = default_data
     for name, value in st.session_state.pop(PENDING, {}).items():
-        st.session_state[f"cfg_{name}"] = number_text(value) if isinstance(value, (int, float)) \
-            and not isinstance(value, bool) else value
+        st.session_state[f"cfg_{name}"] = value  # a number is written as text where its field is drawn
     specs = field_specs()
     defaults = {s["name"]: s["default"] for s in specs}
     values: dict[str, Any] = {}

@@ -116,7 +116,7 @@ for name, payload in items:
                          "above explains the window surest of the predicted class")
     shown.append((name, digest, pred, cols[1], cols[2]))
 
-from core.explain import CAM_METHODS, colour_scale, explain, overlay_heatmap  # noqa: E402 - after the answers, see above
+from core.explain import CAM_METHODS, PERTURBATION_METHODS, colour_scale, explain, overlay_heatmap  # noqa: E402 - after the answers, see above
 
 method = method_slot.selectbox(
     "Method", CAM_METHODS, help="Gradient-based methods take tens of milliseconds. AblationCAM runs the layers "
@@ -132,10 +132,9 @@ def _explain(model_key: str, digest: str, _tile: np.ndarray, method: str, target
     return explain(model, _tile, method, target, aug, eig)
 
 
-PERTURBATION = {"scorecam": "the whole model", "ablationcam": "the layers above the target"}
-slow = (f" It runs {PERTURBATION[method]} once per channel of the layer"
-        + (", for each smoothing view" if aug_smooth else "") + ": a minute or more on a CPU.") \
-    if method in PERTURBATION else ""
+RUNS = {"scorecam": "the whole model", "ablationcam": "the layers above the target"}  # the PERTURBATION_METHODS
+slow = (f" It runs {RUNS[method]} once per channel of the layer" + (", for each smoothing view" if aug_smooth else "")
+        + ": a minute or more on a CPU.") if method in PERTURBATION_METHODS else ""
 for name, digest, pred, cam_col, side_col in shown:
     try:
         with cam_col, st.spinner(f"{method} on {name}…{slow}"):

@@ -8,8 +8,8 @@ import streamlit as st
 
 from core.classes import CLASS_NAMES
 from core.data.overrides import Override, OverridesError, read_overrides, update_overrides
-from core.explore.embed import DEFAULT_METHOD, METHODS, embed, is_cached
-from core.explore.features import DEFAULT_EMBED_SIZE, PART_TILES, get_features, kept_tiles
+from core.explore.embed import DEFAULT_METHOD, METHODS, cache_state, embed
+from core.explore.features import DEFAULT_EMBED_SIZE, PART_TILES, get_features
 from core.explore.labels import review_labels
 from core.settings import LABEL_OVERRIDES_FILE
 from ui import appstate
@@ -85,13 +85,12 @@ def _features():
 with map_tab:
     key = (*run_key, method)
     emb = st.session_state.get("explore_map") if st.session_state.get("explore_map_key") == key else None
-    cached = emb is None and is_cached(model, data, method, size)  # hashes the checkpoint: only when needed
+    cached, done = cache_state(model, data, method, size) if emb is None else (False, 0)  # one key per rerun
     intro = st.empty()  # what the map costs, and the button: cleared once the map is drawn
     clicked = False
     if emb is None and not cached:
         with intro.container():
             if model.device.type == "cpu":
-                done = kept_tiles(model, data, size)
                 todo = len(data.records) - done
                 cost = (f"about {_duration(todo / (MEASURED_TILES_PER_S * (260 / side) ** 2))} on a 2-core CPU at "
                         f"{side}px" if model.arch == "tf_efficientnet_lite2" else f"minutes on a CPU for a {model.arch}")
@@ -192,11 +191,15 @@ with review_tab:
         st.download_button("Download suspects (CSV)", review.suspects.to_csv(index=False), "suspects.csv", "text/csv")
         start = int(st.number_input("From landmark", 1, max(1, len(heads)), 1, REVIEW_PAGE)) - 1
         chunk = heads.iloc[start:start + REVIEW_PAGE]
-        by_name = {r.name: r for r in data.records}
+        shown_landmarks = set(chunk["landmark"])
+        members = [r for r in data.records if r.landmark in shown_landmarks]  # one pass over the data per page
+        by_name = {r.name: r for r in members}
+        names_of: dict[tuple[str, int], set[str]] = {}
+        for r in members:
+            names_of.setdefault((r.landmark, r.label), set()).add(r.name)
         for _, row in chunk.iterrows():
             rec = by_name.get(row["file"])
-            given = CLASS_NAMES.index(row["given"])
-            copies = sorted({r.name for r in data.records if r.landmark == row["landmark"] and r.label == given})
+            copies = sorted(names_of.get((row["landmark"], CLASS_NAMES.index(row["given"])), ()))
             others = [f for f in flagged[row["landmark"]] if f != row["file"]]
             c1, c2, c3 = st.columns([1, 2, 1])
             if rec is not None:

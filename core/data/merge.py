@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..atomic import atomic_path
 from ..classes import CLASS_NAMES
 from ..progress import ProgressCallback, track
 from ..settings import CACHE_DIR
@@ -54,10 +55,8 @@ def content_hashes(source: Source, on_progress: ProgressCallback | None = None) 
             pass
     hashes = {p: _digest(source, p) for p in track(paths, len(paths), f"hashing {source.name}", on_progress)}
     try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_suffix(".tmp")
-        tmp.write_text(json.dumps(hashes))
-        tmp.replace(memo)
+        with atomic_path(memo) as tmp:
+            tmp.write_text(json.dumps(hashes))
     except OSError:
         pass  # a read-only cache only costs time
     return hashes

@@ -18,7 +18,8 @@ from ..classes import CLASS_NAMES
 from ..data import HiriseData, Record
 from ..data.storage import content_digest
 from ..progress import ProgressCallback
-from .features import DEFAULT_EMBED_SIZE, Features, cache_dir, features_key, get_features, load_npz, save_npz_atomic
+from .features import (DEFAULT_EMBED_SIZE, Features, cache_dir, features_key, get_features, kept_tiles, load_npz,
+                       save_npz_atomic)
 
 METHODS = ("umap", "tsne", "pca")
 #: Chosen by measurement on the shared tiles (README, "Explore"): UMAP keeps neighbourhoods as well as
@@ -91,7 +92,19 @@ def is_cached(loaded: LoadedModel, data: HiriseData, method: str = DEFAULT_METHO
               records: list[Record] | None = None, cache_root: Path | None = None) -> bool:
     """Whether `embed` would only read files (the page then draws the map without being asked)."""
     records = list(data.records if records is None else records)
-    fkey = features_key(loaded, data, records, size)
+    return _files_there(features_key(loaded, data, records, size), method, cache_root)
+
+
+def cache_state(loaded: LoadedModel, data: HiriseData, method: str = DEFAULT_METHOD, size: int = DEFAULT_EMBED_SIZE,
+                cache_root: Path | None = None) -> tuple[bool, int]:
+    """(`is_cached` for every tile of `data`, how many tiles an unfinished feature pass kept), keyed once."""
+    fkey = features_key(loaded, data, list(data.records), size)
+    if _files_there(fkey, method, cache_root):
+        return True, len(data.records)
+    return False, kept_tiles(loaded, data, size, cache_root, key=fkey)
+
+
+def _files_there(fkey: str, method: str, cache_root: Path | None) -> bool:
     key = content_digest([EMBED_FORMAT, fkey, method, str(SEED)])
     return (cache_dir(cache_root) / f"features-{fkey}.npz").is_file() and \
         (cache_dir(cache_root) / f"embedding-{key}.npz").is_file()

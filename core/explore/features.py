@@ -78,12 +78,18 @@ def _digest_of_version(path: str, mtime_ns: int, size: int) -> str:
     return file_digest(path, "sha1")
 
 
+def parts_dir(key: str, cache_root: Path | None = None) -> Path:
+    """Where an unfinished feature pass keeps its finished parts (removed once the whole file is written)."""
+    return cache_dir(cache_root) / f"features-{key}.parts"
+
+
 def kept_tiles(loaded: LoadedModel, data: HiriseData, size: int = DEFAULT_EMBED_SIZE,
-               cache_root: Path | None = None) -> int:
-    """How many tiles of an unfinished feature pass over every tile of `data` are kept on disk (0: none)."""
-    key = features_key(loaded, data, list(data.records), size)
+               cache_root: Path | None = None, key: str | None = None) -> int:
+    """How many tiles of an unfinished feature pass over every tile of `data` are kept on disk (0: none);
+    `key`: its `features_key`, when the caller has it."""
+    key = key or features_key(loaded, data, list(data.records), size)
     done = 0
-    for part in (cache_dir(cache_root) / f"features-{key}.parts").glob("*.npz"):
+    for part in parts_dir(key, cache_root).glob("*.npz"):
         start, _, stop = part.stem.partition("-")
         if start.isdigit() and stop.isdigit():
             done += int(stop) - int(start)
@@ -139,7 +145,6 @@ def compute_features(loaded: LoadedModel, data: HiriseData, records: list[Record
 def _keep_part(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Save one finished part; one that cannot be saved (a read-only or vanished folder) is only not kept."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         save_npz_atomic(path, **arrays)
     except OSError:
         pass
@@ -181,7 +186,7 @@ def get_features(loaded: LoadedModel, data: HiriseData, records: list[Record] | 
     if path.is_file():
         note = f"the feature cache {path.name} was unreadable and has been rebuilt"
     t0 = time.perf_counter()
-    parts = path.with_name(f"features-{key}.parts")
+    parts = parts_dir(key, cache_root)
     feats, logits = compute_features(loaded, data, records, size, on_progress, parts=parts)
     seconds = time.perf_counter() - t0
     save_npz_atomic(path, features=feats, logits=logits)
