@@ -17,7 +17,7 @@ from typing import Any, get_type_hints
 import torch
 
 from .data.merge import CONFLICT_POLICIES
-from .data.spec import DataSpec
+from .data.spec import MAX_FOLDS, DataSpec
 from .data.split import SPLIT_MODES
 from .classes import SELECTION_METRICS
 from .models import ARCHITECTURES, DEFAULT_ARCH, FREEZE_MODES, WeightsUnavailable, require_imagenet, spec, stages
@@ -71,6 +71,14 @@ class RunConfig:
                           min=0, max=2**32 - 1)
     keep_split_repeats: bool = opt(DataSpec.keep_split_repeats, "keep the official split file's repeated minority rows", "data")
     allow_leakage: bool = opt(False, "train even if an observation or landmark is on two sides", "data")
+    # set by the cross-validation launcher (core.cv), not typed: each fold is an ordinary run of these two
+    cv_folds: int = opt(DataSpec.cv_folds, "cross-validation: the number of folds grouped by observation (0: off; "
+                        "the split is then the fold's, with no test split)", "data", min=0, max=MAX_FOLDS, form=False)
+    cv_fold: int = opt(DataSpec.cv_fold, "cross-validation: the fold this run validates on (0 .. cv_folds-1)", "data",
+                       min=0, max=MAX_FOLDS - 1, form=False)
+    calibrate_from: str = opt("", "for a run with no validation split (val_fraction 0, test_fraction 0: a refit on "
+                              "all the data): the cross-validation id whose out-of-fold predictions set its "
+                              "calibration temperature and out-of-distribution check", "data", form=False)
     # Model
     model: str = opt(DEFAULT_ARCH, "architecture", "model", ARCHITECTURES)
     init: str = opt("imagenet", "start from random weights, ImageNet weights, or an earlier run", "model", INITS)
@@ -179,6 +187,19 @@ class RunConfig:
         problem = self.data_spec.problem()
         if problem:
             raise ConfigError(problem)
+        if self.cv_folds and (self.val_fraction, self.test_fraction) != (defaults.val_fraction, defaults.test_fraction):
+            raise ConfigError("val_fraction: cross-validation makes its own validation folds and no test split; "
+                              "give either the folds or the shares, not both")
+        if self.calibrate_from and not self.data_spec.refit:
+            raise ConfigError("calibrate_from: only a run with no validation split (val_fraction 0 and test_fraction "
+                              "0) takes its calibration from a cross-validation; this run calibrates on its own "
+                              "validation split")
+        if self.calibrate_from and not re.fullmatch(r"[A-Za-z0-9._-]+", self.calibrate_from):
+            raise ConfigError(f"calibrate_from: {_short(self.calibrate_from)} is not a cross-validation id "
+                              "(python -m core.train --cv-report lists them)")
+        if self.data_spec.refit and self.scheduler == "plateau":
+            raise ConfigError("scheduler: plateau lowers the rate when validation stops improving, and this run has "
+                              "no validation split (val_fraction 0); choose cosine, onecycle, step or none")
         if self.scheduler == "onecycle" and not 0 < self.pct_start < 1:
             raise ConfigError("pct_start must be between 0 and 1")
         _check_open_ranges(self)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
+from .bootstrap import fmt, intervals
 from .calibration import expected_calibration_error, fit_temperature, reliability_diagram
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
 from .data import DataError, HiriseData, Record, RecordTiles
@@ -62,6 +63,7 @@ def report_from_logits(loaded: LoadedModel, data: HiriseData, records: list[Reco
     pred = probs.argmax(1)
 
     report = classification_metrics(y, probs, names)
+    report["intervals"] = intervals(y, pred, [r.observation for r in records], len(names))
     report["curves"] = per_class_curves(y, probs, names)
     report["calibration"] = {"temperature": loaded.temperature,
                              "ece_uncalibrated": expected_calibration_error(raw, y),
@@ -75,9 +77,11 @@ def report_from_logits(loaded: LoadedModel, data: HiriseData, records: list[Reco
     report["top_losses"] = [{"source": records[i].source, "path": records[i].path, "name": records[i].name,
                              "true": names[y[i]], "pred": names[pred[i]], "prob": float(probs[i, pred[i]]),
                              "true_prob": float(probs[i, y[i]])} for i in worst]
-    report["predictions"] = [{"source": r.source, "path": r.path, "name": r.name, "true": names[t],
-                              "pred": names[p], "probs": [round(float(v), 5) for v in row]}
-                             for r, t, p, row in zip(records, y, pred, probs)]
+    # every tile's logits too: pooled across folds, they are the cross-validation's out-of-fold predictions
+    report["predictions"] = [{"source": r.source, "path": r.path, "name": r.name, "observation": r.observation,
+                              "true": names[t], "pred": names[p], "probs": [round(float(v), 5) for v in row],
+                              "logits": [round(float(v), 4) for v in raw_row]}
+                             for r, t, p, row, raw_row in zip(records, y, pred, probs, np.asarray(logits))]
     report.update({
         "format": REPORT_FORMAT,
         "checkpoint": {"path": str(loaded.path) if loaded.path else None, "arch": loaded.arch,
@@ -175,6 +179,11 @@ def format_report(report: dict) -> str:
              f"split: {report['data']['split_method']})",
              f"tiles: {report.get('tiles_from', 'the data split')} (fingerprint {report.get('tiles_digest', '-')})",
              headline(report)]
+    iv = report.get("intervals")
+    if iv:
+        lines.append(f"95% intervals ({iv['method']}): macro-F1 {fmt(report['macro_f1'], iv['macro_f1'])} | "
+                     f"balanced acc {fmt(report['balanced_accuracy'], iv['balanced_accuracy'])} | "
+                     f"acc {fmt(report['accuracy'], iv['accuracy'])}")
     base = report["majority_baseline"]
     lines.append(f"always-{base['class']} baseline: macro-F1 {base['macro_f1']:.3f} | balanced acc "
                  f"{base['balanced_accuracy']:.3f} | acc {base['accuracy']:.3f}")
@@ -182,14 +191,17 @@ def format_report(report: dict) -> str:
     lines.append(f"calibration: ECE {cal['ece_uncalibrated']:.3f} raw -> {cal['ece_calibrated']:.3f} "
                  f"at temperature {cal['temperature']:.2f}")
     curves = report["curves"]["classes"]
-    lines += ["", f"{'class':<14}{'support':>8}{'precision':>10}{'recall':>8}{'F1':>7}{'AP':>7}{'AUC':>7}"]
-    for c in report["per_class"]:
+    lines += ["", f"{'class':<14}{'support':>8}{'precision':>22}{'recall':>22}{'F1':>22}{'AP':>7}{'AUC':>7}"]
+    class_iv = (iv or {}).get("per_class") or [{}] * len(report["per_class"])
+    for c, civ in zip(report["per_class"], class_iv):
         cv = curves.get(c["class"])
         ap = f"{cv['average_precision']:7.3f}" if cv else f"{'-':>7}"
         auc = f"{cv['roc_auc']:7.3f}" if cv else f"{'-':>7}"
         mark = " *" if c["class"] in report["few_tiles"] else ""
-        lines.append(f"{c['class']:<14}{c['support']:>8}{c['precision']:>10.3f}{c['recall']:>8.3f}"
-                     f"{c['f1']:>7.3f}{ap}{auc}{mark}")
+        precision = fmt(c["precision"], civ.get("precision")) if c.get("predicted", 1) else "never predicted"
+        recall = fmt(c["recall"], civ.get("recall")) if c["support"] else "no tiles"
+        f1 = fmt(c["f1"], civ.get("f1")) if c["support"] else "-"
+        lines.append(f"{c['class']:<14}{c['support']:>8}{precision:>22}{recall:>22}{f1:>22}{ap}{auc}{mark}")
     if report["few_tiles"]:
         lines.append(f"* fewer than {FEW_TILES} tiles: one tile more or less moves these figures a lot; "
                      "read them as rough")

@@ -12,18 +12,15 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from .config import ConfigError, RunConfig, field_specs
-from .runs import Run, now_iso, read_json, runs_root, update_json, write_json_atomic
+from .runs import Run, new_manifest_id, now_iso, read_json, runs_root, update_json, write_json_atomic
 
 MAX_FIELDS = 3
 MAX_RUNS = 24  # a grid is one research question, not a sweep; its queued jobs wait in core.queue (~14 MiB each)
@@ -205,15 +202,7 @@ def _manifest_path(grid_id: str, runs_dir: Path | None = None) -> Path:
 
 def new_grid_id(runs_dir: Path | None = None) -> str:
     """A fresh id (`20261121-201500-3fa2`), its manifest created exclusively so no two grids share it."""
-    folder = grids_dir(runs_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    while True:
-        grid_id = f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-        try:
-            os.close(os.open(_manifest_path(grid_id, runs_dir), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-            return grid_id
-        except FileExistsError:
-            continue
+    return new_manifest_id(grids_dir(runs_dir))
 
 
 def _start_manifest(p: GridPlan, grid_id: str, how: str, runs_dir: Path | None) -> Path:
@@ -301,6 +290,63 @@ def run_in_process(p: GridPlan, runs_dir: Path | None = None, say: Callable[[str
     return grid_id, code
 
 
+def cross_validate(p: GridPlan, folds: Any, seed: int = 0, runs_dir: Path | None = None,
+                   train: Callable[..., int] | None = None, say: Callable[[str], None] = print) -> tuple[str, int]:
+    """Cross-validate every combination (core.cv): queued as jobs, or with `train` (core.train.train) one after
+    another in this process. Every fold of every combination is checked before anything starts. The grid's
+    manifest lists one cross-validation per combination; its table ranks them by out-of-fold macro-F1."""
+    from . import cv
+    plans = [cv.plan(cfg, folds, seed) for cfg in p.configs]
+    grid_id = new_grid_id(runs_dir)
+    path = _start_manifest(p, grid_id, "in-process" if train else "queued", runs_dir)
+    code = 0
+    for i, (combo, configs) in enumerate(zip(p.combos, plans), 1):
+        if train is None:
+            cv_id, _ = cv.launch(configs, runs_dir, grid=grid_id)
+        else:
+            say(f"[grid {i}/{len(p)}] {_describe(combo)}: cross-validation, {len(configs)} folds")
+            cv_id, rc = cv.run_in_process(configs, train, runs_dir, say, grid=grid_id)
+            code = code or rc
+        manifest = read_json(path, {})
+        manifest["cv_folds"] = len(configs)
+        manifest["runs"] = manifest.get("runs", []) + [{"cv": cv_id, "values": {k: _json_value(v)
+                                                                                  for k, v in combo.items()}}]
+        write_json_atomic(path, manifest)
+        if code and train is not None:
+            say(f"grid {grid_id}: stopped; {len(p) - i} combinations not cross-validated")
+            return grid_id, code
+    return grid_id, code
+
+
+def _cv_report(manifest: dict[str, Any], runs_dir: Path | None) -> tuple[pd.DataFrame, str]:
+    """A cross-validated grid's table: a row per combination, ranked by pooled out-of-fold macro-F1."""
+    from . import cv
+    rows = []
+    for entry in manifest.get("runs", []):
+        if not isinstance(entry, dict) or not isinstance(entry.get("cv"), str):
+            continue
+        row: dict[str, Any] = {k: format_value(v) if isinstance(v, list) else v
+                               for k, v in entry.get("values", {}).items()}
+        try:
+            rep = cv.report(entry["cv"], runs_dir)
+        except FileNotFoundError:
+            rows.append({**row, "cross-validation": entry["cv"], "folds done": "deleted"})
+            continue
+        done = rep["n_folds"] - len(rep["missing"])
+        row.update({"cross-validation": entry["cv"], "folds done": f"{done}/{rep['n_folds']}"})
+        row.update(cv.headline_with_intervals(rep))
+        rows.append(row)
+    columns = list(manifest.get("fields", [])) + ["cross-validation", "folds done"] + [
+        f"oof {label}{suffix}" for label in ("macro-F1", "balanced accuracy", "accuracy") for suffix in ("", " 95%")]
+    table = pd.DataFrame(rows, columns=columns)
+    if len(table):
+        table = table.sort_values("oof macro-F1", ascending=False, na_position="last", kind="stable")
+    note = (f"each combination cross-validated over {manifest.get('cv_folds')} folds grouped by observation (the same "
+            "folds for all: same data options and seed); ranked by pooled out-of-fold macro-F1, 95% intervals from a "
+            "bootstrap over observations. Rows whose intervals overlap are not told apart by this data.")
+    return table.reset_index(drop=True), note
+
+
 # ---- results ---------------------------------------------------------------------------------------------------
 
 def list_grids(runs_dir: Path | None = None) -> list[dict[str, Any]]:
@@ -332,6 +378,8 @@ def report(grid_id: str, runs_dir: Path | None = None) -> tuple[pd.DataFrame, st
     val macro-F1; and a line saying whether they share one split (data options and split files compared)."""
     from .jobs import job_state
     manifest = load_manifest(grid_id, runs_dir)
+    if manifest.get("cv_folds"):
+        return _cv_report(manifest, runs_dir)
     root = runs_root(runs_dir)
     rows, digests, data_options = [], set(), set()
     data_fields = [s["name"] for s in field_specs() if s["group"] == "data"]

@@ -50,6 +50,9 @@ class FeatureDensity:
     variances: np.ndarray  # (k,) variance along each component
     noise_variance: float  # variance in every other direction
     val_quantiles: np.ndarray  # (N_QUANTILES,) distances of the validation tiles at 0, 0.5, ..., 100 %
+    # (N_QUANTILES,) the same for the training tiles it was fitted on, or None: how much further unseen tiles lie
+    # than trained ones (`transfer_ratio`) is what calibrates a model that has no validation split (a refit)
+    train_quantiles: np.ndarray | None = None
 
     def distance(self, features: np.ndarray) -> np.ndarray:
         """(N, D) features -> (N,) squared Mahalanobis distance to the nearest class mean, per dimension."""
@@ -78,7 +81,8 @@ class FeatureDensity:
         return {"class_means": self.class_means.astype(np.float32).tolist(),
                 "components": self.components.astype(np.float32).tolist(),
                 "variances": self.variances.tolist(), "noise_variance": float(self.noise_variance),
-                "val_quantiles": self.val_quantiles.tolist()}
+                "val_quantiles": self.val_quantiles.tolist(),
+                **({"train_quantiles": self.train_quantiles.tolist()} if self.train_quantiles is not None else {})}
 
     @classmethod
     def from_dict(cls, values: object) -> FeatureDensity:
@@ -89,25 +93,43 @@ class FeatureDensity:
             var = np.asarray(values["variances"], dtype=np.float64)
             noise = float(values["noise_variance"])
             quantiles = np.asarray(values["val_quantiles"], dtype=np.float64)
+            trained = values.get("train_quantiles")
+            trained = None if trained is None else np.asarray(trained, dtype=np.float64)
         except (KeyError, TypeError, ValueError) as exc:
             raise OODError(f"the stored out-of-distribution reference is malformed ({exc})") from exc
         ok = (means.ndim == 2 and comps.ndim == 2 and comps.shape[1] == means.shape[1] and var.shape == comps.shape[:1]
               and quantiles.ndim == 1 and len(quantiles) >= 2 and np.all(np.isfinite(quantiles))
               and np.all(np.diff(quantiles) >= 0) and np.all(var > 0) and np.isfinite(noise) and noise > 0
               and np.all(np.isfinite(means)) and np.all(np.isfinite(comps)))
+        if trained is not None and (trained.shape != quantiles.shape or not np.all(np.isfinite(trained))):
+            ok = False
         if not ok:
             raise OODError("the stored out-of-distribution reference is malformed (shapes or values)")
-        return cls(means, comps, var, noise, quantiles)
+        return cls(means, comps, var, noise, quantiles, trained)
 
 
-def fit_density(features: np.ndarray, labels: np.ndarray, val_features: np.ndarray,
-                n_components: int = N_COMPONENTS) -> FeatureDensity:
-    """Fit class means and a probabilistic-PCA covariance on training features, calibrated on validation ones."""
+def transfer_ratio(references: list[FeatureDensity]) -> np.ndarray:
+    """(N_QUANTILES,) how much further held-out tiles lie than training tiles, quantile by quantile: the median
+    over `references` (the folds of a cross-validation, each fitted on its training tiles and calibrated on its
+    held-out fold) of val_quantiles / train_quantiles. Applied to a refit's own training distances, it stands in
+    for the validation tiles that a model trained on everything does not have."""
+    ratios = [r.val_quantiles / np.maximum(r.train_quantiles, 1e-12) for r in references
+              if r.train_quantiles is not None]
+    if not ratios:
+        raise OODError("no fold reference records its training distances (folds trained before this existed)")
+    return np.median(np.stack(ratios), axis=0)
+
+
+def fit_density(features: np.ndarray, labels: np.ndarray, val_features: np.ndarray | None,
+                n_components: int = N_COMPONENTS, with_train_quantiles: bool = False,
+                val_from_ratio: np.ndarray | None = None) -> FeatureDensity:
+    """Fit class means and a probabilistic-PCA covariance on training features, calibrated on validation ones
+    (or, for a model with no validation tiles, on its training distances times `val_from_ratio`)."""
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels)
     if x.ndim != 2 or len(x) != len(y) or len(x) < 2:
         raise OODError(f"need at least two training feature rows with one label each, got {x.shape} and {y.shape}")
-    if len(val_features) < 2:
+    if val_from_ratio is None and (val_features is None or len(val_features) < 2):
         raise OODError("need at least two validation tiles to calibrate the out-of-distribution score")
     classes = np.unique(y)
     means = np.stack([x[y == c].mean(0) for c in classes])
@@ -120,8 +142,13 @@ def fit_density(features: np.ndarray, labels: np.ndarray, val_features: np.ndarr
     floor = max(total / dim, 1e-12) * 1e-3  # a direction of no spread must not divide by zero
     noise = max((total - eigen[:k].sum()) / max(dim - k, 1), floor)
     density = FeatureDensity(means, vt[:k], np.maximum(eigen[:k], floor), noise, np.zeros(2))
-    quantiles = np.quantile(density.distance(val_features), np.linspace(0.0, 1.0, N_QUANTILES))
-    return dataclasses.replace(density, val_quantiles=quantiles)
+    levels = np.linspace(0.0, 1.0, N_QUANTILES)
+    trained = np.quantile(density.distance(x), levels) if with_train_quantiles or val_from_ratio is not None else None
+    if val_from_ratio is not None:
+        quantiles = np.maximum.accumulate(trained * np.asarray(val_from_ratio, dtype=np.float64))
+    else:
+        quantiles = np.quantile(density.distance(val_features), levels)
+    return dataclasses.replace(density, val_quantiles=quantiles, train_quantiles=trained)
 
 
 def describe(typicality: float) -> tuple[str, bool]:
@@ -138,7 +165,8 @@ def describe(typicality: float) -> tuple[str, bool]:
 
 def fit_reference(loaded: LoadedModel, data: HiriseData, max_train: int = MAX_TRAIN_TILES,
                   on_progress: ProgressCallback | None = None,
-                  known: tuple[list[Record], np.ndarray] | None = None) -> FeatureDensity:
+                  known: tuple[list[Record], np.ndarray] | None = None, with_train_quantiles: bool = False,
+                  val_from_ratio: np.ndarray | None = None) -> FeatureDensity:
     """The reference of a trained model: fitted on (a seeded sample of) its training originals, calibrated on its
     validation originals, with the features of the one inference path (`core.inference.predict_features`).
 
@@ -150,17 +178,22 @@ def fit_reference(loaded: LoadedModel, data: HiriseData, max_train: int = MAX_TR
     from .inference import predict_features
 
     train, val = _reference_split(loaded, data)
-    if not train or len(val) < 2:
+    if val_from_ratio is not None:
+        val = []
+    elif not train or len(val) < 2:
         raise OODError(f"{len(train)} training and {len(val)} validation tiles: too few to fit a reference")
     if len(train) > max_train:
         keep = np.sort(np.random.default_rng(0).choice(len(train), max_train, replace=False))
         train = [train[i] for i in keep]
     train_features, _ = predict_features(loaded, RecordTiles(data, train), on_progress=on_progress)
-    if known is not None and known[0] == val:
+    if not val:
+        val_features = None
+    elif known is not None and known[0] == val:
         val_features = known[1]
     else:
         val_features, _ = predict_features(loaded, RecordTiles(data, val), on_progress=on_progress)
-    return fit_density(train_features, data.labels(train), val_features)
+    return fit_density(train_features, data.labels(train), val_features, with_train_quantiles=with_train_quantiles,
+                       val_from_ratio=val_from_ratio)
 
 
 def _reference_split(loaded: LoadedModel, data: HiriseData) -> tuple[list[Record], list[Record]]:

@@ -113,7 +113,7 @@ class Schedule:
         if self.scheduler is not None and self.per_batch:
             self.scheduler.step()
 
-    def after_epoch(self, metric: float) -> None:
+    def after_epoch(self, metric: float | None) -> None:
         if self.scheduler is None or self.per_batch:
             return
         if self.on_metric:

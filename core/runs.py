@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import re
+import secrets
 import shutil
 import threading
 import time
@@ -291,6 +292,19 @@ def new_run_dir(name_hint: str = "", runs_dir: Path | None = None) -> Run:
         except FileExistsError:
             continue
     raise RuntimeError(f"could not create a run folder under {root}")
+
+
+def new_manifest_id(folder: Path) -> str:
+    """A fresh id (`20261121-201500-3fa2`) for a manifest in `folder` (a grid's, a cross-validation's), its file
+    `<id>.json` created exclusively so that no two launches share one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    while True:
+        manifest_id = f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+        try:
+            os.close(os.open(folder / f"{manifest_id}.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return manifest_id
+        except FileExistsError:
+            continue
 
 
 def list_runs(runs_dir: Path | None = None) -> list[Run]:

@@ -145,8 +145,13 @@ def prepare_data(cfg: RunConfig, log) -> TrainData:
     val_records = data.select("val", originals_only=True)
     if not train_records:
         raise DataError("the training split is empty")
-    if not val_records:
+    if not val_records and not cfg.data_spec.refit:
         raise DataError("the validation split is empty: add data or raise val_fraction")
+    if not val_records:
+        log(f"no validation split (val_fraction 0, test_fraction 0): a refit on all the data for a fixed "
+            f"{cfg.epochs} epochs; no early stopping and no best-epoch choice, the last epoch is the model"
+            + (f"; calibration from cross-validation {cfg.calibrate_from}" if cfg.calibrate_from else
+               "; no cross-validation named (calibrate_from), so it stays uncalibrated"))
     mean, std = input_normalisation(cfg, data, train_records)
     log(f"input normalisation: mean {mean:.4f}, std {std:.4f}")
     batched, per_tile = augment.split_online(cfg.transforms) if cfg.augment == "online" else ([], [])
@@ -410,29 +415,35 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
         if stats is None:
             log(f"stopping at epoch {epoch + 1}: cancel requested (last.pt keeps the last finished epoch)")
             return True
-        val, val_loss = evaluate(cfg, model, td, device, t.amp)
-        score = val[cfg.early_stopping_metric]
         lr_now = t.optimizer.param_groups[0]["lr"]
-        schedule.after_epoch(score)
-        improved = score > progress.best_score
+        row = {"kind": "epoch", "epoch": epoch + 1, "step": progress.step, "train_loss": stats.train_loss,
+               "train_accuracy": stats.train_accuracy, "lr": lr_now, "images_per_s": stats.images_per_s,
+               "seconds": stats.seconds}
+        val: dict | None = None
+        if len(td.val):
+            val, val_loss = evaluate(cfg, model, td, device, t.amp)
+            score = val[cfg.early_stopping_metric]
+            schedule.after_epoch(score)
+            # a cross-validation fold is scored at its last epoch, as its refit will be: choosing the best epoch on
+            # the fold it is scored on would flatter the out-of-fold figures (core.cv)
+            improved = score > progress.best_score or bool(cfg.cv_folds)
+            row.update(val_row(val, val_loss))
+        else:  # a refit: no validation, every epoch's weights replace the last; the final epoch is the model
+            schedule.after_epoch(None)
+            improved = True
         if improved:
-            progress.best_score, progress.best_epoch, progress.bad_epochs = score, epoch + 1, 0
+            progress.best_score, progress.best_epoch, progress.bad_epochs = row.get(
+                f"val_{cfg.early_stopping_metric}", -math.inf), epoch + 1, 0
         else:
             progress.bad_epochs += 1
-        row = {"kind": "epoch", "epoch": epoch + 1, "step": progress.step, "train_loss": stats.train_loss,
-               "train_accuracy": stats.train_accuracy, "val_loss": val_loss,
-               "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
-               "val_balanced_accuracy": val["balanced_accuracy"],
-               "val_recall": {c["class"]: c["recall"] if c["support"] else None for c in val["per_class"]},
-               "val_support": {c["class"]: c["support"] for c in val["per_class"]},
-               "lr": lr_now, "images_per_s": stats.images_per_s, "seconds": stats.seconds,
-               "best": improved}
-        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, val loss {val_loss:.4f}, "
-            f"{headline(val)}, {row['images_per_s']:.0f} img/s" + (" *" if improved else ""))
+        row["best"] = improved
+        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, " +
+            (f"val loss {row['val_loss']:.4f}, {headline(val)}" if val else "no validation") +
+            f", {row['images_per_s']:.0f} img/s" + (" *" if improved and val else ""))
         if run:
             written = run.append_metrics(row)
             save_checkpoints(run, cfg, t, schedule, td, val, epoch, progress, best_row=written if improved else None)
-        if cfg.patience and progress.bad_epochs >= cfg.patience:
+        if val and not cfg.cv_folds and cfg.patience and progress.bad_epochs >= cfg.patience:
             log(f"early stopping: no {cfg.early_stopping_metric} gain in {cfg.patience} epochs")
             break
     if run and run.best_checkpoint.is_file():
@@ -513,7 +524,16 @@ def evaluate(cfg: RunConfig, model: nn.Module, td: TrainData, device: torch.devi
     return val, float(nn.functional.cross_entropy(torch.from_numpy(logits), td.val.labels))
 
 
-def save_checkpoints(run: Run, cfg: RunConfig, t: Trainer, schedule: Schedule, td: TrainData, val: dict, epoch: int,
+def val_row(val: dict, val_loss: float) -> dict:
+    """An epoch row's validation fields."""
+    return {"val_loss": val_loss, "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
+            "val_balanced_accuracy": val["balanced_accuracy"],
+            "val_recall": {c["class"]: c["recall"] if c["support"] else None for c in val["per_class"]},
+            "val_support": {c["class"]: c["support"] for c in val["per_class"]}}
+
+
+def save_checkpoints(run: Run, cfg: RunConfig, t: Trainer, schedule: Schedule, td: TrainData, val: dict | None,
+                     epoch: int,
                      progress: Progress, best_row: dict | None) -> None:
     """last.pt after every epoch (with what resuming needs); best.pt too when the epoch improved (`best_row`)."""
     payload = _payload(cfg, t.model, td, val, epoch + 1)
@@ -527,16 +547,21 @@ def save_checkpoints(run: Run, cfg: RunConfig, t: Trainer, schedule: Schedule, t
     save_checkpoint(run.last_checkpoint, payload)
 
 
-def _payload(cfg: RunConfig, model: nn.Module, td: TrainData, val: dict, epoch: int) -> dict:
-    metrics = {k: val[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "majority_baseline",
-                                   "per_class", "n")}
-    metrics["split"] = "val"
+def _payload(cfg: RunConfig, model: nn.Module, td: TrainData, val: dict | None, epoch: int) -> dict:
+    if val is None:  # a refit: its figures are the cross-validation's (`finish` records them)
+        metrics: dict = {"split": None}
+    else:
+        metrics = {k: val[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1",
+                                       "majority_baseline", "per_class", "n")}
+        metrics["split"] = "val"
     return checkpoint_payload(model, arch=cfg.model, image_size=cfg.input_size, mean=td.mean, std=td.std,
                               config=cfg.to_dict(), metrics=metrics, epoch=epoch, splits=split_manifest(td.data))
 
 
 def finish(run: Run, cfg: RunConfig, td: TrainData, device: torch.device, log) -> None:
     """Calibrate the best checkpoint on validation and save its evaluation for the app (on the training device)."""
+    if not len(td.val):
+        return finish_refit(run, cfg, td, device, log)
     payload = read_checkpoint(run.best_checkpoint)
     loaded = model_from_payload(payload, run.best_checkpoint, device)
     # one pass over val: its logits fit the temperature and make the report, its features calibrate the OOD check
@@ -547,12 +572,41 @@ def finish(run: Run, cfg: RunConfig, td: TrainData, device: torch.device, log) -
     temperature = loaded.temperature
     payload["temperature"] = float(temperature)
     try:  # what the app tells an input unlike the training tiles by (core.ood); a run never fails for it
-        payload["ood"] = fit_reference(loaded, td.data, known=(records, features)).to_dict()
+        payload["ood"] = fit_reference(loaded, td.data, known=(records, features), with_train_quantiles=True).to_dict()
     except OODError as exc:
         log(f"warning: no out-of-distribution reference: {exc}")
     save_checkpoint(run.best_checkpoint, payload)
     save_report(report, run.eval_file)
     log(f"calibration temperature {temperature:.3f}; best checkpoint on val: {headline(report)}")
+
+
+def finish_refit(run: Run, cfg: RunConfig, td: TrainData, device: torch.device, log) -> None:
+    """A run with no validation split: its temperature and out-of-distribution calibration come from the
+    out-of-fold predictions of the cross-validation it names (`calibrate_from`), so nothing is fitted on tiles
+    this model trained on, and its checkpoint records that cross-validation's figures (`core.cv.refit_record`)."""
+    from . import cv
+    payload = read_checkpoint(run.best_checkpoint)
+    if not cfg.calibrate_from:
+        log("no calibration: name a cross-validation (calibrate_from) to calibrate a refit on its out-of-fold "
+            "predictions; the temperature stays 1 and there is no out-of-distribution reference")
+        return
+    try:
+        record = cv.refit_record(cfg.calibrate_from, run.path.parent)
+    except (FileNotFoundError, cv.CVError) as exc:
+        log(f"warning: no calibration from cross-validation {cfg.calibrate_from}: {exc}")
+        return
+    payload["temperature"] = record["temperature"]
+    payload["metrics"] = {**record["metrics"], "split": "out-of-fold"}
+    payload["cv"] = record["cv"]
+    loaded = model_from_payload(payload, run.best_checkpoint, device)
+    try:
+        density = fit_reference(loaded, td.data, with_train_quantiles=True, val_from_ratio=record["ood_ratio"])
+        payload["ood"] = density.to_dict()
+    except OODError as exc:
+        log(f"warning: no out-of-distribution reference: {exc}")
+    save_checkpoint(run.best_checkpoint, payload)
+    log(f"calibration from cross-validation {cfg.calibrate_from}: temperature {record['temperature']:.3f} "
+        f"(fitted on {record['cv']['tiles']} out-of-fold tiles); out-of-fold {headline(record['metrics'])}")
 
 
 def _drop_metrics_after(run: Run, last_epoch_index: int) -> None:
@@ -655,10 +709,15 @@ def main(argv: list[str] | None = None) -> int:
     # the device's turn, already taken by core.queue (which this process was before its exec): held until exit
     parser.add_argument("--device-lock-fd", type=int, help=argparse.SUPPRESS)
     add_grid_arguments(parser)
+    add_cv_arguments(parser)
     add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.cv_report is not None:
+        return cv_report(args.cv_report, Path(args.runs_dir) if args.runs_dir else None)
     if args.grid or args.grid_report is not None:
         return grid_main(args)
+    if args.cv is not None:
+        return cv_main(args)
     if not args.run_dir:
         parser.error("the following arguments are required: --run-dir (or --grid FIELD=V1,V2)")
     run_dir = Path(args.run_dir)
@@ -703,6 +762,69 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print a grid's results table (without ID: list the grids)")
 
 
+def add_cv_arguments(parser: argparse.ArgumentParser) -> None:
+    """Cross-validation's flags (core.cv)."""
+    parser.add_argument("--cv", metavar="K", help="K-fold cross-validation grouped by observation (K from 3 to 10): "
+                        "one run per fold under --runs-dir, in this process (or queued with --queue), then the "
+                        "pooled out-of-fold report; with --grid, every combination is cross-validated")
+    parser.add_argument("--cv-seed", type=int, default=0, metavar="S", help="seed of the fold assignment (default 0)")
+    parser.add_argument("--cv-report", nargs="?", const="", metavar="ID",
+                        help="print a cross-validation's pooled out-of-fold report (without ID: list them)")
+
+
+def _base_config(args: argparse.Namespace) -> RunConfig:
+    """The recipe typed on the command line (over --config), not yet checked: a grid or a CV checks each run."""
+    names = {f.name for f in fields(RunConfig)}
+    values = (RunConfig.load(args.config) if args.config else RunConfig()).to_dict()
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return RunConfig.from_dict(values)
+
+
+def cv_main(args: argparse.Namespace) -> int:
+    """`--cv K`: every fold checked before the first one starts, then trained here (or queued), then reported."""
+    from . import cv
+    runs_dir = Path(args.runs_dir) if args.runs_dir else None
+    clash = [flag for flag, on in (("--run-dir", args.run_dir), ("--resume", args.resume),
+                                   ("--lr-find", args.lr_find), ("--lock-fd", args.lock_fd is not None)) if on]
+    if clash:
+        return refuse(f"--cv makes one run folder per fold under --runs-dir; it takes no {clash[0]}")
+    try:
+        configs = cv.plan(_base_config(args), args.cv, args.cv_seed)
+        for line in cv.coverage(configs[0]):
+            print(f"warning: {line}", flush=True)
+    except (ConfigError, DataError) as exc:
+        return refuse(str(exc))
+    if args.queue:
+        try:
+            cv_id, runs = cv.launch(configs, runs_dir)
+        except JobError as exc:
+            return refuse(str(exc))
+        print(f"cross-validation {cv_id}: queued {len(runs)} folds: {', '.join(r.name for r in runs)}\n"
+              f"report: python -m core.train --cv-report {cv_id}")
+        return 0
+    cv_id, code = cv.run_in_process(configs, train, runs_dir)
+    cv_report(cv_id, runs_dir)
+    return code
+
+
+def cv_report(cv_id: str, runs_dir: Path | None) -> int:
+    """Print a cross-validation's report, or (no id) the cross-validations there are."""
+    from . import cv
+    if not cv_id:
+        found = cv.list_cvs(runs_dir)
+        for m in found:
+            print(f"{m['id']}  {m.get('folds')} folds  {len(m.get('runs', []))} queued  "
+                  f"{(m.get('base') or {}).get('model')}" + (f"  grid {m['grid']}" if m.get("grid") else ""))
+        if not found:
+            print(f"no cross-validations in {cv.cv_dir(runs_dir)}")
+        return 0
+    try:
+        print(cv.format_report(cv.report(cv_id, runs_dir)))
+    except FileNotFoundError as exc:
+        return refuse(str(exc))
+    return 0
+
+
 def grid_main(args: argparse.Namespace) -> int:
     """`--grid` and `--grid-report`: every combination checked before the first run starts."""
     from . import grid
@@ -715,15 +837,23 @@ def grid_main(args: argparse.Namespace) -> int:
         return refuse(f"--grid makes one run folder per combination under --runs-dir; it takes no {clash[0]}")
     try:
         axes = [grid.parse_axis(text) for text in args.grid]
-        names = {f.name for f in fields(RunConfig)}
         typed = [a.field for a in axes if a.field in vars(args)]
         if typed:
             raise grid.GridError(f"{typed[0]}: given both as --{typed[0].replace('_', '-')} and in --grid; "
                                  "give it once")
-        values = (RunConfig.load(args.config) if args.config else RunConfig()).to_dict()
-        values.update({k: v for k, v in vars(args).items() if k in names})
-        p = grid.plan(RunConfig.from_dict(values), axes)  # the base alone is not checked: the grid may fix it
+        p = grid.plan(_base_config(args), axes)  # the base alone is not checked: the grid may fix it
+        if args.cv is not None:
+            grid_id, code = grid.cross_validate(p, args.cv, args.cv_seed, runs_dir,
+                                                train=None if args.queue else train)
+            if args.queue:
+                print(f"grid {grid_id}: queued {len(p)} cross-validations of {args.cv} folds\n"
+                      f"results: python -m core.train --grid-report {grid_id}")
+                return 0
+            grid_report(grid_id, runs_dir)
+            return code
     except ConfigError as exc:
+        return refuse(str(exc))
+    except JobError as exc:
         return refuse(str(exc))
     if args.queue:
         try:

@@ -85,7 +85,7 @@ def run_form(default_data: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
         st.session_state[f"cfg_{name}"] = value  # a number is written as text where its field is drawn
     specs = field_specs()
     defaults = {s["name"]: s["default"] for s in specs}
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {s["name"]: s["default"] for s in specs if not s.get("form", True)}
     slots: dict[str, Any] = {}
     groups = list(GROUP_TITLES)
     tabs = st.tabs([GROUP_TITLES[g] for g in groups])
@@ -93,7 +93,7 @@ def run_form(default_data: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
         with tab:
             cols = st.columns(3)
             shown = 0
-            for spec in [s for s in specs if s["group"] == group]:
+            for spec in [s for s in specs if s["group"] == group and s.get("form", True)]:
                 when = spec["when"]
                 if when and values.get(when[0], defaults[when[0]]) not in when[1]:
                     values[spec["name"]] = spec["default"]

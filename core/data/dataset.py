@@ -148,7 +148,8 @@ def load_dataset(spec: DataSpec | Sequence[str | Path], *, tile_size: int = TILE
             unreadable.append((f"{src.name}:{rec.path}", reason))
     if not readable:
         raise DataError("no readable tile in " + ", ".join(str(p) for p in paths))
-    records, method = assign_splits(readable, spec.split_mode, spec.val_fraction, spec.test_fraction, spec.split_seed)
+    records, method = assign_splits(readable, spec.split_mode, spec.val_fraction, spec.test_fraction, spec.split_seed,
+                                    spec.cv_folds, spec.cv_fold)
     records, applied = _apply_label_overrides(records, label_overrides)
     return HiriseData(sources=sources, records=records, merge_report=report, split_method=method,
                       leakage=find_leakage(records), caches=caches, unreadable=unreadable, overrides=applied)

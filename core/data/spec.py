@@ -18,6 +18,9 @@ from typing import Any
 #: FRACTION_STEP up to the largest value below the limit.
 FRACTION_LIMIT = 1.0
 FRACTION_STEP = 0.05
+#: Cross-validation folds: fewer than 3 validate too few observations each time; more than 10 cost more CPU than
+#: the narrower intervals are worth on data of a few hundred observations.
+MIN_FOLDS, MAX_FOLDS = 3, 10
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class DataSpec:
     test_fraction: float = 0.15
     split_seed: int = 0
     keep_split_repeats: bool = False
+    cv_folds: int = 0  # K > 0: the split is fold `cv_fold` of a K-fold cross-validation (core.data.split)
+    cv_fold: int = 0
 
     def __post_init__(self) -> None:  # paths as strings, numbers as numbers: equal specs hash equal
         object.__setattr__(self, "paths", tuple(str(p) for p in self.paths))
@@ -38,6 +43,8 @@ class DataSpec:
         object.__setattr__(self, "test_fraction", float(self.test_fraction))
         object.__setattr__(self, "split_seed", int(self.split_seed))
         object.__setattr__(self, "keep_split_repeats", bool(self.keep_split_repeats))
+        object.__setattr__(self, "cv_folds", int(self.cv_folds))
+        object.__setattr__(self, "cv_fold", int(self.cv_fold))
 
     #: The flat field that holds `paths` in a RunConfig, a config.json and a checkpoint's config.
     PATHS_KEY = "data"
@@ -65,6 +72,18 @@ class DataSpec:
         if not 0 <= self.val_fraction < FRACTION_LIMIT or not 0 <= self.test_fraction < FRACTION_LIMIT or \
                 self.val_fraction + self.test_fraction >= FRACTION_LIMIT:
             return "val_fraction and test_fraction must be in [0, 1) and sum to less than 1"
-        if self.val_fraction == 0 and self.split_mode != "official":
-            return "val_fraction 0 leaves no validation split to select the best epoch on"
+        if self.cv_folds:
+            if not MIN_FOLDS <= self.cv_folds <= MAX_FOLDS:
+                return f"cv_folds: {self.cv_folds} folds; cross-validation takes {MIN_FOLDS} to {MAX_FOLDS}"
+            if not 0 <= self.cv_fold < self.cv_folds:
+                return f"cv_fold: {self.cv_fold} is not a fold of {self.cv_folds} (0 to {self.cv_folds - 1})"
+            return None
+        if self.val_fraction == 0 and self.test_fraction != 0 and self.split_mode != "official":
+            return ("val_fraction 0 trains on everything with no validation split (a refit): set test_fraction 0 "
+                    "as well, or give validation a share")
         return None
+
+    @property
+    def refit(self) -> bool:
+        """No validation split: a fixed number of epochs on all the data, no best-epoch choice."""
+        return not self.cv_folds and self.split_mode != "official" and self.val_fraction == 0

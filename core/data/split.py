@@ -1,6 +1,8 @@
 """Train/val/test splits: the official one where the files carry it, else grouped by observation."""
 from __future__ import annotations
 
+import hashlib
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -16,15 +18,29 @@ def has_official_split(records: Sequence[Record]) -> bool:
 
 
 def assign_splits(records: Sequence[Record], mode: str = "auto", val_fraction: float = 0.15,
-                  test_fraction: float = 0.15, seed: int = 0) -> tuple[list[Record], str]:
+                  test_fraction: float = 0.15, seed: int = 0, cv_folds: int = 0,
+                  cv_fold: int = 0) -> tuple[list[Record], str]:
     """Return the records with `split` set, and a sentence saying how it was made.
 
     Tiles without an observation id always go to train. The grouped split keeps every observation
     (and so every augmented copy of a landmark) on one side, stratified by class as well as the
-    groups allow, and is the same for the same seed.
+    groups allow, and is the same for the same seed. With `cv_folds` K > 0 the split is fold `cv_fold` of a
+    K-fold cross-validation grouped by observation (`fold_of_observation`): that fold validates, the rest
+    trains, and there is no test split (`mode` and the shares do not apply).
     """
+    if cv_folds:
+        if not 0 <= cv_fold < cv_folds:
+            raise DataError(f"cv_fold {cv_fold} is not a fold of {cv_folds} (0 to {cv_folds - 1})")
+        folds = fold_of_observation(records, cv_folds, seed)
+        out = [r.with_split("val" if r.observation and folds.get(r.observation) == cv_fold else "train")
+               for r in records]
+        return out, (f"fold {cv_fold + 1} of a {cv_folds}-fold cross-validation grouped by observation "
+                     f"(seed {seed}): it validates, the other folds and the tiles without an observation train")
     if mode not in SPLIT_MODES:
         raise DataError(f"unknown split mode {mode!r} (expected one of {', '.join(SPLIT_MODES)})")
+    if mode != "official" and val_fraction == 0 and test_fraction == 0:  # DataSpec.refit
+        return [r.with_split("train") for r in records], ("no validation or test split (val_fraction 0, "
+                                                          "test_fraction 0): every tile trains")
     if mode == "auto":
         mode = "official" if has_official_split(records) else "grouped"
     if mode == "official":
@@ -87,6 +103,60 @@ def grouped_observation_split(records: Sequence[Record], val_fraction: float, te
     side = np.array([names.index(split_of[g]) for g in groups])
     _place_every_class(counts[:, :-1] > 0, side, [si for si in range(3) if fractions[si] > 0], rng)
     return {**split_of, **{g: names[side[gi]] for gi, g in enumerate(groups)}}
+
+
+def fold_of_observation(records: Sequence[Record], folds: int, seed: int) -> dict[str, int]:
+    """Map each observation id to one of `folds` cross-validation folds (0 .. folds-1).
+
+    scikit-learn's StratifiedGroupKFold on the original tiles (label, observation), shuffled by `seed`, so every
+    observation and with it every augmented copy of its landmarks sits in exactly one fold; then the same
+    placement pass as the grouped split moves observations so that every class with at least `folds`
+    observations is in every fold (StratifiedGroupKFold alone can leave a rare class out of a fold). A class with
+    fewer observations than folds cannot be validated in every fold: `fold_coverage` names it."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if folds < 2:
+        raise DataError(f"cross-validation needs at least 2 folds, not {folds}")
+    named = [r for r in records if r.observation and r.is_original] or [r for r in records if r.observation]
+    groups = sorted({r.observation for r in named})  # type: ignore[misc]
+    if len(groups) < folds:
+        raise DataError(f"{folds}-fold cross-validation needs at least {folds} observations; the data has "
+                        f"{len(groups)}")
+    y = np.array([r.label for r in named])
+    g = np.array([r.observation for r in named])
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed % 2**32)
+    fold_of: dict[str, int] = {}
+    with warnings.catch_warnings():  # "least populated class has only n members": fold_coverage says it
+        warnings.simplefilter("ignore", UserWarning)
+        for i, (_, held) in enumerate(splitter.split(np.zeros(len(y)), y, g)):
+            fold_of.update({obs: i for obs in set(g[held].tolist())})
+    g_index = {obs: i for i, obs in enumerate(groups)}
+    has = np.zeros((len(groups), int(y.max()) + 1), dtype=bool)
+    has[[g_index[o] for o in g], y] = True
+    side = np.array([fold_of[obs] for obs in groups])
+    _place_every_class(has, side, list(range(folds)), np.random.default_rng(seed))
+    out = {obs: int(side[i]) for i, obs in enumerate(groups)}
+    # observations seen only through augmented copies follow a fixed hash into a fold
+    for r in records:
+        if r.observation and r.observation not in out:
+            out[r.observation] = int(hashlib.sha1(f"{seed}:{r.observation}".encode()).hexdigest(), 16) % folds
+    return out
+
+
+def fold_coverage(records: Sequence[Record], folds: int, class_names: Sequence[str]) -> list[str]:
+    """One sentence per class with fewer observations than folds: some folds cannot validate it, so its
+    out-of-fold recall comes from the folds that hold it, and those folds' models trained with fewer of its
+    observations."""
+    out = []
+    for label, name in enumerate(class_names):
+        n_obs = len({r.observation for r in records if r.label == label and r.observation})
+        if 0 < n_obs < folds:
+            out.append(f"class {name} comes from {n_obs} observation{'s' if n_obs != 1 else ''}, fewer than the "
+                       f"{folds} folds: it is validated in {n_obs} fold{'s' if n_obs != 1 else ''} only")
+        elif n_obs == 0 and any(r.label == label for r in records):
+            out.append(f"class {name} has no tile with an observation id: it trains in every fold and is "
+                       "never validated")
+    return out
 
 
 def _place_every_class(has: np.ndarray, side: np.ndarray, sides: list[int], rng: np.random.Generator) -> None:

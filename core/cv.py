@@ -1,0 +1,374 @@
+"""K-fold cross-validation grouped by observation: honest figures for one recipe, and what a refit is calibrated by.
+
+One split's validation figure is mostly noise on this data (1-8 tiles of each rare class, from about 30
+observations), so recipes are judged here on the pooled out-of-fold predictions of every fold instead:
+
+- The folds come from `core.data.split.fold_of_observation` (scikit-learn's StratifiedGroupKFold on the
+  observation): no observation, and so no landmark or augmented copy, is on two sides of any fold; tiles without an
+  observation id train in every fold and are never validated.
+- Each fold is an ordinary run (`cv_folds`, `cv_fold` in its RunConfig), queued as a job or trained in this
+  process, tagged `cv:<id>` and listed in a manifest, `<runs dir>/.cv/<id>.json`, like a grid's. Cancel, resume,
+  Compare and the one-trainer lock work on it as on any run.
+- A fold trains a fixed number of epochs and is scored at its last (no best-epoch choice on its own validation
+  fold, which would flatter it, and the refit has no validation to choose on either). Its report
+  (`eval_val.json`) keeps every validated tile's logits: pooled, they are the out-of-fold predictions.
+- The report pools them: one confusion matrix over every validated original, the figures with 95% intervals
+  from a bootstrap over observations (`core.bootstrap`), the folds' mean and spread, and the mean validation
+  curve per epoch (which epoch count to refit with). A fold that did not complete is named and left out, never
+  averaged in silently.
+- A refit on all the data (`val_fraction 0, test_fraction 0, calibrate_from <id>`) takes its temperature from
+  the pooled out-of-fold logits and its out-of-distribution calibration from the folds (`refit_record`).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bootstrap import fmt, intervals
+from .classes import CLASS_NAMES
+from .config import ConfigError, RunConfig
+from .data.spec import MAX_FOLDS, MIN_FOLDS
+from .runs import Run, new_manifest_id, now_iso, read_json, runs_root, update_json, write_json_atomic
+
+TAG_PREFIX = "cv:"
+HEADLINE = ("macro_f1", "balanced_accuracy", "accuracy")
+LABELS = {"macro_f1": "macro-F1", "balanced_accuracy": "balanced accuracy", "accuracy": "accuracy"}
+
+
+class CVError(ConfigError):
+    """A cross-validation that cannot be launched or reported; the message says why in one line."""
+
+
+# ---- planning and launching --------------------------------------------------------------------------------
+
+def check_folds(folds: Any) -> int:
+    """`folds` as a whole number of folds in [MIN_FOLDS, MAX_FOLDS], or CVError saying what is wrong with it."""
+    try:
+        value = float(folds)
+    except (TypeError, ValueError):
+        raise CVError(f"cv: {folds!r} is not a number of folds ({MIN_FOLDS} to {MAX_FOLDS})") from None
+    if not math.isfinite(value) or not value.is_integer():
+        raise CVError(f"cv: {folds!r} is not a whole number of folds ({MIN_FOLDS} to {MAX_FOLDS})")
+    if not MIN_FOLDS <= value <= MAX_FOLDS:
+        raise CVError(f"cv: {int(value)} folds; cross-validation takes {MIN_FOLDS} to {MAX_FOLDS} (fewer validate "
+                      "too few observations each time, more cost CPU that the data cannot repay)")
+    return int(value)
+
+
+def plan(base: RunConfig | dict[str, Any], folds: Any, seed: int = 0, check_ready: bool = True) -> list[RunConfig]:
+    """One valid, ready RunConfig per fold of `base`: CVError on the first problem, before anything is queued."""
+    folds = check_folds(folds)
+    values = dict(base.to_dict() if isinstance(base, RunConfig) else base)
+    defaults = RunConfig()
+    if values.get("cv_folds"):
+        raise CVError("cv: the configuration is already one fold of a cross-validation; start from the recipe")
+    if (values.get("val_fraction", defaults.val_fraction), values.get("test_fraction", defaults.test_fraction)) != \
+            (defaults.val_fraction, defaults.test_fraction):
+        raise CVError("val_fraction: cross-validation makes its own validation folds and no test split; give either "
+                      "--cv or the split shares, not both")
+    if values.get("split_mode", "auto") == "official":
+        raise CVError("split_mode: cross-validation replaces the official split; leave split_mode at auto")
+    if values.get("calibrate_from"):
+        raise CVError("calibrate_from: a cross-validation's folds calibrate on their own validation fold")
+    if not 0 <= int(seed) < 2**32:
+        raise CVError(f"cv_seed: {seed} is not in 0 to {2**32 - 1}")
+    prefix = str(values.get("name") or "").strip()
+    configs = []
+    for i in range(folds):
+        name = f"{prefix}-cv{folds}-f{i + 1}" if prefix else f"cv{folds}-f{i + 1}"
+        try:
+            cfg = RunConfig.from_dict({**values, "split_seed": int(seed), "cv_folds": folds, "cv_fold": i,
+                                       "name": name}).validate()
+            if check_ready:
+                cfg.check_ready()
+        except ConfigError as exc:
+            raise CVError(str(exc)) from None
+        configs.append(cfg)
+    return configs
+
+
+def coverage(cfg: RunConfig) -> list[str]:
+    """What the folds cannot do with this data: a class with fewer observations than folds, named."""
+    from .data import load_dataset
+    from .data.split import fold_coverage
+    data = load_dataset(cfg.data_spec)
+    return fold_coverage(data.records, cfg.cv_folds, CLASS_NAMES)
+
+
+def cv_dir(runs_dir: Path | None = None) -> Path:
+    return runs_root(runs_dir) / ".cv"
+
+
+def _manifest_path(cv_id: str, runs_dir: Path | None = None) -> Path:
+    return cv_dir(runs_dir) / f"{cv_id}.json"
+
+
+def _start(configs: Sequence[RunConfig], how: str, runs_dir: Path | None, grid: str | None = None) -> tuple[str, Path]:
+    cv_id = new_manifest_id(cv_dir(runs_dir))
+    path = _manifest_path(cv_id, runs_dir)
+    base = {k: v for k, v in configs[0].to_dict().items() if k not in ("cv_fold", "name")}
+    write_json_atomic(path, {"id": cv_id, "created_at": now_iso(), "how": how, "folds": configs[0].cv_folds,
+                             "seed": configs[0].split_seed, "base": base, "grid": grid, "runs": []})
+    return cv_id, path
+
+
+def _record(path: Path, run: Run, fold: int, note: str = "") -> None:
+    """Add a fold's run to the manifest and tag it; a manifest has one writer (the thread launching it)."""
+    manifest = read_json(path, {})
+    manifest["runs"] = manifest.get("runs", []) + [{"run": run.name, "fold": fold}]
+    write_json_atomic(path, manifest)
+    notes = run.notes()
+    update_json(run.notes_file, {"note": notes["note"] or note or f"cross-validation {path.stem}, fold {fold + 1}",
+                                 "tags": list(dict.fromkeys(notes["tags"] + [TAG_PREFIX + path.stem]))})
+
+
+def launch(configs: Sequence[RunConfig], runs_dir: Path | None = None, grid: str | None = None) -> tuple[str, list[Run]]:
+    """Queue every fold as a job (one per device at a time, oldest first). Returns the id and the runs; a launch
+    failing half way raises JobError naming the folds already queued (the report then names the missing ones)."""
+    from .jobs import JobError, launch as launch_job
+    cv_id, path = _start(configs, "queued", runs_dir, grid)
+    runs: list[Run] = []
+    for cfg in configs:
+        try:
+            run = launch_job(cfg, runs_dir)
+        except (ConfigError, JobError) as exc:
+            done = f"; queued before it: {', '.join(r.name for r in runs)}" if runs else ""
+            raise JobError(f"cross-validation {cv_id}: fold {cfg.cv_fold + 1} not queued: {exc}{done}") from None
+        _record(path, run, cfg.cv_fold)
+        runs.append(run)
+    return cv_id, runs
+
+
+def run_in_process(configs: Sequence[RunConfig], train: Callable[..., int], runs_dir: Path | None = None,
+                   say: Callable[[str], None] = print, grid: str | None = None) -> tuple[str, int]:
+    """Train the folds one after another in this process (`train` is `core.train.train`, passed in so that this
+    module does not import the engine). Returns the id and an exit code; a cancelled fold stops the rest."""
+    from .jobs import job_state
+    from .runs import RunLock, new_run_dir
+    cv_id, path = _start(configs, "in-process", runs_dir, grid)
+    say(f"cross-validation {cv_id}: {len(configs)} folds grouped by observation, one after another in this process")
+    code = 0
+    for cfg in configs:
+        run = new_run_dir(cfg.name, runs_dir)
+        with RunLock.acquire(run) as lock:
+            run.save_config(cfg.to_dict())
+            run.update_status(state="queued", queued_at=now_iso(), kind="train", error=None, ended_at=None)
+            _record(path, run, cfg.cv_fold)
+            say(f"[cv {cv_id} fold {cfg.cv_fold + 1}/{len(configs)}] -> {run.path}")
+            rc = train(cfg, run, lock=lock)
+        status = run.status()
+        say(f"[cv {cv_id} fold {cfg.cv_fold + 1}/{len(configs)}] {job_state(run, status)}" +
+            (f": {status.get('error')}" if status.get("error") else ""))
+        code = code or rc
+        if status.get("state") == "cancelled":
+            say(f"cross-validation {cv_id}: stopped after a cancel; later folds not started")
+            return cv_id, 1
+    return cv_id, code
+
+
+# ---- reading back ------------------------------------------------------------------------------------------
+
+def list_cvs(runs_dir: Path | None = None) -> list[dict[str, Any]]:
+    """The cross-validations' manifests, newest first."""
+    folder = cv_dir(runs_dir)
+    manifests = [read_json(p) for p in folder.glob("*.json")] if folder.is_dir() else []
+    return sorted([m for m in manifests if isinstance(m, dict) and m.get("id")], key=lambda m: m["id"], reverse=True)
+
+
+def load_manifest(cv_id: str, runs_dir: Path | None = None) -> dict[str, Any]:
+    manifest = read_json(_manifest_path(cv_id, runs_dir)) if cv_id and "/" not in cv_id and "\0" not in cv_id \
+        and not cv_id.startswith(".") else None
+    if not isinstance(manifest, dict):
+        known = ", ".join(m["id"] for m in list_cvs(runs_dir)[:5]) or "none yet"
+        raise FileNotFoundError(f"no cross-validation {cv_id!r} in {cv_dir(runs_dir)} (latest: {known})")
+    return manifest
+
+
+def fold_runs(manifest: dict[str, Any], runs_dir: Path | None = None) -> list[tuple[int, Run | None]]:
+    """(fold, run) for every fold of the manifest, in fold order; run None for a fold never queued."""
+    root = runs_root(runs_dir)
+    by_fold: dict[int, Run] = {}
+    for entry in manifest.get("runs", []):
+        if isinstance(entry, dict) and isinstance(entry.get("run"), str) and "/" not in entry["run"] \
+                and isinstance(entry.get("fold"), int):
+            by_fold[entry["fold"]] = Run(root / entry["run"])
+    return [(i, by_fold.get(i)) for i in range(int(manifest.get("folds") or 0))]
+
+
+def out_of_fold(manifest: dict[str, Any], runs_dir: Path | None = None) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """The pooled out-of-fold predictions of the completed folds ({"name", "observation", "y", "logits",
+    "probs", "fold"} arrays, one row per validated original), and one status line per fold (state, why missing)."""
+    from .jobs import job_state
+    rows: dict[str, list] = {k: [] for k in ("name", "observation", "y", "logits", "probs", "fold")}
+    folds = []
+    for fold, run in fold_runs(manifest, runs_dir):
+        entry: dict[str, Any] = {"fold": fold + 1, "run": run.name if run else None}
+        if run is None:
+            folds.append({**entry, "state": "not queued", "missing": "never queued"})
+            continue
+        if not run.config_file.is_file():
+            folds.append({**entry, "state": "deleted", "missing": "its run folder was deleted"})
+            continue
+        status = run.status()
+        state = job_state(run, status)
+        report = run.evaluation() if state == "completed" else None
+        entry.update(state=state, epochs=len([r for r in run.metrics() if r.get("kind") == "epoch"]))
+        predictions = (report or {}).get("predictions") or []
+        if state != "completed" or not predictions or "logits" not in predictions[0]:
+            why = {"completed": "its report has no out-of-fold predictions"}.get(state, f"it is {state}")
+            folds.append({**entry, "missing": why})
+            continue
+        names = list(report["class_names"])
+        for p in predictions:
+            rows["name"].append(p["name"])
+            rows["observation"].append(p.get("observation"))
+            rows["y"].append(names.index(p["true"]))
+            rows["logits"].append(p["logits"])
+            rows["probs"].append(p["probs"])
+            rows["fold"].append(fold)
+        entry.update(tiles=len(predictions), temperature=(report.get("calibration") or {}).get("temperature"))
+        entry.update({k: report.get(k) for k in HEADLINE})
+        folds.append(entry)
+    arrays = {"name": np.array(rows["name"], dtype=object), "observation": np.array(rows["observation"], dtype=object),
+              "y": np.array(rows["y"], dtype=np.int64), "fold": np.array(rows["fold"], dtype=np.int64),
+              "logits": np.array(rows["logits"], dtype=np.float64).reshape(-1, len(CLASS_NAMES)),
+              "probs": np.array(rows["probs"], dtype=np.float64).reshape(-1, len(CLASS_NAMES))}
+    return arrays, folds
+
+
+def mean_curve(manifest: dict[str, Any], runs_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Per epoch, the folds' mean and spread of validation macro-F1 (and balanced accuracy), over the folds that
+    reached that epoch: where the mean peaks is the epoch count to refit with."""
+    per_epoch: dict[int, list[dict]] = {}
+    for _, run in fold_runs(manifest, runs_dir):
+        if run is None:
+            continue
+        for row in run.metrics():
+            if row.get("kind") == "epoch" and row.get("val_macro_f1") is not None:
+                per_epoch.setdefault(int(row["epoch"]), []).append(row)
+    out = []
+    for epoch in sorted(per_epoch):
+        rows = per_epoch[epoch]
+        f1 = np.array([r["val_macro_f1"] for r in rows])
+        bal = np.array([r["val_balanced_accuracy"] for r in rows])
+        out.append({"epoch": epoch, "folds": len(rows), "macro_f1": float(f1.mean()), "macro_f1_sd": float(f1.std()),
+                    "balanced_accuracy": float(bal.mean()), "balanced_accuracy_sd": float(bal.std())})
+    return out
+
+
+def report(cv_id: str, runs_dir: Path | None = None) -> dict[str, Any]:
+    """A cross-validation's figures, from the folds that completed: pooled out-of-fold metrics with 95% intervals
+    (bootstrap over observations), per-class precision/recall/F1 with support, the folds' mean and spread, the
+    mean validation curve per epoch, and which folds are missing and why."""
+    from .metrics import classification_metrics
+    manifest = load_manifest(cv_id, runs_dir)
+    oof, folds = out_of_fold(manifest, runs_dir)
+    missing = [f for f in folds if f.get("missing")]
+    out: dict[str, Any] = {"id": manifest["id"], "folds": folds, "n_folds": int(manifest.get("folds") or 0),
+                           "missing": missing, "complete": not missing, "seed": manifest.get("seed"),
+                           "base": manifest.get("base") or {}, "grid": manifest.get("grid"),
+                           "curve": mean_curve(manifest, runs_dir), "created_at": manifest.get("created_at")}
+    if not len(oof["y"]):
+        out["pooled"] = None
+        return out
+    pooled = classification_metrics(oof["y"], oof["probs"])
+    pooled["intervals"] = intervals(oof["y"], oof["probs"].argmax(1), list(oof["observation"]), len(CLASS_NAMES))
+    pooled["observations"] = len({o for o in oof["observation"] if o})
+    out["pooled"] = pooled
+    done = [f for f in folds if not f.get("missing")]
+    out["fold_spread"] = {k: {"mean": float(np.mean([f[k] for f in done])), "sd": float(np.std([f[k] for f in done]))}
+                          for k in HEADLINE}
+    best = max(out["curve"], key=lambda r: r["macro_f1"]) if out["curve"] else None
+    out["best_epoch"] = best["epoch"] if best else None
+    return out
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    """The report as text (`--cv-report ID`)."""
+    base = rep["base"]
+    lines = [f"cross-validation {rep['id']}: {rep['n_folds']} folds grouped by observation (seed {rep['seed']}), "
+             f"{base.get('model')} at {base.get('image_size') or 'native'} px, {base.get('epochs')} epochs"]
+    for f in rep["folds"]:
+        figures = f"  macro-F1 {f['macro_f1']:.3f} on {f['tiles']} tiles" if not f.get("missing") else \
+            f"  MISSING: {f['missing']}"
+        lines.append(f"  fold {f['fold']}: {f.get('run') or '-'} ({f.get('state')}){figures}")
+    if rep["missing"]:
+        lines.append(f"incomplete: fold{'s' if len(rep['missing']) > 1 else ''} "
+                     f"{', '.join(str(f['fold']) for f in rep['missing'])} left out of every figure below")
+    pooled = rep.get("pooled")
+    if not pooled:
+        lines.append("no fold has completed yet: no out-of-fold figures")
+        return "\n".join(lines)
+    iv = pooled["intervals"]
+    lines += ["", f"out-of-fold, {pooled['n']} validated originals from {pooled['observations']} observations "
+                  f"(95% intervals: {iv['method']})"]
+    for k in HEADLINE:
+        spread = rep["fold_spread"][k]
+        lines.append(f"  {LABELS[k]:<18} {fmt(pooled[k], iv[k])}   folds {spread['mean']:.3f} ± {spread['sd']:.3f}")
+    lines.append(f"  always-{pooled['majority_baseline']['class']} accuracy {pooled['majority_baseline']['accuracy']:.3f}")
+    lines += ["", f"{'class':<14}{'support':>8}{'precision':>22}{'recall':>22}{'F1':>22}"]
+    for c, civ in zip(pooled["per_class"], iv["per_class"]):
+        precision = fmt(c["precision"], civ["precision"]) if c["predicted"] else "never predicted"
+        recall = fmt(c["recall"], civ["recall"]) if c["support"] else "no tiles"
+        f1 = fmt(c["f1"], civ["f1"]) if c["support"] else "-"
+        lines.append(f"{c['class']:<14}{c['support']:>8}{precision:>22}{recall:>22}{f1:>22}")
+    if rep["curve"]:
+        lines += ["", "mean validation curve (folds that reached each epoch)"]
+        for r in rep["curve"]:
+            lines.append(f"  epoch {r['epoch']:>3}: macro-F1 {r['macro_f1']:.3f} ± {r['macro_f1_sd']:.3f} "
+                         f"({r['folds']} folds)" + ("  <- highest" if r["epoch"] == rep["best_epoch"] else ""))
+    return "\n".join(lines)
+
+
+def headline_with_intervals(rep: dict[str, Any]) -> dict[str, Any]:
+    """The pooled headline figures and their intervals, flat (for tables: a grid ranked by cross-validation)."""
+    pooled = rep.get("pooled")
+    if not pooled:
+        return {}
+    iv = pooled["intervals"]
+    out: dict[str, Any] = {}
+    for k in HEADLINE:
+        out[f"oof {LABELS[k]}"] = pooled[k]
+        out[f"oof {LABELS[k]} 95%"] = fmt(pooled[k], iv[k]).split(" ", 1)[1] if iv[k] else "-"
+    return out
+
+
+# ---- the refit ---------------------------------------------------------------------------------------------
+
+def refit_record(cv_id: str, runs_dir: Path | None = None) -> dict[str, Any]:
+    """What a refit on all the data takes from the cross-validation it names: the temperature fitted on the pooled
+    out-of-fold logits, the out-of-fold figures that describe it, and the folds' out-of-distribution transfer
+    ratio (`core.ood.transfer_ratio`). CVError unless every fold completed: a refit is described by all of them."""
+    from .calibration import fit_temperature
+    from .checkpoint import read_checkpoint, CheckpointError
+    from .ood import FeatureDensity, OODError, transfer_ratio
+    rep = report(cv_id, runs_dir)
+    if rep["missing"]:
+        raise CVError(f"calibrate_from: cross-validation {cv_id} is incomplete (fold"
+                      f"{'s' if len(rep['missing']) > 1 else ''} {', '.join(str(f['fold']) for f in rep['missing'])} "
+                      "did not complete); resume them first")
+    manifest = load_manifest(cv_id, runs_dir)
+    oof, _ = out_of_fold(manifest, runs_dir)
+    temperature = float(fit_temperature(oof["logits"], oof["y"]))
+    references = []
+    for _, run in fold_runs(manifest, runs_dir):
+        try:
+            stored = read_checkpoint(run.best_checkpoint).get("ood") if run else None
+            if stored:
+                references.append(FeatureDensity.from_dict(stored))
+        except (CheckpointError, OODError, OSError):
+            continue
+    try:
+        ratio = transfer_ratio(references).tolist()
+    except OODError:
+        ratio = None
+    pooled = rep["pooled"]
+    metrics = {k: pooled[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1",
+                                      "majority_baseline", "per_class", "n", "intervals")}
+    return {"temperature": temperature, "metrics": metrics, "ood_ratio": ratio,
+            "cv": {"id": cv_id, "folds": rep["n_folds"], "tiles": int(pooled["n"]),
+                   "observations": pooled["observations"], "seed": rep["seed"]}}
