@@ -3,6 +3,7 @@
 - online: one random composition of the chosen transforms, fresh for every tile every epoch;
 - expand: the originals plus one copy per transform, each copy seeing only its own transform;
 - official: the data set's own -r90 ... -brt copies, nothing else (handled by record selection);
+- official_online: those copies, and the online transforms on top of them;
 - none.
 MixUp / CutMix are batch options applied after batching. Validation and test are never augmented.
 """
@@ -36,6 +37,7 @@ def _make(name: str, size: int) -> nn.Module:
         "rotate": lambda: v2.RandomRotation(degrees=180, interpolation=v2.InterpolationMode.BILINEAR),
         "perspective": lambda: v2.RandomPerspective(distortion_scale=0.3, p=1.0),
         "color_jitter": lambda: v2.ColorJitter(brightness=0.3, contrast=0.3),
+        "strong_color_jitter": lambda: v2.ColorJitter(brightness=0.6, contrast=0.6),
         "blur": lambda: v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5)),
         "resized_crop": lambda: v2.RandomResizedCrop(size=size, scale=(0.6, 1.0), ratio=(0.9, 1.1), antialias=True),
         "erasing": lambda: v2.RandomErasing(p=1.0, scale=(0.02, 0.15), value=0),
@@ -44,7 +46,7 @@ def _make(name: str, size: int) -> nn.Module:
 
 #: How often each transform fires in the online mode (symmetries always half the time).
 ONLINE_PROBABILITY = {"hflip": 0.5, "vflip": 0.5, "rot90": 0.75, "rotate": 0.5, "perspective": 0.3,
-                      "color_jitter": 0.5, "blur": 0.2, "resized_crop": 0.5, "erasing": 0.25}
+                      "color_jitter": 0.5, "strong_color_jitter": 0.8, "blur": 0.2, "resized_crop": 0.5, "erasing": 0.25}
 
 
 def online_transform(names: list[str], size: int = TILE_SIZE) -> Transform:
@@ -73,7 +75,10 @@ def epoch_multiplier(mode: str, names: list[str]) -> int:
 
 
 #: Transforms BatchAugment applies to whole batches as tensor ops (the rest stay per tile, in the loader).
-BATCHED = ("hflip", "vflip", "rot90", "color_jitter", "erasing")
+BATCHED = ("hflip", "vflip", "rot90", "color_jitter", "strong_color_jitter", "erasing")
+#: Brightness and contrast factors drawn uniformly in [1 - s, 1 + s]: the strong jitter reaches the data set's own
+#: -brt copies and the exposure differences between observations.
+JITTER = {"color_jitter": 0.3, "strong_color_jitter": 0.6}
 
 
 class BatchAugment(nn.Module):
@@ -106,13 +111,14 @@ class BatchAugment(nn.Module):
                 sel = idx[turns == k]
                 if len(sel):
                     x[sel] = torch.rot90(x[sel], k, dims=(-2, -1))
-        if "color_jitter" in self.names and len(idx := self._pick(x, "color_jitter")):
-            sub = x[idx]
-            shape = (len(idx), 1, 1, 1)
-            mean = sub.mean(dim=(-2, -1), keepdim=True)
-            contrast = torch.empty(shape, device=x.device).uniform_(0.7, 1.3)
-            brightness = torch.empty(shape, device=x.device).uniform_(0.7, 1.3)
-            x[idx] = sub.sub_(mean).mul_(contrast).add_(mean).mul_(brightness).clamp_(0, 1)
+        for name, s in JITTER.items():
+            if name in self.names and len(idx := self._pick(x, name)):
+                sub = x[idx]
+                shape = (len(idx), 1, 1, 1)
+                mean = sub.mean(dim=(-2, -1), keepdim=True)
+                contrast = torch.empty(shape, device=x.device).uniform_(1 - s, 1 + s)
+                brightness = torch.empty(shape, device=x.device).uniform_(1 - s, 1 + s)
+                x[idx] = sub.sub_(mean).mul_(contrast).add_(mean).mul_(brightness).clamp_(0, 1)
         if "erasing" in self.names and len(idx := self._pick(x, "erasing")):
             h, w = x.shape[-2:]
             for i in idx.tolist():  # a quarter of the batch: a few slice assignments

@@ -23,8 +23,9 @@ from .classes import SELECTION_METRICS
 from .models import ARCHITECTURES, DEFAULT_ARCH, FREEZE_MODES, WeightsUnavailable, require_imagenet, spec, stages
 from .optim import OPTIMIZERS, SCHEDULERS
 
-AUGMENT_MODES = ("none", "online", "expand", "official")
-TRANSFORMS = ("hflip", "vflip", "rot90", "rotate", "perspective", "color_jitter", "blur", "resized_crop", "erasing")
+AUGMENT_MODES = ("none", "online", "expand", "official", "official_online")
+TRANSFORMS = ("hflip", "vflip", "rot90", "rotate", "perspective", "color_jitter", "strong_color_jitter", "blur",
+              "resized_crop", "erasing")
 IMBALANCE = ("none", "weighted_loss", "sqrt_weighted_loss", "balanced_sampler")
 INITS = ("scratch", "imagenet", "run")
 
@@ -126,9 +127,10 @@ class RunConfig:
                         max=MAX_EPOCHS)
     # Augmentation
     augment: str = opt("online", "none, online (random per tile, every epoch), expand (one copy per transform), "
-                       "official (the data set's own -r90 ... -brt copies)", "augmentation", AUGMENT_MODES)
+                       "official (the data set's own -r90 ... -brt copies), official_online (those copies, and the online "
+                       "transforms on top)", "augmentation", AUGMENT_MODES)
     transforms: list[str] = opt(["hflip", "vflip", "rot90"], "transforms for online/expand", "augmentation",
-                                TRANSFORMS, when=("augment", ("online", "expand")))
+                                TRANSFORMS, when=("augment", ("online", "expand", "official_online")))
     mixup_alpha: float = opt(0.0, "MixUp alpha (0: off), a batch option", "augmentation", min=0.0, max=10.0)
     cutmix_alpha: float = opt(0.0, "CutMix alpha (0: off), a batch option", "augmentation", min=0.0, max=10.0)
     # Runtime
@@ -182,7 +184,7 @@ class RunConfig:
             raise ConfigError("backbone_lr_scale must be above 0 (freeze the backbone to stop it learning)")
         if self.unfreeze_every and self.unfreeze_all_at:
             raise ConfigError("unfreeze_every and unfreeze_all_at are two unfreezing plans: choose one")
-        if self.augment in ("online", "expand") and not self.transforms:
+        if self.augment in ("online", "expand", "official_online") and not self.transforms:
             raise ConfigError(f"augment={self.augment} needs at least one transform")
         problem = self.data_spec.problem()
         if problem:

@@ -141,7 +141,7 @@ def prepare_data(cfg: RunConfig, log) -> TrainData:
             raise DataError(message + " (fix the data, or pass --allow-leakage to train anyway)")
         log(f"warning: {message} (allowed by --allow-leakage)")
     # official mode trains on the data set's own augmented copies; the others on originals only
-    train_records = data.select("train", originals_only=cfg.augment != "official")
+    train_records = data.select("train", originals_only=cfg.augment not in ("official", "official_online"))
     val_records = data.select("val", originals_only=True)
     if not train_records:
         raise DataError("the training split is empty")
@@ -154,7 +154,8 @@ def prepare_data(cfg: RunConfig, log) -> TrainData:
                "; no cross-validation named (calibrate_from), so it stays uncalibrated"))
     mean, std = input_normalisation(cfg, data, train_records)
     log(f"input normalisation: mean {mean:.4f}, std {std:.4f}")
-    batched, per_tile = augment.split_online(cfg.transforms) if cfg.augment == "online" else ([], [])
+    online = cfg.augment in ("online", "official_online")
+    batched, per_tile = augment.split_online(cfg.transforms) if online else ([], [])
     transform = augment.online_transform(per_tile, TILE_SIZE) if per_tile else None  # on the tiles, before resizing
     copies = augment.expand_copies(cfg.transforms, TILE_SIZE) if cfg.augment == "expand" else []
     train = TileDataset(data.tiles(train_records), data.labels(train_records), transform, copies)

@@ -29,6 +29,9 @@ with st.expander("Configure a run", expanded=not list_runs() or applied is not N
         k = epoch_multiplier("expand", values["transforms"])
         st.info(f"Expand mode: each epoch holds the originals plus {k - 1} transformed copies, so it is {k}x longer "
                 "than an epoch over the originals.")
+    if values["augment"] == "official_online":
+        st.info("Official + online mode trains on the data set's own -r90 ... -brt copies (about 7x the originals) "
+                "and applies the chosen online transforms on top of them.")
     if values["augment"] == "official":
         st.info("Official mode trains on the data set's own -r90, -r180, -r270, -fh, -fv and -brt copies "
                 "(about 7x the originals) and adds no augmentation of its own.")
