@@ -86,7 +86,8 @@ def _interval(values: np.ndarray) -> Interval | None:
 def intervals(y_true: Sequence[int], y_pred: Sequence[int], groups: Sequence[str | None], n_classes: int,
               n_draws: int = N_DRAWS, seed: int = 0) -> dict:
     """95% intervals of accuracy, balanced accuracy, macro-F1 and each class's precision, recall and F1, from
-    `n_draws` resamplings of the observations: {"accuracy": [lo, hi], ..., "per_class": [{"precision": [lo, hi],
+    `n_draws` resamplings of the observations (a class's recall and precision: widened to at least their Wilson
+    interval, see `wilson`): {"accuracy": [lo, hi], ..., "per_class": [{"precision": [lo, hi],
     ...}], "groups": G, "draws": n_draws, "method": ...}. A figure undefined in most draws gets None."""
     y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
     gid = group_ids(list(groups))
@@ -94,8 +95,11 @@ def intervals(y_true: Sequence[int], y_pred: Sequence[int], groups: Sequence[str
     weights = draw_weights(len(per_group), n_draws, seed)
     drawn = figures_from_confusions(np.einsum("bg,gij->bij", weights, per_group))
     out: dict = {k: _as_list(_interval(drawn[k])) for k in HEADLINE}
-    out["per_class"] = [{k: _as_list(_interval(drawn[k][:, c])) for k in ("precision", "recall", "f1")}
-                        for c in range(n_classes)]
+    whole = per_group.sum(0)
+    hits, support, predicted = np.diagonal(whole), whole.sum(1), whole.sum(0)
+    out["per_class"] = [{"precision": _as_list(_union(_interval(drawn["precision"][:, c]), wilson(hits[c], predicted[c]))),
+                         "recall": _as_list(_union(_interval(drawn["recall"][:, c]), wilson(hits[c], support[c]))),
+                         "f1": _as_list(_interval(drawn["f1"][:, c]))} for c in range(n_classes)]
     out.update({"groups": len(per_group), "draws": n_draws, "level": LEVEL,
                 "method": f"bootstrap over {len(per_group)} observations ({n_draws} draws)"})
     return out
@@ -121,6 +125,24 @@ def paired_difference(y_true: Sequence[int], pred_a: Sequence[int], pred_b: Sequ
     out["groups"] = len(cm_a)
     out["draws"] = n_draws
     return out
+
+
+def wilson(successes: float, trials: float, z: float = 1.959964) -> Interval | None:
+    """The Wilson score interval of a proportion: what the counts alone allow. Resampling observations says
+    nothing about a class held by one or two of them (1 tile of 1 found gives [1, 1] in every draw), so a class's
+    recall and precision get the wider of the two intervals."""
+    if trials <= 0:
+        return None
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return Interval(float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+def _union(a: Interval | None, b: Interval | None) -> Interval | None:
+    if a is None or b is None:
+        return a or b
+    return Interval(min(a.low, b.low), max(a.high, b.high))
 
 
 def _as_list(iv: Interval | None) -> list[float] | None:

@@ -62,19 +62,23 @@ def check_folds(folds: Any) -> int:
 def plan(base: RunConfig | dict[str, Any], folds: Any, seed: int = 0, check_ready: bool = True) -> list[RunConfig]:
     """One valid, ready RunConfig per fold of `base`: CVError on the first problem, before anything is queued."""
     folds = check_folds(folds)
-    values = dict(base.to_dict() if isinstance(base, RunConfig) else base)
+    try:
+        recipe = base if isinstance(base, RunConfig) else RunConfig.from_dict(dict(base))
+    except ConfigError as exc:
+        raise CVError(str(exc)) from None
+    values = recipe.to_dict()
     defaults = RunConfig()
-    if values.get("cv_folds"):
-        raise CVError("cv: the configuration is already one fold of a cross-validation; start from the recipe")
-    if (values.get("val_fraction", defaults.val_fraction), values.get("test_fraction", defaults.test_fraction)) != \
-            (defaults.val_fraction, defaults.test_fraction):
-        raise CVError("val_fraction: cross-validation makes its own validation folds and no test split; give either "
-                      "--cv or the split shares, not both")
-    if values.get("split_mode", "auto") == "official":
+    if recipe.cv_folds:
+        raise CVError("cv_folds: the configuration is already one fold of a cross-validation; start from the recipe")
+    if (recipe.val_fraction, recipe.test_fraction) != (defaults.val_fraction, defaults.test_fraction):
+        raise CVError("val_fraction: cross-validation makes its own validation folds and no test split; leave the "
+                      f"split shares at their defaults ({defaults.val_fraction}, {defaults.test_fraction}) or do not "
+                      "cross-validate")
+    if recipe.split_mode == "official":
         raise CVError("split_mode: cross-validation replaces the official split; leave split_mode at auto")
-    if values.get("calibrate_from"):
+    if recipe.calibrate_from:
         raise CVError("calibrate_from: a cross-validation's folds calibrate on their own validation fold")
-    if not 0 <= int(seed) < 2**32:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise CVError(f"cv_seed: {seed} is not in 0 to {2**32 - 1}")
     prefix = str(values.get("name") or "").strip()
     configs = []

@@ -333,10 +333,12 @@ def _cv_report(manifest: dict[str, Any], runs_dir: Path | None) -> tuple[pd.Data
             rows.append({**row, "cross-validation": entry["cv"], "folds done": "deleted"})
             continue
         done = rep["n_folds"] - len(rep["missing"])
-        row.update({"cross-validation": entry["cv"], "folds done": f"{done}/{rep['n_folds']}"})
+        row.update({"cross-validation": entry["cv"], "folds done": f"{done}/{rep['n_folds']}",
+                    "state": "active" if any(f.get("state") in ("queued", "running") for f in rep["folds"]) else
+                    ("completed" if not rep["missing"] else "incomplete")})
         row.update(cv.headline_with_intervals(rep))
         rows.append(row)
-    columns = list(manifest.get("fields", [])) + ["cross-validation", "folds done"] + [
+    columns = list(manifest.get("fields", [])) + ["cross-validation", "folds done", "state"] + [
         f"oof {label}{suffix}" for label in ("macro-F1", "balanced accuracy", "accuracy") for suffix in ("", " 95%")]
     table = pd.DataFrame(rows, columns=columns)
     if len(table):

@@ -210,18 +210,36 @@ def never_predicted(per_class: list[dict], confusion: list[list[int]] | None = N
     return [c["class"] for c, column in zip(per_class, zip(*confusion)) if sum(column) == 0]
 
 
-def per_class_table(per_class: list[dict], confusion: list[list[int]] | None = None) -> "pd.io.formats.style.Styler":
-    """Per-class precision, recall, F1 and support, recall coloured. A class the split has
-    no tile of shows "no tiles" as its recall and F1 (a red 0.000 read as total failure; Streamlit shows NaN as
-    "None"); a class never predicted shows "n/a" as its precision, which is undefined, not 0."""
+def interval_text(interval: list[float] | None) -> str:
+    """`0.87–0.94`, a 95% interval as the tables show it beside its figure; "" when there is none."""
+    return f"{interval[0]:.2f}–{interval[1]:.2f}" if interval else ""
+
+
+def interval_caption(intervals: dict | None) -> str:
+    """One line saying what the intervals are, under the figures that carry them."""
+    if not intervals:
+        return ("No intervals: this report was saved before they were computed (evaluate again to get them).")
+    return (f"In brackets and beside each figure: its 95% interval, from a {intervals['method']}: the tiles of one "
+            "observation are alike, so whole observations are resampled. A wide interval means this split cannot "
+            "pin the figure down.")
+
+
+def per_class_table(per_class: list[dict], confusion: list[list[int]] | None = None,
+                    intervals: dict | None = None) -> "pd.io.formats.style.Styler":
+    """Per-class precision, recall, F1 and support, recall coloured, each figure with its 95% interval (a
+    report's `intervals`, when it has them). A class the split has no tile of shows "no tiles" as its recall and
+    F1 (a red 0.000 read as total failure; Streamlit shows NaN as "None"); a class never predicted shows "n/a" as
+    its precision, which is undefined, not 0."""
     import pandas as pd  # here, not at the top: the Explain page's first prediction does not wait for it
     table = pd.DataFrame(per_class).set_index("class")
     absent = table["support"] == 0
     unpredicted = table.index.isin(never_predicted(per_class, confusion))
     recall = table["recall"].astype(float).mask(absent)
+    class_iv = (intervals or {}).get("per_class") or [{}] * len(table)
     for column in ("precision", "recall", "f1"):
         blank = unpredicted if column == "precision" else absent
         text = NEVER_PREDICTED if column == "precision" else NO_TILES
-        table[column] = [text if b else f"{v:.3f}" for v, b in zip(table[column].astype(float), blank)]
+        table[column] = [text if b else f"{v:.3f}" + (f" ({interval_text(iv.get(column))})" if iv.get(column) else "")
+                         for v, b, iv in zip(table[column].astype(float), blank, class_iv)]
     table = table.drop(columns="predicted", errors="ignore")  # said through precision; the table keeps its width
     return table.style.apply(lambda col: [_recall_colour(recall[c]) for c in col.index], subset=["recall"])

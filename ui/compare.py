@@ -5,9 +5,12 @@ from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
+from core.bootstrap import paired_difference
 from core.classes import CLASS_NAMES
 from core.config import RunConfig
+from core.data.records import parse_name
 from core.runs import Run
+from ui.common import interval_text
 
 
 def settings_table(runs: Sequence[Run], models: Mapping[str, dict] | None = None) -> tuple[pd.DataFrame, list[str]]:
@@ -45,9 +48,46 @@ def metrics_table(runs: Sequence[Run], reports: Mapping[str, dict | None]) -> pd
 
 
 def _report_row(name: str, report: dict, epoch: int | None) -> dict:
-    return {"run": name, "macro-F1": report["macro_f1"], "balanced accuracy": report["balanced_accuracy"],
-            "accuracy": report["accuracy"], "majority baseline": report["majority_baseline"]["accuracy"],
+    iv = report.get("intervals") or {}
+    return {"run": name, "macro-F1": report["macro_f1"], "macro-F1 95%": interval_text(iv.get("macro_f1")),
+            "balanced accuracy": report["balanced_accuracy"],
+            "balanced accuracy 95%": interval_text(iv.get("balanced_accuracy")),
+            "accuracy": report["accuracy"], "accuracy 95%": interval_text(iv.get("accuracy")),
+            "majority baseline": report["majority_baseline"]["accuracy"],
             "val tiles": report["n"], "tile set": report.get("tiles_digest"), "best epoch": epoch}
+
+
+def paired_differences(reports: Mapping[str, dict | None]) -> pd.DataFrame:
+    """For every two models scored on the same tiles (equal tile-set fingerprints), the difference of each headline
+    figure with its 95% interval from a paired bootstrap over observations (`core.bootstrap.paired_difference`):
+    the same observation draws score both models, so what the split happened to hold cancels out."""
+    usable = {name: r for name, r in reports.items() if r and r.get("predictions") and r.get("tiles_digest")}
+    rows = []
+    names = list(usable)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            ra, rb = usable[a], usable[b]
+            if ra["tiles_digest"] != rb["tiles_digest"]:
+                continue
+            class_names = list(ra["class_names"])
+            by_name = {p["name"]: p for p in rb["predictions"]}
+            common = [p for p in ra["predictions"] if p["name"] in by_name]
+            if not common:
+                continue
+            y = [class_names.index(p["true"]) for p in common]
+            groups = [p.get("observation") or parse_name(p["name"]).observation for p in common]
+            diff = paired_difference(y, [class_names.index(p["pred"]) for p in common],
+                                     [class_names.index(by_name[p["name"]]["pred"]) for p in common], groups,
+                                     len(class_names))
+            row = {"A": a, "B": b, "tiles": len(common), "observations": diff["groups"]}
+            for key, label in (("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced accuracy"),
+                               ("accuracy", "accuracy")):
+                d = diff[key]
+                row[f"{label} A−B"] = f"{d['difference']:+.3f} ({interval_text(d['interval'])})"
+                row[f"{label} verdict"] = "within noise" if d["within_noise"] else ("A better" if d["difference"] > 0
+                                                                                    else "B better")
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def per_class(runs: Sequence[Run], reports: Mapping[str, dict | None], key: str = "f1") -> dict[str, list[float]]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import streamlit as st
 
-from core import grid, jobs
+from core import cv, grid, jobs
 from core.config import field_specs
 from core.runs import ACTIVE_STATES
 from ui.common import show_error
@@ -61,8 +61,20 @@ def grid_form(values: dict[str, Any]) -> None:
             problem = exc
             slot = slots.get(exc.field)
             (slot.error if slot is not None else st.error)(str(exc), icon=":material/error:")
+    folds_text = st.text_input("Cross-validate each combination: folds (0: one run each, on one split)", value="0",
+                               key="grid_cv_folds",
+                               help="With K folds every combination becomes a K-fold cross-validation grouped by "
+                                    "observation, and the table ranks them by out-of-fold macro-F1 with intervals")
+    folds = 0
+    if folds_text.strip() not in ("", "0"):
+        try:
+            folds = cv.check_folds(folds_text.strip())
+        except cv.CVError as exc:
+            st.error(str(exc), icon=":material/error:")
+            problem = problem or exc
     if p is not None:
-        st.markdown(f"**{len(p)} runs**, queued one after another on {jobs.device_key(p.configs[0].device)}: "
+        what = f"{len(p)} cross-validations of {folds} folds ({len(p) * folds} runs)" if folds else f"{len(p)} runs"
+        st.markdown(f"**{what}**, queued one after another on {jobs.device_key(p.configs[0].device)}: "
                     + ", ".join(f"`{c.name}`" for c in p.configs))
     elif not chosen:
         st.caption("Choose the options to vary, then their values: optimizer × scheduler × augment, say.")
@@ -70,7 +82,16 @@ def grid_form(values: dict[str, Any]) -> None:
         if p is None:
             show_error(problem or "choose at least one option to vary and its values", "Grid not launched")
             return
+        if problem is not None:
+            show_error(problem, "Grid not launched")
+            return
         try:
+            if folds:
+                grid_id, _ = grid.cross_validate(p, folds)
+                st.session_state[SHOWN] = grid_id
+                st.success(f"Grid {grid_id}: queued {len(p)} cross-validations of {folds} folds. Its table, ranked "
+                           "by out-of-fold macro-F1, is under Grid results below.", icon=":material/check:")
+                return
             grid_id, runs = grid.launch(p)
         except (grid.GridError, jobs.JobError) as exc:
             show_error(exc, "Grid not launched")
@@ -95,19 +116,29 @@ def grid_results() -> None:
     grid_id = st.selectbox("Grid", ids, key=SHOWN,
                            format_func=lambda i: f"{i} · {grid.describe_values(by_id[i].get('values', {}))}")
     table, _ = grid.report(grid_id)
-    active = bool(len(table)) and table["state"].isin(ACTIVE_STATES).any()
+    cross_validated = bool(by_id[grid_id].get("cv_folds"))
+    running = ("active",) if cross_validated else ACTIVE_STATES
+    active = bool(len(table)) and table["state"].isin(running).any()
 
     @st.fragment(run_every=3.0 if active else None)
     def live() -> None:
         table, split = grid.report(grid_id)
-        (st.warning if "NOT" in split else st.caption)(split[0].upper() + split[1:] + ". Metrics: the best epoch's, on "
-                                                       "validation.")
-        metrics = {label: st.column_config.NumberColumn(label, format="%.3f") for label in grid.METRICS}
+        if cross_validated:
+            st.caption(split[0].upper() + split[1:])
+            metrics = {c: st.column_config.NumberColumn(c, format="%.3f") for c in table.columns
+                       if c.startswith("oof") and not c.endswith("95%")}
+        else:
+            (st.warning if "NOT" in split else st.caption)(split[0].upper() + split[1:] + ". Metrics: the best "
+                                                           "epoch's, on validation.")
+            metrics = {label: st.column_config.NumberColumn(label, format="%.3f") for label in grid.METRICS}
         st.dataframe(table, hide_index=True, width="stretch", column_config=metrics, key=f"grid_table_{grid_id}")
-        if active and not table["state"].isin(ACTIVE_STATES).any():
+        if active and not table["state"].isin(running).any():
             st.rerun(scope="app")  # the grid just ended: redraw once, and stop polling
 
     live()
+    if cross_validated:
+        st.caption("Each row's cross-validation has its full report under Cross-validations below.")
+        return
     scored = table.loc[table["best epoch"].notna(), "run"].tolist() if len(table) else []
     if st.button("Open these runs in Compare", key="grid_compare", disabled=len(scored) < 2,
                  help="Compare needs two runs with at least one finished epoch" if len(scored) < 2 else None):

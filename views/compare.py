@@ -63,6 +63,15 @@ st.dataframe(metrics.style.format("{:.3f}", subset=[c for c in ("macro-F1", "bal
                                                                 "majority baseline") if c in metrics], na_rep="–")
              .format("{:.0f}", subset=[c for c in ("val tiles", "best epoch") if c in metrics], na_rep="–")
              .highlight_max(subset=["macro-F1", "balanced accuracy"], color="#d4edda"), width="stretch")
+pairs = compare.paired_differences(reports)
+if len(pairs):
+    st.markdown("**Is the difference real?** Each pair of models scored on the same tiles, the difference with its "
+                "95% interval from a paired bootstrap over observations: where the interval holds 0, this split "
+                "cannot tell the two apart.")
+    st.dataframe(pairs, hide_index=True, width="stretch")
+elif len(names_shown) > 1:
+    st.caption("No two of these models were scored on the same tiles (different tile sets), so no paired "
+               "comparison: differences between their rows mix the models with the tiles.")
 f1 = compare.per_class(chosen, reports, "f1")
 if f1:
     st.plotly_chart(figures.grouped_bars(f1, CLASS_NAMES, "per-class F1", "F1", colours), width="stretch")

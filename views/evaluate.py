@@ -11,8 +11,9 @@ from core.inference import bf16_suits
 from core.precision import bf16_native
 from ui import appstate, figures
 from ui.gallery import tile_gallery
-from ui.common import (IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, data_for_config, get_model, model_choices,
-                       never_predicted, per_class_table, progress_bar, run_of_checkpoint, show_error)
+from ui.common import (IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, data_for_config, get_model, interval_caption,
+                       interval_text, model_choices, never_predicted, per_class_table, progress_bar, run_of_checkpoint,
+                       show_error)
 
 CELL_TILES = 24  # tiles of a clicked confusion-matrix cell shown, surest first
 
@@ -39,6 +40,16 @@ bf16 = toggles[2].toggle("bf16 (faster)", disabled=not (bf16_native(model.device
                      help="bf16 autocast: about 2x faster where the device runs bf16 natively; a few predictions in "
                           "a thousand may change. Off: fp32, the reference figures. Not offered for "
                           "EfficientNet-Lite, whose predictions bf16 changes.")
+
+if model.metrics.get("split") == "out-of-fold":
+    m, iv = model.metrics, model.metrics.get("intervals") or {}
+    st.warning("This model was refit on every tile of its data, with no validation or test split: scored on any split "
+               "of that data, it is scored on tiles it trained on, and the figures below flatter it. Its honest "
+               f"figures are its cross-validation's, out-of-fold over {m.get('n')} tiles: macro-F1 "
+               f"{m['macro_f1']:.3f} ({interval_text(iv.get('macro_f1'))}), balanced accuracy "
+               f"{m['balanced_accuracy']:.3f} ({interval_text(iv.get('balanced_accuracy'))}), accuracy "
+               f"{m['accuracy']:.3f} ({interval_text(iv.get('accuracy'))}). Score it on data it never saw.",
+               icon=":material/warning:")
 
 report = None
 key = (str(path), path.stat().st_mtime, split, originals_only, tta, bf16)
@@ -70,11 +81,13 @@ if report is None:
 
 st.caption(IMBALANCE_NOTE)
 base = report["majority_baseline"]
+intervals = report.get("intervals")
 cols = st.columns(3)  # two rows of three: six across cut the labels ("Always-other base...")
-cols[0].metric("Macro-F1", f"{report['macro_f1']:.3f}", f"{report['macro_f1'] - base['macro_f1']:+.3f} vs baseline")
-cols[1].metric("Balanced accuracy", f"{report['balanced_accuracy']:.3f}",
-               f"{report['balanced_accuracy'] - base['balanced_accuracy']:+.3f} vs baseline")
-cols[2].metric("Accuracy", f"{report['accuracy']:.3f}", f"{report['accuracy'] - base['accuracy']:+.3f} vs baseline")
+for col, key, label in ((cols[0], "macro_f1", "Macro-F1"), (cols[1], "balanced_accuracy", "Balanced accuracy"),
+                        (cols[2], "accuracy", "Accuracy")):
+    col.metric(label, f"{report[key]:.3f}", f"{report[key] - base[key]:+.3f} vs baseline")
+    if intervals and intervals.get(key):
+        col.caption(f"95% interval {interval_text(intervals[key])}")
 cols = st.columns(3)
 cols[0].metric(f"Always-{base['class']} baseline accuracy", f"{base['accuracy']:.3f}",
                help="Accuracy of answering the majority class every time")
@@ -98,7 +111,8 @@ with left:
                             on_select="rerun", selection_mode="points", key="cm", width="stretch")
 with right:
     st.markdown("**Per class**")
-    st.dataframe(per_class_table(report["per_class"], report.get("confusion")), width="stretch")
+    st.dataframe(per_class_table(report["per_class"], report.get("confusion"), intervals), width="stretch")
+    st.caption(interval_caption(intervals))
     absent = [c["class"] for c in report["per_class"] if c["support"] == 0]
     if absent:
         st.caption(f"This split has no tiles of {', '.join(absent)}: no recall or F1 for them, and the macro "

@@ -16,6 +16,12 @@ from ui.common import IMBALANCE_NOTE, USER_ERRORS, get_model_info
 SCORES = (("best val macro-F1", "val_macro_f1"), ("balanced acc", "val_balanced_accuracy"), ("accuracy", "val_accuracy"))
 
 
+def _iv(intervals: dict, key: str) -> str:
+    """` (0.85–0.93)`: a figure's 95% interval, when the checkpoint records one."""
+    value = intervals.get(key)
+    return f" ({value[0]:.2f}–{value[1]:.2f})" if isinstance(value, list) and len(value) == 2 else ""
+
+
 def _score(value: float | None) -> str:
     """A score to three places, or a dash before the first epoch (never `None`)."""
     return "–" if value is None else f"{value:.3f}"
@@ -50,9 +56,15 @@ with right:
                  f"{model.temperature:.2f}")
         if all(isinstance(m.get(k), (int, float)) for k in ("macro_f1", "balanced_accuracy", "accuracy")) \
                 and isinstance(m.get("majority_baseline"), dict) and "accuracy" in m["majority_baseline"]:
-            st.write(f"On its {m.get('split', 'validation')} split ({m.get('n', '?')} tiles): macro-F1 "
-                     f"**{m['macro_f1']:.3f}**, balanced accuracy **{m['balanced_accuracy']:.3f}**, accuracy "
-                     f"{m['accuracy']:.3f} vs always-other {m['majority_baseline']['accuracy']:.3f}")
+            iv = m.get("intervals") if isinstance(m.get("intervals"), dict) else {}
+            where = (f"Out-of-fold over {m.get('n', '?')} tiles (cross-validation grouped by observation)"
+                     if m.get("split") == "out-of-fold" else
+                     f"On its {m.get('split') or 'validation'} split ({m.get('n', '?')} tiles)")
+            st.write(f"{where}: macro-F1 **{m['macro_f1']:.3f}**{_iv(iv, 'macro_f1')}, balanced accuracy "
+                     f"**{m['balanced_accuracy']:.3f}**{_iv(iv, 'balanced_accuracy')}, accuracy {m['accuracy']:.3f}"
+                     f"{_iv(iv, 'accuracy')} vs always-other {m['majority_baseline']['accuracy']:.3f}")
+            if iv:
+                st.caption("In brackets: 95% intervals from a bootstrap over observations.")
     except USER_ERRORS as exc:
         st.warning(f"No default model: {exc}")
     st.caption(f"`{DEFAULT_CHECKPOINT}`")

@@ -11,6 +11,7 @@ from core.models import WeightsUnavailable, fetch_imagenet_weights, imagenet_sta
 from core.runs import ACTIVE_STATES, list_runs, read_json
 from ui import appstate, figures
 from ui.common import IMBALANCE_NOTE, NO_TILES, USER_ERRORS, data_for_config, show_error
+from ui.cv_view import cv_form, cv_results
 from ui.grid_form import grid_form, grid_results
 from ui.run_admin import delete_button, notes_editor
 from ui.run_form import GROUP_TITLES, checked_config, group_of, propose, run_form
@@ -68,6 +69,8 @@ with st.expander("Configure a run", expanded=not list_runs() or applied is not N
             st.toast(f"Launched {run.name}")
         except (ConfigError, jobs.JobError) as exc:
             show_error(exc, "Not launched")
+with st.expander("Cross-validate: K folds grouped by observation, figures with intervals"):
+    cv_form(values)  # the recipe as configured above
 with st.expander("Grid: vary up to three options, one run per combination"):
     grid_form(values)  # everything else as configured above
 
@@ -89,6 +92,7 @@ for r in runs[:30]:
                  "note": notes["note"], "queued": status.get("queued_at") or ""})
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 grid_results()
+cv_results()
 names = [r.name for r in runs]
 default = st.session_state.get("selected_run")
 selected = st.selectbox("Watch run", names, index=names.index(default) if default in names else 0)

@@ -1,0 +1,174 @@
+"""The Train page's cross-validation: launch K folds of the configured recipe as jobs, watch the pooled out-of-fold
+report fill in as folds finish, and refit the recipe on all the data. All checking and figures are core.cv's."""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core import cv, jobs
+from core.config import ConfigError, RunConfig
+from core.data import DataError
+from core.data.spec import MAX_FOLDS, MIN_FOLDS
+from ui import figures
+from ui.common import interval_caption, interval_text, per_class_table, show_error
+
+SHOWN = "cv_shown"  # the cross-validation whose report is on screen
+ACTIVE = ("queued", "running")
+
+
+def cv_form(values: dict[str, Any]) -> None:
+    """K folds (and the fold seed) over the run form's settings; every fold checked before anything is queued."""
+    cols = st.columns([1, 1, 2])
+    folds_text = cols[0].text_input("Folds", value="5", key="cv_folds_text",
+                                    help=f"{MIN_FOLDS} to {MAX_FOLDS} folds, grouped by observation: every fold is a "
+                                         "run that validates on its own observations and trains on the rest")
+    seed_text = cols[1].text_input("Fold seed", value="0", key="cv_seed_text",
+                                   help="which observations fall in which fold (the same seed, the same folds)")
+    configs, problem = None, None
+    try:
+        try:
+            seed = int(seed_text.strip())
+        except ValueError:
+            raise cv.CVError(f"cv_seed: {seed_text.strip()!r} is not a whole number") from None
+        configs = cv.plan(values, folds_text.strip(), seed)
+    except ConfigError as exc:
+        problem = exc
+        st.caption(f"Cross-validation is refused until this is fixed: {exc}")
+    if configs:
+        cols[2].markdown(f"**{len(configs)} runs** of {values.get('epochs')} epochs each, queued one after another; "
+                         "each is scored at its last epoch, and their out-of-fold predictions are pooled below.")
+    if st.button(f"Cross-validate ({len(configs)} folds)" if configs else "Cross-validate", key="cv_launch"):
+        if configs is None:
+            show_error(problem or "check the folds", "Not launched")
+            return
+        try:
+            for line in cv.coverage(configs[0]):
+                st.warning(f"Folds: {line}.", icon=":material/call_split:")
+            cv_id, runs = cv.launch(configs)
+        except (ConfigError, DataError, jobs.JobError, OSError) as exc:
+            show_error(exc, "Not launched")
+            return
+        st.session_state[SHOWN] = cv_id
+        st.session_state["selected_run"] = runs[0].name
+        st.success(f"Cross-validation {cv_id}: queued {len(runs)} folds (tagged cv:{cv_id}). Its report is under "
+                   "Cross-validations below.", icon=":material/check:")
+
+
+def _curve(curve: list[dict]) -> go.Figure:
+    """The folds' mean validation macro-F1 per epoch, with a band of one standard deviation."""
+    x = [r["epoch"] for r in curve]
+    mean = [r["macro_f1"] for r in curve]
+    sd = [r["macro_f1_sd"] for r in curve]
+    fig = go.Figure()
+    fig.add_scatter(x=x + x[::-1], y=[m + s for m, s in zip(mean, sd)] + [m - s for m, s in zip(mean, sd)][::-1],
+                    fill="toself", fillcolor="rgba(78,121,167,0.2)", line=dict(width=0), hoverinfo="skip",
+                    name="± 1 sd over folds")
+    fig.add_scatter(x=x, y=mean, mode="lines+markers", name="mean over folds", line=dict(color="#4E79A7"),
+                    customdata=[r["folds"] for r in curve], hovertemplate="epoch %{x}: %{y:.3f} (%{customdata} folds)")
+    fig.update_layout(xaxis_title="epoch", yaxis_title="validation macro-F1", xaxis=dict(dtick=1))
+    return figures._layout(fig, "Mean validation curve over the folds", height=320)
+
+
+def _report_view(rep: dict) -> None:
+    folds = pd.DataFrame([{"fold": f["fold"], "run": f.get("run") or "–", "state": f.get("state"),
+                           "tiles": f.get("tiles"), "macro-F1 (its fold)": f.get("macro_f1"),
+                           "missing": f.get("missing") or ""} for f in rep["folds"]])
+    st.dataframe(folds, hide_index=True, width="stretch",
+                 column_config={"macro-F1 (its fold)": st.column_config.NumberColumn(format="%.3f"),
+                                "tiles": st.column_config.NumberColumn(format="%d")})
+    if rep["missing"]:
+        st.warning(f"Incomplete: fold{'s' if len(rep['missing']) > 1 else ''} "
+                   f"{', '.join(str(f['fold']) for f in rep['missing'])} "
+                   f"{'are' if len(rep['missing']) > 1 else 'is'} left out of every figure below "
+                   "(resume or relaunch them: a missing fold is never averaged in).", icon=":material/warning:")
+    pooled = rep.get("pooled")
+    if not pooled:
+        st.info("No fold has completed yet: the pooled figures appear as folds finish.")
+        return
+    iv = pooled["intervals"]
+    st.markdown(f"**Out-of-fold**: every validated original scored once, by the fold model that never saw its "
+                f"observation: {pooled['n']:,} tiles from {pooled['observations']} observations.")
+    cols = st.columns(4)
+    for col, key in zip(cols, cv.HEADLINE):
+        col.metric(cv.LABELS[key], f"{pooled[key]:.3f}")
+        spread = rep["fold_spread"][key]
+        col.caption(f"95% interval {interval_text(iv[key])} · folds {spread['mean']:.3f} ± {spread['sd']:.3f}")
+    base = pooled["majority_baseline"]
+    cols[3].metric(f"Always-{base['class']} accuracy", f"{base['accuracy']:.3f}")
+    left, right = st.columns([3, 2])
+    with left:
+        st.plotly_chart(figures.confusion_matrix(pooled["confusion"], pooled["class_names"], True,
+                                                 "out-of-fold, row-normalised"), width="stretch",
+                        key=f"cv-cm-{rep['id']}")
+    with right:
+        st.dataframe(per_class_table(pooled["per_class"], pooled["confusion"], iv), width="stretch")
+        st.caption(interval_caption(iv))
+    if rep["curve"]:
+        st.plotly_chart(_curve(rep["curve"]), width="stretch", key=f"cv-curve-{rep['id']}")
+        st.caption(f"The mean over the folds is highest at epoch {rep['best_epoch']}: the epoch count to refit with "
+                   "(the folds ran the whole schedule; a refit with fewer epochs runs a shorter one).")
+
+
+def _refit(rep: dict) -> None:
+    """Train the cross-validated recipe on all the data, calibrated by these out-of-fold predictions."""
+    base = dict(rep["base"])
+    st.markdown("**Refit on all the data**: the same recipe with no validation split, for a fixed number of "
+                "epochs; its figures are these out-of-fold ones, and its calibration comes from them too.")
+    cols = st.columns([1, 3])
+    epochs = cols[0].text_input("Epochs", value=str(base.get("epochs")), key=f"cv_refit_epochs_{rep['id']}")
+    values = {**base, "cv_folds": 0, "cv_fold": 0, "val_fraction": 0.0, "test_fraction": 0.0,
+              "calibrate_from": rep["id"], "epochs": epochs.strip(), "name": f"refit-{rep['id']}"}
+    cfg, problem = None, None
+    try:
+        cfg = RunConfig.from_dict(values).validate().check_ready()
+    except ConfigError as exc:
+        problem = exc
+        cols[1].caption(f"Refit is refused until this is fixed: {exc}")
+    if rep["missing"]:
+        problem = problem or cv.CVError("every fold must complete before a refit is calibrated on them")
+        cols[1].caption("Refit waits until every fold has completed.")
+    if st.button("Refit on all the data", key=f"cv_refit_{rep['id']}", disabled=bool(rep["missing"])):
+        if cfg is None or problem is not None:
+            show_error(problem, "Not launched")
+            return
+        try:
+            run = jobs.launch(cfg)
+        except (ConfigError, jobs.JobError) as exc:
+            show_error(exc, "Not launched")
+            return
+        st.session_state["selected_run"] = run.name
+        st.success(f"Queued the refit {run.name}.", icon=":material/check:")
+
+
+def cv_results() -> None:
+    """The chosen cross-validation's report, live while its folds are queued or running."""
+    found = cv.list_cvs()
+    if not found:
+        return
+    st.subheader("Cross-validations")
+    ids = [m["id"] for m in found]
+    if st.session_state.get(SHOWN) not in ids:
+        st.session_state[SHOWN] = ids[0]
+    by_id = {m["id"]: m for m in found}
+    cv_id = st.selectbox("Cross-validation", ids, key=SHOWN,
+                         format_func=lambda i: f"{i} · {by_id[i].get('folds')} folds · "
+                                               f"{(by_id[i].get('base') or {}).get('model')}"
+                                               + (f" · grid {by_id[i]['grid']}" if by_id[i].get("grid") else ""))
+    try:
+        active = any(f.get("state") in ACTIVE for f in cv.report(cv_id)["folds"])
+    except FileNotFoundError as exc:
+        show_error(exc)
+        return
+
+    @st.fragment(run_every=5.0 if active else None)
+    def live() -> None:
+        rep = cv.report(cv_id)
+        _report_view(rep)
+        if active and not any(f.get("state") in ACTIVE for f in rep["folds"]):
+            st.rerun(scope="app")  # the last fold just ended: redraw once, and stop polling
+
+    live()
+    _refit(cv.report(cv_id))
