@@ -325,3 +325,29 @@ def test_train_page_refuses_bad_folds_then_queues_a_cross_validation(app_data):
     assert "Refit waits until every fold has completed." in texts(at)
     folds = next(d.value for d in at.dataframe if "macro-F1 (its fold)" in d.value.columns)
     assert list(folds["fold"]) == [1, 2, 3]
+
+
+# ---- the recipe options the search compared ----------------------------------------------------------------------
+
+def test_official_online_trains_on_the_copies_with_transforms_on_top(data_dir):
+    from core.train import prepare_data
+    cfg = RunConfig(data=[str(data_dir)], **{**TINY, "augment": "official_online",
+                                             "transforms": ["hflip", "strong_color_jitter"]}).validate()
+    td = prepare_data(cfg, log=lambda line: None)
+    train = td.data.select("train", originals_only=False)
+    assert len(td.train) == len(train) > len(td.data.select("train", originals_only=True))
+    assert td.batch_augment is not None and td.batch_augment.names == ["hflip", "strong_color_jitter"]
+    with pytest.raises(ConfigError, match="needs at least one transform"):
+        RunConfig(data=[str(data_dir)], **{**TINY, "augment": "official_online", "transforms": []}).validate()
+
+
+def test_strong_jitter_reaches_further_than_the_plain_one():
+    from core.augment import BatchAugment
+    torch.manual_seed(0)
+    x = torch.full((4000, 1, 8, 8), 0.5)
+    x[:, :, :4] = 0.25
+    spread = {}
+    for name in ("color_jitter", "strong_color_jitter"):
+        out = BatchAugment([name])(x.clone())
+        spread[name] = float(out.mean(dim=(1, 2, 3)).std())
+    assert spread["strong_color_jitter"] > 1.5 * spread["color_jitter"] > 0
