@@ -120,7 +120,8 @@ def _chosen_records(loaded: LoadedModel, data: HiriseData, split: str,
         if originals is not None:
             landmarks = {r.landmark for r in originals}
             chosen = originals if originals_only else [r for r in data.records if r.landmark in landmarks]
-            return chosen, f"the {len(wanted)} {split} tiles recorded in the checkpoint"
+            copies = "" if originals_only else f" and their augmented copies, {len(chosen)} files in all"
+            return chosen, f"the {len(wanted)} {split} originals recorded in the checkpoint{copies}"
         present = len(wanted & {r.name for r in data.records if r.is_original})
         return (data.select(split, originals_only),
                 f"this data's own {split} split: only {present} of the "

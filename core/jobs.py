@@ -107,7 +107,8 @@ def launch(cfg: RunConfig, runs_dir: Path | None = None, lr_find: bool = False, 
         if resume is not None:
             run = resume
         else:
-            hint = cfg.name or f"{cfg.model}-{'lrfind' if lr_find else cfg.optimizer}"
+            hint = (f"{cfg.name}-lrfind" if cfg.name else f"{cfg.model}-lrfind") if lr_find else \
+                (cfg.name or f"{cfg.model}-{cfg.optimizer}")  # an LR test never takes the run's own name
             run = new_run_dir(hint, runs_dir)
         lock = RunLock.acquire(run)
     except RunBusy as exc:

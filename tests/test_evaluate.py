@@ -82,8 +82,23 @@ def test_curves_skip_absent_classes_and_stay_small():
     assert set(curves["classes"]) == {"a", "b"} and "c" in curves["skipped"]
     a = curves["classes"]["a"]
     assert 0.8 < a["roc_auc"] <= 1 and 0.5 < a["average_precision"] <= 1
-    assert len(a["roc"]["fpr"]) <= 50 and len(a["pr"]["recall"]) == len(a["pr"]["precision"]) <= 50
+    assert len(a["roc"]["fpr"]) <= 50 and len(a["pr"]["recall"]) == len(a["pr"]["precision"]) <= 4 * 50
     assert a["roc"]["fpr"][0] == 0 and a["roc"]["tpr"][-1] == 1
+
+
+def test_the_pr_curve_drawn_is_the_one_its_average_precision_sums():
+    """A rare class's curve keeps its corners: one tile, scored highest, is AP 1.00 and drawn as (1, 1)."""
+    rng = np.random.default_rng(1)
+    y = np.r_[np.zeros(500, int), [1]]
+    probs = softmax(rng.normal(size=(501, 3)))
+    probs[-1] = [0.01, 0.98, 0.01]
+    curve = per_class_curves(y, probs, NAMES, max_points=101)["classes"]["b"]
+    assert curve["average_precision"] == 1.0
+    assert curve["pr"]["recall"][-1] == 1.0 and curve["pr"]["precision"][-1] == 1.0
+    for cls in ("a", "b"):
+        c = per_class_curves(y, probs, NAMES)["classes"][cls]
+        recall, precision = np.array(c["pr"]["recall"]), np.array(c["pr"]["precision"])
+        assert np.sum(np.diff(recall) * precision[1:]) == pytest.approx(c["average_precision"], abs=2e-3)
 
 
 # --- calibration ------------------------------------------------------------------------------------

@@ -38,8 +38,8 @@ def metrics_table(runs: Sequence[Run], reports: Mapping[str, dict | None]) -> pd
         if report:
             rows.append(_report_row(run.name, report, row.get("epoch")))
         elif row:
-            rows.append({"run": run.name, "macro-F1": row["val_macro_f1"],
-                         "balanced accuracy": row["val_balanced_accuracy"], "accuracy": row["val_accuracy"],
+            rows.append({"run": run.name, "macro-F1": row.get("val_macro_f1"),
+                         "balanced accuracy": row.get("val_balanced_accuracy"), "accuracy": row.get("val_accuracy"),
                          "majority baseline": None, "val tiles": None, "tile set": None, "best epoch": row.get("epoch")})
     names = {run.name for run in runs}
     rows += [_report_row(name, report, report["checkpoint"].get("epoch")) for name, report in reports.items()

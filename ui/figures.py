@@ -82,14 +82,16 @@ def training_curves(rows: list[dict]) -> go.Figure:
                         name="train loss (steps)", line=dict(color="#BAB0AC", width=1), row=1, col=1)
         fig.add_scatter(x=[per_epoch[r["epoch"]] for r in epochs], y=[r["train_loss"] for r in epochs],
                         mode="lines+markers", name="train loss (epoch)", line=dict(color=PALETTE[0]), row=1, col=1)
-        fig.add_scatter(x=[per_epoch[r["epoch"]] for r in epochs], y=[r["val_loss"] for r in epochs],
+        validated = [r for r in epochs if r.get("val_loss") is not None]  # a refit has no validation
+        fig.add_scatter(x=[per_epoch[r["epoch"]] for r in validated], y=[r["val_loss"] for r in validated],
                         mode="lines+markers", name="val loss", line=dict(color=PALETTE[1]), row=1, col=1)
         fig.update_xaxes(title_text="step", row=1, col=1)
     for key, label, colour in (("val_macro_f1", "macro-F1", PALETTE[3]), ("val_balanced_accuracy",
                                "balanced accuracy", PALETTE[2]), ("val_accuracy", "accuracy", PALETTE[4])):
-        fig.add_scatter(x=[r["epoch"] for r in epochs], y=[r[key] for r in epochs], mode="lines+markers",
+        shown = [r for r in epochs if r.get(key) is not None]
+        fig.add_scatter(x=[r["epoch"] for r in shown], y=[r[key] for r in shown], mode="lines+markers",
                         name=label, line=dict(color=colour), row=1, col=2)
-    fig.update_xaxes(title_text="epoch", row=1, col=2)
+    fig.update_xaxes(title_text="epoch", dtick=1, row=1, col=2)  # whole epochs, never 1.2, 1.4, ...
     fig.update_yaxes(range=[0, 1], row=1, col=2)
     _layout(fig, height=400)
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), margin=dict(t=30, b=40))
@@ -109,7 +111,7 @@ def compare_curves(runs: dict[str, list[dict]], key: str, label: str,
         epochs = [r for r in rows if r.get("kind") == "epoch" and r.get(key) is not None]
         fig.add_scatter(x=[r["epoch"] for r in epochs], y=[r[key] for r in epochs], mode="lines+markers",
                         name=name, line=dict(color=colours[name]))
-    fig.update_layout(xaxis_title="epoch", yaxis_title=label)
+    fig.update_layout(xaxis_title="epoch", yaxis_title=label, xaxis=dict(dtick=1))
     return _layout(fig, label, height=320)
 
 
@@ -141,8 +143,9 @@ def one_vs_rest_curves(curves: dict, kind: str) -> go.Figure:
     for i, (name, c) in enumerate(curves.get("classes", {}).items()):
         colour = PALETTE[CLASS_NAMES.index(name) % len(PALETTE)] if name in CLASS_NAMES else PALETTE[i % 9]
         if kind == "pr":
-            fig.add_scatter(x=c["pr"]["recall"], y=c["pr"]["precision"], mode="lines", line=dict(color=colour),
-                            name=f"{name} (AP {c['average_precision']:.2f}, n={c['support']})")
+            # a step: each point's precision holds from the previous recall to its own (how AP sums them)
+            fig.add_scatter(x=c["pr"]["recall"], y=c["pr"]["precision"], mode="lines",
+                            line=dict(color=colour, shape="vh"), name=f"{name} (AP {c['average_precision']:.2f}, n={c['support']})")
         else:
             fig.add_scatter(x=c["roc"]["fpr"], y=c["roc"]["tpr"], mode="lines", line=dict(color=colour),
                             name=f"{name} (AUC {c['roc_auc']:.2f}, n={c['support']})")

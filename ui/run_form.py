@@ -9,6 +9,7 @@ from core.config import ConfigError, RunConfig, field_specs
 from core.jobs import device_choices
 from core.models import stages
 from core.runs import list_runs
+from ui import appstate
 
 GROUP_TITLES = {"data": "Data", "model": "Model", "freezing": "Freezing", "optimisation": "Optimisation",
                 "augmentation": "Augmentation", "runtime": "Runtime"}
@@ -18,14 +19,31 @@ def _label(name: str) -> str:
     return name.replace("_", " ").capitalize()
 
 
+REMEMBERED = "cfg_remembered"  # the form's values as last shown, kept across pages (session) and restarts (app state)
+
+
+def _remembered(name: str, spec: dict) -> Any:
+    """The value this field last showed (this session, else the app's state file), if it still fits the field."""
+    value = st.session_state[REMEMBERED].get(name, spec["default"])
+    choices, kind = spec["choices"], spec["type"]
+    if getattr(kind, "__origin__", None) is list:
+        return [v for v in value if not choices or v in choices] if isinstance(value, list) else spec["default"]
+    if choices and value not in choices:
+        return spec["default"]
+    if kind is bool and not isinstance(value, bool):
+        return spec["default"]
+    return value
+
+
 def _widget(spec: dict, values: dict[str, Any]) -> Any:
     name, kind, key = spec["name"], spec["type"], f"cfg_{spec['name']}"
     default, help_text, choices = spec["default"], spec["help"], spec["choices"]
-    if key not in st.session_state:
-        st.session_state[key] = default
+    if key not in st.session_state:  # first drawn in this session, or dropped by Streamlit when the page was left
+        st.session_state[key] = _remembered(name, spec)
     if name == "data":
-        text = st.text_area(_label(name), key=key + "_text", help=help_text,
-                            value="\n".join(st.session_state.get(key) or []), height=90)
+        if key + "_text" not in st.session_state:
+            st.session_state[key + "_text"] = "\n".join(st.session_state.get(key) or [])
+        text = st.text_area(_label(name), key=key + "_text", help=help_text, height=90)
         return [line.strip() for line in text.splitlines() if line.strip()]
     if name == "freeze_below":
         options = list(stages(values.get("model", "resnet18")))[1:]
@@ -79,8 +97,12 @@ def propose(**values: Any) -> None:
 def run_form(default_data: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Draw every option, grouped; options that do not apply to the current choices are hidden. Returns the
     values and, by field name, an empty slot under each widget for a message about it."""
+    if REMEMBERED not in st.session_state:
+        stored = appstate.load_state().get("run_form")
+        st.session_state[REMEMBERED] = dict(stored) if isinstance(stored, dict) else {}
     if "cfg_data" not in st.session_state:
-        st.session_state["cfg_data"] = default_data
+        remembered = st.session_state[REMEMBERED].get("data")
+        st.session_state["cfg_data"] = remembered if isinstance(remembered, list) and remembered else default_data
     for name, value in st.session_state.pop(PENDING, {}).items():
         st.session_state[f"cfg_{name}"] = value  # a number is written as text where its field is drawn
     specs = field_specs()
@@ -102,7 +124,23 @@ def run_form(default_data: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
                     values[spec["name"]] = _widget(spec, values)
                     slots[spec["name"]] = st.empty()
                 shown += spec["name"] != "data"
+    _remember({name: st.session_state[f"cfg_{name}"] if name != "data" else values["data"]
+               for name in values if f"cfg_{name}" in st.session_state})
     return values, slots
+
+
+def _remember(shown: dict[str, Any]) -> None:
+    """Keep what the form shows, so that leaving the page, a refresh or a restart brings the same values back (a
+    launch never uses values the user did not see); written to the app's state file only when they change. The data
+    field is kept for the session only: a new session starts from the Dataset page's choice."""
+    remembered = st.session_state[REMEMBERED]
+    if any(remembered.get(k) != v for k, v in shown.items()):
+        remembered.update(shown)
+        st.session_state["cfg_data"] = shown.get("data", st.session_state.get("cfg_data"))
+        try:  # the data sources are the Dataset page's to remember; the rest of the form is kept here
+            appstate.save_state(run_form={k: v for k, v in remembered.items() if k != "data"})
+        except OSError:
+            pass  # a read-only state file: the values are still kept for this session
 
 
 def checked_config(values: dict[str, Any], slots: dict[str, Any]) -> tuple[RunConfig | None, ConfigError | None]:

@@ -6,13 +6,15 @@ import streamlit as st
 from core.classes import CLASS_NAMES
 from core.runs import list_runs
 from core.evaluate import evaluate_model
-from ui import compare, figures
+from ui import appstate, compare, figures
 from ui.common import (IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, data_for_config, get_model, progress_bar,
                        shipped_models, show_error)
 
 runs = [r for r in list_runs() if (status := r.status()).get("kind", "train") == "train" and r.best_epoch(status)]
-if len(runs) < 2:
-    st.info("Compare needs at least two runs with metrics: train some on the Train page.")
+shipped = shipped_models()
+if len(runs) + len(shipped) < 2:
+    st.info("Compare needs at least two models: train runs on the Train page (a run can be set against the shipped "
+            "default model).")
     st.stop()
 names = [r.name for r in runs]
 preset = [n for n in st.session_state.pop("compare_runs", []) if n in names]  # from a grid (ui/grid_form.py)
@@ -21,19 +23,20 @@ if len(preset) >= 2 or "compare_picked" not in st.session_state:
 st.session_state["compare_picked"] = [n for n in st.session_state["compare_picked"] if n in names]
 picked = st.multiselect("Runs", names, key="compare_picked")
 chosen = [runs[names.index(n)] for n in picked]
-if len(chosen) < 2:
-    st.info("Pick at least two runs.")
+if "compare_shipped" not in st.session_state:
+    st.session_state["compare_shipped"] = list(shipped)[:1] if len(chosen) < 2 else []
+included = st.multiselect("Shipped models to include", list(shipped), key="compare_shipped",
+                          help="Scored on the validation tiles of the first run's data (the Dataset page's data when "
+                               "no run is picked): the tiles recorded in the model's checkpoint when that data holds "
+                               "them all, else that data's own split. The 'tile set' column says whether two rows "
+                               "scored the same tiles.")
+if len(chosen) + len(included) < 2:
+    st.info("Pick at least two models: two runs, or a run and a shipped model.")
     st.stop()
-
-shipped = shipped_models()
-included = st.multiselect("Shipped models to include", list(shipped),
-                          help="Scored on the validation tiles of the first run's data: the tiles recorded in the "
-                               "model's checkpoint when that data holds them all, else that data's own split. The "
-                               "'tile set' column says whether two rows scored the same tiles.")
 shipped_reports: dict[str, dict] = {}
 for label in included:
     path = shipped[label]
-    config = chosen[0].config()
+    config = chosen[0].config() if chosen else appstate.data_spec().flat()
     key = ("compare-eval", str(path), path.stat().st_mtime, str(config.get("data")), str(config.get("split_seed")))
     if key not in st.session_state:
         try:
@@ -94,7 +97,7 @@ for column, (key, label) in zip((a, b, a, b), (("val_macro_f1", "validation macr
     column.plotly_chart(figures.compare_curves(rows, key, label, colours), width="stretch")
 
 st.subheader("Confusion matrices (validation, row-normalised)")
-cols = st.columns(min(3, len(names_shown)))
+cols = st.columns(min(2, len(names_shown)))  # two across: three were too small to read, their titles cut
 for i, name in enumerate(names_shown):
     report = reports[name]
     with cols[i % len(cols)]:

@@ -93,7 +93,8 @@ cols[0].metric(f"Always-{base['class']} baseline accuracy", f"{base['accuracy']:
                help="Accuracy of answering the majority class every time")
 cols[1].metric("Top-2 accuracy", f"{report['top2_accuracy']:.3f}" if report.get("top2_accuracy") else "–")
 cal = report.get("calibration", {})
-cols[2].metric("ECE (calibrated)", f"{cal.get('ece_calibrated', 0):.3f}",
+calibrated = abs(float(cal.get("temperature", 1)) - 1.0) > 1e-9  # a fitted temperature is never exactly 1
+cols[2].metric("ECE (calibrated)" if calibrated else "ECE (not calibrated)", f"{cal.get('ece_calibrated', 0):.3f}",
                help=f"temperature {cal.get('temperature', 1):.2f}; uncalibrated ECE "
                     f"{cal.get('ece_uncalibrated', 0):.3f}. The reliability diagram is below.")
 st.caption(f"{report['n']:,} tiles · split {report['split']} · "
@@ -106,7 +107,9 @@ if report.get("tiles_from"):
 
 left, right = st.columns([3, 2])
 with left:
-    normalize = st.toggle("Row-normalised (recall on the diagonal)", value=True)
+    if "eval_normalize" not in st.session_state:
+        st.session_state["eval_normalize"] = True
+    normalize = st.toggle("Row-normalised (recall on the diagonal)", key="eval_normalize")
     event = st.plotly_chart(figures.confusion_matrix(report["confusion"], report["class_names"], normalize),
                             on_select="rerun", selection_mode="points", key="cm", width="stretch")
 with right:
@@ -173,11 +176,17 @@ if cal.get("reliability_calibrated"):
     st.subheader("Calibration")
     a, b = st.columns([3, 2])
     a.plotly_chart(figures.reliability(cal), width="stretch")
+    fitted_on = ("the cross-validation's out-of-fold predictions" if model.metrics.get("split") == "out-of-fold"
+                 else "the validation split at the end of training")
     b.markdown(
-        f"Temperature scaling divides the logits by **T = {cal.get('temperature', 1):.2f}**, fitted on the "
-        "validation split at the end of training. A point below the diagonal is over-confident: the model said "
-        "that sure, and was right less often. Expected calibration error: "
-        f"**{cal.get('ece_uncalibrated', 0):.3f}** before, **{cal.get('ece_calibrated', 0):.3f}** after.")
+        (f"Temperature scaling divides the logits by **T = {cal.get('temperature', 1):.2f}**, fitted on {fitted_on}. "
+         if calibrated else "**This model is not calibrated** (T = 1): no temperature was fitted, because its run "
+         "did not complete (a cancelled or stopped run keeps its weights but never reached the end-of-training "
+         "calibration). ") +
+        "A point below the diagonal is over-confident: the model said that sure, and was right less often. "
+        "Expected calibration error: " +
+        (f"**{cal.get('ece_uncalibrated', 0):.3f}** before, **{cal.get('ece_calibrated', 0):.3f}** after."
+         if calibrated else f"**{cal.get('ece_uncalibrated', 0):.3f}**."))
     b.caption("Marker size follows the number of tiles in the bin; a bin of a few tiles says little. On the "
               "validation split the temperature was fitted on these very tiles: judge it on the test split.")
 

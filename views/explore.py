@@ -13,7 +13,8 @@ from core.explore.features import DEFAULT_EMBED_SIZE, PART_TILES, get_features
 from core.explore.labels import review_labels
 from core.settings import LABEL_OVERRIDES_FILE
 from ui import appstate
-from ui.common import USER_ERRORS, RARE_NOTE, get_data, get_model, require_model_choices, progress_bar, show_error
+from ui.common import (USER_ERRORS, RARE_NOTE, get_data, get_model, kept_selectbox, require_model_choices, progress_bar,
+                       show_error)
 from ui.gallery import tile_gallery
 
 COLOURS = {"label": "label", "prediction": "predicted", "split": "split", "confidence": "confidence",
@@ -32,14 +33,14 @@ choices = require_model_choices()
 
 with st.sidebar:
     st.header("Map")
-    model_label = st.selectbox("Model", list(choices))
-    method = st.selectbox("Reduction", METHODS, index=METHODS.index(DEFAULT_METHOD),
+    model_label = kept_selectbox("Model", list(choices), "explore_model")
+    method = kept_selectbox("Reduction", list(METHODS), "explore_method", default=DEFAULT_METHOD,
                           help="UMAP (default) keeps neighbourhoods best for its time; t-SNE is slower; PCA is "
                                "instant but mixes the classes (README, Explore)")
-    size = st.selectbox("Feature pass input", SIZES, format_func=lambda v: "the model's own" if v == 0 else f"{v} px",
+    size = kept_selectbox("Feature pass input", list(SIZES), "explore_size", format_func=lambda v: "the model's own" if v == 0 else f"{v} px",
                         help="The model's own input size (260 px for the default model) by default. Smaller is faster "
                              "on a CPU but the features lose much of what they know (README, Explore)")
-    colour = st.selectbox("Colour by", list(COLOURS))
+    colour = kept_selectbox("Colour by", list(COLOURS), "explore_colour")
 
 try:
     data = get_data(appstate.data_spec())

@@ -13,7 +13,7 @@ from core.settings import DEFAULT_CHECKPOINT
 from ui import appstate
 from ui.common import IMBALANCE_NOTE, USER_ERRORS, get_model_info
 
-SCORES = (("best val macro-F1", "val_macro_f1"), ("balanced acc", "val_balanced_accuracy"), ("accuracy", "val_accuracy"))
+SCORES = (("val macro-F1", "val_macro_f1"), ("balanced acc", "val_balanced_accuracy"), ("accuracy", "val_accuracy"))
 
 
 def _iv(intervals: dict, key: str) -> str:
@@ -82,6 +82,7 @@ else:
         best = run.best_epoch(status)
         rows.append({"run": run.name, "state": job_state(run, status), "model": cfg.get("model") or "",
                      "progress": progress_column(status, cfg),
+                     "kept epoch": str(best.get("epoch") or "–"),  # the figures are this epoch's (best.pt)
                      **{label: _score(best.get(key)) for label, key in SCORES},
                      "tags": ", ".join(run.notes()["tags"]), "started": status.get("started_at") or ""})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")

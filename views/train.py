@@ -54,6 +54,7 @@ with st.expander("Configure a run", expanded=not list_runs() or applied is not N
         except USER_ERRORS as exc:
             with split_notes:
                 show_error(exc, "Cannot read the data")
+            problem = ConfigError(f"data: cannot read the data: {exc}")  # Launch refuses it, not a job 3 s later
     launch, find_lr = st.columns([1, 1])
     launch_clicked = launch.button("Launch training", type="primary")
     find_clicked = find_lr.button("Find a learning rate", help="A short LR range test, run as a job like training")
@@ -127,13 +128,23 @@ def live() -> None:
                 st.rerun(scope="app")
     elif rows:
         st.plotly_chart(figures.training_curves(rows), width="stretch")
-        if epoch_rows:
+        if epoch_rows and epoch_rows[-1].get("val_macro_f1") is None:
             last = epoch_rows[-1]
+            st.caption(f"Epoch {last['epoch']} of {cfg.get('epochs')}: no validation split (a refit on all the data). "
+                       + (f"Its figures are cross-validation {cfg['calibrate_from']}'s out-of-fold ones (under "
+                          "Cross-validations)." if cfg.get("calibrate_from") else "It has no figures of its own."))
+        elif epoch_rows:
+            last = epoch_rows[-1]
+            best = run.best_epoch(status)
             cols = st.columns(4)
-            cols[0].metric("val macro-F1", f"{last['val_macro_f1']:.3f}")
-            cols[1].metric("val balanced accuracy", f"{last['val_balanced_accuracy']:.3f}")
-            cols[2].metric("val accuracy", f"{last['val_accuracy']:.3f}")
+            which = f"epoch {last['epoch']}, the last"
+            cols[0].metric(f"val macro-F1 ({which})", f"{last['val_macro_f1']:.3f}")
+            cols[1].metric(f"val balanced accuracy ({which})", f"{last['val_balanced_accuracy']:.3f}")
+            cols[2].metric(f"val accuracy ({which})", f"{last['val_accuracy']:.3f}")
             cols[3].metric("images/s", f"{last['images_per_s']:.0f}")
+            if best.get("epoch") and best.get("epoch") != last["epoch"] and best.get("val_macro_f1") is not None:
+                st.caption(f"The run keeps its best epoch, {best['epoch']} (val macro-F1 {best['val_macro_f1']:.3f}), "
+                           "as its checkpoint: Home, Evaluate and Compare show that one.")
             support = last.get("val_support", {})
             # text, not NaN: Streamlit shows a NaN as "None" whatever the Styler says
             recall = pd.DataFrame([{c: NO_TILES if support.get(c) == 0 or r is None else f"{r:.2f}"
