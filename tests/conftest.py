@@ -55,3 +55,20 @@ def tiny():
     from core.checkpoint import load_checkpoint
     from tests import model_fixtures
     return load_checkpoint(model_fixtures.tiny_checkpoint())
+
+
+@pytest.fixture(autouse=True)
+def fresh_run_form():
+    """Each test meets the Train form as a new user does: the form's values are remembered in the app's state file
+    across sessions (ui.run_form), and one test's values must not become the next test's."""
+    import json
+    from core.settings import APP_STATE_FILE
+    path = Path(APP_STATE_FILE)
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        state = None
+    if isinstance(state, dict) and "run_form" in state:
+        state.pop("run_form")
+        path.write_text(json.dumps(state))
+    yield

@@ -301,6 +301,41 @@ def test_train_form_refuses_a_missing_data_path_at_the_field(with_runs, tmp_path
     assert {r.name for r in list_runs()} == before
 
 
+def test_train_form_keeps_its_values_after_leaving_the_page_and_in_a_new_session(with_runs):
+    """Issue 25: values set, the page left and opened again (and a refresh: a new session) show the same values,
+    so a launch never uses values the user did not see."""
+    at = run_page("views/train.py")
+    for key, value in (("cfg_epochs", "2"), ("cfg_batch_size", "32"), ("cfg_image_size", "96"),
+                       ("cfg_max_steps_per_epoch", "30")):
+        at.text_input(key=key).input(value).run()
+    at.selectbox(key="cfg_optimizer").set_value("sgd").run()
+    at.switch_page("views/home.py")
+    at.run()
+    at.switch_page("views/train.py")
+    at.run()
+    shown = {k: at.text_input(key=k).value for k in ("cfg_epochs", "cfg_batch_size", "cfg_image_size",
+                                                     "cfg_max_steps_per_epoch")}
+    assert shown == {"cfg_epochs": "2", "cfg_batch_size": "32", "cfg_image_size": "96",
+                     "cfg_max_steps_per_epoch": "30"}
+    assert at.selectbox(key="cfg_optimizer").value == "sgd"
+    again = run_page("views/train.py")  # a new session, as after a browser refresh
+    assert again.text_input(key="cfg_epochs").value == "2" and again.selectbox(key="cfg_optimizer").value == "sgd"
+
+
+def test_launch_is_refused_when_the_data_cannot_be_read(with_runs, tmp_path):
+    """Issue 25: a data path that exists but is not a data set shows its message and Launch refuses it (it used to
+    queue a job that failed 3 s later)."""
+    before = {r.name for r in list_runs()}
+    empty = tmp_path / "not-a-dataset"
+    empty.mkdir()
+    at = run_page("views/train.py")
+    at.text_area(key="cfg_data_text").input(str(empty)).run()
+    assert "Launch is refused until this is fixed" in texts(at) and "cannot read the data" in texts(at)
+    button(at, "Launch training").click().run()
+    assert "Not launched: data: cannot read the data" in texts(at)
+    assert {r.name for r in list_runs()} == before
+
+
 def test_a_run_gets_a_note_and_tags_and_can_be_deleted_after_confirming(with_runs):
     run = _fake_run("20260103-000000-unwanted", {"state": "failed", "error": "boom"})
     at = run_page("views/train.py")
