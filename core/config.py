@@ -59,6 +59,9 @@ MAX_EPOCHS = 10_000
 
 @dataclass
 class RunConfig:
+    """The defaults are the shipped model's recipe, chosen by 5-fold cross-validation grouped by observation
+    (checkpoints/MODEL_CARD.md): Launch with nothing changed trains it."""
+
     # Data: the fields of a DataSpec (`data_spec`), flat here so that flags, form and config.json stay flat
     data: list[str] = opt([], "data sources: folders or zips (official v3.2/v3 layout or plain tiles)", "data")
     conflict_policy: str = opt(DataSpec.conflict_policy, "which copy wins a label conflict when merging", "data", CONFLICT_POLICIES)
@@ -84,26 +87,28 @@ class RunConfig:
     model: str = opt(DEFAULT_ARCH, "architecture", "model", ARCHITECTURES)
     init: str = opt("imagenet", "start from random weights, ImageNet weights, or an earlier run", "model", INITS)
     init_from: str = opt("", "run folder or checkpoint to start from", "model", when=("init", ("run",)))
-    image_size: int = opt(0, "model input size in pixels (tiles are 227x227); 0: the model's native size "
+    image_size: int = opt(160, "model input size in pixels (tiles are 227x227); 0: the model's native size "
                           "(224 for lite0 and the ResNets, 240 for lite1, 260 for lite2)", "model", min=0, max=512)
     # Freezing
-    freeze: str = opt("none", "none, all but the classifier head, or everything below a stage", "freezing",
+    freeze: str = opt("below", "none, all but the classifier head, or everything below a stage", "freezing",
                       FREEZE_MODES)
-    freeze_below: str = opt("layer3", "stages below this one stay frozen", "freezing", when=("freeze", ("below",)))
+    freeze_below: str = opt("", "stages below this one stay frozen (empty: the architecture's own point, blocks.4 "
+                            "for EfficientNet-Lite, layer3 for the ResNets, nothing for simple_cnn)", "freezing",
+                            when=("freeze", ("below",)))
     unfreeze_every: int = opt(0, "gradual unfreezing: release one more stage every N epochs (0: off)", "freezing",
                               when=("freeze", ("head_only", "below")), min=0)
     unfreeze_all_at: int = opt(0, "release every frozen stage after N epochs: a head-only warm-up, then full "
                                "fine-tuning (0: off)", "freezing", when=("freeze", ("head_only", "below")), min=0)
     # Optimisation
     optimizer: str = opt("adamw", "optimizer", "optimisation", tuple(OPTIMIZERS))
-    lr: float = opt(1e-3, "learning rate (peak rate for OneCycleLR)", "optimisation", min=0.0, max=10.0)
-    backbone_lr_scale: float = opt(1.0, "discriminative learning rates: the backbone learns at this fraction of "
+    lr: float = opt(2e-3, "learning rate (peak rate for OneCycleLR)", "optimisation", min=0.0, max=10.0)
+    backbone_lr_scale: float = opt(0.3, "discriminative learning rates: the backbone learns at this fraction of "
                                    "the head's rate (1: one rate for all)", "optimisation", min=0.0, max=1.0)
-    weight_decay: float = opt(1e-4, "weight decay (convolution and linear weights; never biases or norms)",
+    weight_decay: float = opt(0.02, "weight decay (convolution and linear weights; never biases or norms)",
                               "optimisation", min=0.0, max=1.0)
     momentum: float = opt(0.9, "SGD momentum", "optimisation", when=("optimizer", ("sgd",)), min=0.0, max=1.0)
     nesterov: bool = opt(False, "SGD Nesterov momentum", "optimisation", when=("optimizer", ("sgd",)))
-    scheduler: str = opt("cosine", "learning-rate schedule", "optimisation", tuple(SCHEDULERS))
+    scheduler: str = opt("onecycle", "learning-rate schedule", "optimisation", tuple(SCHEDULERS))
     step_size: int = opt(5, "StepLR: epochs between decays", "optimisation", when=("scheduler", ("step",)), min=1,
                         max=MAX_EPOCHS)
     gamma: float = opt(0.1, "StepLR: decay factor", "optimisation", when=("scheduler", ("step",)))
@@ -116,11 +121,11 @@ class RunConfig:
                              min=0, max=MAX_EPOCHS)
     min_lr: float = opt(1e-6, "cosine: final learning rate", "optimisation", when=("scheduler", ("cosine",)),
                          max=10.0)
-    epochs: int = opt(10, "epochs", "optimisation", min=1, max=MAX_EPOCHS)
+    epochs: int = opt(3, "epochs", "optimisation", min=1, max=MAX_EPOCHS)
     batch_size: int = opt(64, "batch size", "optimisation", min=1, max=8192)
-    imbalance: str = opt("weighted_loss", "class-imbalance handling: loss weights n/(k n_c), their square root "
+    imbalance: str = opt("none", "class-imbalance handling: loss weights n/(k n_c), their square root "
                          "(milder), or a sampler that draws every class equally often", "optimisation", IMBALANCE)
-    label_smoothing: float = opt(0.0, "label smoothing", "optimisation", min=0.0, max=0.5)
+    label_smoothing: float = opt(0.05, "label smoothing", "optimisation", min=0.0, max=0.5)
     early_stopping_metric: str = opt("macro_f1", "validation metric that picks the best epoch", "optimisation",
                                      SELECTION_METRICS)
     patience: int = opt(5, "early stopping: epochs without improvement (0: off)", "optimisation", min=0,
@@ -129,7 +134,7 @@ class RunConfig:
     augment: str = opt("online", "none, online (random per tile, every epoch), expand (one copy per transform), "
                        "official (the data set's own -r90 ... -brt copies), official_online (those copies, and the online "
                        "transforms on top)", "augmentation", AUGMENT_MODES)
-    transforms: list[str] = opt(["hflip", "vflip", "rot90"], "transforms for online/expand", "augmentation",
+    transforms: list[str] = opt(["hflip", "vflip", "rot90", "color_jitter"], "transforms for online/expand", "augmentation",
                                 TRANSFORMS, when=("augment", ("online", "expand", "official_online")))
     mixup_alpha: float = opt(0.0, "MixUp alpha (0: off), a batch option", "augmentation", min=0.0, max=10.0)
     cutmix_alpha: float = opt(0.0, "CutMix alpha (0: off), a batch option", "augmentation", min=0.0, max=10.0)
@@ -171,7 +176,7 @@ class RunConfig:
                                   f"not {getattr(self, when[0])!r}")
         if not self.data:
             raise ConfigError("data: give at least one data source (folder or zip)")
-        if self.freeze == "below" and self.freeze_below not in stages(self.model):
+        if self.freeze == "below" and self.freeze_below and self.freeze_below not in stages(self.model):
             raise ConfigError(f"freeze_below: {self.model} has no stage {self.freeze_below!r} "
                               f"(stages: {', '.join(stages(self.model))})")
         if self.init == "run" and not self.init_from:

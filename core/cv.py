@@ -341,6 +341,35 @@ def headline_with_intervals(rep: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def paired(cv_a: str, cv_b: str, runs_dir: Path | None = None) -> dict[str, Any]:
+    """Recipe A against recipe B on the out-of-fold tiles both scored (the same folds when their data options and
+    seed agree): each headline figure's difference with its 95% interval from a paired bootstrap over
+    observations, and whether it stands out of the noise."""
+    from .bootstrap import paired_difference
+    a, _ = out_of_fold(load_manifest(cv_a, runs_dir), runs_dir)
+    b, _ = out_of_fold(load_manifest(cv_b, runs_dir), runs_dir)
+    index_b = {name: i for i, name in enumerate(b["name"])}
+    common = [i for i, name in enumerate(a["name"]) if name in index_b]
+    if not common:
+        raise CVError(f"cross-validations {cv_a} and {cv_b} share no out-of-fold tile")
+    rows_b = [index_b[a["name"][i]] for i in common]
+    if not np.array_equal(a["y"][common], b["y"][rows_b]):
+        raise CVError(f"cross-validations {cv_a} and {cv_b} label their common tiles differently (other data)")
+    out = paired_difference(a["y"][common], a["probs"][common].argmax(1), b["probs"][rows_b].argmax(1),
+                            list(a["observation"][common]), len(CLASS_NAMES))
+    return {"a": cv_a, "b": cv_b, "tiles": len(common), **out}
+
+
+def format_paired(result: dict[str, Any]) -> str:
+    lines = [f"{result['a']} minus {result['b']}, on the {result['tiles']} out-of-fold tiles both scored "
+             f"(paired bootstrap over {result['groups']} observations):"]
+    for k in HEADLINE:
+        d = result[k]
+        verdict = "within noise" if d["within_noise"] else ("A better" if d["difference"] > 0 else "B better")
+        lines.append(f"  {LABELS[k]:<18} {fmt(d['difference'], d['interval'])}  {verdict}")
+    return "\n".join(lines)
+
+
 # ---- the refit ---------------------------------------------------------------------------------------------
 
 def refit_record(cv_id: str, runs_dir: Path | None = None) -> dict[str, Any]:

@@ -136,6 +136,9 @@ class ModelSpec:
     imagenet_norm: tuple[float, float] | None = None  # (mean, std) of [0, 1] pixels the weights were fed
     weight_sources: tuple = ()               # tried in order; CacheSource entries can also be downloaded
     bf16_safe: bool = True                   # False: bf16 autocast changes its predictions (see below)
+    # where partial fine-tuning starts when `freeze_below` is left empty: the stages below it stay frozen (the
+    # first stage: nothing frozen, for a model trained from scratch)
+    fine_tune_from: str = ""
 
     @property
     def head(self) -> str:
@@ -172,7 +175,7 @@ def _resnet(arch: str) -> ModelSpec:
     url = f"https://download.pytorch.org/models/{RESNET_WEIGHTS[arch]}.pth"
     # ImageNet's RGB mean and std, averaged over the channels for a grayscale tile
     return ModelSpec(arch, _torchvision(arch), ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"),
-                     "conv1", "layer4", 224, (0.449, 0.226), (CacheSource(url),))
+                     "conv1", "layer4", 224, (0.449, 0.226), (CacheSource(url),), fine_tune_from="layer3")
 
 
 def _efficientnet_lite(n: int, size: int) -> ModelSpec:
@@ -187,14 +190,15 @@ def _efficientnet_lite(n: int, size: int) -> ModelSpec:
     # measured on a fine-tuned lite0, a 0.3% error per convolution grew to 29% at the last block and 48%
     # at the head, and 7 of 192 validation predictions changed. So they always run in fp32.
     return ModelSpec(arch, _timm(arch), ("conv_stem", "bn1", *blocks, "conv_head", "bn2", "classifier"),
-                     "conv_stem", "bn2", size, (0.5, 0.5), (CacheSource(url), package), bf16_safe=False)
+                     "conv_stem", "bn2", size, (0.5, 0.5), (CacheSource(url), package), bf16_safe=False,
+                     fine_tune_from="blocks.4")
 
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     _efficientnet_lite(0, 224), _efficientnet_lite(1, 240), _efficientnet_lite(2, 260),
     *(_resnet(a) for a in RESNET_WEIGHTS),
     ModelSpec("simple_cnn", lambda n, c: SimpleCNN(n, c), ("block1", "block2", "block3", "fc"), "block1.0",
-              "block3", 128),
+              "block3", 128, fine_tune_from="block1"),
 )}
 ARCHITECTURES = tuple(MODELS)
 DEFAULT_ARCH = "tf_efficientnet_lite0"
@@ -322,6 +326,7 @@ def frozen_stages(arch: str, mode: str, below: str | None = None) -> list[str]:
     if mode == "head_only":
         return names[:-1]
     if mode == "below":
+        below = below or spec(arch).fine_tune_from
         if below not in names:
             raise ValueError(f"freeze_below must be one of {', '.join(names)} for {arch}, got {below!r}")
         return names[: names.index(below)]

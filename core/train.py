@@ -714,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     if args.cv_report is not None:
-        return cv_report(args.cv_report, Path(args.runs_dir) if args.runs_dir else None)
+        return cv_report(args.cv_report, Path(args.runs_dir) if args.runs_dir else None, args.against)
     if args.grid or args.grid_report is not None:
         return grid_main(args)
     if args.cv is not None:
@@ -771,6 +771,8 @@ def add_cv_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cv-seed", type=int, default=0, metavar="S", help="seed of the fold assignment (default 0)")
     parser.add_argument("--cv-report", nargs="?", const="", metavar="ID",
                         help="print a cross-validation's pooled out-of-fold report (without ID: list them)")
+    parser.add_argument("--against", metavar="ID", help="with --cv-report ID: compare it with this cross-validation "
+                        "on the out-of-fold tiles both scored (paired bootstrap over observations)")
 
 
 def _base_config(args: argparse.Namespace) -> RunConfig:
@@ -808,9 +810,16 @@ def cv_main(args: argparse.Namespace) -> int:
     return code
 
 
-def cv_report(cv_id: str, runs_dir: Path | None) -> int:
-    """Print a cross-validation's report, or (no id) the cross-validations there are."""
+def cv_report(cv_id: str, runs_dir: Path | None, against: str | None = None) -> int:
+    """Print a cross-validation's report, or (no id) the cross-validations there are; with `against`, the paired
+    comparison of the two."""
     from . import cv
+    if against:
+        try:
+            print(cv.format_paired(cv.paired(cv_id, against, runs_dir)))
+        except (FileNotFoundError, cv.CVError) as exc:
+            return refuse(str(exc))
+        return 0
     if not cv_id:
         found = cv.list_cvs(runs_dir)
         for m in found:

@@ -1,6 +1,10 @@
 """Make a finished run's best checkpoint the shipped model, and measure what it is worth.
 
-    python tools/ship_model.py runs/RUN [--out checkpoints/hirise-efficientnet-lite2.pt]
+    python tools/ship_model.py runs/RUN [--out checkpoints/hirise-efficientnet-lite0.pt] [--runs-dir DIR]
+
+A refit on all the data (no validation split) is described by its cross-validation: the .json then holds that
+cross-validation's pooled out-of-fold report (figures with intervals, per class, per fold), and half precision is
+checked by agreement with the fp32 weights on every original tile (it has no held-out tiles of its own).
 
 Stores the weights in half precision (after checking on the validation split that it costs nothing
 measurable), then writes the checkpoint's .json beside it: validation and test metrics (with and without
@@ -17,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.checkpoint import load_checkpoint, model_from_payload, read_checkpoint, save_checkpoint  # noqa: E402
-from core.data import DataSpec, load_dataset  # noqa: E402
+from core.data import DataSpec, RecordTiles, load_dataset  # noqa: E402
 from core.evaluate import evaluate_model  # noqa: E402
 from core.metrics import headline  # noqa: E402
 from core.settings import DEFAULT_CHECKPOINT  # noqa: E402
@@ -36,6 +40,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path)
     parser.add_argument("--out", type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument("--runs-dir", type=Path, help="where the refit's cross-validation lives (default: "
+                        "HIRISE_RUNS_DIR or runs/)")
     args = parser.parse_args()
     best = args.run / "best.pt"
     payload = read_checkpoint(best)
@@ -46,6 +52,8 @@ def main() -> None:
                                       for k, v in payload["state_dict"].items()}}
     save_checkpoint(args.out, half)
     shipped = load_checkpoint(args.out)
+    if payload.get("cv"):
+        return ship_refit(args, payload, data, full, shipped)
     figures: dict = {"run": args.run.name, "epoch": payload["epoch"], "temperature": payload["temperature"],
                      "config": cfg, "split_method": data.split_method, "arch": payload["arch"],
                      "image_size": payload["image_size"]}
@@ -57,6 +65,30 @@ def main() -> None:
         print(f"{name:9s} n={report['n']:4d}  {headline(report)}  [{report['tiles_from']}]")
     drift = abs(figures["val"]["macro_f1"] - figures["val_fp32"]["macro_f1"])
     print(f"half precision changes val macro-F1 by {drift:.4f}; file {args.out.stat().st_size / 2**20:.1f} MiB")
+    args.out.with_suffix(".json").write_text(json.dumps(figures, indent=1) + "\n")
+
+
+def ship_refit(args: argparse.Namespace, payload: dict, data, full, shipped) -> None:
+    """The .json of a refit: its cross-validation's report, and fp16 against fp32 on every original tile."""
+    from core import cv
+    from core.inference import predict_logits
+    records = [r for r in data.records if r.is_original]
+    tiles = RecordTiles(data, records)
+    a, b = predict_logits(full, tiles), predict_logits(shipped, tiles)
+    agree = float((a.argmax(1) == b.argmax(1)).mean())
+    report = cv.report(payload["cv"]["id"], args.runs_dir)
+    pooled = report["pooled"]
+    figures = {"run": args.run.name, "epoch": payload["epoch"], "temperature": payload["temperature"],
+               "config": payload["config"], "arch": payload["arch"], "image_size": payload["image_size"],
+               "cv": {**payload["cv"], "folds": report["folds"], "fold_spread": report["fold_spread"],
+                      "curve": report["curve"]},
+               "out_of_fold": {k: pooled[k] for k in KEEP if k in pooled and k != "calibration"} |
+                              {"intervals": pooled["intervals"], "observations": pooled["observations"]},
+               "half_precision": {"tiles": len(records), "same_prediction": agree,
+                                  "max_logit_change": float(abs(a - b).max())}}
+    print(cv.format_report(report))
+    print(f"half precision: the same prediction on {agree:.2%} of {len(records)} originals; "
+          f"file {args.out.stat().st_size / 2**20:.1f} MiB")
     args.out.with_suffix(".json").write_text(json.dumps(figures, indent=1) + "\n")
 
 

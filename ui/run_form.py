@@ -7,7 +7,8 @@ import streamlit as st
 
 from core.config import ConfigError, RunConfig, field_specs
 from core.jobs import device_choices
-from core.models import stages
+from core.models import DEFAULT_ARCH, stages
+from core.models import spec as model_spec
 from core.runs import list_runs
 from ui import appstate
 
@@ -46,10 +47,13 @@ def _widget(spec: dict, values: dict[str, Any]) -> Any:
         text = st.text_area(_label(name), key=key + "_text", help=help_text, height=90)
         return [line.strip() for line in text.splitlines() if line.strip()]
     if name == "freeze_below":
-        options = list(stages(values.get("model", "resnet18")))[1:]
+        arch = values.get("model", DEFAULT_ARCH)
+        options = ["", *list(stages(arch))[1:]]  # "": the architecture's own fine-tuning point (the default)
         if st.session_state[key] not in options:
-            st.session_state[key] = options[len(options) // 2]
-        return st.selectbox(_label(name), options, key=key, help=help_text)
+            st.session_state[key] = ""
+        own = model_spec(arch).fine_tune_from
+        return st.selectbox(_label(name), options, key=key, help=help_text,
+                            format_func=lambda v: v or f"the model's own ({own if own != stages(arch)[0] else 'none'})")
     if name == "init_from":
         runs = [str(r.path) for r in list_runs() if r.best_checkpoint.is_file()]
         if not runs:
