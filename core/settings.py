@@ -13,7 +13,7 @@ def _env_path(name: str, default: Path) -> Path:
 
 
 #: The checkpoint that `core.predict`, `core.evaluate` and the Explain page use by default.
-DEFAULT_CHECKPOINT = _env_path("HIRISE_CHECKPOINT", PROJECT_ROOT / "checkpoints" / "hirise-efficientnet-lite2.pt")
+DEFAULT_CHECKPOINT = _env_path("HIRISE_CHECKPOINT", PROJECT_ROOT / "checkpoints" / "hirise-efficientnet-lite0.pt")
 #: Where training runs (and the jobs that make them) live.
 RUNS_DIR = _env_path("HIRISE_RUNS_DIR", PROJECT_ROOT / "runs")
 #: Where decoded-tile caches and content-hash indexes live.

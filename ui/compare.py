@@ -57,6 +57,17 @@ def _report_row(name: str, report: dict, epoch: int | None) -> dict:
             "val tiles": report["n"], "tile set": report.get("tiles_digest"), "best epoch": epoch}
 
 
+def per_class_intervals(reports: Mapping[str, dict | None], key: str) -> dict[str, list[list[float] | None]]:
+    """Each report's 95% interval of a per-class figure ("f1", "recall"), by model name, for the bars' error bars
+    (reports saved before intervals existed have none)."""
+    out = {}
+    for name, report in reports.items():
+        per_class = ((report or {}).get("intervals") or {}).get("per_class")
+        if per_class:
+            out[name] = [c.get(key) for c in per_class]
+    return out
+
+
 def paired_differences(reports: Mapping[str, dict | None]) -> pd.DataFrame:
     """For every two models scored on the same tiles (equal tile-set fingerprints), the difference of each headline
     figure with its 95% interval from a paired bootstrap over observations (`core.bootstrap.paired_difference`):

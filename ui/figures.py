@@ -116,12 +116,20 @@ def compare_curves(runs: dict[str, list[dict]], key: str, label: str,
 
 
 def grouped_bars(values: dict[str, Sequence[float | None]], categories: Sequence[str], title: str, y_title: str,
-                 colours: Mapping[str, str] | None = None) -> go.Figure:
-    """One bar per (category, series); a None value draws no bar."""
+                 colours: Mapping[str, str] | None = None,
+                 intervals: Mapping[str, Sequence[Sequence[float] | None]] | None = None) -> go.Figure:
+    """One bar per (category, series); a None value draws no bar. `intervals` (by series, a [low, high] or None
+    per category) draws each bar's 95% interval as an error bar."""
     colours = colours or run_colours(list(values))
     fig = go.Figure()
     for name, ys in values.items():
-        fig.add_bar(name=name, x=list(categories), y=list(ys), marker_color=colours[name])
+        error = None
+        ivs = (intervals or {}).get(name)
+        if ivs:
+            up = [iv[1] - y if iv and y is not None else 0 for y, iv in zip(ys, ivs)]
+            down = [y - iv[0] if iv and y is not None else 0 for y, iv in zip(ys, ivs)]
+            error = dict(type="data", symmetric=False, array=up, arrayminus=down, thickness=1, width=3)
+        fig.add_bar(name=name, x=list(categories), y=list(ys), marker_color=colours[name], error_y=error)
     fig.update_layout(barmode="group", yaxis_title=y_title, yaxis_range=[0, 1])
     return _layout(fig, title)
 

@@ -77,10 +77,12 @@ elif len(names_shown) > 1:
                "comparison: differences between their rows mix the models with the tiles.")
 f1 = compare.per_class(chosen, reports, "f1")
 if f1:
-    st.plotly_chart(figures.grouped_bars(f1, CLASS_NAMES, "per-class F1", "F1", colours), width="stretch")
+    st.plotly_chart(figures.grouped_bars(f1, CLASS_NAMES, "per-class F1 (whiskers: 95% intervals)", "F1", colours,
+                                         compare.per_class_intervals(reports, "f1")), width="stretch")
 recall = compare.per_class(chosen, reports, "recall")
 if recall:
-    st.plotly_chart(figures.grouped_bars(recall, CLASS_NAMES, "per-class recall", "recall", colours), width="stretch")
+    st.plotly_chart(figures.grouped_bars(recall, CLASS_NAMES, "per-class recall (whiskers: 95% intervals)", "recall",
+                                         colours, compare.per_class_intervals(reports, "recall")), width="stretch")
 no_f1 = [name for name in names_shown if name not in f1]
 if no_f1:
     st.caption(f"No per-class F1 for {', '.join(no_f1)}: no saved evaluation (the run did not complete)" +

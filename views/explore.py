@@ -38,7 +38,7 @@ with st.sidebar:
                           help="UMAP (default) keeps neighbourhoods best for its time; t-SNE is slower; PCA is "
                                "instant but mixes the classes (README, Explore)")
     size = kept_selectbox("Feature pass input", list(SIZES), "explore_size", format_func=lambda v: "the model's own" if v == 0 else f"{v} px",
-                        help="The model's own input size (260 px for the default model) by default. Smaller is faster "
+                        help="The model's own input size (160 px for the default model) by default. Smaller is faster "
                              "on a CPU but the features lose much of what they know (README, Explore)")
     colour = kept_selectbox("Colour by", list(COLOURS), "explore_colour")
 

@@ -10,7 +10,8 @@ from core.config import ConfigError, RunConfig
 from core.models import WeightsUnavailable, fetch_imagenet_weights, imagenet_status
 from core.runs import ACTIVE_STATES, list_runs, read_json
 from ui import appstate, figures
-from ui.common import IMBALANCE_NOTE, NO_TILES, USER_ERRORS, data_for_config, show_error
+from core.bootstrap import wilson
+from ui.common import IMBALANCE_NOTE, NO_TILES, USER_ERRORS, data_for_config, interval_text, show_error
 from ui.cv_view import cv_form, cv_results
 from ui.grid_form import grid_form, grid_results
 from ui.run_admin import delete_button, notes_editor
@@ -147,9 +148,12 @@ def live() -> None:
                            "as its checkpoint: Home, Evaluate and Compare show that one.")
             support = last.get("val_support", {})
             # text, not NaN: Streamlit shows a NaN as "None" whatever the Styler says
-            recall = pd.DataFrame([{c: NO_TILES if support.get(c) == 0 or r is None else f"{r:.2f}"
-                                    for c, r in last["val_recall"].items()}], index=["val recall"])
+            recall = pd.DataFrame([{c: NO_TILES if not support.get(c) or r is None else
+                                    f"{r:.2f} ({interval_text(wilson(round(r * support[c]), support[c]).as_list())})"
+                                    for c, r in last["val_recall"].items()}], index=[f"val recall ({which})"])
             st.dataframe(recall, width="stretch")
+            st.caption("In brackets: the 95% Wilson interval of each recall from its tile counts (an epoch keeps no "
+                       "predictions to resample observations with; the run's evaluation at its end does).")
             absent = [c for c, n in support.items() if n == 0]
             if absent:
                 st.caption(f"Validation has no tiles of {', '.join(absent)}: no recall for them, and macro-F1 "
