@@ -112,13 +112,15 @@ def test_the_cli_says_what_is_missing(tmp_path, capsys):
 
 
 def test_ood_report_on_real_tiles(shared_data):
-    """tools/ood_report.py (the README's figures) runs on real tiles: uniform noise is flagged, real tiles mostly not."""
+    """tools/ood_report.py (the README's figures, measured with the previous default, EfficientNet-Lite2 at 260 px)
+    runs on real tiles: uniform noise is flagged, real tiles mostly not."""
     import subprocess
     import sys
 
     from core.settings import PROJECT_ROOT
     out = subprocess.run([sys.executable, "tools/ood_report.py", "--data", str(shared_data / "hirise-v3_2-subset"),
-                          "--tiles", "20", "--seeds", "2"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                          "--tiles", "20", "--seeds", "2", "--checkpoint",
+                          str(PROJECT_ROOT / "checkpoints" / "hirise-efficientnet-lite2.pt")], cwd=PROJECT_ROOT, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = {line[:40].strip(): line[40:].split() for line in out.stdout.splitlines()[2:]}

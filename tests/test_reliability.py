@@ -291,7 +291,7 @@ def test_cli_resume_refuses_another_model_in_one_line(tmp_path, data_dir, capsys
     assert train_cli(["--run-dir", str(run.path), "--resume", "--model", "resnet18"]) == 2
     assert "model: this run was trained with 'simple_cnn'" in one_line_error(capsys)
     assert train_cli(["--run-dir", str(run.path), "--resume", "--epochs", "3"]) == 2  # cosine: laid out over 1
-    assert "the cosine schedule is laid out over the run's 1 epochs" in one_line_error(capsys)
+    assert "the onecycle schedule is laid out over the run's 1 epochs" in one_line_error(capsys)
     assert run.status_file.read_bytes() == before and RunConfig.load(run.config_file).model == "simple_cnn"
 
 
