@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.data import DataSpec
 from core.evaluate import evaluate_model, load_report
 from core.inference import bf16_suits
 from core.precision import bf16_native
@@ -60,6 +61,10 @@ elif st.session_state.get("eval_key") == key:
     report = st.session_state["eval_report"]
 else:
     config = model.config if model.config.get("data") else {"data": appstate.data_paths()}
+    if DataSpec.from_mapping(config).refit:  # trained on every tile of its data: that data has no split to score on
+        config = appstate.data_spec().flat()
+        st.info("Scored on the data and split chosen on the Dataset page (this model's own data has no held-out "
+                "split).")
     if not all(Path(p).exists() for p in config["data"]):
         config = {"data": appstate.data_paths()}
         st.info("The model's training data is not here; evaluating on the data chosen on the Dataset page "
