@@ -158,17 +158,19 @@ def cv_results() -> None:
                                                f"{(by_id[i].get('base') or {}).get('model')}"
                                                + (f" · grid {by_id[i]['grid']}" if by_id[i].get("grid") else ""))
     try:
-        active = any(f.get("state") in ACTIVE for f in cv.report(cv_id)["folds"])
+        first = cv.report(cv_id)  # read once for this run of the page: every fold's report is a large file
     except FileNotFoundError as exc:
         show_error(exc)
         return
+    active = any(f.get("state") in ACTIVE for f in first["folds"])
+    shown = {"report": first}
 
     @st.fragment(run_every=5.0 if active else None)
     def live() -> None:
-        rep = cv.report(cv_id)
+        rep = shown.pop("report", None) or cv.report(cv_id)  # the page's own read first, fresh ones when polled
         _report_view(rep)
         if active and not any(f.get("state") in ACTIVE for f in rep["folds"]):
             st.rerun(scope="app")  # the last fold just ended: redraw once, and stop polling
 
     live()
-    _refit(cv.report(cv_id))
+    _refit(first)

@@ -11,7 +11,7 @@ from core.jobs import describe_device, job_state, progress_column
 from core.runs import list_runs
 from core.settings import DEFAULT_CHECKPOINT
 from ui import appstate
-from ui.common import IMBALANCE_NOTE, USER_ERRORS, get_model_info
+from ui.common import IMBALANCE_NOTE, USER_ERRORS, get_model_info, interval_text
 
 SCORES = (("val macro-F1", "val_macro_f1"), ("balanced acc", "val_balanced_accuracy"), ("accuracy", "val_accuracy"))
 
@@ -19,7 +19,7 @@ SCORES = (("val macro-F1", "val_macro_f1"), ("balanced acc", "val_balanced_accur
 def _iv(intervals: dict, key: str) -> str:
     """` (0.85–0.93)`: a figure's 95% interval, when the checkpoint records one."""
     value = intervals.get(key)
-    return f" ({value[0]:.2f}–{value[1]:.2f})" if isinstance(value, list) and len(value) == 2 else ""
+    return f" ({interval_text(value)})" if isinstance(value, list) and len(value) == 2 else ""
 
 
 def _score(value: float | None) -> str:
