@@ -28,6 +28,19 @@ def card_figures(checkpoint: Path) -> dict:
     return json.loads(checkpoint.with_suffix(".json").read_text())
 
 
+def test_shipped_checkpoints_are_not_ignored_by_git():
+    """CI runs on a clean clone: a checkpoint the code names but .gitignore hides passes here and fails there."""
+    import shutil
+    import subprocess
+    if shutil.which("git") is None or not (PROJECT_ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    shipped = [DEFAULT_CHECKPOINT, BASELINE, PROJECT_ROOT / "checkpoints" / "hirise-efficientnet-lite2.pt"]
+    for path in shipped:
+        for file in (path, path.with_suffix(".json")):
+            ignored = subprocess.run(["git", "check-ignore", "-q", str(file)], cwd=PROJECT_ROOT).returncode == 0
+            assert not ignored, f"{file.name} is named by the code but ignored by .gitignore"
+
+
 def test_shipped_checkpoint_loads_and_predicts_every_class_name():
     assert DEFAULT_CHECKPOINT.is_file(), f"missing {DEFAULT_CHECKPOINT}"
     assert DEFAULT_CHECKPOINT.stat().st_size < 50 * 2**20
