@@ -25,3 +25,6 @@ APP_STATE_FILE = _env_path("HIRISE_APP_STATE", PROJECT_ROOT / ".hirise-app.json"
 #: Label corrections accepted in the Explore page's label review (issue 16); applied by `core.data.load_dataset`,
 #: never written into the data's own label files.
 LABEL_OVERRIDES_FILE = _env_path("HIRISE_LABEL_OVERRIDES", PROJECT_ROOT / "label_overrides.csv")
+#: Suggestions the researcher rejected in the label review (the label kept, in the overrides' format): kept across
+#: sessions so a rejected suspect is not asked about again; never applied to the data.
+LABEL_REJECTIONS_FILE = _env_path("HIRISE_LABEL_REJECTIONS", PROJECT_ROOT / "label_rejections.csv")

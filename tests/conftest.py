@@ -10,6 +10,7 @@ os.environ.setdefault("HIRISE_CACHE_DIR", str(_SESSION_TMP / "cache"))
 os.environ.setdefault("HIRISE_RUNS_DIR", str(_SESSION_TMP / "runs"))
 os.environ.setdefault("HIRISE_APP_STATE", str(_SESSION_TMP / "app-state.json"))
 os.environ.setdefault("HIRISE_LABEL_OVERRIDES", str(_SESSION_TMP / "label_overrides.csv"))  # issue 16
+os.environ.setdefault("HIRISE_LABEL_REJECTIONS", str(_SESSION_TMP / "label_rejections.csv"))
 
 import pytest  # noqa: E402
 from streamlit import config as _streamlit_config  # noqa: E402

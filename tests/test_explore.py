@@ -296,6 +296,26 @@ def test_review_finds_flipped_labels_in_separable_features():
     assert not noise.trustworthy and noise.judge_macro_f1 < 0.5
 
 
+def test_review_names_a_class_seen_in_too_few_observations_and_leaves_it_out():
+    """A class from one observation: the head scoring that observation's fold never saw it, so all its tiles look
+    wrong. The review must say so by name and keep them out of the suspects, not blame the features."""
+    from core.data import Record
+    rng = np.random.default_rng(4)
+    labels = np.repeat([0, 1, 2], 60)
+    x = rng.normal(0, 0.3, (180, 16))
+    x[np.arange(180), labels] += 3  # separable features
+    obs = [f"ESP_{i % 12:06d}_0000_RED" for i in range(120)] + ["ESP_999999_0000_RED"] * 60  # class 2: one observation
+    recs = [Record("s", f"{i}.jpg", f"t-{i:04d}.jpg", int(c), "train", observation=o)
+            for i, (c, o) in enumerate(zip(labels, obs))]
+    review = review_labels(recs, x)
+    assert review.unjudged == {CLASS_NAMES[2]: (60, 1)}
+    assert not set(review.suspects["given"]) & {CLASS_NAMES[2]}
+    assert review.trustworthy, review.judge_macro_f1  # scored on the classes it could judge
+    assert CLASS_NAMES[2] in review.unjudged_text() and "1 observation" in review.unjudged_text()
+    judged_everything = review_labels(recs[:120], x[:120])
+    assert judged_everything.unjudged == {} and judged_everything.unjudged_text() == ""
+
+
 def test_review_bad_inputs():
     from core.data import Record
     recs = [Record("s", f"{i}.jpg", f"{i}.jpg", 0) for i in range(5)]
@@ -416,7 +436,7 @@ def test_review_recalls_flipped_real_labels(shared_data, tmp_path):
 def test_explore_page_draws_a_map_and_reviews(v32_folder, tmp_path):
     from streamlit.testing.v1 import AppTest
 
-    from core.settings import APP_STATE_FILE, LABEL_OVERRIDES_FILE, PROJECT_ROOT
+    from core.settings import APP_STATE_FILE, LABEL_OVERRIDES_FILE, LABEL_REJECTIONS_FILE, PROJECT_ROOT
     Path(APP_STATE_FILE).write_text(json.dumps({"data_paths": [str(v32_folder)]}))
     try:
         at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=300)
@@ -453,12 +473,30 @@ def test_explore_page_draws_a_map_and_reviews(v32_folder, tmp_path):
         written = read_overrides(LABEL_OVERRIDES_FILE)
         assert set(written) == copies and first_file in copies  # the landmark's tiles, decided together
         assert any(f"{len(copies)} label(s) changed" in c.value for c in at.caption)  # the data was reloaded
+        numbers = [int(m.value[3:].split("*")[0]) for m in at.markdown if m.value.startswith("**#")]
+        assert numbers == list(range(1, len(numbers) + 1)), numbers  # landmarks numbered without gaps
+        reject = [b for b in at.button if b.label == "Reject"]
+        if reject:  # a rejection is kept in its file (a refresh keeps it), listed, and can be undone
+            second_file = next(m.value for m in at.markdown if m.value.startswith("**#1**")).split("`")[1]
+            reject[0].click()
+            at.run()
+            assert not at.exception, [e.value for e in at.exception]
+            kept = read_overrides(LABEL_REJECTIONS_FILE)
+            assert second_file in kept and "rejected" in kept[second_file].note
+            assert not any(m.value.startswith("**#") and f"`{second_file}`" in m.value for m in at.markdown)
+            next(m for m in at.multiselect if m.label == "Undo rejected suggestion(s)").set_value([second_file])
+            at.run()
+            next(b for b in at.button if b.label == "Undo the 1 selected").click()
+            at.run()
+            assert second_file not in read_overrides(LABEL_REJECTIONS_FILE)
+            assert any(f"`{second_file}`" in m.value for m in at.markdown)  # asked again
         at.switch_page("views/dataset.py")
         at.run()
         assert any(f"{len(copies)} label(s) changed" in i.value for i in at.info)  # and the data summary shows it
     finally:
         Path(APP_STATE_FILE).unlink(missing_ok=True)
         LABEL_OVERRIDES_FILE.unlink(missing_ok=True)
+        LABEL_REJECTIONS_FILE.unlink(missing_ok=True)
 
 
 def _open_explore():

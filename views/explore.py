@@ -11,7 +11,7 @@ from core.data.overrides import Override, OverridesError, read_overrides, update
 from core.explore.embed import DEFAULT_METHOD, METHODS, cache_state, embed
 from core.explore.features import DEFAULT_EMBED_SIZE, PART_TILES, get_features
 from core.explore.labels import review_labels
-from core.settings import LABEL_OVERRIDES_FILE
+from core.settings import LABEL_OVERRIDES_FILE, LABEL_REJECTIONS_FILE
 from ui import appstate
 from ui.common import (USER_ERRORS, RARE_NOTE, get_data, get_model, kept_selectbox, require_model_choices, progress_bar,
                        show_error)
@@ -57,7 +57,7 @@ st.caption(f"{len(data.records):,} tiles from {', '.join(s.name for s in data.so
 if data.overrides is not None:
     st.caption(f"Label overrides: {data.overrides.describe()}.")
 
-map_tab, review_tab = st.tabs(["Embedding map", "Label review"])
+map_tab, review_tab = st.tabs(["Embedding map", "Label review"], key="explore_tab")  # a key keeps the tab on rerun
 run_key = (str(choices[model_label]), tuple(paths), size)
 
 
@@ -152,6 +152,22 @@ with map_tab:
                 except USER_ERRORS as exc:
                     show_error(exc, "Grad-CAM failed")
 
+def _decisions(decided: dict[str, Override], path, what: str, label_column: str) -> None:
+    """The label review's decisions kept in `path`, listed, each undoable (an undone rejection is asked again)."""
+    if not decided:
+        return
+    with st.expander(f"{len(decided)} {what} in {path}"):
+        st.dataframe(pd.DataFrame([{"file": o.file, label_column: CLASS_NAMES[o.label], "previous": o.previous,
+                                    "note": o.note} for o in decided.values()]), hide_index=True)
+        undo = st.multiselect(f"Undo {what}", list(decided), key=f"undo-{path.name}")
+        if undo and st.button(f"Undo the {len(undo)} selected", key=f"undo-button-{path.name}"):
+            try:
+                update_overrides(remove=undo, path=path)
+                st.rerun()
+            except (OverridesError, OSError) as exc:
+                show_error(exc, "Not saved")
+
+
 with review_tab:
     st.markdown("Tiles whose label the rest of the data argues against: a linear head on the model's features, "
                 "fitted on folds grouped by observation, gives each tile out-of-sample probabilities; "
@@ -160,8 +176,9 @@ with review_tab:
                 "whenever the data is loaded.")
     try:
         current = read_overrides(LABEL_OVERRIDES_FILE)
+        rejected = read_overrides(LABEL_REJECTIONS_FILE)
     except OverridesError as exc:
-        show_error(exc, "The overrides file is malformed; fix or remove it (nothing is written to it meanwhile)")
+        show_error(exc, "A label-review file is malformed; fix or remove it (nothing is written to it meanwhile)")
         st.stop()
     if st.button("Run the label review", help="Uses the cached features (computed first if needed)"):
         try:
@@ -173,15 +190,17 @@ with review_tab:
     stored = st.session_state.get("explore_review")
     if stored and stored[0] == run_key:
         review = stored[1]
-        rejected: set[str] = st.session_state.setdefault("explore_rejected", set())
-        todo = review.suspects[~review.suspects["file"].isin(rejected | set(current))]
+        todo = review.suspects[~review.suspects["file"].isin(set(rejected) | set(current))]
         flagged = todo.groupby("landmark", sort=False)["file"].apply(list).to_dict()
         heads = todo.drop_duplicates("landmark")  # one decision per landmark: its best-ranked flagged copy
         st.write(f"**{len(review.suspects):,}** suspect tiles among {len(data.records):,} ({review.folds} folds); "
                  f"{len(todo):,} awaiting a decision, in {len(heads):,} landmarks (an original and its augmented "
                  f"copies are decided together). Ranked by the out-of-sample probability of the given label, lowest "
                  f"(surest finding) first. The heads that judge the labels score macro-F1 "
-                 f"{review.judge_macro_f1:.3f} out of sample.")
+                 f"{review.judge_macro_f1:.3f} out of sample"
+                 + (" on the classes they could judge." if review.unjudged else "."))
+        if review.unjudged:
+            st.info(review.unjudged_text(), icon=":material/info:")
         may_accept = review.trustworthy
         if not review.trustworthy:
             st.warning(f"These features are too weak to judge labels: heads on them reach a macro-F1 of only "
@@ -198,14 +217,14 @@ with review_tab:
         names_of: dict[tuple[str, int], set[str]] = {}
         for r in members:
             names_of.setdefault((r.landmark, r.label), set()).add(r.name)
-        for _, row in chunk.iterrows():
+        for number, (_, row) in enumerate(chunk.iterrows(), start + 1):
             rec = by_name.get(row["file"])
             copies = sorted(names_of.get((row["landmark"], CLASS_NAMES.index(row["given"])), ()))
             others = [f for f in flagged[row["landmark"]] if f != row["file"]]
             c1, c2, c3 = st.columns([1, 2, 1])
             if rec is not None:
                 c1.image(data.tiles([rec])[0], width="stretch")
-            c2.markdown(f"**#{row['rank']}** `{row['file']}`  \ngiven **{row['given']}** (out-of-sample "
+            c2.markdown(f"**#{number}** `{row['file']}`  \ngiven **{row['given']}** (out-of-sample "
                         f"{row['p_given']:.0%}) → suggested **{row['suggested']}** ({row['p_suggested']:.0%})  \n"
                         f"{row['source']} · {row['observation'] or 'no observation'} · {row['split']}")
             if len(copies) > 1:
@@ -219,18 +238,15 @@ with review_tab:
                     st.rerun()
                 except (OverridesError, OSError) as exc:
                     show_error(exc, "Not saved")
-            if c3.button("Reject", key=f"rej-{row['file']}"):
-                rejected.update([row["file"], *others])
-                st.rerun()
-    if current:
-        with st.expander(f"{len(current)} accepted override(s) in {LABEL_OVERRIDES_FILE}"):
-            table = pd.DataFrame([{"file": o.file, "label": CLASS_NAMES[o.label], "previous": o.previous,
-                                   "note": o.note} for o in current.values()])
-            st.dataframe(table, hide_index=True)
-            undo = st.multiselect("Undo overrides", list(current))
-            if undo and st.button("Remove the selected overrides"):
+            if c3.button("Reject", key=f"rej-{row['file']}", help="Keep the given label; remembered in "
+                         f"{LABEL_REJECTIONS_FILE.name}, listed below, where it can be undone"):
+                note = f"suggested {row['suggested']} ({row['p_suggested']:.0%}), rejected"
                 try:
-                    update_overrides(remove=undo, path=LABEL_OVERRIDES_FILE)
+                    update_overrides([Override(f, CLASS_NAMES.index(row["given"]), row["given"], note)
+                                      for f in dict.fromkeys([*(copies or [row["file"]]), *others])],
+                                     path=LABEL_REJECTIONS_FILE)
                     st.rerun()
                 except (OverridesError, OSError) as exc:
                     show_error(exc, "Not saved")
+    _decisions(current, LABEL_OVERRIDES_FILE, "accepted override(s)", "label")
+    _decisions(rejected, LABEL_REJECTIONS_FILE, "rejected suggestion(s)", "kept label")

@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"the judging heads score macro-F1 {review.judge_macro_f1:.3f} out of sample" +
                   ("" if review.trustworthy else ": too weak for their doubts to mean much (a better model's "
                    "features, --checkpoint, give a review worth reading)"))
+            if review.unjudged:
+                print(review.unjudged_text())
         if feats.note:
             print(f"note: {feats.note}", file=sys.stderr)
     except (CheckpointError, DataError, ValueError) as exc:

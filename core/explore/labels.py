@@ -8,6 +8,11 @@ fold, which makes its label look more credible than it is (fewer findings there,
 `cleanlab.filter.find_label_issues` then flags the tiles, ranked by self-confidence (the out-of-sample
 probability of the given label: lowest first = surest finding).
 
+A class whose tiles all come from fewer observations than there are folds cannot be judged that way: the head
+scoring the fold that holds its observation never saw the class, so every tile of it looks mislabelled. Such
+tiles (given a class their head never saw) are left out of the suspects and of the judges' score, and the
+review names the class and why (`Review.unjudged`), rather than blaming the features.
+
 Caveat, also in the README: the features come from a checkpoint trained on (some of) these labels, so a
 wrong training label may have pulled its tile's features towards it; the review finds fewer such errors
 than a model trained elsewhere would.
@@ -15,7 +20,7 @@ than a model trained elsewhere would.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -38,6 +43,19 @@ class Review:
     issues: np.ndarray  # indices of flagged records, surest first
     folds: int
     judge_macro_f1: float = float("nan")  # how well the out-of-sample heads themselves classify (given labels)
+    #: class name -> (tiles left out because their head never saw the class, the class's observations)
+    unjudged: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def unjudged_text(self) -> str:
+        """One sentence naming the classes the review could not judge, or '' when it judged every class."""
+        if not self.unjudged:
+            return ""
+        parts = [f"{name} ({tiles} tile{'s' * (tiles != 1)}, {obs} observation{'s' * (obs != 1)})"
+                 for name, (tiles, obs) in self.unjudged.items()]
+        return (f"Not judged: {', '.join(parts)}. With folds grouped by observation, a class seen in fewer "
+                f"observations than the {self.folds} folds is missing from the training part of the fold that "
+                "holds it, so its tiles there cannot be judged; they are left out of the suspects. Add data with "
+                "more observations of these classes to review them.")
 
     @property
     def trustworthy(self) -> bool:
@@ -54,8 +72,10 @@ def groups_of(records: list[Record]) -> np.ndarray:
 
 
 def out_of_sample_probs(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, folds: int = FOLDS,
-                        seed: int = SEED, on_progress: ProgressCallback | None = None) -> tuple[np.ndarray, int]:
-    """(N, C) probabilities, each row from a head fitted without the row's observation; and the folds used."""
+                        seed: int = SEED, on_progress: ProgressCallback | None = None
+                        ) -> tuple[np.ndarray, int, np.ndarray]:
+    """(N, C) probabilities, each row from a head fitted without the row's observation; the folds used; and a
+    mask of the rows whose given label their head never saw (no tile of that class in its training part)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedGroupKFold
     from sklearn.pipeline import make_pipeline
@@ -67,6 +87,7 @@ def out_of_sample_probs(features: np.ndarray, labels: np.ndarray, groups: np.nda
         raise ValueError(f"{n_groups} observation group(s): out-of-sample probabilities need at least 2")
     k = len(CLASS_NAMES)
     probs = np.zeros((len(labels), k), dtype=np.float64)
+    unseen = np.zeros(len(labels), dtype=bool)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "least populated class has only n members": the rare classes, known
@@ -78,12 +99,13 @@ def out_of_sample_probs(features: np.ndarray, labels: np.ndarray, groups: np.nda
             head.fit(features[train], labels[train])
         p = head.predict_proba(features[test])
         present = head.classes_
+        unseen[test] = ~np.isin(labels[test], present)
         if len(present) == k:
             probs[test] = p
         else:  # a class absent from this fold's training part: it gets a floor probability
             probs[np.ix_(test, present)] = p
     probs = np.clip(probs, 1e-6, None)
-    return probs / probs.sum(axis=1, keepdims=True), folds
+    return probs / probs.sum(axis=1, keepdims=True), folds, unseen
 
 
 def review_labels(records: list[Record], features: np.ndarray, folds: int = FOLDS, seed: int = SEED,
@@ -96,16 +118,22 @@ def review_labels(records: list[Record], features: np.ndarray, folds: int = FOLD
     labels = np.fromiter((r.label for r in records), dtype=np.int64, count=len(records))
     if len(np.unique(labels)) < 2:
         raise ValueError("the tiles hold one class only: nothing to compare labels against")
-    probs, used = out_of_sample_probs(features.astype(np.float32), labels, groups_of(records), folds, seed, on_progress)
+    groups = groups_of(records)
+    probs, used, unseen = out_of_sample_probs(features.astype(np.float32), labels, groups, folds, seed, on_progress)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         issues = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence",
                                    filter_by="prune_by_noise_rate", min_examples_per_class=1,
                                    n_jobs=1)  # its default forks a Pool: a forked torch process can deadlock (seen)
     issues = np.asarray(issues, dtype=np.int64)
+    issues = issues[~unseen[issues]]
     from sklearn.metrics import f1_score
-    judge = float(f1_score(labels, probs.argmax(1), average="macro", labels=np.unique(labels)))
-    return Review(suspects_table(records, labels, probs, issues), issues, used, judge)
+    judged = ~unseen
+    judge = float(f1_score(labels[judged], probs[judged].argmax(1), average="macro",
+                           labels=np.unique(labels[judged]))) if judged.any() else float("nan")
+    unjudged = {CLASS_NAMES[c]: (int((unseen & (labels == c)).sum()), len(np.unique(groups[labels == c])))
+                for c in np.unique(labels[unseen])}
+    return Review(suspects_table(records, labels, probs, issues), issues, used, judge, unjudged)
 
 
 def suspects_table(records: list[Record], labels: np.ndarray, probs: np.ndarray, issues: np.ndarray) -> pd.DataFrame:
