@@ -42,3 +42,22 @@ def class_index(name_or_id: str | int) -> int:
         if name == key:
             return idx
     raise ValueError(f"unknown class {text!r} (expected one of: {', '.join(CLASS_NAMES)})")
+
+
+#: The one palette of the classes (RGB), for class maps, legends and every chart coloured by class: eight colours
+#: told apart at a glance (`other` is grey, and class maps leave it undrawn by default).
+CLASS_COLORS: dict[str, tuple[int, int, int]] = {
+    "other": (150, 150, 150),
+    "crater": (230, 25, 75),
+    "dark dune": (60, 180, 75),
+    "slope streak": (255, 225, 25),
+    "bright dune": (0, 130, 200),
+    "impact ejecta": (245, 130, 48),
+    "swiss cheese": (145, 30, 180),
+    "spider": (70, 240, 240),
+}
+
+
+def class_hex(name: str) -> str:
+    """'#rrggbb' of a class's colour (plotly's form)."""
+    return "#%02x%02x%02x" % CLASS_COLORS[name]

@@ -5,21 +5,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .classes import CLASS_COLORS
 from .imageio import TILE_SIZE
 
 MAX_WINDOWS = 20_000  # ~1 GB of windows; a smaller stride on a huge image is refused, not swapped to death
-
-#: One colour per class for class maps and legends (RGB; `other` is grey and left undrawn by default).
-CLASS_COLORS: dict[str, tuple[int, int, int]] = {
-    "other": (150, 150, 150),
-    "crater": (230, 25, 75),
-    "dark dune": (60, 180, 75),
-    "slope streak": (255, 225, 25),
-    "bright dune": (0, 130, 200),
-    "impact ejecta": (245, 130, 48),
-    "swiss cheese": (145, 30, 180),
-    "spider": (70, 240, 240),
-}
 
 
 @dataclass
@@ -132,3 +121,27 @@ def _blend_table(class_names: list[str], alpha: float) -> np.ndarray:
     blended = (1 - alpha) * grey[None] + alpha * palette[:, None, :]
     table = np.concatenate([blended, grey[None]])
     return np.clip(table + 0.5, 0, 255).astype(np.uint8)
+
+
+def legend_strip(class_names: list[str], width: int, skip: tuple[str, ...] = ("other",)) -> np.ndarray:
+    """RGB uint8 (h, width, 3): a swatch and the name of each drawn class, wrapped to `width`; the key that goes
+    under a class map (a map without one leaves the reader guessing which colour is which)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=14)
+    entries = [n for n in class_names if n not in skip]
+    swatch, gap, line = 14, 18, 22
+    x, y, places = 6, 4, []
+    for name in entries:
+        item = swatch + 6 + int(font.getlength(name))
+        if x + item > width - 6 and x > 6:
+            x, y = 6, y + line
+        places.append((x, y, name))
+        x += item + gap
+    canvas = Image.new("RGB", (max(width, 1), y + line + 2), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for x, y, name in places:
+        draw.rectangle([x, y + 2, x + swatch, y + 2 + swatch], fill=CLASS_COLORS.get(name, (255, 255, 255)),
+                       outline=(0, 0, 0))
+        draw.text((x + swatch + 6, y), name, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)

@@ -213,3 +213,28 @@ def test_the_home_page_imports_neither_torchvision_nor_timm():
                          cwd=PROJECT_ROOT)
     vision, timm, arch, size = out.stdout.split()
     assert (vision, timm) == ("False", "False") and arch.startswith("tf_efficientnet_lite") and int(size) >= 128
+
+
+def test_a_class_map_has_a_legend_in_the_one_class_palette():
+    """Explain's class map comes with its key: a swatch in each drawn class's colour (other is left out)."""
+    from core.classes import CLASS_COLORS, class_hex
+    from core.tiling import legend_strip
+    strip = legend_strip(list(CLASS_NAMES), 300)
+    colours = {tuple(int(v) for v in px) for px in strip.reshape(-1, 3)}
+    assert all(CLASS_COLORS[n] in colours for n in CLASS_NAMES if n != "other")
+    assert strip.shape[1] == 300 and strip.shape[0] > legend_strip(list(CLASS_NAMES), 1200).shape[0]  # it wraps
+    assert len({class_hex(n) for n in CLASS_NAMES}) == len(CLASS_NAMES)  # eight colours, none shared
+
+
+def test_explain_tells_two_uploads_with_one_name_apart():
+    from ui.uploads import unique_names
+    assert [n for n, _ in unique_names([("a.jpg", b"1"), ("b.jpg", b"2"), ("a.jpg", b"3")])] == \
+        ["a.jpg", "b.jpg", "a.jpg (2)"]
+
+
+def test_every_probability_bar_carries_its_figure():
+    from ui.figures import probability_bars
+    fig = probability_bars([0.9, 0.06, 0.03, 0.005, 0.004, 0.0005, 0.0003, 0.0002])
+    bar = fig.data[0]
+    assert len(bar.text) == 8 and "<0.1%" in bar.text and all(t for t in bar.text)
+    assert all(pos == "outside" for pos, x in zip(bar.textposition, bar.x) if x < 0.5)

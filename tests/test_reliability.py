@@ -617,7 +617,8 @@ def test_the_app_serves_nothing_on_an_address_nobody_chose(own_runs, monkeypatch
 
 def _reference_render(gray, class_map, alpha=0.45, skip=("other",), min_confidence=0.0):
     """render_class_map as it was: float32 over the whole image (5.5 GB for a 7,900 px square)."""
-    from core.tiling import CLASS_COLORS, _grid_index
+    from core.classes import CLASS_COLORS
+    from core.tiling import _grid_index
     h, w = class_map.image_shape
     rgb = np.repeat(gray[:h, :w, None].astype(np.float32), 3, axis=2)
     index = _grid_index(class_map)

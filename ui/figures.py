@@ -7,7 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from core.classes import CLASS_NAMES
+from core.classes import CLASS_NAMES, class_hex
 
 SPLIT_COLOURS = {"train": "#4C78A8", "val": "#F58518", "test": "#54A24B"}
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC"]
@@ -138,8 +138,10 @@ def probability_bars(probs: Sequence[float], class_names: Sequence[str] = CLASS_
                      highlight: int | None = None) -> go.Figure:
     order = np.argsort(probs)
     colours = [PALETTE[3] if i == highlight else PALETTE[0] for i in order]
+    # every bar labelled: a long bar holds its figure, a short one (down to 0) carries it just outside
     fig = go.Figure(go.Bar(x=[probs[i] for i in order], y=[class_names[i] for i in order], orientation="h",
-                           marker_color=colours, text=[f"{probs[i]:.1%}" for i in order], textposition="auto",
+                           marker_color=colours, text=[f"{probs[i]:.1%}" if probs[i] >= 0.001 else "<0.1%" for i in order],
+                           textposition=["inside" if probs[i] > 0.6 else "outside" for i in order], cliponaxis=False,
                            hovertemplate="%{y}: %{x:.2%}<extra></extra>"))
     fig.update_xaxes(range=[0, 1], tickformat=".0%")
     return _layout(fig, height=260)
@@ -149,7 +151,7 @@ def one_vs_rest_curves(curves: dict, kind: str) -> go.Figure:
     """PR (`kind='pr'`) or ROC curves per class from an evaluation report's `curves` entry."""
     fig = go.Figure()
     for i, (name, c) in enumerate(curves.get("classes", {}).items()):
-        colour = PALETTE[CLASS_NAMES.index(name) % len(PALETTE)] if name in CLASS_NAMES else PALETTE[i % 9]
+        colour = class_hex(name) if name in CLASS_NAMES else PALETTE[i % len(PALETTE)]
         if kind == "pr":
             # a step: each point's precision holds from the previous recall to its own (how AP sums them)
             fig.add_scatter(x=c["pr"]["recall"], y=c["pr"]["precision"], mode="lines",

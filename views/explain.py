@@ -14,7 +14,7 @@ from core.imageio import IMAGE_SUFFIXES, TILE_SIZE, decode_gray
 MAX_FILES = 24
 
 # Cold start: the uploader comes first, before torch, the model and the CAM library are imported or loaded.
-uploads = st.file_uploader("Upload tiles (JPEG, PNG, TIFF, BMP, GIF or WebP up to 64 MiB each; colour images are "
+uploads = st.file_uploader("Upload tiles (JPEG, PNG, TIFF, BMP, GIF or WebP up to 64 MB each; colour images are "
                            "converted to grayscale)", type=[s.lstrip(".") for s in IMAGE_SUFFIXES], accept_multiple_files=True)
 items: list[tuple[str, bytes]] = [(u.name, u.getvalue()) for u in uploads or []]
 if len(items) > MAX_FILES:
@@ -22,6 +22,7 @@ if len(items) > MAX_FILES:
     items = items[:MAX_FILES]
 
 from ui import appstate, figures  # noqa: E402 - after the uploader, see above
+from ui.uploads import unique_names  # noqa: E402
 from ui.common import USER_ERRORS, get_data, get_model, require_model_choices, show_error  # noqa: E402
 
 with st.expander("…or pick a tile from the data set"):
@@ -47,7 +48,7 @@ with st.expander("…or pick a tile from the data set"):
 # and before the model's frozen trace is made (`_warm_up`, once per model, after the first answers).
 from core.ood import describe  # noqa: E402
 from core.predict import predict_bytes  # noqa: E402
-from core.tiling import render_class_map  # noqa: E402
+from core.tiling import legend_strip, render_class_map  # noqa: E402
 
 choices = require_model_choices()
 
@@ -81,6 +82,7 @@ def _predict(model_key: str, digest: str, name: str, data: bytes, stride: int):
 
 shown = []  # (name, digest, prediction, the CAM column, the probabilities column): their CAMs follow
 first_name: dict[str, str] = {}  # content digest -> the name it was first shown under
+items = unique_names(items)
 for name, payload in items:
     st.divider()
     digest = hashlib.sha1(payload).hexdigest()
@@ -94,7 +96,11 @@ for name, payload in items:
     except USER_ERRORS as exc:
         show_error(exc, "" if str(exc).startswith(name) else name)  # decoder messages already name the file
         continue
-    st.markdown(f"### {name}\nPredicted **{pred.label}** ({pred.confidence:.1%})" +
+    whole = pred.class_map is not None
+    windows = pred.class_map.classes.size if whole else 1
+    st.markdown(f"### {name}\n" + (f"Whole image, mean over its {windows:,} windows: **{pred.label}** "
+                                    f"({pred.confidence:.1%})" if whole else
+                                    f"Predicted **{pred.label}** ({pred.confidence:.1%})") +
                 (f" · explaining **{CLASS_NAMES[target]}**" if target is not None and target != pred.index else ""))
     if pred.typicality is None:
         st.caption("No out-of-distribution check: this checkpoint has no reference from its training tiles "
@@ -105,7 +111,9 @@ for name, payload in items:
     for note in pred.notes:
         st.caption(f"ℹ️ {note}")
     cols = st.columns([1, 1, 1.3])
-    cols[0].image(pred.tile, caption="tile (as the model sees it)", width="stretch", clamp=True)
+    cols[0].image(pred.tile, width="stretch", clamp=True,
+                  caption=f"the window surest of {pred.label}, as the model sees it" if whole
+                  else "tile (as the model sees it)")
     cols[2].plotly_chart(figures.probability_bars([pred.probabilities[c] for c in model.class_names],
                                                   model.class_names, pred.index), width="stretch", key=f"probs-{digest}")
     if pred.class_map is not None:
@@ -114,6 +122,7 @@ for name, payload in items:
         st.image(render_class_map(gray, pred.class_map), width="stretch",
                  caption="Class map: each window coloured by its predicted class (other left uncoloured); the CAM "
                          "above explains the window surest of the predicted class")
+        st.image(legend_strip(list(model.class_names), 900), width="stretch")
     shown.append((name, digest, pred, cols[1], cols[2]))
 
 from core.explain import CAM_METHODS, PERTURBATION_METHODS, colour_scale, explain, overlay_heatmap  # noqa: E402 - after the answers, see above
@@ -135,9 +144,10 @@ def _explain(model_key: str, digest: str, _tile: np.ndarray, method: str, target
 RUNS = {"scorecam": "the whole model", "ablationcam": "the layers above the target"}  # the PERTURBATION_METHODS
 slow = (f" It runs {RUNS[method]} once per channel of the layer" + (", for each smoothing view" if aug_smooth else "")
         + ": a minute or more on a CPU.") if method in PERTURBATION_METHODS else ""
-for name, digest, pred, cam_col, side_col in shown:
+for number, (name, digest, pred, cam_col, side_col) in enumerate(shown, 1):
+    of_n = f" (tile {number} of {len(shown)})" if len(shown) > 1 else ""
     try:
-        with cam_col, st.spinner(f"{method} on {name}…{slow}"):
+        with cam_col, st.spinner(f"{method} on {name}{of_n}…{slow}"):
             exp = _explain(model_key, f"{digest}:{stride}", pred.tile, method, target, aug_smooth, eigen_smooth)
     except USER_ERRORS as exc:
         cam_col.error(f"{name}: no {method} map: {exc}")
@@ -150,12 +160,13 @@ for name, digest, pred, cam_col, side_col in shown:
                     (f" (the model gives {exp.target_name} {pred.probabilities[exp.target_name]:.1%})"
                      if exp.target != pred.index else "") + ".")
     if exp.keep_top_confidence is not None:
-        side_col.caption(f"Faithfulness: {exp.target_name} confidence {exp.confidence:.0%} on the tile, "
+        on = "the window shown" if pred.class_map is not None else "the tile"
+        side_col.caption(f"Faithfulness: {exp.target_name} confidence {exp.confidence:.0%} on {on}, "
                          f"{exp.keep_top_confidence:.0%} keeping only the hottest 20%, {exp.remove_top_confidence:.0%} "
                          f"with it removed ({exp.seconds * 1000:.0f} ms).")
     buf = io.BytesIO()
     Image.fromarray(overlay).save(buf, format="PNG")
-    side_col.download_button("Download overlay (PNG)", buf.getvalue(), file_name=f"{name.rsplit('.', 1)[0]}-{method}.png",
+    side_col.download_button("Download overlay (PNG)", buf.getvalue(), file_name=f"{name.rsplit('.', 1)[0]}-{method}-{exp.target_name.replace(' ', '_')}.png",
                              mime="image/png", key=f"dl-{digest}")
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.classes import CLASS_NAMES
+from core.classes import CLASS_NAMES, class_hex
 from core.data.overrides import Override, OverridesError, read_overrides, update_overrides
 from core.explore.embed import DEFAULT_METHOD, METHODS, cache_state, embed
 from core.explore.features import DEFAULT_EMBED_SIZE, PART_TILES, get_features
@@ -117,6 +117,7 @@ with map_tab:
                          hover_data={"file": True, "label": True, "predicted": True, "confidence": ":.2f",
                                      "split": True, "x": False, "y": False, "row": False},
                          category_orders={"label": list(CLASS_NAMES), "predicted": list(CLASS_NAMES)},
+                         color_discrete_map={name: class_hex(name) for name in CLASS_NAMES},
                          color_continuous_scale="Viridis", height=650)
         fig.update_traces(marker={"size": 4, "opacity": 0.7})
         fig.update_layout(showlegend=colour != "observation", legend={"itemsizing": "constant"},
