@@ -128,6 +128,21 @@ def test_dataset_page_refuses_a_bad_split_seed_and_keeps_the_last(with_runs, typ
     next(s for s in at.sidebar.slider if s.label == "Validation share").set_value(0.15).run()
 
 
+def test_dataset_page_refuses_shares_that_leave_nothing_to_train_on_in_plain_words(with_runs):
+    at = run_page("views/dataset.py")
+    kept = appstate.data_spec()
+    next(s for s in at.sidebar.slider if s.label == "Validation share").set_value(0.95).run()
+    next(s for s in at.sidebar.slider if s.label == "Test share").set_value(0.95).run()
+    said = texts(at)
+    assert "Validation share 0.95 and test share 0.95 add up to 1.90" in said and "val_fraction" not in said
+    assert at.metric and not at.exception  # the data is still shown, with the last shares
+    assert (appstate.data_spec().val_fraction, appstate.data_spec().test_fraction) == \
+        (kept.val_fraction, kept.test_fraction)
+    next(s for s in at.sidebar.slider if s.label == "Validation share").set_value(kept.val_fraction).run()
+    next(s for s in at.sidebar.slider if s.label == "Test share").set_value(kept.test_fraction).run()
+    assert not at.error
+
+
 def test_dataset_page_summarises_the_data(with_runs):
     at = run_page("views/dataset.py")
     assert at.metric and any("always-other" in m.label.lower() for m in at.metric)

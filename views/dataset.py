@@ -110,6 +110,17 @@ except ValueError:
 if seed_problem:
     st.error(f"Split seed: {seed_problem}. The data below keeps seed {remembered.split_seed}; nothing was changed.")
     seed = remembered.split_seed
+if val_fraction + test_fraction >= FRACTION_LIMIT:
+    st.error(f"Validation share {val_fraction:.2f} and test share {test_fraction:.2f} add up to "
+             f"{val_fraction + test_fraction:.2f}: together they must stay under 1, leaving tiles to train on. The data "
+             f"below keeps the last shares ({remembered.val_fraction:.2f} and {remembered.test_fraction:.2f}); "
+             "nothing was changed.")
+    val_fraction, test_fraction = remembered.val_fraction, remembered.test_fraction
+elif val_fraction == 0 and test_fraction != 0 and split_mode != "official":
+    st.error("Validation share 0 means a refit: training on every tile, with no split to score on (see "
+             "docs/cross-validation.md). Set the test share to 0 as well, or give validation a share. The data below "
+             f"keeps the last shares ({remembered.val_fraction:.2f} and {remembered.test_fraction:.2f}).")
+    val_fraction, test_fraction = remembered.val_fraction, remembered.test_fraction
 spec = DataSpec(tuple(paths), policy, split_mode, val_fraction, test_fraction, seed, repeats)
 if spec.problem():
     st.error(spec.problem())
@@ -141,8 +152,7 @@ st.dataframe(table, width="stretch")
 st.caption(f"Augmented copies per split: {', '.join(f'{s} {n:,}' for s, n in summary['augmented'].items())}. "
            f"Observations: {', '.join(f'{s} {n}' for s, n in summary['observations'].items())}. {RARE_NOTE}")
 
-left, right = st.columns(2)
-with left:
+with st.container():
     st.subheader("Split and checks")
     st.write(f"**Split:** {summary['split_method']}")
     if summary["leakage"]:
@@ -156,7 +166,7 @@ with left:
     if summary["pixel_mean"] is not None:
         st.write(f"Training pixels: mean {summary['pixel_mean']:.4f}, std {summary['pixel_std']:.4f} "
                  "(what training normalises with).")
-with right:
+with st.container():
     st.subheader("Sources")
     st.dataframe(pd.DataFrame([{k: s[k] for k in ("name", "kind", "records", "missing", "split_repeats",
                                                   "unlabelled_files")} for s in summary["sources"]]),
@@ -172,7 +182,7 @@ if summary["unreadable"]:
         st.dataframe(pd.DataFrame(summary["unreadable"]), hide_index=True)
 if summary["merge"]:
     with st.expander("Merge report (duplicates and label conflicts)"):
-        st.code("\n".join(summary["merge"]))
+        st.code("\n".join(summary["merge"]), language=None, wrap_lines=True)
 
 st.subheader("Sample tiles")
 per_class = st.slider("Tiles per class", 2, 12, 6)

@@ -160,7 +160,8 @@ def _read_official(storage: Storage, path: Path, layout: Layout, keep_repeats: b
         rows = [(n, lab, None) for n, lab in labels.items()]
     if repeats:
         warnings.append(f"the split file repeats {sum(repeats.values())} rows (minority-class up-sampling); "
-                        + ("kept" if keep_repeats else "dropped: pass keep_split_repeats to keep them"))
+                        + ("kept" if keep_repeats else "dropped (to keep them: the Dataset page's \"Keep the split file's "
+                                                       "repeated rows\", or --keep-split-repeats)"))
 
     records, missing = [], []
     listed = set()

@@ -71,7 +71,8 @@ class DataSpec:
         choices, CONFLICT_POLICIES and SPLIT_MODES, are checked where they are offered: RunConfig, the flags.)"""
         if not 0 <= self.val_fraction < FRACTION_LIMIT or not 0 <= self.test_fraction < FRACTION_LIMIT or \
                 self.val_fraction + self.test_fraction >= FRACTION_LIMIT:
-            return "val_fraction and test_fraction must be in [0, 1) and sum to less than 1"
+            return (f"val_fraction and test_fraction must be in [0, 1) and sum to less than 1 (given "
+                    f"{self.val_fraction:g} and {self.test_fraction:g}): some tiles must be left to train on")
         if self.cv_folds:
             if not MIN_FOLDS <= self.cv_folds <= MAX_FOLDS:
                 return f"cv_folds: {self.cv_folds} folds; cross-validation takes {MIN_FOLDS} to {MAX_FOLDS}"
