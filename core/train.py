@@ -394,6 +394,8 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
     schedule = Schedule(cfg, t.optimizer, steps_per_epoch)
     mixer = augment.batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, NUM_CLASSES)
     progress = resume_from(run, t, schedule, log) if resume else Progress()
+    if run is not None:  # what it trains with, where the configuration leaves it to the model or the machine
+        run.update_status(effective={"amp": t.amp, "input_size": cfg.input_size, "frozen": t.initial_frozen})
 
     compiled = torch.compile(model) if (cfg.compile and on_cuda) else model
     if cfg.compile and not on_cuda:

@@ -188,6 +188,27 @@ def test_compare_page_with_two_runs(with_runs):
     assert "optimizer" in at.dataframe[0].value.index
 
 
+def test_compare_settings_say_what_each_run_trained_with():
+    """image_size 0, an empty freeze_below and amp are shown as what training used, not as what was stored."""
+    from ui.compare import effective_settings
+    lite = {"model": "tf_efficientnet_lite0", "image_size": 0, "freeze": "below", "freeze_below": "", "amp": True}
+    shown = effective_settings(lite)
+    assert shown["image_size"].endswith("(the model's own)")
+    assert shown["freeze_below"].startswith("blocks.4 (the model's own point): frozen")
+    assert shown["amp"] == "off (asked for; this model trains in fp32)"
+    cnn = {"model": "simple_cnn", "image_size": 48, "freeze": "none", "freeze_below": "layer3", "amp": True}
+    shown = effective_settings(cnn, {"amp": False, "input_size": 48, "frozen": []})
+    assert shown["freeze_below"].startswith("— (freeze is not") and shown["image_size"] == "48"
+    assert shown["amp"] == "off (asked for; no bf16 on that machine)"
+    assert effective_settings(cnn, {"amp": True})["amp"] == "bf16 on"
+
+
+def test_compare_bars_label_a_zero_and_a_class_without_tiles():
+    from ui.figures import grouped_bars
+    fig = grouped_bars({"a": [0.0, None, 0.5]}, ["x", "y", "z"], "t", "recall")
+    assert list(fig.data[0].text) == ["0.00", "no tiles", "0.50"]
+
+
 def test_compare_page_includes_the_default_model_on_the_runs_tiles(with_runs):
     at = run_page("views/compare.py")
     default = next(o for o in at.multiselect[1].options if o.startswith("default model"))

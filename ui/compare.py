@@ -18,10 +18,12 @@ def settings_table(runs: Sequence[Run], models: Mapping[str, dict] | None = None
     the options whose values differ between them."""
     defaults = RunConfig().to_dict()
     configs = {run.name: run.config() for run in runs} | dict(models or {})
+    effective = {run.name: run.status().get("effective") for run in runs}
     columns = {}
     for name, config in configs.items():
         cfg = {**defaults, **config}
-        columns[name] = {k: ", ".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in cfg.items()}
+        shown = {k: ", ".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in cfg.items()}
+        columns[name] = shown | effective_settings(cfg, effective.get(name))
     table = pd.DataFrame(columns)
     differing = [k for k in table.index if table.loc[k].nunique() > 1]
     return table, differing
@@ -122,3 +124,35 @@ def _per_class_values(report: dict, key: str) -> list[float | None]:
     """A report's per-class `key` in class order; None (no bar) for a class its split has no tile of."""
     values = {c["class"]: (c[key] if c["support"] else None) for c in report["per_class"]}
     return [values.get(c) for c in CLASS_NAMES]
+
+
+def effective_settings(cfg: dict, effective: dict | None = None) -> dict[str, str]:
+    """The options whose stored value leaves the answer to the model or the machine (image_size 0, an empty
+    freeze_below, amp), as what the run trained with: what its log says, not what was asked. `effective` is what
+    training recorded in the run's status; older runs and shipped models get it worked out from the model."""
+    from core.models import frozen_stages, spec
+
+    effective = effective or {}
+    out: dict[str, str] = {}
+    try:
+        model = spec(cfg["model"])
+    except (KeyError, ValueError):
+        return out
+    size = effective.get("input_size") or cfg.get("image_size") or model.native_size
+    out["image_size"] = f"{size}" + (" (the model's own)" if not cfg.get("image_size") else "")
+    try:
+        frozen = effective.get("frozen", frozen_stages(cfg["model"], cfg.get("freeze", "none"), cfg.get("freeze_below")))
+    except ValueError:
+        frozen = None
+    if cfg.get("freeze") != "below":
+        out["freeze_below"] = "— (freeze is not 'below')"
+    elif frozen is not None:
+        point = cfg.get("freeze_below") or f"{model.fine_tune_from or 'none'} (the model's own point)"
+        out["freeze_below"] = f"{point}: frozen {', '.join(frozen) if frozen else 'nothing'}"
+    if "amp" in effective:
+        out["amp"] = "bf16 on" if effective["amp"] else ("off (asked for; " + (
+            "this model trains in fp32)" if not model.bf16_safe else "no bf16 on that machine)")
+            if cfg.get("amp") else "off")
+    elif cfg.get("amp") and not model.bf16_safe:
+        out["amp"] = "off (asked for; this model trains in fp32)"
+    return out

@@ -129,8 +129,12 @@ def grouped_bars(values: dict[str, Sequence[float | None]], categories: Sequence
             up = [iv[1] - y if iv and y is not None else 0 for y, iv in zip(ys, ivs)]
             down = [y - iv[0] if iv and y is not None else 0 for y, iv in zip(ys, ivs)]
             error = dict(type="data", symmetric=False, array=up, arrayminus=down, thickness=1, width=3)
-        fig.add_bar(name=name, x=list(categories), y=list(ys), marker_color=colours[name], error_y=error)
-    fig.update_layout(barmode="group", yaxis_title=y_title, yaxis_range=[0, 1])
+        # each bar carries its figure, so a 0 reads "0.00" and a class with no tiles reads "no tiles"
+        fig.add_bar(name=name, x=list(categories), y=[0 if y is None else y for y in ys], marker_color=colours[name],
+                    error_y=error, text=["no tiles" if y is None else f"{y:.2f}" for y in ys],
+                    textposition="outside", textangle=-90, cliponaxis=False)
+    fig.update_layout(barmode="group", yaxis_title=y_title, yaxis_range=[0, 1.15],
+                      yaxis_tickvals=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
     return _layout(fig, title)
 
 
