@@ -120,7 +120,9 @@ def launch(cfg: RunConfig, runs_dir: Path | None = None, lr_find: bool = False, 
             run.cancel_file.unlink(missing_ok=True)
         else:
             run.save_config(cfg.to_dict())
-        run.update_status(state="queued", queued_at=now_iso(), device=device_key(cfg.device),
+        stamp = {"resumed_at": now_iso()} if resume is not None and run.status().get("queued_at") else \
+            {"queued_at": now_iso()}  # a resume keeps when the run was first queued
+        run.update_status(state="queued", **stamp, device=device_key(cfg.device),
                           kind="lr_find" if lr_find else "train", error=None, ended_at=None, pid=None)
         # it waits for its turn in a process without torch (core.queue), then becomes the trainer
         cmd = [sys.executable, "-m", "core.queue", str(run.path), device_key(cfg.device), "--",
@@ -166,12 +168,27 @@ def cancel(run: Run) -> None:
 
 
 def progress_column(status: dict, config: dict) -> str:
-    """What the jobs table says of a job's progress: `epoch 3/10`, or `batch 40/100` for an LR range test
-    (which has no epochs); never a bare `None` or a misleading `0/10`."""
+    """What the jobs table says of a job's progress: `epoch 3/10` while it runs, `batch 40/100` for an LR range
+    test (which has no epochs), and for a job that ended, where it ended: never a bare `None`, a misleading
+    `0/10`, or a cancelled run's unfinished epoch read as done."""
+    state = status.get("state")
+    step, steps = status.get("step_in_epoch") or 0, status.get("steps_per_epoch")
     if status.get("kind") == "lr_find":
-        total = status.get("steps_per_epoch")
-        return f"LR test, batch {status.get('step_in_epoch') or 0}/{total}" if total else "LR test, starting"
-    return f"epoch {status.get('epoch') or 0}/{config.get('epochs', '?')}"
+        if state == "completed":
+            return f"LR test, done after {step} batches" + (f" of {steps} (it stops when the loss diverges)"
+                                                             if steps and step < steps else "")
+        if state in ("cancelled", "failed"):
+            return f"LR test, {state} at batch {step}" + (f"/{steps}" if steps else "")
+        return f"LR test, batch {step}/{steps}" if steps else "LR test, starting"
+    epoch, epochs = status.get("epoch") or 0, config.get("epochs", "?")
+    if state in ("cancelled", "failed", "lost") and epoch:
+        mid = steps and step < steps  # stopped inside the epoch: that epoch did not finish
+        return (f"{state} in epoch {epoch}/{epochs} ({epoch - 1} finished)" if mid else
+                f"{state} after epoch {epoch}/{epochs}")
+    if state == "completed" and epoch:
+        return f"done, {epoch}/{epochs} epochs" + (" (stopped early)" if isinstance(epochs, int) and epoch < epochs
+                                                     else "")
+    return f"epoch {epoch}/{epochs}"
 
 
 def progress_text(status: dict, config: dict, epoch_seconds: list[float]) -> str | None:

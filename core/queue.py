@@ -28,16 +28,21 @@ class Cancelled(Exception):
     """The job was asked to stop (its CANCEL file, or SIGTERM)."""
 
 
+def _turn(status: dict) -> str:
+    """When a job joined the queue: its last resume, else when it was first queued (which the jobs table shows)."""
+    return status.get("resumed_at") or status.get("queued_at", "")
+
+
 def queued_before(run: Run, device: str) -> list[Run]:
     """Live queued jobs for `device` that were queued before `run` (they go first)."""
-    mine = (run.status().get("queued_at", ""), run.name)
+    mine = (_turn(run.status()), run.name)
     ahead = []
     for other in list_runs(run.path.parent):
         if other.path == run.path:
             continue
         s = other.status()
         if s.get("state") == "queued" and s.get("device") == device and \
-                (s.get("queued_at", ""), other.name) < mine and other.trainer_alive():
+                (_turn(s), other.name) < mine and other.trainer_alive():
             ahead.append(other)
     return ahead
 

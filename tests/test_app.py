@@ -306,6 +306,13 @@ def test_progress_text_says_only_what_is_known():
     assert jobs.progress_text(lr, cfg, []).startswith("LR range test · batch 40/100")
     assert jobs.progress_column(lr, cfg) == "LR test, batch 40/100"
     assert jobs.progress_column({"state": "queued"}, cfg) == "epoch 0/10"
+    assert jobs.progress_column({**lr, "state": "completed", "step_in_epoch": 94}, cfg) == \
+        "LR test, done after 94 batches of 100 (it stops when the loss diverges)"
+    mid = {"state": "cancelled", "epoch": 2, "step_in_epoch": 7, "steps_per_epoch": 50}
+    assert jobs.progress_column(mid, {"epochs": 2}) == "cancelled in epoch 2/2 (1 finished)"
+    assert jobs.progress_column({**mid, "step_in_epoch": 50}, {"epochs": 2}) == "cancelled after epoch 2/2"
+    assert jobs.progress_column({"state": "completed", "epoch": 6, "step_in_epoch": 50, "steps_per_epoch": 50},
+                                cfg) == "done, 6/10 epochs (stopped early)"
 
 
 @pytest.mark.parametrize("key, value, message", [("cfg_epochs", "0", "epochs: 0 is below the minimum 1"),

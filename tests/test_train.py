@@ -279,7 +279,9 @@ def test_job_cancel_and_resume(tmp_path, data_dir):
     done = max(r["epoch"] for r in run.metrics() if r["kind"] == "epoch")
     assert done < 40
     cfg_short = RunConfig.load(run.config_file)
+    first_queued = run.status()["queued_at"]
     jobs.launch(cfg_short, resume=run)
+    assert run.status()["queued_at"] == first_queued and run.status()["resumed_at"]  # when it was first queued stays
     wait_for(lambda: jobs.job_state(run) in ("completed", "failed"), timeout=240, what="resumed run")
     assert jobs.job_state(run) == "completed", run.log_tail()
     epochs = [r["epoch"] for r in run.metrics() if r["kind"] == "epoch"]
