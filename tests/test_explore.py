@@ -55,6 +55,28 @@ def test_feature_cache_hit_and_miss_keys(tiny, data, cache):
     assert features_key(tiny, data, data.records[:-1], 32) != first.key
 
 
+def test_feature_rate_is_measured_here(tiny, data):
+    from dataclasses import replace
+
+    from core.explore.features import measure_rate
+    assert measure_rate(tiny, data, size=32, tiles=16) > 0
+    with pytest.raises(ValueError, match="too few tiles"):
+        measure_rate(tiny, replace(data, records=data.records[:5]), size=32)
+
+
+def test_a_map_is_cached_before_the_page_can_be_stopped(tiny, data, cache):
+    """Streamlit stops a left page at its next call: the reduction's last progress call. The map is kept first."""
+    class Left(Exception):
+        pass
+
+    def progress(done, total, desc):
+        if desc.startswith("reducing") and done == total:
+            raise Left
+    with pytest.raises(Left):
+        embed(tiny, data, "pca", 32, cache_root=cache, on_progress=progress)
+    assert embed(tiny, data, "pca", 32, cache_root=cache).from_cache
+
+
 def test_feature_key_follows_the_checkpoint_bytes(tiny, data, tmp_path):
     import copy
     import shutil

@@ -9,7 +9,7 @@ import streamlit as st
 from core.classes import CLASS_NAMES, class_hex
 from core.data.overrides import Override, OverridesError, read_overrides, update_overrides
 from core.explore.embed import DEFAULT_METHOD, METHODS, cache_state, embed
-from core.explore.features import DEFAULT_EMBED_SIZE, PART_TILES, get_features
+from core.explore.features import DEFAULT_EMBED_SIZE, PART_TILES, get_features, measure_rate
 from core.explore.labels import review_labels
 from core.settings import LABEL_OVERRIDES_FILE, LABEL_REJECTIONS_FILE
 from ui import appstate
@@ -20,7 +20,6 @@ from ui.gallery import tile_gallery
 COLOURS = {"label": "label", "prediction": "predicted", "split": "split", "confidence": "confidence",
            "observation": "observation", "correct": "correct"}
 MAX_SHOWN = 24
-MEASURED_TILES_PER_S = 28.6  # the shipped model's feature pass at 260 px, this project's 2-core CPU (README)
 SIZES = (DEFAULT_EMBED_SIZE, 224, 192, 160, 128)
 REVIEW_PAGE = 12
 
@@ -65,6 +64,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
+@st.cache_data(show_spinner="Timing the feature pass on a few tiles…", max_entries=16)
+def _feature_rate(model_path: str, size: int) -> float:
+    """Measured once per model and size (a second or two); 0 when it cannot be measured."""
+    try:
+        return measure_rate(model, data, size)
+    except USER_ERRORS:
+        return 0.0
+
+
 def _labelled(emb, data):
     """The map's table with the labels of the data as loaded now (overrides accepted meanwhile included); kept
     for the session until the map or the data changes (a selection reruns the page)."""
@@ -91,15 +99,15 @@ with map_tab:
     clicked = False
     if emb is None and not cached:
         with intro.container():
-            if model.device.type == "cpu":
-                todo = len(data.records) - done
-                cost = (f"about {_duration(todo / (MEASURED_TILES_PER_S * (260 / side) ** 2))} on a 2-core CPU at "
-                        f"{side}px" if model.arch == "tf_efficientnet_lite2" else f"minutes on a CPU for a {model.arch}")
-                so_far = f" ({done:,} were done by an earlier pass that was stopped; {todo:,} are left)" if done else ""
-                st.caption(f"Not drawn yet: the first map reads the features of all {len(data.records):,} tiles once"
-                           f"{so_far} ({cost}; less with more cores or a GPU), with a progress bar; then it is cached "
-                           "and redrawn in seconds. Leaving the page stops the pass; drawn again, it goes on from where "
-                           f"it stood (finished work is kept every {PART_TILES:,} tiles).")
+            todo = len(data.records) - done
+            rate = _feature_rate(str(choices[model_label]), size)
+            cost = (f"about {_duration(todo / rate)} at {side}px, from {rate:.0f} tiles/s measured on this "
+                    "machine just now" if rate else "a time it could not measure")
+            so_far = f" ({done:,} were done by an earlier pass that was stopped; {todo:,} are left)" if done else ""
+            st.caption(f"Not drawn yet: the first map reads the features of all {len(data.records):,} tiles once"
+                       f"{so_far} ({cost}; less with more cores or a GPU), with a progress bar; then it is cached "
+                       "and redrawn in seconds. Leaving the page stops the pass; drawn again, it goes on from where "
+                       f"it stood (finished work is kept every {PART_TILES:,} tiles).")
             clicked = st.button("Draw the map", type="primary",
                                 help="Cold: a feature pass over every tile (minutes on a CPU, once); later: read from "
                                      "the cache in seconds, without asking")

@@ -82,9 +82,11 @@ def embed(loaded: LoadedModel, data: HiriseData, method: str = DEFAULT_METHOD, s
     t0 = time.perf_counter()
     xy = reduce(feats.features, method)
     seconds = time.perf_counter() - t0
+    # kept before anything else is said: a reduction cannot be interrupted, and a page left meanwhile stops at its
+    # next progress call; the map it paid for is then read from the cache when the page is opened again
+    save_npz_atomic(path, xy=xy)
     if on_progress:
         on_progress(1, 1, f"reducing {len(feats.records):,} tiles to 2-D ({method})")
-    save_npz_atomic(path, xy=xy)
     return Embedding(table(feats, xy), feats, method, False, seconds)
 
 
