@@ -14,12 +14,17 @@ $(STAMP): requirements.txt
 app: $(STAMP)
 	$(VENV)/bin/streamlit run app.py --server.address 127.0.0.1
 
-# The whole suite, including the real-data tests (../shared/data) and the headless-browser test.
+# The whole suite, including the real-data tests (../shared/data) and the headless-browser test, after the lint
+# (ruff) and layer (import-linter: views -> ui -> core) gates configured in pyproject.toml.
 test: $(STAMP)
 	bash tools/ensure-chromium.sh
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -m "not slow and not browser"
 
 bench: $(STAMP)
