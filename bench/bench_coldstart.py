@@ -8,7 +8,7 @@ Each measurement starts a fresh server (`streamlit run app.py --server.headless 
 --server.address 127.0.0.1`); a headless Chromium (launched beforehand, not timed; a fresh browser
 context per start) opens the page as soon as /_stcore/health answers "ok". Measured from the launch:
 - HOME: / until the page is drawn to its end ("The eight classes") with the default model's line;
-- EXPLAIN: /Explain until the file uploader is attached, then a tile is uploaded at once (a real one from
+- EXPLAIN: /explain until the file uploader is attached, then a tile is uploaded at once (a real one from
   ../shared/data when present, else a synthetic one; `--tile`) and the clock runs until "Predicted ..." shows.
   Also given: upload -> prediction, what a person who opened the page and picked a file waits.
 BASELINE: a temporary app holding only `import streamlit as st; st.file_uploader("x")`, started from the
@@ -224,7 +224,7 @@ def main() -> int:
         minimal = tmp / "minimal_app.py"
         minimal.write_text(MINIMAL_APP)
         starts = {"home": (root / "app.py", "", [("content", home_content)]),
-                  "explain": (root / "app.py", "Explain", [("uploader", uploader_attached),
+                  "explain": (root / "app.py", "explain", [("uploader", uploader_attached),
                                                            ("prediction", upload_and_predict(tile))]),
                   "minimal": (minimal, "", [("uploader", uploader_attached)])}
         times: dict[str, list[float]] = {}
@@ -247,7 +247,7 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\nmedian over {args.repeats}, seconds from launch:")
     rows = (("HOME: / drawn to its end, default model shown", "home content"),
-            ("EXPLAIN: /Explain uploader attached", "explain uploader"),
+            ("EXPLAIN: /explain uploader attached", "explain uploader"),
             ("EXPLAIN: first prediction shown", "explain prediction"),
             ("  of which upload -> prediction", "explain upload -> prediction"),
             ("BASELINE: minimal app's uploader attached", "minimal uploader"))

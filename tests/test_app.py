@@ -284,7 +284,7 @@ def test_suggested_lr_goes_into_the_form(with_runs):
         watch = next(s for s in at.selectbox if s.label == "Watch run")
         watch.set_value(run.name).run()
         jobs_table = at.dataframe[0].value
-        assert "LR test, batch 60/100" in set(jobs_table["progress"])
+        assert "LR test, done after 60 batches of 100 (it stops when the loss diverges)" in set(jobs_table["progress"])
         button(at, "Use the suggested LR (3.16e-03) in the form").click().run()
         assert not at.exception
         assert float(at.text_input(key="cfg_lr").value) == pytest.approx(3.16e-3)

@@ -66,9 +66,17 @@ def app_url(tmp_path_factory):
 
 
 def _fake_runs(root: Path, data: Path) -> None:
-    """A finished LR-finder run (suggesting 3.16e-03) and, newer, a failed run to annotate and delete."""
+    """A finished LR-finder run (suggesting 3.16e-03) and, newer, a failed run to annotate and delete; and, older,
+    a small real run of 2 epochs (for the figures' epochs and Compare against the shipped model)."""
     from core.config import RunConfig
     from core.runs import Run
+    from core.train import train
+    tiny = RunConfig(data=[str(data)], model="simple_cnn", init="scratch", image_size=32, epochs=2, batch_size=16,
+                     name="tiny").validate()
+    run = Run(root / "20251231-000000-tiny")
+    run.path.mkdir(parents=True)
+    tiny.save(run.config_file)
+    assert train(tiny, run) == 0
     cfg = RunConfig(data=[str(data)], model="simple_cnn", init="scratch", image_size=32).to_dict()
     lrs = [10 ** (-7 + i * 0.1) for i in range(60)]
     for name, status in (("20260101-000000-lrfind", {"state": "completed", "kind": "lr_find", "steps_per_epoch": 100,
@@ -112,7 +120,7 @@ def _explain_then_evaluate(url: str, tmp: Path, page) -> None:
     copy = tmp / "copy-of-crater.jpg"  # the same bytes under another name: shown once, with a note
     copy.write_bytes(tile.read_bytes())
 
-    page.goto(f"{url}/Explain")
+    page.goto(f"{url}/explain")
     page.wait_for_selector("input[type=file]", state="attached", timeout=60_000)
     page.locator("input[type=file]").set_input_files([str(tile), str(copy)])
     page.get_by_text("copy-of-crater.jpg: the same image as crater-like.jpg, shown above.").wait_for(timeout=120_000)
@@ -128,7 +136,7 @@ def _explain_then_evaluate(url: str, tmp: Path, page) -> None:
     page.screenshot(path=str(ARTIFACTS / "explain.png"), full_page=True)
     assert page.locator("[data-testid='stException']").count() == 0
 
-    page.goto(f"{url}/Evaluate")
+    page.goto(f"{url}/evaluate")
     page.get_by_role("button", name="Evaluate on the val split").click(timeout=60_000)
     page.locator(".js-plotly-plot .heatmaplayer").first.wait_for(timeout=120_000)
     page.get_by_text("predicted class").first.wait_for(timeout=10_000)
@@ -155,7 +163,7 @@ def _runs(tmp: Path) -> set[str]:
 def _train_page(url: str, tmp: Path, page) -> None:
     """Items of issue 14: out-of-range values are kept and refused, a run is annotated and deleted after a
     confirmation, and the LR finder's suggestion reaches the form."""
-    page.goto(f"{url}/Train")
+    page.goto(f"{url}/train")
     page.get_by_text("Configure a run").first.click(timeout=60_000)
     page.get_by_role("tab", name="Optimisation").click()
     epochs = page.get_by_label("Epochs", exact=True)
@@ -195,3 +203,69 @@ def _train_page(url: str, tmp: Path, page) -> None:
     assert float(lr.input_value()) == pytest.approx(3.16e-3), lr.input_value()
     page.screenshot(path=str(ARTIFACTS / "train-lr.png"), full_page=True)
     assert page.locator("[data-testid='stException']").count() == 0
+    _round_two(url, tmp, page)
+
+
+def _settled(page) -> None:
+    """Wait for Streamlit's rerun to finish (the old and the new elements stand side by side meanwhile)."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector("[data-testid='stStatusWidget']", state="detached", timeout=60_000)
+
+
+def _round_two(url: str, tmp: Path, page) -> None:
+    """Issue 25, items 1, 2, 3 and 8, and no request leaving this machine; screenshots in test-artifacts/."""
+    from playwright.sync_api import expect
+    outside: list[str] = []
+    page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(("http://127.0.0.1", "data:",
+                                                                                  "blob:", "ws://127.0.0.1")) else None)
+    # 1: values set in the form survive leaving the page (the menu) and a refresh (a new session)
+    page.goto(f"{url}/train")
+    page.get_by_text("Configure a run").first.click(timeout=60_000)
+    page.get_by_role("tab", name="Optimisation").click()
+    epochs = page.get_by_label("Epochs", exact=True)
+    epochs.fill("3")
+    epochs.press("Enter")
+    _settled(page)
+    page.get_by_role("link", name="Home").click()
+    page.get_by_text("kept epoch").first.wait_for(state="attached", timeout=60_000)  # 3: Home says which epoch its figures are from
+    page.screenshot(path=str(ARTIFACTS / "round2-home.png"), full_page=True)
+    page.get_by_role("link", name="Train").click()
+    page.get_by_text("Configure a run").first.click(timeout=60_000)
+    page.get_by_role("tab", name="Optimisation").click()
+    expect(page.get_by_label("Epochs", exact=True)).to_have_value("3", timeout=30_000)
+    page.reload()
+    page.get_by_text("Configure a run").first.click(timeout=60_000)
+    page.get_by_role("tab", name="Optimisation").click()
+    expect(page.get_by_label("Epochs", exact=True)).to_have_value("3", timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "round2-train-kept.png"), full_page=True)
+    # 2: an unreadable data path refuses Launch at the field, and nothing is queued
+    page.get_by_role("tab", name="Data").click()
+    field = page.locator("textarea[aria-label='Data']")
+    field.fill("/proc")
+    field.press("Tab")
+    page.get_by_text("Launch is refused until this is fixed").first.wait_for(timeout=60_000)
+    before = _runs(tmp)
+    _settled(page)
+    page.get_by_role("button", name="Launch training", exact=True).click()
+    page.get_by_text("Not launched").first.wait_for(timeout=30_000)
+    assert _runs(tmp) == before
+    page.screenshot(path=str(ARTIFACTS / "round2-train-refused.png"), full_page=True)
+    # 3: the Train page's figures name their epoch
+    page.reload()
+    page.get_by_label("Watch run").first.click(timeout=60_000)
+    page.get_by_role("option", name="20251231-000000-tiny").click()
+    page.get_by_text("(epoch 2, the last)").first.wait_for(timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "round2-train-epochs.png"), full_page=True)
+    # 8: one run and the shipped default model are a comparison
+    page.goto(f"{url}/compare")
+    page.get_by_text("Metrics (validation, best checkpoint)").first.wait_for(timeout=180_000)
+    assert page.get_by_text("Pick at least two models").count() == 0
+    page.locator(".js-plotly-plot .heatmaplayer").nth(1).wait_for(timeout=120_000)  # two confusion matrices
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(ARTIFACTS / "round2-compare.png"), full_page=True)
+    # a lowercase address is a page, and nothing was asked of any other machine (icons, fonts)
+    page.goto(f"{url}/dataset")
+    page.get_by_text("Tiles per class and split").first.wait_for(timeout=60_000)
+    assert page.get_by_text("Page not found").count() == 0
+    assert page.locator("[data-testid='stException']").count() == 0
+    assert not outside, outside[:5]

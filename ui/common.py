@@ -24,8 +24,18 @@ if TYPE_CHECKING:
 #: Errors a user can cause; shown as a message, never a traceback.
 USER_ERRORS = (DataError, CheckpointError, ImageError, ValueError, FileNotFoundError, OSError)
 
-IMBALANCE_NOTE = ("About 81% of HiRISE tiles are `other`: a model that always answers `other` scores about 82% "
-                  "accuracy. Read macro-F1, balanced accuracy and per-class recall, not accuracy alone.")
+IMBALANCE_NOTE = ("Most HiRISE tiles are `other` (about 81% of the v3.2 set), so a model that always answers `other` "
+                  "looks accurate: the Dataset page gives its accuracy on the data loaded. Read macro-F1, balanced "
+                  "accuracy and per-class recall, not accuracy alone.")
+
+
+def imbalance_note(baseline: dict | None = None, where: str = "") -> str:
+    """The warning against reading accuracy alone, quoting the always-majority accuracy of the tiles in question
+    (a report's `majority_baseline`) when there are any: a fixed figure would contradict the page's own."""
+    if not baseline:
+        return IMBALANCE_NOTE
+    return (f"A model that always answers `{baseline['class']}` scores {baseline['accuracy']:.1%} accuracy{where}. "
+            "Read macro-F1, balanced accuracy and per-class recall, not accuracy alone.")
 RARE_NOTE = ("Rare classes (impact ejecta, spider, dark dune) have few tiles: their per-class figures move a lot "
              "with one tile more or less.")
 

@@ -4,6 +4,7 @@ them (issue 14, cold start)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import streamlit as st
 
@@ -12,19 +13,24 @@ import streamlit as st
 class AppPage:
     path: str  # the script, from the project root
     label: str  # in the menu
-    icon: str
-    url_path: str  # "" for the home page
+    icon: str  # in the menu (Material Symbols, which Streamlit serves itself)
+    url_path: str  # "" for the home page; lower case, as addresses are typed (Streamlit matches them exactly)
     heading: str  # the page's title
 
 
 #: The app's pages, in menu order: app.py builds `st.navigation` from them (the one list of pages).
 PAGES = (AppPage("views/home.py", "Home", ":material/satellite_alt:", "", "HiRISE Studio"),
-         AppPage("views/dataset.py", "Dataset", ":material/folder_open:", "Dataset", "Dataset"),
-         AppPage("views/train.py", "Train", ":material/model_training:", "Train", "Train"),
-         AppPage("views/evaluate.py", "Evaluate", ":material/grid_on:", "Evaluate", "Evaluate"),
-         AppPage("views/explain.py", "Explain", ":material/image_search:", "Explain", "Explain"),
-         AppPage("views/compare.py", "Compare", ":material/compare:", "Compare", "Compare runs"),
-         AppPage("views/explore.py", "Explore", ":material/scatter_plot:", "Explore", "Explore"))
+         AppPage("views/dataset.py", "Dataset", ":material/folder_open:", "dataset", "Dataset"),
+         AppPage("views/train.py", "Train", ":material/model_training:", "train", "Train"),
+         AppPage("views/evaluate.py", "Evaluate", ":material/grid_on:", "evaluate", "Evaluate"),
+         AppPage("views/explain.py", "Explain", ":material/image_search:", "explain", "Explain"),
+         AppPage("views/compare.py", "Compare", ":material/compare:", "compare", "Compare runs"),
+         AppPage("views/explore.py", "Explore", ":material/scatter_plot:", "explore", "Explore"))
+
+
+#: The browser tab's icon, served by the app itself: a ":material/...:" page icon would make Streamlit point the
+#: favicon at Google's font server, a request that fails (and shows in the console) on an air-gapped machine.
+FAVICON = str(Path(__file__).resolve().parent.parent / "assets" / "favicon.png")
 
 
 def refuse_unchosen_address() -> None:

@@ -7,7 +7,7 @@ from core.classes import CLASS_NAMES
 from core.runs import list_runs
 from core.evaluate import evaluate_model
 from ui import appstate, compare, figures
-from ui.common import (IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, data_for_config, get_model, progress_bar,
+from ui.common import (RARE_NOTE, USER_ERRORS, data_for_config, get_model, progress_bar,
                        shipped_models, show_error)
 
 runs = [r for r in list_runs() if (status := r.status()).get("kind", "train") == "train" and r.best_epoch(status)]
@@ -60,7 +60,8 @@ names_shown = [r.name for r in chosen] + list(shipped_reports)
 colours = figures.run_colours(names_shown)  # a run keeps its colour in every chart below
 
 st.subheader("Metrics (validation, best checkpoint)")
-st.caption(IMBALANCE_NOTE)
+st.caption("The majority baseline column is what always answering the majority class scores on each row's "
+           "tiles: read macro-F1 and balanced accuracy, not accuracy alone.")
 metrics = compare.metrics_table(chosen, reports)
 st.dataframe(metrics.style.format("{:.3f}", subset=[c for c in ("macro-F1", "balanced accuracy", "accuracy",
                                                                 "majority baseline") if c in metrics], na_rep="–")

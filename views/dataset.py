@@ -13,7 +13,7 @@ from core.config import field_bounds
 from core.data.spec import FRACTION_LIMIT, FRACTION_STEP
 from core.download import DEFAULT_DEST, DownloadError, download_v32
 from ui import appstate, figures
-from ui.common import IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, get_data, progress_bar, show_error
+from ui.common import RARE_NOTE, USER_ERRORS, get_data, progress_bar, show_error
 
 
 def _located(line: str) -> tuple[str | None, str]:
@@ -133,7 +133,8 @@ except USER_ERRORS as exc:
     show_error(exc, "Cannot read the data")
     st.stop()
 
-st.caption(IMBALANCE_NOTE)
+st.caption("A model that always answers the majority class scores the Always- figures below on each split: read "
+           "macro-F1, balanced accuracy and per-class recall, not accuracy alone.")
 splits = list(summary["counts"])
 cols = st.columns(len(splits) + 2)
 cols[0].metric("Tiles", f"{summary['total']:,}")

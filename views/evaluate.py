@@ -12,7 +12,7 @@ from core.inference import bf16_suits
 from core.precision import bf16_native
 from ui import appstate, figures
 from ui.gallery import tile_gallery
-from ui.common import (IMBALANCE_NOTE, RARE_NOTE, USER_ERRORS, data_for_config, get_model, interval_caption,
+from ui.common import (RARE_NOTE, imbalance_note, USER_ERRORS, data_for_config, get_model, interval_caption,
                        interval_text, model_choices, never_predicted, per_class_table, progress_bar, run_of_checkpoint,
                        show_error)
 
@@ -84,8 +84,8 @@ else:
 if report is None:
     st.stop()
 
-st.caption(IMBALANCE_NOTE)
 base = report["majority_baseline"]
+st.caption(imbalance_note(base, " on these tiles"))
 intervals = report.get("intervals")
 cols = st.columns(3)  # two rows of three: six across cut the labels ("Always-other base...")
 for col, key, label in ((cols[0], "macro_f1", "Macro-F1"), (cols[1], "balanced_accuracy", "Balanced accuracy"),
