@@ -50,6 +50,21 @@ def evaluate_model(loaded: LoadedModel, data: HiriseData, split: str = "val", or
                               precision="bf16" if uses_bf16(loaded, bf16) else "fp32")
 
 
+def scored_warnings(data: HiriseData, y: np.ndarray, names: list[str], split: str) -> list[str]:
+    """The data's warnings that concern this report: its sources' own, and a class missing from the tiles scored
+    here (not from some other split: `--split all` scores every tile, and a class absent from test is no
+    warning about it)."""
+    coverage = set(data.coverage)
+    out = [w for w in data.warnings if w not in coverage]
+    present = set(np.unique(y).tolist())
+    missing = [name for i, name in enumerate(names) if i not in present and any(r.label == i for r in data.records)]
+    if missing:
+        out.append(f"{', '.join(missing)}: no tiles in the {split} tiles scored here, so "
+                   f"{'their' if len(missing) > 1 else 'its'} recall is undefined and macro-F1 averages over the "
+                   "other classes")
+    return out
+
+
 def report_from_logits(loaded: LoadedModel, data: HiriseData, records: list[Record], logits: np.ndarray, *,
                        split: str, originals_only: bool, tiles_from: str, tta: bool = False, calibrate: bool = False,
                        precision: str = "fp32") -> dict:
@@ -87,7 +102,7 @@ def report_from_logits(loaded: LoadedModel, data: HiriseData, records: list[Reco
         "checkpoint": {"path": str(loaded.path) if loaded.path else None, "arch": loaded.arch,
                        "temperature": loaded.temperature, "image_size": loaded.image_size, "epoch": loaded.epoch},
         "data": {"sources": [s.name for s in data.sources], "split_method": data.split_method,
-                 "warnings": list(data.warnings), "leakage": list(data.leakage)},
+                 "warnings": scored_warnings(data, y, names, split), "leakage": list(data.leakage)},
         "split": split, "originals_only": originals_only, "tta": tta, "n": len(records), "tiles_from": tiles_from,
         "tiles_digest": tiles_digest(r.name for r in records),
         "precision": precision,

@@ -301,3 +301,19 @@ def test_ensemble_of_saved_reports(val_report, tmp_path, capsys):
         evaluate.save_report(report, tmp_path / name)
     assert main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 2
     assert "different tiles" in capsys.readouterr().err
+
+
+def test_a_reports_warnings_are_about_the_tiles_it_scored():
+    """`--split all` scores every tile: a class missing from test is no warning about it; scoring val, a class
+    missing from val is."""
+    from types import SimpleNamespace
+
+    from core.classes import CLASS_NAMES
+    from core.data import Record
+    coverage = ["class spider has no tiles in test (only 2 observations: a class needs one per split); ..."]
+    data = SimpleNamespace(coverage=coverage, warnings=["src: 3 labelled files are missing", *coverage],
+                           records=[Record("s", f"{i}", f"{i}.jpg", label) for i, label in enumerate((0, 1, 7))])
+    names = list(CLASS_NAMES)
+    assert evaluate.scored_warnings(data, np.array([0, 1, 7]), names, "all") == ["src: 3 labelled files are missing"]
+    on_val = evaluate.scored_warnings(data, np.array([0, 1]), names, "val")
+    assert on_val[1].startswith("spider: no tiles in the val tiles scored here") and len(on_val) == 2
