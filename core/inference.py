@@ -260,7 +260,7 @@ def predict_features(loaded: LoadedModel, tiles: Tiles | np.ndarray, batch_size:
     """(N, D) penultimate features and (N, C) uncalibrated logits of a checkpoint's model, one pass per batch.
 
     `size` feeds the model `size` px inputs instead of its own (0): faster on a CPU, at a cost in what the
-    features know (README, Explore)."""
+    features know (docs/explore.md)."""
     forward = fast_forward(loaded, features=True)
     px = size or loaded.image_size
     feats: np.ndarray | None = None

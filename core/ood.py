@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 #: Flagged when further than 95% of validation tiles: by construction 1 real tile in 20 is flagged too, so the
 #: flag asks for care rather than declaring the input foreign. Measured with the shipped model: uniform pixel
-#: noise 0.94-0.98, natural photographs 1.0, 150 real v3 tiles median 0.50 (README, Out-of-distribution check).
+#: noise 0.94-0.98, natural photographs 1.0, 150 real v3 tiles median 0.50 (docs/ood.md).
 FLAG_SHARE = 0.95
 N_COMPONENTS = 64
 N_QUANTILES = 201

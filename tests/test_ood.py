@@ -112,7 +112,7 @@ def test_the_cli_says_what_is_missing(tmp_path, capsys):
 
 
 def test_ood_report_on_real_tiles(shared_data):
-    """tools/ood_report.py (the README's figures, measured with the previous default, EfficientNet-Lite2 at 260 px)
+    """tools/ood_report.py (docs/ood.md's figures, measured with the previous default, EfficientNet-Lite2 at 260 px)
     runs on real tiles: uniform noise is flagged, real tiles mostly not."""
     import subprocess
     import sys

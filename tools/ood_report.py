@@ -1,4 +1,4 @@
-"""How the out-of-distribution check scores real tiles and things that are not tiles (the README's figures).
+"""How the out-of-distribution check scores real tiles and things that are not tiles (docs/ood.md's figures).
 
     python tools/ood_report.py [--checkpoint F] [--data PATH] [--tiles 150] [--seeds 4]
 

@@ -35,10 +35,10 @@ with st.sidebar:
     model_label = kept_selectbox("Model", list(choices), "explore_model")
     method = kept_selectbox("Reduction", list(METHODS), "explore_method", default=DEFAULT_METHOD,
                           help="UMAP (default) keeps neighbourhoods best for its time; t-SNE is slower; PCA is "
-                               "instant but mixes the classes (README, Explore)")
+                               "instant but mixes the classes (docs/explore.md)")
     size = kept_selectbox("Feature pass input", list(SIZES), "explore_size", format_func=lambda v: "the model's own" if v == 0 else f"{v} px",
                         help="The model's own input size (160 px for the default model) by default. Smaller is faster "
-                             "on a CPU but the features lose much of what they know (README, Explore)")
+                             "on a CPU but the features lose much of what they know (docs/explore.md)")
     colour = kept_selectbox("Colour by", list(COLOURS), "explore_colour")
 
 try:

@@ -51,11 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--checkpoint", help=f"checkpoint (default: {DEFAULT_CHECKPOINT.name})")
         p.add_argument("--size", type=_size, default=DEFAULT_EMBED_SIZE,
                        help="input size of the feature pass in px (default 0: the checkpoint's own, e.g. 260; smaller is "
-                            "faster but loses quality, see README)")
+                            "faster but loses quality, see docs/explore.md)")
         p.add_argument("--out", required=True, metavar="FILE", help="CSV to write")
         add_data_arguments(p)
         p.add_argument("--no-label-overrides", action="store_true",
-                       help="the labels as published, without label_overrides.csv (see README)")
+                       help="the labels as published, without label_overrides.csv (see docs/explore.md)")
         if name == "embed":
             p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD)
         else:

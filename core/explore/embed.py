@@ -22,7 +22,7 @@ from .features import (DEFAULT_EMBED_SIZE, Features, cache_dir, features_key, ge
                        save_npz_atomic)
 
 METHODS = ("umap", "tsne", "pca")
-#: Chosen by measurement on the shared tiles (README, "Explore"): UMAP keeps neighbourhoods as well as
+#: Chosen by measurement on the shared tiles (docs/explore.md): UMAP keeps neighbourhoods as well as
 #: t-SNE at a fraction of its time; PCA is instant but mixes the classes.
 DEFAULT_METHOD = "umap"
 EMBED_FORMAT = "explore-embedding-v1"

@@ -28,7 +28,7 @@ from ..settings import CACHE_DIR
 
 FEATURE_FORMAT = "explore-features-v1"
 #: The input size of the feature pass; 0 means the checkpoint's own (260 px for the shipped EfficientNet-Lite2).
-#: A smaller size is faster but loses much of what the features know (README, "Explore": measured trade-off),
+#: A smaller size is faster but loses much of what the features know (docs/explore.md: measured trade-off),
 #: so it is only ever chosen on purpose.
 DEFAULT_EMBED_SIZE = 0
 

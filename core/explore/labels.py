@@ -13,7 +13,7 @@ scoring the fold that holds its observation never saw the class, so every tile o
 tiles (given a class their head never saw) are left out of the suspects and of the judges' score, and the
 review names the class and why (`Review.unjudged`), rather than blaming the features.
 
-Caveat, also in the README: the features come from a checkpoint trained on (some of) these labels, so a
+Caveat, also in docs/explore.md: the features come from a checkpoint trained on (some of) these labels, so a
 wrong training label may have pulled its tile's features towards it; the review finds fewer such errors
 than a model trained elsewhere would.
 """
