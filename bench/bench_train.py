@@ -6,7 +6,7 @@ against a plain torchvision pipeline, measured in one run on the real tiles.
 
 OURS is what `core.train.fit` runs: the split's original training tiles held in memory as uint8
 (`TileDataset`, read once from the decoded-tile cache), batches gathered from them in place
-(`DeviceBatches`, via `core.train.train_batches`), online flips / 90-degree turns /
+(`DeviceBatches`, via `core.batches.train_batches`), online flips / 90-degree turns /
 brightness-contrast jitter on whole batches (`BatchAugment`),
 `to_model_input` (227 -> 224 px, standardised), channels-last, bf16 autocast where the device
 has it (`core.precision.autocast`), AdamW, and the one-channel-stem resnet18 of `build_model`.
@@ -55,7 +55,8 @@ from core.optim import build_optimizer  # noqa: E402
 from core.preprocess import to_model_input  # noqa: E402
 from core.precision import cpu_has_bf16  # noqa: E402
 from core.settings import SHARED_DATA_DIR  # noqa: E402
-from core.train import Dist, TrainData, optimizer_step, prepare_data, train_batches  # noqa: E402
+from core.batches import TrainData, prepare_data, train_batches  # noqa: E402
+from core.train import optimizer_step  # noqa: E402
 from benchlib import OtherLoad, real_data_missing  # noqa: E402 - bench/benchlib.py, next to this script
 from core.cliargs import at_least  # noqa: E402
 
@@ -162,7 +163,7 @@ def measure_ours(cfg: RunConfig, td: TrainData, device: torch.device, warmup: in
         model = model.to(memory_format=torch.channels_last)
     model.train()
     optimizer = build_optimizer(cfg, model)
-    batches = train_batches(cfg, td, Dist(), device)
+    batches = train_batches(cfg, td, device)
 
     def prepare(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = to_model_input(x.to(device, non_blocking=True), td.mean, td.std, cfg.input_size, td.batch_augment)
@@ -211,7 +212,7 @@ def measure_accel(cfg: RunConfig, td: TrainData, device: torch.device, batch_siz
         x = to_model_input(x.to(device, non_blocking=True), td.mean, td.std, cfg.input_size, td.batch_augment)
         return x.contiguous(memory_format=torch.channels_last), y.to(device, non_blocking=True)
 
-    return measure(forever(train_batches(big, td, Dist(), device)), prepare,
+    return measure(forever(train_batches(big, td, device)), prepare,
                    train_step(runner, optimizer, device, amp=True), warmup, steps, sync)
 
 

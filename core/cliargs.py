@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .runs import RunLock
 
 
 def at_least(minimum: int) -> Callable[[str], int]:
@@ -18,3 +24,15 @@ def at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def refuse(message: str, lock: RunLock | None = None) -> int:
+    """Say why in one line and return 2. A job the app launched (it holds the run's `lock`) also records it
+    as failed, so the app shows the reason rather than a lost job; otherwise the run folder is left as it was."""
+    print(f"error: {message}", file=sys.stderr)
+    if lock is not None:
+        with lock, contextlib.suppress(OSError):
+            from .runs import now_iso
+            lock.run.update_status(state="failed", ended_at=now_iso(), error=message)
+    return 2
+

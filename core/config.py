@@ -382,8 +382,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=kind, choices=option["choices"], **kw)
 
 
-def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
-    values = (base or RunConfig()).to_dict()
+def typed_config(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    """The recipe typed on the command line over `base` (or `--config FILE`, or the defaults), not yet checked:
+    a grid or a cross-validation checks each of its runs instead."""
+    if base is None:
+        base = RunConfig.load(args.config) if getattr(args, "config", None) else RunConfig()
+    values = base.to_dict()
     names = {f.name for f in fields(RunConfig)}
     values.update({k: v for k, v in vars(args).items() if k in names})
-    return RunConfig.from_dict(values).validate()
+    return RunConfig.from_dict(values)
+
+
+def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    return typed_config(args, base or RunConfig()).validate()

@@ -21,6 +21,7 @@ observations), so recipes are judged here on the pooled out-of-fold predictions 
 """
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,7 +31,8 @@ import numpy as np
 
 from .bootstrap import fmt, intervals
 from .classes import CLASS_NAMES
-from .config import ConfigError, RunConfig
+from .cliargs import refuse
+from .config import ConfigError, RunConfig, typed_config
 from .data.spec import MAX_FOLDS, MIN_FOLDS
 from .runs import Run, new_manifest_id, now_iso, read_json, runs_root, update_json, write_json_atomic
 
@@ -405,3 +407,58 @@ def refit_record(cv_id: str, runs_dir: Path | None = None) -> dict[str, Any]:
     return {"temperature": temperature, "metrics": metrics, "ood_ratio": ratio,
             "cv": {"id": cv_id, "folds": rep["n_folds"], "tiles": int(pooled["n"]),
                    "observations": pooled["observations"], "seed": rep["seed"]}}
+
+
+# ---- the command line (`python -m core.train --cv K`, `--cv-report [ID] [--against ID]`) ----------------
+
+def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
+    """`python -m core.train --cv K`: every fold checked before the first one starts, then trained here with
+    `train` (core.runner.train, passed in: the engine depends on nothing here), or queued; then reported."""
+    from .data import DataError
+    from .jobs import JobError
+    runs_dir = Path(args.runs_dir) if args.runs_dir else None
+    clash = [flag for flag, on in (("--run-dir", args.run_dir), ("--resume", args.resume),
+                                   ("--lr-find", args.lr_find), ("--lock-fd", args.lock_fd is not None)) if on]
+    if clash:
+        return refuse(f"--cv makes one run folder per fold under --runs-dir; it takes no {clash[0]}")
+    try:
+        configs = plan(typed_config(args), args.cv, args.cv_seed)
+        for line in coverage(configs[0]):
+            print(f"warning: {line}", flush=True)
+    except (ConfigError, DataError) as exc:
+        return refuse(str(exc))
+    if args.queue:
+        try:
+            cv_id, runs = launch(configs, runs_dir)
+        except JobError as exc:
+            return refuse(str(exc))
+        print(f"cross-validation {cv_id}: queued {len(runs)} folds: {', '.join(r.name for r in runs)}\n"
+              f"report: python -m core.train --cv-report {cv_id}")
+        return 0
+    cv_id, code = run_in_process(configs, train, runs_dir)
+    report_main(cv_id, runs_dir)
+    return code
+
+
+def report_main(cv_id: str, runs_dir: Path | None, against: str | None = None) -> int:
+    """Print a cross-validation's report, or (no id) the cross-validations there are; with `against`, the paired
+    comparison of the two."""
+    if against:
+        try:
+            print(format_paired(paired(cv_id, against, runs_dir)))
+        except (FileNotFoundError, CVError) as exc:
+            return refuse(str(exc))
+        return 0
+    if not cv_id:
+        found = list_cvs(runs_dir)
+        for m in found:
+            print(f"{m['id']}  {m.get('folds')} folds  {len(m.get('runs', []))} queued  "
+                  f"{(m.get('base') or {}).get('model')}" + (f"  grid {m['grid']}" if m.get("grid") else ""))
+        if not found:
+            print(f"no cross-validations in {cv_dir(runs_dir)}")
+        return 0
+    try:
+        print(format_report(report(cv_id, runs_dir)))
+    except FileNotFoundError as exc:
+        return refuse(str(exc))
+    return 0

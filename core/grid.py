@@ -9,6 +9,7 @@ A grid is a manifest, `<runs dir>/.grids/<id>.json` (its options, values and run
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import itertools
 import json
@@ -19,7 +20,8 @@ from typing import Any
 
 import pandas as pd
 
-from .config import ConfigError, RunConfig, field_specs
+from .cliargs import refuse
+from .config import ConfigError, RunConfig, field_specs, typed_config
 from .runs import Run, new_manifest_id, now_iso, read_json, runs_root, update_json, write_json_atomic
 
 MAX_FIELDS = 3
@@ -258,13 +260,13 @@ def launch(p: GridPlan, runs_dir: Path | None = None) -> tuple[str, list[Run]]:
     return grid_id, runs
 
 
-def run_in_process(p: GridPlan, runs_dir: Path | None = None, say: Callable[[str], None] = print) -> tuple[str, int]:
+def run_in_process(p: GridPlan, train: Callable[..., int], runs_dir: Path | None = None,
+                   say: Callable[[str], None] = print) -> tuple[str, int]:
     """Train the grid's runs one after another in this process (the CLI's `--grid`), a progress line each.
     Returns the grid id and an exit code: 0 when every run completed; a cancelled run (Ctrl-C is not caught:
     the run is then `lost`, resumable) stops the grid."""
     from .jobs import job_state
     from .runs import RunLock, new_run_dir
-    from .train import train
     grid_id = new_grid_id(runs_dir)
     path = _start_manifest(p, grid_id, "in-process", runs_dir)
     say(f"grid {grid_id}: {len(p)} runs ({' x '.join(f'{a.field} {len(a.values)}' for a in p.axes)}), "
@@ -292,7 +294,7 @@ def run_in_process(p: GridPlan, runs_dir: Path | None = None, say: Callable[[str
 
 def cross_validate(p: GridPlan, folds: Any, seed: int = 0, runs_dir: Path | None = None,
                    train: Callable[..., int] | None = None, say: Callable[[str], None] = print) -> tuple[str, int]:
-    """Cross-validate every combination (core.cv): queued as jobs, or with `train` (core.train.train) one after
+    """Cross-validate every combination (core.cv): queued as jobs, or with `train` (core.runner.train) one after
     another in this process. Every fold of every combination is checked before anything starts. The grid's
     manifest lists one cross-validation per combination; its table ranks them by out-of-fold macro-F1."""
     from . import cv
@@ -418,3 +420,67 @@ def report(grid_id: str, runs_dir: Path | None = None) -> tuple[pd.DataFrame, st
     else:
         split = "one split by construction (the same data options and split seed); no run has started yet"
     return table.reset_index(drop=True), split
+
+
+# ---- the command line (`python -m core.train --grid ...`, `--grid-report [ID]`) ---------------------------
+
+def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
+    """`python -m core.train --grid ...` and `--grid-report`: every combination checked before the first run
+    starts, then trained here with `train` (core.runner.train, passed in), or queued."""
+    from .jobs import JobError
+    runs_dir = Path(args.runs_dir) if args.runs_dir else None
+    if args.grid_report is not None:
+        return report_main(args.grid_report, runs_dir)
+    clash = [flag for flag, on in (("--run-dir", args.run_dir), ("--resume", args.resume),
+                                   ("--lr-find", args.lr_find), ("--lock-fd", args.lock_fd is not None)) if on]
+    if clash:
+        return refuse(f"--grid makes one run folder per combination under --runs-dir; it takes no {clash[0]}")
+    try:
+        axes = [parse_axis(text) for text in args.grid]
+        typed = [a.field for a in axes if a.field in vars(args)]
+        if typed:
+            raise GridError(f"{typed[0]}: given both as --{typed[0].replace('_', '-')} and in --grid; "
+                                 "give it once")
+        p = plan(typed_config(args), axes)  # the base alone is not checked: the grid may fix it
+        if args.cv is not None:
+            grid_id, code = cross_validate(p, args.cv, args.cv_seed, runs_dir,
+                                                train=None if args.queue else train)
+            if args.queue:
+                print(f"grid {grid_id}: queued {len(p)} cross-validations of {args.cv} folds\n"
+                      f"results: python -m core.train --grid-report {grid_id}")
+                return 0
+            report_main(grid_id, runs_dir)
+            return code
+    except ConfigError as exc:
+        return refuse(str(exc))
+    except JobError as exc:
+        return refuse(str(exc))
+    if args.queue:
+        try:
+            grid_id, runs = launch(p, runs_dir)
+        except JobError as exc:
+            return refuse(str(exc))
+        print(f"grid {grid_id}: queued {len(runs)} runs: {', '.join(r.name for r in runs)}\n"
+              f"results: python -m core.train --grid-report {grid_id}")
+        return 0
+    grid_id, code = run_in_process(p, train, runs_dir)
+    report_main(grid_id, runs_dir)
+    return code
+
+
+def report_main(grid_id: str, runs_dir: Path | None) -> int:
+    """Print a grid's results table, or (no id) the grids there are."""
+    if not grid_id:
+        grids = list_grids(runs_dir)
+        for m in grids:
+            print(f"{m['id']}  {len(m.get('runs', []))} runs  {describe_values(m.get('values', {}))}")
+        if not grids:
+            print(f"no grids in {grids_dir(runs_dir)}")
+        return 0
+    try:
+        table, split = report(grid_id, runs_dir)
+    except FileNotFoundError as exc:
+        return refuse(str(exc))
+    print(f"grid {grid_id}: {split}")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-") if len(table) else "(no runs)")
+    return 0

@@ -126,6 +126,23 @@ class Run:
             f.write(json.dumps(row) + "\n")
         return row
 
+    def keep_metrics_through(self, epoch: int) -> None:
+        """On resume, forget the rows after `epoch` (those of the epoch that was interrupted: it is trained
+        again), atomically: a reader sees the old rows or the new, never a half-written file."""
+        rows = [r for r in self.metrics() if r.get("epoch", 0) <= epoch]
+        with atomic_path(self.metrics_file) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def save_splits(self, manifest: dict[str, Any]) -> None:
+        write_json_atomic(self.splits_file, manifest)
+
+    def save_lr_find(self, result: dict[str, Any]) -> None:
+        write_json_atomic(self.lr_find_file, result)
+
+    def save_label_overrides(self, applied: dict[str, Any]) -> None:
+        """The label corrections this run trained with (issue 16)."""
+        write_json_atomic(self.label_overrides_file, applied)
+
     def metrics(self) -> list[dict[str, Any]]:
         """All rows; a half-written last line (the trainer is mid-write) is skipped."""
         rows = []

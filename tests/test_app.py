@@ -16,7 +16,7 @@ from core.models import default_cam_layer
 from core.runs import Run, list_runs
 from core.settings import APP_STATE_FILE, DEFAULT_CHECKPOINT, PROJECT_ROOT, RUNS_DIR
 from ui import appstate
-from core.train import train
+from core.runner import train
 from tests import synthetic
 
 PAGES = ["views/dataset.py", "views/train.py", "views/evaluate.py", "views/explain.py", "views/compare.py"]

@@ -70,7 +70,7 @@ def _fake_runs(root: Path, data: Path) -> None:
     a small real run of 2 epochs (for the figures' epochs and Compare against the shipped model)."""
     from core.config import RunConfig
     from core.runs import Run
-    from core.train import train
+    from core.runner import train
     tiny = RunConfig(data=[str(data)], model="simple_cnn", init="scratch", image_size=32, epochs=2, batch_size=16,
                      name="tiny").validate()
     run = Run(root / "20251231-000000-tiny")

@@ -17,7 +17,7 @@ from core.data import DataSpec, load_dataset
 from core.data.records import Record
 from core.data.split import assign_splits, fold_coverage, fold_of_observation
 from core.runs import Run, list_runs
-from core.train import main as train_cli
+from core.runner import main as train_cli
 from tests import synthetic
 
 TINY = dict(model="simple_cnn", init="scratch", image_size=48, batch_size=16, log_every=1, epochs=2,
@@ -335,7 +335,7 @@ def test_train_page_refuses_bad_folds_then_queues_a_cross_validation(app_data):
 # ---- the recipe options the search compared ----------------------------------------------------------------------
 
 def test_official_online_trains_on_the_copies_with_transforms_on_top(data_dir):
-    from core.train import prepare_data
+    from core.batches import prepare_data
     cfg = RunConfig(data=[str(data_dir)], **{**TINY, "augment": "official_online",
                                              "transforms": ["hflip", "strong_color_jitter"]}).validate()
     td = prepare_data(cfg, log=lambda line: None)

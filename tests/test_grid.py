@@ -9,7 +9,7 @@ import pytest
 from core import grid, jobs
 from core.config import RunConfig
 from core.runs import Run, list_runs
-from core.train import main as train_cli
+from core.runner import main as train_cli
 from tests import synthetic
 
 TINY = dict(model="simple_cnn", init="scratch", image_size=48, batch_size=16, log_every=1, epochs=1,

@@ -203,7 +203,7 @@ def test_efficientnet_lite_is_not_run_in_bf16(tiny):
 
 
 def test_cli_names_the_weight_source_or_refuses_before_writing_anything(tmp_path, monkeypatch, capsys):
-    from core.train import main as train_cli
+    from core.runner import main as train_cli
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
     run_dir = tmp_path / "run"
     assert train_cli(["--run-dir", str(run_dir), "--data", str(tmp_path), "--model", "resnet18"]) == 2

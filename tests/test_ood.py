@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.ood import FLAG_SHARE, FeatureDensity, OODError, describe, fit_density
+from core.ood import FLAG_SHARE, FeatureDensity, OODError, describe
+from core.ood.fit import fit_density
 
 
 def _clusters(rng: np.random.Generator, n: int, dim: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +81,7 @@ def test_the_cli_adds_a_reference_to_an_old_checkpoint(tmp_path, v32_folder):
 
     from core.checkpoint import checkpoint_payload, load_checkpoint, read_checkpoint, save_checkpoint
     from core.models import build_model
-    from core.ood import main
+    from core.ood.__main__ import main
     from core.predict import predict_array
 
     path = tmp_path / "old.pt"
@@ -101,7 +102,7 @@ def test_the_cli_adds_a_reference_to_an_old_checkpoint(tmp_path, v32_folder):
 def test_the_cli_says_what_is_missing(tmp_path, capsys):
     from core.checkpoint import checkpoint_payload, save_checkpoint
     from core.models import build_model
-    from core.ood import main
+    from core.ood.__main__ import main
 
     path = tmp_path / "nodata.pt"
     save_checkpoint(path, checkpoint_payload(build_model("simple_cnn", num_classes=8), arch="simple_cnn",

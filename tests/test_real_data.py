@@ -59,7 +59,7 @@ def test_training_smoke_on_real_tiles(shared_data, tmp_path):
     from core.checkpoint import load_checkpoint
     from core.config import RunConfig
     from core.runs import Run
-    from core.train import train
+    from core.runner import train
     cfg = RunConfig(data=[str(shared_data / "hirise-v3_2-subset"), str(shared_data / "hirise-v3_2-extra-train")],
                     model="simple_cnn", init="scratch", image_size=64, epochs=1, max_steps_per_epoch=3, batch_size=32,
                     transforms=["hflip", "rot90", "color_jitter"]).validate()

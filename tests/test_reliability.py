@@ -25,8 +25,8 @@ from core.config import ConfigError, RunConfig
 from core.models import build_model
 from core.runs import Run, RunBusy, RunLock
 from core.settings import PROJECT_ROOT
-from core.train import main as train_cli
-from core.train import train
+from core.runner import main as train_cli
+from core.runner import train
 from ui import appstate
 from tests import model_fixtures, synthetic
 from tests.test_train import wait_for
@@ -299,7 +299,7 @@ def test_an_unexpected_crash_stores_one_short_line(tmp_path, data_dir, monkeypat
     def crash(*_args, **_kw):
         raise RuntimeError("Error(s) in loading state_dict:\n" + "\tsize mismatch for a weight\n" * 200)
 
-    monkeypatch.setattr("core.train.fit", crash)
+    monkeypatch.setattr("core.runner.fit", crash)
     run = Run(tmp_path / "r")
     run.path.mkdir()
     assert train(RunConfig(data=[str(data_dir)], **TINY).validate(), run) == 1

@@ -25,8 +25,8 @@ from core.models import (WeightsUnavailable, build_model, fetch_imagenet_weights
 from core.optim import OPTIMIZERS, lr_range_test
 from core.runs import Run, best_epoch_row, list_runs
 from core.settings import PROJECT_ROOT
-from core.train import main as train_cli
-from core.train import train
+from core.runner import main as train_cli
+from core.runner import train
 from tests import synthetic
 
 TINY = dict(model="simple_cnn", init="scratch", image_size=48, batch_size=16, log_every=1)

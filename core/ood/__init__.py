@@ -1,5 +1,8 @@
 """How unlike the training tiles an input is: an out-of-distribution score on the penultimate features.
 
+This package's top holds the value a checkpoint stores (`FeatureDensity`) and how a reader is told its
+score; `core.ood.fit` fits one; `python -m core.ood CHECKPOINT` (`__main__`) adds one to an older checkpoint.
+
 A softmax says which class is likeliest, not whether the input is a HiRISE tile at all: pure noise is called
 `other` at 95%. The features the classifier head reads say more. This module fits a Gaussian to the training
 tiles' features (one mean per class, one shared covariance) and scores an input by its Mahalanobis distance to
@@ -14,19 +17,9 @@ flagged, but Gaussian or faint noise looks like featureless terrain to the model
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from .checkpoint import LoadedModel
-    from .data import HiriseData, Record
-    from .progress import ProgressCallback
 
 #: Flagged when further than 95% of validation tiles: by construction 1 real tile in 20 is flagged too, so the
 #: flag asks for care rather than declaring the input foreign. Measured with the shipped model: uniform pixel
@@ -120,37 +113,6 @@ def transfer_ratio(references: list[FeatureDensity]) -> np.ndarray:
     return np.median(np.stack(ratios), axis=0)
 
 
-def fit_density(features: np.ndarray, labels: np.ndarray, val_features: np.ndarray | None,
-                n_components: int = N_COMPONENTS, with_train_quantiles: bool = False,
-                val_from_ratio: np.ndarray | None = None) -> FeatureDensity:
-    """Fit class means and a probabilistic-PCA covariance on training features, calibrated on validation ones
-    (or, for a model with no validation tiles, on its training distances times `val_from_ratio`)."""
-    x = np.asarray(features, dtype=np.float64)
-    y = np.asarray(labels)
-    if x.ndim != 2 or len(x) != len(y) or len(x) < 2:
-        raise OODError(f"need at least two training feature rows with one label each, got {x.shape} and {y.shape}")
-    if val_from_ratio is None and (val_features is None or len(val_features) < 2):
-        raise OODError("need at least two validation tiles to calibrate the out-of-distribution score")
-    classes = np.unique(y)
-    means = np.stack([x[y == c].mean(0) for c in classes])
-    centred = x - means[np.searchsorted(classes, y)]
-    n, dim = centred.shape
-    k = max(1, min(n_components, dim - 1, n - 1))
-    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
-    eigen = singular**2 / max(n - len(classes), 1)
-    total = float((centred**2).sum() / max(n - len(classes), 1))
-    floor = max(total / dim, 1e-12) * 1e-3  # a direction of no spread must not divide by zero
-    noise = max((total - eigen[:k].sum()) / max(dim - k, 1), floor)
-    density = FeatureDensity(means, vt[:k], np.maximum(eigen[:k], floor), noise, np.zeros(2))
-    levels = np.linspace(0.0, 1.0, N_QUANTILES)
-    trained = np.quantile(density.distance(x), levels) if with_train_quantiles or val_from_ratio is not None else None
-    if val_from_ratio is not None:
-        quantiles = np.maximum.accumulate(trained * np.asarray(val_from_ratio, dtype=np.float64))
-    else:
-        quantiles = np.quantile(density.distance(val_features), levels)
-    return dataclasses.replace(density, val_quantiles=quantiles, train_quantiles=trained)
-
-
 def describe(typicality: float) -> tuple[str, bool]:
     """A sentence for the reader, and whether the input should be flagged as unlike the training data."""
     flagged = typicality >= FLAG_SHARE
@@ -161,84 +123,3 @@ def describe(typicality: float) -> tuple[str, bool]:
                 True)
     return (f"Typical input: {share} of validation tiles lie closer to the training tiles than this one "
             "(out-of-distribution check).", False)
-
-
-def fit_reference(loaded: LoadedModel, data: HiriseData, max_train: int = MAX_TRAIN_TILES,
-                  on_progress: ProgressCallback | None = None,
-                  known: tuple[list[Record], np.ndarray] | None = None, with_train_quantiles: bool = False,
-                  val_from_ratio: np.ndarray | None = None) -> FeatureDensity:
-    """The reference of a trained model: fitted on (a seeded sample of) its training originals, calibrated on its
-    validation originals, with the features of the one inference path (`core.inference.predict_features`).
-
-    The split is the one the checkpoint records when the data holds all its validation files (so a model trained
-    under an older split rule is calibrated on tiles it never saw), else the data's own. `known`: (records,
-    features) already computed, used for the validation tiles when they are exactly those records (training's
-    final validation pass: one pass gives the report and these)."""
-    from .data import RecordTiles
-    from .inference import predict_features
-
-    train, val = _reference_split(loaded, data)
-    if val_from_ratio is not None:
-        val = []
-    elif not train or len(val) < 2:
-        raise OODError(f"{len(train)} training and {len(val)} validation tiles: too few to fit a reference")
-    if len(train) > max_train:
-        keep = np.sort(np.random.default_rng(0).choice(len(train), max_train, replace=False))
-        train = [train[i] for i in keep]
-    train_features, _ = predict_features(loaded, RecordTiles(data, train), on_progress=on_progress)
-    if not val:
-        val_features = None
-    elif known is not None and known[0] == val:
-        val_features = known[1]
-    else:
-        val_features, _ = predict_features(loaded, RecordTiles(data, val), on_progress=on_progress)
-    return fit_density(train_features, data.labels(train), val_features, with_train_quantiles=with_train_quantiles,
-                       val_from_ratio=val_from_ratio)
-
-
-def _reference_split(loaded: LoadedModel, data: HiriseData) -> tuple[list[Record], list[Record]]:
-    """(training originals, validation originals) of `loaded`, as its checkpoint recorded them if possible."""
-    val = data.recorded(loaded.splits, "val")
-    if val is None:
-        return data.select("train", originals_only=True), data.select("val", originals_only=True)
-    held = {name for s in ("val", "test") for name in loaded.splits.get(s, {}).get("files") or ()}
-    held_observations = {o for s in ("val", "test") for o in loaded.splits.get(s, {}).get("observations") or ()}
-    train = [r for r in data.records if r.is_original and r.name not in held
-             and not (r.observation and r.observation in held_observations)]
-    return train, val
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m core.ood CHECKPOINT`: add an out-of-distribution reference to a checkpoint trained before
-    they existed, from the data it records (or --data), rewriting the file atomically."""
-    from .checkpoint import CheckpointError, model_from_payload, read_checkpoint, save_checkpoint
-    from .data import DataError, DataSpec, load_dataset
-    from .data.cli import add_data_arguments
-
-    parser = argparse.ArgumentParser(prog="python -m core.ood", description=main.__doc__)
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--data", action="append", metavar="PATH",
-                        help="data folder or zip (default: the data the checkpoint records; repeat for several)")
-    add_data_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        payload = read_checkpoint(args.checkpoint)
-        loaded = model_from_payload(payload, args.checkpoint)
-        config = dict(payload.get("config") or {})
-        spec = DataSpec.from_args(args.data, args) if args.data else DataSpec.from_mapping(config)
-        if not spec.paths:
-            raise DataError("the checkpoint records no data: pass --data")
-        data = load_dataset(spec)
-        density = fit_reference(loaded, data)
-        payload["ood"] = density.to_dict()
-        save_checkpoint(args.checkpoint, payload)
-    except (CheckpointError, DataError, OODError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{args.checkpoint}: out-of-distribution reference added ({density.class_means.shape[1]} features, "
-          f"{len(density.components)} components, calibrated on the model's validation tiles)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

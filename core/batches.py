@@ -1,0 +1,112 @@
+"""What a training run trains on: its tiles and labels, the input normalisation, the online transforms, and
+the batches (resident on the device, or through a DataLoader when per-tile transforms need workers), turned
+into model input by `training_input`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from . import augment
+from .checkpoint import read_checkpoint
+from .classes import CLASS_NAMES, NUM_CLASSES
+from .config import RunConfig
+from .data import DataError, DeviceBatches, HiriseData, TileDataset, load_dataset, training_batches
+from .imageio import TILE_SIZE
+from .models import spec
+from .preprocess import to_model_input
+
+
+@dataclass
+class TrainData:
+    data: HiriseData
+    train: TileDataset
+    val: TileDataset
+    mean: float
+    std: float
+    train_labels: np.ndarray
+    batch_augment: nn.Module | None = None  # online transforms done on whole batches on the device
+
+
+def prepare_data(cfg: RunConfig, log) -> TrainData:
+    data = load_dataset(cfg.data_spec)
+    for w in data.warnings:
+        log(f"warning: {w}")
+    log(f"split: {data.split_method}")
+    if data.overrides is not None:  # issue 16
+        log(f"label overrides: {data.overrides.describe()}")
+    if data.leakage:
+        message = "the split leaks: " + "; ".join(data.leakage)
+        if not cfg.allow_leakage:
+            raise DataError(message + " (fix the data, or pass --allow-leakage to train anyway)")
+        log(f"warning: {message} (allowed by --allow-leakage)")
+    # official mode trains on the data set's own augmented copies; the others on originals only
+    train_records = data.select("train", originals_only=cfg.augment not in ("official", "official_online"))
+    val_records = data.select("val", originals_only=True)
+    if not train_records:
+        raise DataError("the training split is empty")
+    if not val_records and not cfg.data_spec.refit:
+        raise DataError("the validation split is empty: add data or raise val_fraction")
+    if not val_records:
+        log(f"no validation split (val_fraction 0, test_fraction 0): a refit on all the data for a fixed "
+            f"{cfg.epochs} epochs; no early stopping and no best-epoch choice, the last epoch is the model"
+            + (f"; calibration from cross-validation {cfg.calibrate_from}" if cfg.calibrate_from else
+               "; no cross-validation named (calibrate_from), so it stays uncalibrated"))
+    mean, std = input_normalisation(cfg, data, train_records)
+    log(f"input normalisation: mean {mean:.4f}, std {std:.4f}")
+    online = cfg.augment in ("online", "official_online")
+    batched, per_tile = augment.split_online(cfg.transforms) if online else ([], [])
+    transform = augment.online_transform(per_tile, TILE_SIZE) if per_tile else None  # on the tiles, before resizing
+    copies = augment.expand_copies(cfg.transforms, TILE_SIZE) if cfg.augment == "expand" else []
+    train = TileDataset(data.tiles(train_records), data.labels(train_records), transform, copies)
+    val = TileDataset(data.tiles(val_records), data.labels(val_records))
+    counts = np.bincount(data.labels(train_records), minlength=NUM_CLASSES)
+    log(f"train {len(train_records)} tiles ({len(train)} per epoch, augment={cfg.augment}), val {len(val_records)} "
+        f"originals; train per class: " + ", ".join(f"{c} {n}" for c, n in zip(CLASS_NAMES, counts)))
+    return TrainData(data, train, val, mean, std, data.labels(train_records),
+                     augment.BatchAugment(batched) if batched else None)
+
+
+def input_normalisation(cfg: RunConfig, data: HiriseData, train_records: list) -> tuple[float, float]:
+    """The (mean, std) the model's input is standardised with, stored in every checkpoint.
+
+    ImageNet weights keep the scaling they were trained with; weights from an earlier run keep that run's;
+    a model from scratch gets the training tiles' own statistics."""
+    if cfg.init == "imagenet":
+        return spec(cfg.model).imagenet_norm or data.pixel_stats(train_records)
+    if cfg.init == "run":
+        payload = read_checkpoint(init_checkpoint(cfg))
+        return float(payload["mean"]), float(payload["std"])
+    return data.pixel_stats(train_records)
+
+
+def init_checkpoint(cfg: RunConfig) -> Path:
+    """The checkpoint an `init run` training starts from (a run folder means its best.pt)."""
+    path = Path(cfg.init_from)
+    return path / "best.pt" if path.is_dir() else path
+
+
+def train_batches(cfg: RunConfig, td: TrainData, device: torch.device, rank: int = 0, world: int = 1) -> DeviceBatches | DataLoader:
+    """This rank's training batches: tiles resident on the device unless per-tile transforms need a DataLoader."""
+    return training_batches(td.train, cfg.batch_size, device, balanced=cfg.imbalance == "balanced_sampler",
+                            num_classes=NUM_CLASSES, seed=cfg.seed, rank=rank, world=world,
+                            num_workers=cfg.num_workers)
+
+
+def describe_batches(batches: DeviceBatches | DataLoader) -> str:
+    """One log line saying which data path this run takes."""
+    if isinstance(batches, DeviceBatches):
+        mib = batches.tiles.numel() / 2**20
+        return (f"data: {len(batches.labels)} tiles ({mib:,.0f} MiB uint8) resident on {batches.device}, "
+                "batches drawn there")
+    return f"data: DataLoader with {batches.num_workers} worker processes (per-tile transforms run per item)"
+
+
+def training_input(cfg: RunConfig, td: TrainData, tiles: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch of uint8 training tiles -> model input on `device` (batch augmentation included)."""
+    x = to_model_input(tiles.to(device, non_blocking=True), td.mean, td.std, cfg.input_size, td.batch_augment)
+    return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x

@@ -1,0 +1,243 @@
+"""A training run's lifecycle and the command line that starts it.
+
+`python -m core.train --data PATH [--data PATH ...] --run-dir DIR [options]` trains and writes a run (the
+engine is core.train; this module takes the run lock, waits for the device's turn, keeps status.json true on
+every way out, and refuses in one line what cannot start). `--grid FIELD=V1,V2 [FIELD=...]` trains every
+combination (core.grid), `--cv K` cross-validates (core.cv); both can be queued as jobs with `--queue`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+import traceback
+from dataclasses import fields
+from pathlib import Path
+
+import torch.distributed as dist
+
+from . import cv, grid
+from .batches import prepare_data
+from .checkpoint import CheckpointError
+from .cliargs import refuse
+from .config import ConfigError, RunConfig, add_arguments, config_from_args
+from .data import DataError, split_manifest
+from .errors import first_line
+from .jobs import device_key, process_start
+from .lr_finder import find_lr
+from .models import WeightsUnavailable, require_imagenet
+from .optim import SCHEDULERS
+from .process import Dist, StopFlag, init_distributed, seed_everything
+from .queue import Cancelled, device_turn
+from .runs import Run, RunBusy, RunLock, now_iso
+from .train import fit
+
+DESCRIPTION = """`python -m core.train --data PATH [--data PATH ...] --run-dir DIR [options]`: train and write a run.
+
+`--grid FIELD=V1,V2 [FIELD=...]` trains every combination (an ablation grid, core.grid) one after another, or
+queues them as jobs with `--queue`; `--grid-report ID` prints a grid's results table. `--cv K` cross-validates,
+folds grouped by observation (core.cv); `--cv-report ID` prints its pooled out-of-fold report.
+
+Every option of `core.config.RunConfig` is a flag (or comes from `--config FILE`). With
+`torchrun --nproc_per_node N -m core.train ...` it trains with DistributedDataParallel (NCCL on
+GPUs, gloo on CPU); only rank 0 writes the run folder.
+"""
+
+
+def train(cfg: RunConfig, run: Run | None, resume: bool = False, lr_find: bool = False, queue: bool = False,
+          lock: RunLock | None = None) -> int:
+    """Train (or run the LR range test). Returns the process exit code; the run folder says the rest.
+
+    A run folder has one trainer: its lock is taken here (2, with a one-line error, if another trainer
+    holds it) unless the caller already holds it (`lock`), and let go only after the final status write."""
+    own_lock = None
+    if run is not None and lock is None:
+        try:
+            own_lock = RunLock.acquire(run)
+        except (RunBusy, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    try:
+        return _train_locked(cfg, run, resume, lr_find, queue)
+    finally:
+        if own_lock is not None:
+            own_lock.release()
+
+
+def _train_locked(cfg: RunConfig, run: Run | None, resume: bool, lr_find: bool, queue: bool) -> int:
+    """`train`, with the run lock held. Every way out leaves a final state in status.json."""
+    d, writer = Dist(), run
+
+    def log(msg: str) -> None:
+        if d.main:
+            print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    stop = StopFlag(run)
+    try:
+        if stop:
+            raise Cancelled()  # cancelled while it was starting
+        d, device = init_distributed(cfg)
+        writer = run if d.main else None
+        held = device_turn(run, device_key(cfg.device), stop=lambda: bool(stop)) \
+            if (queue and run is not None and d.world == 1) else contextlib.nullcontext()
+        with held:
+            if writer:
+                writer.update_status(state="running", pid=os.getpid(), pid_start=process_start(os.getpid()),
+                                     started_at=now_iso(), ended_at=None, error=None, epochs=cfg.epochs,
+                                     device=str(device), host=os.uname().nodename, world_size=d.world)
+            log(f"device {device}, world size {d.world}")
+            seed_everything(cfg.seed)
+            td = prepare_data(cfg, log)
+            if writer:
+                writer.save_splits(split_manifest(td.data))
+                if td.data.overrides is not None:  # issue 16: the label corrections this run trained with
+                    writer.save_label_overrides(td.data.overrides.as_dict())
+            if lr_find:
+                result = find_lr(cfg, td, d, device, log, stop, run=writer)
+                if writer:
+                    writer.save_lr_find(result)
+                    writer.update_status(state="completed", ended_at=now_iso())
+                return 0
+            cancelled = fit(cfg, td, d, device, writer, resume, log, stop)
+        if writer:
+            writer.update_status(state="cancelled" if cancelled else "completed", ended_at=now_iso())
+        return 0
+    except Cancelled:
+        log("cancelled")
+        if writer:
+            writer.update_status(state="cancelled", ended_at=now_iso())
+        return 0
+    except (ConfigError, DataError, CheckpointError, WeightsUnavailable) as exc:
+        log(f"error: {exc}")
+        if writer:
+            writer.update_status(state="failed", ended_at=now_iso(), error=str(exc))
+        return 2
+    except Exception as exc:  # noqa: BLE001 - any crash must land in status.json (one line), its traceback in the log
+        traceback.print_exc()
+        if writer:
+            writer.update_status(state="failed", ended_at=now_iso(), error=f"{type(exc).__name__}: {first_line(exc)}")
+        return 1
+    finally:
+        if d.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+#: What a resumed run may change: how long and how it runs, not what it trains (that is a new run).
+RESUME_CHANGEABLE = ("epochs", "patience", "log_every", "num_workers", "device", "amp", "channels_last", "compile",
+                     "name")
+
+
+def check_resume_changes(stored: RunConfig, cfg: RunConfig) -> None:
+    """Refuse, in one line, a resume that changes what the run trains (its model, data, optimizer ...):
+    its checkpoint and optimizer state would not fit, or would silently mean something else."""
+    for f in fields(RunConfig):
+        old, new = getattr(stored, f.name), getattr(cfg, f.name)
+        if old != new and f.name not in RESUME_CHANGEABLE:
+            raise ConfigError(f"{f.name}: this run was trained with {old!r}, and a resumed run keeps it (not {new!r}); "
+                              "start a new run, with --init run --init-from the run folder to keep its weights")
+    if SCHEDULERS[cfg.scheduler].spans_run and cfg.epochs != stored.epochs:
+        raise ConfigError(f"epochs: the {cfg.scheduler} schedule is laid out over the run's {stored.epochs} epochs "
+                          "and a resumed run keeps them (schedules "
+                          f"{', '.join(n for n, c in SCHEDULERS.items() if not c.spans_run)} can run longer)")
+
+
+def prepare_run_folder(run: Run, cfg: RunConfig, args: argparse.Namespace) -> None:
+    """With the run lock held: refuse what cannot start, clear what a dead writer left, record the config
+    (overrides of a resume included: the app reads it) and who the trainer is."""
+    if args.resume:
+        check_resume_changes(RunConfig.load(run.config_file), cfg)
+        if not args.queue:
+            run.cancel_file.unlink(missing_ok=True)  # the app clears it when it launches; from the CLI, here
+    elif run.metrics_file.exists() and not args.queue:
+        raise ConfigError(f"{run.path} already holds a run; use --resume or a new --run-dir")
+    run.remove_stale_temps()
+    run.save_config(cfg.to_dict())
+    me = {"pid": os.getpid(), "pid_start": process_start(os.getpid())}
+    if args.queue:  # the launcher wrote `queued` already
+        run.update_status(**me)
+    else:
+        run.update_status(state="queued", queued_at=now_iso(), kind="lr_find" if args.lr_find else "train",
+                          error=None, ended_at=None, **me)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.train", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", help="the run folder to create (or resume); required except with --grid")
+    parser.add_argument("--config", help="a config.json to start from; flags override it")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last.pt")
+    parser.add_argument("--lr-find", action="store_true", help="run the LR range test instead of training")
+    parser.add_argument("--queue", action="store_true", help="wait for the device's turn (used by app jobs)")
+    parser.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)  # the run lock, handed over by jobs.launch
+    # the device's turn, already taken by core.queue (which this process was before its exec): held until exit
+    parser.add_argument("--device-lock-fd", type=int, help=argparse.SUPPRESS)
+    add_grid_arguments(parser)
+    add_cv_arguments(parser)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.cv_report is not None:
+        return cv.report_main(args.cv_report, Path(args.runs_dir) if args.runs_dir else None, args.against)
+    if args.grid or args.grid_report is not None:
+        return grid.main(args, train)
+    if args.cv is not None:
+        return cv.main(args, train)
+    if not args.run_dir:
+        parser.error("the following arguments are required: --run-dir (or --grid FIELD=V1,V2)")
+    run_dir = Path(args.run_dir)
+    try:
+        base = RunConfig.load(args.config) if args.config else (
+            RunConfig.load(run_dir / "config.json") if args.resume else None)
+        cfg = config_from_args(args, base)
+        if cfg.init == "imagenet":  # before anything is written: which weights, or what is missing
+            print(require_imagenet(cfg.model), flush=True)
+    except (ConfigError, WeightsUnavailable) as exc:
+        handed = RunLock.adopt(Run(run_dir.resolve()), args.lock_fd)  # a job the app launched: say why it failed
+        return refuse(str(exc), handed)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return train(cfg, None, resume=args.resume, lr_find=args.lr_find, queue=args.queue)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        run = Run(run_dir.resolve())
+        lock = RunLock.adopt(run, args.lock_fd) or RunLock.acquire(run)
+    except RunBusy as exc:
+        return refuse(str(exc))
+    except OSError as exc:
+        return refuse(f"cannot write the run folder {run_dir}: {exc.strerror or exc}")
+    with lock:
+        try:
+            prepare_run_folder(run, cfg, args)
+        except ConfigError as exc:
+            return refuse(str(exc), lock if args.queue else None)
+        except OSError as exc:
+            return refuse(f"cannot write the run folder {run_dir}: {exc.strerror or exc}")
+        return train(cfg, run, resume=args.resume, lr_find=args.lr_find, lock=lock,
+                     queue=args.queue and args.device_lock_fd is None)
+
+
+def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ablation grid's flags (core.grid)."""
+    parser.add_argument("--grid", nargs="+", action="extend", default=[], metavar="FIELD=V1,V2",
+                        help="train every combination of up to three options' values, everything else equal "
+                             "(one run folder each under --runs-dir), one after another in this process; with "
+                             "--queue, queue them as jobs (as the app does) and return")
+    parser.add_argument("--runs-dir", help="where a grid's run folders go (default: HIRISE_RUNS_DIR or runs/)")
+    parser.add_argument("--grid-report", nargs="?", const="", metavar="ID",
+                        help="print a grid's results table (without ID: list the grids)")
+
+
+def add_cv_arguments(parser: argparse.ArgumentParser) -> None:
+    """Cross-validation's flags (core.cv)."""
+    parser.add_argument("--cv", metavar="K", help="K-fold cross-validation grouped by observation (K from 3 to 10): "
+                        "one run per fold under --runs-dir, in this process (or queued with --queue), then the "
+                        "pooled out-of-fold report; with --grid, every combination is cross-validated")
+    parser.add_argument("--cv-seed", type=int, default=0, metavar="S", help="seed of the fold assignment (default 0)")
+    parser.add_argument("--cv-report", nargs="?", const="", metavar="ID",
+                        help="print a cross-validation's pooled out-of-fold report (without ID: list them)")
+    parser.add_argument("--against", metavar="ID", help="with --cv-report ID: compare it with this cross-validation "
+                        "on the out-of-fold tiles both scored (paired bootstrap over observations)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
