@@ -428,7 +428,7 @@ def test_evaluate_galleries_show_full_names_labels_and_probabilities(with_runs):
 
 
 def test_a_class_without_tiles_shows_no_recall_but_says_why():
-    from ui.common import NEVER_PREDICTED, NO_TILES, per_class_table
+    from ui.per_class import NEVER_PREDICTED, NO_TILES, per_class_table
     rows = [{"class": "crater", "precision": 0.5, "recall": 0.75, "f1": 0.6, "support": 4},
             {"class": "spider", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}]
     styled = per_class_table(rows)
@@ -460,7 +460,7 @@ def test_the_row_normalised_confusion_matrix_leaves_a_class_without_tiles_blank(
 def test_progress_bar_times_each_stage_from_where_it_started(monkeypatch):
     """A resumed feature pass starts at the tiles kept earlier (no speed in them), and the map's one-step
     reduction that follows has no count to make an ETA from."""
-    import ui.common as common
+    import ui.progress as progress
     shown = []
 
     class Bar:
@@ -471,9 +471,9 @@ def test_progress_bar_times_each_stage_from_where_it_started(monkeypatch):
             shown.append("(cleared)")
 
     clock = iter([0.0, 10.0, 12.0, 30.0])
-    monkeypatch.setattr(common.st, "empty", lambda *args, **kwargs: Bar())
-    monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
-    update = common.progress_bar("Embedding")
+    monkeypatch.setattr(progress.st, "empty", lambda *args, **kwargs: Bar())
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    update = progress.progress_bar("Embedding")
     update(512, 1024, "features at 260px")  # 512 kept from a stopped pass
     update(612, 1024, "features at 260px")  # 100 tiles in 10 s
     update(0, 1, "reducing to 2-D (umap)")
@@ -485,7 +485,7 @@ def test_progress_bar_times_each_stage_from_where_it_started(monkeypatch):
 def test_the_live_recall_row_says_no_tiles_for_a_class_the_split_lacks(with_runs):
     """Old runs stored 0.0, new ones None, for a class without validation tiles: both read "no tiles", never
     "None" (Streamlit shows a NaN that way whatever the Styler says) nor a red 0.00."""
-    from ui.common import NO_TILES
+    from ui.per_class import NO_TILES
     row = {"kind": "epoch", "epoch": 1, "step": 4, "train_loss": 1.0, "val_loss": 1.0, "val_accuracy": 0.5,
            "val_macro_f1": 0.4, "val_balanced_accuracy": 0.4, "images_per_s": 10.0, "seconds": 1.0, "best": True,
            "val_recall": {"other": 0.5, "crater": 0.25, "spider": None, "swiss cheese": 0.0},

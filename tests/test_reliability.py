@@ -557,10 +557,10 @@ def own_runs(tmp_path, monkeypatch) -> Path:
 
 
 def test_home_and_explain_survive_an_empty_default_checkpoint(tmp_path, own_runs, monkeypatch):
-    import ui.common
+    import ui.loaders
     empty = tmp_path / "hirise-resnet18.pt"
     empty.touch()
-    monkeypatch.setattr(ui.common, "DEFAULT_CHECKPOINT", empty)
+    monkeypatch.setattr(ui.loaders, "DEFAULT_CHECKPOINT", empty)
     assert "No default model: hirise-resnet18.pt is empty (0 bytes)" in page_text(run_page("app.py"))
     assert "Cannot load the model: hirise-resnet18.pt is empty" in page_text(run_page("views/explain.py"))
 

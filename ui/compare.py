@@ -10,7 +10,7 @@ from core.classes import CLASS_NAMES
 from core.config import RunConfig
 from core.data.records import parse_name
 from core.runs import Run
-from ui.common import interval_text
+from ui.intervals import interval_text
 
 
 def settings_table(runs: Sequence[Run], models: Mapping[str, dict] | None = None) -> tuple[pd.DataFrame, list[str]]:

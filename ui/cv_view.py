@@ -13,7 +13,9 @@ from core.config import ConfigError, RunConfig
 from core.data import DataError
 from core.data.spec import MAX_FOLDS, MIN_FOLDS
 from ui import figures
-from ui.common import interval_caption, interval_text, per_class_table, show_error
+from ui.errors import show_error
+from ui.intervals import interval_caption, interval_text
+from ui.per_class import per_class_table
 
 SHOWN = "cv_shown"  # the cross-validation whose report is on screen
 ACTIVE = ("queued", "running")

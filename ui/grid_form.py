@@ -9,7 +9,7 @@ import streamlit as st
 from core import cv, grid, jobs
 from core.config import field_specs
 from core.runs import ACTIVE_STATES
-from ui.common import show_error
+from ui.errors import show_error
 
 COMPARE_PRESET = "compare_runs"  # run names the Compare page preselects (views/compare.py)
 SHOWN = "grid_shown"  # the grid whose results are on screen

@@ -4,7 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.runs import Run, RunBusy, delete_run, parse_tags
-from ui.common import show_error
+from ui.errors import show_error
 
 
 def notes_editor(run: Run) -> None:

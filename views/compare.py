@@ -7,8 +7,10 @@ from core.classes import CLASS_NAMES
 from core.runs import list_runs
 from core.evaluate import evaluate_model
 from ui import appstate, compare, figures
-from ui.common import (RARE_NOTE, USER_ERRORS, data_for_config, get_model, progress_bar,
-                       shipped_models, show_error)
+from ui.errors import USER_ERRORS, show_error
+from ui.imbalance import RARE_NOTE
+from ui.loaders import data_for_config, get_model, shipped_models
+from ui.progress import progress_bar
 
 runs = [r for r in list_runs() if (status := r.status()).get("kind", "train") == "train" and r.best_epoch(status)]
 shipped = shipped_models()

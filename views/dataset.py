@@ -13,7 +13,10 @@ from core.config import field_bounds
 from core.data.spec import FRACTION_LIMIT, FRACTION_STEP
 from core.download import DEFAULT_DEST, DownloadError, download_v32
 from ui import appstate, figures
-from ui.common import RARE_NOTE, USER_ERRORS, get_data, progress_bar, show_error
+from ui.errors import USER_ERRORS, show_error
+from ui.imbalance import RARE_NOTE
+from ui.loaders import get_data
+from ui.progress import progress_bar
 
 
 def _located(line: str) -> tuple[str | None, str]:

@@ -12,9 +12,12 @@ from core.inference import bf16_suits
 from core.precision import bf16_native
 from ui import appstate, figures
 from ui.gallery import tile_gallery
-from ui.common import (RARE_NOTE, imbalance_note, USER_ERRORS, data_for_config, get_model, interval_caption,
-                       interval_text, model_choices, never_predicted, per_class_table, progress_bar, run_of_checkpoint,
-                       show_error)
+from ui.errors import USER_ERRORS, show_error
+from ui.imbalance import RARE_NOTE, imbalance_note
+from ui.intervals import interval_caption, interval_text
+from ui.loaders import data_for_config, get_model, model_choices, run_of_checkpoint
+from ui.per_class import never_predicted, per_class_table
+from ui.progress import progress_bar
 
 CELL_TILES = 24  # tiles of a clicked confusion-matrix cell shown, surest first
 

@@ -23,7 +23,8 @@ if len(items) > MAX_FILES:
 
 from ui import appstate, figures  # noqa: E402 - after the uploader, see above
 from ui.uploads import unique_names  # noqa: E402
-from ui.common import USER_ERRORS, get_data, get_model, require_model_choices, show_error  # noqa: E402
+from ui.errors import USER_ERRORS, show_error  # noqa: E402
+from ui.loaders import get_data, get_model, require_model_choices  # noqa: E402
 
 with st.expander("…or pick a tile from the data set"):
     paths = appstate.data_paths()

@@ -13,8 +13,11 @@ from core.explore.features import DEFAULT_EMBED_SIZE, PART_TILES, get_features, 
 from core.explore.labels import review_labels
 from core.settings import LABEL_OVERRIDES_FILE, LABEL_REJECTIONS_FILE
 from ui import appstate
-from ui.common import (USER_ERRORS, RARE_NOTE, get_data, get_model, kept_selectbox, require_model_choices, progress_bar,
-                       show_error)
+from ui.errors import USER_ERRORS, show_error
+from ui.imbalance import RARE_NOTE
+from ui.loaders import get_data, get_model, require_model_choices
+from ui.progress import progress_bar
+from ui.widgets import kept_selectbox
 from ui.gallery import tile_gallery
 
 COLOURS = {"label": "label", "prediction": "predicted", "split": "split", "confidence": "confidence",

@@ -11,7 +11,10 @@ from core.jobs import describe_device, job_state, progress_column
 from core.runs import list_runs
 from core.settings import DEFAULT_CHECKPOINT
 from ui import appstate
-from ui.common import IMBALANCE_NOTE, USER_ERRORS, get_model_info, interval_text
+from ui.errors import USER_ERRORS
+from ui.imbalance import IMBALANCE_NOTE
+from ui.intervals import interval_text
+from ui.loaders import get_model_info
 
 SCORES = (("val macro-F1", "val_macro_f1"), ("balanced acc", "val_balanced_accuracy"), ("accuracy", "val_accuracy"))
 

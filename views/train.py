@@ -11,7 +11,11 @@ from core.models import WeightsUnavailable, fetch_imagenet_weights, imagenet_sta
 from core.runs import ACTIVE_STATES, list_runs, read_json
 from ui import appstate, figures
 from core.bootstrap import wilson
-from ui.common import IMBALANCE_NOTE, NO_TILES, USER_ERRORS, data_for_config, interval_text, show_error
+from ui.errors import USER_ERRORS, show_error
+from ui.imbalance import IMBALANCE_NOTE
+from ui.intervals import interval_text
+from ui.loaders import data_for_config
+from ui.per_class import NO_TILES
 from ui.cv_view import cv_form, cv_results
 from ui.grid_form import grid_form, grid_results
 from ui.run_admin import delete_button, notes_editor

@@ -1,0 +1,141 @@
+"""What the pages load, cached: the data set, a model or its description, and the models there are to choose from
+(the app's own inference shares the CPU with training jobs)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+import torch
+
+from core.checkpoint import CheckpointError, CheckpointInfo, LoadedModel, checkpoint_info, load_checkpoint
+from core.data import DataSpec, HiriseData, load_dataset, open_tile_cache, read_source
+from core.inference import defer_trace
+from core.runs import Run, list_runs
+from core.settings import DEFAULT_CHECKPOINT, LABEL_OVERRIDES_FILE, PROJECT_ROOT
+from ui.progress import progress_bar
+
+JOBS_RECHECK_S = 5.0
+
+
+@st.cache_data(ttl=JOBS_RECHECK_S, show_spinner=False)
+def _cpu_job_running() -> bool:
+    """Whether a training job runs on the CPU; the runs are listed again at most every few seconds (a page asks
+    for its model several times per run)."""
+    return any(s.get("state") == "running" and s.get("device") == "cpu" and r.trainer_alive()
+               for r, s in ((r, r.status()) for r in list_runs()[:20]))
+
+
+def share_cpu_with_jobs() -> None:
+    """With no GPU, the app's own inference uses one thread while a training job runs on the CPU:
+    two processes with two threads each on two cores ran small models 30-50x slower (measured)."""
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1 if _cpu_job_running() else max(1, os.cpu_count() or 1))
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=4)
+def _cached_model(path: str, stamp: float) -> LoadedModel:
+    model = load_checkpoint(path)
+    defer_trace(model)  # a page's first one-tile answer runs eagerly; the Explain page makes the trace after it
+    return model
+
+
+def get_model(path: str | Path | None = None) -> LoadedModel:
+    """Load a checkpoint once per file version (a retrained file is reloaded); the app's inference then shares
+    the CPU with running jobs."""
+    share_cpu_with_jobs()
+    p = _existing_checkpoint(path)
+    return _cached_model(str(p), p.stat().st_mtime)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _cached_info(path: str, stamp: float) -> CheckpointInfo:
+    return checkpoint_info(path)
+
+
+def get_model_info(path: str | Path | None = None) -> CheckpointInfo:
+    """What a checkpoint is, without building its model (the Home page: no timm import, no weights)."""
+    p = _existing_checkpoint(path)
+    return _cached_info(str(p), p.stat().st_mtime)
+
+
+def _existing_checkpoint(path: str | Path | None) -> Path:
+    p = Path(path) if path else DEFAULT_CHECKPOINT
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    return p
+
+
+@st.cache_resource(show_spinner="Reading, merging and splitting the data…", max_entries=4)
+def _cached_data(spec: DataSpec, overrides_stamp: tuple = ()) -> HiriseData:
+    return load_dataset(spec)  # draws nothing: Streamlit replays what cached functions draw
+
+
+_WARM: set[tuple] = set()  # data sources whose on-disk caches this process has checked
+
+
+def _warm_tile_caches(paths: tuple[str, ...]) -> None:
+    """Build missing decoded-tile caches with a visible progress bar, once per process and sources."""
+    if paths in _WARM:
+        return
+    slot = st.empty()
+    with slot.container():
+        on_progress = progress_bar("Decoding tiles (once; cached on disk for every later run)")
+        for path in paths:
+            open_tile_cache(read_source(path), on_progress=on_progress)
+    slot.empty()
+    _WARM.add(paths)
+
+
+def get_data(spec: DataSpec) -> HiriseData:
+    """The merged, split data set, held in memory once per DataSpec and label-overrides version (tiles decoded
+    once, on disk)."""
+    _warm_tile_caches(spec.paths)
+    return _cached_data(spec, _overrides_stamp())
+
+
+def _overrides_stamp() -> tuple:
+    """The label overrides file's version, so accepting a correction (Explore page) reloads the data with it."""
+    try:
+        stat = LABEL_OVERRIDES_FILE.stat()
+        return (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        return ()
+
+
+def data_for_config(config: dict) -> HiriseData:
+    """The data a run (its config.json, or its checkpoint's config) was trained on, split the same way."""
+    return get_data(DataSpec.from_mapping(config))
+
+
+def shipped_models() -> dict[str, Path]:
+    """The checkpoints shipped in checkpoints/ (the default first), by display name."""
+    choices: dict[str, Path] = {}
+    if DEFAULT_CHECKPOINT.is_file():
+        choices[f"default model ({DEFAULT_CHECKPOINT.name})"] = DEFAULT_CHECKPOINT
+    for path in sorted((PROJECT_ROOT / "checkpoints").glob("*.pt")):
+        if path.resolve() != DEFAULT_CHECKPOINT.resolve():
+            choices[f"shipped baseline ({path.name})"] = path
+    return choices
+
+
+def model_choices() -> dict[str, Path]:
+    """The shipped models and every run with a best checkpoint, by display name."""
+    choices = shipped_models()
+    for run in list_runs():
+        if run.best_checkpoint.is_file():
+            choices[f"run {run.name}"] = run.best_checkpoint
+    return choices
+
+
+def require_model_choices() -> dict[str, Path]:
+    """`model_choices`, or an error and the end of the page when there is none."""
+    choices = model_choices()
+    if not choices:
+        st.error("No model is available: the shipped checkpoint is missing from checkpoints/ and no run has finished.")
+        st.stop()
+    return choices
+
+
+def run_of_checkpoint(path: Path) -> Run | None:
+    return Run(path.parent) if path.name == "best.pt" and (path.parent / "config.json").is_file() else None
