@@ -35,6 +35,15 @@ def v3_folder(tmp_path_factory) -> Path:
     return synthetic.write_folder(tmp_path_factory.mktemp("v3"), synthetic.official_files("3", seed=1))
 
 
+@pytest.fixture(scope="module")
+def data_dir(request, tmp_path_factory) -> Path:
+    """A small official v3.2 folder to train on (12 observations of 8 tiles), written once per test module
+    (test_train's in train-data0, test_cv's in cv-data0, ...)."""
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    return synthetic.write_folder(tmp_path_factory.mktemp(f"{module}-data"),
+                                  synthetic.official_files("3.2", n_obs=12, per_obs=8, missing=0))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA_DIR / "hirise-v3_2-subset").is_dir():

@@ -7,43 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core import jobs
 from core.checkpoint import read_checkpoint
 from core.config import RunConfig
 from core.models import default_cam_layer
 from core.runs import Run, list_runs
-from core.settings import APP_STATE_FILE, DEFAULT_CHECKPOINT, PROJECT_ROOT, RUNS_DIR
+from core.settings import APP_STATE_FILE, DEFAULT_CHECKPOINT, RUNS_DIR
 from ui import appstate
 from core.runner import train
 from tests import synthetic
+from tests.helpers import button, run_page, texts
 
 PAGES = ["views/dataset.py", "views/train.py", "views/evaluate.py", "views/explain.py", "views/compare.py"]
-TIMEOUT = 180
-
-
-def run_page(path: str) -> AppTest:
-    """Start the app from its entrypoint (as `streamlit run app.py` does) and open `path`."""
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.run()  # the entrypoint's st.navigation registers the pages
-    if path != "app.py":
-        at.switch_page(path)
-        at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def button(at: AppTest, label: str):
-    return next(b for b in at.button if b.label == label)
-
-
-def texts(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [e.value for e in at.error] + [w.value for w in at.warning] + \
-        [i.value for i in at.info] + [c.value for c in at.caption] + [s.value for s in at.success]
-    return "\n".join(str(p) for p in parts)
-
-
 @pytest.fixture()
 def no_data(monkeypatch):
     """A fresh clone: no data chosen, no runs, no shared data folder."""

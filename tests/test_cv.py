@@ -19,17 +19,11 @@ from core.data.split import assign_splits, fold_coverage, fold_of_observation
 from core.runs import Run, list_runs
 from core.runner import main as train_cli
 from tests import synthetic
+from tests.helpers import run_page, texts, tiny, tiny_form
 
-TINY = dict(model="simple_cnn", init="scratch", image_size=48, batch_size=16, log_every=1, epochs=2,
-            max_steps_per_epoch=2, device="cpu")
+TINY_CV = tiny(epochs=2, max_steps_per_epoch=2, device="cpu")  # what TINY_FLAGS asks for
 TINY_FLAGS = ["--model", "simple_cnn", "--init", "scratch", "--image-size", "48", "--batch-size", "16",
               "--epochs", "2", "--max-steps-per-epoch", "2", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return synthetic.write_folder(tmp_path_factory.mktemp("cv-data"),
-                                  synthetic.official_files("3.2", n_obs=12, per_obs=8, missing=0))
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +107,7 @@ def test_cv_with_split_shares_or_a_run_dir_is_refused(data_dir, runs_dir, capsys
     assert train_cli(["--data", str(data_dir), *TINY_FLAGS, "--cv", "3", "--run-dir", str(runs_dir / "x")]) == 2
     assert "--cv makes one run folder per fold" in capsys.readouterr().err
     with pytest.raises(cv.CVError, match="cv_seed: -1 is not in 0 to"):
-        cv.plan(RunConfig(data=[str(data_dir)], **TINY), 3, seed=-1)
+        cv.plan(RunConfig(data=[str(data_dir)], **TINY_CV), 3, seed=-1)
 
 
 def test_more_folds_than_observations_is_refused_naming_the_count(tmp_path, capsys):
@@ -248,7 +242,7 @@ def test_refit_trains_on_everything_and_is_calibrated_by_the_out_of_fold_predict
 
 
 def test_calibrate_from_applies_only_to_a_refit_and_must_be_an_id(data_dir):
-    base = dict(data=[str(data_dir)], **TINY)
+    base = dict(data=[str(data_dir)], **TINY_CV)
     with pytest.raises(ConfigError, match="only a run with no validation split"):
         RunConfig(**base, calibrate_from="20261203-000000-abcd").validate()
     with pytest.raises(ConfigError, match="not a cross-validation id"):
@@ -261,7 +255,7 @@ def test_calibrate_from_applies_only_to_a_refit_and_must_be_an_id(data_dir):
 
 def test_two_launches_at_once_get_their_own_ids_and_manifests(data_dir, tmp_path):
     import threading
-    configs = cv.plan(RunConfig(data=[str(data_dir)], **TINY), 3)
+    configs = cv.plan(RunConfig(data=[str(data_dir)], **TINY_CV), 3)
     ids = []
     threads = [threading.Thread(target=lambda: ids.append(cv._start(configs, "queued", tmp_path)[0]))
                for _ in range(6)]
@@ -310,11 +304,9 @@ def app_data(data_dir):
 
 @pytest.mark.slow
 def test_train_page_refuses_bad_folds_then_queues_a_cross_validation(app_data):
-    from tests.test_app import run_page, texts
-    from tests.test_grid import _tiny_form
     before = {r.name for r in list_runs()}
     at = run_page("views/train.py")
-    _tiny_form(at)
+    tiny_form(at)
     at.text_input(key="cv_folds_text").input("nan").run()
     assert "Cross-validation is refused until this is fixed: cv: 'nan' is not a whole number" in texts(at)
     at.button(key="cv_launch").click().run()
@@ -336,14 +328,14 @@ def test_train_page_refuses_bad_folds_then_queues_a_cross_validation(app_data):
 
 def test_official_online_trains_on_the_copies_with_transforms_on_top(data_dir):
     from core.batches import prepare_data
-    cfg = RunConfig(data=[str(data_dir)], **{**TINY, "augment": "official_online",
+    cfg = RunConfig(data=[str(data_dir)], **{**TINY_CV, "augment": "official_online",
                                              "transforms": ["hflip", "strong_color_jitter"]}).validate()
     td = prepare_data(cfg, log=lambda line: None)
     train = td.data.select("train", originals_only=False)
     assert len(td.train) == len(train) > len(td.data.select("train", originals_only=True))
     assert td.batch_augment is not None and td.batch_augment.names == ["hflip", "strong_color_jitter"]
     with pytest.raises(ConfigError, match="needs at least one transform"):
-        RunConfig(data=[str(data_dir)], **{**TINY, "augment": "official_online", "transforms": []}).validate()
+        RunConfig(data=[str(data_dir)], **{**TINY_CV, "augment": "official_online", "transforms": []}).validate()
 
 
 def test_strong_jitter_reaches_further_than_the_plain_one():

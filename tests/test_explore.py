@@ -19,6 +19,7 @@ from core.inference import preprocess
 from core.explore.features import cache_dir, compute_features, features_key, get_features, kept_tiles
 from core.explore.labels import groups_of, review_labels
 from tests import synthetic
+from tests.helpers import run_page
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -456,16 +457,10 @@ def test_review_recalls_flipped_real_labels(shared_data, tmp_path):
 # ---- the page --------------------------------------------------------------------------------------------
 
 def test_explore_page_draws_a_map_and_reviews(v32_folder, tmp_path):
-    from streamlit.testing.v1 import AppTest
-
-    from core.settings import APP_STATE_FILE, LABEL_OVERRIDES_FILE, LABEL_REJECTIONS_FILE, PROJECT_ROOT
+    from core.settings import APP_STATE_FILE, LABEL_OVERRIDES_FILE, LABEL_REJECTIONS_FILE
     Path(APP_STATE_FILE).write_text(json.dumps({"data_paths": [str(v32_folder)]}))
     try:
-        at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=300)
-        at.run()  # the entrypoint's st.navigation registers the pages
-        at.switch_page("views/explore.py")
-        at.run()
-        assert not at.exception, [e.value for e in at.exception]
+        at = run_page("views/explore.py", timeout=300)
         next(s for s in at.selectbox if s.label == "Reduction").set_value("pca")
         next(s for s in at.selectbox if s.label == "Feature pass input").set_value(128)
         at.run()
@@ -521,24 +516,12 @@ def test_explore_page_draws_a_map_and_reviews(v32_folder, tmp_path):
         LABEL_REJECTIONS_FILE.unlink(missing_ok=True)
 
 
-def _open_explore():
-    from streamlit.testing.v1 import AppTest
-
-    from core.settings import PROJECT_ROOT
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=300)
-    at.run()  # the entrypoint's st.navigation registers the pages
-    at.switch_page("views/explore.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
 def test_explore_page_without_data(monkeypatch):
     from core.settings import APP_STATE_FILE
     Path(APP_STATE_FILE).write_text(json.dumps({"data_paths": []}))
     monkeypatch.setattr("ui.appstate.SHARED_DATA_DIR", Path("/nonexistent"))
     try:
-        at = _open_explore()
+        at = run_page("views/explore.py", timeout=300)
         assert any("No data set chosen yet" in i.value for i in at.info)
     finally:
         Path(APP_STATE_FILE).unlink(missing_ok=True)
@@ -549,7 +532,7 @@ def test_explore_page_with_a_malformed_overrides_file(v32_folder):
     Path(APP_STATE_FILE).write_text(json.dumps({"data_paths": [str(v32_folder)]}))
     LABEL_OVERRIDES_FILE.write_text("file,label\nx.jpg,volcano\n")
     try:
-        at = _open_explore()
+        at = run_page("views/explore.py", timeout=300)
         errors = " ".join(e.value for e in at.error)
         assert "unknown label 'volcano'" in errors and "line 2" in errors
         assert LABEL_OVERRIDES_FILE.read_text() == "file,label\nx.jpg,volcano\n"

@@ -10,20 +10,11 @@ from core import grid, jobs
 from core.config import RunConfig
 from core.runs import Run, list_runs
 from core.runner import main as train_cli
-from tests import synthetic
-
-TINY = dict(model="simple_cnn", init="scratch", image_size=48, batch_size=16, log_every=1, epochs=1,
-            max_steps_per_epoch=2, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return synthetic.write_folder(tmp_path_factory.mktemp("grid-data"),
-                                  synthetic.official_files("3.2", n_obs=12, per_obs=8, missing=0))
-
+from core.runner import train
+from tests.helpers import run_page, texts, tiny, tiny_form
 
 def base(data_dir: Path, **overrides) -> RunConfig:
-    return RunConfig(data=[str(data_dir)], **{**TINY, **overrides})
+    return RunConfig(data=[str(data_dir)], **{**tiny(epochs=1, max_steps_per_epoch=2, device="cpu"), **overrides})
 
 
 # ---- parsing -------------------------------------------------------------------------------------------------
@@ -231,19 +222,11 @@ def app_data(data_dir):
     assert Path(RUNS_DIR).is_dir()
 
 
-def _tiny_form(at):
-    for key, value in (("cfg_model", "simple_cnn"), ("cfg_init", "scratch")):
-        at.selectbox(key=key).set_value(value).run()
-    for key, value in (("cfg_image_size", "48"), ("cfg_epochs", "1"), ("cfg_max_steps_per_epoch", "2")):
-        at.text_input(key=key).input(value).run()
-
-
 @pytest.mark.slow
 def test_train_page_grid_refuses_bad_values_at_the_field_then_queues_a_2x2_grid(app_data):
-    from tests.test_app import run_page, texts
     before = {r.name for r in list_runs()}
     at = run_page("views/train.py")
-    _tiny_form(at)
+    tiny_form(at)
     at.multiselect(key="grid_fields").set_value(["lr"]).run()
     at.text_input(key="grid_values_lr").input("1e-3, abc").run()
     assert any("lr: 'abc' is not a number" in e.value for e in at.error)  # at the field, before any click
@@ -273,9 +256,8 @@ def test_train_page_grid_refuses_bad_values_at_the_field_then_queues_a_2x2_grid(
 
 @pytest.mark.slow
 def test_grid_results_open_the_runs_in_compare(app_data, one_thread):
-    from tests.test_app import run_page, texts
     p = grid.plan(base(app_data), [grid.parse_axis("seed=0,1")])
-    grid_id, code = grid.run_in_process(p, say=lambda line: None)
+    grid_id, code = grid.run_in_process(p, train, say=lambda line: None)
     assert code == 0
     names = [e["run"] for e in grid.load_manifest(grid_id)["runs"]]
     at = run_page("views/train.py")

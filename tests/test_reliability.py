@@ -29,15 +29,9 @@ from core.runner import main as train_cli
 from core.runner import train
 from ui import appstate
 from tests import model_fixtures, synthetic
-from tests.test_train import wait_for
+from tests.helpers import run_page, texts, tiny, wait_for
 
-TINY = dict(model="simple_cnn", init="scratch", image_size=32, batch_size=16, log_every=1)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return synthetic.write_folder(tmp_path_factory.mktemp("reliability-data"),
-                                  synthetic.official_files("3.2", n_obs=12, per_obs=8, missing=0))
+TINY = tiny(image_size=32)
 
 
 def tiny_run(path: Path, data_dir: Path, **overrides) -> Run:
@@ -530,23 +524,6 @@ def test_a_read_only_runs_folder_is_reported_in_one_line(tmp_path, data_dir):
 
 # ---- the pages: empty checkpoint, damaged zip, unwritable runs, device box, binding ----------------------
 
-def run_page(path: str):
-    from streamlit.testing.v1 import AppTest
-    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=180)
-    at.run()  # the entrypoint's st.navigation registers the pages
-    if path != "app.py":
-        at.switch_page(path)
-        at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def page_text(at) -> str:
-    parts = [m.value for m in at.markdown] + [e.value for e in at.error] + [w.value for w in at.warning] + \
-        [i.value for i in at.info]
-    return "\n".join(str(p) for p in parts)
-
-
 @pytest.fixture()
 def own_runs(tmp_path, monkeypatch) -> Path:
     """An empty runs folder and app state of this test's own."""
@@ -561,8 +538,8 @@ def test_home_and_explain_survive_an_empty_default_checkpoint(tmp_path, own_runs
     empty = tmp_path / "hirise-resnet18.pt"
     empty.touch()
     monkeypatch.setattr(ui.loaders, "DEFAULT_CHECKPOINT", empty)
-    assert "No default model: hirise-resnet18.pt is empty (0 bytes)" in page_text(run_page("app.py"))
-    assert "Cannot load the model: hirise-resnet18.pt is empty" in page_text(run_page("views/explain.py"))
+    assert "No default model: hirise-resnet18.pt is empty (0 bytes)" in texts(run_page("app.py"), captions=False)
+    assert "Cannot load the model: hirise-resnet18.pt is empty" in texts(run_page("views/explain.py"), captions=False)
 
 
 def test_dataset_page_lists_a_damaged_zip_member_and_goes_on(tmp_path, own_runs):
@@ -589,11 +566,11 @@ def test_home_and_train_read_a_lost_run_they_cannot_write(tmp_path, own_runs, da
     at = run_page("app.py")
     assert at.dataframe[0].value["state"].tolist() == ["lost"]
     at = run_page("views/train.py")
-    assert "Lost: the training process (pid 4194315) vanished without finishing" in page_text(at)
+    assert "Lost: the training process (pid 4194315) vanished without finishing" in texts(at, captions=False)
     at.text_area(key="cfg_data_text").input(str(data_dir)).run()
     next(b for b in at.button if b.label == "Launch training").click().run()
     assert not at.exception
-    assert f"Not launched: cannot write to {own_runs}: Permission denied" in page_text(at)
+    assert f"Not launched: cannot write to {own_runs}: Permission denied" in texts(at, captions=False)
 
 
 def test_the_device_box_offers_cuda_only_with_a_gpu(own_runs, monkeypatch):
@@ -610,7 +587,7 @@ def test_the_app_serves_nothing_on_an_address_nobody_chose(own_runs, monkeypatch
     for path in ("app.py", "views/explain.py"):
         at = run_page(path)
         assert bool(at.title) == serves
-        assert ("started without a server address" in page_text(at)) != serves
+        assert ("started without a server address" in texts(at, captions=False)) != serves
 
 
 # ---- 12: class maps of large images in bounded memory -------------------------------------------------------

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +26,7 @@ from core.runs import Run, best_epoch_row, list_runs
 from core.settings import PROJECT_ROOT
 from core.runner import main as train_cli
 from core.runner import train
-from tests import synthetic
-
-TINY = dict(model="simple_cnn", init="scratch", image_size=48, batch_size=16, log_every=1)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return synthetic.write_folder(tmp_path_factory.mktemp("train-data"),
-                                  synthetic.official_files("3.2", n_obs=12, per_obs=8, missing=0))
-
+from tests.helpers import TINY, wait_for
 
 def run_tiny(tmp_path: Path, data_dir: Path, **overrides) -> Run:
     cfg = RunConfig(data=[str(data_dir)], **{**TINY, "epochs": 2, "max_steps_per_epoch": 2, **overrides}).validate()
@@ -45,16 +35,6 @@ def run_tiny(tmp_path: Path, data_dir: Path, **overrides) -> Run:
     cfg.save(run.config_file)
     assert train(cfg, run) == 0, run.status()
     return run
-
-
-def wait_for(predicate, timeout: float = 180.0, what: str = "condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_run_folder_checkpoint_and_falling_loss(tmp_path, data_dir, monkeypatch):

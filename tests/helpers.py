@@ -1,0 +1,70 @@
+"""Helpers the test modules share (fixtures are in conftest.py): the tiny training settings, polling, and driving
+the app's pages under Streamlit's AppTest."""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from core.settings import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    from streamlit.testing.v1 import AppTest
+
+# ---- training --------------------------------------------------------------------------------------------------
+
+TINY = dict(model="simple_cnn", init="scratch", image_size=48, batch_size=16, log_every=1)
+"""The smallest model a test trains: seconds on a CPU."""
+
+
+def tiny(**changes) -> dict:
+    """TINY with `changes` (another image size, a set number of epochs and steps)."""
+    return {**TINY, **changes}
+
+
+def wait_for(predicate, timeout: float = 180.0, what: str = "condition"):
+    """Poll `predicate` until it returns something true, and return that; fail after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# ---- the app's pages -------------------------------------------------------------------------------------------
+
+PAGE_TIMEOUT = 180
+
+
+def run_page(path: str, timeout: float = PAGE_TIMEOUT) -> AppTest:
+    """Start the app from its entrypoint (as `streamlit run app.py` does) and open `path`."""
+    from streamlit.testing.v1 import AppTest
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=timeout)
+    at.run()  # the entrypoint's st.navigation registers the pages
+    if path != "app.py":
+        at.switch_page(path)
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def texts(at: AppTest, captions: bool = True) -> str:
+    """The page's markdown, errors, warnings and infos, and (with `captions`) its captions and success messages."""
+    parts = [m.value for m in at.markdown] + [e.value for e in at.error] + [w.value for w in at.warning] + \
+        [i.value for i in at.info]
+    if captions:
+        parts += [c.value for c in at.caption] + [s.value for s in at.success]
+    return "\n".join(str(p) for p in parts)
+
+
+def tiny_form(at: AppTest) -> None:
+    """Fill the Train form with a tiny run: simple_cnn from scratch, 48 px, one epoch of two steps."""
+    for key, value in (("cfg_model", "simple_cnn"), ("cfg_init", "scratch")):
+        at.selectbox(key=key).set_value(value).run()
+    for key, value in (("cfg_image_size", "48"), ("cfg_epochs", "1"), ("cfg_max_steps_per_epoch", "2")):
+        at.text_input(key=key).input(value).run()
