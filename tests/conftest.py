@@ -82,3 +82,13 @@ def fresh_run_form():
         state.pop("run_form")
         path.write_text(json.dumps(state))
     yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that reads ../shared/data (through the shared_data fixture) carries the realdata marker, so that
+    `-m "not realdata"` leaves all of them out."""
+    unmarked = [item.nodeid for item in items
+                if "shared_data" in getattr(item, "fixturenames", ()) and item.get_closest_marker("realdata") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests use shared_data (../shared/data) but lack @pytest.mark.realdata: "
+                                + ", ".join(unmarked))

@@ -25,6 +25,7 @@ def ok(res: subprocess.CompletedProcess) -> str:
     return res.stdout
 
 
+@pytest.mark.realdata
 def test_bench_train_smoke(shared_data: Path):
     out = ok(run_bench("bench_train.py", str(shared_data / "hirise-v3_2-subset"), "--steps", "2", "--warmup", "1",
                        "--batch-size", "4", "--image-size", "64", "--workers", "0,2",
@@ -51,6 +52,7 @@ def test_bench_bad_arguments_get_a_usage_error(script, args, says):
     assert res.returncode == 2 and says in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.realdata
 def test_bench_eval_smoke(shared_data: Path):
     out = ok(run_bench("bench_eval.py", str(shared_data / "hirise-v3_2-subset"), "--repeats", "1",
                        "--max-tiles", "16", "--batch-size", "8", "--checkpoint", "random"))
@@ -67,6 +69,7 @@ def test_bench_coldstart_smoke():
     assert "ratio" in out and "median" in out
 
 
+@pytest.mark.realdata
 def test_bench_memory_smoke(shared_data: Path):
     out = ok(run_bench("bench_memory.py", str(shared_data / "hirise-v3_2-subset"), "--train-steps", "2",
                        "--batch-size", "4", "--image-size", "64", "--calls", "10", "--plus-calls", "2",

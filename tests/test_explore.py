@@ -417,6 +417,7 @@ def test_cli_malformed_overrides_file(tiny, v32_folder, tmp_path, capsys, monkey
 
 # ---- real tiles ------------------------------------------------------------------------------------------
 
+@pytest.mark.realdata
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # about 300 tiles through EfficientNet-Lite2 at 260 px: ~20 s idle, minutes when busy
 def test_review_recalls_flipped_real_labels(shared_data, tmp_path):
@@ -541,6 +542,7 @@ def test_explore_page_with_a_malformed_overrides_file(v32_folder):
         Path(APP_STATE_FILE).unlink(missing_ok=True)
 
 
+@pytest.mark.realdata
 @pytest.mark.slow
 def test_bench_explore_smoke(shared_data):
     import subprocess

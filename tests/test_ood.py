@@ -112,6 +112,7 @@ def test_the_cli_says_what_is_missing(tmp_path, capsys):
     assert main([str(tmp_path / "missing.pt")]) == 2
 
 
+@pytest.mark.realdata
 def test_ood_report_on_real_tiles(shared_data):
     """tools/ood_report.py (docs/ood.md's figures, measured with the previous default, EfficientNet-Lite2 at 260 px)
     runs on real tiles: uniform noise is flagged, real tiles mostly not."""
