@@ -26,6 +26,26 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def number_in(kind: type, minimum: float | None = None, maximum: float | None = None) -> Callable[[str], float]:
+    """An argparse `type` for a bounded int or float: NaN, infinities and values out of [minimum, maximum] are a
+    one-line usage error, not a value passed on."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{value} is above the maximum {maximum}")
+        return value
+
+    return parse
+
+
 def refuse(message: str, lock: RunLock | None = None) -> int:
     """Say why in one line and return 2. A job the app launched (it holds the run's `lock`) also records it
     as failed, so the app shows the reason rather than a lost job; otherwise the run folder is left as it was."""

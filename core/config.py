@@ -45,8 +45,13 @@ class ConfigError(ValueError):
 
 
 def opt(default: Any = MISSING, help: str = "", group: str = "", choices: tuple | None = None,
-        when: tuple[str, tuple] | None = None, **kw: Any) -> Any:
-    meta = {"help": help, "group": group, "choices": choices, "when": when, **kw}
+        when: tuple[str, tuple] | None = None, resumable: bool = False, not_gridable: str | None = None,
+        **kw: Any) -> Any:
+    """An option and everything that is decided per option, declared once beside it: its help and form group, its
+    choices or bounds (`min`, `max`), when the form shows it, whether a resumed run may change it (`resumable`: how
+    long and how it runs, not what it trains), and why a grid may not vary it (`not_gridable`)."""
+    meta = {"help": help, "group": group, "choices": choices, "when": when, "resumable": resumable,
+            "not_gridable": not_gridable, **kw}
     if isinstance(default, list):
         return field(default_factory=lambda d=default: list(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -86,7 +91,8 @@ class RunConfig:
     # Model
     model: str = opt(DEFAULT_ARCH, "architecture", "model", ARCHITECTURES)
     init: str = opt("imagenet", "start from random weights, ImageNet weights, or an earlier run", "model", INITS)
-    init_from: str = opt("", "run folder or checkpoint to start from", "model", when=("init", ("run",)))
+    init_from: str = opt("", "run folder or checkpoint to start from", "model", when=("init", ("run",)),
+                         not_gridable="it is a path; start the whole grid from one run instead")
     image_size: int = opt(160, "model input size in pixels (tiles are 227x227); 0: the model's native size "
                           "(224 for lite0 and the ResNets, 240 for lite1, 260 for lite2)", "model", min=0, max=512)
     # Freezing
@@ -121,7 +127,7 @@ class RunConfig:
                              min=0, max=MAX_EPOCHS)
     min_lr: float = opt(1e-6, "cosine: final learning rate", "optimisation", when=("scheduler", ("cosine",)),
                          max=10.0)
-    epochs: int = opt(3, "epochs", "optimisation", min=1, max=MAX_EPOCHS)
+    epochs: int = opt(3, "epochs", "optimisation", min=1, max=MAX_EPOCHS, resumable=True)
     batch_size: int = opt(64, "batch size", "optimisation", min=1, max=8192)
     imbalance: str = opt("none", "class-imbalance handling: loss weights n/(k n_c), their square root "
                          "(milder), or a sampler that draws every class equally often", "optimisation", IMBALANCE)
@@ -129,7 +135,7 @@ class RunConfig:
     early_stopping_metric: str = opt("macro_f1", "validation metric that picks the best epoch", "optimisation",
                                      SELECTION_METRICS)
     patience: int = opt(5, "early stopping: epochs without improvement (0: off)", "optimisation", min=0,
-                        max=MAX_EPOCHS)
+                        max=MAX_EPOCHS, resumable=True)
     # Augmentation
     augment: str = opt("online", "none, online (random per tile, every epoch), expand (one copy per transform), "
                        "official (the data set's own -r90 ... -brt copies), official_online (those copies, and the online "
@@ -139,18 +145,24 @@ class RunConfig:
     mixup_alpha: float = opt(0.0, "MixUp alpha (0: off), a batch option", "augmentation", min=0.0, max=10.0)
     cutmix_alpha: float = opt(0.0, "CutMix alpha (0: off), a batch option", "augmentation", min=0.0, max=10.0)
     # Runtime
-    device: str = opt("auto", "auto (GPU when there is one), cpu or cuda", "runtime", ("auto", "cpu", "cuda"))
+    device: str = opt("auto", "auto (GPU when there is one), cpu or cuda", "runtime", ("auto", "cpu", "cuda"),
+                      resumable=True, not_gridable="every run of a grid runs on one device (jobs queue per device)")
     amp: bool = opt(True, "bf16 mixed precision (CUDA, or a CPU with native bf16; EfficientNet-Lite always runs "
-                                 "in fp32, since bf16 changes its predictions)", "runtime")
-    channels_last: bool = opt(True, "channels-last memory format (faster convolutions)", "runtime")
-    compile: bool = opt(False, "torch.compile the model (CUDA)", "runtime")
+                                 "in fp32, since bf16 changes its predictions)", "runtime", resumable=True)
+    channels_last: bool = opt(True, "channels-last memory format (faster convolutions)", "runtime", resumable=True,
+                              not_gridable="it changes how fast a run goes, not what it learns")
+    compile: bool = opt(False, "torch.compile the model (CUDA)", "runtime", resumable=True,
+                        not_gridable="it changes how fast a run goes, not what it learns")
     num_workers: int = opt(0, "DataLoader worker processes, for per-tile transforms and the expand mode (other "
-                              "runs draw batches from tiles held on the device)", "runtime", min=0, max=64)
+                              "runs draw batches from tiles held on the device)", "runtime", min=0, max=64,
+                          resumable=True, not_gridable="it changes how fast a run goes, not what it learns")
     seed: int = opt(0, "random seed (weights, order, augmentation)", "runtime", min=0, max=2**32 - 1)
-    log_every: int = opt(10, "record the training loss every N steps", "runtime", min=1, max=100_000)
+    log_every: int = opt(10, "record the training loss every N steps", "runtime", min=1, max=100_000,
+                         resumable=True, not_gridable="it changes how often a run logs, not what it learns")
     max_steps_per_epoch: int = opt(0, "cap on steps per epoch (0: whole epoch); for smoke tests", "runtime", min=0)
     name: str = opt("", "a label for the run; its folder is named after it (letters, digits, '.', '_' and '-' are "
-                    "kept, anything else becomes '-')", "runtime")
+                    "kept, anything else becomes '-')", "runtime", resumable=True,
+                    not_gridable="each run of a grid is named after its values (the form's name becomes their prefix)")
 
     # ---- validation -------------------------------------------------------------------------------
     def validate(self) -> RunConfig:
@@ -364,6 +376,11 @@ def field_specs() -> list[dict[str, Any]]:
     defaults = RunConfig()
     return [{"name": f.name, "type": hints[f.name], "default": getattr(defaults, f.name), **f.metadata}
             for f in fields(RunConfig)]
+
+
+def resumable_fields() -> tuple[str, ...]:
+    """What a resumed run may change: how long and how it runs, not what it trains (that is a new run)."""
+    return tuple(f.name for f in fields(RunConfig) if f.metadata.get("resumable"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

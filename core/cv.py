@@ -161,8 +161,7 @@ def run_in_process(configs: Sequence[RunConfig], train: Callable[..., int], runs
     for cfg in configs:
         run = new_run_dir(cfg.name, runs_dir)
         with RunLock.acquire(run) as lock:
-            run.save_config(cfg.to_dict())
-            run.update_status(state="queued", queued_at=now_iso(), kind="train", error=None, ended_at=None)
+            run.begin(cfg.to_dict())
             _record(path, run, cfg.cv_fold)
             say(f"[cv {cv_id} fold {cfg.cv_fold + 1}/{len(configs)}] -> {run.path}")
             rc = train(cfg, run, lock=lock)

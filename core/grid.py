@@ -27,16 +27,6 @@ from .runs import Run, new_manifest_id, now_iso, read_json, runs_root, update_js
 MAX_FIELDS = 3
 MAX_RUNS = 24  # a grid is one research question, not a sweep; its queued jobs wait in core.queue (~14 MiB each)
 
-#: Options a grid may not vary, and why (besides every `data` option: see `why_not_gridable`).
-NOT_GRIDABLE = {
-    "name": "each run of a grid is named after its values (the form's name becomes their prefix)",
-    "init_from": "it is a path; start the whole grid from one run instead",
-    "device": "every run of a grid runs on one device (jobs queue per device)",
-    "num_workers": "it changes how fast a run goes, not what it learns",
-    "channels_last": "it changes how fast a run goes, not what it learns",
-    "compile": "it changes how fast a run goes, not what it learns",
-    "log_every": "it changes how often a run logs, not what it learns",
-}
 TAG_PREFIX = "grid:"
 METRICS = {"val macro-F1": "val_macro_f1", "val balanced accuracy": "val_balanced_accuracy",
            "val accuracy": "val_accuracy"}
@@ -76,7 +66,7 @@ def why_not_gridable(name: str) -> str | None:
         return "no such option"
     if spec["group"] == "data":
         return "the runs of a grid share their data options, so that they share one split"
-    return NOT_GRIDABLE.get(name)
+    return spec.get("not_gridable")
 
 
 def gridable_fields() -> list[str]:
@@ -275,8 +265,7 @@ def run_in_process(p: GridPlan, train: Callable[..., int], runs_dir: Path | None
     for i, (combo, cfg) in enumerate(zip(p.combos, p.configs), 1):
         run = new_run_dir(cfg.name, runs_dir)
         with RunLock.acquire(run) as lock:
-            run.save_config(cfg.to_dict())
-            run.update_status(state="queued", queued_at=now_iso(), kind="train", error=None, ended_at=None)
+            run.begin(cfg.to_dict())
             _record(path, run, combo)
             say(f"[grid {i}/{len(p)}] {_describe(combo)} -> {run.path}")
             rc = train(cfg, run, lock=lock)

@@ -118,12 +118,8 @@ def launch(cfg: RunConfig, runs_dir: Path | None = None, lr_find: bool = False, 
     try:
         if resume is not None:
             run.cancel_file.unlink(missing_ok=True)
-        else:
-            run.save_config(cfg.to_dict())
-        stamp = {"resumed_at": now_iso()} if resume is not None and run.status().get("queued_at") else \
-            {"queued_at": now_iso()}  # a resume keeps when the run was first queued
-        run.update_status(state="queued", **stamp, device=device_key(cfg.device),
-                          kind="lr_find" if lr_find else "train", error=None, ended_at=None, pid=None)
+        run.begin(None if resume is not None else cfg.to_dict(), kind="lr_find" if lr_find else "train",
+                  resume=resume is not None, device=device_key(cfg.device))
         # it waits for its turn in a process without torch (core.queue), then becomes the trainer
         cmd = [sys.executable, "-m", "core.queue", str(run.path), device_key(cfg.device), "--",
                "--run-dir", str(run.path), "--config", str(run.config_file), "--queue", "--lock-fd", str(lock.fd)]

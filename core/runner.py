@@ -22,7 +22,7 @@ from . import cv, grid
 from .batches import prepare_data
 from .checkpoint import CheckpointError
 from .cliargs import refuse
-from .config import ConfigError, RunConfig, add_arguments, config_from_args
+from .config import ConfigError, RunConfig, add_arguments, config_from_args, resumable_fields
 from .data import DataError, split_manifest
 from .errors import first_line
 from .jobs import device_key, process_start
@@ -124,17 +124,13 @@ def _train_locked(cfg: RunConfig, run: Run | None, resume: bool, lr_find: bool, 
             dist.destroy_process_group()
 
 
-#: What a resumed run may change: how long and how it runs, not what it trains (that is a new run).
-RESUME_CHANGEABLE = ("epochs", "patience", "log_every", "num_workers", "device", "amp", "channels_last", "compile",
-                     "name")
-
-
 def check_resume_changes(stored: RunConfig, cfg: RunConfig) -> None:
     """Refuse, in one line, a resume that changes what the run trains (its model, data, optimizer ...):
     its checkpoint and optimizer state would not fit, or would silently mean something else."""
+    changeable = resumable_fields()
     for f in fields(RunConfig):
         old, new = getattr(stored, f.name), getattr(cfg, f.name)
-        if old != new and f.name not in RESUME_CHANGEABLE:
+        if old != new and f.name not in changeable:
             raise ConfigError(f"{f.name}: this run was trained with {old!r}, and a resumed run keeps it (not {new!r}); "
                               "start a new run, with --init run --init-from the run folder to keep its weights")
     if SCHEDULERS[cfg.scheduler].spans_run and cfg.epochs != stored.epochs:
@@ -158,8 +154,7 @@ def prepare_run_folder(run: Run, cfg: RunConfig, args: argparse.Namespace) -> No
     if args.queue:  # the launcher wrote `queued` already
         run.update_status(**me)
     else:
-        run.update_status(state="queued", queued_at=now_iso(), kind="lr_find" if args.lr_find else "train",
-                          error=None, ended_at=None, **me)
+        run.begin(kind="lr_find" if args.lr_find else "train", **me)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -112,6 +112,17 @@ class Run:
         readers never write it."""
         return update_json(self.status_file, {**changes, "updated_at": now_iso()})
 
+    def begin(self, config: dict[str, Any] | None = None, kind: str = "train", resume: bool = False,
+              **status: Any) -> dict[str, Any]:
+        """The one way a run is queued: its config (when given), then `queued` in status.json with when and what,
+        clearing what an earlier attempt left (error, end, trainer). A resume keeps when the run was first queued
+        (`queued_at`) and notes `resumed_at`; the queue orders jobs by the later of the two."""
+        if config is not None:
+            self.save_config(config)
+        stamp = "resumed_at" if resume and self.status().get("queued_at") else "queued_at"
+        return self.update_status(state="queued", **{stamp: now_iso()}, kind=kind, error=None, ended_at=None,
+                                  **{"pid": None, **status})
+
     def config(self) -> dict[str, Any]:
         return read_json(self.config_file, {}) or {}
 

@@ -63,3 +63,33 @@ def test_the_cycle_finder_finds_a_cycle(tmp_path, monkeypatch):
     (pkg / "d.py").write_text("from . import a\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert import_cycles("loopy") == [["loopy.a", "loopy.b", "loopy.c"]]
+
+
+# ---- one registry per set of choices: per-option policies live on the option ------------------------------
+
+def test_what_a_resume_may_change_and_a_grid_may_not_vary_is_declared_on_each_option():
+    from core.config import resumable_fields
+    from core.grid import gridable_fields, why_not_gridable
+    assert set(resumable_fields()) == {"epochs", "patience", "log_every", "num_workers", "device", "amp",
+                                       "channels_last", "compile", "name"}
+    assert "how fast a run goes" in why_not_gridable("compile") and "a path" in why_not_gridable("init_from")
+    assert "share their data options" in why_not_gridable("val_fraction") and why_not_gridable("lr") is None
+    assert "lr" in gridable_fields() and "name" not in gridable_fields()
+
+
+@pytest.mark.parametrize("flag, value, message", [("--split-seed", "-1", "below the minimum 0"),
+                                                   ("--split-seed", str(2**32), "above the maximum"),
+                                                   ("--val-fraction", "nan", "not a finite number"),
+                                                   ("--split-mode", "random", "invalid choice")])
+def test_the_data_flags_check_what_the_option_registry_declares(flag, value, message, capsys):
+    import argparse
+
+    from core.data.cli import add_data_arguments
+    parser = argparse.ArgumentParser(prog="t")
+    add_data_arguments(parser)
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args([flag, value])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert "seed of the grouped split (default: 0)" in " ".join(parser.format_help().split())  # the registry's help
+    args = parser.parse_args([])
+    assert (args.split_seed, args.val_fraction, args.keep_split_repeats) == (0, 0.15, False)

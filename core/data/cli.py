@@ -2,26 +2,34 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 
+from ..cliargs import number_in
 from ..progress import ProgressCallback
 from .dataset import HiriseData, load_dataset
-from .merge import CONFLICT_POLICIES
 from .spec import DataSpec
-from .split import SPLIT_MODES
+
+
+#: The DataSpec fields every data CLI takes as flags (the paths are each CLI's own; folds are set by core.cv).
+DATA_FLAGS = tuple(f.name for f in fields(DataSpec) if f.name not in ("paths", "cv_folds", "cv_fold"))
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """The merge and split flags (`DataSpec`'s fields but the paths, with its defaults)."""
-    d = DataSpec()
-    parser.add_argument("--conflict-policy", choices=CONFLICT_POLICIES, default=d.conflict_policy,
-                        help=f"which copy wins a label conflict when merging (default: {d.conflict_policy})")
-    parser.add_argument("--split-mode", choices=SPLIT_MODES, default=d.split_mode,
-                        help="official split when the files carry one, else grouped by observation "
-                             f"(default: {d.split_mode})")
-    parser.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    parser.add_argument("--test-fraction", type=float, default=d.test_fraction)
-    parser.add_argument("--split-seed", type=int, default=d.split_seed)
-    parser.add_argument("--keep-split-repeats", action="store_true", help="keep the split file's repeated rows")
+    """The merge and split flags: `DataSpec`'s fields, with their defaults, and the help, choices and bounds the
+    option registry (`core.config.RunConfig`) declares for them, so that the form, `python -m core.train` and
+    these flags say and check the same."""
+    from ..config import field_specs
+    specs = {s["name"]: s for s in field_specs()}
+    defaults = DataSpec()
+    for name in DATA_FLAGS:
+        spec, default = specs[name], getattr(defaults, name)
+        flag, text = "--" + name.replace("_", "-"), f"{specs[name]['help']} (default: {default})"
+        if spec["type"] is bool:
+            parser.add_argument(flag, action="store_true", help=text)
+        else:
+            parser.add_argument(flag, type=number_in(spec["type"], spec.get("min"), spec.get("max"))
+                                if spec["type"] in (int, float) else spec["type"],
+                                choices=spec["choices"], default=default, help=text)
 
 
 def load_from_args(paths: list[str], args: argparse.Namespace,
