@@ -32,6 +32,13 @@ def wait_for(predicate, timeout: float = 180.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def one_line_error(capsys) -> str:
+    """What a command printed on stderr, checked to be one `error: ...` line without a traceback."""
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
 # ---- the app's pages -------------------------------------------------------------------------------------------
 
 PAGE_TIMEOUT = 180

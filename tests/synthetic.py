@@ -6,6 +6,7 @@ on noise, so a small model's loss falls within a few steps.
 from __future__ import annotations
 
 import io
+import struct
 import zipfile
 from pathlib import Path
 
@@ -80,6 +81,22 @@ def write_zip(path: Path, files: dict[str, bytes], top: str = "") -> Path:
         for rel, data in files.items():
             zf.writestr(f"{top}/{rel}" if top else rel, data)
     return path
+
+
+def official_zip(path: Path) -> tuple[Path, list[str]]:
+    """A small official v3.2 zip (members stored, not compressed); returns it and its tile members."""
+    files = official_files("3.2", n_obs=6, per_obs=4, augment=(), missing=0)
+    write_zip(path, files)
+    return path, sorted(n for n in files if n.endswith(".jpg"))
+
+
+def zip_data_offset(path: Path, member: str) -> int:
+    """Where a member's bytes start in the zip (after its local header): where to damage it."""
+    with zipfile.ZipFile(path) as zf:
+        start = zf.getinfo(member).header_offset
+    raw = path.read_bytes()
+    name_len, extra_len = struct.unpack("<HH", raw[start + 26:start + 30])
+    return start + 30 + name_len + extra_len
 
 
 def write_plain(root: Path, n: int = 16, seed: int = 7, with_observation: bool = False) -> Path:

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from core import jobs
 from core.checkpoint import read_checkpoint
@@ -17,7 +19,7 @@ from core.settings import APP_STATE_FILE, DEFAULT_CHECKPOINT, RUNS_DIR
 from ui import appstate
 from core.runner import train
 from tests import synthetic
-from tests.helpers import button, run_page, texts
+from tests.helpers import button, run_page, texts, tiny
 
 PAGES = ["views/dataset.py", "views/train.py", "views/evaluate.py", "views/explain.py", "views/compare.py"]
 @pytest.fixture()
@@ -474,3 +476,93 @@ def test_the_live_recall_row_says_no_tiles_for_a_class_the_split_lacks(with_runs
     table = next(d.value for d in at.dataframe if label in list(d.value.index))
     # each recall with the Wilson interval of its counts: 2 of 4, 1 of 4
     assert list(table.loc[label]) == ["0.50 (0.15–0.85)", "0.25 (0.05–0.70)", NO_TILES, NO_TILES] and not at.exception
+
+
+# ---- the app's state file written from several threads --------------------------------------------------------
+
+def test_app_state_saved_from_threads_keeps_every_key(tmp_path, monkeypatch):
+    monkeypatch.setattr(appstate, "APP_STATE_FILE", tmp_path / "state.json")
+    errors: list[BaseException] = []
+
+    def save(i: int) -> None:
+        try:
+            for j in range(25):
+                appstate.save_state(**{f"k{i}_{j}": j})
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert len(appstate.load_state()) == 100
+
+
+# ---- pages facing an empty default checkpoint, a damaged zip, an unwritable runs folder, no GPU, no address ----------
+
+@pytest.fixture()
+def own_runs(tmp_path, monkeypatch) -> Path:
+    """An empty runs folder and app state of this test's own."""
+    monkeypatch.setattr("core.runs.RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setattr(appstate, "APP_STATE_FILE", tmp_path / "app-state.json")
+    (tmp_path / "runs").mkdir()
+    return tmp_path / "runs"
+
+
+def test_home_and_explain_survive_an_empty_default_checkpoint(tmp_path, own_runs, monkeypatch):
+    import ui.loaders
+    empty = tmp_path / "hirise-resnet18.pt"
+    empty.touch()
+    monkeypatch.setattr(ui.loaders, "DEFAULT_CHECKPOINT", empty)
+    assert "No default model: hirise-resnet18.pt is empty (0 bytes)" in texts(run_page("app.py"), captions=False)
+    assert "Cannot load the model: hirise-resnet18.pt is empty" in texts(run_page("views/explain.py"), captions=False)
+
+
+def test_dataset_page_lists_a_damaged_zip_member_and_goes_on(tmp_path, own_runs):
+    path, tiles = synthetic.official_zip(tmp_path / "bad-crc.zip")
+    raw = bytearray(path.read_bytes())
+    raw[synthetic.zip_data_offset(path, tiles[0]) + 200] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    appstate.save_state(data_paths=[str(path)])
+    at = run_page("views/dataset.py")
+    assert any(e.label == "1 unreadable tiles (skipped)" for e in at.expander)
+
+
+def test_home_and_train_read_a_lost_run_they_cannot_write(tmp_path, own_runs, data_dir, monkeypatch):
+    lost = Run(own_runs / "20260101-000000-lost")
+    lost.path.mkdir()
+    RunConfig(data=[str(data_dir)], **tiny(image_size=32)).save(lost.config_file)
+    lost.update_status(state="running", pid=2**22 + 11, kind="train")
+
+    def read_only(*_args, **_kw):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("core.runs.update_json", read_only)  # a fake read-only folder: any write raises
+    monkeypatch.setattr("core.jobs.new_run_dir", read_only)
+    at = run_page("app.py")
+    assert at.dataframe[0].value["state"].tolist() == ["lost"]
+    at = run_page("views/train.py")
+    assert "Lost: the training process (pid 4194315) vanished without finishing" in texts(at, captions=False)
+    at.text_area(key="cfg_data_text").input(str(data_dir)).run()
+    next(b for b in at.button if b.label == "Launch training").click().run()
+    assert not at.exception
+    assert f"Not launched: cannot write to {own_runs}: Permission denied" in texts(at, captions=False)
+
+
+def test_the_device_box_offers_cuda_only_with_a_gpu(own_runs, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    at = run_page("views/train.py")
+    assert at.selectbox(key="cfg_device").options == ["auto", "cpu"]
+
+
+@pytest.mark.parametrize("address, serves", [(None, False), ("", False), ("127.0.0.1", True), ("0.0.0.0", True)])
+def test_the_app_serves_nothing_on_an_address_nobody_chose(own_runs, monkeypatch, address, serves):
+    import streamlit
+    real = streamlit.get_option
+    monkeypatch.setattr(streamlit, "get_option", lambda key: address if key == "server.address" else real(key))
+    for path in ("app.py", "views/explain.py"):
+        at = run_page(path)
+        assert bool(at.title) == serves
+        assert ("started without a server address" in texts(at, captions=False)) != serves

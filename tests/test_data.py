@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import struct
+import tracemalloc
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,7 @@ from torch.utils.data import DataLoader
 from core.data import (DataError, DataSpec, DeviceBatches, TileDataset, begin_epoch, find_leakage, load_dataset, merge_sources,
                        open_tile_cache, parse_name, read_source, split_dataset, summarize, training_batches)
 from core.data.__main__ import main as data_cli
-from tests import synthetic
+from tests import model_fixtures, synthetic
 
 
 def tree_digest(root: Path) -> str:
@@ -364,3 +367,95 @@ def test_a_source_search_passes_by_folders_it_may_not_list(tmp_path, monkeypatch
     storage = Storage.open(tmp_path)
     assert storage.subdirs("locked") == []
     assert storage.find("labels.csv") == "open/deeper"
+
+
+# ---- damaged zip members, zip bombs and oversized files are skipped with their reason -------------------------
+
+def _set_declared_size(path: Path, member: str, size: int) -> None:
+    """Make the central directory lie about a member's uncompressed size (what an attacker controls)."""
+    raw = bytearray(path.read_bytes())
+    end = raw.rindex(b"PK\x05\x06")  # the end-of-central-directory record says where the directory starts
+    entry = struct.unpack("<I", raw[end + 16:end + 20])[0]
+    while True:
+        name_len = struct.unpack("<H", raw[entry + 28:entry + 30])[0]
+        if raw[entry + 46:entry + 46 + name_len].decode() == member:
+            raw[entry + 24:entry + 28] = struct.pack("<I", size)
+            break
+        extra_len, comment_len = struct.unpack("<HH", raw[entry + 30:entry + 34])
+        entry += 46 + name_len + extra_len + comment_len
+    path.write_bytes(bytes(raw))
+
+
+def test_a_member_with_a_bad_crc_is_skipped_with_its_reason(tmp_path, capsys):
+    from core import evaluate
+    path, tiles = synthetic.official_zip(tmp_path / "bad-crc.zip")
+    offset = synthetic.zip_data_offset(path, tiles[3]) + 200
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0xFF  # one flipped bit in the middle of a JPEG: only the CRC knows
+    path.write_bytes(bytes(raw))
+    data = load_dataset([str(path)])
+    assert [f for f, _ in data.unreadable] == [f"bad-crc.zip:{tiles[3]}"]
+    assert "Bad CRC-32" in data.unreadable[0][1]
+    assert len(data.records) == len(tiles) - 1
+    assert data_cli(["summary", str(path)]) == 0
+    assert "1 unreadable tiles were skipped" in capsys.readouterr().out
+    code = evaluate.main(["--checkpoint", str(model_fixtures.tiny_checkpoint()), "--data", str(path), "--split", "all"])
+    assert code == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("declared", ["honest", "lying"])
+def test_a_zip_bomb_member_is_refused_with_bounded_memory(tmp_path, declared):
+    files = synthetic.official_files("3.2", n_obs=6, per_obs=4, augment=(), missing=0)
+    bomb = "ESP_010000_2000_RED-0099.jpg"
+    files["labels-map-proj_v3_2.txt"] += f"{bomb} 1\n".encode()
+    files["labels-map-proj_v3_2_train_val_test.txt"] += f"{bomb} 1 train\n".encode()
+    path = synthetic.write_zip(tmp_path / "bomb.zip", files)
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as zf, \
+            zf.open(f"map-proj-v3_2/{bomb}", "w") as out:  # 96 MiB of zeros, about 100 KB deflated
+        for _ in range(96):
+            out.write(bytes(1 << 20))
+    if declared == "lying":
+        _set_declared_size(path, f"map-proj-v3_2/{bomb}", 4096)  # claims 4 KiB: only a capped read stays bounded
+    tracemalloc.start()
+    try:
+        data = load_dataset([str(path)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    reasons = dict(data.unreadable)
+    assert list(reasons) == [f"bomb.zip:map-proj-v3_2/{bomb}"]
+    assert ("96.0 MiB, over the 64 MiB limit" if declared == "honest" else "Bad CRC-32") in reasons[list(reasons)[0]]
+    assert peak < 24 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+    assert len(data.records) == sum(n.endswith(".jpg") for n in files)
+
+
+def test_an_oversized_file_in_a_folder_is_skipped_unread(tmp_path):
+    root = synthetic.write_folder(tmp_path / "v32", synthetic.official_files("3.2", n_obs=6, per_obs=4,
+                                                                            augment=(), missing=0))
+    victim = sorted((root / "map-proj-v3_2").iterdir())[0]
+    with open(victim, "r+b") as f:
+        f.truncate(200 * 2**20)  # sparse: costs no disk, would cost 200 MiB to read
+    tracemalloc.start()
+    try:
+        data = load_dataset([str(root)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+    assert [f.split(":", 1)[1] for f, _ in data.unreadable] == [f"map-proj-v3_2/{victim.name}"]
+    assert "200.0 MiB, over the 64 MiB limit" in data.unreadable[0][1]
+
+
+# ---- a labels.csv naming one file twice -----------------------------------------------------------------------
+
+def test_labels_csv_refuses_one_file_with_several_labels(tmp_path):
+    root = synthetic.write_plain(tmp_path / "own", n=4)
+    rows = (root / "labels.csv").read_text().splitlines()
+    name = rows[1].split(",")[0]
+    (root / "labels.csv").write_text("\n".join(rows + [f"{name},1", f"{name},2"]) + "\n")
+    with pytest.raises(DataError, match=r"labels.csv line 6: tiles/own-0.jpg is labelled crater here and other on "
+                                        r"line 2; a file takes one label"):
+        read_source(root)
+    (root / "labels.csv").write_text("\n".join(rows + [f"{name},other", f"{name},0"]) + "\n")
+    src = read_source(root)
+    assert len(src.records) == 4 and any("2 files again with the same label" in w for w in src.warnings)

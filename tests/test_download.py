@@ -57,3 +57,9 @@ def test_offline_says_what_to_do():
     with pytest.raises(DownloadError) as err:
         file_info(api="http://127.0.0.1:9/api/records", timeout=2)
     assert "offline" in str(err.value) and "zenodo.org/records/4002935" in str(err.value)
+
+
+def test_offline_download_hint_names_the_chosen_folder(tmp_path, capsys):
+    dest = tmp_path / "my-data"
+    with pytest.raises(DownloadError, match=f"put it in {dest} "):
+        download_v32(dest, api="http://127.0.0.1:9/api/records")

@@ -5,6 +5,7 @@ import io
 import struct
 import subprocess
 import sys
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -239,3 +240,53 @@ def test_every_probability_bar_carries_its_figure():
     bar = fig.data[0]
     assert len(bar.text) == 8 and "<0.1%" in bar.text and all(t for t in bar.text)
     assert all(pos == "outside" for pos, x in zip(bar.textposition, bar.x) if x < 0.5)
+
+
+# ---- class maps of large images drawn in bounded memory -------------------------------------------------------
+
+def _reference_render(gray, class_map, alpha=0.45, skip=("other",), min_confidence=0.0):
+    """render_class_map as it was: float32 over the whole image (5.5 GB for a 7,900 px square)."""
+    from core.classes import CLASS_COLORS
+    from core.tiling import _grid_index
+    h, w = class_map.image_shape
+    rgb = np.repeat(gray[:h, :w, None].astype(np.float32), 3, axis=2)
+    index = _grid_index(class_map)
+    classes = class_map.classes[index]
+    palette = np.array([CLASS_COLORS.get(c, (255, 255, 255)) for c in class_map.class_names], dtype=np.float32)
+    keep = np.array([c not in skip for c in class_map.class_names])[classes]
+    if min_confidence > 0:
+        keep &= class_map.confidence[index] >= min_confidence
+    rgb[keep] = (1 - alpha) * rgb[keep] + alpha * palette[classes][keep]
+    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+
+
+def _random_class_map(h: int, w: int, stride: int, seed: int):
+    rng = np.random.default_rng(seed)
+    ys, xs = window_starts(h, 227, stride), window_starts(w, 227, stride)
+    boxes = np.array([[[x, y, min(x + 227, w), min(y + 227, h)] for x in xs] for y in ys], dtype=np.int64)
+    shape = (len(ys), len(xs))
+    return ClassMap(classes=rng.integers(0, 8, shape), confidence=rng.random(shape).astype(np.float32),
+                    probabilities=np.zeros((*shape, 8), np.float32), boxes=boxes, window=227, stride=stride,
+                    image_shape=(h, w), class_names=list(CLASS_NAMES))
+
+
+@pytest.mark.parametrize("alpha, min_confidence", [(0.45, 0.0), (0.8, 0.5), (1.0, 0.0), (0.0, 0.0)])
+def test_class_map_rendering_draws_what_it_drew_before(alpha, min_confidence):
+    gray = np.random.default_rng(1).integers(0, 256, (700, 1000), dtype=np.uint8)
+    cm = _random_class_map(700, 1000, 113, seed=2)
+    np.testing.assert_array_equal(render_class_map(gray, cm, alpha, min_confidence=min_confidence),
+                                  _reference_render(gray, cm, alpha, min_confidence=min_confidence))
+
+
+def test_class_map_of_a_large_image_needs_little_more_than_its_result():
+    h, w = 4000, 3900
+    gray = np.random.default_rng(3).integers(0, 256, (h, w), dtype=np.uint8)
+    cm = _random_class_map(h, w, 227, seed=4)
+    tracemalloc.start()
+    try:
+        out = render_class_map(gray, cm)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    result = out.nbytes  # 47 MB; the float32 version needed over 10x that
+    assert peak < result + 24 * 2**20, f"peak {peak / 2**20:.0f} MiB for a {result / 2**20:.0f} MiB result"

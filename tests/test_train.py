@@ -6,10 +6,12 @@ import hashlib
 import http.server
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,19 +24,24 @@ from core.config import ConfigError, RunConfig
 from core.models import (WeightsUnavailable, build_model, fetch_imagenet_weights, frozen_stages, imagenet_status,
                          unfrozen_after)
 from core.optim import OPTIMIZERS, lr_range_test
-from core.runs import Run, best_epoch_row, list_runs
+from core.runs import Run, RunLock, best_epoch_row, list_runs
 from core.settings import PROJECT_ROOT
 from core.runner import main as train_cli
 from core.runner import train
-from tests.helpers import TINY, wait_for
+from tests.helpers import TINY, one_line_error, tiny, wait_for
 
-def run_tiny(tmp_path: Path, data_dir: Path, **overrides) -> Run:
+def run_tiny(tmp_path: Path, data_dir: Path, folder: str = "run", **overrides) -> Run:
+    """A finished run in tmp_path/folder: TINY, 2 epochs of 2 steps, with `overrides`."""
     cfg = RunConfig(data=[str(data_dir)], **{**TINY, "epochs": 2, "max_steps_per_epoch": 2, **overrides}).validate()
-    run = Run(tmp_path / "run")
+    run = Run(tmp_path / folder)
     run.path.mkdir(parents=True)
     cfg.save(run.config_file)
     assert train(cfg, run) == 0, run.status()
     return run
+
+
+def epoch_rows(run: Run) -> list[int]:
+    return [r["epoch"] for r in run.metrics() if r["kind"] == "epoch"]
 
 
 def test_run_folder_checkpoint_and_falling_loss(tmp_path, data_dir, monkeypatch):
@@ -398,3 +405,206 @@ def test_the_queue_waiter_refuses_what_is_not_a_queued_run(tmp_path, capsys):
     assert queue.main([str(tmp_path / "nope"), "cpu", "--"]) == 2
     assert "not a queued run" in capsys.readouterr().err and not (tmp_path / ".locks").exists()
     assert queue.main([str(tmp_path), "../../etc", "--"]) == 2 and "device" in capsys.readouterr().err
+
+
+# ---- one trainer per run: a second is refused, a queued job holds its run -------------------------------------
+
+def test_a_second_trainer_is_refused_without_touching_the_run(tmp_path, data_dir, capsys, monkeypatch):
+    monkeypatch.setattr(RunLock, "RETRY_SECONDS", 0.1)
+    run = run_tiny(tmp_path, data_dir, folder="r", image_size=32, epochs=1)
+    capsys.readouterr()
+    before = {f: (run.path / f).read_bytes() for f in ("status.json", "metrics.jsonl", "config.json")}
+    with RunLock.acquire(run):  # stands for a live trainer, whatever started it
+        assert train_cli(["--run-dir", str(run.path), "--resume", "--epochs", "3"]) == 2
+        assert "already has a trainer" in one_line_error(capsys)
+        cfg = RunConfig.load(run.config_file)
+        assert train(cfg, run, resume=True) == 2
+        with pytest.raises(jobs.JobError, match="already has a trainer"):
+            jobs.launch(cfg, resume=run)  # the Train page's Resume button
+    assert {f: (run.path / f).read_bytes() for f in before} == before
+
+
+@pytest.mark.slow
+def test_cli_resume_beside_an_app_launched_run_is_refused(tmp_path, data_dir, capsys):
+    cfg = RunConfig(data=[str(data_dir)], **tiny(image_size=32), epochs=400, max_steps_per_epoch=2, scheduler="none",
+                    patience=0)
+    run = jobs.launch(cfg, runs_dir=tmp_path)
+    assert run.trainer_alive()  # held from the launch on, before the job has even imported torch
+    wait_for(lambda: run.last_checkpoint.is_file(), what="a first epoch")
+    pid = run.status()["pid"]
+    capsys.readouterr()
+    assert train_cli(["--run-dir", str(run.path), "--resume", "--epochs", "500"]) == 2
+    assert "already has a trainer" in one_line_error(capsys)
+    with pytest.raises(jobs.JobError):
+        jobs.launch(RunConfig.load(run.config_file), resume=run)
+    status = run.status()
+    assert status["pid"] == pid and status["state"] == "running" and RunConfig.load(run.config_file).epochs == 400
+    jobs.cancel(run)
+    wait_for(lambda: jobs.job_state(run) == "cancelled", what="cancelled")
+    epochs = epoch_rows(run)
+    assert epochs == list(range(1, len(epochs) + 1))  # each epoch written once, by one trainer
+    steps = [r["step"] for r in run.metrics() if r["kind"] == "step"]
+    assert steps == sorted(set(steps))  # the step counter never went backwards
+
+
+@pytest.mark.slow
+def test_a_queued_job_holds_its_run_and_is_not_lost(tmp_path, data_dir):
+    cfg = RunConfig(data=[str(data_dir)], **tiny(image_size=32), epochs=3, max_steps_per_epoch=2)
+    first = jobs.launch(cfg, runs_dir=tmp_path)
+    second = jobs.launch(cfg, runs_dir=tmp_path)
+    wait_for(lambda: first.status().get("state") == "running", what="first running")
+    assert jobs.job_state(second) == "queued" and second.trainer_alive()
+    wait_for(lambda: jobs.job_state(second) == "completed", what="both jobs")
+
+
+# ---- cancelling a job in its first seconds --------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_cancelling_a_job_that_is_still_starting_ends_cancelled(tmp_path, data_dir):
+    cfg = RunConfig(data=[str(data_dir)], **tiny(image_size=32), epochs=50, max_steps_per_epoch=2)
+    run = jobs.launch(cfg, runs_dir=tmp_path)
+    jobs.cancel(run)  # the job is still importing torch
+    wait_for(lambda: not run.trainer_alive(), what="the job to end")
+    assert run.status()["state"] == "cancelled"  # written by the job itself, not derived
+    assert not run.metrics()
+
+
+@pytest.mark.slow
+def test_sigterm_while_importing_ends_cancelled(tmp_path, data_dir):
+    run_dir = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "core.train", "--run-dir", str(run_dir), "--data", str(data_dir),
+                             "--model", "simple_cnn", "--init", "scratch", "--image-size", "32", "--epochs", "50"],
+                            cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    time.sleep(0.5)  # python is up; torch is still importing
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=180)[0].decode()
+    assert proc.returncode == 0, out
+    assert Run(run_dir).status()["state"] == "cancelled"
+
+
+# ---- the command line refuses a missing GPU, bad options and bad config files in one line ---------------------
+
+def test_cuda_without_a_gpu_is_refused_in_one_line(tmp_path, data_dir, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no GPU"):
+        RunConfig(data=["x"], device="cuda").validate()
+    assert train_cli(["--run-dir", str(tmp_path / "cli"), "--data", str(data_dir), "--device", "cuda"]) == 2
+    assert "no GPU" in one_line_error(capsys)
+    assert jobs.device_choices() == ("auto", "cpu")
+    # a config that skipped validation (an old config.json) fails the run, with the reason, instead of a traceback
+    run = Run(tmp_path / "direct")
+    run.path.mkdir()
+    cfg = RunConfig(data=[str(data_dir)], **tiny(image_size=32), device="cuda")
+    assert train(cfg, run) == 2
+    assert run.status()["state"] == "failed" and "no GPU" in run.status()["error"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "nan"], "lr: nan is not a finite number"), (["--lr", "inf"], "lr: inf is not a finite number"),
+    (["--weight-decay", "nan"], "weight_decay: nan"), (["--mixup-alpha", "nan"], "mixup_alpha: nan"),
+    (["--scheduler", "plateau", "--plateau-factor", "5"], "plateau_factor"),
+    (["--scheduler", "step", "--gamma", "-5"], "gamma"), (["--lr", "0"], "lr: 0.0 must be above 0"),
+    (["--scheduler", "cosine", "--min-lr", "-1"], "min_lr")])
+def test_cli_refuses_non_finite_and_out_of_range_options(tmp_path, data_dir, capsys, flags, message):
+    assert train_cli(["--run-dir", str(tmp_path / "r"), "--data", str(data_dir), *flags]) == 2
+    assert message in one_line_error(capsys)
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"data": ["x"], "epochs": true}', "epochs: True is not a whole number"),
+    (b'["--lr", "0.1"]', "a JSON object of options, not a list"),
+    (bytes(range(256)) * 4, "not a text file"),
+    (b'{"data": ["x"], "name": ["a"]}', "name: ['a'] is not a valid str")])
+def test_cli_refuses_bad_config_files_in_one_line(tmp_path, capsys, content, message):
+    path = tmp_path / "config.json"
+    path.write_bytes(content)
+    assert train_cli(["--run-dir", str(tmp_path / "r"), "--config", str(path)]) == 2
+    assert message in one_line_error(capsys)
+
+
+# ---- resuming from the command line ---------------------------------------------------------------------------
+
+def test_cli_resume_clears_cancel_records_overrides_and_stale_errors(tmp_path, data_dir, capsys):
+    run = run_tiny(tmp_path, data_dir, folder="r", image_size=32, epochs=1, scheduler="none")
+    run.cancel_file.touch()  # cancelled in the app earlier
+    run.update_status(state="lost", error="the training process (pid 1) vanished without finishing")
+    (run.path / "last.pt.tmp").write_bytes(b"half a checkpoint")  # left by a kill -9
+    (run.path / ".status.json.abc.tmp").write_text("{")
+    assert train_cli(["--run-dir", str(run.path), "--resume", "--epochs", "2"]) == 0
+    status = run.status()
+    assert status["state"] == "completed" and status["error"] is None, status
+    assert epoch_rows(run) == [1, 2] and not run.cancel_file.exists()
+    assert RunConfig.load(run.config_file).epochs == 2  # the app shows 2/2, not 2/1
+    assert not list(run.path.glob("*.tmp"))
+
+
+def test_cli_resume_refuses_another_model_in_one_line(tmp_path, data_dir, capsys):
+    run = run_tiny(tmp_path, data_dir, folder="r", image_size=32, epochs=1)
+    capsys.readouterr()
+    before = run.status_file.read_bytes()
+    assert train_cli(["--run-dir", str(run.path), "--resume", "--model", "resnet18"]) == 2
+    assert "model: this run was trained with 'simple_cnn'" in one_line_error(capsys)
+    assert train_cli(["--run-dir", str(run.path), "--resume", "--epochs", "3"]) == 2  # cosine: laid out over 1
+    assert "the onecycle schedule is laid out over the run's 1 epochs" in one_line_error(capsys)
+    assert run.status_file.read_bytes() == before and RunConfig.load(run.config_file).model == "simple_cnn"
+
+
+# ---- a crash and a read-only runs folder are reported in one line ---------------------------------------------
+
+def test_an_unexpected_crash_stores_one_short_line(tmp_path, data_dir, monkeypatch):
+    def crash(*_args, **_kw):
+        raise RuntimeError("Error(s) in loading state_dict:\n" + "\tsize mismatch for a weight\n" * 200)
+
+    monkeypatch.setattr("core.runner.fit", crash)
+    run = Run(tmp_path / "r")
+    run.path.mkdir()
+    assert train(RunConfig(data=[str(data_dir)], **tiny(image_size=32)).validate(), run) == 1
+    error = run.status()["error"]
+    assert error.startswith("RuntimeError: Error(s) in loading state_dict") and "\n" not in error and len(error) < 400
+
+
+def unprivileged() -> list[str]:
+    """A command prefix under which file modes apply. Root ignores them, so as root the command runs
+    under setpriv with every capability dropped (it stays uid 0, owner of the project's files)."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a read-only folder cannot be made to bite")
+    return ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
+
+
+def test_a_read_only_runs_folder_is_reported_in_one_line(tmp_path, data_dir):
+    runs = tmp_path / "runs"
+    lost = Run(runs / "lost")
+    lost.path.mkdir(parents=True)
+    RunConfig(data=[str(data_dir)], **tiny(image_size=32)).save(lost.config_file)
+    lost.update_status(state="running", pid=2**22 + 9)
+    (lost.path / "last.pt").write_bytes(b"x")
+    for folder in (lost.path, runs):
+        folder.chmod(0o555)
+    cli = [*unprivileged(), sys.executable, "-m", "core.train"]
+    try:
+        new = subprocess.run([*cli, "--run-dir", str(runs / "new"), "--data", str(data_dir)], cwd=PROJECT_ROOT,
+                             capture_output=True, text=True, timeout=120)
+        resumed = subprocess.run([*cli, "--run-dir", str(lost.path), "--resume"], cwd=PROJECT_ROOT,
+                                 capture_output=True, text=True, timeout=120)
+        script = ("import sys\nfrom pathlib import Path\nfrom core import jobs\nfrom core.config import RunConfig\n"
+                  "from core.runs import Run\nrun = Run(Path(sys.argv[1]) / 'lost')\n"
+                  "print(jobs.job_state(run), jobs.observed_status(run)['error'])\n"
+                  "try:\n    jobs.launch(RunConfig.load(run.config_file), runs_dir=Path(sys.argv[1]))\n"
+                  "except jobs.JobError as exc:\n    print(exc)\n")
+        app_side = subprocess.run([*unprivileged(), sys.executable, "-c", script, str(runs)], cwd=PROJECT_ROOT,
+                                  capture_output=True, text=True, timeout=120)
+    finally:
+        for folder in (lost.path, runs):
+            folder.chmod(0o755)
+    for proc in (new, resumed):
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith("error: cannot write the run folder") and "Permission denied" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    assert app_side.returncode == 0, app_side.stderr
+    lines = app_side.stdout.splitlines()
+    assert lines[0].startswith("lost the training process") and "vanished" in lines[0]
+    assert lines[1] == f"cannot write to {runs}: Permission denied"
+    assert lost.status()["state"] == "running"  # read, never rewritten

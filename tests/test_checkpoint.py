@@ -1,0 +1,79 @@
+"""Checkpoints (core.checkpoint): a hand-made one checked field by field, an empty or truncated file refused in one
+line wherever a checkpoint is read, and no temporary file left by a failed write."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.checkpoint import CheckpointError, checkpoint_payload, read_checkpoint, save_checkpoint
+from core.config import RunConfig
+from core.models import build_model
+from core.runner import train
+from core.runs import Run
+from tests import model_fixtures, synthetic
+from tests.helpers import one_line_error, tiny
+
+
+def _hand_made(tmp_path: Path, name: str, **changes) -> Path:
+    payload = checkpoint_payload(build_model("simple_cnn"), arch="simple_cnn", image_size=32, mean=0.4, std=0.1,
+                                 config={})
+    payload.update(changes)
+    return save_checkpoint(tmp_path / f"{name}.pt", payload)
+
+
+# ---- every field of a hand-made checkpoint is checked ---------------------------------------------------------
+
+@pytest.mark.parametrize("changes, message", [
+    ({"image_size": "32"}, "image_size '32' is not a whole number"),
+    ({"image_size": 200_000}, "image_size 200000 is not a whole number of pixels from 32 to 512"),
+    ({"state_dict": [1, 2]}, "state_dict is not a dictionary of named weight tensors"),
+    ({"class_names": "other"}, "class_names"), ({"mean": float("nan")}, "mean nan is not a finite number"),
+    ({"std": 0.0}, "std 0.0 is not positive"), ({"temperature": "hot"}, "temperature"),
+    ({"train_state": {"epoch": "3"}}, "train_state lacks a valid optimizer"), ({"in_chans": 3}, "in_chans 3")])
+def test_hand_made_checkpoints_are_refused_field_by_field(tmp_path, changes, message):
+    with pytest.raises(CheckpointError, match="not a usable checkpoint") as err:
+        read_checkpoint(_hand_made(tmp_path, "hand", **changes))
+    assert message in str(err.value)
+
+
+# ---- empty, truncated and half-written files ------------------------------------------------------------------
+
+def test_an_empty_checkpoint_is_refused_everywhere_in_one_line(tmp_path, data_dir, capsys):
+    from core import evaluate, predict
+    empty = tmp_path / "empty.pt"
+    empty.touch()
+    with pytest.raises(CheckpointError, match="empty.pt is empty"):
+        read_checkpoint(empty)
+    tile = tmp_path / "t.jpg"
+    tile.write_bytes(synthetic.jpeg(synthetic.tile(1, 1)))
+    assert predict.main(["--checkpoint", str(empty), str(tile)]) == 2
+    assert "is empty" in one_line_error(capsys)
+    assert evaluate.main(["--checkpoint", str(empty), "--data", str(data_dir)]) == 2
+    assert "is empty" in one_line_error(capsys)
+    run = Run(tmp_path / "init-from")
+    run.path.mkdir()
+    cfg = RunConfig(data=[str(data_dir)], **{**tiny(image_size=32), "init": "run", "init_from": str(empty)})
+    assert train(cfg.validate(), run) == 2
+    assert run.status()["error"] == "empty.pt is empty (0 bytes): not a checkpoint"
+
+
+def test_a_truncated_checkpoint_is_refused(tmp_path):
+    good = model_fixtures.tiny_checkpoint().read_bytes()
+    for n in (1, 10, len(good) // 2):
+        cut = tmp_path / f"cut{n}.pt"
+        cut.write_bytes(good[:n])
+        with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+            read_checkpoint(cut)
+
+
+def test_a_failed_checkpoint_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def fail(_payload, path):
+        Path(path).write_bytes(b"part")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", fail)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path / "last.pt", {"format": "x"})
+    assert not list(tmp_path.iterdir())
