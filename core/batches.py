@@ -3,6 +3,7 @@ the batches (resident on the device, or through a DataLoader when per-tile trans
 into model input by `training_input`."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from . import augment
 from .checkpoint import read_checkpoint
 from .classes import CLASS_NAMES, NUM_CLASSES
 from .config import RunConfig
-from .data import DataError, DeviceBatches, HiriseData, TileDataset, load_dataset, training_batches
+from .data import DataError, DeviceBatches, HiriseData, TileDataset, begin_epoch, load_dataset, training_batches
 from .imageio import TILE_SIZE
 from .models import spec
 from .preprocess import to_model_input
@@ -90,7 +91,8 @@ def init_checkpoint(cfg: RunConfig) -> Path:
     return path / "best.pt" if path.is_dir() else path
 
 
-def train_batches(cfg: RunConfig, td: TrainData, device: torch.device, rank: int = 0, world: int = 1) -> DeviceBatches | DataLoader:
+def train_batches(cfg: RunConfig, td: TrainData, device: torch.device, rank: int = 0, world: int = 1
+                  ) -> DeviceBatches | DataLoader:
     """This rank's training batches: tiles resident on the device unless per-tile transforms need a DataLoader."""
     return training_batches(td.train, cfg.batch_size, device, balanced=cfg.imbalance == "balanced_sampler",
                             num_classes=NUM_CLASSES, seed=cfg.seed, rank=rank, world=world,
@@ -110,3 +112,49 @@ def training_input(cfg: RunConfig, td: TrainData, tiles: torch.Tensor, device: t
     """A batch of uint8 training tiles -> model input on `device` (batch augmentation included)."""
     x = to_model_input(tiles.to(device, non_blocking=True), td.mean, td.std, cfg.input_size, td.batch_augment)
     return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+
+
+class ModelBatches:
+    """The one loader training reads: this rank's batches as the model takes them, `(x, target, labels)`.
+
+    Tiles come resident on the device (or through a DataLoader when per-tile transforms need workers); batch
+    augmentation, resizing, normalisation and the memory layout are applied on the device (`training_input`), then
+    MixUp/CutMix (`target` is then soft, `labels` stay the hard ones). An epoch is at most `max_steps` batches."""
+
+    def __init__(self, cfg: RunConfig, td: TrainData, device: torch.device, rank: int = 0, world: int = 1):
+        self.cfg, self.td, self.device = cfg, td, device
+        self.source = train_batches(cfg, td, device, rank, world)
+        self.mixer = augment.batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, NUM_CLASSES)
+        self.steps = min(len(self.source), cfg.max_steps_per_epoch or len(self.source))
+
+    def __len__(self) -> int:
+        return self.steps
+
+    @property
+    def mixes(self) -> bool:
+        """Whether targets are mixed (a training accuracy then means little and is not reported)."""
+        return self.mixer is not None
+
+    def describe(self) -> str:
+        return describe_batches(self.source)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The batches of `epoch` (which seeds the sampler's order)."""
+        begin_epoch(self.source, epoch)
+        for i, (tiles, labels) in enumerate(self.source):
+            if i >= self.steps:
+                return
+            yield self.ready(tiles, labels)
+
+    def forever(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Batches without end, epoch after epoch (the LR range test takes as many as it needs)."""
+        epoch = 0
+        while True:
+            yield from self.epoch(epoch)
+            epoch += 1
+
+    def ready(self, tiles: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = training_input(self.cfg, self.td, tiles, self.device)
+        labels = labels.to(self.device, non_blocking=True)
+        x, target = self.mixer(x, labels) if self.mixer is not None else (x, labels)
+        return x, target, labels

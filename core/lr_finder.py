@@ -1,5 +1,6 @@
 """The LR range test (Smith, 2015) on a run's own model, data and optimizer: the engine's `set_up` and step, with
-`core.optim.lr_range_test` sweeping the learning rate; the Train page draws its progress as it does an epoch's."""
+`core.optim.lr_range_test` sweeping the learning rate over the batches training takes (`ModelBatches`, mixing included);
+the Train page draws its progress as it does an epoch's."""
 from __future__ import annotations
 
 import time
@@ -7,7 +8,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from .batches import TrainData, training_input
+from .batches import TrainData
 from .config import RunConfig
 from .optim import lr_range_test
 from .process import Dist, StopFlag
@@ -21,22 +22,16 @@ def find_lr(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, log, s
     """The LR range test on this run's model, data and optimizer (`set_up`, as training); its progress goes to
     `run`'s status (batch i of `num_steps`, images/s, ETA) the way an epoch's does, so the app draws it the same way."""
     t = set_up(cfg, td, d, device, log)
-    batches = iter(t.loader)
+    batches = t.batches.forever()
     t.model.train()
 
     def step(lr: float) -> float:
-        nonlocal batches
         if stop:
             raise Cancelled()
-        try:
-            x, y = next(batches)
-        except StopIteration:
-            batches = iter(t.loader)
-            x, y = next(batches)
+        x, target, _ = next(batches)
         for g in t.optimizer.param_groups:
             g["lr"] = lr * g["lr_scale"]
-        x = training_input(cfg, td, x, device)
-        return float(optimizer_step(t.model, t.criterion, t.optimizer, x, y.to(device), device, t.amp)[1].detach())
+        return float(optimizer_step(t.model, t.criterion, t.optimizer, x, target, device, t.amp)[1].detach())
 
     bar = tqdm(total=num_steps, desc="LR range test", unit="batch", mininterval=2.0)
     start = time.perf_counter()

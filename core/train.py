@@ -23,15 +23,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import augment
-from .batches import TrainData, init_checkpoint, train_batches, describe_batches, training_input
+from .batches import ModelBatches, TrainData, init_checkpoint
 from .checkpoint import CheckpointError, checkpoint_payload, model_from_payload, read_checkpoint, save_checkpoint
 from .classes import NUM_CLASSES
 from .config import RunConfig
-from .data import DeviceBatches, RecordTiles, begin_epoch, split_manifest
+from .data import RecordTiles, split_manifest
 from .evaluate import evaluation_records, report_from_logits, save_report
 from .inference import predict_features, probabilities, training_model_logits
 from .metrics import classification_metrics, headline
@@ -95,7 +93,7 @@ class Trainer:
     """What training and the LR range test train with: built once, by `set_up`."""
 
     model: nn.Module
-    loader: DeviceBatches | DataLoader
+    batches: ModelBatches  # model-ready (x, target, labels), augmentation, normalisation and mixing included
     optimizer: torch.optim.Optimizer
     criterion: nn.Module
     amp: bool  # bf16 autocast (see `use_bf16`)
@@ -109,13 +107,13 @@ def set_up(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, log) ->
         model = model.to(memory_format=torch.channels_last)
     initial_frozen = frozen_stages(cfg.model, cfg.freeze, cfg.freeze_below)
     set_frozen(model, cfg.model, initial_frozen)
-    loader = train_batches(cfg, td, device, d.rank, d.world)
-    log(describe_batches(loader))
+    batches = ModelBatches(cfg, td, device, d.rank, d.world)
+    log(batches.describe())
     optimizer = build_optimizer(cfg, model)
     weights = loss_weights(cfg.imbalance, td.train_labels, NUM_CLASSES)
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device),
                                     label_smoothing=cfg.label_smoothing)
-    return Trainer(model, loader, optimizer, criterion, use_bf16(cfg, device, log), initial_frozen)
+    return Trainer(model, batches, optimizer, criterion, use_bf16(cfg, device, log), initial_frozen)
 
 
 @dataclass
@@ -145,9 +143,7 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
     on_cuda = device.type == "cuda"
     t = set_up(cfg, td, d, device, log)
     model = t.model
-    steps_per_epoch = len(t.loader) if not cfg.max_steps_per_epoch else min(len(t.loader), cfg.max_steps_per_epoch)
-    schedule = Schedule(cfg, t.optimizer, steps_per_epoch)
-    mixer = augment.batch_mixer(cfg.mixup_alpha, cfg.cutmix_alpha, NUM_CLASSES)
+    schedule = Schedule(cfg, t.optimizer, len(t.batches))
     progress = resume_from(run, t, schedule, log) if resume else Progress()
     if run is not None:  # what it trains with, where the configuration leaves it to the model or the machine
         run.update_status(effective={"amp": t.amp, "input_size": cfg.input_size, "frozen": t.initial_frozen})
@@ -168,8 +164,7 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
                 ddp_model = DistributedDataParallel(compiled, device_ids=[device.index] if on_cuda else None)
         ddp_model.train()
         freeze_batchnorm_of_frozen(model, cfg.model, frozen or [])
-        stats = train_one_epoch(cfg, t, ddp_model, td, d, device, schedule, mixer, epoch, steps_per_epoch,
-                                progress, run, stop)
+        stats = train_one_epoch(cfg, t, ddp_model, schedule, epoch, progress, d, run, stop)
         if stats is None:
             log(f"stopping at epoch {epoch + 1}: cancel requested (last.pt keeps the last finished epoch)")
             return True
@@ -226,51 +221,43 @@ def resume_from(run: Run | None, t: Trainer, schedule: Schedule, log) -> Progres
                     bad_epochs=state["bad_epochs"], step=state["step"])
 
 
-def train_one_epoch(cfg: RunConfig, t: Trainer, ddp_model: nn.Module, td: TrainData, d: Dist, device: torch.device,
-                    schedule: Schedule, mixer: nn.Module | None, epoch: int, steps_per_epoch: int, progress: Progress,
-                    run: Run | None, stop: StopFlag) -> EpochStats | None:
+def train_one_epoch(cfg: RunConfig, t: Trainer, model: nn.Module, schedule: Schedule, epoch: int,
+                    progress: Progress, d: Dist, run: Run | None, stop: StopFlag) -> EpochStats | None:
     """One pass over this rank's batches (`progress.step` counts them); None when a cancel stopped it."""
-    begin_epoch(t.loader, epoch)
+    steps = len(t.batches)
+    device = t.batches.device
     if run:
-        run.update_status(epoch=epoch + 1, step_in_epoch=0, steps_per_epoch=steps_per_epoch,
-                          epoch_started_at=now_iso())
+        run.update_status(epoch=epoch + 1, step_in_epoch=0, steps_per_epoch=steps, epoch_started_at=now_iso())
     # Sums stay on the device: reading a value back stalls a GPU, so it happens once per log_every steps.
     t0, seen = time.perf_counter(), 0
     loss_sum, correct = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device)
-    bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-               disable=not d.main, mininterval=2.0, dynamic_ncols=True)
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not d.main,
+               mininterval=2.0, dynamic_ncols=True)
     try:
-        for i, (x, y) in enumerate(t.loader):
-            if i >= steps_per_epoch:
-                break
+        for i, (x, target, y) in enumerate(t.batches.epoch(epoch)):
             # a cancel is a file on disk; with several ranks agreeing on it is a collective, so less often
             if (d.world == 1 or i % cfg.log_every == 0) and d.any(bool(stop), device):
                 return None
-            x = training_input(cfg, td, x, device)
-            y = y.to(device, non_blocking=True)
-            target = y
-            if mixer is not None:
-                x, target = mixer(x, y)
-            logits, loss = optimizer_step(ddp_model, t.criterion, t.optimizer, x, target, device, t.amp)
+            logits, loss = optimizer_step(model, t.criterion, t.optimizer, x, target, device, t.amp)
             schedule.after_batch()
             progress.step += 1
             seen += len(y)
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             bar.update(1)
-            if progress.step % cfg.log_every == 0 or i == steps_per_epoch - 1:
+            if progress.step % cfg.log_every == 0 or i == steps - 1:
                 loss_value = finite_loss(loss, epoch, i)
                 if run:
                     elapsed = time.perf_counter() - t0
                     run.append_metrics({"kind": "step", "epoch": epoch + 1, "step": progress.step,
                                         "train_loss": loss_value, "lr": t.optimizer.param_groups[0]["lr"]})
                     run.update_status(step_in_epoch=i + 1, images_per_s=seen * d.world / elapsed,
-                                      eta_epoch_s=elapsed / (i + 1) * (steps_per_epoch - i - 1))
+                                      eta_epoch_s=elapsed / (i + 1) * (steps - i - 1))
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
-    return EpochStats(train_loss=finite_loss(loss_sum / max(1, seen), epoch, steps_per_epoch - 1),
-                      train_accuracy=None if mixer else int(correct) / max(1, seen),
+    return EpochStats(train_loss=finite_loss(loss_sum / max(1, seen), epoch, steps - 1),
+                      train_accuracy=None if t.batches.mixes else int(correct) / max(1, seen),
                       images_per_s=seen * d.world / seconds, seconds=seconds)
 
 
