@@ -10,14 +10,32 @@ MixUp / CutMix are batch options applied after batching. Validation and test are
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 from torch import nn
-from torchvision.transforms import v2
 
 from .imageio import TILE_SIZE
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _v2() -> ModuleType:
+    """torchvision's transforms, imported when a transform is made: the registry below is read by the run
+    configuration, which the app imports at start-up (torchvision costs about a second)."""
+    from torchvision.transforms import v2
+    return v2
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    """One transform of the registry: how it is made (for a tile of `size` px, always applied), how often the
+    online mode applies it, and whether it runs on whole batches on the device (`BatchAugment`) or per tile."""
+
+    make: Callable[[int], nn.Module]
+    online_probability: float
+    batched: bool = False
 
 
 class RandomRot90(nn.Module):
@@ -28,28 +46,39 @@ class RandomRot90(nn.Module):
         return torch.rot90(x, k, dims=(-2, -1))
 
 
+#: The transforms a run can choose (the one list: the configuration's choices and the form derive from it).
+#: Symmetries fire half the time (rot90 three quarters: one of three turns); brightness and contrast jitter draw
+#: factors uniformly in [1 - s, 1 + s] (`JITTER`): the strong jitter reaches the data set's own -brt copies and the
+#: exposure differences between observations.
+TRANSFORMS: dict[str, TransformSpec] = {
+    "hflip": TransformSpec(lambda size: _v2().RandomHorizontalFlip(p=1.0), 0.5, batched=True),
+    "vflip": TransformSpec(lambda size: _v2().RandomVerticalFlip(p=1.0), 0.5, batched=True),
+    "rot90": TransformSpec(lambda size: RandomRot90(), 0.75, batched=True),
+    "rotate": TransformSpec(lambda size: _v2().RandomRotation(degrees=180,
+                                                              interpolation=_v2().InterpolationMode.BILINEAR), 0.5),
+    "perspective": TransformSpec(lambda size: _v2().RandomPerspective(distortion_scale=0.3, p=1.0), 0.3),
+    "color_jitter": TransformSpec(lambda size: _v2().ColorJitter(brightness=0.3, contrast=0.3), 0.5, batched=True),
+    "strong_color_jitter": TransformSpec(lambda size: _v2().ColorJitter(brightness=0.6, contrast=0.6), 0.8,
+                                         batched=True),
+    "blur": TransformSpec(lambda size: _v2().GaussianBlur(kernel_size=5, sigma=(0.1, 1.5)), 0.2),
+    "resized_crop": TransformSpec(lambda size: _v2().RandomResizedCrop(size=size, scale=(0.6, 1.0), ratio=(0.9, 1.1),
+                                                                       antialias=True), 0.5),
+    "erasing": TransformSpec(lambda size: _v2().RandomErasing(p=1.0, scale=(0.02, 0.15), value=0), 0.25,
+                             batched=True),
+}
+ONLINE_PROBABILITY = {name: t.online_probability for name, t in TRANSFORMS.items()}
+#: Transforms BatchAugment applies to whole batches as tensor ops (the rest stay per tile, in the loader).
+BATCHED = tuple(name for name, t in TRANSFORMS.items() if t.batched)
+JITTER = {"color_jitter": 0.3, "strong_color_jitter": 0.6}
+
+
 def _make(name: str, size: int) -> nn.Module:
     """One transform, always applied (the online mode wraps it in a probability)."""
-    return {
-        "hflip": lambda: v2.RandomHorizontalFlip(p=1.0),
-        "vflip": lambda: v2.RandomVerticalFlip(p=1.0),
-        "rot90": RandomRot90,
-        "rotate": lambda: v2.RandomRotation(degrees=180, interpolation=v2.InterpolationMode.BILINEAR),
-        "perspective": lambda: v2.RandomPerspective(distortion_scale=0.3, p=1.0),
-        "color_jitter": lambda: v2.ColorJitter(brightness=0.3, contrast=0.3),
-        "strong_color_jitter": lambda: v2.ColorJitter(brightness=0.6, contrast=0.6),
-        "blur": lambda: v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5)),
-        "resized_crop": lambda: v2.RandomResizedCrop(size=size, scale=(0.6, 1.0), ratio=(0.9, 1.1), antialias=True),
-        "erasing": lambda: v2.RandomErasing(p=1.0, scale=(0.02, 0.15), value=0),
-    }[name]()
-
-
-#: How often each transform fires in the online mode (symmetries always half the time).
-ONLINE_PROBABILITY = {"hflip": 0.5, "vflip": 0.5, "rot90": 0.75, "rotate": 0.5, "perspective": 0.3,
-                      "color_jitter": 0.5, "strong_color_jitter": 0.8, "blur": 0.2, "resized_crop": 0.5, "erasing": 0.25}
+    return TRANSFORMS[name].make(size)
 
 
 def online_transform(names: list[str], size: int = TILE_SIZE) -> Transform:
+    v2 = _v2()
     return v2.Compose([v2.RandomApply([_make(n, size)], p=ONLINE_PROBABILITY[n]) for n in names])
 
 
@@ -59,6 +88,7 @@ def expand_copies(names: list[str], size: int = TILE_SIZE) -> list[Transform]:
 
 def batch_mixer(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> Transform | None:
     """MixUp and/or CutMix over a batch of (images, labels) -> (images, soft labels), or None when off."""
+    v2 = _v2()
     options = []
     if mixup_alpha > 0:
         options.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
@@ -74,11 +104,6 @@ def epoch_multiplier(mode: str, names: list[str]) -> int:
     return len(names) + 1 if mode == "expand" else 1
 
 
-#: Transforms BatchAugment applies to whole batches as tensor ops (the rest stay per tile, in the loader).
-BATCHED = ("hflip", "vflip", "rot90", "color_jitter", "strong_color_jitter", "erasing")
-#: Brightness and contrast factors drawn uniformly in [1 - s, 1 + s]: the strong jitter reaches the data set's own
-#: -brt copies and the exposure differences between observations.
-JITTER = {"color_jitter": 0.3, "strong_color_jitter": 0.6}
 
 
 class BatchAugment(nn.Module):

@@ -16,6 +16,7 @@ from typing import Any, get_type_hints
 
 import torch
 
+from . import augment
 from .data.merge import CONFLICT_POLICIES
 from .data.spec import MAX_FOLDS, DataSpec
 from .data.split import SPLIT_MODES
@@ -24,8 +25,7 @@ from .models import ARCHITECTURES, DEFAULT_ARCH, FREEZE_MODES, WeightsUnavailabl
 from .optim import OPTIMIZERS, SCHEDULERS
 
 AUGMENT_MODES = ("none", "online", "expand", "official", "official_online")
-TRANSFORMS = ("hflip", "vflip", "rot90", "rotate", "perspective", "color_jitter", "strong_color_jitter", "blur",
-              "resized_crop", "erasing")
+TRANSFORMS = tuple(augment.TRANSFORMS)  # the registry is core.augment's
 IMBALANCE = ("none", "weighted_loss", "sqrt_weighted_loss", "balanced_sampler")
 INITS = ("scratch", "imagenet", "run")
 

@@ -20,6 +20,7 @@ from .bootstrap import fmt, intervals
 from .calibration import expected_calibration_error, fit_temperature, reliability_diagram
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
 from .data import DataError, HiriseData, Record, RecordTiles
+from .data.records import HELD_OUT, SPLITS
 from .data.cli import add_data_arguments, load_from_args
 from .metrics import classification_metrics, confused_pairs, headline, per_class_curves
 from .inference import predict_logits, probabilities, uses_bf16
@@ -27,7 +28,7 @@ from .progress import ProgressCallback
 from .settings import DEFAULT_CHECKPOINT
 
 REPORT_FORMAT = "hirise-studio-evaluation/1"
-EVALUATION_SPLITS = ("train", "val", "test", "all")  # the data's splits (`core.data.records.SPLITS`) or all
+EVALUATION_SPLITS = (*SPLITS, "all")  # the data's splits, or every tile
 FEW_TILES = 30  # below this support a class's figures move a lot with one tile more or less
 TOP_LOSSES = 24
 
@@ -129,7 +130,7 @@ def evaluation_records(loaded: LoadedModel, data: HiriseData, split: str,
 
 def _chosen_records(loaded: LoadedModel, data: HiriseData, split: str,
                     originals_only: bool) -> tuple[list[Record], str]:
-    wanted = set(loaded.splits.get(split, {}).get("files") or ()) if split in ("val", "test") else set()
+    wanted = set(loaded.splits.get(split, {}).get("files") or ()) if split in HELD_OUT else set()
     if wanted:
         originals = data.recorded(loaded.splits, split)
         if originals is not None:

@@ -41,11 +41,13 @@ class SignedEigenCAM(EigenCAM):
         return get_2d_projection_with_sign_correction(activations)
 
 
-CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "scorecam", "ablationcam")
-#: The methods that run the model (or the layers above the target) once per channel of the layer: slow.
-PERTURBATION_METHODS = ("scorecam", "ablationcam")
+#: The methods that run the model (or the layers above the target) once per channel of the layer: slow; each with
+#: what it runs once per channel.
+PERTURBATION_METHODS = {"scorecam": "the whole model", "ablationcam": "the layers above the target"}
 _CAM_CLASSES = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "xgradcam": XGradCAM,
                 "layercam": LayerCAM, "eigencam": SignedEigenCAM, "scorecam": ScoreCAM, "ablationcam": AblationCAM}
+#: The methods offered, in the order the Explain page lists them (the registry above is the one list).
+CAM_METHODS = tuple(_CAM_CLASSES)
 #: ScoreCAM and AblationCAM run one forward pass per channel of the layer (512 for a ResNet's
 #: layer4), in batches of this size: CPU memory stays modest and the cores stay busy.
 PERTURBATION_BATCH = 32

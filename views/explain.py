@@ -142,8 +142,7 @@ def _explain(model_key: str, digest: str, _tile: np.ndarray, method: str, target
     return explain(model, _tile, method, target, aug, eig)
 
 
-RUNS = {"scorecam": "the whole model", "ablationcam": "the layers above the target"}  # the PERTURBATION_METHODS
-slow = (f" It runs {RUNS[method]} once per channel of the layer" + (", for each smoothing view" if aug_smooth else "")
+slow = (f" It runs {PERTURBATION_METHODS[method]} once per channel of the layer" + (", for each smoothing view" if aug_smooth else "")
         + ": a minute or more on a CPU.") if method in PERTURBATION_METHODS else ""
 for number, (name, digest, pred, cam_col, side_col) in enumerate(shown, 1):
     of_n = f" (tile {number} of {len(shown)})" if len(shown) > 1 else ""

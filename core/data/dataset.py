@@ -15,7 +15,7 @@ from .cache import TileCache, open_tile_cache
 from .merge import MergeReport, merge_sources
 from .overrides import Applied, apply_overrides, read_overrides
 from .overrides import default_file as default_overrides_file
-from .records import DataError, Record
+from .records import HELD_OUT, DataError, Record
 from .sources import Source, read_source
 from .spec import DataSpec
 from .split import assign_splits, coverage_warnings, find_leakage
@@ -172,7 +172,7 @@ def _renamed(record: Record, source_name: str) -> Record:
     return replace(record, source=source_name)
 
 
-def split_manifest(data: HiriseData, splits: Sequence[str] = ("val", "test")) -> dict[str, dict[str, list[str]]]:
+def split_manifest(data: HiriseData, splits: Sequence[str] = HELD_OUT) -> dict[str, dict[str, list[str]]]:
     """Which original files and observations are in each evaluation split: what a checkpoint records so
     that it is scored on exactly these tiles again (`HiriseData.recorded`)."""
     out = {}

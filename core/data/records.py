@@ -7,6 +7,8 @@ from dataclasses import dataclass, replace
 #: Suffixes the data set's authors used for their augmented copies.
 AUG_SUFFIXES: tuple[str, ...] = ("r90", "r180", "r270", "fh", "fv", "brt")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: The splits a model is scored on and never trains on (a checkpoint records their files and observations).
+HELD_OUT: tuple[str, ...] = SPLITS[1:]
 
 _NAME_RE = re.compile(
     r"^(?P<obs>[A-Z]{3}_\d{6}_\d{4}(?:_[A-Z0-9]+)?)"  # ESP_011283_2265_RED

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .records import DataError, Record
+from .records import SPLITS, DataError, Record
 
 SPLIT_MODES = ("auto", "official", "grouped")
 
@@ -87,7 +87,7 @@ def grouped_observation_split(records: Sequence[Record], val_fraction: float, te
     size = (counts[:, :-1] * weights[:-1]).sum(1)
     order = np.argsort(-size * rng.uniform(0.5, 1.5, len(groups)), kind="stable")
     filled = np.zeros_like(targets)
-    names = ("train", "val", "test")
+    names = SPLITS
     for gi in order:
         best, best_cost = 0, np.inf
         for si in range(3):
@@ -190,7 +190,7 @@ def _place_every_class(has: np.ndarray, side: np.ndarray, sides: list[int], rng:
 
 def coverage_warnings(records: Sequence[Record], class_names: Sequence[str]) -> list[str]:
     """One sentence per class that a split (train, val or test, where it exists) has no tile of."""
-    splits = [s for s in ("train", "val", "test") if any(r.split == s for r in records)]
+    splits = [s for s in SPLITS if any(r.split == s for r in records)]
     out = []
     for label, name in enumerate(class_names):
         mine = [r for r in records if r.label == label]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..data.records import HELD_OUT
 from . import MAX_TRAIN_TILES, N_COMPONENTS, N_QUANTILES, FeatureDensity, OODError
 
 if TYPE_CHECKING:
@@ -84,8 +85,8 @@ def _reference_split(loaded: LoadedModel, data: HiriseData) -> tuple[list[Record
     val = data.recorded(loaded.splits, "val")
     if val is None:
         return data.select("train", originals_only=True), data.select("val", originals_only=True)
-    held = {name for s in ("val", "test") for name in loaded.splits.get(s, {}).get("files") or ()}
-    held_observations = {o for s in ("val", "test") for o in loaded.splits.get(s, {}).get("observations") or ()}
+    held = {name for s in HELD_OUT for name in loaded.splits.get(s, {}).get("files") or ()}
+    held_observations = {o for s in HELD_OUT for o in loaded.splits.get(s, {}).get("observations") or ()}
     train = [r for r in data.records if r.is_original and r.name not in held
              and not (r.observation and r.observation in held_observations)]
     return train, val
