@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from . import augment
-from .checkpoint import read_checkpoint
+from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
 from .classes import CLASS_NAMES, NUM_CLASSES
 from .config import RunConfig
 from .data import DataError, DeviceBatches, HiriseData, TileDataset, begin_epoch, load_dataset, training_batches
@@ -31,6 +31,7 @@ class TrainData:
     std: float
     train_labels: np.ndarray
     batch_augment: nn.Module | None = None  # online transforms done on whole batches on the device
+    init: LoadedModel | None = None  # the run an `init run` training starts from, read once (weights, scaling)
 
 
 def prepare_data(cfg: RunConfig, log) -> TrainData:
@@ -57,7 +58,8 @@ def prepare_data(cfg: RunConfig, log) -> TrainData:
             f"{cfg.epochs} epochs; no early stopping and no best-epoch choice, the last epoch is the model"
             + (f"; calibration from cross-validation {cfg.calibrate_from}" if cfg.calibrate_from else
                "; no cross-validation named (calibrate_from), so it stays uncalibrated"))
-    mean, std = input_normalisation(cfg, data, train_records)
+    init = initial_model(cfg)
+    mean, std = input_normalisation(cfg, data, train_records, init)
     log(f"input normalisation: mean {mean:.4f}, std {std:.4f}")
     online = cfg.augment in ("online", "official_online")
     batched, per_tile = augment.split_online(cfg.transforms) if online else ([], [])
@@ -69,26 +71,34 @@ def prepare_data(cfg: RunConfig, log) -> TrainData:
     log(f"train {len(train_records)} tiles ({len(train)} per epoch, augment={cfg.augment}), val {len(val_records)} "
         f"originals; train per class: " + ", ".join(f"{c} {n}" for c, n in zip(CLASS_NAMES, counts)))
     return TrainData(data, train, val, mean, std, data.labels(train_records),
-                     augment.BatchAugment(batched) if batched else None)
+                     augment.BatchAugment(batched) if batched else None, init)
 
 
-def input_normalisation(cfg: RunConfig, data: HiriseData, train_records: list) -> tuple[float, float]:
+def input_normalisation(cfg: RunConfig, data: HiriseData, train_records: list,
+                        init: LoadedModel | None = None) -> tuple[float, float]:
     """The (mean, std) the model's input is standardised with, stored in every checkpoint.
 
     ImageNet weights keep the scaling they were trained with; weights from an earlier run keep that run's;
     a model from scratch gets the training tiles' own statistics."""
     if cfg.init == "imagenet":
         return spec(cfg.model).imagenet_norm or data.pixel_stats(train_records)
-    if cfg.init == "run":
-        payload = read_checkpoint(init_checkpoint(cfg))
-        return float(payload["mean"]), float(payload["std"])
+    if init is not None:
+        return init.mean, init.std
     return data.pixel_stats(train_records)
 
 
-def init_checkpoint(cfg: RunConfig) -> Path:
-    """The checkpoint an `init run` training starts from (a run folder means its best.pt)."""
+def initial_model(cfg: RunConfig) -> LoadedModel | None:
+    """The model an `init run` training starts from (a run folder means its best.pt), loaded once through the
+    checkpoint reader every checkpoint goes through; None for any other start. CheckpointError when it is not
+    the architecture this run trains."""
+    if cfg.init != "run":
+        return None
     path = Path(cfg.init_from)
-    return path / "best.pt" if path.is_dir() else path
+    path = path / "best.pt" if path.is_dir() else path
+    loaded = load_checkpoint(path)
+    if loaded.arch != cfg.model:
+        raise CheckpointError(f"{path} holds a {loaded.arch}, but this run trains a {cfg.model}")
+    return loaded
 
 
 def train_batches(cfg: RunConfig, td: TrainData, device: torch.device, rank: int = 0, world: int = 1

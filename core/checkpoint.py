@@ -141,7 +141,34 @@ def payload_problem(payload: dict[str, Any]) -> str | None:
     return _train_state_problem(payload.get("train_state"))
 
 
-#: What a resumable checkpoint (last.pt) keeps to continue training, and the type of each.
+@dataclass
+class TrainState:
+    """What a resumable checkpoint (last.pt) keeps to continue training: written by the engine after every
+    epoch (`to_dict`, under the payload's `train_state`), checked when the file is read, read back on resume."""
+
+    optimizer: dict
+    scheduler: dict
+    epoch: int  # the last finished epoch (0-based)
+    best_score: float
+    best_epoch: int | None
+    bad_epochs: int
+    step: int
+    rng: torch.Tensor
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in TRAIN_STATE_FIELDS}
+
+    @classmethod
+    def of(cls, payload: dict[str, Any], path: Path) -> TrainState:
+        """The train state of a checkpoint read by `read_checkpoint` (which checked it); CheckpointError when the
+        checkpoint has none (a best.pt, a shipped model)."""
+        state = payload.get("train_state")
+        if state is None:
+            raise CheckpointError(f"{path.name} holds no training state to resume from")
+        return cls(**{f: state[f] for f in TRAIN_STATE_FIELDS})
+
+
+#: TrainState's fields and the type each must have in a file (what `read_checkpoint` checks).
 TRAIN_STATE_FIELDS = {"optimizer": dict, "scheduler": dict, "epoch": int, "best_score": (int, float),
                       "best_epoch": (int, type(None)), "bad_epochs": int, "step": int, "rng": torch.Tensor}
 

@@ -25,8 +25,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .batches import ModelBatches, TrainData, init_checkpoint
-from .checkpoint import CheckpointError, checkpoint_payload, model_from_payload, read_checkpoint, save_checkpoint
+from .batches import ModelBatches, TrainData
+from .checkpoint import (CheckpointError, TrainState, checkpoint_payload, model_from_payload, read_checkpoint,
+                         save_checkpoint)
 from .classes import NUM_CLASSES
 from .config import RunConfig
 from .data import RecordTiles, split_manifest
@@ -42,16 +43,12 @@ from .process import Dist, StopFlag
 from .runs import Run, best_epoch_row, now_iso
 
 
-def build_initial_model(cfg: RunConfig, log) -> nn.Module:
-    model = build_model(cfg.model, NUM_CLASSES, pretrained=cfg.init == "imagenet")
-    if cfg.init == "run":
-        path = init_checkpoint(cfg)
-        payload = read_checkpoint(path)
-        if payload["arch"] != cfg.model:
-            raise CheckpointError(f"{path} holds a {payload['arch']}, but this run trains a {cfg.model}")
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
-        log(f"starting from the weights of {path}")
-    return model
+def build_initial_model(cfg: RunConfig, td: TrainData, log) -> nn.Module:
+    """The model before its first step: ImageNet weights, a run's weights (read once, by `prepare_data`), or new."""
+    if td.init is not None:
+        log(f"starting from the weights of {td.init.path}")
+        return td.init.model
+    return build_model(cfg.model, NUM_CLASSES, pretrained=cfg.init == "imagenet")
 
 
 def use_bf16(cfg: RunConfig, device: torch.device, log) -> bool:
@@ -102,7 +99,7 @@ class Trainer:
 
 def set_up(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, log) -> Trainer:
     """The model (initial weights, layout, frozen stages), this rank's batches, the optimizer and the loss."""
-    model = build_initial_model(cfg, log).to(device)
+    model = build_initial_model(cfg, td, log).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     initial_frozen = frozen_stages(cfg.model, cfg.freeze, cfg.freeze_below)
@@ -209,16 +206,16 @@ def resume_from(run: Run | None, t: Trainer, schedule: Schedule, log) -> Progres
     if run is None or not run.last_checkpoint.is_file():
         raise CheckpointError("nothing to resume: the run has no last.pt yet")
     last = read_checkpoint(run.last_checkpoint)  # one read: weights and optimizer/scheduler state
-    state = last["train_state"]
+    state = TrainState.of(last, run.last_checkpoint)
     t.model.load_state_dict(last["state_dict"])
-    t.optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
-    run.keep_metrics_through(state["epoch"] + 1)
+    t.optimizer.load_state_dict(state.optimizer)
+    schedule.load_state_dict(state.scheduler)
+    torch.set_rng_state(state.rng)
+    run.keep_metrics_through(state.epoch + 1)
     run.update_status(best=best_epoch_row(run.metrics()))
-    log(f"resuming after epoch {state['epoch'] + 1}")
-    return Progress(start_epoch=state["epoch"] + 1, best_score=state["best_score"], best_epoch=state["best_epoch"],
-                    bad_epochs=state["bad_epochs"], step=state["step"])
+    log(f"resuming after epoch {state.epoch + 1}")
+    return Progress(start_epoch=state.epoch + 1, best_score=state.best_score, best_epoch=state.best_epoch,
+                    bad_epochs=state.bad_epochs, step=state.step)
 
 
 def train_one_epoch(cfg: RunConfig, t: Trainer, model: nn.Module, schedule: Schedule, epoch: int,
@@ -285,10 +282,9 @@ def save_checkpoints(run: Run, cfg: RunConfig, t: Trainer, schedule: Schedule, t
     if best_row is not None:
         save_checkpoint(run.best_checkpoint, payload)
         run.update_status(best=best_row)
-    payload["train_state"] = {"optimizer": t.optimizer.state_dict(), "scheduler": schedule.state_dict(),
-                              "epoch": epoch, "best_score": progress.best_score, "best_epoch": progress.best_epoch,
-                              "bad_epochs": progress.bad_epochs, "step": progress.step,
-                              "rng": torch.get_rng_state()}
+    payload["train_state"] = TrainState(t.optimizer.state_dict(), schedule.state_dict(), epoch, progress.best_score,
+                                        progress.best_epoch, progress.bad_epochs, progress.step,
+                                        torch.get_rng_state()).to_dict()
     save_checkpoint(run.last_checkpoint, payload)
 
 

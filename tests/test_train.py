@@ -252,6 +252,22 @@ def test_transfer_from_an_earlier_run(tmp_path, data_dir, capsys):
         RunConfig(data=[str(data_dir)], init="run").validate()
 
 
+def test_a_run_reads_the_run_it_starts_from_once_and_checks_its_architecture(tmp_path, data_dir, monkeypatch):
+    import core.checkpoint as checkpoint
+    from core.batches import initial_model
+    from core.checkpoint import CheckpointError
+    first = run_tiny(tmp_path / "a", data_dir)
+    reads = []
+    real = checkpoint.read_checkpoint
+    monkeypatch.setattr(checkpoint, "read_checkpoint", lambda path, *a, **k: (reads.append(Path(path)), real(path, *a, **k))[1])
+    second = run_tiny(tmp_path / "b", data_dir, init="run", init_from=str(first.path))
+    assert second.status()["state"] == "completed"
+    assert reads.count(first.path / "best.pt") == 1  # weights and input scaling from one read
+    other = RunConfig(data=[str(data_dir)], **{**TINY, "model": "resnet18", "init": "run", "init_from": str(first.path)})
+    with pytest.raises(CheckpointError, match="holds a simple_cnn, but this run trains a resnet18"):
+        initial_model(other)
+
+
 # ---- jobs: separate processes ---------------------------------------------------------------------------
 
 @pytest.mark.slow
