@@ -34,7 +34,7 @@ from .classes import CLASS_NAMES
 from .cliargs import refuse
 from .config import ConfigError, RunConfig, typed_config
 from .data.spec import MAX_FOLDS, MIN_FOLDS
-from .runs import Run, new_manifest_id, now_iso, read_json, runs_root, update_json, write_json_atomic
+from .runs import Run, new_manifest_id, now_iso, read_json, runs_root, write_json_atomic
 
 TAG_PREFIX = "cv:"
 HEADLINE = ("macro_f1", "balanced_accuracy", "accuracy")
@@ -127,9 +127,7 @@ def _record(path: Path, run: Run, fold: int, note: str = "") -> None:
     manifest = read_json(path, {})
     manifest["runs"] = manifest.get("runs", []) + [{"run": run.name, "fold": fold}]
     write_json_atomic(path, manifest)
-    notes = run.notes()
-    update_json(run.notes_file, {"note": notes["note"] or note or f"cross-validation {path.stem}, fold {fold + 1}",
-                                 "tags": list(dict.fromkeys(notes["tags"] + [TAG_PREFIX + path.stem]))})
+    run.add_tag(TAG_PREFIX + path.stem, note or f"cross-validation {path.stem}, fold {fold + 1}")
 
 
 def launch(configs: Sequence[RunConfig], runs_dir: Path | None = None, grid: str | None = None) -> tuple[str, list[Run]]:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from .cliargs import refuse
 from .config import ConfigError, RunConfig, field_specs, typed_config
-from .runs import Run, new_manifest_id, now_iso, read_json, runs_root, update_json, write_json_atomic
+from .runs import Run, new_manifest_id, now_iso, read_json, runs_root, write_json_atomic
 
 MAX_FIELDS = 3
 MAX_RUNS = 24  # a grid is one research question, not a sweep; its queued jobs wait in core.queue (~14 MiB each)
@@ -212,9 +212,7 @@ def _record(path: Path, run: Run, combo: dict[str, Any]) -> None:
     manifest["runs"] = manifest.get("runs", []) + [{"run": run.name,
                                                     "values": {k: _json_value(v) for k, v in combo.items()}}]
     write_json_atomic(path, manifest)
-    notes = run.notes()
-    update_json(run.notes_file, {"note": notes["note"] or f"grid {path.stem}: {_describe(combo)}",
-                                 "tags": list(dict.fromkeys(notes["tags"] + [TAG_PREFIX + path.stem]))})
+    run.add_tag(TAG_PREFIX + path.stem, f"grid {path.stem}: {_describe(combo)}")
 
 
 def _json_value(value: Any) -> Any:

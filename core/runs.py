@@ -104,6 +104,11 @@ class Run:
         says what was trained, and both stay as they were."""
         return update_json(self.notes_file, {"note": note.strip(), "tags": parse_tags(",".join(tags))})
 
+    def add_tag(self, tag: str, note: str = "") -> dict[str, Any]:
+        """Tag the run as part of something (a grid, a cross-validation), and give it `note` when it has none."""
+        notes = self.notes()
+        return self.save_notes(notes["note"] or note, notes["tags"] + [tag])
+
     def status(self) -> dict[str, Any]:
         return read_json(self.status_file, {}) or {}
 
