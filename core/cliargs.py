@@ -46,6 +46,14 @@ def number_in(kind: type, minimum: float | None = None, maximum: float | None = 
     return parse
 
 
+def single_run_flag(args: argparse.Namespace) -> str | None:
+    """The first flag given that names one run (`--run-dir`, `--resume`, `--lr-find`), which a grid or a
+    cross-validation, making a run folder per run under --runs-dir, cannot take; None when there is none."""
+    given = (("--run-dir", args.run_dir), ("--resume", args.resume), ("--lr-find", args.lr_find),
+             ("--lock-fd", args.lock_fd is not None))
+    return next((flag for flag, on in given if on), None)
+
+
 def refuse(message: str, lock: RunLock | None = None) -> int:
     """Say why in one line and return 2. A job the app launched (it holds the run's `lock`) also records it
     as failed, so the app shows the reason rather than a lost job; otherwise the run folder is left as it was."""

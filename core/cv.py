@@ -31,7 +31,7 @@ import numpy as np
 
 from .bootstrap import fmt, intervals
 from .classes import CLASS_NAMES
-from .cliargs import refuse
+from .cliargs import refuse, single_run_flag
 from .config import ConfigError, RunConfig, typed_config
 from .data.spec import MAX_FOLDS, MIN_FOLDS
 from .runs import Run, new_manifest_id, now_iso, read_json, runs_root, write_json_atomic
@@ -414,10 +414,8 @@ def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
     from .data import DataError
     from .jobs import JobError
     runs_dir = Path(args.runs_dir) if args.runs_dir else None
-    clash = [flag for flag, on in (("--run-dir", args.run_dir), ("--resume", args.resume),
-                                   ("--lr-find", args.lr_find), ("--lock-fd", args.lock_fd is not None)) if on]
-    if clash:
-        return refuse(f"--cv makes one run folder per fold under --runs-dir; it takes no {clash[0]}")
+    if clash := single_run_flag(args):
+        return refuse(f"--cv makes one run folder per fold under --runs-dir; it takes no {clash}")
     try:
         configs = plan(typed_config(args), args.cv, args.cv_seed)
         for line in coverage(configs[0]):

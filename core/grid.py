@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from .cliargs import refuse
+from .cliargs import refuse, single_run_flag
 from .config import ConfigError, RunConfig, field_specs, typed_config
 from .runs import Run, new_manifest_id, now_iso, read_json, runs_root, write_json_atomic
 
@@ -418,10 +418,8 @@ def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
     runs_dir = Path(args.runs_dir) if args.runs_dir else None
     if args.grid_report is not None:
         return report_main(args.grid_report, runs_dir)
-    clash = [flag for flag, on in (("--run-dir", args.run_dir), ("--resume", args.resume),
-                                   ("--lr-find", args.lr_find), ("--lock-fd", args.lock_fd is not None)) if on]
-    if clash:
-        return refuse(f"--grid makes one run folder per combination under --runs-dir; it takes no {clash[0]}")
+    if clash := single_run_flag(args):
+        return refuse(f"--grid makes one run folder per combination under --runs-dir; it takes no {clash}")
     try:
         axes = [parse_axis(text) for text in args.grid]
         typed = [a.field for a in axes if a.field in vars(args)]
