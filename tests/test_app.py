@@ -566,3 +566,21 @@ def test_the_app_serves_nothing_on_an_address_nobody_chose(own_runs, monkeypatch
         at = run_page(path)
         assert bool(at.title) == serves
         assert ("started without a server address" in texts(at, captions=False)) != serves
+
+
+def test_a_paired_difference_is_written_with_signs_so_a_crossing_of_zero_reads_plainly():
+    from ui.compare import paired_differences
+    names = ["other", "crater"]
+    preds_a, preds_b = [], []
+    for i in range(40):
+        true = names[i % 2]
+        tile = {"name": f"ESP_{i // 4:06d}_1000_RED-{i:04d}.jpg", "true": true, "observation": f"O{i // 4}"}
+        preds_a.append({**tile, "pred": true if i % 5 else names[1 - i % 2]})
+        preds_b.append({**tile, "pred": true if i % 3 else names[1 - i % 2]})
+    reports = {name: {"class_names": names, "tiles_digest": "same", "predictions": preds}
+               for name, preds in (("a", preds_a), ("b", preds_b))}
+    row = paired_differences(reports).iloc[0]
+    text = row["macro-F1 A−B"]
+    low, high = (float(v) for v in text.split("(")[1].rstrip(")").split(" to "))
+    assert text[0] in "+-" and low <= high
+    assert row["macro-F1 verdict"] == ("within noise" if low <= 0 <= high else "A better" if low > 0 else "B better")

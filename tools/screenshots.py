@@ -33,7 +33,7 @@ from ui.navigation import PAGES  # noqa: E402 - the app's own page list
 #: A crater original of the shared v3.2 subset (uploaded on Explain when the data holds it).
 CRATER = "ESP_011425_1775_RED-0004.jpg"
 #: The browser window per page: Streamlit scrolls its own main block, so a full-page shot ends at the window.
-HEIGHTS = {"": 1000, "Dataset": 1500, "Train": 1100, "Evaluate": 1500, "Explain": 1000, "Compare": 1500,
+HEIGHTS = {"Home": 1000, "Dataset": 1500, "Train": 1100, "Evaluate": 1500, "Explain": 1000, "Compare": 1500,
            "Explore": 1000}
 
 
@@ -96,7 +96,7 @@ def settle(page, timeout_ms: int = 600_000) -> None:
 
 def prepare(page, name: str, data: list[str]) -> None:
     """Bring a page to a state worth showing (it is already loaded)."""
-    if name == "":
+    if name == "Home":
         wait_for(page, page.get_by_text("macro-F1"), 120_000)
     elif name == "Evaluate":
         page.get_by_role("button", name="Evaluate on the val split").click(timeout=120_000)
@@ -157,12 +157,12 @@ def main(argv: list[str] | None = None) -> int:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
                 for app_page in wanted:
-                    page = browser.new_page(viewport={"width": 1400, "height": HEIGHTS.get(app_page.url_path, 1000)})
+                    page = browser.new_page(viewport={"width": 1400, "height": HEIGHTS.get(app_page.label, 1000)})
                     page.goto(f"{url}/{app_page.url_path}")
                     page.wait_for_selector("[data-testid='stApp']")
                     started = time.time()
                     try:
-                        prepare(page, app_page.url_path, data)
+                        prepare(page, app_page.label, data)  # by label: the addresses are lower case
                     except Exception as exc:  # noqa: BLE001 - keep the other pages; the picture shows what it got
                         failed += 1
                         print(f"{app_page.label}: not brought to its full state ({type(exc).__name__}: {exc})",

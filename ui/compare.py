@@ -96,7 +96,9 @@ def paired_differences(reports: Mapping[str, dict | None]) -> pd.DataFrame:
             for key, label in (("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced accuracy"),
                                ("accuracy", "accuracy")):
                 d = diff[key]
-                row[f"{label} A−B"] = f"{d['difference']:+.3f} ({interval_text(d['interval'])})"
+                low, high = d["interval"] or (None, None)
+                row[f"{label} A−B"] = f"{d['difference']:+.3f}" + (f" ({low:+.2f} to {high:+.2f})" if low is not None
+                                                                  else "")  # signed: a difference crosses 0
                 row[f"{label} verdict"] = "within noise" if d["within_noise"] else ("A better" if d["difference"] > 0
                                                                                     else "B better")
             rows.append(row)
