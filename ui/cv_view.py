@@ -100,14 +100,11 @@ def _report_view(rep: dict) -> None:
         col.caption(f"95% interval {interval_text(iv[key])} · folds {spread['mean']:.3f} ± {spread['sd']:.3f}")
     base = pooled["majority_baseline"]
     cols[3].metric(f"Always-{base['class']} accuracy", f"{base['accuracy']:.3f}")
-    left, right = st.columns([3, 2])
-    with left:
-        st.plotly_chart(figures.confusion_matrix(pooled["confusion"], pooled["class_names"], True,
-                                                 "out-of-fold, row-normalised"), width="stretch",
-                        key=f"cv-cm-{rep['id']}")
-    with right:
-        st.dataframe(per_class_table(pooled["per_class"], pooled["confusion"], iv), width="stretch")
-        st.caption(interval_caption(iv))
+    # the table full width, under the matrix: beside it, its last columns (F1 and its interval) were cut off
+    st.plotly_chart(figures.confusion_matrix(pooled["confusion"], pooled["class_names"], True,
+                                             "out-of-fold, row-normalised"), width="stretch", key=f"cv-cm-{rep['id']}")
+    st.dataframe(per_class_table(pooled["per_class"], pooled["confusion"], iv), width="stretch")
+    st.caption(interval_caption(iv))
     if rep["curve"]:
         st.plotly_chart(_curve(rep["curve"]), width="stretch", key=f"cv-curve-{rep['id']}")
         st.caption(f"The mean over the folds is highest at epoch {rep['best_epoch']}: the epoch count to refit with "
