@@ -84,7 +84,7 @@ def predict_array(loaded: LoadedModel, gray: np.ndarray, name: str = "image", to
         if more and max(h, w) < TILE_SIZE / RESIZE_LIMIT:
             more = [f"{more[0]} (upscaled a lot: fine detail is interpolated, treat with care)"]
         notes += more
-        probs, typical = _proba_and_typicality(loaded, tile[None])
+        probs, typical = proba_and_typicality(loaded, tile[None])
         probs = probs[0]
     else:
         class_map, window_probs, tiles, typical = classify_windows(loaded, gray, stride, batch_size, on_progress)
@@ -106,7 +106,7 @@ def predict_array(loaded: LoadedModel, gray: np.ndarray, name: str = "image", to
                       typicality=None if typical is None else float(np.median(typical)))
 
 
-def _proba_and_typicality(loaded: LoadedModel, tiles: np.ndarray, batch_size: int = 32,
+def proba_and_typicality(loaded: LoadedModel, tiles: np.ndarray, batch_size: int = 32,
                           on_progress: ProgressCallback | None = None, show_progress: bool = False
                           ) -> tuple[np.ndarray, np.ndarray | None]:
     """Calibrated probabilities and, when the checkpoint has an out-of-distribution reference, each tile's
@@ -125,7 +125,7 @@ def classify_windows(loaded: LoadedModel, gray: np.ndarray, stride: int = TILE_S
     """Every TILE_SIZE window of `gray` -> (class map, (N, C) probabilities, (N, 227, 227) windows, (N,)
     typicality or None)."""
     tiles, boxes, _ = cut_windows(gray, TILE_SIZE, stride)
-    probs, typical = _proba_and_typicality(loaded, tiles, batch_size, on_progress, show_progress=True)
+    probs, typical = proba_and_typicality(loaded, tiles, batch_size, on_progress, show_progress=True)
     probs = probs.astype(np.float32)
     rows, cols = boxes.shape[:2]
     grid = probs.reshape(rows, cols, -1)
