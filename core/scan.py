@@ -28,6 +28,7 @@ from .checkpoint import CheckpointError, LoadedModel
 from .cliargs import number_in
 from .imageio import TILE_SIZE, ImageError, decode_gray
 from .progress import ProgressCallback
+from .tiling import window_starts
 
 #: Window sides in image pixels: about the span of the data set's landmarks in browse images, a factor of two
 #: apart. 96 px windows catch the smallest craters; 384 px ones the large dune fields.
@@ -66,8 +67,8 @@ class Windows:
     def __init__(self, gray: np.ndarray, size: int, stride: int):
         h, w = gray.shape
         self.gray, self.size = gray, size
-        ys = _starts(h, size, stride)
-        xs = _starts(w, size, stride)
+        ys = window_starts(h, size, stride)  # the Explain page's class map cuts its windows on the same grid
+        xs = window_starts(w, size, stride)
         self.boxes = np.array([(x, y, x + size, y + size) for y in ys for x in xs], dtype=np.int64)
 
     def __len__(self) -> int:
@@ -77,14 +78,6 @@ class Windows:
         out = [np.asarray(Image.fromarray(self.gray[y0:y1, x0:x1]).resize((TILE_SIZE, TILE_SIZE), Image.BILINEAR))
                for x0, y0, x1, y1 in self.boxes[index]]
         return np.stack(out) if out else np.zeros((0, TILE_SIZE, TILE_SIZE), np.uint8)
-
-
-def _starts(length: int, size: int, stride: int) -> list[int]:
-    """Offsets along one side: every `stride`, and one flush with the end so the border is covered."""
-    starts = list(range(0, length - size + 1, stride))
-    if starts[-1] != length - size:
-        starts.append(length - size)
-    return starts
 
 
 def check_sizes(sizes: Sequence[int], shape: tuple[int, int]) -> list[str]:
