@@ -168,7 +168,7 @@ def _decisions(decided: dict[str, Override], path, what: str, label_column: str)
     """The label review's decisions kept in `path`, listed, each undoable (an undone rejection is asked again)."""
     if not decided:
         return
-    with st.expander(f"{len(decided)} {what} in {path}"):
+    with st.expander(f"{len(decided)} {what} in {path}", key=f"decisions-{path.name}"):  # stays open on a rerun
         st.dataframe(pd.DataFrame([{"file": o.file, label_column: CLASS_NAMES[o.label], "previous": o.previous,
                                     "note": o.note} for o in decided.values()]), hide_index=True)
         undo = st.multiselect(f"Undo {what}", list(decided), key=f"undo-{path.name}")
