@@ -171,13 +171,15 @@ def progress_column(status: dict, config: dict) -> str:
     step, steps = status.get("step_in_epoch") or 0, status.get("steps_per_epoch")
     if status.get("kind") == "lr_find":
         if state == "completed":
-            return f"LR test, done after {step} batches" + (f" of {steps} (it stops when the loss diverges)"
-                                                             if steps and step < steps else "")
+            return f"LR test done, {step}/{steps} batches (loss diverged)" if steps and step < steps else \
+                f"LR test done, {step} batches"
         if state in ("cancelled", "failed"):
             return f"LR test, {state} at batch {step}" + (f"/{steps}" if steps else "")
         return f"LR test, batch {step}/{steps}" if steps else "LR test, starting"
     epoch, epochs = status.get("epoch") or 0, config.get("epochs", "?")
-    if state in ("cancelled", "failed", "lost") and epoch:
+    if state in ("cancelled", "failed", "lost") and not epoch:
+        return f"{state} before its first epoch"
+    if state in ("cancelled", "failed", "lost"):
         mid = steps and step < steps  # stopped inside the epoch: that epoch did not finish
         return (f"{state} in epoch {epoch}/{epochs} ({epoch - 1} finished)" if mid else
                 f"{state} after epoch {epoch}/{epochs}")

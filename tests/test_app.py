@@ -262,7 +262,7 @@ def test_suggested_lr_goes_into_the_form(with_runs):
         watch = next(s for s in at.selectbox if s.label == "Watch run")
         watch.set_value(run.name).run()
         jobs_table = at.dataframe[0].value
-        assert "LR test, done after 60 batches of 100 (it stops when the loss diverges)" in set(jobs_table["progress"])
+        assert "LR test done, 60/100 batches (loss diverged)" in set(jobs_table["progress"])
         button(at, "Use the suggested LR (3.16e-03) in the form").click().run()
         assert not at.exception
         assert float(at.text_input(key="cfg_lr").value) == pytest.approx(3.16e-3)
@@ -285,10 +285,12 @@ def test_progress_text_says_only_what_is_known():
     assert jobs.progress_column(lr, cfg) == "LR test, batch 40/100"
     assert jobs.progress_column({"state": "queued"}, cfg) == "epoch 0/10"
     assert jobs.progress_column({**lr, "state": "completed", "step_in_epoch": 94}, cfg) == \
-        "LR test, done after 94 batches of 100 (it stops when the loss diverges)"
+        "LR test done, 94/100 batches (loss diverged)"
     mid = {"state": "cancelled", "epoch": 2, "step_in_epoch": 7, "steps_per_epoch": 50}
     assert jobs.progress_column(mid, {"epochs": 2}) == "cancelled in epoch 2/2 (1 finished)"
     assert jobs.progress_column({**mid, "step_in_epoch": 50}, {"epochs": 2}) == "cancelled after epoch 2/2"
+    assert jobs.progress_column({**mid, "state": "lost"}, {"epochs": 2}) == "lost in epoch 2/2 (1 finished)"
+    assert jobs.progress_column({"state": "failed"}, cfg) == "failed before its first epoch"
     assert jobs.progress_column({"state": "completed", "epoch": 6, "step_in_epoch": 50, "steps_per_epoch": 50},
                                 cfg) == "done, 6/10 epochs (stopped early)"
 

@@ -459,3 +459,33 @@ def test_labels_csv_refuses_one_file_with_several_labels(tmp_path):
     (root / "labels.csv").write_text("\n".join(rows + [f"{name},other", f"{name},0"]) + "\n")
     src = read_source(root)
     assert len(src.records) == 4 and any("2 files again with the same label" in w for w in src.warnings)
+
+
+def test_a_folder_the_search_may_not_look_into_is_passed_over(tmp_path, monkeypatch):
+    """/proc as a data source: a folder search met '[Errno 13] Permission denied: /proc/1/cwd' and said that,
+    a path the user never typed; such a folder is now passed over, and the data is simply not found there."""
+    import pathlib
+
+    from core.data.storage import FolderStorage
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "open").mkdir()
+    (tmp_path / "open" / "labels.csv").write_text("file,label\n")
+    real = pathlib.Path.is_file
+
+    def is_file(self):
+        if "locked" in self.parts:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+    monkeypatch.setattr(pathlib.Path, "is_file", is_file)
+    storage = FolderStorage(tmp_path)
+    assert storage.find("labels.csv") == "open"
+    assert storage.find("missing.csv") is None
+
+
+def test_an_overrides_file_with_every_override_undone_changes_nothing_and_says_nothing(v32_folder, tmp_path,
+                                                                                    monkeypatch):
+    empty = tmp_path / "label_overrides.csv"
+    empty.write_text("file,label,previous,note\n")
+    monkeypatch.setattr("core.settings.LABEL_OVERRIDES_FILE", empty)
+    data = load_dataset([v32_folder])
+    assert data.overrides is None and not summarize(data).get("label_overrides")

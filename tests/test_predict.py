@@ -231,7 +231,7 @@ def test_a_class_map_has_a_legend_in_the_one_class_palette():
 def test_explain_tells_two_uploads_with_one_name_apart():
     from ui.uploads import unique_names
     assert [n for n, _ in unique_names([("a.jpg", b"1"), ("b.jpg", b"2"), ("a.jpg", b"3")])] == \
-        ["a.jpg", "b.jpg", "a.jpg (2)"]
+        ["a.jpg", "b.jpg", "a (2).jpg"]
 
 
 def test_every_probability_bar_carries_its_figure():

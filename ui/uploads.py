@@ -3,10 +3,13 @@ from __future__ import annotations
 
 
 def unique_names(items: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
-    """Two uploads with one name get told apart ("a.jpg", "a.jpg (2)"): every heading then names one file."""
+    """Two uploads with one name get told apart ("a.jpg", "a (2).jpg"): every heading, and every file saved from
+    one, then names one upload."""
     count: dict[str, int] = {}
     out = []
     for name, payload in items:
         count[name] = count.get(name, 0) + 1
-        out.append((name if count[name] == 1 else f"{name} ({count[name]})", payload))
+        stem, dot, suffix = name.rpartition(".")
+        numbered = f"{stem} ({count[name]}).{suffix}" if dot else f"{name} ({count[name]})"
+        out.append((name if count[name] == 1 else numbered, payload))
     return out

@@ -1,6 +1,8 @@
 """Compare: two or more runs side by side: settings (differences highlighted), curves, metrics, confusions."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from core.classes import CLASS_NAMES
@@ -48,6 +50,13 @@ for label in included:
             show_error(exc, f"Cannot score {path.name}")
             continue
     shipped_reports[label] = st.session_state[key]
+    refit = get_model(path).metrics
+    if refit.get("split") == "out-of-fold":  # a refit trained on every tile of its data: that data flatters it
+        st.warning(f"{label} was refit on every tile of its data ({', '.join(Path(p).name for p in get_model(path).config.get('data') or [])}), "
+                   "with no split of its own: where those tiles are among the ones scored here, it is scored on tiles it "
+                   f"trained on and its row flatters it. Its honest figures are its cross-validation's, out-of-fold: "
+                   f"macro-F1 {refit['macro_f1']:.3f}, balanced accuracy {refit['balanced_accuracy']:.3f} (the model card, "
+                   "checkpoints/MODEL_CARD.md).", icon=":material/warning:")
 
 st.subheader("Settings")
 table, differing = compare.settings_table(chosen, {label: get_model(shipped[label]).config for label in shipped_reports})
@@ -95,11 +104,14 @@ st.caption(RARE_NOTE + " A class a split has no tiles of has no bar.")
 
 st.subheader("Curves")
 rows = {r.name: r.metrics() for r in chosen}
-a, b = st.columns(2)
+if not rows:
+    st.caption("Shipped models keep no training curves: pick runs to compare theirs.")
+a, b = st.columns(2) if rows else (None, None)
 for column, (key, label) in zip((a, b, a, b), (("val_macro_f1", "validation macro-F1"), ("val_loss", "validation loss"),
                                               ("val_balanced_accuracy", "validation balanced accuracy"),
                                               ("train_loss", "training loss"))):
-    column.plotly_chart(figures.compare_curves(rows, key, label, colours), width="stretch")
+    if column is not None:
+        column.plotly_chart(figures.compare_curves(rows, key, label, colours), width="stretch")
 
 st.subheader("Confusion matrices (validation, row-normalised)")
 cols = st.columns(min(2, len(names_shown)))  # two across: three were too small to read, their titles cut

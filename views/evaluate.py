@@ -93,7 +93,7 @@ intervals = report.get("intervals")
 cols = st.columns(3)  # two rows of three: six across cut the labels ("Always-other base...")
 for col, key, label in ((cols[0], "macro_f1", "Macro-F1"), (cols[1], "balanced_accuracy", "Balanced accuracy"),
                         (cols[2], "accuracy", "Accuracy")):
-    col.metric(label, f"{report[key]:.3f}", f"{report[key] - base[key]:+.3f} vs baseline")
+    col.metric(label, f"{report[key]:.3f}", f"{round(report[key] - base[key], 3) + 0.0:+.3f} vs baseline")  # + 0.0: no '-0.000'
     if intervals and intervals.get(key):
         col.caption(f"95% interval {interval_text(intervals[key])}")
 cols = st.columns(3)

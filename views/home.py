@@ -83,8 +83,9 @@ else:
     for run in runs[:50]:
         cfg, status = run.config(), run.status()
         best = run.best_epoch(status)
-        rows.append({"run": run.name, "state": job_state(run, status), "model": cfg.get("model") or "",
-                     "progress": progress_column(status, cfg),
+        state = job_state(run, status)
+        rows.append({"run": run.name, "state": state, "model": cfg.get("model") or "",
+                     "progress": progress_column({**status, "state": state}, cfg),
                      "kept epoch": str(best.get("epoch") or "–"),  # the figures are this epoch's (best.pt)
                      **{label: _score(best.get(key)) for label, key in SCORES},
                      "tags": ", ".join(run.notes()["tags"]), "started": status.get("started_at") or ""})

@@ -94,7 +94,7 @@ for r in runs[:30]:
     state = jobs.job_state(r, status)
     notes = r.notes()
     rows.append({"run": r.name, "state": state, "kind": status.get("kind", "train"), "model": cfg.get("model"),
-                 "progress": jobs.progress_column(status, cfg), "tags": ", ".join(notes["tags"]),
+                 "progress": jobs.progress_column({**status, "state": state}, cfg), "tags": ", ".join(notes["tags"]),
                  "note": notes["note"], "queued": status.get("queued_at") or "",
                  "resumed": status.get("resumed_at") or ""})
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")

@@ -165,7 +165,10 @@ def _apply_label_overrides(records: list[Record], which: str | Path | None | Lit
         return records, None
     if not path.is_file():
         raise DataError(f"label overrides file not found: {path}")
-    return apply_overrides(records, read_overrides(path), str(path))
+    overrides = read_overrides(path)
+    if not overrides and which is None:  # every override undone: the data is as published, and says so
+        return records, None
+    return apply_overrides(records, overrides, str(path))
 
 
 def _renamed(record: Record, source_name: str) -> Record:

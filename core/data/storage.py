@@ -125,8 +125,11 @@ class FolderStorage(Storage):
         level = [""]
         for _ in range(max_depth + 1):
             for rel in level:
-                if self._path(f"{rel}/{file_name}" if rel else file_name).is_file():
-                    return rel
+                try:
+                    if self._path(f"{rel}/{file_name}" if rel else file_name).is_file():
+                        return rel
+                except OSError:  # a folder it may not look into (/proc/1/cwd): not this one
+                    continue
             level = [f"{r}/{d}" if r else d for r in level for d in self.subdirs(r) if not d.startswith(".")]
         return None
 
