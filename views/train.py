@@ -113,7 +113,7 @@ def live() -> None:
     status = jobs.observed_status(run)  # a vanished trainer shows as lost, with why
     state, cfg, rows = status["state"], run.config(), run.metrics()
     epoch_rows = [r for r in rows if r.get("kind") == "epoch"]
-    st.markdown(f"**{run.name}** · state **{state}** · {status.get('device', '')}")
+    st.markdown(" · ".join([f"**{run.name}**", f"state **{state}**"] + ([status["device"]] if status.get("device") else [])))
     if state == "queued":
         st.info("Queued: waiting for the device (one job per device at a time).")
     text = jobs.progress_text(status, cfg, [r["seconds"] for r in epoch_rows])
