@@ -53,6 +53,12 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def refit(self) -> bool:
+        """Trained on every tile of its data, with no split of its own: its figures are the out-of-fold ones of
+        the cross-validation that chose it (training writes `metrics["split"] = "out-of-fold"`)."""
+        return self.metrics.get("split") == "out-of-fold"
+
 
 def checkpoint_payload(model: nn.Module, *, arch: str, image_size: int, mean: float, std: float,
                        config: dict, metrics: dict | None = None, temperature: float = 1.0,

@@ -13,17 +13,7 @@ if TYPE_CHECKING:
 
 def at_least(minimum: int) -> Callable[[str], int]:
     """An argparse `type` for counts: an integer of at least `minimum`, or a one-line usage error."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is below the minimum {minimum}")
-        return value
-
-    return parse
+    return number_in(int, minimum)
 
 
 def number_in(kind: type, minimum: float | None = None, maximum: float | None = None) -> Callable[[str], float]:

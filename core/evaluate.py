@@ -55,10 +55,9 @@ def scored_warnings(data: HiriseData, y: np.ndarray, names: list[str], split: st
     """The data's warnings that concern this report: its sources' own, and a class missing from the tiles scored
     here (not from some other split: `--split all` scores every tile, and a class absent from test is no
     warning about it)."""
-    coverage = set(data.coverage)
-    out = [w for w in data.warnings if w not in coverage]
-    present = set(np.unique(y).tolist())
-    missing = [name for i, name in enumerate(names) if i not in present and any(r.label == i for r in data.records)]
+    out = data.source_warnings
+    present, held = set(np.unique(y).tolist()), set(np.unique(data.labels(data.records)).tolist())
+    missing = [name for i, name in enumerate(names) if i not in present and i in held]
     if missing:
         out.append(f"{', '.join(missing)}: no tiles in the {split} tiles scored here, so "
                    f"{'their' if len(missing) > 1 else 'its'} recall is undefined and macro-F1 averages over the "

@@ -311,8 +311,9 @@ def test_a_reports_warnings_are_about_the_tiles_it_scored():
     from core.classes import CLASS_NAMES
     from core.data import Record
     coverage = ["class spider has no tiles in test (only 2 observations: a class needs one per split); ..."]
-    data = SimpleNamespace(coverage=coverage, warnings=["src: 3 labelled files are missing", *coverage],
-                           records=[Record("s", f"{i}", f"{i}.jpg", label) for i, label in enumerate((0, 1, 7))])
+    records = [Record("s", f"{i}", f"{i}.jpg", label) for i, label in enumerate((0, 1, 7))]
+    data = SimpleNamespace(coverage=coverage, source_warnings=["src: 3 labelled files are missing"], records=records,
+                           labels=lambda recs: np.array([r.label for r in recs]))
     names = list(CLASS_NAMES)
     assert evaluate.scored_warnings(data, np.array([0, 1, 7]), names, "all") == ["src: 3 labelled files are missing"]
     on_val = evaluate.scored_warnings(data, np.array([0, 1]), names, "val")

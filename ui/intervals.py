@@ -1,10 +1,27 @@
 """How the pages write a figure's 95% interval (`0.87–0.94`) and say what the intervals are."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.checkpoint import LoadedModel
+
 
 def interval_text(interval: list[float] | None) -> str:
     """`0.87–0.94`, a 95% interval as the tables show it beside its figure; "" when there is none."""
     return f"{interval[0]:.2f}–{interval[1]:.2f}" if interval else ""
+
+
+def refit_warning(model: LoadedModel, scored_here: str) -> str:
+    """What a refit model's figures on its own data are worth, and its honest ones (out-of-fold, with their
+    intervals): Evaluate and Compare say the same."""
+    m, iv = model.metrics, model.metrics.get("intervals") or {}
+    return (f"This model was refit on every tile of its data, with no validation or test split: {scored_here}, it is "
+            "scored on tiles it trained on, and the figures below flatter it. Its honest figures are its "
+            f"cross-validation's, out-of-fold over {m.get('n')} tiles: macro-F1 {m['macro_f1']:.3f} "
+            f"({interval_text(iv.get('macro_f1'))}), balanced accuracy {m['balanced_accuracy']:.3f} "
+            f"({interval_text(iv.get('balanced_accuracy'))}), accuracy {m['accuracy']:.3f} "
+            f"({interval_text(iv.get('accuracy'))}). Score it on data it never saw.")
 
 
 def interval_caption(intervals: dict | None) -> str:

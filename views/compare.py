@@ -1,8 +1,6 @@
 """Compare: two or more runs side by side: settings (differences highlighted), curves, metrics, confusions."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
 from core.classes import CLASS_NAMES
@@ -11,6 +9,7 @@ from core.evaluate import evaluate_model
 from ui import appstate, compare, figures
 from ui.errors import USER_ERRORS, show_error
 from ui.imbalance import RARE_NOTE
+from ui.intervals import refit_warning
 from ui.loaders import data_for_config, get_model, shipped_models
 from ui.progress import progress_bar
 
@@ -38,28 +37,26 @@ if len(chosen) + len(included) < 2:
     st.info("Pick at least two models: two runs, or a run and a shipped model.")
     st.stop()
 shipped_reports: dict[str, dict] = {}
+shipped_models_loaded: dict = {}
 for label in included:
     path = shipped[label]
+    shipped_models_loaded[label] = model = get_model(path)  # once per page run: metadata below, scoring here
     config = chosen[0].config() if chosen else appstate.data_spec().flat()
     key = ("compare-eval", str(path), path.stat().st_mtime, str(config.get("data")), str(config.get("split_seed")))
     if key not in st.session_state:
         try:
-            st.session_state[key] = evaluate_model(get_model(path), data_for_config(config), "val",
+            st.session_state[key] = evaluate_model(model, data_for_config(config), "val",
                                                    on_progress=progress_bar(f"Scoring {path.name}"))
         except USER_ERRORS as exc:
             show_error(exc, f"Cannot score {path.name}")
             continue
     shipped_reports[label] = st.session_state[key]
-    refit = get_model(path).metrics
-    if refit.get("split") == "out-of-fold":  # a refit trained on every tile of its data: that data flatters it
-        st.warning(f"{label} was refit on every tile of its data ({', '.join(Path(p).name for p in get_model(path).config.get('data') or [])}), "
-                   "with no split of its own: where those tiles are among the ones scored here, it is scored on tiles it "
-                   f"trained on and its row flatters it. Its honest figures are its cross-validation's, out-of-fold: "
-                   f"macro-F1 {refit['macro_f1']:.3f}, balanced accuracy {refit['balanced_accuracy']:.3f} (the model card, "
-                   "checkpoints/MODEL_CARD.md).", icon=":material/warning:")
+    if model.refit:
+        st.warning(f"{label}: " + refit_warning(model, "where its data's tiles are among those scored here"),
+                   icon=":material/warning:")
 
 st.subheader("Settings")
-table, differing = compare.settings_table(chosen, {label: get_model(shipped[label]).config for label in shipped_reports})
+table, differing = compare.settings_table(chosen, {label: shipped_models_loaded[label].config for label in shipped_reports})
 only_diff = st.toggle("Only the settings that differ", value=True)
 shown = table.loc[differing] if only_diff and differing else table
 st.dataframe(shown.style.apply(lambda row: ["background-color: #fff3cd" if row.name in differing else ""

@@ -14,7 +14,7 @@ from ui import appstate, figures
 from ui.gallery import tile_gallery
 from ui.errors import USER_ERRORS, show_error
 from ui.imbalance import RARE_NOTE, imbalance_note
-from ui.intervals import interval_caption, interval_text
+from ui.intervals import interval_caption, interval_text, refit_warning
 from ui.loaders import data_for_config, get_model, model_choices, run_of_checkpoint
 from ui.per_class import never_predicted, per_class_table
 from ui.progress import progress_bar
@@ -45,15 +45,8 @@ bf16 = toggles[2].toggle("bf16 (faster)", disabled=not (bf16_native(model.device
                           "a thousand may change. Off: fp32, the reference figures. Not offered for "
                           "EfficientNet-Lite, whose predictions bf16 changes.")
 
-if model.metrics.get("split") == "out-of-fold":
-    m, iv = model.metrics, model.metrics.get("intervals") or {}
-    st.warning("This model was refit on every tile of its data, with no validation or test split: scored on any split "
-               "of that data, it is scored on tiles it trained on, and the figures below flatter it. Its honest "
-               f"figures are its cross-validation's, out-of-fold over {m.get('n')} tiles: macro-F1 "
-               f"{m['macro_f1']:.3f} ({interval_text(iv.get('macro_f1'))}), balanced accuracy "
-               f"{m['balanced_accuracy']:.3f} ({interval_text(iv.get('balanced_accuracy'))}), accuracy "
-               f"{m['accuracy']:.3f} ({interval_text(iv.get('accuracy'))}). Score it on data it never saw.",
-               icon=":material/warning:")
+if model.refit:
+    st.warning(refit_warning(model, "scored on any split of that data"), icon=":material/warning:")
 
 report = None
 key = (str(path), path.stat().st_mtime, split, originals_only, tta, bf16)
@@ -184,7 +177,7 @@ if cal.get("reliability_calibrated"):
     st.subheader("Calibration")
     a, b = st.columns([3, 2])
     a.plotly_chart(figures.reliability(cal), width="stretch")
-    fitted_on = ("the cross-validation's out-of-fold predictions" if model.metrics.get("split") == "out-of-fold"
+    fitted_on = ("the cross-validation's out-of-fold predictions" if model.refit
                  else "the validation split at the end of training")
     b.markdown(
         (f"Temperature scaling divides the logits by **T = {cal.get('temperature', 1):.2f}**, fitted on {fitted_on}. "

@@ -84,6 +84,7 @@ def _predict(model_key: str, digest: str, name: str, data: bytes, stride: int):
 shown = []  # (name, digest, prediction, the CAM column, the probabilities column): their CAMs follow
 first_name: dict[str, str] = {}  # content digest -> the name it was first shown under
 items = unique_names(items)
+class_legend = legend_strip(list(model.class_names), 900)  # under every class map: drawn once, a few ms
 for name, payload in items:
     st.divider()
     digest = hashlib.sha1(payload).hexdigest()
@@ -123,7 +124,7 @@ for name, payload in items:
         st.image(render_class_map(gray, pred.class_map), width="stretch",
                  caption="Class map: each window coloured by its predicted class (other left uncoloured); the CAM "
                          "above explains the window surest of the predicted class")
-        st.image(legend_strip(list(model.class_names), 900), width="stretch")
+        st.image(class_legend, width="stretch")
     shown.append((name, digest, pred, cols[1], cols[2]))
 
 from core.explain import CAM_METHODS, PERTURBATION_METHODS, colour_scale, explain, overlay_heatmap  # noqa: E402 - after the answers, see above

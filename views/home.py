@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from core.classes import CLASS_DESCRIPTIONS, CLASS_NAMES
-from core.jobs import describe_device, job_state, progress_column
+from core.jobs import describe_device, observed_status, progress_column
 from core.runs import list_runs
 from core.settings import DEFAULT_CHECKPOINT
 from ui import appstate
@@ -83,9 +83,9 @@ else:
     for run in runs[:50]:
         cfg, status = run.config(), run.status()
         best = run.best_epoch(status)
-        state = job_state(run, status)
-        rows.append({"run": run.name, "state": state, "model": cfg.get("model") or "",
-                     "progress": progress_column({**status, "state": state}, cfg),
+        seen = observed_status(run, status)  # a vanished trainer reads as lost
+        rows.append({"run": run.name, "state": seen["state"], "model": cfg.get("model") or "",
+                     "progress": progress_column(seen, cfg),
                      "kept epoch": str(best.get("epoch") or "–"),  # the figures are this epoch's (best.pt)
                      **{label: _score(best.get(key)) for label, key in SCORES},
                      "tags": ", ".join(run.notes()["tags"]), "started": status.get("started_at") or ""})

@@ -90,11 +90,10 @@ if not runs:
 st.subheader("Jobs")
 rows = []
 for r in runs[:30]:
-    status, cfg = r.status(), r.config()  # each file read once
-    state = jobs.job_state(r, status)
+    status, cfg = jobs.observed_status(r), r.config()  # each file read once; a vanished trainer reads as lost
     notes = r.notes()
-    rows.append({"run": r.name, "state": state, "kind": status.get("kind", "train"), "model": cfg.get("model"),
-                 "progress": jobs.progress_column({**status, "state": state}, cfg), "tags": ", ".join(notes["tags"]),
+    rows.append({"run": r.name, "state": status["state"], "kind": status.get("kind", "train"), "model": cfg.get("model"),
+                 "progress": jobs.progress_column(status, cfg), "tags": ", ".join(notes["tags"]),
                  "note": notes["note"], "queued": status.get("queued_at") or "",
                  "resumed": status.get("resumed_at") or ""})
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")

@@ -39,11 +39,17 @@ class HiriseData:
 
     @property
     def warnings(self) -> list[str]:
+        """Every warning about the data: its sources' and its split's (`coverage`)."""
+        return self.source_warnings + self.coverage
+
+    @property
+    def source_warnings(self) -> list[str]:
+        """The warnings about the files themselves (sources, unreadable or converted tiles, overrides), not about
+        how they were split."""
         out = [f"{s.name}: {w}" for s in self.sources for w in s.warnings]
         if self.unreadable:
             out.append(f"{len(self.unreadable)} unreadable tiles were skipped (e.g. {self.unreadable[0][0]}: "
                        f"{self.unreadable[0][1]})")
-        out += self.coverage
         if self.overrides is not None and self.overrides.unmatched:  # issue 16: label overrides
             out.append(self.overrides.describe())
         converted = sum(len(c.notes) for c in self.caches.values())
