@@ -542,6 +542,34 @@ def test_explore_page_with_a_malformed_overrides_file(v32_folder):
         Path(APP_STATE_FILE).unlink(missing_ok=True)
 
 
+@pytest.mark.parametrize("content", ["file,label\nx.jpg,volcano\n", "\x00\xff garbage", "no header at all\n"])
+def test_explore_page_with_a_malformed_rejections_file(v32_folder, content):
+    """The rejections file (empty, corrupt, wrong): one clear line, and the file is left exactly as it was."""
+    from core.settings import APP_STATE_FILE, LABEL_REJECTIONS_FILE
+    Path(APP_STATE_FILE).write_text(json.dumps({"data_paths": [str(v32_folder)]}))
+    LABEL_REJECTIONS_FILE.write_text(content)
+    try:
+        at = run_page("views/explore.py", timeout=300)
+        assert not at.exception and any("A label-review file is malformed" in e.value for e in at.error)
+        assert LABEL_REJECTIONS_FILE.read_text() == content
+    finally:
+        LABEL_REJECTIONS_FILE.unlink(missing_ok=True)
+        Path(APP_STATE_FILE).unlink(missing_ok=True)
+
+
+def test_rejections_from_two_threads_both_land(tmp_path):
+    """Two sessions rejecting at once (threads of one process): both decisions are kept."""
+    path = tmp_path / "label_rejections.csv"
+    threads = [threading.Thread(target=update_overrides, args=([Override(f"t{i}-{k}.jpg", 1, "crater", "rejected")
+                                                                  for k in range(20)],), kwargs={"path": path})
+               for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(read_overrides(path)) == 40
+
+
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_bench_explore_smoke(shared_data):

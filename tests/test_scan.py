@@ -10,7 +10,7 @@ from PIL import Image
 
 from core import scan
 from core.scan import Detection, Windows, check_sizes, merge
-from tests import synthetic
+from tests import model_fixtures, synthetic
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -119,3 +119,16 @@ def test_a_scan_on_a_synthetic_image_runs_end_to_end(tiny, tmp_path):
     h, w = gray.shape
     assert all(0 <= d.x0 < d.x1 <= w and 0 <= d.y0 < d.y1 <= h and d.probability >= 0.3 for d in found)
     assert all(d.label != "other" for d in found)
+
+
+def test_empty_sizes_and_a_scan_too_large_are_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    image = tmp_path / "big.png"
+    Image.fromarray(np.zeros((400, 600), np.uint8)).save(image)
+    with pytest.raises(SystemExit) as exc:
+        scan.main([str(image), "--out", str(tmp_path / "o"), "--sizes", ","])
+    assert exc.value.code == 2 and "at least one window size" in capsys.readouterr().err
+    monkeypatch.setattr(scan, "MAX_WINDOWS", 10)
+    assert scan.main([str(image), "--out", str(tmp_path / "o"), "--sizes", "64", "--checkpoint",
+                      str(model_fixtures.tiny_checkpoint())]) == 2
+    err = capsys.readouterr().err
+    assert "over the 10 limit: use larger windows" in err and not (tmp_path / "o" / "detections.csv").exists()
