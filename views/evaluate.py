@@ -106,7 +106,8 @@ if report.get("tiles_from"):
     st.caption(f"Scored on {report['tiles_from']} (tile-set fingerprint `{report.get('tiles_digest', '-')}`: two "
                "reports with the same fingerprint scored exactly the same tiles).")
 
-left, right = st.columns([3, 2])
+# the matrix, then the per-class table full width under it: beside the matrix, the table's F1 and support were cut
+left, right = st.container(), st.container()
 with left:
     if "eval_normalize" not in st.session_state:
         st.session_state["eval_normalize"] = True
