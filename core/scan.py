@@ -1,83 +1,81 @@
-"""Find the landmarks in a whole image (a HiRISE browse image, or any large grayscale picture): windows at
-several sizes, each resized to a tile and classified through the one inference path, and the windows of one
-class that overlap merged into detections.
+"""Find the landmarks in whole observations (HiRISE browse JPEGs, JPEG 2000 RDRs at a resolution level,
+GeoTIFFs, any large picture): windows at several sizes, each resized to a tile and classified through the one
+inference path, the windows of one class that overlap merged into detections, with map coordinates and
+latitude/longitude when the image has a PDS3 label or is georeferenced.
 
 Why several sizes: the data set's tiles are square crops around a landmark plus a 30 px margin, resized to
 227x227 from browse images where landmarks span roughly 60 to 600 pixels; a window much larger than a landmark
-dilutes it into `other`, a much smaller one cuts it. Windows step by half their size (`stride`), so every
+dilutes it into `other`, a much smaller one cuts it. Windows step by half their size (`--step`), so every
 landmark lies well inside some window of a fitting size.
 
-`python -m core.scan IMAGE [IMAGE ...] --out DIR [--checkpoint F] [--sizes 96,192,384] [--threshold 0.9]`
-writes `detections.csv` (one row per detection: image, class, probability, typicality, window in pixels) and
-says how many of each class it found.
+The work is cut into chunks (a few hundred windows of one size of one observation). In this process by default;
+with `--cluster [ADDRESS]` the chunks go to Dask workers (a local cluster, or the scheduler at ADDRESS), each
+loading the model once, and the results come back to be merged here: one path either way.
+
+    python -m core.scan IMAGE|FOLDER ... --out DIR [--checkpoint F] [--sizes 96,192,384] [--threshold 0.9]
+                        [--level N] [--label X.LBL] [--cluster [ADDRESS]]
+
+writes DIR/detections.csv, DIR/detections.geojson, DIR/<image>.windows-<size>px.tif and DIR/<image>.overlay.png.
 """
 from __future__ import annotations
 
 import argparse
-import csv
+import os
+import signal
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .checkpoint import CheckpointError, LoadedModel
 from .cliargs import number_in
-from .imageio import TILE_SIZE, ImageError, decode_gray
-from .progress import ProgressCallback
-from .tiling import window_starts
+from .detections import ImageScan, WindowGrid, detections_of
+from .georef import LabelError
+from .imageio import IMAGE_SUFFIXES
+from .raster import GDAL_SUFFIXES, Raster, RasterError, open_raster
+from .tiling import Windows
 
 #: Window sides in image pixels: about the span of the data set's landmarks in browse images, a factor of two
 #: apart. 96 px windows catch the smallest craters; 384 px ones the large dune fields.
 DEFAULT_SIZES = (96, 192, 384)
 MIN_WINDOW = 32
+#: Each window steps this fraction of its side: neighbours overlap by half, so a landmark no larger than half a
+#: window lies whole inside one of them.
+DEFAULT_STEP = 0.5
 #: The JPL/PDS Imaging Atlas indexes tiles with a posterior of at least 0.9; the same default here.
 DEFAULT_THRESHOLD = 0.9
-#: Windows of one class overlapping by at least this much (intersection over the smaller window) are one detection:
-#: neighbours at half a window apart overlap by 0.5 side by side and 0.25 diagonally, and they see one landmark.
-MERGE_OVERLAP = 0.25
 MAX_WINDOWS = 200_000  # a bound on the work one image may ask for; a finer scan is refused with the count
+CHUNK = 256  # windows per unit of work: ~13 MB of tiles, a few seconds on one CPU core
+SCAN_SUFFIXES = tuple(sorted(set(IMAGE_SUFFIXES) | set(GDAL_SUFFIXES)))
 
 
 @dataclass(frozen=True)
-class Detection:
-    """One landmark: the surest window of a group of overlapping windows of one class."""
+class Source:
+    """One observation to scan, as a worker anywhere can open it again: a path, a resolution level, a label."""
 
-    label: str
-    probability: float  # calibrated
-    typicality: float | None  # the out-of-distribution check's share (None: the checkpoint has no reference)
-    x0: int
-    y0: int
-    x1: int
-    y1: int
-    windows: int  # how many windows of this class it merges
+    path: str
+    level: int = 0
+    label: str | None = None
 
-    @property
-    def centre(self) -> tuple[float, float]:
-        return (self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2
+    def open(self) -> Raster:
+        return open_raster(Path(self.path), self.level, Path(self.label) if self.label else None)
 
 
-class Windows:
-    """The windows of one size over an image, cut and resized to a tile only when a batch asks for them (a
-    scan holds one batch of resized windows at a time, not the image's every window)."""
+@dataclass(frozen=True)
+class Chunk:
+    """Windows [start, stop) of one size over observation number `image` of a scan: what one engine task
+    classifies. `source` says how a worker elsewhere opens the observation (None: an image held in this process,
+    which only the in-process engine can scan)."""
 
-    def __init__(self, gray: np.ndarray, size: int, stride: int):
-        h, w = gray.shape
-        self.gray, self.size = gray, size
-        ys = window_starts(h, size, stride)  # the Explain page's class map cuts its windows on the same grid
-        xs = window_starts(w, size, stride)
-        self.boxes = np.array([(x, y, x + size, y + size) for y in ys for x in xs], dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.boxes)
-
-    def __getitem__(self, index: slice) -> np.ndarray:
-        out = [np.asarray(Image.fromarray(self.gray[y0:y1, x0:x1]).resize((TILE_SIZE, TILE_SIZE), Image.BILINEAR))
-               for x0, y0, x1, y1 in self.boxes[index]]
-        return np.stack(out) if out else np.zeros((0, TILE_SIZE, TILE_SIZE), np.uint8)
+    source: Source | None
+    image: int
+    size: int
+    stride: int
+    start: int
+    stop: int
 
 
 def check_sizes(sizes: Sequence[int], shape: tuple[int, int]) -> list[str]:
@@ -92,78 +90,247 @@ def check_sizes(sizes: Sequence[int], shape: tuple[int, int]) -> list[str]:
     return problems
 
 
-def scan_image(loaded: LoadedModel, gray: np.ndarray, sizes: Sequence[int] = DEFAULT_SIZES,
-               threshold: float = DEFAULT_THRESHOLD, batch_size: int = 32,
-               on_progress: ProgressCallback | None = None) -> list[Detection]:
-    """The landmarks in `gray` (H, W uint8): every window of every size classified, those whose class is not
-    `other` with a probability of at least `threshold` kept, overlapping ones of a class merged."""
-    from .predict import proba_and_typicality
+def stride_of(size: int, step: float) -> int:
+    return max(1, round(size * step))
 
-    problems = check_sizes(sizes, gray.shape)
+
+def plan(raster: Raster, sizes: Sequence[int], step: float = DEFAULT_STEP) -> list[Windows]:
+    """The windows of every size over `raster`; ValueError (one line) for sizes that do not fit or a scan over
+    MAX_WINDOWS."""
+    problems = check_sizes(sizes, raster.shape)
     if problems:
-        raise ValueError("; ".join(problems))
-    if not 0.0 < threshold <= 1.0:
-        raise ValueError(f"threshold {threshold} is not in (0, 1]")
-    grids = [Windows(gray, s, max(1, s // 2)) for s in sizes]
+        raise ValueError(f"{raster.name}: " + "; ".join(problems))
+    if not 0.0 < step <= 1.0:
+        raise ValueError(f"step {step} is not in (0, 1]")
+    grids = [Windows(raster, s, stride_of(s, step)) for s in sizes]
     total = sum(len(g) for g in grids)
     if total > MAX_WINDOWS:
-        raise ValueError(f"{gray.shape[1]}x{gray.shape[0]} at window sizes {', '.join(map(str, sizes))} makes "
-                         f"{total:,} windows, over the {MAX_WINDOWS:,} limit: use larger windows")
-    names = list(loaded.class_names)
-    found: list[Detection] = []
-    for grid in grids:
-        probs, typical = proba_and_typicality(loaded, grid, batch_size, on_progress,
-                                               show_progress=on_progress is None)
-        best = probs.argmax(1)
-        keep = np.flatnonzero((probs[np.arange(len(best)), best] >= threshold) & (np.asarray(names)[best] != "other"))
-        for i in keep:
-            x0, y0, x1, y1 = (int(v) for v in grid.boxes[i])
-            found.append(Detection(names[best[i]], float(probs[i, best[i]]),
-                                   None if typical is None else float(typical[i]), x0, y0, x1, y1, 1))
-    return merge(found)
+        raise ValueError(f"{raster.name}: {raster.width}x{raster.height} at window sizes {', '.join(map(str, sizes))} "
+                         f"makes {total:,} windows, over the {MAX_WINDOWS:,} limit: use larger windows or a "
+                         "coarser resolution level")
+    return grids
 
 
-def merge(candidates: list[Detection], overlap: float = MERGE_OVERLAP) -> list[Detection]:
-    """Non-maximum suppression per class: the surest window stands for every window of its class that overlaps
-    it by at least `overlap` (of the smaller window's area); surest first."""
-    out: list[Detection] = []
-    for label in sorted({d.label for d in candidates}):
-        todo = sorted((d for d in candidates if d.label == label), key=lambda d: -d.probability)
-        while todo:
-            head, rest = todo[0], todo[1:]
-            close = [d for d in rest if _overlap(head, d) >= overlap]
-            out.append(Detection(**{**asdict(head), "windows": 1 + len(close)}))
-            todo = [d for d in rest if _overlap(head, d) < overlap]
-    return sorted(out, key=lambda d: -d.probability)
+def chunks_of(source: Source | None, image: int, grids: list[Windows], chunk: int = CHUNK) -> list[Chunk]:
+    return [Chunk(source, image, g.size, g.stride, start, min(start + chunk, len(g)))
+            for g in grids for start in range(0, len(g), chunk)]
 
 
-def _overlap(a: Detection, b: Detection) -> float:
-    w = min(a.x1, b.x1) - max(a.x0, b.x0)
-    h = min(a.y1, b.y1) - max(a.y0, b.y0)
-    if w <= 0 or h <= 0:
-        return 0.0
-    smaller = min((a.x1 - a.x0) * (a.y1 - a.y0), (b.x1 - b.x0) * (b.y1 - b.y0))
-    return w * h / smaller
+# --- what a worker does (in this process, or in a Dask worker) -------------------------------------------------
+_MODELS: dict[str | None, LoadedModel] = {}
+_OPEN: dict[Source, Raster] = {}
 
 
-COLUMNS = ("image", "label", "probability", "typicality", "x0", "y0", "x1", "y1", "centre_x", "centre_y", "windows")
+def worker_model(checkpoint: str | None) -> LoadedModel:
+    """The model, loaded once per process (a Dask worker keeps it between tasks)."""
+    if checkpoint not in _MODELS:
+        from .checkpoint import load_checkpoint
+
+        _MODELS[checkpoint] = load_checkpoint(checkpoint) if checkpoint else load_checkpoint()
+    return _MODELS[checkpoint]
 
 
-def write_detections(path: Path, found: dict[str, list[Detection]]) -> None:
-    """detections.csv: one row per detection of every image scanned, written whole or not at all."""
-    from .atomic import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(COLUMNS)
-        for image, detections in found.items():
-            for d in detections:
-                cx, cy = d.centre
-                out.writerow([image, d.label, f"{d.probability:.4f}",
-                              "" if d.typicality is None else f"{d.typicality:.3f}", d.x0, d.y0, d.x1, d.y1,
-                              f"{cx:.1f}", f"{cy:.1f}", d.windows])
+def _opened(source: Source) -> Raster:
+    """The observation, kept open between its chunks (only the last one: chunks come observation by observation)."""
+    if source not in _OPEN:
+        for old in _OPEN.values():
+            old.close()
+        _OPEN.clear()
+        _OPEN[source] = source.open()
+    return _OPEN[source]
 
 
+def classify(loaded: LoadedModel, raster: Raster, chunk: Chunk, batch_size: int = 32
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(n, C) calibrated probabilities and (n,) typicality (None without a reference) of a chunk's windows."""
+    from .predict import proba_and_typicality
+
+    windows = Windows(raster, chunk.size, chunk.stride)
+    probs, typical = proba_and_typicality(loaded, windows[chunk.start:chunk.stop], batch_size)
+    return probs.astype(np.float32), None if typical is None else np.asarray(typical, np.float32)
+
+
+def dask_task(chunk: Chunk, checkpoint: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A chunk on a Dask worker: the model loaded once per worker, one torch thread (a worker has one core)."""
+    import torch
+
+    torch.set_num_threads(1)
+    return classify(worker_model(checkpoint), _opened(chunk.source), chunk)
+
+
+#: chunk index -> its (probabilities, typicality), or the reason it is missing
+Results = dict[int, "tuple[np.ndarray, np.ndarray | None] | str"]
+
+
+class Stopped(RuntimeError):
+    """The scan was cancelled; nothing is written."""
+
+
+def run_in_process(chunks: list[Chunk], loaded: LoadedModel, rasters: list[Raster], on_chunk: Callable[[int], None],
+                   should_stop: Callable[[], bool] = lambda: False) -> Results:
+    results: Results = {}
+    for k, chunk in enumerate(chunks):
+        if should_stop():
+            raise Stopped("cancelled")
+        results[k] = classify(loaded, rasters[chunk.image], chunk)
+        on_chunk(chunk.stop - chunk.start)
+    return results
+
+
+# --- a whole scan ---------------------------------------------------------------------------------------------
+def scan(images: Sequence[Source | Raster], loaded: LoadedModel | None = None, checkpoint: str | None = None,
+         sizes: Sequence[int] = DEFAULT_SIZES, step: float = DEFAULT_STEP, threshold: float = DEFAULT_THRESHOLD,
+         cluster: str | None = None, workers: int = 2, on_progress: Callable[[int, int, str], None] | None = None,
+         should_stop: Callable[[], bool] = lambda: False) -> list[ImageScan]:
+    """Scan every observation: plan (every image opened and checked first, so a bad one fails before any work),
+    classify every chunk on the engine, then assemble each image's window grids and detections.
+
+    `images`: Sources (files) or Rasters already open (in this process only). `cluster`: None scans in this
+    process; "local" on a Dask cluster of `workers` processes started here; anything else is a scheduler address.
+    A chunk lost for good on the cluster leaves its windows NaN and a note on its image, never a silent gap."""
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold {threshold} is not in (0, 1]")
+    if cluster is not None and not all(isinstance(i, Source) for i in images):
+        raise ValueError("a cluster scans files; an image held in memory is scanned in this process")
+    scans, rasters, chunks = [], [], []
+    try:
+        for i, item in enumerate(images):
+            raster = item if isinstance(item, Raster) else item.open()
+            rasters.append(raster)
+            grids = plan(raster, sizes, step)
+            scans.append(ImageScan(raster.name, raster.width, raster.height, raster.georef, [],
+                                   [WindowGrid(g.size, list(g.rows), list(g.cols), np.empty((0, 0)), None)
+                                    for g in grids], notes=list(raster.notes)))
+            chunks += chunks_of(item if isinstance(item, Source) else None, i, grids)
+        total = sum(c.stop - c.start for c in chunks)
+        progress = Progress(total, on_progress)
+        try:
+            if cluster is None:
+                loaded = loaded if loaded is not None else worker_model(checkpoint)
+                results = run_in_process(chunks, loaded, rasters, progress.add, should_stop)
+            else:
+                from .cluster import run_on_dask
+
+                results = run_on_dask(chunks, checkpoint, cluster, workers, progress.add, should_stop)
+        finally:
+            progress.close()
+    finally:
+        for item, raster in zip(images, rasters):
+            if raster is not item:
+                raster.close()
+    names = list(loaded.class_names) if loaded is not None else class_names_of(checkpoint)
+    for s in scans:
+        s.class_names = names
+        for g in s.grids:
+            g.probabilities = np.full((len(g.rows) * len(g.cols), len(names)), np.nan, np.float32)
+    for k, c in enumerate(chunks):
+        grid = next(g for g in scans[c.image].grids if g.size == c.size)
+        result = results.get(k, "never returned")
+        if isinstance(result, str):
+            scans[c.image].notes.append(f"windows {c.start}-{c.stop - 1} of size {c.size} px were not classified: "
+                                        f"{result}")
+            continue
+        grid.probabilities[c.start:c.stop] = result[0]
+        if result[1] is not None:
+            if grid.typicality is None:
+                grid.typicality = np.full(len(grid.probabilities), np.nan, np.float32)
+            grid.typicality[c.start:c.stop] = result[1]
+    for s in scans:
+        s.detections = detections_of(s, threshold)
+    return scans
+
+
+def class_names_of(checkpoint: str | None) -> list[str]:
+    """The class names a checkpoint predicts, read without building its model (the workers built it)."""
+    from .checkpoint import read_checkpoint
+    from .settings import DEFAULT_CHECKPOINT
+
+    return list(read_checkpoint(Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT)["class_names"])
+
+
+class Progress:
+    """Windows done so far: a tqdm bar (count, rate, ETA) on a terminal, or the app's callback."""
+
+    def __init__(self, total: int, on_progress: Callable[[int, int, str], None] | None):
+        self.total, self.done, self.callback, self.bar = total, 0, on_progress, None
+        if on_progress is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="scan", unit="window", dynamic_ncols=True, mininterval=0.5)
+        else:
+            on_progress(0, total, "windows")
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        else:
+            self.callback(self.done, self.total, "windows")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --- outputs --------------------------------------------------------------------------------------------------
+def output_names(scans: list[ImageScan]) -> list[str]:
+    """A file-name stem per image: its name with anything but letters, digits, '.', '_' and '-' replaced, and
+    numbered when two images share one."""
+    import re
+
+    stems, seen = [], {}
+    for s in scans:
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(s.name).stem).lstrip(".") or "image"
+        seen[stem] = seen.get(stem, 0) + 1
+        stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return stems
+
+
+def write_outputs(out: Path, scans: list[ImageScan], rasters: Sequence[Raster | Source]) -> list[Path]:
+    """Every output of a scan, written into a hidden folder first and moved into `out` only when all are written:
+    a failure leaves `out` as it was."""
+    import os
+    import shutil
+    import tempfile
+
+    from .detections import overlay_image, write_csv, write_geojson, write_png, write_window_grid
+
+    stage = Path(tempfile.mkdtemp(prefix=".scan-", dir=out))
+    try:
+        files = [stage / "detections.csv", stage / "detections.geojson"]
+        write_csv(files[0], scans)
+        write_geojson(files[1], scans)
+        for s, stem, item in zip(scans, output_names(scans), rasters):
+            for g in s.grids:
+                files.append(stage / f"{stem}.windows-{g.size}px.tif")
+                write_window_grid(files[-1], s, g)
+            raster = item.open() if isinstance(item, Source) else item
+            try:
+                preview, scale = raster.preview()
+            finally:
+                if raster is not item:
+                    raster.close()
+            files.append(stage / f"{stem}.overlay.png")
+            write_png(files[-1], overlay_image(preview, s, scale))
+        placed = []
+        for f in files:
+            os.replace(f, out / f.name)
+            placed.append(out / f.name)
+        return placed
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def check_writable(out: Path) -> None:
+    """Refuse a folder that cannot take the outputs before any work is done (OSError with the reason)."""
+    import tempfile
+
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=out):
+        pass
+
+
+# --- command line ---------------------------------------------------------------------------------------------
 def _sizes(text: str) -> tuple[int, ...]:
     parse = number_in(int, MIN_WINDOW, None)
     try:
@@ -172,41 +339,135 @@ def _sizes(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"window sizes: {exc}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .checkpoint import load_checkpoint
+def find_sources(paths: Iterable[Path], level: int, label: Path | None) -> tuple[list[Source], list[str]]:
+    """The observations named, and those directly inside folders named (sorted; labels are not observations)."""
+    sources, problems = [], []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in SCAN_SUFFIXES)
+            if not found:
+                problems.append(f"{p}: no images in this folder ({', '.join(SCAN_SUFFIXES)})")
+            sources += [Source(str(f), level) for f in found]
+        elif p.exists():
+            sources.append(Source(str(p), level, str(label) if label else None))
+        else:
+            problems.append(f"{p}: no such file or folder")
+    return sources, problems
 
+
+def summary(scan_: ImageScan, threshold: float) -> str:
+    counts: dict[str, int] = {}
+    for d in scan_.detections:
+        counts[d.label] = counts.get(d.label, 0) + 1
+    where = f", georeferenced by {scan_.georef.source}" if scan_.georef else ", no georeferencing"
+    return (f"{scan_.name}: {scan_.width}x{scan_.height}{where}; {len(scan_.detections)} detections "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items())) or 'none'}) at probability >= {threshold}")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core.scan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG, TIFF, ...)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for detections.csv (created if needed)")
+    parser.add_argument("images", nargs="+", type=Path,
+                        help="observations (browse JPEG, JPEG 2000, GeoTIFF, PDS .IMG, PNG, ...) or folders of them")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the outputs (created if needed)")
     parser.add_argument("--checkpoint", help="model (default: the shipped one)")
     parser.add_argument("--sizes", type=_sizes, default=DEFAULT_SIZES,
                         help=f"window sides in pixels, comma-separated (default: {','.join(map(str, DEFAULT_SIZES))})")
+    parser.add_argument("--step", type=number_in(float, 0.05, 1.0), default=DEFAULT_STEP,
+                        help=f"each window steps this fraction of its side (default: {DEFAULT_STEP})")
     parser.add_argument("--threshold", type=number_in(float, 0.0, 1.0), default=DEFAULT_THRESHOLD,
                         help=f"smallest calibrated probability kept (default: {DEFAULT_THRESHOLD})")
+    parser.add_argument("--level", type=number_in(int, 0, 10), default=0,
+                        help="read JPEG 2000 / tiled TIFF at this resolution level: 1/2**N of full size (default 0)")
+    parser.add_argument("--label", type=Path, help="the PDS3 label of the one image given (default: X.LBL beside it)")
+    parser.add_argument("--cluster", nargs="?", const="local", metavar="ADDRESS",
+                        help="scan on Dask: a local cluster without ADDRESS, or the scheduler at ADDRESS "
+                             "(e.g. tcp://10.0.0.5:8786); the files must be readable by the workers at the same paths")
+    parser.add_argument("--workers", type=number_in(int, 1, 64), default=2,
+                        help="worker processes of a local cluster (default 2)")
+    parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)  # the app's scan job: status.json and CANCEL
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not args.sizes:
         parser.error("--sizes: give at least one window size")
+    if args.label and len(args.images) != 1:
+        parser.error("--label: give exactly one image with it")
+    sources, problems = find_sources(args.images, args.level, args.label)
+    job = Job(args.job) if args.job else None
     try:
-        args.out.mkdir(parents=True, exist_ok=True)
-        loaded = load_checkpoint(args.checkpoint) if args.checkpoint else load_checkpoint()
-        found: dict[str, list[Detection]] = {}
-        for path in args.images:
-            t0 = time.perf_counter()
-            gray, notes = decode_gray(path.read_bytes(), path.name)
-            found[path.name] = scan_image(loaded, gray, args.sizes, args.threshold)
-            counts = {}
-            for d in found[path.name]:
-                counts[d.label] = counts.get(d.label, 0) + 1
-            print(f"{path.name}: {gray.shape[1]}x{gray.shape[0]}, {len(found[path.name])} detections "
-                  f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items())) or 'none'}) at probability >= "
-                  f"{args.threshold} in {time.perf_counter() - t0:.0f} s", flush=True)
-        write_detections(args.out / "detections.csv", found)
-    except (CheckpointError, ImageError, ValueError, OSError) as exc:
+        if problems:
+            raise ValueError("; ".join(problems))
+        try:
+            check_writable(args.out)
+        except OSError as exc:
+            raise OSError(f"cannot write the outputs to {args.out}: {exc.strerror or exc}") from None
+        scans = scan(sources, checkpoint=args.checkpoint, sizes=args.sizes, step=args.step, threshold=args.threshold,
+                     cluster=args.cluster, workers=args.workers,
+                     on_progress=job.progress if job else None, should_stop=job.stopped if job else lambda: False)
+        files = write_outputs(args.out, scans, sources)
+    except Stopped:
+        print("cancelled: nothing written", file=sys.stderr)
+        if job:
+            job.finish("cancelled")
+        return 3
+    except (CheckpointError, RasterError, LabelError, ValueError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if job:
+            job.finish("failed", error=str(exc))
         return 2
-    print(f"-> {args.out / 'detections.csv'}")
+    missing = 0
+    for s in scans:
+        print(summary(s, args.threshold), flush=True)
+        for note in s.notes:
+            print(f"  note: {note}")
+        missing += s.missing
+    print("-> " + ", ".join(str(f) for f in files))
+    if job:
+        job.finish("completed", missing=missing)
+    if missing:
+        print(f"error: {missing:,} windows were not classified (listed above); the outputs mark them", file=sys.stderr)
+        return 4
     return 0
+
+
+class Job:
+    """The app's side of a scan run as a job: progress in status.json, a CANCEL file or SIGTERM to stop."""
+
+    def __init__(self, folder: Path):
+        from .runs import now_iso
+
+        self.folder, self.stop = folder, False
+        self.t0, self.last = time.monotonic(), 0.0
+        signal.signal(signal.SIGTERM, self._on_signal)
+        self._write(state="running", started_at=now_iso(), pid=os.getpid(), done=0, total=None)
+
+    def _on_signal(self, *_: object) -> None:
+        self.stop = True
+
+    def stopped(self) -> bool:
+        return self.stop or (self.folder / "CANCEL").exists()
+
+    def progress(self, done: int, total: int, _: str) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.5 and done < total:
+            return
+        self.last = now
+        rate = done / (now - self.t0) if done else 0.0
+        self._write(done=done, total=total, rate=round(rate, 2), eta_s=round((total - done) / rate) if rate else None)
+
+    def finish(self, state: str, **more: object) -> None:
+        from .runs import now_iso
+
+        self._write(state=state, ended_at=now_iso(), **more)
+
+    def _write(self, **changes: object) -> None:
+        from .runs import update_json
+
+        update_json(self.folder / "status.json", changes)
 
 
 if __name__ == "__main__":

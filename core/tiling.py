@@ -1,4 +1,5 @@
-"""Cut an image larger than a tile (a HiRISE browse crop) into windows, and draw the class map back on it."""
+"""Cut an image larger than a tile (a HiRISE browse crop, a whole observation) into windows, and draw the class map
+back on it. The one tiling path: the Explain page's class map and core.scan both cut their windows here."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,9 +46,52 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+class Windows:
+    """The square windows of one size over an image, on the `window_starts` grid, cut and resized to a tile only
+    when a slice asks for them: a scan holds one batch of tiles at a time, never every window of an observation.
+
+    `source` is an (H, W) uint8 array, or anything with `.shape` and `.read(x0, y0, x1, y1)` (a core.raster
+    Raster, which reads a JPEG 2000 or GeoTIFF a window at a time). A batch reads each band of rows it touches
+    once and cuts its windows from it, so overlapping windows are decoded once, not once per window."""
+
+    def __init__(self, source, size: int, stride: int):  # noqa: ANN001 - an array or a core.raster.Raster
+        self.source, self.size, self.stride = source, size, stride
+        h, w = source.shape
+        self.rows, self.cols = window_starts(h, size, stride), window_starts(w, size, stride)
+        self.boxes = np.array([(x, y, x + size, y + size) for y in self.rows for x in self.cols], dtype=np.int64)
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        return len(self.rows), len(self.cols)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def _band(self, y0: int, x0: int, x1: int) -> np.ndarray:
+        if isinstance(self.source, np.ndarray):
+            return self.source[y0:y0 + self.size, x0:x1]
+        return self.source.read(x0, y0, x1, y0 + self.size)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        from PIL import Image
+
+        boxes = self.boxes[index]
+        out = np.empty((len(boxes), TILE_SIZE, TILE_SIZE), np.uint8)
+        for y0 in np.unique(boxes[:, 1]):
+            here = np.flatnonzero(boxes[:, 1] == y0)
+            x0, x1 = int(boxes[here, 0].min()), int(boxes[here, 2].max())
+            band = self._band(int(y0), x0, x1)
+            for i in here:
+                window = band[:, boxes[i, 0] - x0:boxes[i, 2] - x0]
+                out[i] = window if self.size == TILE_SIZE else np.asarray(
+                    Image.fromarray(window).resize((TILE_SIZE, TILE_SIZE), Image.BILINEAR))
+        return out
+
+
 def cut_windows(gray: np.ndarray, window: int = TILE_SIZE, stride: int = TILE_SIZE
                 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(H, W) uint8 -> windows (rows*cols, window, window), boxes (rows, cols, 4), notes.
+    """(H, W) uint8 -> windows resized to tiles (rows*cols, 227, 227), boxes (rows, cols, 4), notes: the Explain
+    page's class map, on the same `Windows` a scan uses.
 
     A side shorter than the window is padded by reflection (the model never sees a black border);
     boxes are clipped to the real image.
@@ -60,13 +104,13 @@ def cut_windows(gray: np.ndarray, window: int = TILE_SIZE, stride: int = TILE_SI
         gray = np.pad(gray, ((0, max(0, window - h)), (0, max(0, window - w))), mode="reflect"
                       if min(h, w) > 1 else "edge")
         notes.append(f"padded from {w}x{h} by reflection to fit {window}x{window} windows")
-    ys, xs = window_starts(gray.shape[0], window, stride), window_starts(gray.shape[1], window, stride)
-    if len(ys) * len(xs) > MAX_WINDOWS:
-        raise ValueError(f"{w}x{h} at stride {stride} makes {len(ys) * len(xs):,} windows, over the "
+    windows = Windows(gray, window, stride)
+    if len(windows) > MAX_WINDOWS:
+        raise ValueError(f"{w}x{h} at stride {stride} makes {len(windows):,} windows, over the "
                          f"{MAX_WINDOWS:,} limit: use a larger stride")
-    tiles = np.stack([gray[y:y + window, x:x + window] for y in ys for x in xs])
-    boxes = np.array([[[x, y, min(x + window, w), min(y + window, h)] for x in xs] for y in ys], dtype=np.int64)
-    return tiles, boxes, notes
+    boxes = windows.boxes.reshape(*windows.grid_shape, 4)
+    boxes[..., 2], boxes[..., 3] = np.minimum(boxes[..., 2], w), np.minimum(boxes[..., 3], h)
+    return windows[:], boxes, notes
 
 
 def _grid_index(class_map: ClassMap) -> tuple[np.ndarray, np.ndarray]:
