@@ -10,7 +10,8 @@ that still fails is reported by its windows, never dropped in silence.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from .scan import Chunk, Results, Stopped, dask_task
 
@@ -21,9 +22,21 @@ class ClusterError(RuntimeError):
     """The cluster cannot be used; the message says why in one line."""
 
 
-def connect(address: str, workers: int):  # noqa: ANN201 - a dask.distributed Client
+@contextmanager
+def connect(address: str, workers: int) -> Iterator:
     """A client of the scheduler at `address`, or of a new local cluster ("local") of `workers` processes with one
-    thread each (torch in a worker uses that one thread)."""
+    thread each (torch in a worker uses that one thread); closed (and the local cluster stopped) on leaving."""
+    client = _client(address, workers)
+    try:
+        yield client
+    finally:
+        local = getattr(client, "cluster", None) if address == "local" else None
+        client.close()
+        if local is not None:
+            local.close()
+
+
+def _client(address: str, workers: int):  # noqa: ANN202 - a dask.distributed Client
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError as exc:
@@ -39,7 +52,7 @@ def connect(address: str, workers: int):  # noqa: ANN201 - a dask.distributed Cl
                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no answer'})") from None
 
 
-def run_on_dask(chunks: list[Chunk], checkpoint: str | None, address: str, workers: int,
+def run_on_dask(client, chunks: list[Chunk], checkpoint: str | None,  # noqa: ANN001 - a dask.distributed Client
                 on_chunk: Callable[[int], None], should_stop: Callable[[], bool] = lambda: False) -> Results:
     """Every chunk classified on the cluster; a chunk that fails for good maps to the reason, its windows unscanned.
     An error in the data (a damaged observation) is raised as it would be in this process."""
@@ -48,33 +61,26 @@ def run_on_dask(chunks: list[Chunk], checkpoint: str | None, address: str, worke
 
     from .raster import RasterError
 
-    client = connect(address, workers)
-    try:
-        index = {}
-        futures = []
-        for k, chunk in enumerate(chunks):
-            future = client.submit(dask_task, chunk, checkpoint, pure=False, key=f"scan-chunk-{k}-{time.time_ns()}")
-            index[future.key] = k
-            futures.append(future)
-        results: Results = {}
-        for future in as_completed(futures):
-            if should_stop():
-                client.cancel(futures)
-                raise Stopped("cancelled")
-            k = index[future.key]
-            try:
-                results[k] = future.result()
-            except (RasterError, ValueError):
-                client.cancel(futures)
-                raise
-            except KilledWorker as exc:
-                results[k] = f"its worker died each time it ran ({str(exc).splitlines()[0][:120]})"
-            except Exception as exc:  # noqa: BLE001 - any other failure of one task is reported with its windows
-                results[k] = f"{type(exc).__name__}: {exc}"
-            on_chunk(chunks[k].stop - chunks[k].start)
-        return results
-    finally:
-        cluster = getattr(client, "cluster", None)
-        client.close()
-        if cluster is not None:
-            cluster.close()
+    index = {}
+    futures = []
+    for k, chunk in enumerate(chunks):
+        future = client.submit(dask_task, chunk, checkpoint, pure=False, key=f"scan-chunk-{k}-{time.time_ns()}")
+        index[future.key] = k
+        futures.append(future)
+    results: Results = {}
+    for future in as_completed(futures):
+        if should_stop():
+            client.cancel(futures)
+            raise Stopped("cancelled")
+        k = index[future.key]
+        try:
+            results[k] = future.result()
+        except (RasterError, ValueError):
+            client.cancel(futures)
+            raise
+        except KilledWorker as exc:
+            results[k] = f"its worker died each time it ran ({str(exc).splitlines()[0][:120]})"
+        except Exception as exc:  # noqa: BLE001 - any other failure of one task is reported with its windows
+            results[k] = f"{type(exc).__name__}: {exc}"
+        on_chunk(chunks[k].stop - chunks[k].start)
+    return results

@@ -206,7 +206,7 @@ def write_window_grid(path: Path, scan: ImageScan, grid: WindowGrid) -> None:
     georef = scan.georef
     profile = {"driver": "GTiff", "width": w, "height": h, "count": 2, "dtype": "float32", "nodata": None,
                "compress": "deflate",
-               "transform": (georef.transform if georef else Affine.identity()) * pixels,
+               "transform": (georef.transform if georef else Affine.identity()) @ pixels,
                "crs": georef.crs if georef else None}
     with atomic_path(path) as tmp, rasterio.Env(GDAL_PAM_ENABLED="NO"):
         with rasterio.open(tmp, "w", **profile) as dst:

@@ -130,7 +130,7 @@ def from_pds_label(label: Path, width: int, height: int) -> Georef:
             raise LabelError(f"{label.name}: POLAR STEREOGRAPHIC with CENTER_LATITUDE {clat}, not a pole")
         proj = f"+proj=stere +lat_0={clat:+.0f} +lon_0={clon} +k=1 +x_0=0 +y_0=0 +R={radius} +units=m +no_defs"
     full = Affine(scale, 0.0, -(spo + 0.5) * scale, 0.0, -scale, (lpo + 0.5) * scale)
-    return Georef(full * Affine.scale(kx, ky), CRS.from_proj4(proj), f"PDS3 label {label.name}")
+    return Georef(full @ Affine.scale(kx, ky), CRS.from_proj4(proj), f"PDS3 label {label.name}")
 
 
 def from_dataset(dataset) -> Georef | None:  # noqa: ANN001 - a rasterio dataset

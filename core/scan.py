@@ -111,7 +111,8 @@ def plan(raster: Raster, sizes: Sequence[int], step: float = DEFAULT_STEP) -> li
     return grids
 
 
-def chunks_of(source: Source | None, image: int, grids: list[Windows], chunk: int = CHUNK) -> list[Chunk]:
+def chunks_of(source: Source | None, image: int, grids: list[Windows], chunk: int | None = None) -> list[Chunk]:
+    chunk = chunk or CHUNK
     return [Chunk(source, image, g.size, g.stride, start, min(start + chunk, len(g)))
             for g in grids for start in range(0, len(g), chunk)]
 
@@ -203,17 +204,15 @@ def scan(images: Sequence[Source | Raster], loaded: LoadedModel | None = None, c
                                     for g in grids], notes=list(raster.notes)))
             chunks += chunks_of(item if isinstance(item, Source) else None, i, grids)
         total = sum(c.stop - c.start for c in chunks)
-        progress = Progress(total, on_progress)
-        try:
-            if cluster is None:
-                loaded = loaded if loaded is not None else worker_model(checkpoint)
+        if cluster is None:
+            loaded = loaded if loaded is not None else worker_model(checkpoint)
+            with Progress(total, on_progress) as progress:
                 results = run_in_process(chunks, loaded, rasters, progress.add, should_stop)
-            else:
-                from .cluster import run_on_dask
+        else:
+            from .cluster import connect, run_on_dask
 
-                results = run_on_dask(chunks, checkpoint, cluster, workers, progress.add, should_stop)
-        finally:
-            progress.close()
+            with connect(cluster, workers) as client, Progress(total, on_progress) as progress:
+                results = run_on_dask(client, chunks, checkpoint, progress.add, should_stop)
     finally:
         for item, raster in zip(images, rasters):
             if raster is not item:
@@ -267,7 +266,10 @@ class Progress:
         else:
             self.callback(self.done, self.total, "windows")
 
-    def close(self) -> None:
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *_: object) -> None:
         if self.bar is not None:
             self.bar.close()
 
