@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from core import cluster, scan
-from core.detections import Detection, ImageScan, WindowGrid, detections_of, merge
+from core.detections import Detection, merge
 from core.georef import LabelError, find_label, from_pds_label
 from core.raster import ArrayRaster, RasterError, open_raster
 from core.tiling import Windows
