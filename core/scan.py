@@ -445,7 +445,10 @@ class Job:
         self.folder, self.stop = folder, False
         self.t0, self.last = time.monotonic(), 0.0
         signal.signal(signal.SIGTERM, self._on_signal)
-        self._write(state="running", started_at=now_iso(), pid=os.getpid(), done=0, total=None)
+        from .jobs import process_start
+
+        self._write(state="running", started_at=now_iso(), pid=os.getpid(), pid_start=process_start(os.getpid()),
+                    done=0, total=None)
 
     def _on_signal(self, *_: object) -> None:
         self.stop = True

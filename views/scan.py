@@ -1,0 +1,151 @@
+"""Scan: find the landmarks in whole observations. A scan runs as a job (its own process: it survives a refresh and
+can be cancelled); its detections are drawn on the observation, listed in a table, and each one opens its window
+with a Grad-CAM of its class."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import streamlit as st
+
+from core import scan_jobs
+from core.scan import DEFAULT_SIZES, DEFAULT_STEP, DEFAULT_THRESHOLD, SCAN_SUFFIXES
+from ui.errors import USER_ERRORS, show_error
+from ui.loaders import require_model_choices
+from ui.uploads import unique_names
+
+STATE_WORDS = {"starting": "starting", "running": "running", "completed": "done", "failed": "failed",
+               "cancelled": "cancelled", "lost": "lost"}
+
+st.caption("Windows of several sizes are cut from each observation, classified by the model (calibrated "
+           "probabilities and the out-of-distribution check), and the windows of one class that overlap are merged "
+           "into detections. With a PDS3 label beside the image (X.LBL for X.JP2 or X.browse.jpg) or a GeoTIFF, every "
+           "detection gets map coordinates and latitude/longitude. Details: docs/scan.md.")
+
+choices = require_model_choices()
+jobs = scan_jobs.list_scans()
+
+with st.expander("New scan", expanded=not jobs, key="scan_new"):
+    source = st.radio("Observations", ["Upload files", "A file or folder on this machine"], horizontal=True,
+                      key="scan_source")
+    uploads, typed = [], ""
+    if source == "Upload files":
+        uploads = st.file_uploader(
+            "Observations (browse JPEG, JPEG 2000, GeoTIFF, PDS .IMG, PNG; up to 64 MB each) and their PDS3 labels "
+            "(.LBL, named as the image)", type=[s.lstrip(".") for s in (*SCAN_SUFFIXES, ".lbl")],
+            accept_multiple_files=True, key="scan_uploads") or []
+    else:
+        typed = st.text_input("Path", placeholder="/data/hirise/ESP_011277_1825_RED.JP2 or a folder of them",
+                              help="Read where it is, never copied. A folder: every observation directly in it.")
+    c1, c2, c3, c4 = st.columns(4)
+    model_label = c1.selectbox("Model", list(choices), key="scan_model")
+    sizes = c2.text_input("Window sizes (px)", ",".join(map(str, DEFAULT_SIZES)),
+                          help="Window sides, comma-separated: landmarks span about 60 to 600 pixels of a browse "
+                               "image, so 96, 192 and 384 cover them")
+    threshold = c3.number_input("Probability threshold", 0.05, 1.0, DEFAULT_THRESHOLD, 0.01, format="%.2f",
+                                help="A window counts when its class (not other) has at least this calibrated "
+                                     "probability; 0.9 is what the PDS Imaging Atlas indexes HiRISE tiles at")
+    level = c4.number_input("Resolution level", 0, 10, 0, 1,
+                            help="JPEG 2000 and tiled TIFF only: read at 1/2^N of full resolution (a HiRISE RDR at "
+                                 "full resolution is 10-20 times finer than the browse images the model learned on)")
+    e1, e2, e3 = st.columns([1, 1, 2])
+    step = e1.select_slider("Window step (of its side)", [0.25, 0.5, 0.75, 1.0], DEFAULT_STEP,
+                            help="Half a window: neighbours overlap by half, so a landmark lies whole in one of them")
+    engine = e2.selectbox("Run on", ["this machine", "a local Dask cluster", "a Dask scheduler"],
+                          help="A local Dask cluster runs 2 worker processes; a scheduler's workers must read the "
+                               "files at the same paths")
+    address = e3.text_input("Scheduler address", placeholder="tcp://10.0.0.5:8786",
+                            disabled=engine != "a Dask scheduler")
+
+    if st.button("Start scan", type="primary"):
+        try:
+            cluster = {"this machine": None, "a local Dask cluster": "local"}.get(engine, address.strip())
+            if engine == "a Dask scheduler" and not cluster:
+                raise ValueError("give the scheduler's address (tcp://host:8786)")
+            argv = scan_jobs.options_argv(sizes, threshold, step, int(level), cluster)
+            if source == "Upload files":
+                images = [u for u in uploads if not u.name.lower().endswith(".lbl")]
+                if not images:
+                    raise ValueError("upload at least one observation (a label alone is nothing to scan)")
+                job = scan_jobs.new_scan(Path(images[0].name).stem[:30])
+                job.inputs.mkdir(parents=True, exist_ok=True)
+                inputs = []
+                for name, payload in unique_names([(u.name, u.getvalue()) for u in uploads]):
+                    path = job.inputs / scan_jobs.safe_file_name(name)
+                    path.write_bytes(payload)
+                    if not name.lower().endswith(".lbl"):
+                        inputs.append(path)
+            else:
+                inputs = [scan_jobs.check_input_path(typed)]
+                job = scan_jobs.new_scan(inputs[0].stem[:30])
+            scan_jobs.launch(job, inputs, argv, choices[model_label])
+            st.session_state["scan_job"] = job.name
+            st.rerun()
+        except (scan_jobs.ScanJobError, *USER_ERRORS) as exc:
+            show_error(exc, "Not started")
+
+if not jobs:
+    st.info("No scans yet: start one under New scan.")
+    st.stop()
+names = [j.name for j in jobs]
+default = st.session_state.get("scan_job")
+chosen = st.selectbox("Scan", names, index=names.index(default) if default in names else 0,
+                      help="Every scan started here, newest first; a scan keeps running when the page is closed")
+st.session_state["scan_job"] = chosen
+job = jobs[names.index(chosen)]
+active = job.status().get("state") in scan_jobs.ACTIVE
+
+
+@st.fragment(run_every=1.5 if active else None)
+def live() -> None:
+    status = job.status()
+    state = status.get("state")
+    request = job.request()
+    st.markdown(f"**{job.name}** · state **{STATE_WORDS.get(state, state)}** · "
+                f"{len(request.get('inputs', []))} input(s) · options `{' '.join(request.get('argv', []))}`")
+    if state in scan_jobs.ACTIVE:
+        done, total = status.get("done") or 0, status.get("total")
+        if total:
+            rate, eta = status.get("rate") or 0, status.get("eta_s")
+            st.progress(min(1.0, done / total), text=f"{done:,}/{total:,} windows · " + (
+                f"{rate:,.1f} windows/s · ETA {eta:,.0f} s" if rate and eta is not None else "measuring speed…"))
+        else:
+            st.progress(0.0, text="opening the observations and loading the model…")
+        if st.button("Cancel scan"):
+            try:
+                job.cancel()
+                st.toast("Cancel requested: the scan stops after the windows in hand; nothing is written.")
+            except OSError as exc:
+                show_error(f"cannot write to {job.path}: {exc.strerror or exc}", "Not cancelled")
+    elif state == "failed":
+        st.error(f"Failed: {status.get('error')}")
+    elif state == "lost":
+        st.error(f"Lost: {status.get('error')}")
+    elif state == "cancelled":
+        st.warning("Cancelled: nothing was written.")
+    elif state == "completed" and status.get("missing"):
+        st.error(f"{status['missing']:,} windows were not classified (a worker lost for good); the log names "
+                 "them, and the GeoTIFFs mark them as not classified.")
+    with st.expander("Log", expanded=state in ("failed", "lost")):
+        st.code(job.log_tail() or "(empty)")
+    if active and state not in scan_jobs.ACTIVE:
+        st.rerun(scope="app")  # it just ended: draw the results once, and stop polling
+
+
+live()
+status = job.status()
+if status.get("state") == "completed":
+    from ui.scan_results import show_results
+
+    show_results(job)
+if status.get("state") not in scan_jobs.ACTIVE:
+    with st.expander("Delete this scan"):
+        st.caption(f"Removes {job.path} with its uploads and outputs.")
+        if st.button("Delete", key="scan_delete"):
+            try:
+                shutil.rmtree(job.path)
+                st.session_state.pop("scan_job", None)
+                st.rerun()
+            except OSError as exc:
+                show_error(f"cannot delete {job.path}: {exc.strerror or exc}", "Not deleted")
+
