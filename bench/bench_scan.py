@@ -1,0 +1,217 @@
+"""Scanning whole observations (issue 24): speed against a plain loop, peak memory on a large JPEG 2000, and the
+Dask engine against this process, each measured in this one run on test observations built from real tiles.
+
+    python bench/bench_scan.py [--data PATH] [--browse 2500x6000] [--baseline-windows 300]
+                               [--jp2-side 20000] [--jp2-sizes 1024,2048] [--observations 8] [--sections 1,2,3]
+
+1. A 2,500 x 6,000 browse image (real `other` tiles with real landmarks pasted at 96, 192 and 384 px), scanned with
+   the default window sizes. BASELINE: a plain loop that cuts, resizes and classifies one window at a time (batch
+   of 1), timed on the first --baseline-windows windows; OURS: core.scan (band reads, batches of 32). Goal: the
+   whole image in under 5 minutes on this CPU.
+2. A --jp2-side square JPEG 2000 (tiled, lossy, with resolution levels) scanned at full resolution in windows of
+   --jp2-sizes, in a child process whose peak resident memory is read from the kernel. BASELINE: the same file read
+   whole by rasterio in a child process. Goal: the scan under 1.5 GB.
+3. --observations browse-size observations (908 x 1362) in one folder, scanned with windows of 192 and 384 px in
+   this process and on a local Dask cluster of 2 worker processes (wall time of the whole command, cluster
+   start-up and model loads included).
+The share of the CPU other processes took meanwhile is printed: figures from a busy machine are to be re-measured.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchlib import OtherLoad, real_data_missing  # noqa: E402 - bench/benchlib.py
+from core.checkpoint import load_checkpoint  # noqa: E402
+from core.data import load_dataset  # noqa: E402
+from core.inference import predict_proba  # noqa: E402
+from core.raster import ArrayRaster  # noqa: E402
+from core.scan import DEFAULT_SIZES, scan  # noqa: E402
+from core.settings import SHARED_DATA_DIR  # noqa: E402
+from core.tiling import Windows  # noqa: E402
+from tools import observation  # noqa: E402
+
+TILE = 227
+
+
+def browse_observation(data, loaded, width: int, height: int) -> np.ndarray:  # noqa: ANN001
+    """`other` tiles to width x height, real landmarks pasted at 96, 192 and 384 px."""
+    names = list(loaded.class_names)
+    landmarks = observation.landmarks_called_right(loaded, data, {"crater": 4, "dark dune": 2, "bright dune": 2,
+                                                                  "slope streak": 2, "spider": 1})
+    canvas, _ = observation.build(data, [], names, rows=-(-height // TILE), cols=-(-width // TILE), seed=1,
+                                  split="train")
+    canvas = np.ascontiguousarray(canvas[:height, :width])
+    rng = np.random.default_rng(0)
+    for i, rec in enumerate(landmarks):
+        size = (96, 192, 384)[i % 3]
+        x, y = int(rng.integers(0, width - size)), int(rng.integers(0, height - size))
+        canvas[y:y + size, x:x + size] = np.asarray(Image.fromarray(data.tiles([rec])[0]).resize((size, size)))
+    return canvas
+
+
+def plain_loop(loaded, gray: np.ndarray, boxes: np.ndarray) -> None:  # noqa: ANN001
+    for x0, y0, x1, y1 in boxes:
+        tile = np.asarray(Image.fromarray(gray[y0:y1, x0:x1]).resize((TILE, TILE), Image.BILINEAR))
+        predict_proba(loaded, tile[None], batch_size=1)
+
+
+CHILD_CPU_S = 0.0  # CPU seconds of the finished children measured here: OtherLoad no longer sees them as ours
+
+
+def child_peak(cmd: list[str]) -> tuple[float, float, int]:
+    """(peak RSS in GiB, wall seconds, exit code) of a command run as a child of a fresh helper process, so the
+    kernel's maximum covers that command alone."""
+    global CHILD_CPU_S
+    probe = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+             f"rc = subprocess.run({cmd!r}, stdout=subprocess.DEVNULL).returncode; "
+             "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+             "print(u.ru_maxrss, time.perf_counter() - t, rc, u.ru_utime + u.ru_stime)")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout.split()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CHILD_CPU_S += (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return int(out[0]) / 2**20, float(out[1]), int(out[2])
+
+
+def other_share(load: OtherLoad, child_cpu_before: float) -> float:
+    """The share of the CPU other processes took, the finished children's CPU time counted as this run's."""
+    share = load.stop()
+    capacity = (time.perf_counter() - load.t) * (os.cpu_count() or 1)
+    return max(0.0, share - (CHILD_CPU_S - child_cpu_before) / max(capacity, 1e-9))
+
+
+def section_browse(args, data, loaded) -> None:  # noqa: ANN001
+    width, height = args.browse
+    gray = browse_observation(data, loaded, width, height)
+    windows = Windows(gray, DEFAULT_SIZES[0], DEFAULT_SIZES[0] // 2)
+    n = min(args.baseline_windows, len(windows))
+    warm = windows[:32]  # both paths' one-time costs (the first batch of each shape) before any clock starts
+    predict_proba(loaded, warm, batch_size=32)
+    predict_proba(loaded, warm[:1], batch_size=1)
+    load = OtherLoad()
+    load.start()
+    t0 = time.perf_counter()
+    plain_loop(loaded, gray, windows.boxes[:n])
+    base = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    [ours_small] = scan([ArrayRaster(gray)], loaded, sizes=(DEFAULT_SIZES[0],), on_progress=lambda *_: None)
+    ours_small_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    [result] = scan([ArrayRaster(gray)], loaded, on_progress=lambda *_: None)
+    whole = time.perf_counter() - t0
+    total = sum(len(g.rows) * len(g.cols) for g in result.grids)
+    small = len(ours_small.grids[0].rows) * len(ours_small.grids[0].cols)
+    other = load.stop()
+    print(f"== 1. browse image {width}x{height}, windows {','.join(map(str, DEFAULT_SIZES))} px")
+    print(f"BASELINE plain loop, one window at a time: {base:,.1f} windows/s (first {n} windows of "
+          f"{DEFAULT_SIZES[0]} px)")
+    print(f"OURS core.scan, {DEFAULT_SIZES[0]} px windows only: {small / ours_small_s:,.1f} windows/s "
+          f"({small:,} windows)")
+    print(f"ratio (OURS / BASELINE, {DEFAULT_SIZES[0]} px windows): {small / ours_small_s / base:.2f}x")
+    print(f"OURS whole scan: {total:,} windows in {whole:,.1f} s ({total / whole:,.1f} windows/s), "
+          f"{len(result.detections)} detections; goal < 300 s: {'met' if whole < 300 else 'NOT met'}")
+    print(f"other processes took {other:.0%} of the CPU meanwhile")
+
+
+def section_jp2(args, data, loaded, work: Path) -> None:  # noqa: ANN001
+    side = args.jp2_side
+    path = work / f"obs{side}.jp2"
+    t0 = time.perf_counter()
+    tile_canvas, _ = observation.build(data, [], list(loaded.class_names), rows=10, cols=10, seed=2, split="train")
+    reps = -(-side // tile_canvas.shape[0])
+    big = np.tile(tile_canvas, (reps, reps))[:side, :side]
+    observation.write_jp2(path, big, block=1024)
+    del big
+    print(f"== 2. JPEG 2000 {side:,} x {side:,} px ({path.stat().st_size / 2**20:,.0f} MiB, tiled 1024, lossy), "
+          f"written in {time.perf_counter() - t0:,.0f} s")
+    load, cpu0 = OtherLoad(), CHILD_CPU_S
+    load.start()
+    read_whole = ("import rasterio; ds = rasterio.open(%r); a = ds.read(1); print(a.shape)" % str(path))
+    base_gib, base_s, _ = child_peak([sys.executable, "-c", read_whole])
+    out = work / "jp2-out"
+    ours_gib, ours_s, rc = child_peak([sys.executable, "-m", "core.scan", str(path), "--out", str(out), "--sizes",
+                                       args.jp2_sizes])
+    other = other_share(load, cpu0)
+    print(f"BASELINE rasterio reads it whole: peak {base_gib:.2f} GiB in {base_s:,.0f} s")
+    print(f"OURS core.scan at full resolution, windows {args.jp2_sizes} px: peak {ours_gib:.2f} GiB in "
+          f"{ours_s:,.0f} s (exit {rc})")
+    print(f"ratio (BASELINE / OURS peak memory): {base_gib / max(ours_gib, 1e-9):.2f}x; goal < 1.5 GB: "
+          f"{'met' if ours_gib * 2**30 < 1.5e9 else 'NOT met'}")
+    print(f"other processes took {other:.0%} of the CPU meanwhile")
+
+
+def section_engine(args, data, loaded, work: Path) -> None:  # noqa: ANN001
+    folder = work / "observations"
+    folder.mkdir()
+    names = list(loaded.class_names)
+    landmarks = observation.landmarks_called_right(loaded, data, {"crater": 2, "dark dune": 1, "slope streak": 1})
+    for i in range(args.observations):
+        canvas, _ = observation.build(data, landmarks, names, seed=100 + i)
+        Image.fromarray(canvas).save(folder / f"obs{i}.jpg", quality=95)
+    h, w = canvas.shape
+    per = sum(len(Windows(np.zeros((h, w), np.uint8), s, s // 2)) for s in (192, 384))
+    total = per * args.observations
+    load, cpu0 = OtherLoad(), CHILD_CPU_S
+    load.start()
+    cmd = [sys.executable, "-m", "core.scan", str(folder), "--sizes", "192,384"]
+    _, here_s, rc1 = child_peak(cmd + ["--out", str(work / "here")])
+    _, dask_s, rc2 = child_peak(cmd + ["--out", str(work / "dask"), "--cluster", "--workers", "2"])
+    other = other_share(load, cpu0)
+    same = (work / "here" / "detections.csv").read_text() == (work / "dask" / "detections.csv").read_text()
+    print(f"== 3. {args.observations} observations of {w}x{h} px, windows 192,384 px: {total:,} windows")
+    print(f"BASELINE in this process: {here_s:,.1f} s, {total / here_s:,.1f} windows/s (exit {rc1})")
+    print(f"OURS local Dask cluster, 2 workers: {dask_s:,.1f} s, {total / dask_s:,.1f} windows/s (exit {rc2}); "
+          f"same detections.csv: {same}")
+    print(f"ratio (Dask / in-process windows/s): {here_s / dask_s:.2f}x (start-up and model loads included)")
+    print(f"other processes took {other:.0%} of the CPU meanwhile")
+
+
+def _shape(text: str) -> tuple[int, int]:
+    w, h = (int(v) for v in text.lower().split("x"))
+    return w, h
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(SHARED_DATA_DIR / "hirise-v3_2-subset"))
+    parser.add_argument("--browse", type=_shape, default=(2500, 6000), help="width x height of section 1's image")
+    parser.add_argument("--baseline-windows", type=int, default=300)
+    parser.add_argument("--jp2-side", type=int, default=20_000)
+    parser.add_argument("--jp2-sizes", default="1024,2048")
+    parser.add_argument("--observations", type=int, default=8)
+    parser.add_argument("--sections", default="1,2,3")
+    args = parser.parse_args()
+    if real_data_missing(args.data):
+        return 2
+    import torch
+
+    print(f"torch threads: {torch.get_num_threads()}, CPUs: {os.cpu_count()}")
+    loaded = load_checkpoint()
+    data = load_dataset([Path(args.data)], label_overrides=False)
+    with tempfile.TemporaryDirectory(prefix="bench-scan-") as tmp:
+        work = Path(tmp)
+        if "1" in args.sections:
+            section_browse(args, data, loaded)
+        if "2" in args.sections:
+            section_jp2(args, data, loaded, work)
+        if "3" in args.sections:
+            section_engine(args, data, loaded, work)
+    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
