@@ -181,7 +181,40 @@ def section_engine(args, data, loaded, work: Path) -> None:  # noqa: ANN001
     print(f"OURS local Dask cluster, 2 workers: {dask_s:,.1f} s, {total / dask_s:,.1f} windows/s (exit {rc2}); "
           f"same detections.csv: {same}")
     print(f"ratio (Dask / in-process windows/s): {here_s / dask_s:.2f}x (start-up and model loads included)")
+    if args.ray_path:  # Ray core (an actor per worker, the model loaded once in each), for the choice of engine
+        env_path = f"{args.ray_path}{os.pathsep}{ROOT}"
+        t0 = time.perf_counter()
+        res = subprocess.run([sys.executable, str(Path(__file__)), "--ray-child", str(folder)], cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": env_path}, capture_output=True, text=True)
+        ray_s = time.perf_counter() - t0
+        print(f"Ray core, 2 actors: {ray_s:,.1f} s, {total / ray_s:,.1f} windows/s (exit {res.returncode}"
+              f"{'' if res.returncode == 0 else ': ' + res.stderr.strip().splitlines()[-1][:200]}); ratio (Ray / "
+              f"in-process windows/s): {here_s / ray_s:.2f}x")
     print(f"other processes took {other:.0%} of the CPU meanwhile")
+
+
+def ray_child(folder: Path) -> None:
+    """Section 3's observations classified on Ray core: two actors, each loading the model once."""
+    import ray
+    import ray.util
+
+    from core import scan as scanning
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+    @ray.remote(num_cpus=1)
+    class Worker:
+        def run(self, chunk):  # noqa: ANN001, ANN202
+            return scanning.worker_task(chunk, None)
+
+    chunks = []
+    for i, path in enumerate(sorted(folder.glob("*.jpg"))):
+        source = scanning.Source(str(path))
+        with source.open() as raster:
+            chunks += scanning.chunks_of(source, i, scanning.plan(raster, (192, 384)))
+    pool = ray.util.ActorPool([Worker.remote() for _ in range(2)])
+    print(sum(len(p) for p, _ in pool.map(lambda actor, chunk: actor.run.remote(chunk), chunks)))
+    ray.shutdown()
 
 
 def _shape(text: str) -> tuple[int, int]:
@@ -198,7 +231,13 @@ def main() -> int:
     parser.add_argument("--jp2-sizes", default="1024,2048")
     parser.add_argument("--observations", type=int, default=8)
     parser.add_argument("--sections", default="1,2,3")
+    parser.add_argument("--ray-path", help="a folder holding Ray (pip install --target DIR ray): section 3 also "
+                                           "runs on Ray core, to compare the engines")
+    parser.add_argument("--ray-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ray_child:
+        ray_child(args.ray_child)
+        return 0
     if real_data_missing(args.data):
         return 2
     import torch

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .scan import Chunk, Results, Stopped, dask_task
+from .scan import Chunk, Results, Stopped, worker_task
 
 CONNECT_TIMEOUT_S = 10
 
@@ -64,7 +64,7 @@ def run_on_dask(client, chunks: list[Chunk], checkpoint: str | None,  # noqa: AN
     index = {}
     futures = []
     for k, chunk in enumerate(chunks):
-        future = client.submit(dask_task, chunk, checkpoint, pure=False, key=f"scan-chunk-{k}-{time.time_ns()}")
+        future = client.submit(worker_task, chunk, checkpoint, pure=False, key=f"scan-chunk-{k}-{time.time_ns()}")
         index[future.key] = k
         futures.append(future)
     results: Results = {}

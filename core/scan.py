@@ -151,7 +151,7 @@ def classify(loaded: LoadedModel, raster: Raster, chunk: Chunk, batch_size: int 
     return probs.astype(np.float32), None if typical is None else np.asarray(typical, np.float32)
 
 
-def dask_task(chunk: Chunk, checkpoint: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+def worker_task(chunk: Chunk, checkpoint: str | None) -> tuple[np.ndarray, np.ndarray | None]:
     """A chunk on a Dask worker: the model loaded once per worker, one torch thread (a worker has one core)."""
     import torch
 

@@ -153,7 +153,51 @@ def _explain_then_evaluate(url: str, tmp: Path, page) -> None:
         page.wait_for_timeout(800)
         page.screenshot(path=str(ARTIFACTS / shot))
     assert page.locator("[data-testid='stException']").count() == 0
+    _scan_page(url, tmp, page)
     _train_page(url, tmp, page)
+
+
+def _scan_page(url: str, tmp: Path, page) -> None:
+    """Upload an observation with its PDS3 label, scan it as a job, click a detection: its window and Grad-CAM."""
+    import numpy as np
+    from PIL import Image
+
+    from tools.observation import write_label
+
+    row = np.concatenate([synthetic.tile(c, seed=c) for c in range(1, 5)], axis=1)
+    gray = np.concatenate([row, row[:, ::-1]], axis=0)
+    image = tmp / "ESP_062586_1840_RED.browse.png"
+    Image.fromarray(gray).save(image)
+    label = write_label(tmp / "ESP_062586_1840_RED.LBL", gray.shape[1], gray.shape[0], factor=8)
+    page.goto(f"{url}/scan")
+    page.get_by_text("New scan").first.wait_for(timeout=60_000)
+    page.wait_for_selector("input[type=file]", state="attached", timeout=60_000)
+    page.locator("input[type=file]").set_input_files([str(image), str(label)])
+    page.get_by_text("ESP_062586_1840_RED.LBL").first.wait_for(timeout=30_000)
+    sizes = page.get_by_label("Window sizes (px)")
+    sizes.fill("8")
+    sizes.press("Enter")
+    page.get_by_role("button", name="Start scan").click()
+    page.get_by_text("Not started: argument --sizes: window sizes: 8 is below the minimum 32").first.wait_for(
+        timeout=30_000)
+    sizes.fill("192")
+    sizes.press("Enter")
+    threshold = page.get_by_label("Probability threshold")
+    threshold.fill("0.05")
+    threshold.press("Enter")
+    page.wait_for_timeout(500)
+    page.get_by_role("button", name="Start scan").click()
+    page.get_by_text(re.compile(r"^\d+ detections at probability ≥ 0.05")).first.wait_for(timeout=180_000)
+    page.get_by_text("Latitude and east longitude").first.wait_for(timeout=30_000)
+    grid = page.locator("[data-testid='stDataFrame']").first
+    grid.scroll_into_view_if_needed()
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + 12, box["y"] + 35 + 17)  # the first row's selection cell, under the header
+    page.get_by_text("Grad-CAM for").first.wait_for(timeout=60_000)
+    page.get_by_text("All outputs (zip)").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(ARTIFACTS / "scan.png"), full_page=True)
+    assert page.locator("[data-testid='stException']").count() == 0
 
 
 def _runs(tmp: Path) -> set[str]:
