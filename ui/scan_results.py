@@ -21,7 +21,7 @@ def show_results(job: ScanJob) -> None:
     request = job.request()
     threshold = _option(request, "--threshold", "0.9")
     overlays = sorted(job.out.glob("*.overlay.png"))
-    st.subheader(f"{len(rows)} detections at probability ≥ {threshold}")
+    st.subheader(f"{len(rows)} detection{'' if len(rows) == 1 else 's'} at probability ≥ {threshold}")
     if not rows:
         st.info("No window was called a landmark at this threshold. A lower threshold, other window sizes, or a "
                 "resolution level nearer the browse images' scale may find some.")
@@ -56,7 +56,8 @@ def _table(job: ScanJob, rows: list[dict], request: dict) -> None:
                + ("Latitude and east longitude (0-360) of each window's centre, from the image's label or "
                   "GeoTIFF. " if georef else "This image has no georeferencing (no PDS3 label beside it, not a "
                                              "GeoTIFF): positions are in pixels. ")
-               + "Typicality: the share of training tiles less typical than this window (low: unlike them).")
+               + "Typicality (the out-of-distribution check): the share of validation tiles that lie closer to the "
+                 "training tiles than this window; 0.95 or more flags a window unlike them.")
     event = st.dataframe(shown[columns], hide_index=True, width="stretch", on_select="rerun",
                          selection_mode="single-row", key=f"scan-table-{job.name}",
                          column_config={"probability": st.column_config.NumberColumn(format="%.3f"),
@@ -79,6 +80,7 @@ def _window(path: str, level: int, box: tuple[int, int, int, int]) -> np.ndarray
 
 def _detail(job: ScanJob, row: pd.Series, request: dict) -> None:
     from core.explain import explain, overlay_heatmap
+    from core.ood import describe
 
     path = observation_path(job, row["image"])
     if path is None:
@@ -95,10 +97,14 @@ def _detail(job: ScanJob, row: pd.Series, request: dict) -> None:
     except USER_ERRORS as exc:
         show_error(exc, "Cannot show this window")
         return
-    left, right = st.columns(2)
+    left, right, notes = st.columns(3)
     left.image(tile, caption="the window, as the model sees it", width="stretch", clamp=True)
     right.image(overlay_heatmap(tile, exp.heatmap, 0.5), width="stretch",
                 caption=f"Grad-CAM for {row['label']}: red where the evidence for it is (scaled per window)")
+    notes.caption(f"The surest of {int(row['windows'])} overlapping window(s) of this class.")
+    if pd.notna(row["typicality"]):
+        text, unusual = describe(float(row["typicality"]))
+        (notes.warning if unusual else notes.caption)(text)
 
 
 def _downloads(job: ScanJob) -> None:
