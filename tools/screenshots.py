@@ -6,7 +6,8 @@ Without --url it starts its own server (`streamlit run app.py` on a free local p
 folder and app state in a temporary folder, so the project's runs and remembered data are never touched) and stops
 it at the end, however the run ends. Each page is brought to a state worth showing: Evaluate is run on the val
 split, a real crater tile is uploaded on Explain, two shipped models are compared, the Explore map is drawn (a
-feature pass over every tile of the data the first time: minutes on a CPU). Every picture is then scaled to
+feature pass over every tile of the data the first time: minutes on a CPU), and a test observation of real tiles
+is uploaded with its label and scanned on Scan. Every picture is then scaled to
 --width pixels and reduced to a 256-colour palette, so it stays small enough to keep in git.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ from ui.navigation import PAGES  # noqa: E402 - the app's own page list
 CRATER = "ESP_011425_1775_RED-0004.jpg"
 #: The browser window per page: Streamlit scrolls its own main block, so a full-page shot ends at the window.
 HEIGHTS = {"Home": 1000, "Dataset": 1500, "Train": 1100, "Evaluate": 1500, "Explain": 1000, "Compare": 1500,
-           "Explore": 1000}
+           "Explore": 1000, "Scan": 1300}
 
 
 def free_port() -> int:
@@ -122,7 +123,42 @@ def prepare(page, name: str, data: list[str]) -> None:
         if draw.count():
             draw.click()
         wait_for(page, page.locator(".js-plotly-plot"), 1_200_000)
+    elif name == "Scan" and data:
+        image, label = scan_observation(Path(tempfile.mkdtemp(prefix="scan-shot-")), data[0])
+        page.wait_for_selector("input[type=file]", state="attached", timeout=120_000)
+        page.locator("input[type=file]").set_input_files([str(image), str(label)])
+        wait_for(page, page.get_by_text("RED.LBL", exact=False), 60_000)
+        sizes = page.get_by_role("textbox", name="Window sizes (px)")
+        sizes.fill("192,384")
+        sizes.press("Enter")
+        settle(page)
+        page.get_by_role("button", name="Start scan").click()
+        heading = page.get_by_text("at probability ≥", exact=False).first
+        wait_for(page, heading, 600_000)
+        settle(page)
+        page.get_by_role("heading", name="at probability").first.evaluate("e => e.scrollIntoView()")
+        page.wait_for_timeout(1000)
+        return
     settle(page)
+
+
+def scan_observation(folder: Path, data: str) -> tuple[Path, Path]:
+    """A test observation of real tiles (tools/observation.py) as a browse JPEG with its PDS3 label."""
+    from PIL import Image as PILImage
+
+    from core.checkpoint import load_checkpoint
+    from core.data import load_dataset
+    from tools import observation
+
+    loaded = load_checkpoint()
+    tiles = load_dataset([Path(data)], label_overrides=False)
+    landmarks = observation.landmarks_called_right(
+        loaded, tiles, {"crater": 2, "dark dune": 1, "bright dune": 1, "slope streak": 1})
+    canvas, _ = observation.build(tiles, landmarks, list(loaded.class_names))
+    image = folder / "ESP_062586_1840_RED.browse.jpg"
+    PILImage.fromarray(canvas).save(image, quality=95)
+    label = observation.write_label(folder / "ESP_062586_1840_RED.LBL", canvas.shape[1], canvas.shape[0], factor=8)
+    return image, label
 
 
 def shrink(path: Path, width: int) -> None:

@@ -22,14 +22,14 @@ def show_results(job: ScanJob) -> None:
     threshold = _option(request, "--threshold", "0.9")
     overlays = sorted(job.out.glob("*.overlay.png"))
     st.subheader(f"{len(rows)} detection{'' if len(rows) == 1 else 's'} at probability ≥ {threshold}")
+    for path in overlays:
+        st.image(str(path), caption=f"{path.name}: each detection outlined in its class's colour, with its "
+                                    "probability", width="stretch")
     if not rows:
         st.info("No window was called a landmark at this threshold. A lower threshold, other window sizes, or a "
                 "resolution level nearer the browse images' scale may find some.")
     else:
         _table(job, rows, request)
-    for path in overlays:
-        st.image(str(path), caption=f"{path.name}: each detection outlined in its class's colour, with its "
-                                    "probability", width="stretch")
     _downloads(job)
 
 
