@@ -211,13 +211,15 @@ def scan(images: Sequence[Source | Raster], loaded: LoadedModel | None = None, c
         else:
             from .cluster import connect, run_on_dask
 
+            names = class_names_of(checkpoint)  # a bad checkpoint is said here, once, not by every task
             with connect(cluster, workers) as client, Progress(total, on_progress) as progress:
                 results = run_on_dask(client, chunks, checkpoint, progress.add, should_stop)
     finally:
         for item, raster in zip(images, rasters):
             if raster is not item:
                 raster.close()
-    names = list(loaded.class_names) if loaded is not None else class_names_of(checkpoint)
+    if cluster is None:
+        names = list(loaded.class_names)
     for s in scans:
         s.class_names = names
         for g in s.grids:
