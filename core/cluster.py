@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .scan import Chunk, Results, Stopped, worker_task
+from typing import Any
 
 CONNECT_TIMEOUT_S = 10
 
@@ -52,10 +52,13 @@ def _client(address: str, workers: int):  # noqa: ANN202 - a dask.distributed Cl
                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no answer'})") from None
 
 
-def run_on_dask(client, chunks: list[Chunk], checkpoint: str | None,  # noqa: ANN001 - a dask.distributed Client
-                on_chunk: Callable[[int], None], should_stop: Callable[[], bool] = lambda: False) -> Results:
-    """Every chunk classified on the cluster; a chunk that fails for good maps to the reason, its windows unscanned.
-    An error in the data (a damaged observation) is raised as it would be in this process."""
+def run_on_dask(client, task: Callable, chunks: list, checkpoint: str | None,  # noqa: ANN001 - a dask Client
+                on_chunk: Callable[[int], None], should_stop: Callable[[], bool] = lambda: False
+                ) -> dict[int, Any] | None:
+    """`task(chunk, checkpoint)` for every chunk on the cluster: chunk index -> its result, or the reason it failed
+    for good (a string; its windows go unscanned, and the caller says so). An error in the data (a damaged
+    observation) is raised as it would be in this process. None when `should_stop` said stop (the tasks are
+    cancelled). The task comes from core.scan, which imports this module, not the other way round."""
     from dask.distributed import as_completed
     from distributed.scheduler import KilledWorker
 
@@ -64,14 +67,14 @@ def run_on_dask(client, chunks: list[Chunk], checkpoint: str | None,  # noqa: AN
     index = {}
     futures = []
     for k, chunk in enumerate(chunks):
-        future = client.submit(worker_task, chunk, checkpoint, pure=False, key=f"scan-chunk-{k}-{time.time_ns()}")
+        future = client.submit(task, chunk, checkpoint, pure=False, key=f"scan-chunk-{k}-{time.time_ns()}")
         index[future.key] = k
         futures.append(future)
-    results: Results = {}
+    results: dict[int, Any] = {}
     for future in as_completed(futures):
         if should_stop():
             client.cancel(futures)
-            raise Stopped("cancelled")
+            return None
         k = index[future.key]
         try:
             results[k] = future.result()

@@ -213,7 +213,9 @@ def scan(images: Sequence[Source | Raster], loaded: LoadedModel | None = None, c
 
             names = class_names_of(checkpoint)  # a bad checkpoint is said here, once, not by every task
             with connect(cluster, workers) as client, Progress(total, on_progress) as progress:
-                results = run_on_dask(client, chunks, checkpoint, progress.add, should_stop)
+                results = run_on_dask(client, worker_task, chunks, checkpoint, progress.add, should_stop)
+            if results is None:
+                raise Stopped("cancelled")
     finally:
         for item, raster in zip(images, rasters):
             if raster is not item:

@@ -187,7 +187,7 @@ def _scan_page(url: str, tmp: Path, page) -> None:
     threshold.press("Enter")
     page.wait_for_timeout(500)
     page.get_by_role("button", name="Start scan").click()
-    page.get_by_text(re.compile(r"^\d+ detections at probability ≥ 0.05")).first.wait_for(timeout=180_000)
+    page.get_by_text(re.compile(r"^\d+ detections? at probability ≥ 0.05")).first.wait_for(timeout=180_000)
     page.get_by_text("Latitude and east longitude").first.wait_for(timeout=30_000)
     grid = page.locator("[data-testid='stDataFrame']").first
     grid.scroll_into_view_if_needed()
