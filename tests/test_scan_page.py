@@ -67,6 +67,13 @@ def test_a_scan_job_runs_to_its_end_and_another_is_cancelled(tmp_path):
     assert not slow.outputs() and "cancelled: nothing written" in slow.log_tail()
     assert [j.name for j in scan_jobs.list_scans(tmp_path / "runs")] == [slow.name, job.name]
 
+    damaged = tmp_path / "damaged.jp2"  # a scan that fails says why in its status, for the page to show
+    damaged.write_bytes(b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00" * 64)
+    bad = scan_jobs.launch(scan_jobs.new_scan("bad", tmp_path / "runs"), [damaged],
+                           scan_jobs.options_argv("96", 0.9, 0.5, 0, None), ckpt)
+    assert wait_for(lambda: bad.status()["state"] not in scan_jobs.ACTIVE, 120, "the failed scan to end")
+    assert bad.status()["state"] == "failed" and "damaged.jp2" in bad.status()["error"] and not bad.outputs()
+
 
 @pytest.mark.slow
 def test_scan_page_refuses_bad_input_then_scans_a_path_and_shows_the_results(tmp_path):
