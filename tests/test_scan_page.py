@@ -104,3 +104,26 @@ def test_scan_page_refuses_bad_input_then_scans_a_path_and_shows_the_results(tmp
         assert any(lbl.startswith("detections.geojson") for lbl in labels) and "All outputs (zip)" in labels
     finally:
         shutil.rmtree(job.path, ignore_errors=True)
+
+
+def test_two_scans_started_at_once_get_folders_of_their_own(tmp_path):
+    import threading
+
+    made = []
+    threads = [threading.Thread(target=lambda: made.append(scan_jobs.new_scan("obs", tmp_path))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({j.path for j in made}) == 8 and all(j.path.is_dir() for j in made)
+
+
+@pytest.mark.slow
+def test_scan_options_survive_leaving_the_page_and_coming_back():
+    at = run_page("views/scan.py")
+    at.text_input(key="scan_sizes").input("128,256").run()
+    at.number_input(key="scan_threshold").set_value(0.8).run()
+    at.switch_page("views/explain.py").run()
+    at.switch_page("views/scan.py").run()
+    assert at.text_input(key="scan_sizes").value == "128,256"
+    assert at.number_input(key="scan_threshold").value == 0.8

@@ -13,6 +13,7 @@ from core.scan import DEFAULT_SIZES, DEFAULT_STEP, DEFAULT_THRESHOLD, SCAN_SUFFI
 from ui.errors import USER_ERRORS, show_error
 from ui.loaders import require_model_choices
 from ui.uploads import unique_names
+from ui.widgets import kept, kept_selectbox
 
 STATE_WORDS = {"starting": "starting", "running": "running", "completed": "done", "failed": "failed",
                "cancelled": "cancelled", "lost": "lost"}
@@ -26,8 +27,8 @@ choices = require_model_choices()
 jobs = scan_jobs.list_scans()
 
 with st.expander("New scan", expanded=not jobs, key="scan_new"):
-    source = st.radio("Observations", ["Upload files", "A file or folder on this machine"], horizontal=True,
-                      key="scan_source")
+    source = kept(st.radio, "Observations", "scan_source", "Upload files",
+                  ["Upload files", "A file or folder on this machine"], horizontal=True)
     uploads, typed = [], ""
     if source == "Upload files":
         uploads = st.file_uploader(
@@ -35,27 +36,36 @@ with st.expander("New scan", expanded=not jobs, key="scan_new"):
             "(.LBL, named as the image)", type=[s.lstrip(".") for s in (*SCAN_SUFFIXES, ".lbl")],
             accept_multiple_files=True, key="scan_uploads") or []
     else:
-        typed = st.text_input("Path", placeholder="/data/hirise/ESP_011277_1825_RED.JP2 or a folder of them",
-                              help="Read where it is, never copied. A folder: every observation directly in it.")
+        typed = kept(st.text_input, "Path", "scan_path", "",
+                     placeholder="/data/hirise/ESP_011277_1825_RED.JP2 or a folder of them",
+                     help="Read where it is, never copied. A folder: every observation directly in it.")
     c1, c2, c3, c4 = st.columns(4)
-    model_label = c1.selectbox("Model", list(choices), key="scan_model")
-    sizes = c2.text_input("Window sizes (px)", ",".join(map(str, DEFAULT_SIZES)),
-                          help="Window sides, comma-separated: landmarks span about 60 to 600 pixels of a browse "
-                               "image, so 96, 192 and 384 cover them")
-    threshold = c3.number_input("Probability threshold", 0.05, 1.0, DEFAULT_THRESHOLD, 0.01, format="%.2f",
-                                help="A window counts when its class (not other) has at least this calibrated "
-                                     "probability; 0.9 is what the PDS Imaging Atlas indexes HiRISE tiles at")
-    level = c4.number_input("Resolution level", 0, 10, 0, 1,
-                            help="JPEG 2000 and tiled TIFF only: read at 1/2^N of full resolution (a HiRISE RDR at "
-                                 "full resolution is 10-20 times finer than the browse images the model learned on)")
+    with c1:
+        model_label = kept_selectbox("Model", list(choices), "scan_model")
+    with c2:
+        sizes = kept(st.text_input, "Window sizes (px)", "scan_sizes", ",".join(map(str, DEFAULT_SIZES)),
+                     help="Window sides, comma-separated: landmarks span about 60 to 600 pixels of a browse "
+                          "image, so 96, 192 and 384 cover them")
+    with c3:
+        threshold = kept(st.number_input, "Probability threshold", "scan_threshold", DEFAULT_THRESHOLD, 0.05, 1.0,
+                         step=0.01, format="%.2f",
+                         help="A window counts when its class (not other) has at least this calibrated probability; "
+                              "0.9 is what the PDS Imaging Atlas indexes HiRISE tiles at")
+    with c4:
+        level = kept(st.number_input, "Resolution level", "scan_level", 0, 0, 10, step=1,
+                     help="JPEG 2000 and tiled TIFF only: read at 1/2^N of full resolution (a HiRISE RDR at full "
+                          "resolution is 10-20 times finer than the browse images the model learned on)")
     e1, e2, e3 = st.columns([1, 1, 2])
-    step = e1.select_slider("Window step (of its side)", [0.25, 0.5, 0.75, 1.0], DEFAULT_STEP,
-                            help="Half a window: neighbours overlap by half, so a landmark lies whole in one of them")
-    engine = e2.selectbox("Run on", ["this machine", "a local Dask cluster", "a Dask scheduler"],
-                          help="A local Dask cluster runs 2 worker processes; a scheduler's workers must read the "
-                               "files at the same paths")
-    address = e3.text_input("Scheduler address", placeholder="tcp://10.0.0.5:8786",
-                            disabled=engine != "a Dask scheduler")
+    with e1:
+        step = kept(st.select_slider, "Window step (of its side)", "scan_step", DEFAULT_STEP, [0.25, 0.5, 0.75, 1.0],
+                    help="Half a window: neighbours overlap by half, so a landmark lies whole in one of them")
+    with e2:
+        engine = kept_selectbox("Run on", ["this machine", "a local Dask cluster", "a Dask scheduler"], "scan_engine",
+                                help="A local Dask cluster runs 2 worker processes; a scheduler's workers must read "
+                                     "the files at the same paths")
+    with e3:
+        address = kept(st.text_input, "Scheduler address", "scan_address", "", placeholder="tcp://10.0.0.5:8786",
+                       disabled=engine != "a Dask scheduler")
 
     if st.button("Start scan", type="primary"):
         try:
