@@ -167,14 +167,22 @@ class Stopped(RuntimeError):
     """The scan was cancelled; nothing is written."""
 
 
-def run_in_process(chunks: list[Chunk], loaded: LoadedModel, rasters: list[Raster], on_chunk: Callable[[int], None],
-                   should_stop: Callable[[], bool] = lambda: False) -> Results:
+def run_in_process(chunks: list[Chunk], loaded: LoadedModel, images: Sequence[Source | Raster],
+                   on_chunk: Callable[[int], None], should_stop: Callable[[], bool] = lambda: False) -> Results:
+    """Every chunk here. A file is opened when its first chunk comes and closed when the next file's does (one
+    observation in memory at a time, as on a worker); an image already open is read where it is."""
     results: Results = {}
-    for k, chunk in enumerate(chunks):
-        if should_stop():
-            raise Stopped("cancelled")
-        results[k] = classify(loaded, rasters[chunk.image], chunk)
-        on_chunk(chunk.stop - chunk.start)
+    try:
+        for k, chunk in enumerate(chunks):
+            if should_stop():
+                raise Stopped("cancelled")
+            item = images[chunk.image]
+            results[k] = classify(loaded, item if isinstance(item, Raster) else _opened(item), chunk)
+            on_chunk(chunk.stop - chunk.start)
+    finally:
+        for raster in _OPEN.values():
+            raster.close()
+        _OPEN.clear()
     return results
 
 
@@ -193,35 +201,32 @@ def scan(images: Sequence[Source | Raster], loaded: LoadedModel | None = None, c
         raise ValueError(f"threshold {threshold} is not in (0, 1]")
     if cluster is not None and not all(isinstance(i, Source) for i in images):
         raise ValueError("a cluster scans files; an image held in memory is scanned in this process")
-    scans, rasters, chunks = [], [], []
-    try:
-        for i, item in enumerate(images):
-            raster = item if isinstance(item, Raster) else item.open()
-            rasters.append(raster)
+    scans, chunks = [], []
+    for i, item in enumerate(images):  # every observation checked before any work; none held open meanwhile
+        raster = item if isinstance(item, Raster) else item.open()
+        try:
             grids = plan(raster, sizes, step)
-            scans.append(ImageScan(raster.name, raster.width, raster.height, raster.georef, [],
-                                   [WindowGrid(g.size, list(g.rows), list(g.cols), np.empty((0, 0)), None)
-                                    for g in grids], notes=list(raster.notes)))
-            chunks += chunks_of(item if isinstance(item, Source) else None, i, grids)
-        total = sum(c.stop - c.start for c in chunks)
-        if cluster is None:
-            loaded = loaded if loaded is not None else worker_model(checkpoint)
-            with Progress(total, on_progress) as progress:
-                results = run_in_process(chunks, loaded, rasters, progress.add, should_stop)
-        else:
-            from .cluster import connect, run_on_dask
-
-            names = class_names_of(checkpoint)  # a bad checkpoint is said here, once, not by every task
-            with connect(cluster, workers) as client, Progress(total, on_progress) as progress:
-                results = run_on_dask(client, worker_task, chunks, checkpoint, progress.add, should_stop)
-            if results is None:
-                raise Stopped("cancelled")
-    finally:
-        for item, raster in zip(images, rasters):
+        finally:
             if raster is not item:
                 raster.close()
+        scans.append(ImageScan(raster.name, raster.width, raster.height, raster.georef, [],
+                               [WindowGrid(g.size, list(g.rows), list(g.cols), np.empty((0, 0)), None)
+                                for g in grids], notes=list(raster.notes)))
+        chunks += chunks_of(item if isinstance(item, Source) else None, i, grids)
+    total = sum(c.stop - c.start for c in chunks)
     if cluster is None:
+        loaded = loaded if loaded is not None else worker_model(checkpoint)
         names = list(loaded.class_names)
+        with Progress(total, on_progress) as progress:
+            results = run_in_process(chunks, loaded, images, progress.add, should_stop)
+    else:
+        from .cluster import connect, run_on_dask
+
+        names = class_names_of(checkpoint)  # a bad checkpoint is said here, once, not by every task
+        with connect(cluster, workers) as client, Progress(total, on_progress) as progress:
+            results = run_on_dask(client, worker_task, chunks, checkpoint, progress.add, should_stop)
+        if results is None:
+            raise Stopped("cancelled")
     for s in scans:
         s.class_names = names
         for g in s.grids:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -123,9 +124,15 @@ def _downloads(job: ScanJob) -> None:
         cols[i % 3].download_button(f"{path.name} ({len(data) / 1024:,.0f} KB)", data, file_name=path.name,
                                     mime=mimes.get(path.suffix, "application/octet-stream"), key=f"dl-{job.name}-{path.name}")
     if sum(p.stat().st_size for p in files) <= MAX_ZIP_BYTES:
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-            for path in files:
-                zf.write(path, path.name)
-        st.download_button("All outputs (zip)", buf.getvalue(), file_name=f"{job.name}.zip", mime="application/zip",
+        stamp = tuple((str(p), p.stat().st_mtime_ns) for p in files)  # a rerun (a click in the table) reuses it
+        st.download_button("All outputs (zip)", _zip(stamp), file_name=f"{job.name}.zip", mime="application/zip",
                            key=f"dl-{job.name}-zip")
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _zip(files: tuple[tuple[str, int], ...]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path, _ in files:
+            zf.write(path, Path(path).name)
+    return buf.getvalue()

@@ -103,7 +103,8 @@ chosen = st.selectbox("Scan", names, index=names.index(default) if default in na
                       help="Every scan started here, newest first; a scan keeps running when the page is closed")
 st.session_state["scan_job"] = chosen
 job = jobs[names.index(chosen)]
-active = job.status().get("state") in scan_jobs.ACTIVE
+status = job.status()  # read once for this run; the fragment below reads it again on its own schedule
+active = status.get("state") in scan_jobs.ACTIVE
 
 
 @st.fragment(run_every=1.5 if active else None)
@@ -143,7 +144,6 @@ def live() -> None:
 
 
 live()
-status = job.status()
 if status.get("state") == "completed":
     from ui.scan_results import show_results
 
