@@ -147,8 +147,8 @@ class RunConfig:
     # Runtime
     device: str = opt("auto", "auto (GPU when there is one), cpu or cuda", "runtime", ("auto", "cpu", "cuda"),
                       resumable=True, not_gridable="every run of a grid runs on one device (jobs queue per device)")
-    amp: bool = opt(True, "bf16 mixed precision (CUDA, or a CPU with native bf16; EfficientNet-Lite always runs "
-                                 "in fp32, since bf16 changes its predictions)", "runtime", resumable=True)
+    amp: bool = opt(True, "bf16 mixed precision (CUDA, or a CPU with native bf16); EfficientNet-Lite trains under "
+                                 "it but is evaluated in fp32, since bf16 changes its predictions", "runtime", resumable=True)
     channels_last: bool = opt(True, "channels-last memory format (faster convolutions)", "runtime", resumable=True,
                               not_gridable="it changes how fast a run goes, not what it learns")
     compile: bool = opt(False, "torch.compile the model (CUDA)", "runtime", resumable=True,

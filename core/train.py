@@ -55,11 +55,17 @@ def use_bf16(cfg: RunConfig, device: torch.device, log) -> bool:
     """Whether this run trains under bf16 autocast, saying why when it was asked for and is declined."""
     if not cfg.amp:
         return False
-    if not spec(cfg.model).bf16_safe:
-        log(f"bf16 autocast: off ({cfg.model} changes its predictions under bf16; it trains in fp32)")
-        return False
-    log(f"bf16 autocast: {'on' if bf16_native(device) else 'off (this CPU has no bf16)'}")
-    return bf16_native(device)
+    on = bf16_native(device)
+    note = "" if spec(cfg.model).bf16_safe or not on else \
+        f" for training steps; {cfg.model} is evaluated in fp32 (bf16 changes its predictions)"
+    log(f"bf16 autocast: {'on' + note if on else 'off (this CPU has no bf16)'}")
+    return on
+
+
+def eval_bf16(cfg: RunConfig, train_amp: bool) -> bool:
+    """Validation runs under bf16 only for models whose predictions bf16 leaves alone: the training steps of the
+    others (EfficientNet-Lite) tolerate bf16's rounding, since SGD noise dwarfs it, but their scores must not."""
+    return train_amp and spec(cfg.model).bf16_safe
 
 
 def optimizer_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
@@ -171,7 +177,7 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
                "seconds": stats.seconds}
         val: dict | None = None
         if len(td.val):
-            val, val_loss = evaluate(cfg, model, td, device, t.amp)
+            val, val_loss = evaluate(cfg, model, td, device, eval_bf16(cfg, t.amp))
             score = val[cfg.early_stopping_metric]
             schedule.after_epoch(score)
             # a cross-validation fold is scored at its last epoch, as its refit will be: choosing the best epoch on
