@@ -342,12 +342,40 @@ def check_writable(out: Path) -> None:
 
 
 # --- command line ---------------------------------------------------------------------------------------------
+def _allowing(parse: Callable[[str], float], allowed: str) -> Callable[[str], float]:
+    """`parse`, its refusals ending with what is allowed (the page shows them under the field's name)."""
+
+    def checked(text: str) -> float:
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{exc}; {allowed}") from None
+
+    return checked
+
+
+THRESHOLD_RANGE = "give a probability above 0 and at most 1"
+STEP_RANGE = "give a fraction of the window side from 0.05 to 1"
+LEVEL_RANGE = "give a whole number from 0 to 10"
+SIZES_RANGE = f"give window sides in pixels, each at least {MIN_WINDOW}, comma-separated"
+
+
+def _threshold(text: str) -> float:
+    """--threshold: a probability in (0, 1]. 0 would call every window a landmark: refused here, as the argument
+    is read, not later by `scan`."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"empty; {THRESHOLD_RANGE}")
+    value = _allowing(number_in(float), THRESHOLD_RANGE)(text)
+    if value > 1.0:
+        raise argparse.ArgumentTypeError(f"{text.strip()} is above the maximum 1; {THRESHOLD_RANGE}")
+    if value <= 0.0:
+        raise argparse.ArgumentTypeError(f"{text.strip()} is not above 0; {THRESHOLD_RANGE}")
+    return value
+
+
 def _sizes(text: str) -> tuple[int, ...]:
-    parse = number_in(int, MIN_WINDOW, None)
-    try:
-        return tuple(int(parse(part)) for part in text.split(",") if part.strip())
-    except argparse.ArgumentTypeError as exc:
-        raise argparse.ArgumentTypeError(f"window sizes: {exc}") from None
+    parse = _allowing(number_in(int, MIN_WINDOW, None), SIZES_RANGE)
+    return tuple(int(parse(part)) for part in text.split(",") if part.strip())
 
 
 def find_sources(paths: Iterable[Path], level: int, label: Path | None) -> tuple[list[Source], list[str]]:
@@ -384,11 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", help="model (default: the shipped one)")
     parser.add_argument("--sizes", type=_sizes, default=DEFAULT_SIZES,
                         help=f"window sides in pixels, comma-separated (default: {','.join(map(str, DEFAULT_SIZES))})")
-    parser.add_argument("--step", type=number_in(float, 0.05, 1.0), default=DEFAULT_STEP,
+    parser.add_argument("--step", type=_allowing(number_in(float, 0.05, 1.0), STEP_RANGE), default=DEFAULT_STEP,
                         help=f"each window steps this fraction of its side (default: {DEFAULT_STEP})")
-    parser.add_argument("--threshold", type=number_in(float, 0.0, 1.0), default=DEFAULT_THRESHOLD,
-                        help=f"smallest calibrated probability kept (default: {DEFAULT_THRESHOLD})")
-    parser.add_argument("--level", type=number_in(int, 0, 10), default=0,
+    parser.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD,
+                        help="smallest calibrated probability kept, above 0 and at most 1 "
+                             f"(default: {DEFAULT_THRESHOLD})")
+    parser.add_argument("--level", type=_allowing(number_in(int, 0, 10), LEVEL_RANGE), default=0,
                         help="read JPEG 2000 / tiled TIFF at this resolution level: 1/2**N of full size (default 0)")
     parser.add_argument("--label", type=Path, help="the PDS3 label of the one image given (default: X.LBL beside it)")
     parser.add_argument("--cluster", nargs="?", const="local", metavar="ADDRESS",

@@ -141,25 +141,34 @@ def observation_path(job: ScanJob, image: str) -> Path | None:
     return None
 
 
-def options_argv(sizes: str, threshold: float, step: float, level: int, cluster: str | None) -> list[str]:
-    """The command-line options of a scan, checked by core.scan's own parser (the one place they are defined):
-    ScanJobError with its message when one is wrong."""
+def options_argv(sizes: str, threshold: str | float, step: str | float, level: str | int, cluster: str | None,
+                 fields: dict[str, str] | None = None) -> list[str]:
+    """The command-line options of a scan, each value as given (stripped of spaces at its ends), checked by
+    core.scan's own parser (the one place they are defined): ScanJobError with its message when one is wrong, never
+    a value clamped or replaced. `fields` names the options as the page does ({"--threshold": "Probability
+    threshold"}); a refusal then starts with the field's name instead of "argument --threshold"."""
     import contextlib
     import io
 
     from .scan import build_parser
 
-    argv = ["--sizes", str(sizes), "--threshold", str(threshold), "--step", str(step), "--level", str(level)]
+    fields = fields or {}
+    options = {"--sizes": sizes, "--threshold": threshold, "--step": step, "--level": level}
+    argv = [part for flag, value in options.items() for part in (flag, str(value).strip())]
     if cluster:
         argv += ["--cluster"] + ([] if cluster == "local" else [cluster])
+    # checked as --flag=value: a value that starts with '-' is read as the value, not as another option
+    checked = [f"{flag}={str(value).strip()}" for flag, value in options.items()] + argv[2 * len(options):]
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            args = build_parser().parse_args(["x", "--out", "x", *argv])
+            args = build_parser().parse_args(["x", "--out", "x", *checked])
     except SystemExit:
-        raise ScanJobError(err.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]) from None
+        message = err.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
+        flag, sep, rest = message.removeprefix("argument ").partition(": ")
+        raise ScanJobError(f"{fields[flag]}: {rest}" if sep and flag in fields else message) from None
     if not args.sizes:
-        raise ScanJobError("give at least one window size")
+        raise ScanJobError(f"{fields.get('--sizes', '--sizes')}: give at least one window size")
     return argv
 
 

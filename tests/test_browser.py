@@ -178,11 +178,10 @@ def _scan_page(url: str, tmp: Path, page) -> None:
     sizes.fill("8")
     sizes.press("Enter")
     page.get_by_role("button", name="Start scan").click()
-    page.get_by_text("Not started: argument --sizes: window sizes: 8 is below the minimum 32").first.wait_for(
-        timeout=30_000)
+    page.get_by_text("Not started: Window sizes (px): 8 is below the minimum 32").first.wait_for(timeout=30_000)
     sizes.fill("192")
     sizes.press("Enter")
-    threshold = page.get_by_role("spinbutton", name="Probability threshold")
+    threshold = page.get_by_role("textbox", name="Probability threshold")
     threshold.fill("0.05")
     threshold.press("Enter")
     page.wait_for_timeout(500)

@@ -198,6 +198,18 @@ def test_cli_refuses_bad_options_in_one_line(tmp_path, argv, message, capsys):
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_cli_refuses_a_threshold_of_0_as_the_argument_is_read(tmp_path, capsys):
+    """Issue 33: --threshold 0 passed the argument check and was refused only later, by the scan itself."""
+    image = tmp_path / "obs.png"
+    Image.fromarray(synthetic.tile(2, seed=1)).save(image)
+    with pytest.raises(SystemExit) as exc:
+        scan.main([str(image), "--out", str(tmp_path / "o"), "--threshold", "0"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert exc.value.code == 2 and errors == [
+        "python -m core.scan: error: argument --threshold: 0 is not above 0; give a probability above 0 and at most 1"]
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
 def test_outputs_open_in_gis_libraries_and_say_where_each_window_is(tiny, tmp_path):
     """A georeferenced synthetic observation through the whole path; the GeoJSON read by pyogrio (GDAL's OGR),
     the GeoTIFF by rasterio, and their coordinates agree with the label's."""

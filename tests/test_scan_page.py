@@ -44,6 +44,90 @@ def test_scan_options_are_checked_by_the_cli_parser(options, message):
         scan_jobs.options_argv(*options)
 
 
+@pytest.fixture
+def page_scans(tmp_path, monkeypatch):
+    """The Scan page with its scans in a folder of this test's own, and `launch` recording what it was handed
+    instead of starting a process: [(job, inputs, argv)]."""
+    monkeypatch.setattr(scan_jobs, "runs_root", lambda runs_dir=None: tmp_path / "runs")
+    launched = []
+
+    def launch(job, inputs, argv, checkpoint=None):
+        launched.append((job, inputs, argv))
+        return job
+
+    monkeypatch.setattr(scan_jobs, "launch", launch)
+    return tmp_path / "runs" / "scans", launched
+
+
+@pytest.mark.parametrize("typed, message", [
+    ("2", "Probability threshold: 2 is above the maximum 1; give a probability above 0 and at most 1"),
+    ("", "Probability threshold: empty; give a probability above 0 and at most 1"),
+    ("NaN", "Probability threshold: 'NaN' is not a finite number; give a probability above 0 and at most 1"),
+    ("-1", "Probability threshold: -1 is not above 0; give a probability above 0 and at most 1"),
+    ("0", "Probability threshold: 0 is not above 0; give a probability above 0 and at most 1")])
+def test_scan_page_refuses_a_threshold_out_of_range_in_words_and_starts_nothing(tmp_path, page_scans, typed,
+                                                                                  message):
+    """Issue 33: a number field kept its last valid value (or its minimum) when 2, nothing, NaN or -1 was typed,
+    and the scan ran at 0.9 or 0.05 without a word."""
+    scans, launched = page_scans
+    at = run_page("views/scan.py")
+    at.radio(key="scan_source").set_value("A file or folder on this machine").run()
+    at.text_input(key="scan_path").input(str(observation_png(tmp_path))).run()
+    at.text_input(key="scan_threshold").input(typed).run()
+    button(at, "Start scan").click().run()
+    assert [e.value for e in at.error] == [f"Not started: {message}"] and not at.exception
+    assert not launched and not (scans.exists() and any(scans.iterdir())), "a scan was started"
+
+
+@pytest.mark.parametrize("key, typed, message", [
+    ("scan_level", "11", "Resolution level: 11 is above the maximum 10; give a whole number from 0 to 10"),
+    ("scan_level", "1.5", "Resolution level: '1.5' is not a whole number; give a whole number from 0 to 10"),
+    ("scan_sizes", "96,abc", "Window sizes (px): 'abc' is not a whole number; give window sides in pixels, each at "
+                             "least 32, comma-separated")])
+def test_scan_page_refuses_other_bad_numbers_by_their_field(tmp_path, page_scans, key, typed, message):
+    scans, launched = page_scans
+    at = run_page("views/scan.py")
+    at.radio(key="scan_source").set_value("A file or folder on this machine").run()
+    at.text_input(key="scan_path").input(str(observation_png(tmp_path))).run()
+    at.text_input(key=key).input(typed).run()
+    button(at, "Start scan").click().run()
+    assert [e.value for e in at.error] == [f"Not started: {message}"] and not at.exception
+    assert not launched and not (scans.exists() and any(scans.iterdir()))
+
+
+def test_scan_page_passes_a_valid_threshold_exactly_as_typed(tmp_path, page_scans):
+    scans, launched = page_scans
+    image = observation_png(tmp_path)
+    at = run_page("views/scan.py")
+    at.radio(key="scan_source").set_value("A file or folder on this machine").run()
+    at.text_input(key="scan_path").input(str(image)).run()
+    at.text_input(key="scan_threshold").input("0.75").run()
+    at.text_input(key="scan_level").input("1").run()
+    button(at, "Start scan").click().run()
+    assert not at.error and not at.exception, [e.value for e in at.error]
+    (job, inputs, argv), = launched
+    assert inputs == [image] and job.path.parent == scans
+    assert argv[argv.index("--threshold") + 1] == "0.75" and argv[argv.index("--level") + 1] == "1"
+    assert argv[argv.index("--sizes") + 1] == "96,192,384" and argv[argv.index("--step") + 1] == "0.5"
+
+
+def test_scan_page_keeps_the_uploads_when_a_path_is_chosen_and_back(tmp_path, page_scans):
+    """Issue 33: switching to 'A file or folder' and back dropped the uploaded files without a word."""
+    scans, launched = page_scans
+    at = run_page("views/scan.py")
+    at.file_uploader(key="scan_uploads").set_value(("obs.png", observation_png(tmp_path).read_bytes(), "image/png"))
+    at.run()
+    at.radio(key="scan_source").set_value("A file or folder on this machine").run()
+    kept_uploads = at.file_uploader(key="scan_uploads")
+    assert kept_uploads.disabled and "not scanned while a path is chosen" in kept_uploads.label
+    at.radio(key="scan_source").set_value("Upload files").run()
+    assert not at.file_uploader(key="scan_uploads").disabled
+    button(at, "Start scan").click().run()
+    assert not at.error and not at.exception, [e.value for e in at.error]
+    (job, inputs, argv), = launched
+    assert [p.name for p in inputs] == ["obs.png"] and inputs[0].parent == job.inputs and inputs[0].is_file()
+
+
 @pytest.mark.slow
 def test_a_scan_job_runs_to_its_end_and_another_is_cancelled(tmp_path):
     image = observation_png(tmp_path)
@@ -85,11 +169,11 @@ def test_scan_page_refuses_bad_input_then_scans_a_path_and_shows_the_results(tmp
     button(at, "Start scan").click().run()
     assert "Not started: /nonexistent/obs.jp2: no such file or folder" in texts(at)
     at.text_input[0].input(str(image)).run()
-    at.text_input[1].input("8").run()
+    at.text_input(key="scan_sizes").input("8").run()
     button(at, "Start scan").click().run()
-    assert "Not started: argument --sizes: window sizes: 8 is below the minimum 32" in texts(at)
-    at.text_input[1].input("192").run()
-    at.number_input[0].set_value(0.05).run()
+    assert "Not started: Window sizes (px): 8 is below the minimum 32" in texts(at)
+    at.text_input(key="scan_sizes").input("192").run()
+    at.text_input(key="scan_threshold").input("0.05").run()
     button(at, "Start scan").click().run()
     assert not at.exception, [e.value for e in at.exception]
     job = scan_jobs.list_scans()[0]
@@ -122,8 +206,8 @@ def test_two_scans_started_at_once_get_folders_of_their_own(tmp_path):
 def test_scan_options_survive_leaving_the_page_and_coming_back():
     at = run_page("views/scan.py")
     at.text_input(key="scan_sizes").input("128,256").run()
-    at.number_input(key="scan_threshold").set_value(0.8).run()
+    at.text_input(key="scan_threshold").input("0.8").run()
     at.switch_page("views/explain.py").run()
     at.switch_page("views/scan.py").run()
     assert at.text_input(key="scan_sizes").value == "128,256"
-    assert at.number_input(key="scan_threshold").value == 0.8
+    assert at.text_input(key="scan_threshold").value == "0.8"

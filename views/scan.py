@@ -26,16 +26,24 @@ st.caption("Windows of several sizes are cut from each observation, classified b
 choices = require_model_choices()
 jobs = scan_jobs.list_scans()
 
+#: The option fields, by the command-line flag core.scan's parser checks them under: a refusal names the field.
+FIELDS = {"--sizes": "Window sizes (px)", "--threshold": "Probability threshold", "--step": "Window step",
+          "--level": "Resolution level"}
+UPLOAD, PATH = "Upload files", "A file or folder on this machine"
+
 with st.expander("New scan", expanded=not jobs, key="scan_new"):
-    source = kept(st.radio, "Observations", "scan_source", "Upload files",
-                  ["Upload files", "A file or folder on this machine"], horizontal=True)
+    source = kept(st.radio, "Observations", "scan_source", UPLOAD, [UPLOAD, PATH], horizontal=True)
     uploads, typed = [], ""
-    if source == "Upload files":
+    if source == UPLOAD or st.session_state.get("scan_uploads"):
+        # drawn while a path is chosen too (disabled, in the same place), so the files uploaded are kept: Streamlit
+        # forgets a widget a run does not draw, and switching to a path and back dropped them without a word
         uploads = st.file_uploader(
             "Observations (browse JPEG, JPEG 2000, GeoTIFF, PDS .IMG, PNG; up to 64 MB each) and their PDS3 labels "
-            "(.LBL, named as the image)", type=[s.lstrip(".") for s in (*SCAN_SUFFIXES, ".lbl")],
-            accept_multiple_files=True, key="scan_uploads") or []
-    else:
+            "(.LBL, named as the image)" if source == UPLOAD else
+            "Uploaded files: kept for Upload files, not scanned while a path is chosen",
+            type=[s.lstrip(".") for s in (*SCAN_SUFFIXES, ".lbl")], accept_multiple_files=True, key="scan_uploads",
+            disabled=source != UPLOAD) or []
+    if source == PATH:
         typed = kept(st.text_input, "Path", "scan_path", "",
                      placeholder="/data/hirise/ESP_011277_1825_RED.JP2 or a folder of them",
                      help="Read where it is, never copied. A folder: every observation directly in it.")
@@ -43,21 +51,25 @@ with st.expander("New scan", expanded=not jobs, key="scan_new"):
     with c1:
         model_label = kept_selectbox("Model", list(choices), "scan_model")
     with c2:
-        sizes = kept(st.text_input, "Window sizes (px)", "scan_sizes", ",".join(map(str, DEFAULT_SIZES)),
-                     help="Window sides, comma-separated: landmarks span about 60 to 600 pixels of a browse "
-                          "image, so 96, 192 and 384 cover them")
+        sizes = kept(st.text_input, FIELDS["--sizes"], "scan_sizes", ",".join(map(str, DEFAULT_SIZES)),
+                     help="Window sides, comma-separated, each at least 32 px: landmarks span about 60 to 600 pixels "
+                          "of a browse image, so 96, 192 and 384 cover them")
     with c3:
-        threshold = kept(st.number_input, "Probability threshold", "scan_threshold", DEFAULT_THRESHOLD, 0.05, 1.0,
-                         step=0.01, format="%.2f",
-                         help="A window counts when its class (not other) has at least this calibrated probability; "
-                              "0.9 is what the PDS Imaging Atlas indexes HiRISE tiles at")
+        # text, checked by the command line's parser when the scan starts: a number field would hold on to its last
+        # valid value (or its minimum) when something else is typed, and the scan would run at a value nobody chose
+        threshold = kept(st.text_input, FIELDS["--threshold"], "scan_threshold", str(DEFAULT_THRESHOLD),
+                         valid=lambda v: isinstance(v, str),
+                         help="Above 0 and at most 1. A window counts when its class (not other) has at least this "
+                              "calibrated probability; 0.9 is what the PDS Imaging Atlas indexes HiRISE tiles at")
     with c4:
-        level = kept(st.number_input, "Resolution level", "scan_level", 0, 0, 10, step=1,
-                     help="JPEG 2000 and tiled TIFF only: read at 1/2^N of full resolution (a HiRISE RDR at full "
-                          "resolution is 10-20 times finer than the browse images the model learned on)")
+        level = kept(st.text_input, FIELDS["--level"], "scan_level", "0", valid=lambda v: isinstance(v, str),
+                     help="A whole number from 0 to 10; JPEG 2000 and tiled TIFF only: read at 1/2^N of full "
+                          "resolution (a HiRISE RDR at full resolution is 10-20 times finer than the browse images "
+                          "the model learned on)")
     e1, e2, e3 = st.columns([1, 1, 2])
     with e1:
-        step = kept(st.select_slider, "Window step (of its side)", "scan_step", DEFAULT_STEP, [0.25, 0.5, 0.75, 1.0],
+        step = kept(st.select_slider, FIELDS["--step"] + " (of its side)", "scan_step", DEFAULT_STEP,
+                    [0.25, 0.5, 0.75, 1.0],
                     help="Half a window: neighbours overlap by half, so a landmark lies whole in one of them")
     with e2:
         engine = kept_selectbox("Run on", ["this machine", "a local Dask cluster", "a Dask scheduler"], "scan_engine",
@@ -72,8 +84,8 @@ with st.expander("New scan", expanded=not jobs, key="scan_new"):
             cluster = {"this machine": None, "a local Dask cluster": "local"}.get(engine, address.strip())
             if engine == "a Dask scheduler" and not cluster:
                 raise ValueError("give the scheduler's address (tcp://host:8786)")
-            argv = scan_jobs.options_argv(sizes, threshold, step, int(level), cluster)
-            if source == "Upload files":
+            argv = scan_jobs.options_argv(sizes, threshold, step, level, cluster, FIELDS)  # before any folder
+            if source == UPLOAD:
                 images = [u for u in uploads if not u.name.lower().endswith(".lbl")]
                 if not images:
                     raise ValueError("upload at least one observation (a label alone is nothing to scan)")
