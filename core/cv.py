@@ -263,10 +263,11 @@ def mean_curve(manifest: dict[str, Any], runs_dir: Path | None = None) -> list[d
     return out
 
 
-def report(cv_id: str, runs_dir: Path | None = None) -> dict[str, Any]:
+def report(cv_id: str, runs_dir: Path | None = None, with_files: bool = True) -> dict[str, Any]:
     """A cross-validation's figures, from the folds that completed: pooled out-of-fold metrics with 95% intervals
     (bootstrap over observations), per-class precision/recall/F1 with support, the folds' mean and spread, the
-    mean validation curve per epoch, and which folds are missing and why."""
+    mean validation curve per epoch, and which folds are missing and why. `with_files`: also the figures on
+    every file of the held-out observations, as sent and with TTA (`core.cv_files`, under "files")."""
     from .metrics import classification_metrics
     manifest = load_manifest(cv_id, runs_dir)
     oof, folds = out_of_fold(manifest, runs_dir)
@@ -287,6 +288,11 @@ def report(cv_id: str, runs_dir: Path | None = None) -> dict[str, Any]:
                           for k in HEADLINE}
     best = max(out["curve"], key=lambda r: r["macro_f1"]) if out["curve"] else None
     out["best_epoch"] = best["epoch"] if best else None
+    if with_files:
+        from .calibration import fit_temperature
+        from .cv_files import files_report
+        out["temperature"] = float(fit_temperature(oof["logits"], oof["y"]))
+        out["files"] = files_report(manifest, out["temperature"], runs_dir)
     return out
 
 
@@ -306,6 +312,7 @@ def format_report(rep: dict[str, Any]) -> str:
     if not pooled:
         lines.append("no fold has completed yet: no out-of-fold figures")
         return "\n".join(lines)
+    lines += format_files(rep)
     iv = pooled["intervals"]
     lines += ["", f"out-of-fold, {pooled['n']} validated originals from {pooled['observations']} observations "
                   f"(95% intervals: {iv['method']})"]
@@ -325,6 +332,49 @@ def format_report(rep: dict[str, Any]) -> str:
             lines.append(f"  epoch {r['epoch']:>3}: macro-F1 {r['macro_f1']:.3f} ± {r['macro_f1_sd']:.3f} "
                          f"({r['folds']} folds)" + ("  <- highest" if r["epoch"] == rep["best_epoch"] else ""))
     return "\n".join(lines)
+
+
+def format_files(rep: dict[str, Any]) -> list[str]:
+    """The originals / all files / all files with TTA table: per-class recall first, then the headline figures,
+    accuracy beside the always-`other` accuracy on the same files, and the false alarms at the scan threshold."""
+    from .cv_files import VIEWS
+    files = rep.get("files") or {}
+    views = files.get("views")
+    if not views:
+        why = "; ".join(files.get("missing") or ["not scored"])
+        return ["", f"every file a user could send (originals and their official copies): not scored yet ({why}); "
+                    f"python -m core.train --cv-score {rep['id']}"]
+    shown = [v for v in VIEWS if views.get(v)]
+    width = 24
+    head = views[shown[0]]
+    lines = ["", f"out-of-fold on every file a user could send: {files['originals']} originals and "
+                 f"{files['files'] - files['originals']} official copies (turned, flipped, brightened) of "
+                 f"{head['observations']} observations; temperature {rep.get('temperature', 1.0):.3f}; 95% intervals, "
+                 "bootstrap over observations",
+             f"{'':<22}" + "".join(f"{v:>{width}}" for v in shown)]
+    lines.append(f"{'support (files)':<22}" + "".join(f"{views[v]['n']:>{width}}" for v in shown))
+    lines.append("recall")
+    for c, name in enumerate(CLASS_NAMES):
+        cells = []
+        for v in shown:
+            pc, civ = views[v]["per_class"][c], views[v]["intervals"]["per_class"][c]
+            cells.append(fmt(pc["recall"], civ["recall"], 2) + f" n={pc['support']}" if pc["support"] else "no files")
+        lines.append(f"  {name:<20}" + "".join(f"{x:>{width}}" for x in cells))
+    for k in HEADLINE:
+        lines.append(f"{LABELS[k]:<22}" + "".join(f"{fmt(views[v][k], views[v]['intervals'][k]):>{width}}"
+                                                  for v in shown))
+    lines.append(f"{'always-other accuracy':<22}" + "".join(
+        f"{views[v]['majority_baseline']['accuracy']:>{width}.3f}" for v in shown))
+    cells = []
+    for v in shown:
+        fa = views[v]["false_alarms"]
+        cells.append("-" if fa["rate"] is None else fmt(fa["rate"], fa["interval"]))
+    lines.append(f"{'false alarms at 0.9':<22}" + "".join(f"{x:>{width}}" for x in cells))
+    lines.append("  (false alarms: the share of `other` files called a landmark with probability >= 0.9, the scan's "
+                 "default threshold)")
+    if "all files, TTA" not in shown:
+        lines.append("  all files, TTA: not scored (the folds' predictions have no 8-view averages)")
+    return lines
 
 
 def headline_with_intervals(rep: dict[str, Any]) -> dict[str, Any]:
@@ -378,7 +428,7 @@ def refit_record(cv_id: str, runs_dir: Path | None = None) -> dict[str, Any]:
     from .calibration import fit_temperature
     from .checkpoint import read_checkpoint, CheckpointError
     from .ood import FeatureDensity, OODError, transfer_ratio
-    rep = report(cv_id, runs_dir)
+    rep = report(cv_id, runs_dir, with_files=False)
     if rep["missing"]:
         raise CVError(f"calibrate_from: cross-validation {cv_id} is incomplete (fold"
                       f"{'s' if len(rep['missing']) > 1 else ''} {', '.join(str(f['fold']) for f in rep['missing'])} "

@@ -317,7 +317,7 @@ def _cv_report(manifest: dict[str, Any], runs_dir: Path | None) -> tuple[pd.Data
         row: dict[str, Any] = {k: format_value(v) if isinstance(v, list) else v
                                for k, v in entry.get("values", {}).items()}
         try:
-            rep = cv.report(entry["cv"], runs_dir)
+            rep = cv.report(entry["cv"], runs_dir, with_files=False)
         except FileNotFoundError:
             rows.append({**row, "cross-validation": entry["cv"], "folds done": "deleted"})
             continue

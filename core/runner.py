@@ -172,8 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     add_cv_arguments(parser)
     add_arguments(parser)
     args = parser.parse_args(argv)
+    runs_dir = Path(args.runs_dir) if args.runs_dir else None
+    if args.against and args.cv_report is None:
+        return refuse("--against compares two cross-validations: give it with --cv-report ID")
     if args.cv_report is not None:
-        return cv.report_main(args.cv_report, Path(args.runs_dir) if args.runs_dir else None, args.against)
+        return cv.report_main(args.cv_report, runs_dir, args.against)
+    if args.cv_score is not None:
+        return cv_score_main(args.cv_score, runs_dir, tta=not args.no_tta)
+    if args.promote is not None:
+        return promote_main(args, runs_dir)
     if args.grid or args.grid_report is not None:
         return grid.main(args, train)
     if args.cv is not None:
@@ -232,6 +239,41 @@ def add_cv_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print a cross-validation's pooled out-of-fold report (without ID: list them)")
     parser.add_argument("--against", metavar="ID", help="with --cv-report ID: compare it with this cross-validation "
                         "on the out-of-fold tiles both scored (paired bootstrap over observations)")
+    parser.add_argument("--cv-score", metavar="ID", help="score every completed fold of a cross-validation on every "
+                        "file of its held-out observations (originals and official copies, as sent and with 8-view "
+                        "averaging), for folds trained before folds did it themselves; then print the report")
+    parser.add_argument("--no-tta", action="store_true", help="with --cv-score: skip the 8-view averaging (8x the time)")
+    parser.add_argument("--promote", metavar="CV_ID", help="make this cross-validation's refit the default model, if "
+                        "it beats the current default on the same folds (paired bootstrap over observations on every "
+                        "file); refused with the figures otherwise")
+    parser.add_argument("--first", action="store_true", help="with --promote: the empty registry's first champion")
+    parser.add_argument("--why", default="", help="with --promote: why it becomes the default (kept in the registry)")
+    parser.add_argument("--promote-checkpoint", metavar="FILE", help="with --promote --first: an existing checkpoint of "
+                        "the recipe stands for it instead of a refit (say which in --why)")
+
+
+def cv_score_main(cv_id: str, runs_dir: Path | None, tta: bool) -> int:
+    """`--cv-score ID`: every completed fold's all-files predictions, then the report."""
+    from .cv_files import FilesError, score_cv
+    try:
+        score_cv(cv_id, runs_dir, tta=tta)
+    except (FileNotFoundError, FilesError, DataError, ConfigError) as exc:
+        return refuse(str(exc))
+    return cv.report_main(cv_id, runs_dir)
+
+
+def promote_main(args: argparse.Namespace, runs_dir: Path | None) -> int:
+    """`--promote CV_ID`: the champion/challenger gate (core.defaults)."""
+    from .defaults import RegistryError, promote
+    if args.promote_checkpoint and not args.first:
+        return refuse("--promote-checkpoint stands for the first champion only (with --first); a challenger ships "
+                      "its own refit")
+    try:
+        promote(args.promote, runs_dir, why=args.why, first=args.first,
+                checkpoint=Path(args.promote_checkpoint) if args.promote_checkpoint else None)
+    except RegistryError as exc:
+        return refuse(str(exc))
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
     best.pt         checkpoint of the best epoch (by the run's early-stopping metric)
     last.pt         checkpoint of the last finished epoch, with optimizer state for resuming
     eval_val.json   evaluation of best.pt on the validation split, written when the run completes
+    oof_files.json  a cross-validation fold's predictions on every file of its held-out observations, as sent and
+                    averaged over the 8 flips and turns (core.cv_files)
     splits.json     the files and observations of its validation and test splits (also in each checkpoint)
     label_overrides.json  the label corrections (core.data.overrides) applied to its data, when there were any
     lr_find.json    the learning-rate range test, for runs launched as an LR finder
@@ -85,6 +87,7 @@ class Run:
     best_checkpoint = property(lambda self: self.path / "best.pt")
     last_checkpoint = property(lambda self: self.path / "last.pt")
     eval_file = property(lambda self: self.path / "eval_val.json")
+    oof_files_file = property(lambda self: self.path / "oof_files.json")  # a CV fold's every held-out file
     lr_find_file = property(lambda self: self.path / "lr_find.json")
     splits_file = property(lambda self: self.path / "splits.json")
     label_overrides_file = property(lambda self: self.path / "label_overrides.json")

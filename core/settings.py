@@ -12,8 +12,21 @@ def _env_path(name: str, default: Path) -> Path:
     return Path(value).expanduser().resolve() if value else default
 
 
-#: The checkpoint that `core.predict`, `core.evaluate` and the Explain page use by default.
-DEFAULT_CHECKPOINT = _env_path("HIRISE_CHECKPOINT", PROJECT_ROOT / "checkpoints" / "hirise-efficientnet-lite0.pt")
+#: The registry of default models (`core.defaults`): which checkpoint is the default, and why.
+DEFAULTS_REGISTRY = _env_path("HIRISE_DEFAULTS", PROJECT_ROOT / "checkpoints" / "defaults.json")
+#: The default before the registry existed: what loads when the registry is missing or damaged.
+BUILTIN_DEFAULT = PROJECT_ROOT / "checkpoints" / "hirise-efficientnet-lite0.pt"
+
+
+def _registry_default() -> tuple[Path, str | None]:
+    from .defaults import default_checkpoint_file
+    return default_checkpoint_file(DEFAULTS_REGISTRY.parent, BUILTIN_DEFAULT, DEFAULTS_REGISTRY)
+
+
+_DEFAULT, REGISTRY_WARNING = _registry_default()
+#: The checkpoint that `core.predict`, `core.evaluate` and the pages use by default: the registry's current default
+#: (read when the process starts), or HIRISE_CHECKPOINT.
+DEFAULT_CHECKPOINT = _env_path("HIRISE_CHECKPOINT", _DEFAULT)
 #: Where training runs (and the jobs that make them) live.
 RUNS_DIR = _env_path("HIRISE_RUNS_DIR", PROJECT_ROOT / "runs")
 #: Where decoded-tile caches and content-hash indexes live.

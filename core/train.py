@@ -325,6 +325,9 @@ def finish(run: Run, cfg: RunConfig, td: TrainData, device: torch.device, log) -
     save_checkpoint(run.best_checkpoint, payload)
     save_report(report, run.eval_file)
     log(f"calibration temperature {temperature:.3f}; best checkpoint on val: {headline(report)}")
+    if cfg.cv_folds:  # a fold also scores every file a user could send: the copies, as sent and averaged (TTA)
+        from .cv_files import score_fold
+        score_fold(run, td.data, tta=True, say=log)
 
 
 def finish_refit(run: Run, cfg: RunConfig, td: TrainData, device: torch.device, log) -> None:

@@ -1,0 +1,347 @@
+"""The registry of default models, and the gate a challenger passes to become the default (champion/challenger).
+
+A default can only get better. A refit becomes the default only through `promote` (`python -m core.train
+--promote CV_ID`, or the Promote button under a complete cross-validation's report), which compares that
+cross-validation with the current default's on the same folds (the same files, labels and fold of every file: one
+fingerprint) by a paired bootstrap over observations on every file a user could send (`core.cv_files`: originals
+and their official copies). It is refused, with the figures, unless the challenger is not worse beyond noise on
+macro-F1 and on accuracy, and better beyond noise on at least one.
+
+`checkpoints/defaults.json` records every default: which checkpoint, which cross-validation (id, folds, seed,
+fingerprint, recipe), its figures, its date and why it became the default. Each entry keeps its out-of-fold
+predictions on every file (`checkpoints/defaults/<id>.oof.json.gz`, a few hundred KB), so that a later challenger is
+judged against it on any machine, whether or not the champion's run folders are still there. Earlier defaults stay
+in the registry and their checkpoints stay selectable on every page.
+
+The registry has one writer at a time (an exclusive `flock` on `defaults.json.lock`, then an atomic replace); a
+registry damaged by hand is reported in one line and the built-in default still loads (`settings`).
+"""
+from __future__ import annotations
+
+import fcntl
+import gzip
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_path
+from .classes import CLASS_NAMES
+
+FORMAT = "hirise-studio-defaults/1"
+OOF_FORMAT = "hirise-studio-default-oof/1"
+GATE_VIEW = "all files"          # what the gate compares on: every file a user could send, each as sent
+GATE_FIGURES = ("macro_f1", "accuracy")
+ENTRY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
+
+
+class RegistryError(ValueError):
+    """A registry that cannot be read, or a promotion that is refused; the message says why in one line."""
+
+
+def registry_path() -> Path:
+    from .settings import DEFAULTS_REGISTRY
+    return DEFAULTS_REGISTRY
+
+
+# ---- reading ------------------------------------------------------------------------------------------------
+
+def read_registry(path: Path | None = None) -> dict[str, Any]:
+    """The registry, checked; an empty one when there is no file. RegistryError (one line) when it is damaged."""
+    path = path or registry_path()
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"format": FORMAT, "current": None, "entries": []}
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"{path}: the registry of defaults cannot be read ({exc}); fix or restore it "
+                            "(git checkout checkpoints/defaults.json)") from None
+    problem = _problem(raw)
+    if problem:
+        raise RegistryError(f"{path}: the registry of defaults is damaged ({problem}); fix or restore it "
+                            "(git checkout checkpoints/defaults.json)")
+    return raw
+
+
+def _problem(raw: Any) -> str | None:
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        return "not a registry of defaults"
+    entries = raw.get("entries")
+    if not isinstance(entries, list):
+        return "entries is not a list"
+    ids = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or not isinstance(e.get("id"), str) or not ENTRY_ID.match(e["id"]):
+            return f"entry {i + 1} has no valid id"
+        if not isinstance(e.get("checkpoint"), str) or not ENTRY_ID.match(e["checkpoint"]) \
+                or not e["checkpoint"].endswith(".pt"):
+            return f"entry {e['id']}: checkpoint must be a file name in checkpoints/"
+        if not isinstance(e.get("cv"), dict):
+            return f"entry {e['id']}: no cross-validation"
+        ids.append(e["id"])
+    if len(set(ids)) != len(ids):
+        return "two entries share an id"
+    if raw.get("current") is not None and raw.get("current") not in ids:
+        return f"current {raw.get('current')!r} is not an entry"
+    return None
+
+
+def current_entry(registry: dict[str, Any]) -> dict[str, Any] | None:
+    return next((e for e in registry["entries"] if e["id"] == registry.get("current")), None)
+
+
+def default_checkpoint_file(checkpoints_dir: Path, fallback: Path, registry: Path) -> tuple[Path, str | None]:
+    """The current default's checkpoint, and a warning when the registry could not say (the fallback is used)."""
+    try:
+        entry = current_entry(read_registry(registry))
+    except RegistryError as exc:
+        return fallback, str(exc)
+    if entry is None:
+        return fallback, None
+    path = checkpoints_dir / entry["checkpoint"]
+    if not path.is_file():
+        return fallback, f"the registry's default {entry['checkpoint']} is missing; using {fallback.name}"
+    return path, None
+
+
+# ---- writing (one writer at a time) --------------------------------------------------------------------------
+
+@contextmanager
+def locked_registry(path: Path | None = None) -> Iterator[dict[str, Any]]:
+    """The registry for read-modify-write under an exclusive lock; written atomically when the block succeeds."""
+    path = path or registry_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        registry = read_registry(path)
+        yield registry
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(registry, indent=1) + "\n")
+
+
+def oof_file(entry_id: str, path: Path | None = None) -> Path:
+    return (path or registry_path()).parent / "defaults" / f"{entry_id}.oof.json.gz"
+
+
+def save_oof(entry_id: str, files: dict[str, Any], path: Path | None = None) -> Path:
+    """An entry's out-of-fold predictions on every file: names, labels, folds, observations, plain and TTA classes."""
+    out = oof_file(entry_id, path)
+    payload = {"format": OOF_FORMAT, "name": [str(n) for n in files["name"]],
+               "observation": [o or "" for o in files["observation"]], "original": files["original"].tolist(),
+               "y": files["y"].tolist(), "fold": files["fold"].tolist(),
+               "pred": files["logits"].argmax(1).tolist(),
+               "pred_tta": files["logits_tta"].argmax(1).tolist() if files.get("logits_tta") is not None else None}
+    with atomic_path(out) as tmp:
+        with gzip.open(tmp, "wt") as fh:
+            json.dump(payload, fh, separators=(",", ":"))
+    return out
+
+
+def load_oof(entry_id: str, path: Path | None = None) -> dict[str, Any]:
+    import numpy as np
+    file = oof_file(entry_id, path)
+    try:
+        with gzip.open(file, "rt") as fh:
+            raw = json.load(fh)
+        if raw.get("format") != OOF_FORMAT:
+            raise ValueError("not an out-of-fold prediction file")
+        out = {k: np.asarray(raw[k]) for k in ("name", "observation", "original", "y", "fold", "pred")}
+        out["pred_tta"] = np.asarray(raw["pred_tta"]) if raw.get("pred_tta") is not None else None
+        return out
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
+        raise RegistryError(f"{file}: the default {entry_id}'s out-of-fold predictions cannot be read ({exc})") \
+            from None
+
+
+def fingerprint(files: dict[str, Any]) -> str:
+    """What 'the same folds' means: the same files, with the same labels, each in the same fold."""
+    rows = sorted(f"{n}\t{int(y)}\t{int(f)}" for n, y, f in zip(files["name"], files["y"], files["fold"]))
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
+
+
+# ---- the gate -----------------------------------------------------------------------------------------------
+
+def compare(challenger: dict[str, Any], champion: dict[str, Any], pred_key: str = "pred") -> dict[str, Any]:
+    """Challenger minus champion on the files both scored (paired bootstrap over observations), per headline
+    figure; the verdict of the gate on GATE_FIGURES."""
+    from .bootstrap import paired_difference
+    index = {str(n): i for i, n in enumerate(champion["name"])}
+    rows_a = [i for i, n in enumerate(challenger["name"]) if str(n) in index]
+    rows_b = [index[str(challenger["name"][i])] for i in rows_a]
+    a_pred = challenger[pred_key][rows_a] if pred_key in challenger else None
+    b_pred = champion[pred_key][rows_b] if champion.get(pred_key) is not None else None
+    if a_pred is None or b_pred is None:
+        return {}
+    result = paired_difference(challenger["y"][rows_a], a_pred, b_pred,
+                               [o or None for o in challenger["observation"][rows_a]], len(CLASS_NAMES))
+    worse = [k for k in GATE_FIGURES if not result[k]["within_noise"] and result[k]["difference"] < 0]
+    better = [k for k in GATE_FIGURES if not result[k]["within_noise"] and result[k]["difference"] > 0]
+    return {**result, "files": len(rows_a), "worse": worse, "better": better, "passes": not worse and bool(better)}
+
+
+def challenger_files(cv_id: str, runs_dir: Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A cross-validation's report and its pooled all-files predictions (as class arrays), or RegistryError."""
+    from . import cv
+    from .cv_files import pooled
+    try:
+        rep = cv.report(cv_id, runs_dir)
+    except FileNotFoundError as exc:
+        raise RegistryError(str(exc)) from None
+    if rep["missing"]:
+        raise RegistryError(f"cross-validation {cv_id} is incomplete (fold"
+                            f"{'s' if len(rep['missing']) > 1 else ''} "
+                            f"{', '.join(str(f['fold']) for f in rep['missing'])} did not complete)")
+    files, missing = pooled(cv.load_manifest(cv_id, runs_dir), runs_dir)
+    if files is None:
+        raise RegistryError(f"cross-validation {cv_id} has no all-files predictions ({'; '.join(missing)}): "
+                            f"python -m core.train --cv-score {cv_id}")
+    files = dict(files)
+    files["pred"] = files["logits"].argmax(1)
+    if files.get("logits_tta") is not None:
+        files["pred_tta"] = files["logits_tta"].argmax(1)
+    return rep, files
+
+
+def find_refit(cv_id: str, runs_dir: Path | None = None) -> Path:
+    """The newest completed refit calibrated from `cv_id` (its best.pt), or RegistryError."""
+    from .jobs import job_state
+    from .runs import list_runs
+    found = []
+    for run in list_runs(runs_dir):
+        cfg = run.config()
+        if isinstance(cfg, dict) and cfg.get("calibrate_from") == cv_id and run.best_checkpoint.is_file() \
+                and job_state(run, run.status()) == "completed":
+            found.append(run)
+    if not found:
+        raise RegistryError(f"cross-validation {cv_id} has no completed refit: refit it first (python -m core.train "
+                            f"... --val-fraction 0 --test-fraction 0 --calibrate-from {cv_id}, or Refit on the Train "
+                            "page)")
+    return max(found, key=lambda r: r.best_checkpoint.stat().st_mtime).best_checkpoint
+
+
+def summary_figures(rep: dict[str, Any]) -> dict[str, Any]:
+    """An entry's figures: each view's headline figures with intervals, per-class recall, false alarms."""
+    out: dict[str, Any] = {}
+    for view, fig in ((rep.get("files") or {}).get("views") or {}).items():
+        if not fig:
+            continue
+        iv = fig["intervals"]
+        out[view] = {**{k: [fig[k], iv[k]] for k in ("macro_f1", "balanced_accuracy", "accuracy")},
+                     "always_other_accuracy": fig["majority_baseline"]["accuracy"], "n": fig["n"],
+                     "recall": {c["class"]: [c["recall"], civ["recall"], c["support"]]
+                                for c, civ in zip(fig["per_class"], iv["per_class"])},
+                     "false_alarms": fig["false_alarms"]}
+    return out
+
+
+def promote(cv_id: str, runs_dir: Path | None = None, *, why: str = "", first: bool = False,
+            checkpoint_name: str | None = None, checkpoint: Path | None = None, registry: Path | None = None,
+            say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Make `cv_id`'s refit the default if it beats the current default on the same folds; RegistryError (with
+    the figures) when refused. `first`: an empty registry's first champion (refused when one exists).
+    `checkpoint`: ship this file instead of a refit (the first champion may be an existing checkpoint of the
+    recipe, named in `why`). Returns the new entry."""
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .runs import now_iso
+    if not cv_id or "/" in cv_id or "\0" in cv_id or cv_id.startswith(".") or not ENTRY_ID.match(cv_id):
+        raise RegistryError(f"promote: {cv_id!r} is not a cross-validation id")
+    path = registry or registry_path()
+    rep, files = challenger_files(cv_id, runs_dir)
+    source = checkpoint or find_refit(cv_id, runs_dir)
+    try:
+        loaded = load_checkpoint(source)
+    except CheckpointError as exc:
+        raise RegistryError(f"promote: {source}: {exc}") from None
+    if checkpoint is None and (loaded.config.get("model"), loaded.image_size) != (
+            rep["base"].get("model"), rep["base"].get("image_size") or loaded.image_size):
+        raise RegistryError(f"promote: the refit {source.parent.name} is not the recipe of {cv_id}")
+    fp = fingerprint(files)
+    name = checkpoint_name or f"hirise-{loaded.arch.replace('tf_', '').replace('_', '-')}-{loaded.image_size}px-{cv_id}.pt"
+    with locked_registry(path) as reg:
+        champion = current_entry(reg)
+        if any(e["id"] == cv_id for e in reg["entries"]):
+            raise RegistryError(f"promote: cross-validation {cv_id} is already in the registry")
+        if champion is None and not first:
+            raise RegistryError("promote: the registry has no default to beat; the first champion is set with --first")
+        if champion is not None and first:
+            raise RegistryError(f"promote: the registry already has a champion ({champion['id']}); a challenger "
+                                "must beat it")
+        gate: dict[str, Any] = {}
+        if champion is not None:
+            ccv = champion["cv"]
+            if (ccv.get("folds"), ccv.get("seed")) != (rep["n_folds"], rep["seed"]):
+                raise RegistryError(f"promote: {cv_id} has {rep['n_folds']} folds with seed {rep['seed']}; the "
+                                    f"default {champion['id']} was cross-validated with {ccv.get('folds')} folds, seed "
+                                    f"{ccv.get('seed')}: cross-validate on the same folds")
+            theirs = load_oof(champion["id"], path)
+            if ccv.get("fingerprint") != fp:
+                differ = len(set(map(str, files["name"])) ^ set(map(str, theirs["name"])))
+                raise RegistryError(f"promote: {cv_id} was scored on other data or folds than the default "
+                                    f"{champion['id']} (fingerprint {fp} against {ccv.get('fingerprint')}; "
+                                    f"{differ} files in one and not the other)")
+            gate = compare(files, theirs)
+            gate_tta = compare(files, theirs, "pred_tta")
+            text = format_gate(cv_id, champion["id"], gate, gate_tta)
+            if not gate["passes"]:
+                raise RegistryError(text.replace("\n", "; "))
+            say(text)
+        target = path.parent / name
+        _ship(source, target, loaded)
+        save_oof(cv_id, files, path)
+        entry = {"id": cv_id, "checkpoint": name, "arch": loaded.arch, "image_size": loaded.image_size,
+                 "date": now_iso(), "why": why or (f"beat {champion['id']} on the same folds" if champion else
+                                                    "the first champion"),
+                 "cv": {"id": cv_id, "folds": rep["n_folds"], "seed": rep["seed"], "fingerprint": fp,
+                        "recipe": {k: rep["base"].get(k) for k in ("model", "image_size", "epochs", "imbalance",
+                                                                   "augment", "max_steps_per_epoch", "amp",
+                                                                   "label_smoothing", "freeze_below")}},
+                 "figures": summary_figures(rep), "temperature": rep.get("temperature"),
+                 "gate": {"against": champion["id"], **_gate_record(gate)} if champion else None,
+                 "replaced": champion["id"] if champion else None}
+        reg["entries"].append(entry)
+        reg["current"] = cv_id
+    say(f"promoted: {name} is the default (registry {path})")
+    return entry
+
+
+def _gate_record(gate: dict[str, Any]) -> dict[str, Any]:
+    return {k: gate[k] for k in ("macro_f1", "accuracy", "balanced_accuracy", "files", "groups", "passes")}
+
+
+def _ship(source: Path, target: Path, loaded) -> None:
+    """The checkpoint in half precision (where the prediction is unchanged; otherwise as it is), beside the
+    registry. Half precision is checked on the model's own weights: the largest change of a logit on random
+    tiles is reported in the registry's figures by the ship tool; here it only has to load."""
+    import torch
+    from .checkpoint import read_checkpoint, save_checkpoint
+    if source.resolve() == target.resolve():
+        return
+    payload = read_checkpoint(source)
+    payload["state_dict"] = {k: v.half() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                             for k, v in payload["state_dict"].items()}
+    save_checkpoint(target, payload)
+
+
+def format_gate(cv_id: str, champion_id: str, gate: dict[str, Any], gate_tta: dict[str, Any] | None = None) -> str:
+    from .bootstrap import fmt
+    lines = [f"{cv_id} (challenger) minus {champion_id} (default), on the {gate['files']} files of every held-out "
+             f"observation both scored, each as sent (paired bootstrap over {gate['groups']} observations):"]
+    for k in ("macro_f1", "accuracy", "balanced_accuracy"):
+        d = gate[k]
+        verdict = "within noise" if d["within_noise"] else ("challenger better" if d["difference"] > 0 else
+                                                           "challenger worse")
+        lines.append(f"  {k.replace('_', ' ')}: {fmt(d['difference'], d['interval'])} {verdict}")
+    if gate_tta:
+        lines.append("  with 8-view averaging on both: " + ", ".join(
+            f"{k.replace('_', ' ')} {fmt(gate_tta[k]['difference'], gate_tta[k]['interval'])}"
+            for k in ("macro_f1", "accuracy")))
+    if gate["passes"]:
+        lines.append(f"accepted: not worse beyond noise on macro-F1 or accuracy, better on {', '.join(gate['better'])}")
+    else:
+        why = (f"worse beyond noise on {', '.join(gate['worse'])}" if gate["worse"] else
+               "better beyond noise on neither macro-F1 nor accuracy")
+        lines.append(f"refused: {why}; the default stays {champion_id}")
+    return "\n".join(lines)

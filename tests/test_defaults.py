@@ -1,0 +1,209 @@
+"""Issue 29: out-of-fold figures on every file (core.cv_files) and the champion/challenger gate (core.defaults)."""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core import cv, cv_files, defaults
+from core.classes import CLASS_NAMES
+from core.runs import Run, read_json, write_json_atomic
+from core.runner import main as train_cli
+from tests.test_cv import TINY_FLAGS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("defaults-runs")
+
+
+@pytest.fixture(scope="module")
+def champion_cv(data_dir, runs_dir, one_thread) -> str:
+    """A tiny 3-fold cross-validation, and its refit: every fold scores every file of its held-out observations."""
+    assert train_cli(["--data", str(data_dir), *TINY_FLAGS, "--cv", "3", "--name", "champ",
+                      "--runs-dir", str(runs_dir)]) == 0
+    cv_id = cv.list_cvs(runs_dir)[0]["id"]
+    assert train_cli(["--data", str(data_dir), *TINY_FLAGS, "--val-fraction", "0", "--test-fraction", "0",
+                      "--calibrate-from", cv_id, "--run-dir", str(runs_dir / "champ-refit")]) == 0
+    return cv_id
+
+
+def _copy_cv(runs_dir: Path, cv_id: str, dest: Path, rewrite) -> str:
+    """A copy of a cross-validation (manifest, folds and refit) under a new id, each fold's all-files logits
+    rewritten by `rewrite(y, logits) -> logits`: a challenger with known predictions on the same folds."""
+    new_id = f"{cv_id[:-4]}{len(cv.list_cvs(dest)):04x}"
+    manifest = cv.load_manifest(cv_id, runs_dir)
+    entries = []
+    for fold, run in cv.fold_runs(manifest, runs_dir):
+        copy = Run(dest / f"{run.name}-{new_id}")
+        shutil.copytree(run.path, copy.path)
+        raw = read_json(copy.oof_files_file)
+        for row in raw["files"]:
+            row["logits"] = rewrite(row["true"], row["logits"])
+            row["logits_tta"] = rewrite(row["true"], row["logits_tta"])
+        write_json_atomic(copy.oof_files_file, raw)
+        entries.append({"run": copy.name, "fold": fold})
+    refit = dest / f"refit-{new_id}"
+    shutil.copytree(runs_dir / "champ-refit", refit)
+    config = json.loads((refit / "config.json").read_text())
+    (refit / "config.json").write_text(json.dumps({**config, "calibrate_from": new_id}))
+    write_json_atomic(dest / ".cv" / f"{new_id}.json", {**manifest, "id": new_id, "runs": entries})
+    return new_id
+
+
+def test_every_fold_scores_every_file_and_the_report_shows_three_views(champion_cv, data_dir, runs_dir, capsys):
+    from core.data import DataSpec, load_dataset
+    data = load_dataset(DataSpec((str(data_dir),)))
+    named = [r for r in data.records if r.observation]
+    files, missing = cv_files.pooled(cv.load_manifest(champion_cv, runs_dir), runs_dir)
+    assert not missing
+    assert sorted(files["name"]) == sorted(r.name for r in named)  # every file of every observation, once
+    assert files["original"].sum() == sum(r.is_original for r in named) < len(named)  # copies are scored too
+    assert files["logits_tta"] is not None and not np.allclose(files["logits_tta"], files["logits"])
+    rep = cv.report(champion_cv, runs_dir)
+    views = rep["files"]["views"]
+    assert set(views) == set(cv_files.VIEWS) and all(views.values())
+    assert views["originals"]["n"] == files["original"].sum() and views["all files"]["n"] == len(named)
+    # the originals' view is the same tiles as the pooled originals' report, scored by the same fold models
+    assert views["originals"]["accuracy"] == pytest.approx(rep["pooled"]["accuracy"], abs=1e-6)
+    for view in views.values():
+        fa = view["false_alarms"]
+        assert fa["other_files"] == int((np.asarray(view["confusion"]).sum(1))[0])
+        assert fa["interval"][0] <= fa["rate"] <= fa["interval"][1]
+    text = cv.format_report(rep)
+    assert "all files, TTA" in text and "false alarms at 0.9" in text and "always-other accuracy" in text
+    section = text[text.index("out-of-fold on every file"):]
+    assert section.index("recall") < section.index("macro-F1")  # per-class recall leads
+
+
+def test_cv_score_backfills_a_fold_without_all_files_predictions(champion_cv, runs_dir, tmp_path, capsys):
+    copy = tmp_path / "runs"
+    shutil.copytree(runs_dir, copy)
+    folds = cv.fold_runs(cv.load_manifest(champion_cv, copy), copy)
+    folds[1][1].oof_files_file.unlink()
+    assert cv.report(champion_cv, copy)["files"]["views"] is None  # never a partial pool
+    assert "not scored yet" in cv.format_report(cv.report(champion_cv, copy))
+    assert train_cli(["--cv-score", champion_cv, "--runs-dir", str(copy), "--no-tta"]) == 0
+    out = capsys.readouterr().out
+    assert "scoring fold model 1 of 1" in out and "all files, TTA: not scored" in out
+    assert cv.report(champion_cv, copy)["files"]["views"]["all files"] is not None
+    folds[0][1].oof_files_file.write_text("{ damaged")
+    rep = cv.report(champion_cv, copy)
+    assert rep["files"]["views"] is None and "not an all-files prediction file" in rep["files"]["missing"][0]
+
+
+def test_false_alarms_count_other_files_called_a_landmark_at_the_threshold():
+    y = np.array([0, 0, 0, 0, 1])
+    probs = np.full((5, 8), 0.0)
+    probs[:, 0] = 1.0
+    probs[0] = [0.05, 0.95, 0, 0, 0, 0, 0, 0]  # an alarm
+    probs[1] = [0.15, 0.85, 0, 0, 0, 0, 0, 0]  # below 0.9: none
+    fa = cv_files.false_alarms(y, probs, ["a", "a", "b", "c", "d"])
+    assert (fa["alarms"], fa["other_files"], fa["rate"]) == (1, 4, 0.25)
+
+
+def test_the_first_champion_then_a_challenger_that_wins_is_promoted(champion_cv, runs_dir, tmp_path, capsys):
+    registry = tmp_path / "checkpoints" / "defaults.json"
+    with pytest.raises(defaults.RegistryError, match="no default to beat"):
+        defaults.promote(champion_cv, runs_dir, registry=registry)
+    first = defaults.promote(champion_cv, runs_dir, first=True, why="the previous default's recipe",
+                             registry=registry)
+    assert (registry.parent / first["checkpoint"]).is_file() and defaults.oof_file(champion_cv, registry).is_file()
+    reg = defaults.read_registry(registry)
+    assert reg["current"] == champion_cv and reg["entries"][0]["figures"]["all files"]["macro_f1"][0] > 0
+
+    winner = _copy_cv(runs_dir, champion_cv, runs_dir, _perfect)
+    entry = defaults.promote(winner, runs_dir, registry=registry)
+    assert "accepted" in capsys.readouterr().out and entry["gate"]["passes"]
+    reg = defaults.read_registry(registry)
+    assert reg["current"] == winner and [e["id"] for e in reg["entries"]] == [champion_cv, winner]
+    assert (registry.parent / reg["entries"][0]["checkpoint"]).is_file()  # the earlier default stays
+    path, warning = defaults.default_checkpoint_file(registry.parent, tmp_path / "fallback.pt", registry)
+    assert path == registry.parent / entry["checkpoint"] and warning is None
+
+
+def _perfect(y, logits):
+    out = [0.0] * len(CLASS_NAMES)
+    out[y] = 9.0
+    return out
+
+
+def test_a_challenger_worse_no_better_or_on_other_folds_is_refused_with_the_figures(champion_cv, runs_dir, tmp_path):
+    registry = tmp_path / "checkpoints" / "defaults.json"
+    dest = tmp_path / "runs"
+    shutil.copytree(runs_dir, dest)
+    best = _copy_cv(dest, champion_cv, dest, _perfect)
+    defaults.promote(best, dest, first=True, registry=registry)
+    loser = _copy_cv(dest, champion_cv, dest, lambda y, logits: [9.0] + [0.0] * (len(CLASS_NAMES) - 1))
+    with pytest.raises(defaults.RegistryError, match="refused: worse beyond noise.*the default stays") as exc:
+        defaults.promote(loser, dest, registry=registry)
+    assert "macro f1" in str(exc.value) and "\n" not in str(exc.value)
+    tie = _copy_cv(dest, champion_cv, dest, _perfect)
+    with pytest.raises(defaults.RegistryError, match="better beyond noise on neither"):
+        defaults.promote(tie, dest, registry=registry)
+    shutil.rmtree(dest / f"refit-{tie}")
+    with pytest.raises(defaults.RegistryError, match="no completed refit"):
+        defaults.promote(tie, dest, registry=registry)
+    manifest = cv.load_manifest(loser, dest)
+    write_json_atomic(dest / ".cv" / f"{loser}.json", {**manifest, "seed": 7})
+    with pytest.raises(defaults.RegistryError, match="seed 7.*same folds"):
+        defaults.promote(loser, dest, registry=registry)
+    assert defaults.read_registry(registry)["current"] == best  # nothing changed
+    assert len(defaults.read_registry(registry)["entries"]) == 1
+
+
+@pytest.mark.parametrize("bad, message", [("nope", "no cross-validation 'nope'"), ("../x", "not a cross-validation id"),
+                                          ("a\0b", "not a cross-validation id")])
+def test_promote_refuses_unknown_or_unsafe_ids_in_one_line(runs_dir, tmp_path, capsys, bad, message, monkeypatch):
+    monkeypatch.setattr(defaults, "registry_path", lambda: tmp_path / "defaults.json")
+    assert train_cli(["--promote", bad, "--runs-dir", str(runs_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_an_incomplete_cv_is_refused(champion_cv, runs_dir, tmp_path):
+    dest = tmp_path / "runs"
+    shutil.copytree(runs_dir, dest)
+    folds = cv.fold_runs(cv.load_manifest(champion_cv, dest), dest)
+    folds[2][1].update_status(state="cancelled")
+    with pytest.raises(defaults.RegistryError, match="incomplete"):
+        defaults.promote(champion_cv, dest, first=True, registry=tmp_path / "defaults.json")
+
+
+def test_two_promotions_at_once_one_wins_and_the_registry_stays_valid(champion_cv, runs_dir, tmp_path):
+    registry = tmp_path / "checkpoints" / "defaults.json"
+    results: list = []
+
+    def attempt():
+        try:
+            results.append(defaults.promote(champion_cv, runs_dir, first=True, registry=registry))
+        except defaults.RegistryError as exc:
+            results.append(exc)
+    threads = [threading.Thread(target=attempt) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(isinstance(r, dict) for r in results) == 1
+    assert isinstance(next(r for r in results if not isinstance(r, dict)), defaults.RegistryError)
+    assert len(defaults.read_registry(registry)["entries"]) == 1
+
+
+def test_a_registry_damaged_by_hand_is_named_and_the_builtin_default_loads(tmp_path):
+    registry = tmp_path / "defaults.json"
+    fallback = tmp_path / "builtin.pt"
+    for text in ("{ not json", json.dumps({"format": defaults.FORMAT, "entries": "x"}),
+                 json.dumps({"format": defaults.FORMAT, "current": "a", "entries": []}),
+                 json.dumps({"format": defaults.FORMAT, "current": None,
+                             "entries": [{"id": "a", "checkpoint": "../../etc/passwd", "cv": {}}]})):
+        registry.write_text(text)
+        path, warning = defaults.default_checkpoint_file(tmp_path, fallback, registry)
+        assert path == fallback and "registry of defaults" in warning and "\n" not in warning
+    registry.unlink()
+    assert defaults.default_checkpoint_file(tmp_path, fallback, registry) == (fallback, None)
