@@ -95,16 +95,24 @@ def current_entry(registry: dict[str, Any]) -> dict[str, Any] | None:
 
 def default_checkpoint_file(checkpoints_dir: Path, fallback: Path, registry: Path) -> tuple[Path, str | None]:
     """The current default's checkpoint, and a warning when the registry could not say (the fallback is used)."""
+    path, _, warning = default_serving(checkpoints_dir, fallback, registry)
+    return path, warning
+
+
+def default_serving(checkpoints_dir: Path, fallback: Path, registry: Path) -> tuple[Path, bool, str | None]:
+    """The current default's checkpoint, whether its predictions average the 8 flips and turns by default (the
+    entry's `tta`, set at promotion when TTA won beyond noise and stayed fast enough), and a warning when the
+    registry could not say (then the fallback, without TTA)."""
     try:
         entry = current_entry(read_registry(registry))
     except RegistryError as exc:
-        return fallback, str(exc)
+        return fallback, False, str(exc)
     if entry is None:
-        return fallback, None
+        return fallback, False, None
     path = checkpoints_dir / entry["checkpoint"]
     if not path.is_file():
-        return fallback, f"the registry's default {entry['checkpoint']} is missing; using {fallback.name}"
-    return path, None
+        return fallback, False, f"the registry's default {entry['checkpoint']} is missing; using {fallback.name}"
+    return path, entry.get("tta") is True, None
 
 
 # ---- writing (one writer at a time) --------------------------------------------------------------------------
@@ -288,6 +296,8 @@ def promote(cv_id: str, runs_dir: Path | None = None, *, why: str = "", first: b
             if not gate["passes"]:
                 raise RegistryError(text.replace("\n", "; "))
             say(text)
+        tta = tta_decision(files, loaded)
+        say(tta["why"])
         target = path.parent / name
         _ship(source, target, loaded)
         save_oof(cv_id, files, path)
@@ -299,12 +309,43 @@ def promote(cv_id: str, runs_dir: Path | None = None, *, why: str = "", first: b
                                                                    "augment", "max_steps_per_epoch", "amp",
                                                                    "label_smoothing", "freeze_below")}},
                  "figures": summary_figures(rep), "temperature": rep.get("temperature"),
+                 "tta": tta["on"], "tta_decision": tta,
                  "gate": {"against": champion["id"], **_gate_record(gate)} if champion else None,
                  "replaced": champion["id"] if champion else None}
         reg["entries"].append(entry)
         reg["current"] = cv_id
     say(f"promoted: {name} is the default (registry {path})")
     return entry
+
+
+TTA_P50_LIMIT_MS = 60.0  # one tile, 8 views: above this, averaging is offered but not the default
+
+
+def tta_decision(files: dict[str, Any], loaded, repeats: int = 15) -> dict[str, Any]:
+    """Whether this model's predictions average the 8 flips and turns by default: only when that beats predicting
+    the tile as sent beyond noise on every file (paired over observations: not worse on macro-F1 or accuracy,
+    better on one) and one tile's 8-view prediction stays under TTA_P50_LIMIT_MS at the median."""
+    import time
+    import numpy as np
+    from .inference import predict_views
+    if files.get("pred_tta") is None:
+        return {"on": False, "why": "TTA: not the default (the folds' predictions have no 8-view averages)"}
+    versus = compare({**files, "pred": files["pred_tta"]}, files)
+    tile = np.random.default_rng(0).integers(0, 256, (1, 227, 227), dtype=np.uint8)
+    predict_views(loaded, tile, show_progress=False)  # the first call traces
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        predict_views(loaded, tile, show_progress=False)
+        times.append((time.perf_counter() - t0) * 1000)
+    p50 = float(np.median(times))
+    on = versus["passes"] and p50 < TTA_P50_LIMIT_MS
+    from .bootstrap import fmt
+    figures = ", ".join(f"{k.replace('_', ' ')} {fmt(versus[k]['difference'], versus[k]['interval'])}"
+                        for k in GATE_FIGURES)
+    why = (f"TTA {'on' if on else 'off'} by default: 8-view averaging minus as sent on every file: {figures}; one "
+           f"tile's 8 views take {p50:.0f} ms at the median (limit {TTA_P50_LIMIT_MS:.0f} ms)")
+    return {"on": on, "why": why, "p50_ms": p50, **_gate_record(versus)}
 
 
 def _gate_record(gate: dict[str, Any]) -> dict[str, Any]:

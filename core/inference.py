@@ -274,6 +274,33 @@ def predict_features(loaded: LoadedModel, tiles: Tiles | np.ndarray, batch_size:
     return (feats if feats is not None else np.empty((0, 0), np.float32)), logits
 
 
+#: What each of DIHEDRAL's views does to a tile, in its order (the identity first).
+VIEW_NAMES = ("as sent", "turned 90°", "turned 180°", "turned 270°", "mirrored", "mirrored, turned 90°",
+              "mirrored, turned 180°", "mirrored, turned 270°")
+
+
+@torch.inference_mode()
+def predict_views(loaded: LoadedModel, tiles: Tiles | np.ndarray, batch_size: int = 64,
+                  on_progress: ProgressCallback | None = None, show_progress: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) features of each tile as sent, and (8, N, C) uncalibrated logits of its 8 flips and 90-degree turns
+    (DIHEDRAL's order, the identity first): their mean is the TTA prediction, and the out-of-distribution check
+    reads the features as sent, as its reference was fitted. 8 forward passes, no more."""
+    forward = fast_forward(loaded, features=True)
+    feats: np.ndarray | None = None
+    logits = np.empty((len(DIHEDRAL), len(tiles), len(loaded.class_names)), dtype=np.float32)
+    for rows, batch in in_batches(tiles, batch_size, "predicting (8 views)", on_progress, show_progress):
+        x = model_input(batch, loaded.mean, loaded.std, loaded.image_size, loaded.device)
+        for v, view in enumerate(DIHEDRAL):
+            f, out = forward(view(x).contiguous())
+            if v == 0:
+                if feats is None:
+                    feats = np.empty((len(tiles), f.shape[1]), dtype=np.float32)
+                feats[rows] = f.float().cpu().numpy()
+            logits[v, rows] = out.float().cpu().numpy()
+    return (feats if feats is not None else np.empty((0, 0), np.float32)), logits
+
+
 # ---- a model in training -----------------------------------------------------------------------------
 
 def training_model_logits(model: nn.Module, tiles: torch.Tensor, num_classes: int, mean: float, std: float,

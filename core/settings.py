@@ -18,12 +18,15 @@ DEFAULTS_REGISTRY = _env_path("HIRISE_DEFAULTS", PROJECT_ROOT / "checkpoints" / 
 BUILTIN_DEFAULT = PROJECT_ROOT / "checkpoints" / "hirise-efficientnet-lite0.pt"
 
 
-def _registry_default() -> tuple[Path, str | None]:
-    from .defaults import default_checkpoint_file
-    return default_checkpoint_file(DEFAULTS_REGISTRY.parent, BUILTIN_DEFAULT, DEFAULTS_REGISTRY)
+def _registry_default() -> tuple[Path, bool, str | None]:
+    from .defaults import default_serving
+    return default_serving(DEFAULTS_REGISTRY.parent, BUILTIN_DEFAULT, DEFAULTS_REGISTRY)
 
 
-_DEFAULT, REGISTRY_WARNING = _registry_default()
+_DEFAULT, _DEFAULT_TTA, REGISTRY_WARNING = _registry_default()
+#: Whether predictions average the 8 flips and turns unless told otherwise (`--tta`/`--no-tta`, the pages' toggle):
+#: the registry's decision for the current default (HIRISE_TTA=0/1 overrides it).
+DEFAULT_TTA = os.environ.get("HIRISE_TTA", "1" if _DEFAULT_TTA else "0").strip() not in ("0", "", "false", "no")
 #: The checkpoint that `core.predict`, `core.evaluate` and the pages use by default: the registry's current default
 #: (read when the process starts), or HIRISE_CHECKPOINT.
 DEFAULT_CHECKPOINT = _env_path("HIRISE_CHECKPOINT", _DEFAULT)

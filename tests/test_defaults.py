@@ -207,3 +207,35 @@ def test_a_registry_damaged_by_hand_is_named_and_the_builtin_default_loads(tmp_p
         assert path == fallback and "registry of defaults" in warning and "\n" not in warning
     registry.unlink()
     assert defaults.default_checkpoint_file(tmp_path, fallback, registry) == (fallback, None)
+
+
+def _always_other(y, logits):
+    return [9.0] + [0.0] * (len(CLASS_NAMES) - 1)
+
+
+def test_train_page_shows_every_file_figures_and_promotes_only_a_winner(champion_cv, runs_dir, tmp_path, monkeypatch):
+    from core.runs import runs_root
+    from tests.helpers import run_page, texts
+    registry = tmp_path / "checkpoints" / "defaults.json"
+    monkeypatch.setattr(defaults, "registry_path", lambda: registry)
+    app_runs = runs_root(None)  # what the pages read
+    weak = _copy_cv(runs_dir, champion_cv, app_runs, _always_other)
+    defaults.promote(weak, app_runs, first=True, why="a weak first champion", registry=registry)
+    strong = _copy_cv(runs_dir, champion_cv, app_runs, _perfect)
+    weaker = _copy_cv(runs_dir, champion_cv, app_runs, _always_other)
+    at = run_page("views/train.py")
+    at.selectbox(key="cv_shown").select(weaker).run()
+    assert "On every file a user could send" in texts(at)
+    table = next(d.value for d in at.dataframe if "figure" in d.value.columns)
+    assert list(table.columns) == ["figure", *cv_files.VIEWS]
+    assert table["figure"].iloc[1].startswith("recall: ") and "false alarms at 0.9" in list(table["figure"])
+    at.button(key=f"cv_promote_{weaker}").click().run()
+    assert not at.exception
+    assert "Not promoted" in texts(at) and "better beyond noise on neither" in texts(at)
+    assert defaults.read_registry(registry)["current"] == weak
+    at.selectbox(key="cv_shown").select(strong).run()
+    at.button(key=f"cv_promote_{strong}").click().run()
+    assert not at.exception and "is the default" in texts(at)
+    assert defaults.read_registry(registry)["current"] == strong
+    home = run_page("app.py")
+    assert "Why this default" in texts(home) and "Earlier defaults" in texts(home)

@@ -8,7 +8,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import cv, jobs
+from core import cv, defaults, jobs
+from core.cv_files import VIEWS
 from core.config import ConfigError, RunConfig
 from core.data import DataError
 from core.data.spec import MAX_FOLDS, MIN_FOLDS
@@ -90,6 +91,7 @@ def _report_view(rep: dict) -> None:
     if not pooled:
         st.info("No fold has completed yet: the pooled figures appear as folds finish.")
         return
+    _files_view(rep)
     iv = pooled["intervals"]
     st.markdown(f"**Out-of-fold**: every validated original scored once, by the fold model that never saw its "
                 f"observation: {pooled['n']:,} tiles from {pooled['observations']} observations.")
@@ -109,6 +111,75 @@ def _report_view(rep: dict) -> None:
         st.plotly_chart(_curve(rep["curve"]), width="stretch", key=f"cv-curve-{rep['id']}")
         st.caption(f"The mean over the folds is highest at epoch {rep['best_epoch']}: the epoch count to refit with "
                    "(the folds ran the whole schedule; a refit with fewer epochs runs a shorter one).")
+
+
+def files_table(views: dict) -> pd.DataFrame:
+    """Per-class recall first, then the headline figures, the always-`other` accuracy on the same files and the
+    false alarms at the scan threshold; one column per view (originals, all files, all files with TTA)."""
+    shown = [v for v in VIEWS if views.get(v)]
+    rows: list[dict] = [{"figure": "files scored", **{v: f"{views[v]['n']:,}" for v in shown}}]
+    for c, name in enumerate(views[shown[0]]["class_names"]):
+        row = {"figure": f"recall: {name}"}
+        for v in shown:
+            pc, civ = views[v]["per_class"][c], views[v]["intervals"]["per_class"][c]
+            row[v] = f"{pc['recall']:.2f} ({interval_text(civ['recall'])}) n={pc['support']}" if pc["support"] \
+                else "no files"
+        rows.append(row)
+    for key in cv.HEADLINE:
+        rows.append({"figure": cv.LABELS[key], **{v: f"{views[v][key]:.3f} ({interval_text(views[v]['intervals'][key])})"
+                                                  for v in shown}})
+    rows.append({"figure": "always-other accuracy", **{v: f"{views[v]['majority_baseline']['accuracy']:.3f}"
+                                                      for v in shown}})
+    rows.append({"figure": "false alarms at 0.9", **{
+        v: "–" if views[v]["false_alarms"]["rate"] is None else
+        f"{views[v]['false_alarms']['rate']:.3f} ({interval_text(views[v]['false_alarms']['interval'])}) "
+        f"{views[v]['false_alarms']['alarms']} of {views[v]['false_alarms']['other_files']}" for v in shown}})
+    return pd.DataFrame(rows)
+
+
+def _files_view(rep: dict) -> None:
+    files = rep.get("files") or {}
+    views = files.get("views")
+    st.markdown("**On every file a user could send**: the originals, their official turned, flipped and brightened "
+                "copies as sent, and the same with the 8 flips and turns averaged (TTA). Per-class recall first.")
+    if not views:
+        st.info(f"Not scored yet ({'; '.join(files.get('missing') or ['no completed fold'])}). Folds score every "
+                "file as they finish; for folds trained before that, run "
+                f"`python -m core.train --cv-score {rep['id']}`.", icon=":material/info:")
+        return
+    st.dataframe(files_table(views), hide_index=True, width="stretch")
+    st.caption(f"{files['originals']:,} originals and {files['files'] - files['originals']:,} copies; temperature "
+               f"{rep.get('temperature', 1.0):.3f} (fitted on the originals' out-of-fold logits, as the refit's). "
+               "False alarms: the share of `other` files called a landmark with probability at least 0.9, the "
+               "scan's default threshold. 95% intervals, bootstrap over observations.")
+
+
+def _promote(rep: dict) -> None:
+    """The champion/challenger gate: this cross-validation's refit becomes the default only if it beats the current
+    default on the same folds (core.defaults)."""
+    st.markdown("**Make it the default**: its refit replaces the default model only if it beats the default's own "
+                "cross-validation on the same folds, on every file (paired bootstrap over observations): not worse "
+                "beyond noise on macro-F1 or accuracy, and better on one.")
+    try:
+        champion = defaults.current_entry(defaults.read_registry())
+    except defaults.RegistryError as exc:
+        show_error(exc, "The registry of defaults")
+        return
+    st.caption(f"Current default: {champion['checkpoint']} (cross-validation {champion['id']}, "
+               f"{champion['cv'].get('folds')} folds, seed {champion['cv'].get('seed')})" if champion else
+               "The registry has no default yet: the first champion is set from the command line (--promote ID "
+               "--first).")
+    if st.button("Promote its refit to default", key=f"cv_promote_{rep['id']}", disabled=champion is None):
+        said: list[str] = []
+        with st.spinner("Comparing with the default on the same folds ..."):
+            try:
+                entry = defaults.promote(rep["id"], say=said.append)
+            except defaults.RegistryError as exc:
+                st.error("Not promoted: " + str(exc).replace("; ", "  \n"), icon=":material/block:")
+                return
+        st.success(f"{entry['checkpoint']} is the default. Pages and commands started from now use it; restart the "
+                   "app for pages already open.", icon=":material/check:")
+        st.code("\n".join(said), language=None)
 
 
 def _refit(rep: dict) -> None:
@@ -173,3 +244,5 @@ def cv_results() -> None:
 
     live()
     _refit(first)
+    if first["complete"]:
+        _promote(first)

@@ -10,6 +10,7 @@ from core.classes import CLASS_DESCRIPTIONS, CLASS_NAMES
 from core.jobs import describe_device, observed_status, progress_column
 from core.runs import list_runs
 from core.settings import DEFAULT_CHECKPOINT
+from ui.defaults_view import registry_section
 from ui import appstate
 from ui.errors import USER_ERRORS
 from ui.imbalance import IMBALANCE_NOTE
@@ -71,6 +72,7 @@ with right:
     except USER_ERRORS as exc:
         st.warning(f"No default model: {exc}")
     st.caption(f"`{DEFAULT_CHECKPOINT}`")
+    registry_section()
     st.page_link("views/explain.py", label="Classify and explain tiles", icon=":material/image_search:")
 
 st.subheader("Runs")
