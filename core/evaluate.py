@@ -2,6 +2,9 @@
 
     python -m core.evaluate --data PATH [--data PATH ...] --split val [--checkpoint PATH] [--tta] [--bf16]
                             [--out report.json]
+
+A model is scored only on the tiles of the split it never trained on (`core.seen`): a line says how many were
+left out and why, and it is refused when none is left.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from .data.cli import add_data_arguments, load_from_args
 from .metrics import classification_metrics, confused_pairs, headline, per_class_curves
 from .inference import predict_logits, probabilities, uses_bf16
 from .progress import ProgressCallback
+from .seen import TrainingSet, training_set, unseen
 from .settings import DEFAULT_CHECKPOINT
 
 REPORT_FORMAT = "hirise-studio-evaluation/1"
@@ -35,20 +39,32 @@ TOP_LOSSES = 24
 
 def evaluate_model(loaded: LoadedModel, data: HiriseData, split: str = "val", originals_only: bool = True,
                    tta: bool = False, batch_size: int = 64, on_progress: ProgressCallback | None = None,
-                   calibrate: bool = False, bf16: bool = False) -> dict:
+                   calibrate: bool = False, bf16: bool = False, unseen_by: Sequence[TrainingSet] | None = None,
+                   records: Sequence[Record] | None = None, tiles_from: str = "") -> dict:
     """A JSON-able report of `loaded` on one split of `data` (see the module docstring for the CLI).
+
+    `unseen_by`: score only the tiles none of these models trained on (`core.seen`: NothingUnseen, a DataError,
+    when none is left); the report's `excluded` says how many were left out and why. `records`: score these
+    tiles, which `tiles_from` says where they came from, rather than the split's (Compare's common tiles).
 
     Metrics are computed on calibrated probabilities (softmax(logits / T) with the checkpoint's T);
     ECE is given with and without T so the calibration itself can be judged. With `calibrate`, T is
     first fitted on these same logits and set on `loaded` (training does this on val, once: one pass
     over the split serves both the fit and the report). `bf16`: see `core.inference.predict_logits`.
     """
-    records, tiles_from = evaluation_records(loaded, data, split, originals_only)
+    if records is None:
+        records, tiles_from = evaluation_records(loaded, data, split, originals_only)
+    excluded, what = None, "tiles" if split == "all" else f"{split} tiles"
+    if unseen_by is not None:
+        records, excluded = unseen(records, unseen_by, what)
     logits = predict_logits(loaded, RecordTiles(data, records), batch_size=batch_size, tta=tta,
                             on_progress=on_progress, bf16=bf16)
-    return report_from_logits(loaded, data, records, logits, split=split, originals_only=originals_only,
-                              tiles_from=tiles_from, tta=tta, calibrate=calibrate,
-                              precision="bf16" if uses_bf16(loaded, bf16) else "fp32")
+    report = report_from_logits(loaded, data, list(records), logits, split=split, originals_only=originals_only,
+                                tiles_from=tiles_from, tta=tta, calibrate=calibrate,
+                                precision="bf16" if uses_bf16(loaded, bf16) else "fp32")
+    if excluded is not None:
+        report["excluded"] = excluded.to_dict(what)
+    return report
 
 
 def scored_warnings(data: HiriseData, y: np.ndarray, names: list[str], split: str) -> list[str]:
@@ -195,6 +211,8 @@ def format_report(report: dict) -> str:
              f"split: {report['data']['split_method']})",
              f"tiles: {report.get('tiles_from', 'the data split')} (fingerprint {report.get('tiles_digest', '-')})",
              headline(report)]
+    if report.get("excluded"):  # tiles the model trained on, left out (`core.seen`)
+        lines.insert(2, report["excluded"]["sentence"])
     iv = report.get("intervals")
     if iv:
         lines.append(f"95% intervals ({iv['method']}): macro-F1 {fmt(report['macro_f1'], iv['macro_f1'])} | "
@@ -262,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         loaded = load_checkpoint(args.checkpoint)
         data = load_from_args(args.data, args)
         report = evaluate_model(loaded, data, args.split, originals_only=not args.all_files, tta=args.tta,
-                                batch_size=args.batch_size, bf16=args.bf16)
+                                batch_size=args.batch_size, bf16=args.bf16, unseen_by=[training_set(loaded)])
         if args.out:
             save_report(report, args.out)
     except CheckpointError as exc:

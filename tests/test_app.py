@@ -187,17 +187,19 @@ def test_compare_bars_label_a_zero_and_a_class_without_tiles():
     assert list(fig.data[0].text) == ["0.00", "no tiles", "0.50"]
 
 
-def test_compare_page_includes_the_default_model_on_the_runs_tiles(with_runs):
+def test_compare_page_includes_the_default_model_on_the_runs_tiles(with_runs, monkeypatch):
+    monkeypatch.setattr("ui.compare.MIN_COMMON_TILES", 5)  # the runs' split holds 12 val tiles: too few otherwise
     at = run_page("views/compare.py")
     default = next(o for o in at.multiselect[1].options if o.startswith("default model"))
     at.multiselect[1].set_value([default]).run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     metrics = next(d.value for d in at.dataframe if "macro-F1" in d.value.columns)
     assert default in metrics.index and metrics.loc[default, "val tiles"] > 0
-    # the runs and the default model were trained on different data: no shared recorded tiles, so the default
-    # model is scored on the runs' data split, which the runs' own reports also used
+    # the runs and the default model were trained on different data, so none of the runs' validation tiles is one
+    # the default model trained on: every model is scored on all of them, the runs' own reports' tiles
     runs = [i for i in metrics.index if i != default]
     assert metrics.loc[default, "tile set"] == metrics.loc[runs[0], "tile set"]
+    assert f"Scored on all {metrics.loc[default, 'val tiles']:.0f} val tiles" in texts(at)
 
 
 @pytest.mark.slow

@@ -6,10 +6,14 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from core.bootstrap import paired_difference
+from core.checkpoint import LoadedModel
 from core.classes import CLASS_NAMES
 from core.config import RunConfig
+from core.data import HiriseData, Record
 from core.data.records import parse_name
+from core.evaluate import evaluation_records
 from core.runs import Run
+from core.seen import MIN_COMMON_TILES, Exclusion, training_set, unseen
 from ui.intervals import interval_text
 
 
@@ -27,6 +31,20 @@ def settings_table(runs: Sequence[Run], models: Mapping[str, dict] | None = None
     table = pd.DataFrame(columns)
     differing = [k for k in table.index if table.loc[k].nunique() > 1]
     return table, differing
+
+
+def common_tiles(models: Mapping[str, LoadedModel], data: HiriseData,
+                 minimum: int | None = None) -> tuple[list[Record], str, Exclusion]:
+    """The validation tiles every compared model is scored on: those of `data` (the first model's recorded
+    validation originals when `data` holds them all, else the data's own split) that none of the models trained
+    on (`core.seen`), where they came from, and what was left out. NothingUnseen (its message in words) when
+    fewer than `minimum` (default `core.seen.MIN_COMMON_TILES`) are left: too few to tell models apart."""
+    name, first = next(iter(models.items()))
+    candidates, tiles_from = evaluation_records(first, data, "val", originals_only=True)
+    tiles_from = tiles_from.replace("the checkpoint", f"{name}'s checkpoint")
+    common, exclusion = unseen(candidates, [training_set(model, name) for name, model in models.items()],
+                               "val tiles", MIN_COMMON_TILES if minimum is None else minimum)
+    return common, tiles_from, exclusion
 
 
 def metrics_table(runs: Sequence[Run], reports: Mapping[str, dict | None]) -> pd.DataFrame:

@@ -12,16 +12,16 @@ def interval_text(interval: list[float] | None) -> str:
     return f"{interval[0]:.2f}–{interval[1]:.2f}" if interval else ""
 
 
-def refit_warning(model: LoadedModel, scored_here: str) -> str:
-    """What a refit model's figures on its own data are worth, and its honest ones (out-of-fold, with their
-    intervals): Evaluate and Compare say the same."""
+def refit_warning(model: LoadedModel) -> str:
+    """What a refit model can be scored on here (no tile of its own data: it trained on every one), and its honest
+    figures (out-of-fold, with their intervals): Evaluate and Compare say the same."""
     m, iv = model.metrics, model.metrics.get("intervals") or {}
-    return (f"This model was refit on every tile of its data, with no validation or test split: {scored_here}, it is "
-            "scored on tiles it trained on, and the figures below flatter it. Its honest figures are its "
-            f"cross-validation's, out-of-fold over {m.get('n')} tiles: macro-F1 {m['macro_f1']:.3f} "
-            f"({interval_text(iv.get('macro_f1'))}), balanced accuracy {m['balanced_accuracy']:.3f} "
-            f"({interval_text(iv.get('balanced_accuracy'))}), accuracy {m['accuracy']:.3f} "
-            f"({interval_text(iv.get('accuracy'))}). Score it on data it never saw.")
+    return ("This model was refit on every tile of its data, with no validation or test split: every tile of that "
+            "data is one it trained on, so none of them is scored here (where nothing else is left, it is not "
+            "scored at all). Its honest figures are its cross-validation's, out-of-fold over "
+            f"{m.get('n')} tiles: macro-F1 {m['macro_f1']:.3f} ({interval_text(iv.get('macro_f1'))}), balanced "
+            f"accuracy {m['balanced_accuracy']:.3f} ({interval_text(iv.get('balanced_accuracy'))}), accuracy "
+            f"{m['accuracy']:.3f} ({interval_text(iv.get('accuracy'))}). Score it on data it never saw.")
 
 
 def interval_caption(intervals: dict | None) -> str:

@@ -1,11 +1,16 @@
 """Compare: two or more runs side by side: settings (differences highlighted), curves, metrics, confusions."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
+from core.checkpoint import LoadedModel
 from core.classes import CLASS_NAMES
+from core.data import DataSpec
 from core.runs import list_runs
-from core.evaluate import evaluate_model
+from core.evaluate import evaluate_model, tiles_digest
+from core.seen import NothingUnseen
 from ui import appstate, compare, figures
 from ui.errors import USER_ERRORS, show_error
 from ui.imbalance import RARE_NOTE
@@ -29,75 +34,142 @@ chosen = [runs[names.index(n)] for n in picked]
 if "compare_shipped" not in st.session_state:
     st.session_state["compare_shipped"] = list(shipped)[:1] if len(chosen) < 2 else []
 included = st.multiselect("Shipped models to include", list(shipped), key="compare_shipped",
-                          help="Scored on the validation tiles of the first run's data (the Dataset page's data when "
-                               "no run is picked): the tiles recorded in the model's checkpoint when that data holds "
-                               "them all, else that data's own split. The 'tile set' column says whether two rows "
-                               "scored the same tiles.")
+                          help="Every model is scored on the same validation tiles of the first run's data (the "
+                               "Dataset page's data when no run is picked): those recorded in the first model's "
+                               "checkpoint when that data holds them all, else that data's own split, less every "
+                               "tile any of the compared models trained on.")
 if len(chosen) + len(included) < 2:
     st.info("Pick at least two models: two runs, or a run and a shipped model.")
     st.stop()
-shipped_reports: dict[str, dict] = {}
-shipped_models_loaded: dict = {}
-for label in included:
-    path = shipped[label]
-    shipped_models_loaded[label] = model = get_model(path)  # once per page run: metadata below, scoring here
-    config = chosen[0].config() if chosen else appstate.data_spec().flat()
-    key = ("compare-eval", str(path), path.stat().st_mtime, str(config.get("data")), str(config.get("split_seed")))
-    if key not in st.session_state:
+models: dict[str, LoadedModel] = {}  # each run's best checkpoint and each shipped model, by name: scored below
+for run in chosen:
+    if run.best_checkpoint.is_file():
         try:
-            st.session_state[key] = evaluate_model(model, data_for_config(config), "val",
-                                                   on_progress=progress_bar(f"Scoring {path.name}"))
+            models[run.name] = get_model(run.best_checkpoint)
         except USER_ERRORS as exc:
-            show_error(exc, f"Cannot score {path.name}")
-            continue
-    shipped_reports[label] = st.session_state[key]
+            show_error(exc, f"Cannot load {run.name}'s best checkpoint")
+for label in included:
+    try:
+        models[label] = get_model(shipped[label])  # once per page run: metadata below, scoring there
+    except USER_ERRORS as exc:
+        show_error(exc, f"Cannot load {shipped[label].name}")
+        continue
+for name, model in models.items():
     if model.refit:
-        st.warning(f"{label}: " + refit_warning(model, "where its data's tiles are among those scored here"),
-                   icon=":material/warning:")
+        st.warning(f"{name}: " + refit_warning(model), icon=":material/warning:")
+shipped_configs = {label: models[label].config for label in included if label in models}
 
 st.subheader("Settings")
-table, differing = compare.settings_table(chosen, {label: shipped_models_loaded[label].config for label in shipped_reports})
+table, differing = compare.settings_table(chosen, shipped_configs)
 only_diff = st.toggle("Only the settings that differ", value=True)
 shown = table.loc[differing] if only_diff and differing else table
 st.dataframe(shown.style.apply(lambda row: ["background-color: #fff3cd" if row.name in differing else ""
                                             for _ in row], axis=1), width="stretch",
              height=min(36 * (len(shown) + 1) + 3, 1200))  # every setting in view, no scroll box
 
-reports = {r.name: r.evaluation() for r in chosen} | shipped_reports  # each saved evaluation read once
-names_shown = [r.name for r in chosen] + list(shipped_reports)
+names_shown = [r.name for r in chosen] + list(shipped_configs)
 colours = figures.run_colours(names_shown)  # a run keeps its colour in every chart below
 
-st.subheader("Metrics (validation, best checkpoint)")
-st.caption("The majority baseline column is what always answering the majority class scores on each row's "
-           "tiles: read macro-F1 and balanced accuracy, not accuracy alone.")
-metrics = compare.metrics_table(chosen, reports)
-st.dataframe(metrics.style.format("{:.3f}", subset=[c for c in ("macro-F1", "balanced accuracy", "accuracy",
-                                                                "majority baseline") if c in metrics], na_rep="–")
-             .format("{:.0f}", subset=[c for c in ("val tiles", "best epoch") if c in metrics], na_rep="–")
-             .highlight_max(subset=["macro-F1", "balanced accuracy"], color="#d4edda"), width="stretch")
-pairs = compare.paired_differences(reports)
-if len(pairs):
-    st.markdown("**Is the difference real?** Each pair of models scored on the same tiles, the difference with its "
-                "95% interval from a paired bootstrap over observations: where the interval holds 0, this split "
-                "cannot tell the two apart.")
-    st.dataframe(pairs, hide_index=True, width="stretch")
-elif len(names_shown) > 1:
-    st.caption("No two of these models were scored on the same tiles (different tile sets), so no paired "
-               "comparison: differences between their rows mix the models with the tiles.")
-f1 = compare.per_class(chosen, reports, "f1")
-if f1:
-    st.plotly_chart(figures.grouped_bars(f1, CLASS_NAMES, "per-class F1 (whiskers: 95% intervals)", "F1", colours,
-                                         compare.per_class_intervals(reports, "f1")), width="stretch")
-recall = compare.per_class(chosen, reports, "recall")
-if recall:
-    st.plotly_chart(figures.grouped_bars(recall, CLASS_NAMES, "per-class recall (whiskers: 95% intervals)", "recall",
-                                         colours, compare.per_class_intervals(reports, "recall")), width="stretch")
-no_f1 = [name for name in names_shown if name not in f1]
-if no_f1:
-    st.caption(f"No per-class F1 for {', '.join(no_f1)}: no saved evaluation (the run did not complete)" +
-               ("; the recall chart shows its best epoch's validation recall." if any(n in recall for n in no_f1)
-                else "."))
-st.caption(RARE_NOTE + " A class a split has no tiles of has no bar.")
+
+def scored() -> None:
+    """Every model scored on the validation tiles none of them trained on, or why not: metrics, the paired
+    differences, per-class bars, confusion matrices."""
+    st.subheader("Metrics (validation, best checkpoint)")
+    if not models:
+        st.caption("No model to score: none of these runs kept a best checkpoint.")
+        return
+    config = chosen[0].config() if chosen else appstate.data_spec().flat()
+    if chosen and not all(Path(p).exists() for p in config.get("data") or ()):
+        config = appstate.data_spec().flat()
+        st.caption(f"{chosen[0].name}'s data is not here: the models are scored on the data chosen on the Dataset "
+                   "page.")
+    stamps = tuple((n, str(m.path), m.path.stat().st_mtime if m.path else 0) for n, m in models.items())
+    key = ("compare-common", stamps, str(DataSpec.from_mapping(config)))
+    if key not in st.session_state:
+        try:
+            data = data_for_config(config)
+            st.session_state[key] = (data, *compare.common_tiles(models, data))
+        except NothingUnseen as exc:
+            st.session_state[key] = str(exc)
+        except USER_ERRORS as exc:
+            show_error(exc, "Cannot choose the tiles to compare on")
+            return
+    if isinstance(st.session_state[key], str):  # none or too few tiles that no model trained on: no figures
+        st.error(f"Not compared: {st.session_state[key]}.", icon=":material/block:")
+        return
+    data, common, tiles_from, exclusion = st.session_state[key]
+    digest = tiles_digest(r.name for r in common)
+    (st.info if exclusion.excluded else st.caption)(
+        f"{exclusion.sentence('val tiles')} Every model below is scored on these same {len(common):,} tiles "
+        f"(from {tiles_from}).")
+    reports: dict[str, dict | None] = {}
+    for name in names_shown:
+        run = next((r for r in chosen if r.name == name), None)
+        saved = run.evaluation() if run else None
+        if saved and saved.get("tiles_digest") == digest:  # its saved evaluation scored exactly these tiles
+            reports[name] = saved
+            continue
+        if name not in models:
+            reports[name] = None
+            continue
+        model = models[name]
+        report_key = ("compare-eval", name, str(model.path), model.path.stat().st_mtime if model.path else 0, digest)
+        if report_key not in st.session_state:
+            try:
+                st.session_state[report_key] = evaluate_model(
+                    model, data, "val", records=common, tiles_from=f"{tiles_from}, less the tiles a compared model "
+                    "trained on", on_progress=progress_bar(f"Scoring {name}"))
+            except USER_ERRORS as exc:
+                show_error(exc, f"Cannot score {name}")
+                st.session_state[report_key] = None
+        reports[name] = st.session_state[report_key]
+
+    st.caption("The majority baseline column is what always answering the majority class scores on each row's "
+               "tiles: read macro-F1 and balanced accuracy, not accuracy alone.")
+    metrics = compare.metrics_table(chosen, reports)
+    st.dataframe(metrics.style.format("{:.3f}", subset=[c for c in ("macro-F1", "balanced accuracy", "accuracy",
+                                                                    "majority baseline") if c in metrics],
+                                      na_rep="–")
+                 .format("{:.0f}", subset=[c for c in ("val tiles", "best epoch") if c in metrics], na_rep="–")
+                 .highlight_max(subset=["macro-F1", "balanced accuracy"], color="#d4edda"), width="stretch")
+    pairs = compare.paired_differences(reports)
+    if len(pairs):
+        st.markdown("**Is the difference real?** Each pair of models on these same tiles, the difference with its "
+                    "95% interval from a paired bootstrap over observations: where the interval holds 0, these "
+                    "tiles cannot tell the two apart.")
+        st.dataframe(pairs, hide_index=True, width="stretch")
+    elif len(names_shown) > 1:
+        st.caption("No two of these models were scored on the same tiles (a run without a checkpoint keeps its own "
+                   "validation figures), so no paired comparison.")
+    f1 = compare.per_class(chosen, reports, "f1")
+    if f1:
+        st.plotly_chart(figures.grouped_bars(f1, CLASS_NAMES, "per-class F1 (whiskers: 95% intervals)", "F1",
+                                             colours, compare.per_class_intervals(reports, "f1")), width="stretch")
+    recall = compare.per_class(chosen, reports, "recall")
+    if recall:
+        st.plotly_chart(figures.grouped_bars(recall, CLASS_NAMES, "per-class recall (whiskers: 95% intervals)",
+                                             "recall", colours, compare.per_class_intervals(reports, "recall")),
+                        width="stretch")
+    no_f1 = [name for name in names_shown if name not in f1]
+    if no_f1:
+        st.caption(f"No per-class F1 for {', '.join(no_f1)}: not scored (no best checkpoint)" +
+                   ("; the recall chart shows its best epoch's validation recall." if any(n in recall for n in no_f1)
+                    else "."))
+    st.caption(RARE_NOTE + " A class these tiles have none of has no bar.")
+
+    st.subheader("Confusion matrices (validation, row-normalised)")
+    cols = st.columns(min(2, len(names_shown)))  # two across: three were too small to read, their titles cut
+    for i, name in enumerate(names_shown):
+        report = reports[name]
+        with cols[i % len(cols)]:
+            if report:
+                st.plotly_chart(figures.confusion_matrix(report["confusion"], report["class_names"], True, name),
+                                width="stretch", key=f"cm-{name}")
+            else:
+                st.caption(f"{name}: not scored (no best checkpoint).")
+
+
+scored()
 
 st.subheader("Curves")
 rows = {r.name: r.metrics() for r in chosen}
@@ -109,14 +181,3 @@ for column, (key, label) in zip((a, b, a, b), (("val_macro_f1", "validation macr
                                               ("train_loss", "training loss"))):
     if column is not None:
         column.plotly_chart(figures.compare_curves(rows, key, label, colours), width="stretch")
-
-st.subheader("Confusion matrices (validation, row-normalised)")
-cols = st.columns(min(2, len(names_shown)))  # two across: three were too small to read, their titles cut
-for i, name in enumerate(names_shown):
-    report = reports[name]
-    with cols[i % len(cols)]:
-        if report:
-            st.plotly_chart(figures.confusion_matrix(report["confusion"], report["class_names"], True, name),
-                            width="stretch", key=f"cm-{name}")
-        else:
-            st.caption(f"{name}: no saved evaluation (the run did not complete).")

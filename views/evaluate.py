@@ -10,6 +10,7 @@ from core.data import DataSpec
 from core.evaluate import evaluate_model, load_report
 from core.inference import bf16_suits
 from core.precision import bf16_native
+from core.seen import NothingUnseen, training_set
 from ui import appstate, figures
 from ui.gallery import tile_gallery
 from ui.errors import USER_ERRORS, show_error
@@ -46,13 +47,14 @@ bf16 = toggles[2].toggle("bf16 (faster)", disabled=not (bf16_native(model.device
                           "EfficientNet-Lite, whose predictions bf16 changes.")
 
 if model.refit:
-    st.warning(refit_warning(model, "scored on any split of that data"), icon=":material/warning:")
+    st.warning(refit_warning(model), icon=":material/warning:")
 
 report = None
 key = (str(path), path.stat().st_mtime, split, originals_only, tta, bf16)
 if run and run.eval_file.is_file() and (split, originals_only, tta, bf16) == ("val", True, False, False):
     report = load_report(run.eval_file)
-    st.caption("Saved evaluation from the end of training (best checkpoint, validation split).")
+    st.caption("Saved evaluation from the end of training (best checkpoint, validation split: tiles it never "
+               "trained on).")
 elif st.session_state.get("eval_key") == key:
     report = st.session_state["eval_report"]
 else:
@@ -63,8 +65,8 @@ else:
                 "split).")
     if not all(Path(p).exists() for p in config["data"]):
         config = {"data": appstate.data_paths()}
-        st.info("The model's training data is not here; evaluating on the data chosen on the Dataset page "
-                "(its split may overlap the model's training tiles).")
+        st.info("The model's training data is not here; evaluating on the data chosen on the Dataset page, "
+                "leaving out every tile the model trained on.")
     if not config["data"]:
         st.warning("Choose a data set on the Dataset page first.")
         st.stop()
@@ -72,8 +74,11 @@ else:
         try:
             data = data_for_config(config)
             report = evaluate_model(model, data, split, originals_only, tta, on_progress=progress_bar("Predicting"),
-                                    bf16=bf16)
+                                    bf16=bf16, unseen_by=[training_set(model, label)])
             st.session_state.update(eval_key=key, eval_report=report, eval_config=config)
+        except NothingUnseen as exc:  # every tile of the split is one it trained on: no figure, and why
+            st.error(f"Not scored: {exc}.", icon=":material/block:")
+            st.stop()
         except USER_ERRORS as exc:
             show_error(exc, "Cannot evaluate")
             st.stop()
@@ -102,6 +107,13 @@ st.caption(f"{report['n']:,} tiles · split {report['split']} · "
            f"{'originals only' if report['originals_only'] else 'all files'} · TTA {'on' if report['tta'] else 'off'}"
            f" · {report.get('precision', 'fp32')}"
            f" · {report['data']['split_method']}")
+excluded = report.get("excluded")  # the tiles of the split it trained on, left out (core.seen)
+if excluded and excluded.get("unknown"):
+    st.warning(excluded["sentence"], icon=":material/warning:")
+elif excluded and excluded.get("excluded"):
+    st.info(excluded["sentence"], icon=":material/filter_alt:")
+elif excluded:
+    st.caption(excluded["sentence"])
 if report.get("tiles_from"):
     st.caption(f"Scored on {report['tiles_from']} (tile-set fingerprint `{report.get('tiles_digest', '-')}`: two "
                "reports with the same fingerprint scored exactly the same tiles).")
