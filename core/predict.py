@@ -3,6 +3,9 @@
     python -m core.predict [--checkpoint PATH] FILE_OR_FOLDER [...] [--top-k 3] [--csv OUT]
                            [--cam gradcam --out DIR] [--stride 227]
 
+A file the out-of-distribution check flags (`core.ood.judge`: unlike any HiRISE tile by its pixels, or unusual
+by its features) gets a line saying why; the CSV has its `typicality`, `unusual` and `unusual_reason`.
+
 Exit status: 0 when every file was classified, 1 when some could not be read (they are listed
 and skipped), 2 for a usage error (no checkpoint, no image found).
 """
@@ -21,6 +24,7 @@ from PIL import Image
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
 from .inference import predict_features, predict_proba, probabilities
 from .imageio import IMAGE_SUFFIXES, TILE_SIZE, ImageError, decode_gray, to_tile
+from .ood import Verdict, judge, judge_windows
 from .progress import ProgressCallback
 from .settings import DEFAULT_CHECKPOINT
 from .tiling import ClassMap, cut_windows, render_class_map
@@ -45,6 +49,8 @@ class Prediction:
     #: share of validation tiles more typical than this image (`core.ood`): near 1, unlike anything the model
     #: knows; None when the checkpoint has no reference. For a large image, the median over its windows.
     typicality: float | None = None
+    #: the out-of-distribution verdict (`core.ood.judge`): flagged, why, and the sentence for the reader
+    ood: Verdict | None = None
 
     def row(self) -> dict:
         """A flat dict for CSV and tables."""
@@ -52,6 +58,8 @@ class Prediction:
                "top_k": "; ".join(f"{c} {p:.3f}" for c, p in self.top_k),
                "windows": "x".join(map(str, self.class_map.grid_shape)) if self.class_map else "",
                "typicality": "" if self.typicality is None else round(self.typicality, 4),
+               "unusual": "" if self.ood is None else ("yes" if self.ood.flagged else "no"),
+               "unusual_reason": "" if self.ood is None else self.ood.reason,
                "notes": "; ".join(self.notes)}
         out.update({f"p_{c}": round(p, 5) for c, p in self.probabilities.items()})
         return out
@@ -86,6 +94,7 @@ def predict_array(loaded: LoadedModel, gray: np.ndarray, name: str = "image", to
         notes += more
         probs, typical = proba_and_typicality(loaded, tile[None])
         probs = probs[0]
+        verdict = judge(tile, None if typical is None else float(typical[0]))
     else:
         class_map, window_probs, tiles, typical = classify_windows(loaded, gray, stride, batch_size, on_progress)
         rows, cols = class_map.grid_shape
@@ -95,6 +104,7 @@ def predict_array(loaded: LoadedModel, gray: np.ndarray, name: str = "image", to
             notes.append(f"the short side was padded by reflection to {TILE_SIZE}px")
         probs = window_probs.mean(axis=0)
         tile = tiles[int(window_probs[:, int(probs.argmax())].argmax())]
+        verdict = judge_windows(tiles, typical)
     names = list(loaded.class_names)
     order = np.argsort(-probs, kind="stable")
     k = max(1, min(int(top_k), len(names)))
@@ -103,7 +113,7 @@ def predict_array(loaded: LoadedModel, gray: np.ndarray, name: str = "image", to
                       probabilities={c: float(p) for c, p in zip(names, probs)},
                       top_k=[(names[i], float(probs[i])) for i in order[:k]], tile=tile, image_shape=(h, w),
                       notes=notes, class_map=class_map,
-                      typicality=None if typical is None else float(np.median(typical)))
+                      typicality=None if typical is None else float(np.median(typical)), ood=verdict)
 
 
 def proba_and_typicality(loaded: LoadedModel, tiles: np.ndarray, batch_size: int = 32,
@@ -210,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         top = " | ".join(f"{c} {p:.3f}" for c, p in pred.top_k)
         notes = f"  ({'; '.join(pred.notes)})" if pred.notes else ""
         print(f"{path.name}: {pred.label}  [{top}]{notes}")
+        if pred.ood is not None and pred.ood.flagged:
+            print(f"  unusual input: {pred.ood.reason}")
         if pred.class_map is not None:
             print(f"  windows per class: {', '.join(f'{c} {n}' for c, n in pred.class_map.counts().items())}")
         try:

@@ -81,7 +81,7 @@ def _window(path: str, level: int, box: tuple[int, int, int, int]) -> np.ndarray
 
 def _detail(job: ScanJob, row: pd.Series, request: dict) -> None:
     from core.explain import explain, overlay_heatmap
-    from core.ood import describe
+    from core.ood import judge
 
     path = observation_path(job, row["image"])
     if path is None:
@@ -103,9 +103,9 @@ def _detail(job: ScanJob, row: pd.Series, request: dict) -> None:
     right.image(overlay_heatmap(tile, exp.heatmap, 0.5), width="stretch",
                 caption=f"Grad-CAM for {row['label']}: red where the evidence for it is (scaled per window)")
     notes.caption(f"The surest of {int(row['windows'])} overlapping window(s) of this class.")
-    if pd.notna(row["typicality"]):
-        text, unusual = describe(float(row["typicality"]))
-        (notes.warning if unusual else notes.caption)(text)
+    verdict = judge(tile, float(row["typicality"]) if pd.notna(row["typicality"]) else None)
+    if verdict.flagged or verdict.typicality is not None:
+        (notes.warning if verdict.flagged else notes.caption)(verdict.text)
 
 
 def _downloads(job: ScanJob) -> None:

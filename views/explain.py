@@ -47,7 +47,6 @@ with st.expander("…or pick a tile from the data set"):
 
 # Cold start: the first prediction is drawn before pytorch-grad-cam (and the scikit-learn it imports) is loaded,
 # and before the model's frozen trace is made (`_warm_up`, once per model, after the first answers).
-from core.ood import describe  # noqa: E402
 from core.predict import predict_bytes  # noqa: E402
 from core.tiling import legend_strip, render_class_map  # noqa: E402
 
@@ -104,12 +103,10 @@ for name, payload in items:
                                     f"({pred.confidence:.1%})" if whole else
                                     f"Predicted **{pred.label}** ({pred.confidence:.1%})") +
                 (f" · explaining **{CLASS_NAMES[target]}**" if target is not None and target != pred.index else ""))
-    if pred.typicality is None:
-        st.caption("No out-of-distribution check: this checkpoint has no reference from its training tiles "
-                   f"(`python -m core.ood {model.path}` adds one).")
-    else:
-        text, unlike = describe(pred.typicality)
-        (st.warning if unlike else st.caption)(text, **({"icon": ":material/help:"} if unlike else {}))
+    if pred.ood is not None:  # the out-of-distribution verdict, as core.ood.judge worded it
+        text = pred.ood.text.replace("python -m core.ood CHECKPOINT", f"python -m core.ood {model.path}")
+        (st.warning if pred.ood.flagged else st.caption)(text, **({"icon": ":material/help:"} if pred.ood.flagged
+                                                                  else {}))
     for note in pred.notes:
         st.caption(f"ℹ️ {note}")
     cols = st.columns([1, 1, 1.3])

@@ -12,18 +12,27 @@ rather than a D x D matrix.
 
 The distance alone has no meaning to a reader, so it is calibrated on validation tiles, which the model never
 trained on: an input is reported by the share of validation tiles that lie closer (`typicality`), and flagged
-when further than `FLAG_SHARE` of them. It is a graded hint, not a detector: uniform noise and photographs are
-flagged, but Gaussian or faint noise looks like featureless terrain to the model and passes (tools/ood_report.py).
+when further than `FLAG_SHARE` of them. It is a graded hint, not a detector: an input's features can collapse near
+the class means (an all-black image sits closer than 96% of the default model's validation tiles).
+
+So the verdict (`judge`, the one place it is made; the Explain page, the Scan page's detail and `core.predict`
+show its words) first asks a cheap, model-independent question of the tile's pixels (`core.ood.pixels`): is
+it like any HiRISE tile at all? Constant images, pixel noise, text on white and high-contrast photographs are
+not (0 of 12,593 real tiles fail it), and are flagged for every model, with or without a reference; the
+feature typicality then judges the rest.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
+from .pixels import unlike_hirise
+
 #: Flagged when further than 95% of validation tiles: by construction 1 real tile in 20 is flagged too, so the
-#: flag asks for care rather than declaring the input foreign. Measured with the shipped model: uniform pixel
-#: noise 0.94-0.98, natural photographs 1.0, 150 real v3 tiles median 0.50 (docs/ood.md).
+#: flag asks for care rather than declaring the input foreign. The features alone miss obvious non-tiles (the
+#: default model puts an all-black image at 0.04, uniform noise at 0.77-0.88): `judge` asks the pixels first.
 FLAG_SHARE = 0.95
 N_COMPONENTS = 64
 N_QUANTILES = 201
@@ -113,13 +122,67 @@ def transfer_ratio(references: list[FeatureDensity]) -> np.ndarray:
     return np.median(np.stack(ratios), axis=0)
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """The out-of-distribution check's answer on one input (a tile, or a large image's windows): made by `judge`
+    or `judge_windows` only, and shown as is by the app and the CLI."""
+
+    flagged: bool
+    reason: str  # why it is flagged, a short phrase ("unlike any HiRISE tile: constant image"); "" when not
+    text: str  # the sentence for the reader
+    typicality: float | None = None  # the feature typicality it weighed, None without a reference
+
+
+def judge(tile: np.ndarray | None, typicality: float | None) -> Verdict:
+    """The verdict on one (227x227 uint8) tile: unlike any HiRISE tile by its pixels (`core.ood.pixels`), else
+    unusual by its features' typicality (`FLAG_SHARE` and above), else typical. `tile` None skips the pixel
+    check (only a typicality is known); `typicality` None when the checkpoint has no reference."""
+    unlike = None if tile is None else unlike_hirise(tile)
+    if unlike is not None:
+        return _unlike(unlike, typicality)
+    return _by_features(typicality, pixels_checked=tile is not None)
+
+
+def judge_windows(tiles: np.ndarray, typicality: np.ndarray | None) -> Verdict:
+    """The verdict on a large image from its (N, 227, 227) windows: unlike any HiRISE tile when more than half of
+    its windows are (the commonest reason is given), else by the median of the windows' typicality (as the
+    image's typicality is reported), with a note on the windows that are unlike a tile."""
+    reasons = [unlike_hirise(t) for t in tiles]
+    unlike = [r for r in reasons if r is not None]
+    median = None if typicality is None else float(np.median(typicality))
+    if not unlike:
+        return _by_features(median, pixels_checked=True)
+    commonest = Counter(r.split(" (")[0] for r in unlike).most_common(1)[0][0]
+    some = f"{len(unlike):,} of its {len(reasons):,} windows"
+    if 2 * len(unlike) > len(reasons):
+        return _unlike(f"{commonest} ({some})", median)
+    verdict = _by_features(median, pixels_checked=True)
+    return Verdict(verdict.flagged, verdict.reason, f"{verdict.text} Note: {some} are unlike any HiRISE tile "
+                   f"({commonest}, for one); their predictions mean nothing.", median)
+
+
 def describe(typicality: float) -> tuple[str, bool]:
-    """A sentence for the reader, and whether the input should be flagged as unlike the training data."""
-    flagged = typicality >= FLAG_SHARE
+    """The sentence and flag of `judge` for a typicality alone (no tile to check the pixels of)."""
+    verdict = judge(None, typicality)
+    return verdict.text, verdict.flagged
+
+
+def _unlike(why: str, typicality: float | None) -> Verdict:
+    reason = f"unlike any HiRISE tile: {why}"
+    return Verdict(True, reason, f"Unusual input: {reason}. The model only knows HiRISE tiles, so its prediction "
+                   "says nothing about this image, however confident it looks.", typicality)
+
+
+def _by_features(typicality: float | None, pixels_checked: bool) -> Verdict:
+    pixels = " Its pixels are within the bounds real HiRISE tiles keep." if pixels_checked else ""
+    if typicality is None:
+        return Verdict(False, "", "No feature check: this checkpoint has no out-of-distribution reference "
+                       "(`python -m core.ood CHECKPOINT` adds one)." + pixels, None)
     share = f"{typicality:.0%}" if typicality < 0.995 else "over 99.5%"
-    if flagged:
-        return (f"Unusual input: its features lie further from the training tiles than {share} of the validation "
-                "tiles. It may not be a HiRISE tile like those the model learnt from; treat the prediction with care.",
-                True)
-    return (f"Typical input: {share} of validation tiles lie closer to the training tiles than this one "
-            "(out-of-distribution check).", False)
+    if typicality >= FLAG_SHARE:
+        reason = f"features unlike the training tiles (further than {share} of validation tiles)"
+        return Verdict(True, reason, f"Unusual input: its features lie further from the training tiles than {share} "
+                       "of the validation tiles. It may not be a HiRISE tile like those the model learnt from; treat "
+                       "the prediction with care.", typicality)
+    return Verdict(False, "", f"Typical input: {share} of validation tiles lie closer to the training tiles than "
+                   "this one (out-of-distribution check)." + pixels, typicality)
