@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -292,7 +293,7 @@ def report(cv_id: str, runs_dir: Path | None = None, with_files: bool = True) ->
         from .calibration import fit_temperature
         from .cv_files import files_report
         out["temperature"] = float(fit_temperature(oof["logits"], oof["y"]))
-        out["files"] = files_report(manifest, out["temperature"], runs_dir)
+        out["files"] = files_report(fold_runs(manifest, runs_dir), out["temperature"])
     return out
 
 
@@ -419,6 +420,37 @@ def format_paired(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def score_files(cv_id: str, runs_dir: Path | None = None, tta: bool = True,
+             say: Callable[[str], None] = print) -> int:
+    """Give every completed fold of a cross-validation its all-files predictions (those that lack them, or lack
+    TTA when `tta`); returns how many folds were scored. The data is loaded once, from the recipe."""
+    from .cv_files import FilesError, read_fold, score_fold
+    from .data import load_dataset
+    manifest = load_manifest(cv_id, runs_dir)
+    rep = report(cv_id, runs_dir, with_files=False)
+    todo = []
+    for f, run in fold_runs(manifest, runs_dir):
+        state = next((x for x in rep["folds"] if x["fold"] == f + 1), {})
+        if run is None or state.get("missing"):
+            continue
+        try:
+            have = read_fold(run)
+        except FilesError:
+            have = None
+        if have is None or (tta and have["logits_tta"] is None):
+            todo.append(run)
+    if not todo:
+        say(f"cross-validation {cv_id}: every completed fold has its all-files predictions")
+        return 0
+    data = load_dataset(RunConfig.from_dict(manifest["base"]).data_spec)
+    t0 = time.perf_counter()
+    for i, run in enumerate(todo):
+        say(f"cross-validation {cv_id}: scoring fold model {i + 1} of {len(todo)} on every file of its held-out "
+            f"observations" + (f" (about {(time.perf_counter() - t0) / i * (len(todo) - i):.0f} s left)" if i else ""))
+        score_fold(run, data, tta, say)
+    return len(todo)
+
+
 # ---- the refit ---------------------------------------------------------------------------------------------
 
 def refit_record(cv_id: str, runs_dir: Path | None = None) -> dict[str, Any]:
@@ -454,6 +486,42 @@ def refit_record(cv_id: str, runs_dir: Path | None = None) -> dict[str, Any]:
     return {"temperature": temperature, "metrics": metrics, "ood_ratio": ratio,
             "cv": {"id": cv_id, "folds": rep["n_folds"], "tiles": int(pooled["n"]),
                    "observations": pooled["observations"], "seed": rep["seed"]}}
+
+
+#: Fields a refit may set apart from its cross-validation's recipe: the split (it has none), its name, how long it
+#: trains (the CV's mean curve says), its seed, and how fast it runs.
+REFIT_FREE = frozenset({"val_fraction", "test_fraction", "cv_folds", "cv_fold", "split_seed", "calibrate_from", "name",
+                        "epochs", "seed", "device", "num_workers", "log_every", "channels_last", "compile", "patience",
+                        "early_stopping_metric"})
+
+
+def check_refit(cfg: RunConfig, runs_dir: Path | None = None) -> dict[str, Any]:
+    """Before a refit trains: the cross-validation it names exists, completed, can be read, and is of this recipe
+    and this data. CVError naming the difference; returns `refit_record`'s result (read once more after training)."""
+    try:
+        manifest = load_manifest(cfg.calibrate_from, runs_dir)
+    except FileNotFoundError as exc:
+        raise CVError(f"calibrate_from: {exc}") from None
+    base = manifest.get("base")
+    if not isinstance(base, dict):
+        raise CVError(f"calibrate_from: cross-validation {cfg.calibrate_from} has no recipe in its manifest")
+    mine = cfg.to_dict()
+    if [str(Path(p).expanduser().resolve()) for p in base.get("data") or []] != \
+            [str(Path(p).expanduser().resolve()) for p in mine.get("data") or []]:
+        raise CVError(f"calibrate_from: cross-validation {cfg.calibrate_from} was trained on other data "
+                      f"({', '.join(map(str, base.get('data') or [])) or 'none'}; this refit: {', '.join(mine['data'])})")
+    differ = sorted(k for k in mine if k not in REFIT_FREE and k != "data" and k in base and base[k] != mine[k])
+    if differ:
+        shown = "; ".join(f"{k}: {base[k]!r} there, {mine[k]!r} here" for k in differ[:4])
+        raise CVError(f"calibrate_from: cross-validation {cfg.calibrate_from} is of another recipe ({shown}"
+                      f"{'; ...' if len(differ) > 4 else ''}): refit the recipe it cross-validated")
+    try:
+        return refit_record(cfg.calibrate_from, runs_dir)
+    except CVError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - damaged fold files: one line, before any training
+        raise CVError(f"calibrate_from: cross-validation {cfg.calibrate_from}'s fold files cannot be read "
+                      f"({type(exc).__name__}: {exc})") from None
 
 
 # ---- the command line (`python -m core.train --cv K`, `--cv-report [ID] [--against ID]`) ----------------

@@ -26,7 +26,7 @@ import numpy as np
 
 from .bootstrap import draw_weights, group_ids, intervals, wilson
 from .classes import CLASS_NAMES
-from .runs import Run, read_json, runs_root, write_json_atomic
+from .runs import Run, read_json, write_json_atomic
 
 FORMAT = "hirise-studio-oof-files/1"
 SCAN_THRESHOLD = 0.9  # core.scan's default detection threshold
@@ -97,47 +97,15 @@ def read_fold(run: Run) -> dict[str, Any] | None:
     return out
 
 
-def score_cv(cv_id: str, runs_dir: Path | None = None, tta: bool = True,
-             say: Callable[[str], None] = print) -> int:
-    """Give every completed fold of a cross-validation its all-files predictions (those that lack them, or lack
-    TTA when `tta`); returns how many folds were scored. The data is loaded once, from the recipe."""
-    from . import cv
-    from .config import RunConfig
-    from .data import load_dataset
-    manifest = cv.load_manifest(cv_id, runs_dir)
-    rep = cv.report(cv_id, runs_dir, with_files=False)
-    todo = []
-    for f, run in cv.fold_runs(manifest, runs_dir):
-        state = next((x for x in rep["folds"] if x["fold"] == f + 1), {})
-        if run is None or state.get("missing"):
-            continue
-        try:
-            have = read_fold(run)
-        except FilesError:
-            have = None
-        if have is None or (tta and have["logits_tta"] is None):
-            todo.append(run)
-    if not todo:
-        say(f"cross-validation {cv_id}: every completed fold has its all-files predictions")
-        return 0
-    data = load_dataset(RunConfig.from_dict(manifest["base"]).data_spec)
-    t0 = time.perf_counter()
-    for i, run in enumerate(todo):
-        say(f"cross-validation {cv_id}: scoring fold model {i + 1} of {len(todo)} on every file of its held-out "
-            f"observations" + (f" (about {(time.perf_counter() - t0) / i * (len(todo) - i):.0f} s left)" if i else ""))
-        score_fold(run, data, tta, say)
-    return len(todo)
-
-
 # ---- pooling and figures -----------------------------------------------------------------------------------
 
-def pooled(manifest: dict[str, Any], runs_dir: Path | None = None) -> tuple[dict[str, Any] | None, list[str]]:
+def pooled(folds: list[tuple[int, Run | None]]) -> tuple[dict[str, Any] | None, list[str]]:
     """Every completed fold's all-files predictions, pooled (arrays as `read_fold`'s, plus `fold`), and the
-    folds that lack them, named. None when a completed fold lacks them: a partial pool would mislead."""
-    from . import cv
+    folds that lack them, named. None when a completed fold lacks them: a partial pool would mislead. `folds`:
+    `core.cv.fold_runs` of a manifest."""
     from .jobs import job_state
     parts, missing = [], []
-    for f, run in cv.fold_runs(manifest, runs_dir):
+    for f, run in folds:
         if run is None or not run.config_file.is_file() or job_state(run, run.status()) != "completed":
             continue
         try:
@@ -209,15 +177,10 @@ def view_figures(files: dict[str, Any], view: str, temperature: float) -> dict[s
     return {k: v for k, v in out.items() if k not in ("curves", "probs")}
 
 
-def files_report(manifest: dict[str, Any], temperature: float, runs_dir: Path | None = None) -> dict[str, Any]:
+def files_report(folds: list[tuple[int, Run | None]], temperature: float) -> dict[str, Any]:
     """The three views' figures (None for a view not scored), or why there are none."""
-    files, missing = pooled(manifest, runs_dir)
+    files, missing = pooled(folds)
     if files is None:
         return {"views": None, "missing": missing or ["no completed fold"]}
     return {"views": {v: view_figures(files, v, temperature) for v in VIEWS}, "missing": [],
             "files": int(len(files["y"])), "originals": int(files["original"].sum())}
-
-
-def copies_note(runs_dir: Path | None = None) -> str:
-    """How to give an older cross-validation its all-files figures."""
-    return "python -m core.train --cv-score ID" + (f" --runs-dir {runs_root(runs_dir)}" if runs_dir else "")

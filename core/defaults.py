@@ -22,7 +22,6 @@ import fcntl
 import gzip
 import hashlib
 import json
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,16 +29,15 @@ from typing import Any
 
 from .atomic import atomic_path
 from .classes import CLASS_NAMES
+from .registry import ENTRY_ID, FORMAT, RegistryError, current_entry, default_checkpoint_file, default_serving
+from .registry import read_registry as _read
 
-FORMAT = "hirise-studio-defaults/1"
+__all__ = ["ENTRY_ID", "FORMAT", "RegistryError", "current_entry", "default_checkpoint_file", "default_serving",
+           "promote", "read_registry", "registry_path"]
+
 OOF_FORMAT = "hirise-studio-default-oof/1"
 GATE_VIEW = "all files"          # what the gate compares on: every file a user could send, each as sent
 GATE_FIGURES = ("macro_f1", "accuracy")
-ENTRY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
-
-
-class RegistryError(ValueError):
-    """A registry that cannot be read, or a promotion that is refused; the message says why in one line."""
 
 
 def registry_path() -> Path:
@@ -47,72 +45,9 @@ def registry_path() -> Path:
     return DEFAULTS_REGISTRY
 
 
-# ---- reading ------------------------------------------------------------------------------------------------
-
 def read_registry(path: Path | None = None) -> dict[str, Any]:
-    """The registry, checked; an empty one when there is no file. RegistryError (one line) when it is damaged."""
-    path = path or registry_path()
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {"format": FORMAT, "current": None, "entries": []}
-    except (OSError, ValueError) as exc:
-        raise RegistryError(f"{path}: the registry of defaults cannot be read ({exc}); fix or restore it "
-                            "(git checkout checkpoints/defaults.json)") from None
-    problem = _problem(raw)
-    if problem:
-        raise RegistryError(f"{path}: the registry of defaults is damaged ({problem}); fix or restore it "
-                            "(git checkout checkpoints/defaults.json)")
-    return raw
-
-
-def _problem(raw: Any) -> str | None:
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        return "not a registry of defaults"
-    entries = raw.get("entries")
-    if not isinstance(entries, list):
-        return "entries is not a list"
-    ids = []
-    for i, e in enumerate(entries):
-        if not isinstance(e, dict) or not isinstance(e.get("id"), str) or not ENTRY_ID.match(e["id"]):
-            return f"entry {i + 1} has no valid id"
-        if not isinstance(e.get("checkpoint"), str) or not ENTRY_ID.match(e["checkpoint"]) \
-                or not e["checkpoint"].endswith(".pt"):
-            return f"entry {e['id']}: checkpoint must be a file name in checkpoints/"
-        if not isinstance(e.get("cv"), dict):
-            return f"entry {e['id']}: no cross-validation"
-        ids.append(e["id"])
-    if len(set(ids)) != len(ids):
-        return "two entries share an id"
-    if raw.get("current") is not None and raw.get("current") not in ids:
-        return f"current {raw.get('current')!r} is not an entry"
-    return None
-
-
-def current_entry(registry: dict[str, Any]) -> dict[str, Any] | None:
-    return next((e for e in registry["entries"] if e["id"] == registry.get("current")), None)
-
-
-def default_checkpoint_file(checkpoints_dir: Path, fallback: Path, registry: Path) -> tuple[Path, str | None]:
-    """The current default's checkpoint, and a warning when the registry could not say (the fallback is used)."""
-    path, _, warning = default_serving(checkpoints_dir, fallback, registry)
-    return path, warning
-
-
-def default_serving(checkpoints_dir: Path, fallback: Path, registry: Path) -> tuple[Path, bool, str | None]:
-    """The current default's checkpoint, whether its predictions average the 8 flips and turns by default (the
-    entry's `tta`, set at promotion when TTA won beyond noise and stayed fast enough), and a warning when the
-    registry could not say (then the fallback, without TTA)."""
-    try:
-        entry = current_entry(read_registry(registry))
-    except RegistryError as exc:
-        return fallback, False, str(exc)
-    if entry is None:
-        return fallback, False, None
-    path = checkpoints_dir / entry["checkpoint"]
-    if not path.is_file():
-        return fallback, False, f"the registry's default {entry['checkpoint']} is missing; using {fallback.name}"
-    return path, entry.get("tta") is True, None
+    """The registry (`core.registry.read_registry`) at `path`, or this installation's."""
+    return _read(path or registry_path())
 
 
 # ---- writing (one writer at a time) --------------------------------------------------------------------------
@@ -202,7 +137,7 @@ def challenger_files(cv_id: str, runs_dir: Path | None = None) -> tuple[dict[str
         raise RegistryError(f"cross-validation {cv_id} is incomplete (fold"
                             f"{'s' if len(rep['missing']) > 1 else ''} "
                             f"{', '.join(str(f['fold']) for f in rep['missing'])} did not complete)")
-    files, missing = pooled(cv.load_manifest(cv_id, runs_dir), runs_dir)
+    files, missing = pooled(cv.fold_runs(cv.load_manifest(cv_id, runs_dir), runs_dir))
     if files is None:
         raise RegistryError(f"cross-validation {cv_id} has no all-files predictions ({'; '.join(missing)}): "
                             f"python -m core.train --cv-score {cv_id}")

@@ -194,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args, base)
         if cfg.init == "imagenet":  # before anything is written: which weights, or what is missing
             print(require_imagenet(cfg.model), flush=True)
+        if cfg.calibrate_from and not args.resume and not args.lr_find:  # refused before training, not after
+            cv.check_refit(cfg, run_dir.resolve().parent)
     except (ConfigError, WeightsUnavailable) as exc:
         handed = RunLock.adopt(Run(run_dir.resolve()), args.lock_fd)  # a job the app launched: say why it failed
         return refuse(str(exc), handed)
@@ -254,9 +256,9 @@ def add_cv_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cv_score_main(cv_id: str, runs_dir: Path | None, tta: bool) -> int:
     """`--cv-score ID`: every completed fold's all-files predictions, then the report."""
-    from .cv_files import FilesError, score_cv
+    from .cv_files import FilesError
     try:
-        score_cv(cv_id, runs_dir, tta=tta)
+        cv.score_files(cv_id, runs_dir, tta=tta)
     except (FileNotFoundError, FilesError, DataError, ConfigError) as exc:
         return refuse(str(exc))
     return cv.report_main(cv_id, runs_dir)

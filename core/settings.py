@@ -19,7 +19,7 @@ BUILTIN_DEFAULT = PROJECT_ROOT / "checkpoints" / "hirise-efficientnet-lite0.pt"
 
 
 def _registry_default() -> tuple[Path, bool, str | None]:
-    from .defaults import default_serving
+    from .registry import default_serving
     return default_serving(DEFAULTS_REGISTRY.parent, BUILTIN_DEFAULT, DEFAULTS_REGISTRY)
 
 

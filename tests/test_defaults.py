@@ -61,7 +61,7 @@ def test_every_fold_scores_every_file_and_the_report_shows_three_views(champion_
     from core.data import DataSpec, load_dataset
     data = load_dataset(DataSpec((str(data_dir),)))
     named = [r for r in data.records if r.observation]
-    files, missing = cv_files.pooled(cv.load_manifest(champion_cv, runs_dir), runs_dir)
+    files, missing = cv_files.pooled(cv.fold_runs(cv.load_manifest(champion_cv, runs_dir), runs_dir))
     assert not missing
     assert sorted(files["name"]) == sorted(r.name for r in named)  # every file of every observation, once
     assert files["original"].sum() == sum(r.is_original for r in named) < len(named)  # copies are scored too
@@ -239,3 +239,33 @@ def test_train_page_shows_every_file_figures_and_promotes_only_a_winner(champion
     assert defaults.read_registry(registry)["current"] == strong
     home = run_page("app.py")
     assert "Why this default" in texts(home) and "Earlier defaults" in texts(home)
+
+
+def test_calibrate_from_is_checked_before_training(champion_cv, data_dir, runs_dir, tmp_path, capsys):
+    """Issue 33, item 14: an unknown CV, another recipe, other data or damaged fold files: one line, nothing trained."""
+    refit = ["--val-fraction", "0", "--test-fraction", "0"]
+
+    def attempt(*extra: str, calibrate: str = champion_cv, where: Path = runs_dir) -> str:
+        run_dir = where / f"refused-{len(list(where.iterdir()))}"
+        code = train_cli(["--data", str(data_dir), *TINY_FLAGS, *refit, *extra, "--calibrate-from", calibrate,
+                          "--run-dir", str(run_dir)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and not (run_dir / "metrics.jsonl").exists() and len(err.splitlines()) == 1, err
+        return err
+    assert "no cross-validation 'nope'" in attempt(calibrate="nope")
+    assert "another recipe (batch_size: 16 there, 32 here" in attempt("--batch-size", "32")
+    other = tmp_path / "other-data"
+    shutil.copytree(data_dir, other)
+    code = train_cli(["--data", str(other), *TINY_FLAGS, *refit, "--calibrate-from", champion_cv,
+                      "--run-dir", str(runs_dir / "refused-data")])
+    assert code == 2 and "trained on other data" in capsys.readouterr().err
+    copy = tmp_path / "runs"
+    shutil.copytree(runs_dir, copy)
+    fold = cv.fold_runs(cv.load_manifest(champion_cv, copy), copy)[0][1]
+    fold.eval_file.write_text('{"predictions": [{"true": "martian", "logits": [1]}], "class_names": []}')
+    assert "cannot be read" in attempt(where=copy) or "no out-of-fold" in attempt(where=copy)
+
+
+def test_against_without_cv_report_is_refused(capsys):
+    assert train_cli(["--against", "x"]) == 2
+    assert "--against compares two cross-validations" in capsys.readouterr().err

@@ -1,0 +1,83 @@
+"""Reading the registry of default models (`checkpoints/defaults.json`): which checkpoint is the default, whether its
+predictions average 8 views by default, and a one-line reason when the registry is damaged. Standard library only:
+`core.settings` reads it when a process starts. Writing it, and the gate a new default passes, are `core.defaults`'."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+FORMAT = "hirise-studio-defaults/1"
+ENTRY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,80}$")
+
+
+class RegistryError(ValueError):
+    """A registry that cannot be read, or a promotion that is refused; the message says why in one line."""
+
+
+# ---- reading ------------------------------------------------------------------------------------------------
+
+def read_registry(path: Path) -> dict[str, Any]:
+    """The registry, checked; an empty one when there is no file. RegistryError (one line) when it is damaged."""
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"format": FORMAT, "current": None, "entries": []}
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"{path}: the registry of defaults cannot be read ({exc}); fix or restore it "
+                            "(git checkout checkpoints/defaults.json)") from None
+    problem = _problem(raw)
+    if problem:
+        raise RegistryError(f"{path}: the registry of defaults is damaged ({problem}); fix or restore it "
+                            "(git checkout checkpoints/defaults.json)")
+    return raw
+
+
+def _problem(raw: Any) -> str | None:
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        return "not a registry of defaults"
+    entries = raw.get("entries")
+    if not isinstance(entries, list):
+        return "entries is not a list"
+    ids = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or not isinstance(e.get("id"), str) or not ENTRY_ID.match(e["id"]):
+            return f"entry {i + 1} has no valid id"
+        if not isinstance(e.get("checkpoint"), str) or not ENTRY_ID.match(e["checkpoint"]) \
+                or not e["checkpoint"].endswith(".pt"):
+            return f"entry {e['id']}: checkpoint must be a file name in checkpoints/"
+        if not isinstance(e.get("cv"), dict):
+            return f"entry {e['id']}: no cross-validation"
+        ids.append(e["id"])
+    if len(set(ids)) != len(ids):
+        return "two entries share an id"
+    if raw.get("current") is not None and raw.get("current") not in ids:
+        return f"current {raw.get('current')!r} is not an entry"
+    return None
+
+
+def current_entry(registry: dict[str, Any]) -> dict[str, Any] | None:
+    return next((e for e in registry["entries"] if e["id"] == registry.get("current")), None)
+
+
+def default_checkpoint_file(checkpoints_dir: Path, fallback: Path, registry: Path) -> tuple[Path, str | None]:
+    """The current default's checkpoint, and a warning when the registry could not say (the fallback is used)."""
+    path, _, warning = default_serving(checkpoints_dir, fallback, registry)
+    return path, warning
+
+
+def default_serving(checkpoints_dir: Path, fallback: Path, registry: Path) -> tuple[Path, bool, str | None]:
+    """The current default's checkpoint, whether its predictions average the 8 flips and turns by default (the
+    entry's `tta`, set at promotion when TTA won beyond noise and stayed fast enough), and a warning when the
+    registry could not say (then the fallback, without TTA)."""
+    try:
+        entry = current_entry(read_registry(registry))
+    except RegistryError as exc:
+        return fallback, False, str(exc)
+    if entry is None:
+        return fallback, False, None
+    path = checkpoints_dir / entry["checkpoint"]
+    if not path.is_file():
+        return fallback, False, f"the registry's default {entry['checkpoint']} is missing; using {fallback.name}"
+    return path, entry.get("tta") is True, None
