@@ -91,6 +91,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path.name} is empty (0 bytes): not a checkpoint")
+    unpacked = _unpacked_size(path)
+    if unpacked > MAX_UNPACKED_BYTES:
+        raise CheckpointError(f"{path.name} unpacks to {unpacked / 2**20:,.0f} MiB, over the {MAX_UNPACKED_BYTES / 2**20:,.0f}"
+                              " MiB a checkpoint may hold here (a model and its training state are far smaller): "
+                              "not loaded")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError,
@@ -115,6 +120,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+#: What a checkpoint may unpack to: the largest model here (ResNet-152) with its optimizer state is about 700 MiB.
+#: Checked on the zip's directory before anything is read, so a small file that inflates to gigabytes costs nothing.
+MAX_UNPACKED_BYTES = 1024 * 2**20
+
+
+def _unpacked_size(path: Path) -> int:
+    """The total uncompressed size of a zip-format checkpoint's records (0 when it is not a zip: torch says why)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return 0
+
+
 def payload_problem(payload: dict[str, Any]) -> str | None:
     """What is wrong with a checkpoint's fields, or None. Every field a loader uses is checked before use:
     a hand-made file must fail here in one line, not as a traceback (or a 40 GB allocation) later."""
@@ -128,8 +147,9 @@ def payload_problem(payload: dict[str, Any]) -> str | None:
     for key in ("mean", "std"):
         if not _is_number(payload[key]) or not math.isfinite(payload[key]):
             return f"{key} {_brief(payload[key])} is not a finite number"
-    if payload["std"] <= 0:
-        return f"std {payload['std']} is not positive"
+    if not 1e-3 <= payload["std"] <= 10 or not -10 <= payload["mean"] <= 10:
+        return (f"mean {_brief(payload['mean'])} / std {_brief(payload['std'])} cannot normalise tiles (expected a "
+                "mean within ±10 and a std from 0.001 to 10)")
     in_chans, temperature = payload.get("in_chans", 1), payload.get("temperature")
     if not (_is_int(in_chans) and in_chans == 1):
         return f"in_chans {_brief(in_chans)}: models here read one-channel tiles"
@@ -144,6 +164,9 @@ def payload_problem(payload: dict[str, Any]) -> str | None:
     if not isinstance(state, dict) or not state or \
             not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         return "state_dict is not a dictionary of named weight tensors"
+    broken = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if broken:
+        return f"the weight {broken} holds NaN or infinite values"
     return _train_state_problem(payload.get("train_state"))
 
 

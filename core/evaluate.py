@@ -29,7 +29,7 @@ from .metrics import classification_metrics, confused_pairs, headline, per_class
 from .inference import predict_logits, probabilities, uses_bf16
 from .progress import ProgressCallback
 from .seen import TrainingSet, training_set, unseen
-from .settings import DEFAULT_CHECKPOINT
+from .settings import DEFAULT_CHECKPOINT, DEFAULT_TTA
 
 REPORT_FORMAT = "hirise-studio-evaluation/1"
 EVALUATION_SPLITS = (*SPLITS, "all")  # the data's splits, or every tile
@@ -267,7 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", choices=EVALUATION_SPLITS, default="val")
     parser.add_argument("--all-files", action="store_true",
                         help="include the augmented copies (-r90, -fh, ...), not only the original tiles")
-    parser.add_argument("--tta", action="store_true", help="average over the 8 flips/rotations")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=DEFAULT_TTA,
+                        help="average over the 8 flips and 90-degree turns (default: "
+                             f"{'on' if DEFAULT_TTA else 'off'}, as the registry of defaults decided)")
     parser.add_argument("--bf16", action="store_true",
                         help="bf16 autocast where native (about 2x faster on a bf16 CPU; a few predictions may flip)")
     parser.add_argument("--out", help="write the full report as JSON to this file")

@@ -22,11 +22,11 @@ import numpy as np
 from PIL import Image
 
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
-from .inference import predict_features, predict_proba, probabilities
+from .inference import predict_features, predict_proba, predict_views, probabilities
 from .imageio import IMAGE_SUFFIXES, TILE_SIZE, ImageError, decode_gray, to_tile
 from .ood import Verdict, judge, judge_windows
 from .progress import ProgressCallback
-from .settings import DEFAULT_CHECKPOINT
+from .settings import DEFAULT_CHECKPOINT, DEFAULT_TTA
 from .tiling import ClassMap, cut_windows, render_class_map
 
 RESIZE_LIMIT = 1.5  # images up to 1.5x a tile (per side) are resized to one tile; larger ones are tiled
@@ -51,6 +51,9 @@ class Prediction:
     typicality: float | None = None
     #: the out-of-distribution verdict (`core.ood.judge`): flagged, why, and the sentence for the reader
     ood: Verdict | None = None
+    tta: bool = False  # probabilities from the mean logits of the 8 flips and 90-degree turns
+    #: with `tta`, for a tile: (8, C) each view's own calibrated probabilities (`core.inference.VIEW_NAMES`' order)
+    view_probabilities: np.ndarray | None = None
 
     def row(self) -> dict:
         """A flat dict for CSV and tables."""
@@ -60,26 +63,27 @@ class Prediction:
                "typicality": "" if self.typicality is None else round(self.typicality, 4),
                "unusual": "" if self.ood is None else ("yes" if self.ood.flagged else "no"),
                "unusual_reason": "" if self.ood is None else self.ood.reason,
-               "notes": "; ".join(self.notes)}
+               "tta": "8 views" if self.tta else "as sent", "notes": "; ".join(self.notes)}
         out.update({f"p_{c}": round(p, 5) for c, p in self.probabilities.items()})
         return out
 
 
 def predict_bytes(loaded: LoadedModel, data: bytes, name: str, top_k: int = 3, *, stride: int = TILE_SIZE,
-                  batch_size: int = 32, on_progress: ProgressCallback | None = None) -> Prediction:
+                  batch_size: int = 32, on_progress: ProgressCallback | None = None, tta: bool = False) -> Prediction:
     """Decode `data` (any common image format; ImageError says why not) and classify it."""
     gray, notes = decode_gray(data, name)
     return predict_array(loaded, gray, name, top_k, notes=notes, stride=stride, batch_size=batch_size,
-                         on_progress=on_progress)
+                         on_progress=on_progress, tta=tta)
 
 
 def predict_array(loaded: LoadedModel, gray: np.ndarray, name: str = "image", top_k: int = 3, *,
                   notes: Sequence[str] = (), stride: int = TILE_SIZE, batch_size: int = 32,
-                  on_progress: ProgressCallback | None = None) -> Prediction:
+                  on_progress: ProgressCallback | None = None, tta: bool = False) -> Prediction:
     """Classify an (H, W) uint8 image: resized to one tile when close to its size, else window by window.
 
     For a large image the probabilities are the mean over its windows (what the image holds on
-    average) and the class map has each window's own prediction.
+    average) and the class map has each window's own prediction. With `tta`, each tile's or window's
+    probabilities come from the mean logits of its 8 flips and 90-degree turns (a tile keeps each view's own).
     """
     gray = np.asarray(gray)
     if gray.ndim != 2 or gray.dtype != np.uint8:
@@ -87,16 +91,22 @@ def predict_array(loaded: LoadedModel, gray: np.ndarray, name: str = "image", to
     notes = list(notes)
     h, w = gray.shape
     class_map = None
+    view_probs = None
     if max(h, w) <= RESIZE_LIMIT * TILE_SIZE:
         tile, more = to_tile(gray, TILE_SIZE)
         if more and max(h, w) < TILE_SIZE / RESIZE_LIMIT:
             more = [f"{more[0]} (upscaled a lot: fine detail is interpolated, treat with care)"]
         notes += more
-        probs, typical = proba_and_typicality(loaded, tile[None])
+        if tta:
+            probs, typical, views = proba_views_typicality(loaded, tile[None])
+            view_probs = views[:, 0]
+        else:
+            probs, typical = proba_and_typicality(loaded, tile[None])
         probs = probs[0]
         verdict = judge(tile, None if typical is None else float(typical[0]))
     else:
-        class_map, window_probs, tiles, typical = classify_windows(loaded, gray, stride, batch_size, on_progress)
+        class_map, window_probs, tiles, typical = classify_windows(loaded, gray, stride, batch_size, on_progress,
+                                                                   tta=tta)
         rows, cols = class_map.grid_shape
         notes.append(f"{w}x{h} image: classified as {rows}x{cols} windows of {TILE_SIZE}px (stride {stride}); "
                      "probabilities are the mean over windows")
@@ -105,6 +115,9 @@ def predict_array(loaded: LoadedModel, gray: np.ndarray, name: str = "image", to
         probs = window_probs.mean(axis=0)
         tile = tiles[int(window_probs[:, int(probs.argmax())].argmax())]
         verdict = judge_windows(tiles, typical)
+    if not np.isfinite(probs).all():
+        raise ValueError("the model's output is not a number (NaN or infinite): its weights or normalisation are "
+                         "damaged; use another checkpoint")
     names = list(loaded.class_names)
     order = np.argsort(-probs, kind="stable")
     k = max(1, min(int(top_k), len(names)))
@@ -113,14 +126,19 @@ def predict_array(loaded: LoadedModel, gray: np.ndarray, name: str = "image", to
                       probabilities={c: float(p) for c, p in zip(names, probs)},
                       top_k=[(names[i], float(probs[i])) for i in order[:k]], tile=tile, image_shape=(h, w),
                       notes=notes, class_map=class_map,
-                      typicality=None if typical is None else float(np.median(typical)), ood=verdict)
+                      typicality=None if typical is None else float(np.median(typical)), ood=verdict, tta=tta,
+                      view_probabilities=view_probs)
 
 
 def proba_and_typicality(loaded: LoadedModel, tiles: np.ndarray, batch_size: int = 32,
-                          on_progress: ProgressCallback | None = None, show_progress: bool = False
-                          ) -> tuple[np.ndarray, np.ndarray | None]:
+                          on_progress: ProgressCallback | None = None, show_progress: bool = False,
+                          tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Calibrated probabilities and, when the checkpoint has an out-of-distribution reference, each tile's
-    typicality: both from one forward pass."""
+    typicality: both from one forward pass (with `tta`, the mean of the 8 flips' and turns' logits, and the
+    typicality of the tile as sent: 8 passes)."""
+    if tta:
+        probs, typical, _ = proba_views_typicality(loaded, tiles, batch_size, on_progress, show_progress)
+        return probs, typical
     if loaded.ood is None:
         return predict_proba(loaded, tiles, batch_size=batch_size, on_progress=on_progress,
                              show_progress=show_progress), None
@@ -129,13 +147,25 @@ def proba_and_typicality(loaded: LoadedModel, tiles: np.ndarray, batch_size: int
     return probabilities(logits, loaded.temperature), loaded.ood.typicality(features)
 
 
+def proba_views_typicality(loaded: LoadedModel, tiles: np.ndarray, batch_size: int = 32,
+                           on_progress: ProgressCallback | None = None, show_progress: bool = False
+                           ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """TTA: (N, C) calibrated probabilities of the mean logits over the 8 flips and turns, (N,) typicality of each
+    tile as sent (None without a reference), and (8, N, C) each view's own calibrated probabilities."""
+    features, logits = predict_views(loaded, tiles, batch_size=batch_size, on_progress=on_progress,
+                                     show_progress=show_progress or on_progress is not None)
+    typical = loaded.ood.typicality(features) if loaded.ood is not None else None
+    return (probabilities(logits.mean(0), loaded.temperature), typical,
+            probabilities(logits.reshape(-1, logits.shape[-1]), loaded.temperature).reshape(logits.shape))
+
+
 def classify_windows(loaded: LoadedModel, gray: np.ndarray, stride: int = TILE_SIZE, batch_size: int = 32,
-                     on_progress: ProgressCallback | None = None
+                     on_progress: ProgressCallback | None = None, tta: bool = False
                      ) -> tuple[ClassMap, np.ndarray, np.ndarray, np.ndarray | None]:
     """Every TILE_SIZE window of `gray` -> (class map, (N, C) probabilities, (N, 227, 227) windows, (N,)
     typicality or None)."""
     tiles, boxes, _ = cut_windows(gray, TILE_SIZE, stride)
-    probs, typical = proba_and_typicality(loaded, tiles, batch_size, on_progress, show_progress=True)
+    probs, typical = proba_and_typicality(loaded, tiles, batch_size, on_progress, show_progress=True, tta=tta)
     probs = probs.astype(np.float32)
     rows, cols = boxes.shape[:2]
     grid = probs.reshape(rows, cols, -1)
@@ -185,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cam", choices=CAM_METHODS, help="write a CAM overlay PNG per file to --out")
     parser.add_argument("--out", metavar="DIR", help="folder for CAM overlays and class maps of large images")
     parser.add_argument("--stride", type=int, default=TILE_SIZE, help="window stride for images larger than a tile")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=DEFAULT_TTA,
+                        help="average the 8 flips and 90-degree turns of each tile (8x the compute; default: "
+                             f"{'on' if DEFAULT_TTA else 'off'}, as the registry of defaults decided for the default "
+                             "model)")
     args = parser.parse_args(argv)
     if args.cam and not args.out:
         parser.error("--cam needs --out DIR")
@@ -212,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             failed += 1
             continue
         try:
-            pred = predict_array(loaded, gray, path.name, args.top_k, notes=notes, stride=args.stride)
+            pred = predict_array(loaded, gray, path.name, args.top_k, notes=notes, stride=args.stride, tta=args.tta)
         except ValueError as exc:  # e.g. a stride so small the image has too many windows
             print(f"skipped: {path.name}: {exc}", file=sys.stderr)
             failed += 1

@@ -36,6 +36,7 @@ from .detections import ImageScan, WindowGrid, detections_of
 from .georef import LabelError
 from .imageio import IMAGE_SUFFIXES
 from .raster import GDAL_SUFFIXES, Raster, RasterError, open_raster
+from .settings import DEFAULT_TTA
 from .tiling import Windows
 
 #: Window sides in image pixels: about the span of the data set's landmarks in browse images, a factor of two
@@ -76,6 +77,7 @@ class Chunk:
     stride: int
     start: int
     stop: int
+    tta: bool = False  # each window's probabilities from the mean logits of its 8 flips and 90-degree turns
 
 
 def check_sizes(sizes: Sequence[int], shape: tuple[int, int]) -> list[str]:
@@ -111,9 +113,10 @@ def plan(raster: Raster, sizes: Sequence[int], step: float = DEFAULT_STEP) -> li
     return grids
 
 
-def chunks_of(source: Source | None, image: int, grids: list[Windows], chunk: int | None = None) -> list[Chunk]:
+def chunks_of(source: Source | None, image: int, grids: list[Windows], chunk: int | None = None,
+              tta: bool = False) -> list[Chunk]:
     chunk = chunk or CHUNK
-    return [Chunk(source, image, g.size, g.stride, start, min(start + chunk, len(g)))
+    return [Chunk(source, image, g.size, g.stride, start, min(start + chunk, len(g)), tta)
             for g in grids for start in range(0, len(g), chunk)]
 
 
@@ -147,7 +150,7 @@ def classify(loaded: LoadedModel, raster: Raster, chunk: Chunk, batch_size: int 
     from .predict import proba_and_typicality
 
     windows = Windows(raster, chunk.size, chunk.stride)
-    probs, typical = proba_and_typicality(loaded, windows[chunk.start:chunk.stop], batch_size)
+    probs, typical = proba_and_typicality(loaded, windows[chunk.start:chunk.stop], batch_size, tta=chunk.tta)
     return probs.astype(np.float32), None if typical is None else np.asarray(typical, np.float32)
 
 
@@ -190,7 +193,7 @@ def run_in_process(chunks: list[Chunk], loaded: LoadedModel, images: Sequence[So
 def scan(images: Sequence[Source | Raster], loaded: LoadedModel | None = None, checkpoint: str | None = None,
          sizes: Sequence[int] = DEFAULT_SIZES, step: float = DEFAULT_STEP, threshold: float = DEFAULT_THRESHOLD,
          cluster: str | None = None, workers: int = 2, on_progress: Callable[[int, int, str], None] | None = None,
-         should_stop: Callable[[], bool] = lambda: False) -> list[ImageScan]:
+         should_stop: Callable[[], bool] = lambda: False, tta: bool = False) -> list[ImageScan]:
     """Scan every observation: plan (every image opened and checked first, so a bad one fails before any work),
     classify every chunk on the engine, then assemble each image's window grids and detections.
 
@@ -212,7 +215,7 @@ def scan(images: Sequence[Source | Raster], loaded: LoadedModel | None = None, c
         scans.append(ImageScan(raster.name, raster.width, raster.height, raster.georef, [],
                                [WindowGrid(g.size, list(g.rows), list(g.cols), np.empty((0, 0)), None)
                                 for g in grids], notes=list(raster.notes)))
-        chunks += chunks_of(item if isinstance(item, Source) else None, i, grids)
+        chunks += chunks_of(item if isinstance(item, Source) else None, i, grids, tta=tta)
     total = sum(c.stop - c.start for c in chunks)
     if cluster is None:
         loaded = loaded if loaded is not None else worker_model(checkpoint)
@@ -425,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(e.g. tcp://10.0.0.5:8786); the files must be readable by the workers at the same paths")
     parser.add_argument("--workers", type=number_in(int, 1, 64), default=2,
                         help="worker processes of a local cluster (default 2)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=DEFAULT_TTA,
+                        help="average each window's 8 flips and 90-degree turns (8x the compute; default: "
+                             f"{'on' if DEFAULT_TTA else 'off'}, as the registry of defaults decided)")
     parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)  # the app's scan job: status.json and CANCEL
     return parser
 
@@ -446,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             raise OSError(f"cannot write the outputs to {args.out}: {exc.strerror or exc}") from None
         scans = scan(sources, checkpoint=args.checkpoint, sizes=args.sizes, step=args.step, threshold=args.threshold,
-                     cluster=args.cluster, workers=args.workers,
+                     cluster=args.cluster, workers=args.workers, tta=args.tta,
                      on_progress=job.progress if job else None, should_stop=job.stopped if job else lambda: False)
         files = write_outputs(args.out, scans, sources)
     except Stopped:

@@ -142,7 +142,7 @@ def observation_path(job: ScanJob, image: str) -> Path | None:
 
 
 def options_argv(sizes: str, threshold: str | float, step: str | float, level: str | int, cluster: str | None,
-                 fields: dict[str, str] | None = None) -> list[str]:
+                 fields: dict[str, str] | None = None, tta: bool = False) -> list[str]:
     """The command-line options of a scan, each value as given (stripped of spaces at its ends), checked by
     core.scan's own parser (the one place they are defined): ScanJobError with its message when one is wrong, never
     a value clamped or replaced. `fields` names the options as the page does ({"--threshold": "Probability
@@ -169,7 +169,7 @@ def options_argv(sizes: str, threshold: str | float, step: str | float, level: s
         raise ScanJobError(f"{fields[flag]}: {rest}" if sep and flag in fields else message) from None
     if not args.sizes:
         raise ScanJobError(f"{fields.get('--sizes', '--sizes')}: give at least one window size")
-    return argv
+    return argv + ["--tta" if tta else "--no-tta"]
 
 
 def new_scan(name_hint: str = "scan", runs_dir: Path | None = None) -> ScanJob:

@@ -11,6 +11,7 @@ from core.evaluate import evaluate_model, load_report
 from core.inference import bf16_suits
 from core.precision import bf16_native
 from core.seen import NothingUnseen, training_set
+from core.settings import DEFAULT_TTA
 from ui import appstate, figures
 from ui.gallery import tile_gallery
 from ui.errors import USER_ERRORS, show_error
@@ -32,7 +33,9 @@ label = top[0].selectbox("Model", list(choices))
 split = top[1].selectbox("Split", ["val", "test", "train", "all"])
 toggles = st.columns(3)  # a row of their own: squeezed beside the selectors their labels were cut
 originals_only = toggles[0].toggle("Originals only", value=True, help="Leave out the data set's augmented copies")
-tta = toggles[1].toggle("Test-time augmentation", help="Average over the 8 flips and rotations")
+tta = toggles[1].toggle("Average 8 flips and turns (TTA)", value=DEFAULT_TTA,
+                        help="Each tile's prediction is the mean of its 8 flips and 90-degree turns (8x the time); "
+                             f"the default model's registry entry says {'on' if DEFAULT_TTA else 'off'}")
 path = choices[label]
 run = run_of_checkpoint(path)
 

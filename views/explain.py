@@ -5,11 +5,13 @@ import hashlib
 import io
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 from PIL import Image
 
 from core.classes import CLASS_NAMES
 from core.imageio import IMAGE_SUFFIXES, TILE_SIZE, decode_gray
+from core.settings import DEFAULT_TTA
 
 MAX_FILES = 24
 
@@ -47,6 +49,7 @@ with st.expander("…or pick a tile from the data set"):
 
 # Cold start: the first prediction is drawn before pytorch-grad-cam (and the scikit-learn it imports) is loaded,
 # and before the model's frozen trace is made (`_warm_up`, once per model, after the first answers).
+from core.inference import VIEW_NAMES  # noqa: E402
 from core.predict import predict_bytes  # noqa: E402
 from core.tiling import legend_strip, render_class_map  # noqa: E402
 
@@ -61,6 +64,11 @@ with st.sidebar:
     aug_smooth = st.checkbox("Aug smooth", help="Average the map over flipped and scaled views (slower, steadier)")
     eigen_smooth = st.checkbox("Eigen smooth", help="Keep the first principal component of the activations")
     stride = st.slider("Window stride for large images (px)", 57, TILE_SIZE, TILE_SIZE, 10)
+    tta = st.toggle("Average 8 flips and turns (TTA)", value=DEFAULT_TTA,
+                    help="The prediction is the mean of the tile's 8 flips and 90-degree turns (Mars has no 'up'): "
+                         "8x the compute. The default model's registry entry says "
+                         f"{'on' if DEFAULT_TTA else 'off'} (Home says why). Grad-CAM always explains the tile as "
+                         "uploaded.")
 
 try:
     model = get_model(choices[label])
@@ -76,8 +84,8 @@ model_key = f"{choices[label]}:{choices[label].stat().st_mtime}"
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _predict(model_key: str, digest: str, name: str, data: bytes, stride: int):
-    return predict_bytes(model, data, name, top_k=3, stride=stride)
+def _predict(model_key: str, digest: str, name: str, data: bytes, stride: int, tta: bool):
+    return predict_bytes(model, data, name, top_k=3, stride=stride, tta=tta)
 
 
 shown = []  # (name, digest, prediction, the CAM column, the probabilities column): their CAMs follow
@@ -93,7 +101,7 @@ for name, payload in items:
     first_name[digest] = name
     try:
         with st.spinner(f"Classifying {name}…"):
-            pred = _predict(model_key, digest, name, payload, stride)
+            pred = _predict(model_key, digest, name, payload, stride, tta)
     except USER_ERRORS as exc:
         show_error(exc, "" if str(exc).startswith(name) else name)  # decoder messages already name the file
         continue
@@ -115,6 +123,14 @@ for name, payload in items:
                   else "tile (as the model sees it)")
     cols[2].plotly_chart(figures.probability_bars([pred.probabilities[c] for c in model.class_names],
                                                   model.class_names, pred.index), width="stretch", key=f"probs-{digest}")
+    if pred.tta:
+        cols[2].caption("Probabilities: the mean of the 8 flips' and turns' logits (TTA). The Grad-CAM explains the "
+                        "tile as uploaded." if not whole else "Each window's probabilities: the mean of its 8 flips "
+                        "and turns (TTA). The Grad-CAM explains the window as it lies in the image.")
+    if pred.view_probabilities is not None:
+        with cols[2].expander("The 8 views' own probabilities"):
+            st.dataframe(pd.DataFrame(pred.view_probabilities, index=list(VIEW_NAMES),
+                                      columns=list(model.class_names)).style.format("{:.1%}"), width="stretch")
     if pred.class_map is not None:
         # decoded again rather than kept in the cached prediction: a large image would pin up to 64 MB there
         gray, _ = decode_gray(payload, name)

@@ -10,6 +10,7 @@ import streamlit as st
 
 from core import scan_jobs
 from core.scan import DEFAULT_SIZES, DEFAULT_STEP, DEFAULT_THRESHOLD, SCAN_SUFFIXES
+from core.settings import DEFAULT_TTA
 from ui.errors import USER_ERRORS, show_error
 from ui.loaders import require_model_choices
 from ui.uploads import unique_names
@@ -66,6 +67,9 @@ with st.expander("New scan", expanded=not jobs, key="scan_new"):
                      help="A whole number from 0 to 10; JPEG 2000 and tiled TIFF only: read at 1/2^N of full "
                           "resolution (a HiRISE RDR at full resolution is 10-20 times finer than the browse images "
                           "the model learned on)")
+    tta = kept(st.toggle, "Average 8 flips and turns (TTA)", "scan_tta", DEFAULT_TTA, valid=lambda v: isinstance(v, bool),
+               help="Each window's probabilities are the mean of its 8 flips and 90-degree turns: 8x the time. "
+                    f"The default model's registry entry says {'on' if DEFAULT_TTA else 'off'}: see Home.")
     e1, e2, e3 = st.columns([1, 1, 2])
     with e1:
         step = kept(st.select_slider, FIELDS["--step"] + " (of its side)", "scan_step", DEFAULT_STEP,
@@ -84,7 +88,7 @@ with st.expander("New scan", expanded=not jobs, key="scan_new"):
             cluster = {"this machine": None, "a local Dask cluster": "local"}.get(engine, address.strip())
             if engine == "a Dask scheduler" and not cluster:
                 raise ValueError("give the scheduler's address (tcp://host:8786)")
-            argv = scan_jobs.options_argv(sizes, threshold, step, level, cluster, FIELDS)  # before any folder
+            argv = scan_jobs.options_argv(sizes, threshold, step, level, cluster, FIELDS, tta)  # before any folder
             if source == UPLOAD:
                 images = [u for u in uploads if not u.name.lower().endswith(".lbl")]
                 if not images:
