@@ -47,18 +47,19 @@ def score_fold(run: Run, data, tta: bool = True, say: Callable[[str], None] = pr
     from .checkpoint import load_checkpoint
     from .data import RecordTiles
     from .evaluate import evaluation_records
-    from .inference import predict_logits
+    from .inference import predict_logits, predict_views
     loaded = load_checkpoint(run.best_checkpoint)
     records, _ = evaluation_records(loaded, data, "val", originals_only=False)
     tiles = RecordTiles(data, records)
     t0 = time.perf_counter()
-    plain = predict_logits(loaded, tiles)
-    say(f"  {run.name}: {len(records)} files scored as sent in {time.perf_counter() - t0:.0f} s")
     averaged = None
-    if tta:
-        t0 = time.perf_counter()
-        averaged = predict_logits(loaded, tiles, tta=True)
-        say(f"  {run.name}: {len(records)} files scored with 8-view averaging in {time.perf_counter() - t0:.0f} s")
+    if tta:  # the 8 views hold the tile as sent: 8 passes give both
+        _, views = predict_views(loaded, tiles)
+        plain, averaged = views[0], views.mean(0)
+    else:
+        plain = predict_logits(loaded, tiles)
+    say(f"  {run.name}: {len(records)} files scored as sent{' and with 8-view averaging' if tta else ''} in "
+        f"{time.perf_counter() - t0:.0f} s")
     y = data.labels(records)
     payload = {"format": FORMAT, "run": run.name, "arch": loaded.arch, "image_size": loaded.image_size,
                "files": [{"name": r.name, "observation": r.observation, "original": bool(r.is_original),
