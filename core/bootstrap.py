@@ -97,9 +97,12 @@ def intervals(y_true: Sequence[int], y_pred: Sequence[int], groups: Sequence[str
     out: dict = {k: _as_list(_interval(drawn[k])) for k in HEADLINE}
     whole = per_group.sum(0)
     hits, support, predicted = np.diagonal(whole), whole.sum(1), whole.sum(0)
-    out["per_class"] = [{"precision": _as_list(_union(_interval(drawn["precision"][:, c]), wilson(hits[c], predicted[c]))),
-                         "recall": _as_list(_union(_interval(drawn["recall"][:, c]), wilson(hits[c], support[c]))),
-                         "f1": _as_list(_interval(drawn["f1"][:, c]))} for c in range(n_classes)]
+    out["per_class"] = []
+    for c in range(n_classes):
+        precision = _union(_interval(drawn["precision"][:, c]), wilson(hits[c], predicted[c]))
+        recall = _union(_interval(drawn["recall"][:, c]), wilson(hits[c], support[c]))
+        out["per_class"].append({"precision": _as_list(precision), "recall": _as_list(recall),
+                                 "f1": _as_list(_union(_interval(drawn["f1"][:, c]), _f1_bounds(precision, recall)))})
     out.update({"groups": len(per_group), "draws": n_draws, "level": LEVEL,
                 "method": f"bootstrap over {len(per_group)} observations ({n_draws} draws)"})
     return out
@@ -137,6 +140,17 @@ def wilson(successes: float, trials: float, z: float = 1.959964) -> Interval | N
     centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
     half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
     return Interval(float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+def _f1_bounds(precision: Interval | None, recall: Interval | None) -> Interval | None:
+    """F1 at the ends of its parts' intervals: F1 rises with both, so these bound it at least as honestly as its
+    parts (a class of one tile found once would otherwise get F1 '1.00 (1.00-1.00)' beside a recall of 0.21-1)."""
+    if precision is None or recall is None:
+        return None
+
+    def f1(p: float, r: float) -> float:
+        return 2 * p * r / (p + r) if p + r > 0 else 0.0
+    return Interval(f1(precision.low, recall.low), f1(precision.high, recall.high))
 
 
 def _union(a: Interval | None, b: Interval | None) -> Interval | None:

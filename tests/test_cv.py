@@ -348,3 +348,12 @@ def test_strong_jitter_reaches_further_than_the_plain_one():
         out = BatchAugment([name])(x.clone())
         spread[name] = float(out.mean(dim=(1, 2, 3)).std())
     assert spread["strong_color_jitter"] > 1.5 * spread["color_jitter"] > 0
+
+
+def test_f1_intervals_are_at_least_as_wide_as_their_parts_allow():
+    """Issue 33, item 4: one tile of a class, found once, no longer gets F1 '1.00 (1.00-1.00)'."""
+    y = np.array([0, 0, 0, 1])
+    iv = bootstrap.intervals(y, y.copy(), ["a", "a", "b", "c"], 2)
+    low, high = iv["per_class"][1]["f1"]
+    assert high == pytest.approx(1.0) and low < 0.5
+    assert low <= iv["per_class"][1]["recall"][0] + 1e-9 or low <= iv["per_class"][1]["precision"][0] + 1e-9
