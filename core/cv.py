@@ -148,6 +148,50 @@ def launch(configs: Sequence[RunConfig], runs_dir: Path | None = None, grid: str
     return cv_id, runs
 
 
+def relaunch_missing(cv_id: str, runs_dir: Path | None = None) -> list[Run]:
+    """Queue again every fold that is missing and not waiting or running (deleted, failed, cancelled, never
+    queued), from the manifest's own recipe; the manifest then names the new run for that fold. CVError when none
+    is missing, or a fold is still active (it may yet complete)."""
+    from .jobs import JobError, launch as launch_job
+    rep = report(cv_id, runs_dir, with_files=False)
+    active = [f for f in rep["folds"] if f.get("state") in ("queued", "running")]
+    missing = [f for f in rep["missing"] if f.get("state") not in ("queued", "running")]
+    if not missing:
+        raise CVError(f"cross-validation {cv_id}: no fold to relaunch" +
+                      (f" (fold{'s' if len(active) > 1 else ''} {', '.join(str(f['fold']) for f in active)} "
+                       "still queued or running)" if active else " (every fold completed)"))
+    configs = {c.cv_fold: c for c in plan({**rep["base"], "cv_folds": 0, "cv_fold": 0}, rep["n_folds"],
+                                          rep["seed"] or 0)}
+    path = _manifest_path(cv_id, runs_dir)
+    runs = []
+    for f in missing:
+        try:
+            run = launch_job(configs[f["fold"] - 1], runs_dir)
+        except (ConfigError, JobError) as exc:
+            raise CVError(f"cross-validation {cv_id}: fold {f['fold']} not queued: {exc}") from None
+        _record(path, run, f["fold"] - 1, note=f"cross-validation {cv_id}, fold {f['fold']} (relaunched)")
+        runs.append(run)
+    return runs
+
+
+def active_refit(cv_id: str, runs_dir: Path | None = None) -> Run | None:
+    """A refit calibrated from `cv_id` that is queued or running (a second would be the same run twice)."""
+    from .jobs import job_state
+    from .runs import list_runs
+    for run in list_runs(runs_dir):
+        cfg = run.config()
+        if isinstance(cfg, dict) and cfg.get("calibrate_from") == cv_id and \
+                job_state(run, run.status()) in ("queued", "running"):
+            return run
+    return None
+
+
+def spread_text(spread: dict[str, float], folds: int) -> str:
+    """The folds' mean and spread, or the one fold's figure (a spread of one fold would read as certainty)."""
+    return f"folds {spread['mean']:.3f} ± {spread['sd']:.3f}" if folds > 1 else \
+        f"the one completed fold {spread['mean']:.3f} (no spread yet)"
+
+
 def run_in_process(configs: Sequence[RunConfig], train: Callable[..., int], runs_dir: Path | None = None,
                    say: Callable[[str], None] = print, grid: str | None = None) -> tuple[str, int]:
     """Train the folds one after another in this process (`train` is `core.train.train`, passed in so that this
@@ -319,7 +363,7 @@ def format_report(rep: dict[str, Any]) -> str:
                   f"(95% intervals: {iv['method']})"]
     for k in HEADLINE:
         spread = rep["fold_spread"][k]
-        lines.append(f"  {LABELS[k]:<18} {fmt(pooled[k], iv[k])}   folds {spread['mean']:.3f} ± {spread['sd']:.3f}")
+        lines.append(f"  {LABELS[k]:<18} {fmt(pooled[k], iv[k])}   {spread_text(spread, len(rep['folds']) - len(rep['missing']))}")
     lines.append(f"  always-{pooled['majority_baseline']['class']} accuracy {pooled['majority_baseline']['accuracy']:.3f}")
     lines += ["", f"{'class':<14}{'support':>8}{'precision':>22}{'recall':>22}{'F1':>22}"]
     for c, civ in zip(pooled["per_class"], iv["per_class"]):

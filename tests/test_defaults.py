@@ -269,3 +269,29 @@ def test_calibrate_from_is_checked_before_training(champion_cv, data_dir, runs_d
 def test_against_without_cv_report_is_refused(capsys):
     assert train_cli(["--against", "x"]) == 2
     assert "--against compares two cross-validations" in capsys.readouterr().err
+
+
+def test_a_deleted_fold_can_be_relaunched_and_one_fold_shows_no_spread(champion_cv, runs_dir, tmp_path, monkeypatch):
+    """Issue 33, item 8: a deleted fold is relaunched from the manifest's recipe and named in it; nothing to relaunch
+    is said; one completed fold reads as one fold, not as '± 0.000'."""
+    from core import jobs
+    dest = tmp_path / "runs"
+    shutil.copytree(runs_dir, dest)
+    folds = cv.fold_runs(cv.load_manifest(champion_cv, dest), dest)
+    with pytest.raises(cv.CVError, match="every fold completed"):
+        cv.relaunch_missing(champion_cv, dest)
+    shutil.rmtree(folds[1][1].path)
+    shutil.rmtree(folds[2][1].path)
+    assert "the one completed fold" in cv.format_report(cv.report(champion_cv, dest))
+    queued = []
+
+    def fake_launch(cfg, where=None):
+        run = Run(dest / f"relaunched-{cfg.cv_fold}")
+        run.path.mkdir()
+        run.begin(cfg.to_dict())
+        queued.append(cfg)
+        return run
+    monkeypatch.setattr(jobs, "launch", fake_launch)
+    runs = cv.relaunch_missing(champion_cv, dest)
+    assert [c.cv_fold for c in queued] == [1, 2] and all(c.cv_folds == 3 for c in queued)
+    assert [r.name for _, r in cv.fold_runs(cv.load_manifest(champion_cv, dest), dest)][1:] == [r.name for r in runs]

@@ -99,7 +99,8 @@ def _report_view(rep: dict) -> None:
     for col, key in zip(cols, cv.HEADLINE):
         col.metric(cv.LABELS[key], f"{pooled[key]:.3f}")
         spread = rep["fold_spread"][key]
-        col.caption(f"95% interval {interval_text(iv[key])} · folds {spread['mean']:.3f} ± {spread['sd']:.3f}")
+        col.caption(f"95% interval {interval_text(iv[key])} · "
+                    f"{cv.spread_text(spread, len(rep['folds']) - len(rep['missing']))}")
     base = pooled["majority_baseline"]
     cols[3].metric(f"Always-{base['class']} accuracy", f"{base['accuracy']:.3f}")
     # the table full width, under the matrix: beside it, its last columns (F1 and its interval) were cut off
@@ -200,9 +201,25 @@ def _refit(rep: dict) -> None:
     if rep["missing"]:
         problem = problem or cv.CVError("every fold must complete before a refit is calibrated on them")
         cols[1].caption("Refit waits until every fold has completed.")
+    if rep["missing"] and not any(f.get("state") in ACTIVE for f in rep["folds"]):
+        if st.button("Relaunch missing folds", key=f"cv_relaunch_{rep['id']}",
+                     help="Queue again every fold that was deleted, failed, cancelled or never queued, with the "
+                          "cross-validation's own recipe and folds"):
+            try:
+                runs = cv.relaunch_missing(rep["id"])
+            except (ConfigError, DataError, jobs.JobError, OSError) as exc:
+                show_error(exc, "Not relaunched")
+            else:
+                st.success(f"Queued {', '.join(r.name for r in runs)}; the report fills in as they finish.",
+                           icon=":material/check:")
     if st.button("Refit on all the data", key=f"cv_refit_{rep['id']}", disabled=bool(rep["missing"])):
         if cfg is None or problem is not None:
             show_error(problem, "Not launched")
+            return
+        waiting = cv.active_refit(rep["id"])
+        if waiting is not None:
+            show_error(f"a refit of this cross-validation is already {jobs.job_state(waiting, waiting.status())}: "
+                       f"{waiting.name}", "Not launched")
             return
         try:
             run = jobs.launch(cfg)

@@ -42,6 +42,11 @@ def delete_button(run: Run, active: bool) -> None:
                   help="A queued or running job cannot be deleted: cancel it first." if active else
                   "Removes the run's folder: checkpoints, metrics, log and evaluation.")
         return
+    cvs = [t.removeprefix("cv:") for t in run.notes()["tags"] if t.startswith("cv:")]
+    if cvs:
+        st.warning(f"**{run.name}** is a fold of cross-validation {', '.join(cvs)}: deleting it leaves that "
+                   "cross-validation incomplete until the fold is relaunched (Relaunch missing folds, under its "
+                   "report), and its refit cannot be calibrated meanwhile.", icon=":material/call_split:")
     st.warning(f"Delete **{run.name}** and all its files (checkpoints, metrics, log, evaluation)? This cannot be "
                "undone.")
     yes, no = st.columns([1, 1])
