@@ -62,7 +62,10 @@ shipped_configs = {label: models[label].config for label in included if label in
 st.subheader("Settings")
 table, differing = compare.settings_table(chosen, shipped_configs)
 only_diff = st.toggle("Only the settings that differ", value=True)
-shown = table.loc[differing] if only_diff and differing else table
+if only_diff and not differing:
+    st.caption(f"No setting differs between these {len(table.columns)} models: all {len(table)} are the same "
+               "(turn the toggle off to see them).")
+shown = table.loc[differing] if only_diff else table
 st.dataframe(shown.style.apply(lambda row: ["background-color: #fff3cd" if row.name in differing else ""
                                             for _ in row], axis=1), width="stretch",
              height=min(36 * (len(shown) + 1) + 3, 1200))  # every setting in view, no scroll box
@@ -176,8 +179,16 @@ rows = {r.name: r.metrics() for r in chosen}
 if not rows:
     st.caption("Shipped models keep no training curves: pick runs to compare theirs.")
 a, b = st.columns(2) if rows else (None, None)
+unvalidated = [name for name, metrics in rows.items()
+               if not any(m.get("val_macro_f1") is not None for m in metrics if m.get("kind") == "epoch")]
+if unvalidated:
+    st.caption(f"{', '.join(unvalidated)}: no validation split (a refit trains on every tile), so no validation "
+               "curve; its training loss is below.")
 for column, (key, label) in zip((a, b, a, b), (("val_macro_f1", "validation macro-F1"), ("val_loss", "validation loss"),
                                               ("val_balanced_accuracy", "validation balanced accuracy"),
                                               ("train_loss", "training loss"))):
-    if column is not None:
-        column.plotly_chart(figures.compare_curves(rows, key, label, colours), width="stretch")
+    if column is None:
+        continue
+    if key.startswith("val_") and len(unvalidated) == len(rows):
+        continue  # no model has a validation curve: an empty chart would only mislead
+    column.plotly_chart(figures.compare_curves(rows, key, label, colours), width="stretch")

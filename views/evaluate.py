@@ -204,8 +204,11 @@ if cal.get("reliability_calibrated"):
         "Expected calibration error: " +
         (f"**{cal.get('ece_uncalibrated', 0):.3f}** before, **{cal.get('ece_calibrated', 0):.3f}** after."
          if calibrated else f"**{cal.get('ece_uncalibrated', 0):.3f}**."))
-    b.caption("Marker size follows the number of tiles in the bin; a bin of a few tiles says little. On the "
-              "validation split the temperature was fitted on these very tiles: judge it on the test split.")
+    b.caption("Marker size follows the number of tiles in the bin; a bin of a few tiles says little. " +
+              ("The temperature was fitted on the cross-validation's out-of-fold predictions, which cover every "
+               "named tile of its data: judge it here only on tiles from observations outside that data."
+               if model.refit else
+               "On the validation split the temperature was fitted on these very tiles: judge it on the test split."))
 
 st.subheader("Top losses: wrong and sure")
 losses = report.get("top_losses", [])

@@ -8,6 +8,7 @@ import streamlit as st
 
 from core.classes import CLASS_NAMES, class_hex
 from core.data.overrides import Override, OverridesError, read_overrides, update_overrides
+from core.data.records import parse_name
 from core.explore.embed import DEFAULT_METHOD, METHODS, cache_state, embed
 from core.explore.features import DEFAULT_EMBED_SIZE, PART_TILES, get_features, measure_rate
 from core.explore.labels import review_labels
@@ -172,9 +173,20 @@ def _decisions(decided: dict[str, Override], path, what: str, label_column: str)
         st.dataframe(pd.DataFrame([{"file": o.file, label_column: CLASS_NAMES[o.label], "previous": o.previous,
                                     "note": o.note} for o in decided.values()]), hide_index=True)
         undo = st.multiselect(f"Undo {what}", list(decided), key=f"undo-{path.name}")
-        if undo and st.button(f"Undo the {len(undo)} selected", key=f"undo-button-{path.name}"):
+        # a landmark's copies were decided together (Accept, Reject): they are undone together, never split
+        landmarks = {parse_name(f).landmark for f in undo}
+        together = [f for f in decided if parse_name(f).landmark in landmarks]
+        if len(together) > len(undo):
+            st.caption(f"Undoing the whole landmark{'s' if len(landmarks) > 1 else ''}: {len(together)} tiles "
+                       f"({', '.join(together[:6])}{', ...' if len(together) > 6 else ''}), decided together.")
+        if undo and st.button(f"Undo the {len(together)} selected", key=f"undo-button-{path.name}"):
             try:
-                update_overrides(remove=undo, path=path)
+                update_overrides(remove=together, path=path)
+                if path == LABEL_OVERRIDES_FILE and st.session_state.pop("explore_review", None) is not None:
+                    # an undone override changes labels back: the review read them before
+                    st.session_state["explore_review_note"] = (
+                        f"Undid {len(together)} decision(s). The review read the labels before that: run it again "
+                        "to see the undone tiles with their labels as they are now.")
                 st.rerun()
             except (OverridesError, OSError) as exc:
                 show_error(exc, "Not saved")
@@ -192,6 +204,8 @@ with review_tab:
     except OverridesError as exc:
         show_error(exc, "A label-review file is malformed; fix or remove it (nothing is written to it meanwhile)")
         st.stop()
+    if note := st.session_state.pop("explore_review_note", None):
+        st.info(note, icon=":material/undo:")
     if st.button("Run the label review", help="Uses the cached features (computed first if needed)"):
         try:
             feats = _features()
