@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -220,19 +221,68 @@ def run_in_process(configs: Sequence[RunConfig], train: Callable[..., int], runs
 
 # ---- reading back ------------------------------------------------------------------------------------------
 
-def list_cvs(runs_dir: Path | None = None) -> list[dict[str, Any]]:
-    """The cross-validations' manifests, newest first."""
+def safe_name(name: Any) -> bool:
+    """A manifest's id or run name that names one entry of its folder: no path, no NUL, no leading dot."""
+    return isinstance(name, str) and bool(name) and len(name) <= 200 and "/" not in name and "\\" not in name \
+        and "\0" not in name and not name.startswith(".")
+
+
+def manifest_problem(raw: Any, stem: str) -> str | None:
+    """What is wrong with a cross-validation manifest as read from disk (hand-edited, damaged), or None: checked
+    on every read, so a bad one is refused or skipped by name instead of a traceback or a runaway allocation."""
+    if not isinstance(raw, dict):
+        return "not a JSON object"
+    if raw.get("id") != stem or not safe_name(raw.get("id")):
+        return f"its id {raw.get('id')!r} is not its file name {stem!r}"
+    try:
+        check_folds(raw.get("folds"))
+    except CVError as exc:
+        return str(exc)
+    if isinstance(raw.get("folds"), bool) or not isinstance(raw.get("folds"), (int, float)):
+        return f"folds {raw.get('folds')!r} is not a number"
+    if not isinstance(raw.get("base"), dict):
+        return "base (the recipe) is not an object"
+    seed = raw.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        return f"seed {seed!r} is not a whole number from 0 to {2**32 - 1}"
+    runs = raw.get("runs")
+    if not isinstance(runs, list):
+        return "runs is not a list"
+    seen: dict[str, int] = {}
+    for entry in runs:
+        if not isinstance(entry, dict) or not safe_name(entry.get("run")) or isinstance(entry.get("fold"), bool) \
+                or not isinstance(entry.get("fold"), int) or not 0 <= entry["fold"] < int(raw["folds"]):
+            return f"a runs entry {str(entry)[:80]!r} is not a run name in this folder with a fold number"
+        if seen.setdefault(entry["run"], entry["fold"]) != entry["fold"]:
+            return f"run {entry['run']} is listed for folds {seen[entry['run']] + 1} and {entry['fold'] + 1}"
+    return None
+
+
+def list_cvs(runs_dir: Path | None = None, skipped: list[str] | None = None) -> list[dict[str, Any]]:
+    """The cross-validations' manifests that read as manifests, newest first; the others named in `skipped`."""
     folder = cv_dir(runs_dir)
-    manifests = [read_json(p) for p in folder.glob("*.json")] if folder.is_dir() else []
-    return sorted([m for m in manifests if isinstance(m, dict) and m.get("id")], key=lambda m: m["id"], reverse=True)
+    found = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        raw = read_json(path)
+        problem = "not JSON" if raw is None else manifest_problem(raw, path.stem)
+        if problem:
+            if skipped is not None:
+                skipped.append(f"{path.name}: {problem}")
+            continue
+        found.append(raw)
+    return sorted(found, key=lambda m: m["id"], reverse=True)
 
 
 def load_manifest(cv_id: str, runs_dir: Path | None = None) -> dict[str, Any]:
-    manifest = read_json(_manifest_path(cv_id, runs_dir)) if cv_id and "/" not in cv_id and "\0" not in cv_id \
-        and not cv_id.startswith(".") else None
-    if not isinstance(manifest, dict):
+    """A cross-validation's manifest, checked (`manifest_problem`); FileNotFoundError or CVError in one line."""
+    path = _manifest_path(cv_id, runs_dir) if safe_name(cv_id) else None
+    manifest = read_json(path) if path else None
+    if manifest is None:
         known = ", ".join(m["id"] for m in list_cvs(runs_dir)[:5]) or "none yet"
         raise FileNotFoundError(f"no cross-validation {cv_id!r} in {cv_dir(runs_dir)} (latest: {known})")
+    problem = manifest_problem(manifest, path.stem)
+    if problem:
+        raise CVError(f"cross-validation {cv_id}: its manifest {path} is damaged ({problem})")
     return manifest
 
 
@@ -241,8 +291,7 @@ def fold_runs(manifest: dict[str, Any], runs_dir: Path | None = None) -> list[tu
     root = runs_root(runs_dir)
     by_fold: dict[int, Run] = {}
     for entry in manifest.get("runs", []):
-        if isinstance(entry, dict) and isinstance(entry.get("run"), str) and "/" not in entry["run"] \
-                and isinstance(entry.get("fold"), int):
+        if isinstance(entry, dict) and safe_name(entry.get("run")) and isinstance(entry.get("fold"), int):
             by_fold[entry["fold"]] = Run(root / entry["run"])
     return [(i, by_fold.get(i)) for i in range(int(manifest.get("folds") or 0))]
 
@@ -270,11 +319,14 @@ def out_of_fold(manifest: dict[str, Any], runs_dir: Path | None = None) -> tuple
             why = {"completed": "its report has no out-of-fold predictions"}.get(state, f"it is {state}")
             folds.append({**entry, "missing": why})
             continue
-        names = list(report["class_names"])
-        for p in predictions:
+        checked = _checked_predictions(report, predictions)
+        if isinstance(checked, str):
+            folds.append({**entry, "state": "damaged", "missing": f"its evaluation file is damaged ({checked})"})
+            continue
+        for p, y in checked:
             rows["name"].append(p["name"])
             rows["observation"].append(p.get("observation"))
-            rows["y"].append(names.index(p["true"]))
+            rows["y"].append(y)
             rows["logits"].append(p["logits"])
             rows["probs"].append(p["probs"])
             rows["fold"].append(fold)
@@ -288,6 +340,27 @@ def out_of_fold(manifest: dict[str, Any], runs_dir: Path | None = None) -> tuple
     return arrays, folds
 
 
+def _checked_predictions(report: dict[str, Any], predictions: list) -> list[tuple[dict, int]] | str:
+    """A fold report's predictions with their class index, or what is wrong with them (an unknown label, logits or
+    probabilities of the wrong length or not finite, a missing name)."""
+    names = report.get("class_names")
+    if names != list(CLASS_NAMES):
+        return f"class_names {str(names)[:60]} are not this studio's"
+    out = []
+    for p in predictions:
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str) or p.get("true") not in CLASS_NAMES:
+            return f"a prediction without a name or with an unknown label: {str(p)[:60]}"
+        for key in ("logits", "probs"):
+            v = p.get(key)
+            if not isinstance(v, list) or len(v) != len(CLASS_NAMES) or not all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+                return f"{p['name']}: {key} is not {len(CLASS_NAMES)} finite numbers"
+        out.append((p, CLASS_NAMES.index(p["true"])))
+    if len({p["name"] for p, _ in out}) != len(out):
+        return "a tile is listed twice"
+    return out
+
+
 def mean_curve(manifest: dict[str, Any], runs_dir: Path | None = None) -> list[dict[str, Any]]:
     """Per epoch, the folds' mean and spread of validation macro-F1 (and balanced accuracy), over the folds that
     reached that epoch: where the mean peaks is the epoch count to refit with."""
@@ -296,7 +369,8 @@ def mean_curve(manifest: dict[str, Any], runs_dir: Path | None = None) -> list[d
         if run is None:
             continue
         for row in run.metrics():
-            if row.get("kind") == "epoch" and row.get("val_macro_f1") is not None:
+            if isinstance(row, dict) and row.get("kind") == "epoch" and _finite(row.get("val_macro_f1")) \
+                    and _finite(row.get("val_balanced_accuracy")) and _finite(row.get("epoch")):
                 per_epoch.setdefault(int(row["epoch"]), []).append(row)
     out = []
     for epoch in sorted(per_epoch):
@@ -306,6 +380,10 @@ def mean_curve(manifest: dict[str, Any], runs_dir: Path | None = None) -> list[d
         out.append({"epoch": epoch, "folds": len(rows), "macro_f1": float(f1.mean()), "macro_f1_sd": float(f1.std()),
                     "balanced_accuracy": float(bal.mean()), "balanced_accuracy_sd": float(bal.std())})
     return out
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def report(cv_id: str, runs_dir: Path | None = None, with_files: bool = True) -> dict[str, Any]:
@@ -607,7 +685,10 @@ def report_main(cv_id: str, runs_dir: Path | None, against: str | None = None) -
             return refuse(str(exc))
         return 0
     if not cv_id:
-        found = list_cvs(runs_dir)
+        skipped: list[str] = []
+        found = list_cvs(runs_dir, skipped)
+        for line in skipped:
+            print(f"skipped: {line}", file=sys.stderr)
         for m in found:
             print(f"{m['id']}  {m.get('folds')} folds  {len(m.get('runs', []))} queued  "
                   f"{(m.get('base') or {}).get('model')}" + (f"  grid {m['grid']}" if m.get("grid") else ""))
@@ -616,6 +697,6 @@ def report_main(cv_id: str, runs_dir: Path | None, against: str | None = None) -
         return 0
     try:
         print(format_report(report(cv_id, runs_dir)))
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, CVError) as exc:
         return refuse(str(exc))
     return 0

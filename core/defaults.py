@@ -131,7 +131,7 @@ def challenger_files(cv_id: str, runs_dir: Path | None = None) -> tuple[dict[str
     from .cv_files import pooled
     try:
         rep = cv.report(cv_id, runs_dir)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, cv.CVError) as exc:
         raise RegistryError(str(exc)) from None
     if rep["missing"]:
         raise RegistryError(f"cross-validation {cv_id} is incomplete (fold"

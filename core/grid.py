@@ -318,7 +318,7 @@ def _cv_report(manifest: dict[str, Any], runs_dir: Path | None) -> tuple[pd.Data
                                for k, v in entry.get("values", {}).items()}
         try:
             rep = cv.report(entry["cv"], runs_dir, with_files=False)
-        except FileNotFoundError:
+        except (FileNotFoundError, cv.CVError):
             rows.append({**row, "cross-validation": entry["cv"], "folds done": "deleted"})
             continue
         done = rep["n_folds"] - len(rep["missing"])

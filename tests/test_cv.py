@@ -357,3 +357,49 @@ def test_f1_intervals_are_at_least_as_wide_as_their_parts_allow():
     low, high = iv["per_class"][1]["f1"]
     assert high == pytest.approx(1.0) and low < 0.5
     assert low <= iv["per_class"][1]["recall"][0] + 1e-9 or low <= iv["per_class"][1]["precision"][0] + 1e-9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change, message", [
+    ({"folds": 1e9}, "cv: 1000000000 folds"), ({"folds": "x"}, "is not a number of folds"),
+    ({"id": None}, "is not its file name"), ({"base": []}, "base (the recipe) is not an object"),
+    ({"runs": [{"run": "..", "fold": 0}]}, "is not a run name in this folder"),
+    ({"seed": "s"}, "seed 's'"), ("same run for every fold", "is listed for folds 1 and 2")])
+def test_a_hand_edited_manifest_is_refused_or_skipped_by_name(finished_cv, runs_dir, tmp_path, capsys, change,
+                                                              message):
+    """Issue 33, item 15: a manifest is checked on every read; nothing runs away, nothing tracebacks."""
+    copy = tmp_path / "runs"
+    shutil.copytree(runs_dir, copy)
+    path = copy / ".cv" / f"{finished_cv}.json"
+    manifest = json.loads(path.read_text())
+    if change == "same run for every fold":
+        change = {"runs": [{"run": manifest["runs"][0]["run"], "fold": f} for f in range(3)]}
+    path.write_text(json.dumps({**manifest, **change}))
+    with pytest.raises(cv.CVError, match="manifest .* is damaged"):
+        cv.report(finished_cv, copy)
+    assert train_cli(["--cv-report", finished_cv, "--runs-dir", str(copy)]) == 2
+    assert message in capsys.readouterr().err
+    assert train_cli(["--cv-report", "--runs-dir", str(copy)]) == 0
+    assert f"skipped: {finished_cv}.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["unknown label", "short logits", "nan probabilities"])
+def test_a_damaged_fold_evaluation_is_named_not_a_traceback(finished_cv, runs_dir, tmp_path, damage):
+    copy = tmp_path / "runs"
+    shutil.copytree(runs_dir, copy)
+    run = cv.fold_runs(cv.load_manifest(finished_cv, copy), copy)[0][1]
+    report = json.loads(run.eval_file.read_text())
+    p = report["predictions"][0]
+    if damage == "unknown label":
+        p["true"] = "martian"
+    elif damage == "short logits":
+        p["logits"] = p["logits"][:3]
+    else:
+        p["probs"] = [float("nan")] * len(p["probs"])
+    run.eval_file.write_text(json.dumps(report).replace("NaN", "NaN"))
+    rep = cv.report(finished_cv, copy)
+    assert rep["folds"][0]["state"] == "damaged" and "evaluation file is damaged" in rep["folds"][0]["missing"]
+    with run.metrics_file.open("a") as fh:
+        fh.write('{"kind": "epoch", "epoch": "x", "val_macro_f1": "y"}\nnot json\n')
+    cv.report(finished_cv, copy)  # a bad metrics line is skipped

@@ -232,7 +232,10 @@ def _refit(rep: dict) -> None:
 
 def cv_results() -> None:
     """The chosen cross-validation's report, live while its folds are queued or running."""
-    found = cv.list_cvs()
+    skipped: list[str] = []
+    found = cv.list_cvs(skipped=skipped)
+    for line in skipped:
+        st.warning(f"A cross-validation manifest was skipped: {line}", icon=":material/warning:")
     if not found:
         return
     st.subheader("Cross-validations")
@@ -246,7 +249,7 @@ def cv_results() -> None:
                                                + (f" · grid {by_id[i]['grid']}" if by_id[i].get("grid") else ""))
     try:
         first = cv.report(cv_id)  # read once for this run of the page: every fold's report is a large file
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, cv.CVError) as exc:
         show_error(exc)
         return
     active = any(f.get("state") in ACTIVE for f in first["folds"])
