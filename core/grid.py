@@ -13,6 +13,7 @@ import argparse
 import hashlib
 import itertools
 import json
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -340,18 +341,50 @@ def _cv_report(manifest: dict[str, Any], runs_dir: Path | None) -> tuple[pd.Data
 
 # ---- results ---------------------------------------------------------------------------------------------------
 
-def list_grids(runs_dir: Path | None = None) -> list[dict[str, Any]]:
-    """The grids' manifests, newest first."""
+def manifest_problem(raw: Any, stem: str) -> str | None:
+    """What is wrong with a grid manifest as read from disk (hand-edited, damaged), or None."""
+    from .cv import safe_name
+    if not isinstance(raw, dict):
+        return "not a JSON object"
+    if raw.get("id") != stem or not safe_name(raw.get("id")):
+        return f"its id {raw.get('id')!r} is not its file name {stem!r}"
+    if not isinstance(raw.get("fields", []), list) or not all(isinstance(f, str) for f in raw.get("fields", [])):
+        return "fields is not a list of option names"
+    folds = raw.get("cv_folds")
+    if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or not 0 <= folds <= 10):
+        return f"cv_folds {folds!r} is not a fold count"
+    runs = raw.get("runs", [])
+    if not isinstance(runs, list) or not all(
+            isinstance(e, dict) and (safe_name(e.get("run")) or safe_name(e.get("cv"))) for e in runs):
+        return "runs is not a list of run (or cross-validation) names in this folder"
+    return None
+
+
+def list_grids(runs_dir: Path | None = None, skipped: list[str] | None = None) -> list[dict[str, Any]]:
+    """The grids' manifests that read as manifests, newest first; the others named in `skipped`."""
     folder = grids_dir(runs_dir)
-    manifests = [read_json(p) for p in folder.glob("*.json")] if folder.is_dir() else []
-    return sorted([m for m in manifests if isinstance(m, dict) and m.get("id")], key=lambda m: m["id"], reverse=True)
+    found = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        raw = read_json(path)
+        problem = "not JSON" if raw is None else manifest_problem(raw, path.stem)
+        if problem:
+            if skipped is not None:
+                skipped.append(f"{path.name}: {problem}")
+            continue
+        found.append(raw)
+    return sorted(found, key=lambda m: m["id"], reverse=True)
 
 
 def load_manifest(grid_id: str, runs_dir: Path | None = None) -> dict[str, Any]:
-    manifest = read_json(_manifest_path(grid_id, runs_dir)) if "/" not in grid_id else None
-    if not isinstance(manifest, dict):
+    from .cv import safe_name
+    path = _manifest_path(grid_id, runs_dir) if safe_name(grid_id) else None
+    manifest = read_json(path) if path else None
+    if manifest is None:
         known = ", ".join(m["id"] for m in list_grids(runs_dir)[:5]) or "none yet"
         raise FileNotFoundError(f"no grid {grid_id!r} in {grids_dir(runs_dir)} (latest: {known})")
+    problem = manifest_problem(manifest, path.stem)
+    if problem:
+        raise GridError(f"grid {grid_id}: its manifest {path} is damaged ({problem})")
     return manifest
 
 
@@ -456,7 +489,10 @@ def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
 def report_main(grid_id: str, runs_dir: Path | None) -> int:
     """Print a grid's results table, or (no id) the grids there are."""
     if not grid_id:
-        grids = list_grids(runs_dir)
+        skipped: list[str] = []
+        grids = list_grids(runs_dir, skipped)
+        for line in skipped:
+            print(f"skipped: {line}", file=sys.stderr)
         for m in grids:
             print(f"{m['id']}  {len(m.get('runs', []))} runs  {describe_values(m.get('values', {}))}")
         if not grids:
@@ -464,7 +500,7 @@ def report_main(grid_id: str, runs_dir: Path | None) -> int:
         return 0
     try:
         table, split = report(grid_id, runs_dir)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, GridError) as exc:
         return refuse(str(exc))
     print(f"grid {grid_id}: {split}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-") if len(table) else "(no runs)")

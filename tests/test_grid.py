@@ -1,6 +1,8 @@
 """Ablation grids (core.grid): parsing against RunConfig, every combination checked first, one split, the report."""
 from __future__ import annotations
 
+import json
+
 import time
 from pathlib import Path
 
@@ -268,3 +270,17 @@ def test_grid_results_open_the_runs_in_compare(app_data, one_thread):
     assert not at.exception, [e.value for e in at.exception]
     assert sorted(at.multiselect[0].value) == sorted(names)  # Compare, with the grid's runs picked
     assert "seed" in at.dataframe[0].value.index  # the setting that differs
+
+
+@pytest.mark.parametrize("manifest, message", [
+    ({"id": 7, "runs": []}, "is not its file name"), ({"id": "g1", "runs": [{"run": ".."}]}, "runs is not a list"),
+    ({"id": "g1", "runs": [], "cv_folds": "x"}, "cv_folds 'x'"), ({"id": "g1", "fields": "a", "runs": []}, "fields")])
+def test_a_hand_edited_grid_manifest_is_refused_or_skipped_by_name(tmp_path, capsys, manifest, message):
+    """Issue 33, item 15: a numeric id, a run outside the folder, a bad field: one line, no traceback."""
+    folder = tmp_path / ".grids"
+    folder.mkdir()
+    (folder / "g1.json").write_text(json.dumps(manifest))
+    assert train_cli(["--grid-report", "--runs-dir", str(tmp_path)]) == 0
+    assert "skipped: g1.json: " in capsys.readouterr().err
+    assert train_cli(["--grid-report", "g1", "--runs-dir", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err

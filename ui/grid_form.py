@@ -105,7 +105,10 @@ def grid_form(values: dict[str, Any]) -> None:
 def grid_results() -> None:
     """A grid's results, a row per run (sortable: click a column), live while its runs are queued or running,
     and a button that opens its runs in Compare."""
-    grids = grid.list_grids()
+    skipped: list[str] = []
+    grids = grid.list_grids(skipped=skipped)
+    for line in skipped:
+        st.warning(f"A grid manifest was skipped: {line}", icon=":material/warning:")
     if not grids:
         return
     st.subheader("Grid results")
