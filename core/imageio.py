@@ -38,8 +38,8 @@ def decode_gray(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS,
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow refuses these while reading the header, before the limit above is checked
-        raise ImageError(f"{name}: refused as a possible decompression bomb, its header claims more than "
-                         f"the {max_pixels:,}-pixel limit ({str(exc).split(',')[0]})") from exc
+        raise ImageError(f"{name}: refused as a possible decompression bomb: its header claims far more than "
+                         f"the {max_pixels:,}-pixel limit") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(f"{name}: not an image (expected JPEG, PNG, TIFF, BMP, GIF or WebP)") from exc
     except (OSError, SyntaxError, ValueError) as exc:

@@ -290,3 +290,11 @@ def test_class_map_of_a_large_image_needs_little_more_than_its_result():
         tracemalloc.stop()
     result = out.nbytes  # 47 MB; the float32 version needed over 10x that
     assert peak < result + 24 * 2**20, f"peak {peak / 2**20:.0f} MiB for a {result / 2**20:.0f} MiB result"
+
+
+@pytest.mark.parametrize("side", [9_000, 12_000, 100_000])
+def test_an_oversized_image_is_refused_naming_one_limit(tiny, side):
+    """Issue 33: a 12000x12000 PNG was refused naming two limits (ours and Pillow's)."""
+    with pytest.raises(ImageError) as exc:
+        predict.predict_bytes(tiny, _png_header(side, side), "big.png")
+    assert "64,000,000-pixel limit" in str(exc.value) and "89,478,485" not in str(exc.value)
