@@ -11,6 +11,7 @@ from core.classes import CLASS_DESCRIPTIONS, CLASS_NAMES
 from core.data import CONFLICT_POLICIES, SPLIT_MODES, DataSpec, read_source, summarize
 from core.config import field_bounds
 from core.data.spec import FRACTION_LIMIT, FRACTION_STEP
+from core.models import MODELS
 from core.download import DEFAULT_DEST, DownloadError, download_v32
 from ui import appstate, figures
 from ui.errors import USER_ERRORS, show_error
@@ -168,8 +169,11 @@ with st.container():
         st.info(f"**Label overrides:** {len(lo['changed'])} label(s) changed by `{lo['file']}` (the data's own label "
                 "files are untouched; review them on the Explore page).", icon=":material/edit_note:")
     if summary["pixel_mean"] is not None:
-        st.write(f"Training pixels: mean {summary['pixel_mean']:.4f}, std {summary['pixel_std']:.4f} "
-                 "(what training normalises with).")
+        norms = sorted({f"{s.imagenet_norm[0]} / {s.imagenet_norm[1]} ({name})" for name, s in MODELS.items()
+                        if s.imagenet_norm})
+        st.write(f"Training pixels: mean {summary['pixel_mean']:.4f}, std {summary['pixel_std']:.4f}: what a run "
+                 "trained from scratch normalises with. A run from ImageNet weights keeps its weights' own: "
+                 f"{'; '.join(norms)}. Each checkpoint stores the pair it was trained with.")
 with st.container():
     st.subheader("Sources")
     st.dataframe(pd.DataFrame([{k: s[k] for k in ("name", "kind", "records", "missing", "split_repeats",
