@@ -423,7 +423,8 @@ def format_report(rep: dict[str, Any]) -> str:
     """The report as text (`--cv-report ID`)."""
     base = rep["base"]
     lines = [f"cross-validation {rep['id']}: {rep['n_folds']} folds grouped by observation (seed {rep['seed']}), "
-             f"{base.get('model')} at {base.get('image_size') or 'native'} px, {base.get('epochs')} epochs"]
+             f"{base.get('model')} at {base.get('image_size') or 'native'} px, {base.get('epochs')} "
+             f"epoch{'' if base.get('epochs') == 1 else 's'}"]
     for f in rep["folds"]:
         figures = f"  macro-F1 {f['macro_f1']:.3f} on {f['tiles']} tiles" if not f.get("missing") else \
             f"  MISSING: {f['missing']}"

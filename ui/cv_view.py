@@ -41,7 +41,9 @@ def cv_form(values: dict[str, Any]) -> None:
         problem = exc
         st.caption(f"Cross-validation is refused until this is fixed: {exc}")
     if configs:
-        cols[2].markdown(f"**{len(configs)} runs** of {values.get('epochs')} epochs each, queued one after another; "
+        epochs = values.get("epochs")
+        cols[2].markdown(f"**{len(configs)} runs** of {epochs} epoch{'' if str(epochs) == '1' else 's'} each, queued "
+                         "one after another; "
                          "each is scored at its last epoch, and their out-of-fold predictions are pooled below.")
     if st.button(f"Cross-validate ({len(configs)} folds)" if configs else "Cross-validate", key="cv_launch"):
         if configs is None:
