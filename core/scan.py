@@ -37,12 +37,15 @@ from .georef import LabelError
 from .imageio import IMAGE_SUFFIXES
 from .raster import GDAL_SUFFIXES, Raster, RasterError, open_raster
 from .settings import DEFAULT_TTA
-from .tiling import Windows
+from .tiling import Windows, count_windows
 
 #: Window sides in image pixels: about the span of the data set's landmarks in browse images, a factor of two
 #: apart. 96 px windows catch the smallest craters; 384 px ones the large dune fields.
 DEFAULT_SIZES = (96, 192, 384)
 MIN_WINDOW = 32
+#: The largest window: 64 MiB of 8-bit pixels, read in pieces (core.raster) and resized to a tile. A landmark larger
+#: than this is scanned at a coarser resolution level, not with a window that alone would hold gigabytes.
+MAX_WINDOW = 8192
 #: Each window steps this fraction of its side: neighbours overlap by half, so a landmark no larger than half a
 #: window lies whole inside one of them.
 DEFAULT_STEP = 0.5
@@ -84,9 +87,14 @@ def check_sizes(sizes: Sequence[int], shape: tuple[int, int]) -> list[str]:
     """Problems with `sizes` for an image of `shape` (H, W), one sentence each; [] when every size fits."""
     h, w = shape
     problems = []
-    for s in sizes:
+    for s in sorted({s for s in sizes if list(sizes).count(s) > 1}):
+        problems.append(f"window size {s} px is given more than once")
+    for s in dict.fromkeys(sizes):
         if s < MIN_WINDOW:
             problems.append(f"window {s} px is below the smallest, {MIN_WINDOW} px")
+        elif s > MAX_WINDOW:
+            problems.append(f"window {s} px is above the largest, {MAX_WINDOW} px (read the image at a coarser "
+                            "resolution level)")
         elif s > min(h, w):
             problems.append(f"window {s} px is larger than the {w}x{h} image")
     return problems
@@ -104,13 +112,14 @@ def plan(raster: Raster, sizes: Sequence[int], step: float = DEFAULT_STEP) -> li
         raise ValueError(f"{raster.name}: " + "; ".join(problems))
     if not 0.0 < step <= 1.0:
         raise ValueError(f"step {step} is not in (0, 1]")
-    grids = [Windows(raster, s, stride_of(s, step)) for s in sizes]
-    total = sum(len(g) for g in grids)
+    # counted from the image's size before any window is listed: a header declaring 100,000 x 100,000 px costs
+    # nothing to refuse
+    total = sum(count_windows(raster.shape, s, stride_of(s, step)) for s in sizes)
     if total > MAX_WINDOWS:
         raise ValueError(f"{raster.name}: {raster.width}x{raster.height} at window sizes {', '.join(map(str, sizes))} "
                          f"makes {total:,} windows, over the {MAX_WINDOWS:,} limit: use larger windows or a "
                          "coarser resolution level")
-    return grids
+    return [Windows(raster, s, stride_of(s, step)) for s in sizes]
 
 
 def chunks_of(source: Source | None, image: int, grids: list[Windows], chunk: int | None = None,
@@ -360,7 +369,7 @@ def _allowing(parse: Callable[[str], float], allowed: str) -> Callable[[str], fl
 THRESHOLD_RANGE = "give a probability above 0 and at most 1"
 STEP_RANGE = "give a fraction of the window side from 0.05 to 1"
 LEVEL_RANGE = "give a whole number from 0 to 10"
-SIZES_RANGE = f"give window sides in pixels, each at least {MIN_WINDOW}, comma-separated"
+SIZES_RANGE = f"give window sides in pixels, each from {MIN_WINDOW} to {MAX_WINDOW}, comma-separated, none twice"
 
 
 def _threshold(text: str) -> float:
@@ -377,8 +386,12 @@ def _threshold(text: str) -> float:
 
 
 def _sizes(text: str) -> tuple[int, ...]:
-    parse = _allowing(number_in(int, MIN_WINDOW, None), SIZES_RANGE)
-    return tuple(int(parse(part)) for part in text.split(",") if part.strip())
+    parse = _allowing(number_in(int, MIN_WINDOW, MAX_WINDOW), SIZES_RANGE)
+    sizes = tuple(int(parse(part)) for part in text.split(",") if part.strip())
+    twice = sorted({s for s in sizes if sizes.count(s) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"{', '.join(map(str, twice))} given more than once; {SIZES_RANGE}")
+    return sizes
 
 
 def find_sources(paths: Iterable[Path], level: int, label: Path | None) -> tuple[list[Source], list[str]]:

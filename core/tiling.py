@@ -46,6 +46,27 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+def count_starts(length: int, window: int, stride: int) -> int:
+    """len(window_starts(length, window, stride)), by arithmetic: nothing is allocated, however large `length`."""
+    if length <= window:
+        return 1
+    span = length - window
+    return span // stride + 1 + (1 if span % stride else 0)
+
+
+def count_windows(shape: tuple[int, int], window: int, stride: int) -> int:
+    """How many windows `Windows` would cut from an image of `shape` (H, W), without cutting (or listing) any: the
+    limits on the work an image may ask for are checked with it before anything is allocated."""
+    h, w = shape
+    return count_starts(h, window, stride) * count_starts(w, window, stride)
+
+
+#: Pixels read from the source at a time by a batch of windows: a band of rows is read in pieces of at most this
+#: many pixels (or one window, when a window is larger), so a row of large windows across a wide image is never
+#: read as one band (8,192 rows x 100,000 columns would be 819 MB as 8-bit pixels alone).
+BAND_PIXELS = 1 << 26
+
+
 class Windows:
     """The square windows of one size over an image, on the `window_starts` grid, cut and resized to a tile only
     when a slice asks for them: a scan holds one batch of tiles at a time, never every window of an observation.
@@ -58,14 +79,23 @@ class Windows:
         self.source, self.size, self.stride = source, size, stride
         h, w = source.shape
         self.rows, self.cols = window_starts(h, size, stride), window_starts(w, size, stride)
-        self.boxes = np.array([(x, y, x + size, y + size) for y in self.rows for x in self.cols], dtype=np.int64)
 
     @property
     def grid_shape(self) -> tuple[int, int]:
         return len(self.rows), len(self.cols)
 
     def __len__(self) -> int:
-        return len(self.boxes)
+        return len(self.rows) * len(self.cols)
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """(len, 4) int64: x0, y0, x1, y1 of every window, row by row (made when asked, never kept)."""
+        return self._boxes(np.arange(len(self)))
+
+    def _boxes(self, indices: np.ndarray) -> np.ndarray:
+        r, c = np.divmod(indices, len(self.cols))
+        x, y = np.asarray(self.cols, np.int64)[c], np.asarray(self.rows, np.int64)[r]
+        return np.stack([x, y, x + self.size, y + self.size], axis=1).reshape(-1, 4)
 
     def _band(self, y0: int, x0: int, x1: int) -> np.ndarray:
         if isinstance(self.source, np.ndarray):
@@ -75,16 +105,23 @@ class Windows:
     def __getitem__(self, index: slice) -> np.ndarray:
         from PIL import Image
 
-        boxes = self.boxes[index]
+        boxes = self._boxes(np.arange(len(self))[index])
         out = np.empty((len(boxes), TILE_SIZE, TILE_SIZE), np.uint8)
+        widest = max(BAND_PIXELS // self.size, self.size)  # columns of one read: a band of at most BAND_PIXELS
         for y0 in np.unique(boxes[:, 1]):
             here = np.flatnonzero(boxes[:, 1] == y0)
-            x0, x1 = int(boxes[here, 0].min()), int(boxes[here, 2].max())
-            band = self._band(int(y0), x0, x1)
-            for i in here:
-                window = band[:, boxes[i, 0] - x0:boxes[i, 2] - x0]
-                out[i] = window if self.size == TILE_SIZE else np.asarray(
-                    Image.fromarray(window).resize((TILE_SIZE, TILE_SIZE), Image.BILINEAR))
+            here = here[np.argsort(boxes[here, 0], kind="stable")]
+            while len(here):
+                x0 = int(boxes[here[0], 0])
+                take = max(1, int(np.searchsorted(boxes[here, 2], x0 + widest, side="right")))
+                group, here = here[:take], here[take:]
+                x1 = int(boxes[group, 2].max())
+                band = self._band(int(y0), x0, x1)
+                for i in group:
+                    window = band[:, boxes[i, 0] - x0:boxes[i, 2] - x0]
+                    out[i] = window if self.size == TILE_SIZE else np.asarray(
+                        Image.fromarray(window).resize((TILE_SIZE, TILE_SIZE), Image.BILINEAR))
+                del band
         return out
 
 
@@ -104,10 +141,11 @@ def cut_windows(gray: np.ndarray, window: int = TILE_SIZE, stride: int = TILE_SI
         gray = np.pad(gray, ((0, max(0, window - h)), (0, max(0, window - w))), mode="reflect"
                       if min(h, w) > 1 else "edge")
         notes.append(f"padded from {w}x{h} by reflection to fit {window}x{window} windows")
-    windows = Windows(gray, window, stride)
-    if len(windows) > MAX_WINDOWS:
-        raise ValueError(f"{w}x{h} at stride {stride} makes {len(windows):,} windows, over the "
+    count = count_windows(gray.shape, window, stride)  # counted before any window is listed
+    if count > MAX_WINDOWS:
+        raise ValueError(f"{w}x{h} at stride {stride} makes {count:,} windows, over the "
                          f"{MAX_WINDOWS:,} limit: use a larger stride")
+    windows = Windows(gray, window, stride)
     boxes = windows.boxes.reshape(*windows.grid_shape, 4)
     boxes[..., 2], boxes[..., 3] = np.minimum(boxes[..., 2], w), np.minimum(boxes[..., 3], h)
     return windows[:], boxes, notes

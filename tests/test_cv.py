@@ -403,3 +403,14 @@ def test_a_damaged_fold_evaluation_is_named_not_a_traceback(finished_cv, runs_di
     with run.metrics_file.open("a") as fh:
         fh.write('{"kind": "epoch", "epoch": "x", "val_macro_f1": "y"}\nnot json\n')
     cv.report(finished_cv, copy)  # a bad metrics line is skipped
+
+
+def test_a_refits_training_chart_has_no_empty_validation_panel():
+    """Issue 33: a refit (no validation split) showed an empty validation chart."""
+    from ui.figures import training_curves
+    steps = [{"kind": "step", "epoch": 1, "step": 1, "train_loss": 1.0}]
+    refit = training_curves(steps + [{"kind": "epoch", "epoch": 1, "step": 1, "train_loss": 1.0}])
+    assert [a.text for a in refit.layout.annotations] == ["loss"]
+    validated = training_curves(steps + [{"kind": "epoch", "epoch": 1, "step": 1, "train_loss": 1.0, "val_loss": 0.5,
+                                          "val_macro_f1": 0.3, "val_accuracy": 0.5, "val_balanced_accuracy": 0.4}])
+    assert [a.text for a in validated.layout.annotations] == ["loss", "validation"]

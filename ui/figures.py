@@ -75,7 +75,8 @@ def training_curves(rows: list[dict]) -> go.Figure:
     """Loss (per step and per epoch), then val accuracy next to macro-F1 and balanced accuracy."""
     steps = [r for r in rows if r.get("kind") == "step"]
     epochs = [r for r in rows if r.get("kind") == "epoch"]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "validation"))
+    refit = bool(epochs) and all(r.get("val_macro_f1") is None for r in epochs)  # no validation split: no panel
+    fig = make_subplots(rows=1, cols=1 if refit else 2, subplot_titles=("loss",) if refit else ("loss", "validation"))
     if steps:
         per_epoch = {r["epoch"]: r["step"] for r in epochs}
         fig.add_scatter(x=[r["step"] for r in steps], y=[r["train_loss"] for r in steps], mode=_mode(len(steps)),
@@ -86,13 +87,14 @@ def training_curves(rows: list[dict]) -> go.Figure:
         fig.add_scatter(x=[per_epoch[r["epoch"]] for r in validated], y=[r["val_loss"] for r in validated],
                         mode="lines+markers", name="val loss", line=dict(color=PALETTE[1]), row=1, col=1)
         fig.update_xaxes(title_text="step", row=1, col=1)
-    for key, label, colour in (("val_macro_f1", "macro-F1", PALETTE[3]), ("val_balanced_accuracy",
-                               "balanced accuracy", PALETTE[2]), ("val_accuracy", "accuracy", PALETTE[4])):
-        shown = [r for r in epochs if r.get(key) is not None]
-        fig.add_scatter(x=[r["epoch"] for r in shown], y=[r[key] for r in shown], mode="lines+markers",
-                        name=label, line=dict(color=colour), row=1, col=2)
-    fig.update_xaxes(title_text="epoch", dtick=1, row=1, col=2)  # whole epochs, never 1.2, 1.4, ...
-    fig.update_yaxes(range=[0, 1], row=1, col=2)
+    if not refit:
+        for key, label, colour in (("val_macro_f1", "macro-F1", PALETTE[3]), ("val_balanced_accuracy",
+                                   "balanced accuracy", PALETTE[2]), ("val_accuracy", "accuracy", PALETTE[4])):
+            shown = [r for r in epochs if r.get(key) is not None]
+            fig.add_scatter(x=[r["epoch"] for r in shown], y=[r[key] for r in shown], mode="lines+markers",
+                            name=label, line=dict(color=colour), row=1, col=2)
+        fig.update_xaxes(title_text="epoch", dtick=1, row=1, col=2)  # whole epochs, never 1.2, 1.4, ...
+        fig.update_yaxes(range=[0, 1], row=1, col=2)
     _layout(fig, height=400)
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), margin=dict(t=30, b=40))
     return fig
