@@ -8,6 +8,7 @@ PDS .IMG, and the georeferencing they carry; glymur reads JPEG 2000 alone. GDAL'
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,10 @@ from .imageio import ImageError, decode_gray
 #: Files read in windows through GDAL; anything else is decoded whole by core.imageio (and held to its limits).
 GDAL_SUFFIXES = (".jp2", ".j2k", ".jpx", ".tif", ".tiff", ".img")
 CACHE_MB = 256  # GDAL's block cache: enough for a row of JPEG 2000 tiles, a bound on the memory a scan holds
+#: Pixels read and converted to 8-bit at a time: a window is read in blocks of rows, so 16-bit or colour data
+#: never exists whole in its own type or as floats (a 8,192 px window of 16-bit data is 128 MiB as read, 512 MiB
+#: as float64; in blocks, 8 and 32 MiB).
+READ_PIXELS = 1 << 22
 #: GDAL decodes in this process's one thread: with more, a damaged JPEG 2000 tile is logged but read as garbage.
 GDAL_OPTIONS = {"GDAL_NUM_THREADS": "1", "GDAL_CACHEMAX": CACHE_MB, "GDAL_PAM_ENABLED": "NO",
                 "CPL_LOG": "/dev/null"}
@@ -85,25 +90,34 @@ class GdalRaster(Raster):
 
     def __init__(self, path: Path, level: int = 0):
         import rasterio
-        from rasterio.errors import RasterioError
+        from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
         self.name, self.notes, self.ds = path.name, [], None
         try:
             try:
-                with _gdal(), rasterio.open(path) as probe:
-                    factors = probe.overviews(1) if probe.count else []
-                    kwargs = {}
-                    if level:
-                        if 2 ** level not in factors:
-                            have = ", ".join(str(int(np.log2(f))) for f in factors) or "none"
-                            raise RasterError(f"{path.name}: has no resolution level {level} (levels it has: {have})")
-                        kwargs["overview_level"] = factors.index(2 ** level)
-                with _gdal():
-                    self.ds = rasterio.open(path, **kwargs)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", NotGeoreferencedWarning)  # the report says "no georeferencing"
+                    with _gdal(), rasterio.open(path) as probe:
+                        factors = probe.overviews(1) if probe.count else []
+                        kwargs = {}
+                        if level:
+                            if 2 ** level not in factors:
+                                have = ", ".join(str(int(np.log2(f))) for f in factors) or "none"
+                                raise RasterError(f"{path.name}: has no resolution level {level} "
+                                                  f"(levels it has: {have})")
+                            kwargs["overview_level"] = factors.index(2 ** level)
+                    with _gdal():
+                        self.ds = rasterio.open(path, **kwargs)
             except RasterioError as exc:
                 raise RasterError(f"{path.name}: not an image GDAL can read, or damaged ({_first_line(exc)})") from None
             if not self.ds.count:
                 raise RasterError(f"{path.name}: has no image bands")
+            bh, bw = self.ds.block_shapes[0]
+            block = bh * bw * np.dtype(self.ds.dtypes[0]).itemsize
+            if self.ds.driver == "GTiff" and block > CACHE_MB << 20:  # GDAL decodes a TIFF a whole block at a time
+                raise RasterError(f"{path.name}: stored in blocks of {bw}x{bh} px ({block / 2**20:,.0f} MiB each, over "
+                                  f"the {CACHE_MB} MiB this reads at a time); rewrite it tiled "
+                                  "(gdal_translate -co TILED=YES)")
             self.width, self.height = self.ds.width, self.ds.height
             if level:
                 self.notes.append(f"read at resolution level {level} (1/{2 ** level} of full resolution)")
@@ -132,14 +146,22 @@ class GdalRaster(Raster):
         from rasterio.errors import RasterioError
         from rasterio.windows import Window
 
+        width = x1 - x0
+        rows = max(1, READ_PIXELS // max(1, width * len(self._bands)))
+        if self._stretch is None and len(self._bands) == 1 and self.ds.dtypes[0] == "uint8":
+            rows = y1 - y0  # already the 8-bit pixels asked for: read at once, nothing converted
+        out = np.empty((y1 - y0, width), np.uint8)
         try:
             with _gdal():
-                data = self.ds.read(self._bands, window=Window(x0, y0, x1 - x0, y1 - y0))
+                for top in range(y0, y1, rows):  # in blocks of rows: converted a block at a time
+                    bottom = min(y1, top + rows)
+                    out[top - y0:bottom - y0] = self._to_gray(
+                        self.ds.read(self._bands, window=Window(x0, top, width, bottom - top)))
         except RasterioError as exc:
             cause = exc.__cause__ or exc.__context__ or exc
             raise RasterError(f"{self.name}: damaged or truncated: pixels ({x0}, {y0})-({x1}, {y1}) could not be "
                               f"decoded ({_first_line(cause)})") from None
-        return self._to_gray(data)
+        return out
 
     def _to_gray(self, data: np.ndarray) -> np.ndarray:
         gray = data[0] if len(data) == 1 else 0.299 * data[0] + 0.587 * data[1] + 0.114 * data[2]  # as PIL's "L"

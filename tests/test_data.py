@@ -489,3 +489,22 @@ def test_an_overrides_file_with_every_override_undone_changes_nothing_and_says_n
     monkeypatch.setattr("core.settings.LABEL_OVERRIDES_FILE", empty)
     data = load_dataset([v32_folder])
     assert data.overrides is None and not summarize(data).get("label_overrides")
+
+
+def test_a_symlink_in_a_data_folder_is_not_followed_outside_it(tmp_path):
+    """Issue 33: symlinks inside a data folder were followed to files outside it."""
+    from core.data import DataSpec, load_dataset
+    folder = synthetic.write_folder(tmp_path / "data", synthetic.official_files("3.2", n_obs=6, per_obs=2, missing=0))
+    images = next(p for p in folder.rglob("*.jpg")).parent
+    victim = sorted(images.glob("*.jpg"))[0]
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(victim.read_bytes())
+    victim.unlink()
+    victim.symlink_to(outside)
+    inside = sorted(images.glob("*.jpg"))[1]
+    before = load_dataset(DataSpec((str(folder),)))
+    assert victim.name not in {r.name for r in before.records}
+    assert inside.name in {r.name for r in before.records}
+    inside.rename(tmp_path / "moved.jpg")
+    inside.symlink_to(images / sorted(p.name for p in images.glob("*.jpg") if p.name != victim.name)[0])
+    assert inside.name in {r.name for r in load_dataset(DataSpec((str(folder),))).records}  # a link within is fine

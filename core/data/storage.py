@@ -92,10 +92,21 @@ class FolderStorage(Storage):
     def _path(self, rel: str) -> Path:
         return self.location / self._full(rel)
 
+    def _inside(self, path: Path) -> bool:
+        """Whether `path`, links followed, lies inside the data folder: a symlink in a data folder is not a way to
+        read files elsewhere on the machine (a link within the folder is fine)."""
+        try:
+            return path.resolve().is_relative_to(self.location.resolve())
+        except (OSError, RuntimeError):  # a symlink loop
+            return False
+
     def exists(self, rel: str) -> bool:
-        return self._path(rel).is_file()
+        path = self._path(rel)
+        return path.is_file() and self._inside(path)
 
     def _chunks(self, rel: str):
+        if not self._inside(self._path(rel)):
+            raise UnreadableFile(f"{rel}: a link to a file outside the data folder: not read")
         try:
             with open(self._path(rel), "rb") as f:
                 size = os.fstat(f.fileno()).st_size
@@ -109,7 +120,7 @@ class FolderStorage(Storage):
         d = self._path(rel)
         if not d.is_dir():
             return []
-        return sorted(e.name for e in os.scandir(d) if e.is_file())
+        return sorted(e.name for e in os.scandir(d) if e.is_file() and (not e.is_symlink() or self._inside(Path(e.path))))
 
     def subdirs(self, rel: str) -> list[str]:
         """The sub-folders of `rel`; none for a folder that cannot be listed (searching for a layout's files
