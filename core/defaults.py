@@ -202,6 +202,8 @@ def promote(cv_id: str, runs_dir: Path | None = None, *, why: str = "", first: b
             rep["base"].get("model"), rep["base"].get("image_size") or loaded.image_size):
         raise RegistryError(f"promote: the refit {source.parent.name} is not the recipe of {cv_id}")
     fp = fingerprint(files)
+    if checkpoint is not None and checkpoint.resolve().parent == path.resolve().parent:
+        checkpoint_name = checkpoint_name or checkpoint.name  # already shipped: the entry names it, no copy
     name = checkpoint_name or f"hirise-{loaded.arch.replace('tf_', '').replace('_', '-')}-{loaded.image_size}px-{cv_id}.pt"
     with locked_registry(path) as reg:
         champion = current_entry(reg)
