@@ -180,6 +180,48 @@ def summary_figures(rep: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+VIEW_ORDER = ("originals", "all files", "all files, TTA")
+
+
+def figures_rows(figures: dict[str, Any]) -> list[dict[str, str]]:
+    """An entry's stored figures (`summary_figures`) as rows: per-class recall first, then macro-F1, balanced
+    accuracy, accuracy beside the always-`other` accuracy on the same files, and the false alarms at the scan
+    threshold; a column per view. The one source of the tables on Home, in the model card and in the README."""
+    from .bootstrap import fmt
+    views = [v for v in VIEW_ORDER if v in figures]
+    if not views:
+        return []
+    rows = []
+    for name in figures[views[0]]["recall"]:
+        rows.append({"figure": f"recall: {name}", **{
+            v: (fmt(*figures[v]["recall"][name][:2], digits=2) + f" n={figures[v]['recall'][name][2]}")
+            if figures[v]["recall"][name][2] else "no files" for v in views}})
+    for key, label in (("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced accuracy"), ("accuracy", "accuracy")):
+        rows.append({"figure": label, **{v: fmt(*figures[v][key]) for v in views}})
+    rows.append({"figure": "always-other accuracy", **{v: f"{figures[v]['always_other_accuracy']:.3f}" for v in views}})
+    rows.append({"figure": "false alarms at 0.9", **{
+        v: "–" if figures[v]["false_alarms"]["rate"] is None else
+        fmt(figures[v]["false_alarms"]["rate"], figures[v]["false_alarms"]["interval"]) for v in views}})
+    return rows
+
+
+def fmt_difference(d: dict[str, Any]) -> str:
+    """A paired difference with its interval and verdict, as the gate reports it."""
+    from .bootstrap import fmt
+    verdict = "within noise" if d["within_noise"] else ("better" if d["difference"] > 0 else "worse")
+    return f"{fmt(d['difference'], d['interval'])} ({verdict})"
+
+
+def markdown_table(rows: list[dict[str, str]]) -> str:
+    """`figures_rows` as a Markdown table (the model card's and the README's)."""
+    if not rows:
+        return ""
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def promote(cv_id: str, runs_dir: Path | None = None, *, why: str = "", first: bool = False,
             checkpoint_name: str | None = None, checkpoint: Path | None = None, registry: Path | None = None,
             say: Callable[[str], None] = print) -> dict[str, Any]:

@@ -9,27 +9,9 @@ from core import defaults
 from core.bootstrap import fmt
 from core.settings import REGISTRY_WARNING
 
-VIEW_ORDER = ("originals", "all files", "all files, TTA")
-
-
 def figures_table(figures: dict) -> pd.DataFrame:
-    """An entry's stored figures: per-class recall first, then macro-F1, balanced accuracy, accuracy beside the
-    always-`other` accuracy on the same files, and the false alarms at the scan threshold; a column per view."""
-    views = [v for v in VIEW_ORDER if v in figures]
-    if not views:
-        return pd.DataFrame()
-    rows = []
-    for name in figures[views[0]]["recall"]:
-        rows.append({"figure": f"recall: {name}", **{
-            v: (fmt(*figures[v]["recall"][name][:2], digits=2) + f" n={figures[v]['recall'][name][2]}")
-            if figures[v]["recall"][name][2] else "no files" for v in views}})
-    for key, label in (("macro_f1", "macro-F1"), ("balanced_accuracy", "balanced accuracy"), ("accuracy", "accuracy")):
-        rows.append({"figure": label, **{v: fmt(*figures[v][key]) for v in views}})
-    rows.append({"figure": "always-other accuracy", **{v: f"{figures[v]['always_other_accuracy']:.3f}" for v in views}})
-    rows.append({"figure": "false alarms at 0.9", **{
-        v: "–" if figures[v]["false_alarms"]["rate"] is None else
-        fmt(figures[v]["false_alarms"]["rate"], figures[v]["false_alarms"]["interval"]) for v in views}})
-    return pd.DataFrame(rows)
+    """An entry's stored figures as a table (`core.defaults.figures_rows`)."""
+    return pd.DataFrame(defaults.figures_rows(figures))
 
 
 def registry_section() -> None:
