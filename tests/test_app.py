@@ -588,3 +588,28 @@ def test_a_paired_difference_is_written_with_signs_so_a_crossing_of_zero_reads_p
     low, high = (float(v) for v in text.split("(")[1].rstrip(")").split(" to "))
     assert text[0] in "+-" and low <= high
     assert row["macro-F1 verdict"] == ("within noise" if low <= 0 <= high else "A better" if low > 0 else "B better")
+
+
+def test_compare_with_refit_runs_says_so_and_draws_no_empty_validation_charts(with_runs):
+    """Issue 33, item 6: two refits of one recipe: 'no setting differs' is said (not all ~40 listed as if they
+    did), and no blank validation chart is drawn."""
+    import shutil
+    config = RunConfig(data=["/nowhere"], model="simple_cnn", init="scratch", val_fraction=0, test_fraction=0).to_dict()
+    rows = [{"kind": "step", "epoch": 1, "step": 1, "train_loss": 1.0},
+            {"kind": "epoch", "epoch": 1, "step": 1, "train_loss": 0.9}]
+    made = []
+    try:
+        for name in ("20260103-000000-refit-a", "20260103-000001-refit-b"):
+            run = _fake_run(name, {"state": "completed"}, config=config)
+            run.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            made.append(run)
+        at = run_page("views/compare.py")
+        at.multiselect[0].set_value([r.name for r in made]).run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert "No setting differs between these 2 models" in texts(at)
+        assert "no validation split (a refit trains on every tile), so no validation curve" in texts(at)
+        titles = [c.proto.spec for c in at.get("plotly_chart")]
+        assert not any("validation macro-F1" in t for t in titles)
+    finally:
+        for run in made:
+            shutil.rmtree(run.path)

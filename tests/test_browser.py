@@ -183,6 +183,12 @@ def _scan_page(url: str, tmp: Path, page) -> None:
     sizes.fill("192")
     sizes.press("Enter")
     threshold = page.get_by_role("textbox", name="Probability threshold")
+    threshold.fill("2")  # issue 33, item 2: refused in words, nothing started (it used to run at 0.9)
+    threshold.press("Enter")
+    page.wait_for_timeout(500)
+    page.get_by_role("button", name="Start scan").click()
+    page.get_by_text("Not started: Probability threshold: 2").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "scan-threshold-refused.png"), full_page=True)
     threshold.fill("0.05")
     threshold.press("Enter")
     page.wait_for_timeout(500)
@@ -305,6 +311,7 @@ def _round_two(url: str, tmp: Path, page) -> None:
     page.get_by_text("Metrics (validation, best checkpoint)").first.wait_for(timeout=180_000)
     assert page.get_by_text("Pick at least two models").count() == 0
     page.locator(".js-plotly-plot .heatmaplayer").nth(1).wait_for(timeout=120_000)  # two confusion matrices
+    page.get_by_text(re.compile(r"Scored on .* val tiles")).first.wait_for(timeout=30_000)  # issue 33, item 1
     page.wait_for_timeout(1000)
     page.screenshot(path=str(ARTIFACTS / "round2-compare.png"), full_page=True)
     # a lowercase address is a page, and nothing was asked of any other machine (icons, fonts)
