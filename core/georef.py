@@ -12,6 +12,7 @@ Longitudes are given east-positive in 0..360, as HiRISE labels give them.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,8 @@ def _value(meta, key: str) -> float | str:  # noqa: ANN001 - pdr's Metadata
         value = raw.get("value")
         if key == "MAP_SCALE" and unit.startswith("KM"):
             value = float(value) * 1000.0
+        if key == "A_AXIS_RADIUS" and unit in ("M", "METER", "METERS", "METRE", "METRES"):
+            value = float(value) / 1000.0  # the standard unit is km
         return value
     return raw
 
@@ -110,13 +113,15 @@ def from_pds_label(label: Path, width: int, height: int) -> Georef:
     kind = str(values["MAP_PROJECTION_TYPE"]).strip().upper()
     if kind not in PROJECTIONS:
         raise LabelError(f"{label.name}: projection {kind!r} is not one of {', '.join(PROJECTIONS)}")
-    try:
-        scale, lpo, spo, clat, clon, radius_km, lines, samples = (float(values[k]) for k in REQUIRED[1:])
-    except (TypeError, ValueError) as exc:
-        raise LabelError(f"{label.name}: a projection keyword is not a number ({exc})") from None
-    if not all(np.isfinite([scale, lpo, spo, clat, clon, radius_km, lines, samples])) or min(
-            scale, radius_km, lines, samples) <= 0:
-        raise LabelError(f"{label.name}: MAP_SCALE, A_AXIS_RADIUS, LINES and LINE_SAMPLES must be positive numbers")
+    numbers = {}
+    for key in REQUIRED[1:]:
+        try:
+            numbers[key] = float(values[key])
+        except (TypeError, ValueError):
+            raise LabelError(f"{label.name}: {key} = {str(values[key])[:40]!r} is not a number; cannot "
+                             "georeference") from None
+    check_keywords(label.name, numbers)
+    scale, lpo, spo, clat, clon, radius_km, lines, samples = (numbers[k] for k in REQUIRED[1:])
     kx, ky = samples / width, lines / height
     # a browse image is the product reduced by one factor, rounded to whole pixels on each side
     if abs(kx - ky) > max(kx, ky) * (0.01 + 1.0 / min(width, height)):
@@ -130,7 +135,50 @@ def from_pds_label(label: Path, width: int, height: int) -> Georef:
             raise LabelError(f"{label.name}: POLAR STEREOGRAPHIC with CENTER_LATITUDE {clat}, not a pole")
         proj = f"+proj=stere +lat_0={clat:+.0f} +lon_0={clon} +k=1 +x_0=0 +y_0=0 +R={radius} +units=m +no_defs"
     full = Affine(scale, 0.0, -(spo + 0.5) * scale, 0.0, -scale, (lpo + 0.5) * scale)
-    return Georef(full @ Affine.scale(kx, ky), CRS.from_proj4(proj), f"PDS3 label {label.name}")
+    georef = Georef(full @ Affine.scale(kx, ky), CRS.from_proj4(proj), f"PDS3 label {label.name}")
+    # the image's corners must be places on Mars: offsets that pass their own bounds may still, together, put
+    # the image off the map
+    lon, lat = georef.lonlat(*georef.map_xy([0, width, 0, width], [0, 0, height, height]))
+    if not (np.all(np.isfinite(lon)) and np.all(np.isfinite(lat)) and np.all(np.abs(lat) <= 90.0)):
+        raise LabelError(f"{label.name}: LINE_PROJECTION_OFFSET {lpo:g} and SAMPLE_PROJECTION_OFFSET {spo:g} put "
+                         f"the image's corners off the map (latitudes {', '.join(f'{v:g}' for v in lat)}); "
+                         "cannot georeference")
+    return georef
+
+
+#: What a keyword of a HiRISE (or any Mars) map label can be: (least, most, what it means). MAP_SCALE is the label's
+#: own (a browse image's grid is the label's scaled), so it is held to the range of Mars map products, HiRISE's
+#: 0.25 to 1 m/pixel well inside it.
+BOUNDS = {
+    "MAP_SCALE": (0.05, 100.0, "m/pixel, the range of Mars map products (HiRISE: 0.25 to 1)"),
+    "CENTER_LATITUDE": (-90.0, 90.0, "degrees"),
+    "CENTER_LONGITUDE": (-360.0, 360.0, "degrees"),
+    "A_AXIS_RADIUS": (3300.0, 3500.0, "km, about Mars' radius of 3,390 km"),
+    "LINES": (1.0, 1e6, "pixels"),
+    "LINE_SAMPLES": (1.0, 1e6, "pixels"),
+}
+
+
+def check_keywords(name: str, numbers: dict[str, float]) -> None:
+    """LabelError naming the keyword and the label `name` when a projection keyword is not a finite number within
+    what a Mars map can have: every keyword is checked before the label is used, so an absurd one stops the scan
+    before any work instead of placing detections at latitude 8e300."""
+    for key, value in numbers.items():
+        if not np.isfinite(value):
+            raise LabelError(f"{name}: {key} is {value}, not a finite number; cannot georeference")
+        if key in BOUNDS:
+            least, most, unit = BOUNDS[key]
+            if not least <= value <= most:
+                raise LabelError(f"{name}: {key} = {value:g} is outside {least:g} to {most:g} ({unit}); cannot "
+                                 "georeference")
+        if key in ("LINES", "LINE_SAMPLES") and value != int(value):
+            raise LabelError(f"{name}: {key} = {value:g} is not a whole number of pixels; cannot georeference")
+    reach = math.pi * numbers["A_AXIS_RADIUS"] * 1000.0  # half way round Mars, in metres
+    for key in ("LINE_PROJECTION_OFFSET", "SAMPLE_PROJECTION_OFFSET"):
+        if abs(numbers[key] * numbers["MAP_SCALE"]) > reach:
+            raise LabelError(f"{name}: {key} = {numbers[key]:g} pixels of {numbers['MAP_SCALE']:g} m is "
+                             f"{abs(numbers[key] * numbers['MAP_SCALE']) / 1000:,.0f} km from the projection's "
+                             f"centre, further than half way round Mars; cannot georeference")
 
 
 def from_dataset(dataset) -> Georef | None:  # noqa: ANN001 - a rasterio dataset

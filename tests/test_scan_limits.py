@@ -136,3 +136,39 @@ def test_a_window_above_the_largest_or_a_size_given_twice_is_refused_as_read(tmp
         assert exc.value.code == 2 and len(errors) == 1 and message in errors[0], errors
     assert scan.check_sizes((192, 96, 192), (1000, 1000)) == ["window size 192 px is given more than once"]
     assert not (tmp_path / "o").exists()
+
+
+# --- item 12: absurd PDS3 labels ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("before, after, message", [
+    ("MAP_SCALE = 0.5 ", "MAP_SCALE = 1e300 ", "MAP_SCALE = 1e+300 is outside 0.05 to 100"),
+    ("MAP_SCALE = 0.5 ", "MAP_SCALE = 1e-300 ", "MAP_SCALE = 1e-300 is outside 0.05 to 100"),
+    ("CENTER_LATITUDE = 0.0 ", "CENTER_LATITUDE = 1000 ", "CENTER_LATITUDE = 1000 is outside -90 to 90"),
+    ("CENTER_LONGITUDE = 180.0 ", "CENTER_LONGITUDE = 1e999 ", "CENTER_LONGITUDE is inf, not a finite number"),
+    ("A_AXIS_RADIUS = 3396.19 ", "A_AXIS_RADIUS = 1e-300 ", "A_AXIS_RADIUS = 1e-300 is outside 3300 to 3500"),
+    ("LINES = 4000", "LINES = 4000000000000", "LINES = 4e+12 is outside 1 to 1e+06"),
+    ("LINE_SAMPLES = 4000", "LINE_SAMPLES = 0", "LINE_SAMPLES = 0 is outside 1 to 1e+06"),
+    ("LINE_PROJECTION_OFFSET = 493636.5", "LINE_PROJECTION_OFFSET = 1e12", "LINE_PROJECTION_OFFSET = 1e+12 pixels"),
+    ("LINE_PROJECTION_OFFSET = 493636.5", "LINE_PROJECTION_OFFSET = 1.4e7",
+     "put the image's corners off the map"),
+    ("MAP_SCALE = 0.5 ", "MAP_SCALE = lots ", "MAP_SCALE = 'lots <METERS/PIXEL>' is not a number"),
+])
+def test_an_absurd_label_is_refused_before_any_work_naming_the_keyword(tmp_path, capsys, before, after, message):
+    """Issue 33: MAP_SCALE=1e300 gave latitude 8e300, CENTER_LATITUDE=1000 was taken, MAP_SCALE=1e-300 put every
+    detection at (180, 0), A_AXIS_RADIUS=1e-300 failed after the whole scan naming no label, an infinite
+    CENTER_LONGITUDE was called a MAP_SCALE problem: each is now one line naming the keyword and the label."""
+    from PIL import Image
+
+    from tests import synthetic
+    from tools import observation
+
+    Image.fromarray(synthetic.tile(2, seed=1)).save(tmp_path / "obs.png")
+    label = observation.write_label(tmp_path / "obs.LBL", 1000, 1000, factor=4)
+    text = label.read_text()
+    assert before in text, text
+    label.write_text(text.replace(before, after))
+    out = tmp_path / "out"
+    assert scan.main([str(tmp_path / "obs.png"), "--sizes", "96", "--out", str(out),
+                      "--checkpoint", str(model_fixtures.tiny_checkpoint())]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: obs.LBL: ") and message in err[0], err
+    assert not out.exists() or not any(out.iterdir())
