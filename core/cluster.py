@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from typing import Any
 
 CONNECT_TIMEOUT_S = 10
+#: The protocols a scheduler address may name: Dask's TCP (a bare HOST:PORT is TCP too) and TLS.
+SCHEMES = ("tcp", "tls")
 
 
 class ClusterError(RuntimeError):
@@ -45,11 +47,65 @@ def _client(address: str, workers: int):  # noqa: ANN202 - a dask.distributed Cl
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address=None, silence_logs=50)
         return Client(cluster)
+    timeout = CONNECT_TIMEOUT_S
+    _handshake(address, timeout)
     try:
-        return Client(address, timeout=CONNECT_TIMEOUT_S)
-    except (OSError, TimeoutError, ValueError) as exc:
-        raise ClusterError(f"cannot reach a Dask scheduler at {address} within {CONNECT_TIMEOUT_S} s "
-                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no answer'})") from None
+        return Client(address, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - whatever the other end did, one line
+        raise ClusterError(f"cannot reach a Dask scheduler at {address} within {timeout} s ({_reason(exc)})") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """`Type: first line of the message` (struct.error named as such), at most a line's worth."""
+    kind = type(exc)
+    name = kind.__name__
+    if name == "error":  # struct.error, select.error: say whose
+        name = f"{kind.__module__.lstrip('_')}.error"
+    elif name.startswith("_"):  # numpy's _ArrayMemoryError: the MemoryError it is
+        name = next(k.__name__ for k in kind.__mro__ if k.__module__ == "builtins")
+    text = (str(exc).strip().splitlines() or ["no message"])[0]
+    return f"{name}: {text[:160]}"
+
+
+def _handshake(address: str, timeout: float) -> None:
+    """Connect to `address` and exchange Dask's handshake, all within `timeout` seconds, or ClusterError in one line.
+
+    Dask's own connect bounds only the TCP connection: a port that accepts and never answers hangs its handshake for
+    ever, an HTTP server's reply is read as a frame of exabytes (MemoryError), a bogus frame is a struct.error, an
+    unknown scheme a TypeError. Here each is one line within the timeout, before a Client is made."""
+    import asyncio
+
+    from distributed.comm import connect
+    from distributed.comm.addressing import parse_address
+
+    try:
+        scheme, _ = parse_address(address)
+    except Exception as exc:  # noqa: BLE001 - a malformed address
+        raise ClusterError(f"{address}: not a Dask scheduler address ({_reason(exc)}); give tcp://HOST:PORT") from None
+    if scheme not in SCHEMES:
+        raise ClusterError(f"{address}: the {scheme}:// protocol is not one this scan uses ({', '.join(SCHEMES)}); "
+                           "give tcp://HOST:PORT")
+
+    async def exchange() -> None:
+        comm = await connect(address, timeout=timeout)
+        try:
+            if not isinstance(comm.remote_info, dict) or "compression" not in comm.remote_info:
+                raise ClusterError("it answered, but not as a Dask scheduler")
+        finally:
+            comm.abort()
+
+    try:
+        asyncio.run(asyncio.wait_for(exchange(), timeout))
+    except ClusterError as exc:
+        raise ClusterError(f"cannot use {address} as a Dask scheduler: {exc}") from None
+    except (TimeoutError, asyncio.TimeoutError):
+        raise ClusterError(f"cannot reach a Dask scheduler at {address} within {timeout} s (something accepted the "
+                           "connection but gave no Dask answer: is it a Dask scheduler's address?)") from None
+    except OSError as exc:  # refused, unreachable, timed out connecting
+        raise ClusterError(f"cannot reach a Dask scheduler at {address} within {timeout} s ({_reason(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the other end sent: a bogus frame, an HTTP page, ...
+        raise ClusterError(f"cannot use {address} as a Dask scheduler: it answered, but not as Dask does "
+                           f"({_reason(exc)})") from None
 
 
 def run_on_dask(client, task: Callable, chunks: list, checkpoint: str | None,  # noqa: ANN001 - a dask Client

@@ -172,3 +172,85 @@ def test_an_absurd_label_is_refused_before_any_work_naming_the_keyword(tmp_path,
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: obs.LBL: ") and message in err[0], err
     assert not out.exists() or not any(out.iterdir())
+
+
+# --- item 10: --cluster on an address that is not a Dask scheduler -------------------------------------------------
+def _server(reply: bytes | None) -> int:
+    """A TCP server on 127.0.0.1 that accepts and sends `reply` (None: nothing), and keeps the line open; its port."""
+    import socket
+    import threading
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    held = []
+
+    def serve() -> None:
+        while True:
+            conn, _ = sock.accept()
+            held.append(conn)  # kept open: a peer that stays silent
+            if reply is not None:
+                conn.sendall(reply)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return sock.getsockname()[1]
+
+
+def _http_server() -> int:
+    import http.server
+    import threading
+
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):  # noqa: ANN002
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1]
+
+
+@pytest.mark.parametrize("peer, message", [
+    ("silent", "gave no Dask answer"),
+    ("http", "Dask"),
+    ("frame", "struct.error"),
+    ("huge", "MemoryError"),
+    ("ucx", "the ucx:// protocol is not one this scan uses"),
+])
+def test_an_address_that_is_not_a_dask_scheduler_is_refused_in_one_line_within_the_timeout(
+        tmp_path, capsys, monkeypatch, peer, message):
+    """Issue 33: a port that accepts and never answers hung for 300 s or more, an HTTP server gave a traceback
+    ('Unable to allocate 3.07 EiB'), ucx:// a TypeError, a bogus frame a struct.error."""
+    import time
+
+    from PIL import Image
+
+    from core import cluster
+    from tests import synthetic
+
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 2)
+    port = {"silent": lambda: _server(None), "http": _http_server,
+            "frame": lambda: _server(struct.pack("<Q", 1) + bytes([1])),  # a message of 1 byte: no frame count
+            "huge": lambda: _server(b"HTTP/1.0 200 OK" * 4),  # its first 8 bytes read as a length: exabytes
+            "ucx": lambda: 9}[peer]()
+    address = f"{'ucx' if peer == 'ucx' else 'tcp'}://127.0.0.1:{port}"
+    Image.fromarray(synthetic.tile(2, seed=1)).save(tmp_path / "obs.png")
+    import distributed.comm  # noqa: F401 - imported before the clock starts: the timeout is the connection's
+    checkpoint = str(model_fixtures.tiny_checkpoint())
+    t0 = time.monotonic()
+    code = scan.main([str(tmp_path / "obs.png"), "--sizes", "96", "--cluster", address, "--out", str(tmp_path / "out"),
+                      "--checkpoint", checkpoint])
+    took = time.monotonic() - t0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and message in err[0] and address in err[0], err
+    assert took < 2 + 2, took  # the timeout, and the scan's own checks
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_real_scheduler_passes_the_handshake_check():
+    from dask.distributed import LocalCluster
+
+    from core import cluster
+
+    with LocalCluster(n_workers=0, processes=False, protocol="tcp://", host="127.0.0.1",
+                      dashboard_address=None) as local:
+        cluster._handshake(local.scheduler_address, 5)  # no ClusterError
