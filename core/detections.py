@@ -150,13 +150,32 @@ def _fmt(key: str, value: object) -> str:
     return str(value)
 
 
+#: A cell starting with one of these is a formula to a spreadsheet (CSV injection: an image named '=HYPERLINK(...)');
+#: such a text cell is written with a leading apostrophe, which spreadsheets show as text and `csv_text` removes.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def csv_cell(text: str) -> str:
+    """A text cell as written to detections.csv: a leading apostrophe before anything a spreadsheet would run."""
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def csv_text(cell: str) -> str:
+    """The text a detections.csv cell holds (the inverse of `csv_cell`)."""
+    return cell[1:] if cell.startswith("'") else cell
+
+
+TEXT_COLUMNS = ("image", "label")
+
+
 def write_csv(path: Path, scans: list[ImageScan]) -> None:
-    """detections.csv: one row per detection of every image scanned."""
+    """detections.csv: one row per detection of every image scanned; the text cells (the image's name, the class)
+    escaped against CSV injection."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(COLUMNS)
         for row in rows_of(scans):
-            out.writerow([_fmt(k, row[k]) for k in COLUMNS])
+            out.writerow([csv_cell(_fmt(k, row[k])) if k in TEXT_COLUMNS else _fmt(k, row[k]) for k in COLUMNS])
 
 
 def write_geojson(path: Path, scans: list[ImageScan]) -> None:
@@ -164,9 +183,7 @@ def write_geojson(path: Path, scans: list[ImageScan]) -> None:
     latitude on Mars when the image is georeferenced, and null when it is not (its pixels are in the properties).
     The map projection of each image is named in `images`, a foreign member GIS readers ignore."""
     features = []
-    by_name = {s.name: s for s in scans}
-    for row in rows_of(scans):
-        scan = by_name[row["image"]]
+    for scan, row in ((scan, row) for scan in scans for row in rows_of([scan])):  # two images may share a name
         geometry = None
         if scan.georef is not None:
             xs = np.array([row["x0"], row["x1"], row["x1"], row["x0"], row["x0"]], float)

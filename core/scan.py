@@ -298,27 +298,53 @@ class Progress:
 # --- outputs --------------------------------------------------------------------------------------------------
 def output_names(scans: list[ImageScan]) -> list[str]:
     """A file-name stem per image: its name with anything but letters, digits, '.', '_' and '-' replaced, and
-    numbered when two images share one."""
+    numbered (-2, -3, ...) until no other image has it, ignoring case: `a-2.jpg`, `a.jpg` and `a.png` give `a-2`,
+    `a` and `a-3`, never two images writing one file."""
+    return output_stems([s.name for s in scans])
+
+
+def output_stems(names: Sequence[str]) -> list[str]:
     import re
 
-    stems, seen = [], {}
-    for s in scans:
-        stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(s.name).stem).lstrip(".") or "image"
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    stems: list[str] = []
+    used = {re.sub(r"[^A-Za-z0-9._-]", "_", Path(n).stem).lstrip(".").lower() or "image" for n in names}
+    taken: set[str] = set()
+    for name in names:
+        base = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).stem).lstrip(".") or "image"
+        stem, n = base, 1
+        while stem.lower() in taken or (n > 1 and stem.lower() in used - {base.lower()}):
+            n += 1
+            stem = f"{base}-{n}"
+        taken.add(stem.lower())
+        stems.append(stem)
     return stems
 
 
+STAGE_PREFIX = ".scan-"  # the hidden folder a scan's outputs are written in before they are moved into place
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (os.umask sets it, and other threads may be creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
 def write_outputs(out: Path, scans: list[ImageScan], rasters: Sequence[Raster | Source]) -> list[Path]:
-    """Every output of a scan, written into a hidden folder first and moved into `out` only when all are written:
-    a failure leaves `out` as it was."""
-    import os
+    """Every output of a scan, written into a hidden folder first and moved into `out` only when all are written,
+    all or nothing: a failure while moving puts back what was there (the files of an earlier scan) and removes
+    what was new, so `out` is left as it was. The files are readable by all (0644 under the usual umask), as
+    files a program writes are."""
     import shutil
     import tempfile
 
     from .detections import overlay_image, write_csv, write_geojson, write_png, write_window_grid
 
-    stage = Path(tempfile.mkdtemp(prefix=".scan-", dir=out))
+    stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=out))
     try:
         files = [stage / "detections.csv", stage / "detections.geojson"]
         write_csv(files[0], scans)
@@ -335,22 +361,112 @@ def write_outputs(out: Path, scans: list[ImageScan], rasters: Sequence[Raster | 
                     raster.close()
             files.append(stage / f"{stem}.overlay.png")
             write_png(files[-1], overlay_image(preview, s, scale))
-        placed = []
+        if len({f.name.lower() for f in files}) != len(files):  # output_stems makes them unique; never overwrite one
+            raise OSError(f"two outputs would have one name: {sorted(f.name for f in files)}")
+        mode = 0o666 & ~_umask()
         for f in files:
-            os.replace(f, out / f.name)
-            placed.append(out / f.name)
-        return placed
+            os.chmod(f, mode)
+        try:
+            return _place(files, out, stage / ".previous")
+        except OSError as exc:
+            name = Path(exc.filename).name if exc.filename else "a file"
+            raise ScanRefused(f"cannot write the outputs to {out}: {name}: {exc.strerror or exc}; nothing there was "
+                              "changed") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def check_writable(out: Path) -> None:
-    """Refuse a folder that cannot take the outputs before any work is done (OSError with the reason)."""
-    import tempfile
+def _place(files: list[Path], out: Path, previous: Path) -> list[Path]:
+    """Move `files` into `out`, all or none: each file already there is first kept (a hard link in `previous`),
+    and a failure puts every moved file back as it was."""
+    import contextlib
 
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=out):
-        pass
+    previous.mkdir()
+    placed: list[tuple[Path, bool]] = []
+    try:
+        for f in files:
+            target = out / f.name
+            kept = os.path.lexists(target)
+            if kept:
+                os.link(target, previous / f.name, follow_symlinks=False)
+            os.replace(f, target)
+            placed.append((target, kept))
+    except BaseException:
+        for target, kept in reversed(placed):
+            with contextlib.suppress(OSError):
+                if kept:
+                    os.replace(previous / target.name, target)
+                else:
+                    target.unlink()
+        raise
+    return [target for target, _ in placed]
+
+
+class OutputFolder:
+    """`--out`, made ready before any work and held for the scan: created if needed (its path made absolute first,
+    so `X/a/../../out` creates `out`, not a stray `X/a`), locked so that a second scan into it is refused instead of
+    mixing its files with this one's, cleared of the hidden stage folders a killed scan left, and checked writable.
+    `release(failed=True)` removes the folders it created when nothing was written: a refusal leaves no empty
+    `--out` behind."""
+
+    def __init__(self, out: Path):
+        import fcntl
+        import re
+        import shutil
+        import tempfile
+
+        self.path = Path(os.path.realpath(out))
+        self.created: list[Path] = []
+        self.fd: int | None = None
+        missing = []
+        here = self.path
+        while not os.path.lexists(here):
+            missing.append(here)
+            here = here.parent
+        try:
+            for folder in reversed(missing):
+                folder.mkdir()
+                self.created.append(folder)
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ScanRefused(f"another scan is writing its outputs to {self.path}; wait for it to finish or "
+                                  "give another --out") from None
+            for old in self.path.iterdir():  # a killed scan's stage: only a scan holding the lock writes one
+                if re.fullmatch(re.escape(STAGE_PREFIX) + r"[A-Za-z0-9_]{8}", old.name) and old.is_dir() \
+                        and not old.is_symlink():
+                    shutil.rmtree(old, ignore_errors=True)
+            with tempfile.TemporaryFile(dir=self.path):
+                pass
+        except ScanRefused:
+            self.release(failed=True)
+            raise
+        except OSError as exc:
+            self.release(failed=True)
+            raise ScanRefused(f"cannot write the outputs to {out}: {exc.strerror or exc}") from None
+
+    def release(self, failed: bool = False) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # and the lock with it
+            self.fd = None
+        if failed:
+            for folder in reversed(self.created):
+                try:
+                    folder.rmdir()  # only when empty: nothing of anyone's is removed
+                except OSError:
+                    break
+            self.created = []
+
+
+class ScanRefused(OSError):
+    """The scan cannot start; the message says why in one line."""
+
+
+def check_writable(out: Path) -> None:
+    """Refuse a folder that cannot take the outputs before any work is done (ScanRefused with the reason); creates
+    nothing that is not there."""
+    OutputFolder(out).release(failed=True)
 
 
 # --- command line ---------------------------------------------------------------------------------------------
@@ -369,7 +485,7 @@ def _allowing(parse: Callable[[str], float], allowed: str) -> Callable[[str], fl
 THRESHOLD_RANGE = "give a probability above 0 and at most 1"
 STEP_RANGE = "give a fraction of the window side from 0.05 to 1"
 LEVEL_RANGE = "give a whole number from 0 to 10"
-SIZES_RANGE = f"give window sides in pixels, each from {MIN_WINDOW} to {MAX_WINDOW}, comma-separated, none twice"
+SIZES_RANGE = f"give window sides in pixels, each at least {MIN_WINDOW}, comma-separated"  # and at most MAX_WINDOW
 
 
 def _threshold(text: str) -> float:
@@ -394,19 +510,78 @@ def _sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+#: The first bytes of every kind of image this scans (a PDS .IMG may be raw pixels behind a label: not sniffed)
+SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
+              b"II+\x00": "TIFF", b"MM\x00+": "TIFF", b"\x00\x00\x00\x0cjP  \r\n\x87\n": "JPEG 2000",
+              b"\xffO\xffQ": "JPEG 2000", b"BM": "BMP", b"GIF87a": "GIF", b"GIF89a": "GIF", b"RIFF": "WebP"}
+
+
+def observation_problem(path: Path, named: bool = True) -> str | None:
+    """Why the file at `path` cannot be scanned, in one sentence (None when it can): checked when the scan is asked
+    for, before anything is queued or opened. A missing file, a symbolic-link loop (said as such), a FIFO or
+    device (never opened: reading a FIFO waits for a writer), a name this does not scan (`named`: given by name),
+    an empty file, a file whose first bytes are no image's, a label with no image beside it."""
+    import errno
+    import glob
+    import stat
+
+    try:
+        st = path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return f"{path}: no such file or folder" + (" (a symbolic link to nothing)" if path.is_symlink() else "")
+        return f"{path}: {exc.strerror or exc}"
+    if stat.S_ISDIR(st.st_mode):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a regular file")
+        return f"{path}: {kind}, not an image file"
+    suffix = path.suffix.lower()
+    if named and suffix == ".lbl":  # a detached label: the image beside it is scanned
+        image = next((p for p in sorted(path.parent.glob(glob.escape(path.stem) + ".*"))
+                      if p.suffix.lower() != ".lbl"), None)
+        if image is None:
+            return f"{path}: a label, and no image named {path.stem}.* beside it"
+        return observation_problem(image, named=False)
+    if named and suffix not in SCAN_SUFFIXES:
+        return f"{path}: not an observation this reads ({', '.join(SCAN_SUFFIXES)}, or a folder of them)"
+    if st.st_size == 0:
+        return f"{path}: an empty file (0 bytes)"
+    if suffix == ".img":
+        return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        return f"{path}: cannot read it ({exc.strerror or exc})"
+    if not any(head.startswith(magic) and (kind != "WebP" or head[8:12] == b"WEBP")
+               for magic, kind in SIGNATURES.items()):
+        return (f"{path}: not an image (its first bytes are those of no "
+                f"{', '.join(dict.fromkeys(SIGNATURES.values()))} file)")
+    return None
+
+
 def find_sources(paths: Iterable[Path], level: int, label: Path | None) -> tuple[list[Source], list[str]]:
-    """The observations named, and those directly inside folders named (sorted; labels are not observations)."""
+    """The observations named, and those directly inside folders named (sorted; labels are not observations), each
+    checked (`observation_problem`) before any is opened."""
     sources, problems = [], []
     for p in paths:
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in SCAN_SUFFIXES)
+        problem = observation_problem(p)
+        if problem:
+            problems.append(problem)
+        elif p.is_dir():
+            try:
+                found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in SCAN_SUFFIXES)
+            except OSError as exc:
+                problems.append(f"{p}: cannot list it ({exc.strerror or exc})")
+                continue
             if not found:
                 problems.append(f"{p}: no images in this folder ({', '.join(SCAN_SUFFIXES)})")
+            problems += [problem for problem in map(observation_problem, found) if problem]
             sources += [Source(str(f), level) for f in found]
-        elif p.exists():
-            sources.append(Source(str(p), level, str(label) if label else None))
         else:
-            problems.append(f"{p}: no such file or folder")
+            sources.append(Source(str(p), level, str(label) if label else None))
     return sources, problems
 
 
@@ -457,17 +632,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--label: give exactly one image with it")
     sources, problems = find_sources(args.images, args.level, args.label)
     job = Job(args.job) if args.job else None
+    out, files = None, []
     try:
         if problems:
             raise ValueError("; ".join(problems))
-        try:
-            check_writable(args.out)
-        except OSError as exc:
-            raise OSError(f"cannot write the outputs to {args.out}: {exc.strerror or exc}") from None
+        out = OutputFolder(args.out)  # created, locked, cleared of a killed scan's stage, writable: or refused
         scans = scan(sources, checkpoint=args.checkpoint, sizes=args.sizes, step=args.step, threshold=args.threshold,
                      cluster=args.cluster, workers=args.workers, tta=args.tta,
                      on_progress=job.progress if job else None, should_stop=job.stopped if job else lambda: False)
-        files = write_outputs(args.out, scans, sources)
+        files = write_outputs(out.path, scans, sources)
     except Stopped:
         print("cancelled: nothing written", file=sys.stderr)
         if job:
@@ -478,6 +651,9 @@ def main(argv: list[str] | None = None) -> int:
         if job:
             job.finish("failed", error=str(exc))
         return 2
+    finally:
+        if out is not None:
+            out.release(failed=not files)
     missing = 0
     for s in scans:
         print(summary(s, args.threshold), flush=True)

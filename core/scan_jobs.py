@@ -87,9 +87,13 @@ class ScanJob:
             return ""
 
     def detections(self) -> list[dict]:
+        """detections.csv's rows, their text cells as they are (unescaped: the CSV guards them for spreadsheets)."""
+        from .detections import TEXT_COLUMNS, csv_text
+
         try:
             with open(self.out / "detections.csv", newline="") as f:
-                return list(csv.DictReader(f))
+                return [{k: csv_text(v) if k in TEXT_COLUMNS and v else v for k, v in row.items()}
+                        for row in csv.DictReader(f)]
         except OSError:
             return []
 
@@ -104,7 +108,7 @@ class ScanJobError(RuntimeError):
 def check_input_path(text: str) -> Path:
     """A path typed on the page, as an observation (or a folder of them) this machine can read: ScanJobError
     otherwise. The scan reads it where it is; nothing is written there."""
-    from .scan import SCAN_SUFFIXES
+    from .scan import SCAN_SUFFIXES, observation_problem
 
     text = (text or "").strip()
     if not text:
@@ -114,8 +118,14 @@ def check_input_path(text: str) -> Path:
     path = Path(text).expanduser()
     try:
         path = path.resolve(strict=True)
-    except (OSError, RuntimeError):
-        raise ScanJobError(f"{text}: no such file or folder") from None
+    except RuntimeError:  # Python's own loop detection
+        raise ScanJobError(f"{text}: a loop of symbolic links, not a file") from None
+    except OSError as exc:
+        import errno
+
+        if exc.errno == errno.ENOENT:
+            raise ScanJobError(f"{text}: no such file or folder") from None
+        raise ScanJobError(f"{text}: {exc.strerror or exc}") from None
     if path.is_dir():
         try:
             found = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SCAN_SUFFIXES]
@@ -128,6 +138,9 @@ def check_input_path(text: str) -> Path:
         raise ScanJobError(f"{path.name}: not an observation this reads ({', '.join(SCAN_SUFFIXES)})")
     if not os.access(path, os.R_OK):
         raise ScanJobError(f"{path}: not readable")
+    problem = observation_problem(path)  # a FIFO, an empty file, no image's first bytes, a label without its image
+    if problem:
+        raise ScanJobError(problem)
     return path
 
 

@@ -163,6 +163,8 @@ def test_a_truncated_jpeg2000_is_refused_in_one_line_and_nothing_is_written(tmp_
 def test_a_non_image_a_missing_file_and_a_huge_image_are_refused_in_one_line(tmp_path, capsys):
     bad = tmp_path / "not-an-image.jp2"
     bad.write_bytes(b"hello")
+    assert_refused(tmp_path, capsys, [str(bad)], "not an image (its first bytes are those of no JPEG")
+    bad.write_bytes(b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"hello")  # a JPEG 2000 signature, then nothing
     assert_refused(tmp_path, capsys, [str(bad)], "not an image GDAL can read")
     assert_refused(tmp_path, capsys, [str(tmp_path / "absent.jpg")], "no such file or folder")
     wide = tmp_path / "wide.png"  # 200,000 px wide: refused before its pixels are decoded

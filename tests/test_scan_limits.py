@@ -254,3 +254,139 @@ def test_a_real_scheduler_passes_the_handshake_check():
     with LocalCluster(n_workers=0, processes=False, protocol="tcp://", host="127.0.0.1",
                       dashboard_address=None) as local:
         cluster._handshake(local.scheduler_address, 5)  # no ClusterError
+
+
+# --- item 11: outputs all or nothing, in a folder one scan at a time ----------------------------------------------
+def _png(path: Path, seed: int = 1) -> Path:
+    from PIL import Image
+
+    from tests import synthetic
+
+    Image.fromarray(synthetic.tile(seed % 8, seed=seed)).save(path, format="JPEG" if path.suffix == ".jpg" else None)
+    return path
+
+
+def _run(capsys, *argv: str) -> tuple[int, list[str]]:
+    code = scan.main([*map(str, argv), "--sizes", "96", "--no-tta",
+                      "--checkpoint", str(model_fixtures.tiny_checkpoint())])
+    err = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines()
+           if line.strip() and not line.startswith("scan:")]
+    return code, err
+
+
+def test_images_whose_output_names_collide_get_unique_names(tmp_path, capsys):
+    """Issue 33: a folder of a-2.jpg, a.jpg and a.png ran the whole scan, then failed moving files into a half-filled
+    --out. Each image now has its own stem."""
+    assert scan.output_stems(["a-2.jpg", "a.jpg", "a.png"]) == ["a-2", "a", "a-3"]
+    assert scan.output_stems(["a.jpg", "a.png", "a-2.jpg"]) == ["a", "a-3", "a-2"]
+    assert scan.output_stems(["A.jpg", "a.png"]) == ["A", "a-2"]  # one file on a case-blind file system
+    folder = tmp_path / "obs"
+    folder.mkdir()
+    for i, name in enumerate(("a-2.jpg", "a.jpg", "a.png")):
+        _png(folder / name, seed=i)
+    code, err = _run(capsys, folder, "--out", tmp_path / "out")
+    assert code == 0 and not err, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "a-2.overlay.png", "a-2.windows-96px.tif", "a-3.overlay.png", "a-3.windows-96px.tif", "a.overlay.png",
+        "a.windows-96px.tif", "detections.csv", "detections.geojson"]
+
+
+def test_outputs_are_moved_all_or_nothing_readable_by_all_and_a_killed_scans_stage_is_cleared(tmp_path, capsys):
+    import os
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "detections.csv").write_text("an earlier scan's\n")
+    (out / "obs.overlay.png").mkdir()  # the last output cannot be moved into place
+    stale = out / ".scan-k1ll3d00"  # what a killed scan left
+    stale.mkdir()
+    (stale / "detections.csv").write_text("half")
+    image = _png(tmp_path / "obs.png")
+    code, err = _run(capsys, image, "--out", out)
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: cannot write the outputs to {out}"), err
+    assert sorted(p.name for p in out.iterdir()) == ["detections.csv", "obs.overlay.png"]  # as it was
+    assert (out / "detections.csv").read_text() == "an earlier scan's\n"
+    (out / "obs.overlay.png").rmdir()
+    code, err = _run(capsys, image, "--out", out)
+    assert code == 0 and not err, err
+    assert sorted(p.name for p in out.iterdir()) == ["detections.csv", "detections.geojson", "obs.overlay.png",
+                                                     "obs.windows-96px.tif"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~umask}  # 0644, not 0600
+
+
+def test_a_second_scan_into_a_folder_in_use_is_refused(tmp_path, capsys):
+    """Issue 33: two scans into one --out both exited 0 with their files mixed. The folder is locked for the scan."""
+    import fcntl
+    import os
+
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running scan holds
+        code, err = _run(capsys, _png(tmp_path / "obs.png"), "--out", out)
+    finally:
+        os.close(fd)
+    assert code == 2 and len(err) == 1 and "another scan is writing its outputs to" in err[0], err
+    assert not any(out.iterdir())
+
+
+def test_a_refused_scan_creates_no_output_folder_and_dotdot_leaves_no_stray_one(tmp_path, capsys, monkeypatch):
+    image = _png(tmp_path / "obs.png")
+    (tmp_path / "obs.LBL").write_text("PDS_VERSION_ID = PDS3\nEND\n")  # refused when the image is opened
+    code, err = _run(capsys, image, "--out", tmp_path / "new" / "out")
+    assert code == 2 and len(err) == 1 and "obs.LBL" in err[0], err
+    assert not (tmp_path / "new").exists()  # created to be locked, removed on refusal
+    (tmp_path / "obs.LBL").unlink()
+    monkeypatch.chdir(tmp_path)
+    code, err = _run(capsys, image, "--out", "X/a/../../out")
+    assert code == 0 and not err, err
+    assert (tmp_path / "out" / "detections.csv").is_file() and not (tmp_path / "X").exists()
+
+
+def test_a_file_that_is_no_observation_is_refused_up_front_and_said_as_what_it_is(tmp_path, capsys):
+    """Issue 33: a non-image, a lone .LBL or a 0-byte file given by path was queued and failed; a FIFO and a
+    symbolic-link loop were called 'no such file'."""
+    import os
+
+    from core import scan_jobs
+
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "text.jpg").write_text("not a picture")
+    (tmp_path / "lone.LBL").write_text("PDS_VERSION_ID = PDS3\nEND\n")
+    os.mkfifo(tmp_path / "pipe.png")
+    os.symlink(tmp_path / "loop.png", tmp_path / "loop.png")
+    cases = {"empty.png": "an empty file (0 bytes)", "notes.txt": "not an observation this reads",
+             "text.jpg": "not an image (its first bytes", "lone.LBL": "a label, and no image named lone.* beside it",
+             "pipe.png": "a FIFO (named pipe), not an image file", "loop.png": "Too many levels of symbolic links"}
+    for name, message in cases.items():
+        code, err = _run(capsys, tmp_path / name, "--out", tmp_path / "out")
+        assert code == 2 and len(err) == 1 and message in err[0], (name, err)
+        assert not (tmp_path / "out").exists()
+        with pytest.raises(scan_jobs.ScanJobError) as exc:  # the page refuses it before a job is started
+            scan_jobs.check_input_path(str(tmp_path / name))
+        assert "no such file" not in str(exc.value), (name, str(exc.value))
+
+
+def test_formula_like_names_are_escaped_in_detections_csv(tmp_path):
+    """Issue 33: a formula-like image name went into detections.csv unescaped (CSV injection). Text cells that a
+    spreadsheet would run start with an apostrophe; the page reads them back as they were."""
+    import csv
+
+    from core.detections import Detection, ImageScan, WindowGrid, csv_cell, csv_text, write_csv
+    from core.scan_jobs import ScanJob
+
+    assert [csv_cell(t) for t in ("=1+1", "+x", "-x", "@x", "'x", "crater")] == ["'=1+1", "'+x", "'-x", "'@x", "''x",
+                                                                               "crater"]
+    assert all(csv_text(csv_cell(t)) == t for t in ("=1+1", "'x", "crater", "-2"))
+    found = ImageScan('=HYPERLINK("http://x","y").png', 227, 227, None, ["crater", "other"],
+                      [WindowGrid(96, [0], [0], np.zeros((1, 2), np.float32), None)],
+                      [Detection("crater", 0.95, None, 0, 0, 96, 96, 1)])
+    (tmp_path / "out").mkdir()
+    write_csv(tmp_path / "out" / "detections.csv", [found])
+    [row] = list(csv.DictReader(open(tmp_path / "out" / "detections.csv")))
+    assert row["image"] == "'" + found.name and row["label"] == "crater" and row["x0"] == "0"
+    assert ScanJob(tmp_path).detections()[0]["image"] == found.name
