@@ -390,3 +390,17 @@ def test_formula_like_names_are_escaped_in_detections_csv(tmp_path):
     [row] = list(csv.DictReader(open(tmp_path / "out" / "detections.csv")))
     assert row["image"] == "'" + found.name and row["label"] == "crater" and row["x0"] == "0"
     assert ScanJob(tmp_path).detections()[0]["image"] == found.name
+
+
+def test_a_tiff_stored_in_blocks_too_large_to_read_in_pieces_is_refused(tmp_path):
+    """A 202-byte TIFF of 32,768 px tiles: any read would decode a 1 GiB block; refused as it is opened."""
+    import rasterio
+
+    from core.raster import RasterError, open_raster
+
+    with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(
+            tmp_path / "big-tiles.tif", "w", driver="GTiff", width=40_000, height=40_000, count=1, dtype="uint8",
+            tiled=True, blockxsize=32768, blockysize=32768, compress="deflate", sparse_ok=True):
+        pass
+    with pytest.raises(RasterError, match="stored in blocks of 32768x32768 px .1,024 MiB each"):
+        open_raster(tmp_path / "big-tiles.tif")
