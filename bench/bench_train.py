@@ -154,11 +154,15 @@ def make_config(data: str, batch_size: int, image_size: int) -> RunConfig:
 
 
 def measure_ours(cfg: RunConfig, td: TrainData, device: torch.device, warmup: int, steps: int,
-                 amp: bool = True, channels_last: bool = True, batch_size: int | None = None) -> dict:
+                 amp: bool = True, channels_last: bool = True, batch_size: int | None = None,
+                 arch: str = "resnet18") -> dict:
     if batch_size:
         cfg = RunConfig.from_dict({**cfg.to_dict(), "batch_size": batch_size})
     torch.manual_seed(0)
-    model = build_model("resnet18", NUM_CLASSES).to(device)
+    model = build_model(arch, NUM_CLASSES).to(device)
+    if arch != "resnet18":  # as the recipes train it: the stages below the model's fine-tuning point frozen
+        from core.models import frozen_stages, set_frozen, spec
+        set_frozen(model, arch, frozen_stages(arch, "below", spec(arch).fine_tune_from))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
@@ -313,6 +317,8 @@ def main() -> int:
     parser.add_argument("--gpu-batch-size", type=at_least(1), default=256)
     parser.add_argument("--gpu-steps", type=at_least(1), default=30)
     parser.add_argument("--compile", action="store_true", help="GPU path: torch.compile the model")
+    parser.add_argument("--bf16-arch", metavar="ARCH", help="also measure ARCH's training step (frozen below its "
+                        "fine-tuning stage, at --image-size) in fp32 against bf16 autocast, in this run")
     parser.add_argument("--accel-device", default="cuda", help=argparse.SUPPRESS)  # 'cpu' exercises the GPU code
     args = parser.parse_args()
     try:
@@ -364,6 +370,16 @@ def main() -> int:
             r = measure_ours(cfg, td, cpu, 2, args.variant_steps)
             print(row("  OURS bf16, CL, 1 thread", r, args.batch_size), flush=True)
             torch.set_num_threads(threads)
+
+    if args.bf16_arch:
+        print(f"\n{args.bf16_arch} at {args.image_size}px, training step (data + forward + backward + AdamW), "
+              "frozen below its fine-tuning stage:", flush=True)
+        fp32 = measure_ours(cfg, td, cpu, 2, args.variant_steps, amp=False, arch=args.bf16_arch)
+        print(row(f"  {args.bf16_arch} fp32", fp32, args.batch_size), flush=True)
+        bf16 = measure_ours(cfg, td, cpu, 2, args.variant_steps, arch=args.bf16_arch)
+        print(row(f"  {args.bf16_arch} bf16 autocast{'' if cpu_has_bf16() else ' (no CPU bf16: fp32)'}", bf16,
+                  args.batch_size), flush=True)
+        print(f"  bf16 / fp32 = {bf16['img_s'] / fp32['img_s']:.2f}x", flush=True)
 
     print(f"\nbaseline = workers={best_w} (the faster of {', '.join(f'workers={w}' for w in workers)})")
     print(f"ratio (CPU): OURS / BASELINE = {ours['img_s']:.1f} / {base[best_w]['img_s']:.1f} img/s = {ratio:.2f}x "
