@@ -380,6 +380,7 @@ def _place(files: list[Path], out: Path, previous: Path) -> list[Path]:
     """Move `files` into `out`, all or none: each file already there is first kept (a hard link in `previous`),
     and a failure puts every moved file back as it was."""
     import contextlib
+    import shutil
 
     previous.mkdir()
     placed: list[tuple[Path, bool]] = []
@@ -388,7 +389,12 @@ def _place(files: list[Path], out: Path, previous: Path) -> list[Path]:
             target = out / f.name
             kept = os.path.lexists(target)
             if kept:
-                os.link(target, previous / f.name, follow_symlinks=False)
+                try:
+                    os.link(target, previous / f.name, follow_symlinks=False)
+                except OSError:  # a file system without hard links: a copy (a folder in the way stops here)
+                    if target.is_dir() and not target.is_symlink():
+                        raise
+                    shutil.copy2(target, previous / f.name, follow_symlinks=False)
             os.replace(f, target)
             placed.append((target, kept))
     except BaseException:
@@ -410,6 +416,7 @@ class OutputFolder:
     `--out` behind."""
 
     def __init__(self, out: Path):
+        import errno
         import fcntl
         import re
         import shutil
@@ -433,6 +440,9 @@ class OutputFolder:
             except BlockingIOError:
                 raise ScanRefused(f"another scan is writing its outputs to {self.path}; wait for it to finish or "
                                   "give another --out") from None
+            except OSError as exc:  # a file system without locks: the scan goes on unlocked, as before
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                    raise
             for old in self.path.iterdir():  # a killed scan's stage: only a scan holding the lock writes one
                 if re.fullmatch(re.escape(STAGE_PREFIX) + r"[A-Za-z0-9_]{8}", old.name) and old.is_dir() \
                         and not old.is_symlink():

@@ -133,6 +133,9 @@ def check_input_path(text: str) -> Path:
             raise ScanJobError(f"{path}: cannot list it ({exc.strerror or exc})") from None
         if not found:
             raise ScanJobError(f"{path}: no observations in this folder ({', '.join(SCAN_SUFFIXES)})")
+        problem = next(filter(None, map(observation_problem, sorted(found))), None)  # as the scan would say it
+        if problem:
+            raise ScanJobError(problem)
         return path
     if path.suffix.lower() not in (*SCAN_SUFFIXES, ".lbl"):
         raise ScanJobError(f"{path.name}: not an observation this reads ({', '.join(SCAN_SUFFIXES)})")
