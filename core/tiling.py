@@ -105,7 +105,8 @@ class Windows:
     def __getitem__(self, index: slice) -> np.ndarray:
         from PIL import Image
 
-        boxes = self._boxes(np.arange(len(self))[index])
+        which = range(len(self))[index]  # a range: nothing the size of the grid is made for a batch
+        boxes = self._boxes(np.arange(which.start, which.stop, which.step, dtype=np.int64))
         out = np.empty((len(boxes), TILE_SIZE, TILE_SIZE), np.uint8)
         widest = max(BAND_PIXELS // self.size, self.size)  # columns of one read: a band of at most BAND_PIXELS
         for y0 in np.unique(boxes[:, 1]):
