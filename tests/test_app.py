@@ -477,9 +477,9 @@ def test_the_live_recall_row_says_no_tiles_for_a_class_the_split_lacks(with_runs
     at = run_page("views/train.py")
     next(s for s in at.selectbox if s.label == "Watch run").set_value(run.name).run()
     label = "val recall (epoch 1, the last)"
-    table = next(d.value for d in at.dataframe if label in list(d.value.index))
+    table = next(d.value for d in at.dataframe if label in list(d.value.columns))  # a row per class
     # each recall with the Wilson interval of its counts: 2 of 4, 1 of 4
-    assert list(table.loc[label]) == ["0.50 (0.15–0.85)", "0.25 (0.05–0.70)", NO_TILES, NO_TILES] and not at.exception
+    assert list(table[label]) == ["0.50 (0.15–0.85)", "0.25 (0.05–0.70)", NO_TILES, NO_TILES] and not at.exception
 
 
 # ---- the app's state file written from several threads --------------------------------------------------------

@@ -134,13 +134,18 @@ def scored() -> None:
                                                                     "majority baseline") if c in metrics],
                                       na_rep="–")
                  .format("{:.0f}", subset=[c for c in ("val tiles", "best epoch") if c in metrics], na_rep="–")
-                 .highlight_max(subset=["macro-F1", "balanced accuracy"], color="#d4edda"), width="stretch")
+                 .highlight_max(subset=["macro-F1", "balanced accuracy"], color="#d4edda"), width="stretch",
+                 column_config={c: st.column_config.Column(width="small") for c in (
+                     "majority baseline", "val tiles", "tile set", "best epoch", "macro-F1", "balanced accuracy",
+                     "accuracy")})  # every column in view at 1400 px
     pairs = compare.paired_differences(reports)
     if len(pairs):
         st.markdown("**Is the difference real?** Each pair of models on these same tiles, the difference with its "
                     "95% interval from a paired bootstrap over observations: where the interval holds 0, these "
                     "tiles cannot tell the two apart.")
-        st.dataframe(pairs, hide_index=True, width="stretch")
+        st.dataframe(pairs, hide_index=True, width="stretch",  # every verdict in view at 1400 px
+                     column_config={c: st.column_config.Column(width="small") for c in pairs.columns
+                                    if c in ("tiles", "observations") or c.endswith("verdict")})
     elif len(names_shown) > 1:
         st.caption("No two of these models were scored on the same tiles (a run without a checkpoint keeps its own "
                    "validation figures), so no paired comparison.")

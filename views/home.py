@@ -91,7 +91,10 @@ else:
                      "kept epoch": str(best.get("epoch") or "–"),  # the figures are this epoch's (best.pt)
                      **{label: _score(best.get(key)) for label, key in SCORES},
                      "tags": ", ".join(run.notes()["tags"]), "started": status.get("started_at") or ""})
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                 column_config={"run": st.column_config.TextColumn(width="large"),
+                                "kept epoch": st.column_config.TextColumn(width="small"),
+                                "started": st.column_config.TextColumn(width="small")})
 
 with st.expander("The eight classes"):
     for name in CLASS_NAMES:

@@ -96,7 +96,11 @@ for r in runs[:30]:
                  "progress": jobs.progress_column(status, cfg), "tags": ", ".join(notes["tags"]),
                  "note": notes["note"], "queued": status.get("queued_at") or "",
                  "resumed": status.get("resumed_at") or ""})
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+             column_config={"run": st.column_config.TextColumn(width="large"),  # fold names were cut at 1400 px
+                            "kind": st.column_config.TextColumn(width="small"),
+                            "queued": st.column_config.TextColumn(width="small"),
+                            "resumed": st.column_config.TextColumn(width="small")})
 grid_results()
 cv_results()
 names = [r.name for r in runs]
@@ -154,8 +158,8 @@ def live() -> None:
             # text, not NaN: Streamlit shows a NaN as "None" whatever the Styler says
             recall = pd.DataFrame([{c: NO_TILES if not support.get(c) or r is None else
                                     f"{r:.2f} ({interval_text(wilson(round(r * support[c]), support[c]).as_list())})"
-                                    for c, r in last["val_recall"].items()}], index=[f"val recall ({which})"])
-            st.dataframe(recall, width="stretch")
+                                    for c, r in last["val_recall"].items()}], index=[f"val recall ({which})"]).T
+            st.dataframe(recall, width="stretch")  # a row per class: eight columns were cut at 1400 px
             st.caption("In brackets: the 95% Wilson interval of each recall from its tile counts (an epoch keeps no "
                        "predictions to resample observations with; the run's evaluation at its end does).")
             absent = [c for c, n in support.items() if n == 0]
