@@ -77,3 +77,33 @@ def test_a_failed_checkpoint_write_leaves_no_temporary_file(tmp_path, monkeypatc
     with pytest.raises(OSError):
         save_checkpoint(tmp_path / "last.pt", {"format": "x"})
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_a_small_checkpoint_that_inflates_past_the_limit_is_refused_under_a_memory_cap(tmp_path):
+    """Issue 33, item 9: a few-MB checkpoint holding a deflated record of over a GiB was loaded whole (3.8 GB to
+    predict with). The zip's directory is read first; in a child process capped at 1.5 GB, one line, no MemoryError."""
+    import resource
+    import subprocess
+    import sys
+    import zipfile
+
+    from core.checkpoint import read_checkpoint, save_checkpoint
+    from core.settings import PROJECT_ROOT
+    from tests import model_fixtures
+    path = tmp_path / "inflating.pt"
+    save_checkpoint(path, read_checkpoint(model_fixtures.tiny_checkpoint()))
+    prefix = zipfile.ZipFile(path).namelist()[0].split("/")[0]
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        with archive.open(f"{prefix}/data/9999", "w", force_zip64=True) as member:
+            zeros = bytes(64 * 2**20)
+            for _ in range(18):  # 1.125 GiB of zeros, a few MB deflated
+                member.write(zeros)
+    assert path.stat().st_size < 16 * 2**20
+    cap = int(1.5e9)
+    code = ("import sys\nfrom core.checkpoint import CheckpointError, read_checkpoint\n"
+            "try:\n    read_checkpoint(sys.argv[1])\nexcept CheckpointError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=PROJECT_ROOT,
+                          timeout=120, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_DATA, (cap, cap)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "unpacks to 1,1" in done.stdout and "not loaded" in done.stdout
