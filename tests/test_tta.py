@@ -67,6 +67,14 @@ def test_a_checkpoint_with_nan_weights_or_absurd_normalisation_is_refused(tmp_pa
             load_checkpoint(tmp_path / file)
         assert predict.main(["--checkpoint", str(tmp_path / file), str(tmp_path)]) == 2
         assert message in capsys.readouterr().err
+        from core import evaluate, scan
+        assert evaluate.main(["--checkpoint", str(tmp_path / file), "--data", str(tmp_path)]) == 2
+        assert message in capsys.readouterr().err
+        Image.fromarray(_tile(9)).save(tmp_path / "obs.png")
+        assert scan.main([str(tmp_path / "obs.png"), "--sizes", "96", "--checkpoint", str(tmp_path / file), "--out",
+                          str(tmp_path / f"out-{file}")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and not (tmp_path / f"out-{file}").exists()
 
 
 def test_a_small_checkpoint_that_inflates_to_gigabytes_is_refused_before_loading(tmp_path, monkeypatch):
