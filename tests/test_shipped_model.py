@@ -4,7 +4,6 @@ selectable."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +15,18 @@ from core.classes import CLASS_NAMES
 from core.data import DataSpec, load_dataset
 from core.evaluate import evaluate_model
 from core.inference import predict_proba
-from core.settings import DEFAULT_CHECKPOINT, PROJECT_ROOT
+from core.defaults import fingerprint, load_oof, oof_file
+from core.registry import current_entry, read_registry
+from core.settings import DEFAULT_CHECKPOINT, DEFAULTS_REGISTRY as REGISTRY, PROJECT_ROOT
 from tests import synthetic
 
 BASELINE = PROJECT_ROOT / "checkpoints" / "hirise-resnet18.pt"
 TOLERANCE = 0.02
 
 
-def card_figures(checkpoint: Path) -> dict:
-    """What tools/ship_model.py measured when it shipped `checkpoint` (the model card's source)."""
-    return json.loads(checkpoint.with_suffix(".json").read_text())
+def registry_entry() -> dict:
+    """The registry's current default: what DEFAULT_CHECKPOINT must be."""
+    return current_entry(read_registry(REGISTRY))
 
 
 def test_shipped_checkpoints_are_not_ignored_by_git():
@@ -34,11 +35,31 @@ def test_shipped_checkpoints_are_not_ignored_by_git():
     import subprocess
     if shutil.which("git") is None or not (PROJECT_ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    shipped = [DEFAULT_CHECKPOINT, BASELINE, PROJECT_ROOT / "checkpoints" / "hirise-efficientnet-lite2.pt"]
-    for path in shipped:
-        for file in (path, path.with_suffix(".json")):
-            ignored = subprocess.run(["git", "check-ignore", "-q", str(file)], cwd=PROJECT_ROOT).returncode == 0
-            assert not ignored, f"{file.name} is named by the code but ignored by .gitignore"
+    shipped = [DEFAULT_CHECKPOINT, BASELINE, PROJECT_ROOT / "checkpoints" / "hirise-efficientnet-lite2.pt",
+               PROJECT_ROOT / "checkpoints" / "hirise-efficientnet-lite0.pt"]
+    files = [f for path in shipped for f in (path, path.with_suffix(".json"))] + [REGISTRY]
+    for entry in read_registry(REGISTRY)["entries"]:
+        files += [REGISTRY.parent / entry["checkpoint"], oof_file(entry["id"], REGISTRY)]
+    for file in files:
+        assert file.is_file(), f"{file} is missing"
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(file)], cwd=PROJECT_ROOT).returncode == 0
+        assert not ignored, f"{file.name} is named by the code but ignored by .gitignore"
+
+
+def test_the_default_is_the_registrys_and_every_default_went_through_the_gate():
+    """The registry names the default; each entry's predictions are the ones its figures and fingerprint describe;
+    every default after the first beat the one before it on the same folds."""
+    registry = read_registry(REGISTRY)
+    entry = registry_entry()
+    assert entry is not None and DEFAULT_CHECKPOINT == REGISTRY.parent / entry["checkpoint"]
+    for i, e in enumerate(registry["entries"]):
+        oof = load_oof(e["id"], REGISTRY)
+        assert fingerprint({"name": oof["name"], "y": oof["y"], "fold": oof["fold"]}) == e["cv"]["fingerprint"]
+        assert len(oof["name"]) == e["figures"]["all files"]["n"]
+        assert (oof["pred"] == oof["y"]).mean() == pytest.approx(e["figures"]["all files"]["accuracy"][0])
+        if i:
+            assert e["gate"]["passes"] and e["gate"]["against"] == registry["entries"][i - 1]["id"]
+            assert e["cv"]["fingerprint"] == registry["entries"][i - 1]["cv"]["fingerprint"]  # the same folds
 
 
 def test_shipped_checkpoint_loads_and_predicts_every_class_name():
@@ -47,45 +68,52 @@ def test_shipped_checkpoint_loads_and_predicts_every_class_name():
     payload = read_checkpoint(DEFAULT_CHECKPOINT)
     assert all(v.dtype == torch.float16 for v in payload["state_dict"].values() if v.is_floating_point())
     loaded = load_checkpoint()  # the default path, no argument: what the app and the CLIs use
-    assert loaded.class_names == list(CLASS_NAMES) and loaded.arch == "tf_efficientnet_lite0"
+    assert loaded.class_names == list(CLASS_NAMES) and loaded.arch == registry_entry()["arch"]
     tiles = np.stack([synthetic.tile(c, seed=c) for c in range(8)])
     probs = predict_proba(loaded, tiles)
     assert probs.shape == (8, 8) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
 def test_shipped_model_is_described_by_its_cross_validation():
-    """A refit on every tile: no split of its own, its figures the out-of-fold ones of the card's 5-fold CV, with
-    their intervals, and a temperature fitted on those out-of-fold predictions."""
+    """A refit on every tile: no split of its own, its figures the out-of-fold ones of its registry entry's
+    cross-validation, with their intervals, and a temperature fitted on those out-of-fold predictions."""
     loaded = load_checkpoint()
-    card = card_figures(DEFAULT_CHECKPOINT)
+    entry = registry_entry()
     payload = read_checkpoint(DEFAULT_CHECKPOINT)
+    if payload.get("cv") is None:  # the first champion: an earlier checkpoint of the recipe stands for its refit
+        assert "stands for" in entry["why"]
+        return
     assert loaded.splits["val"]["files"] == [] and loaded.metrics["split"] == "out-of-fold"
-    assert payload["cv"]["folds"] == 5 and payload["cv"]["tiles"] == card["out_of_fold"]["n"] == loaded.metrics["n"]
+    assert payload["cv"]["id"] == entry["id"] and payload["cv"]["folds"] == entry["cv"]["folds"]
+    originals = entry["figures"]["originals"]
+    assert payload["cv"]["tiles"] == originals["n"] == loaded.metrics["n"]
     for key in ("macro_f1", "balanced_accuracy", "accuracy"):
-        assert loaded.metrics[key] == pytest.approx(card["out_of_fold"][key])
+        assert loaded.metrics[key] == pytest.approx(originals[key][0], abs=1e-6)
         low, high = loaded.metrics["intervals"][key]
         assert low <= loaded.metrics[key] <= high
-    assert loaded.temperature == pytest.approx(card["temperature"]) and loaded.temperature != 1.0
-    assert card["half_precision"]["same_prediction"] >= 0.99
+    assert loaded.temperature == pytest.approx(entry["temperature"]) and loaded.temperature != 1.0
 
 
 def test_run_config_defaults_are_the_shipped_recipe():
-    """Launch with nothing changed trains what was shipped (its data, run name, refit split and step cap aside)."""
+    """Launch with nothing changed trains the default's recipe (its data, run name and refit split aside)."""
     from core.config import RunConfig
     from core.models import spec as model_spec
-    shipped = load_checkpoint().config
+    recipe = registry_entry()["cv"]["recipe"]
     defaults = RunConfig().to_dict()
-    own = {"data", "name", "val_fraction", "test_fraction", "calibrate_from", "max_steps_per_epoch"}
     defaults["freeze_below"] = defaults["freeze_below"] or model_spec(defaults["model"]).fine_tune_from  # "": its own
-    differ = {k: (defaults[k], shipped.get(k)) for k in defaults if k not in own and defaults[k] != shipped.get(k)}
-    assert differ == {"amp": (True, False)}  # bf16 is declined for EfficientNet-Lite whatever amp says
+    recipe["freeze_below"] = recipe["freeze_below"] or model_spec(recipe["model"]).fine_tune_from
+    assert {k: defaults[k] for k in recipe} == recipe
 
 
 def test_the_earlier_defaults_stay_selectable():
+    from ui.loaders import shipped_models
     baseline = load_checkpoint(BASELINE)
     assert baseline.arch == "resnet18" and baseline.class_names == list(CLASS_NAMES)
     earlier = load_checkpoint(PROJECT_ROOT / "checkpoints" / "hirise-efficientnet-lite2.pt")
     assert earlier.arch == "tf_efficientnet_lite2" and earlier.metrics["split"] == "val"
+    offered = {path.name for path in shipped_models().values()}
+    assert {e["checkpoint"] for e in read_registry(REGISTRY)["entries"]} <= offered
+    assert "hirise-efficientnet-lite0.pt" in offered
 
 
 @pytest.mark.realdata
@@ -102,17 +130,11 @@ def test_shipped_model_reads_the_real_tiles_it_was_trained_on(shared_data):
     assert report["macro_f1"] > report["majority_baseline"]["macro_f1"] + 0.3
 
 
-def test_shipped_model_flags_noise_as_unusual():
-    """Pure noise is called something with confidence; the out-of-distribution check says it is unusual. The previous
-    default (Lite2 at 260 px) flags uniform noise outright; the new default (Lite0 at 160 px) only places it beyond
-    most real tiles (0.30-0.78 for these seeds, against a median real tile at 0.5): a known weakness (model card)."""
-    from core.ood import FLAG_SHARE
+def test_shipped_models_flag_noise_as_unusual():
+    """Pure noise is called something with confidence; the out-of-distribution verdict (the pixel check first,
+    then the features) says it is unusual, for the default and every earlier one."""
     from core.predict import predict_array
-
-    loaded = load_checkpoint()
-    assert loaded.ood is not None, "the shipped checkpoint has no out-of-distribution reference"
-    assert loaded.ood.train_quantiles is not None  # calibrated through its cross-validation's folds
     noise = [np.random.default_rng(seed).integers(0, 256, (227, 227), dtype=np.uint8) for seed in range(3)]
-    assert np.mean([predict_array(loaded, n).typicality for n in noise]) > 0.55  # measured 0.30, 0.78, 0.69
-    earlier = load_checkpoint(PROJECT_ROOT / "checkpoints" / "hirise-efficientnet-lite2.pt")
-    assert all(predict_array(earlier, n).typicality >= FLAG_SHARE for n in noise)
+    for path in (DEFAULT_CHECKPOINT, BASELINE, PROJECT_ROOT / "checkpoints" / "hirise-efficientnet-lite2.pt"):
+        loaded = load_checkpoint(path)
+        assert all(predict_array(loaded, n).ood.flagged for n in noise), path.name
