@@ -30,7 +30,7 @@ def _hand_made(tmp_path: Path, name: str, **changes) -> Path:
     ({"image_size": 200_000}, "image_size 200000 is not a whole number of pixels from 32 to 512"),
     ({"state_dict": [1, 2]}, "state_dict is not a dictionary of named weight tensors"),
     ({"class_names": "other"}, "class_names"), ({"mean": float("nan")}, "mean nan is not a finite number"),
-    ({"std": 0.0}, "std 0.0 is not positive"), ({"temperature": "hot"}, "temperature"),
+    ({"std": 0.0}, "std 0.0 cannot normalise tiles"), ({"temperature": "hot"}, "temperature"),
     ({"train_state": {"epoch": "3"}}, "train_state lacks a valid optimizer"), ({"in_chans": 3}, "in_chans 3")])
 def test_hand_made_checkpoints_are_refused_field_by_field(tmp_path, changes, message):
     with pytest.raises(CheckpointError, match="not a usable checkpoint") as err:
