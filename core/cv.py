@@ -585,9 +585,9 @@ def refit_record(cv_id: str, runs_dir: Path | None = None) -> dict[str, Any]:
     from .ood import FeatureDensity, OODError, transfer_ratio
     rep = report(cv_id, runs_dir, with_files=False)
     if rep["missing"]:
-        raise CVError(f"calibrate_from: cross-validation {cv_id} is incomplete (fold"
-                      f"{'s' if len(rep['missing']) > 1 else ''} {', '.join(str(f['fold']) for f in rep['missing'])} "
-                      "did not complete); resume them first")
+        raise CVError(f"calibrate_from: cross-validation {cv_id} is incomplete ("
+                      + "; ".join(f"fold {f['fold']}: {f['missing']}" for f in rep["missing"])
+                      + "); resume or relaunch them first")
     manifest = load_manifest(cv_id, runs_dir)
     oof, _ = out_of_fold(manifest, runs_dir)
     temperature = float(fit_temperature(oof["logits"], oof["y"]))

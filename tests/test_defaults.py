@@ -263,7 +263,7 @@ def test_calibrate_from_is_checked_before_training(champion_cv, data_dir, runs_d
     shutil.copytree(runs_dir, copy)
     fold = cv.fold_runs(cv.load_manifest(champion_cv, copy), copy)[0][1]
     fold.eval_file.write_text('{"predictions": [{"true": "martian", "logits": [1]}], "class_names": []}')
-    assert "cannot be read" in attempt(where=copy) or "no out-of-fold" in attempt(where=copy)
+    assert "fold 1: its evaluation file is damaged" in attempt(where=copy)
 
 
 def test_against_without_cv_report_is_refused(capsys):

@@ -119,7 +119,9 @@ def live() -> None:
     st.markdown(" · ".join([f"**{run.name}**", f"state **{state}**"] + ([status["device"]] if status.get("device") else [])))
     if state == "queued":
         st.info("Queued: waiting for the device (one job per device at a time).")
-    text = jobs.progress_text(status, cfg, [r["seconds"] for r in epoch_rows])
+    # a row without its time (written by hand, or by an older version) leaves the ETA to the others
+    text = jobs.progress_text(status, cfg, [r["seconds"] for r in epoch_rows
+                                            if isinstance(r.get("seconds"), (int, float))])
     if text:
         st.progress(min(1.0, (status.get("step_in_epoch") or 0) / status["steps_per_epoch"]), text=text)
     if state == "failed":
