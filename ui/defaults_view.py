@@ -14,6 +14,29 @@ def figures_table(figures: dict) -> pd.DataFrame:
     return pd.DataFrame(defaults.figures_rows(figures))
 
 
+def registry_headline() -> bool:
+    """The current default's headline from its registry entry (every file a user could send, out of fold; with
+    TTA when its predictions average 8 views), written; False when the registry cannot say (the caller falls back
+    to the checkpoint's own figures)."""
+    try:
+        entry = defaults.current_entry(defaults.read_registry())
+    except defaults.RegistryError:
+        return False
+    figures = (entry or {}).get("figures") or {}
+    view = "all files, TTA" if entry and entry.get("tta") and "all files, TTA" in figures else "all files"
+    if view not in figures:
+        return False
+    f = figures[view]
+    fa = f["false_alarms"]
+    st.write(f"Out of fold on every file a user could send ({view}: {f['n']:,} originals and official copies, "
+             f"{entry['cv']['folds']}-fold cross-validation grouped by observation): macro-F1 "
+             f"**{fmt(*f['macro_f1'])}**, balanced accuracy **{fmt(*f['balanced_accuracy'])}**, accuracy "
+             f"{fmt(*f['accuracy'])} vs always-other {f['always_other_accuracy']:.3f}; false alarms at 0.9: "
+             + ("–" if fa["rate"] is None else fmt(fa["rate"], fa["interval"])) + ".")
+    st.caption("In brackets: 95% intervals from a bootstrap over observations. Per-class recall below.")
+    return True
+
+
 def registry_section() -> None:
     """The current default's registry entry and the defaults before it; a damaged registry named in one line."""
     if REGISTRY_WARNING:

@@ -10,7 +10,7 @@ from core.classes import CLASS_DESCRIPTIONS, CLASS_NAMES
 from core.jobs import describe_device, observed_status, progress_column
 from core.runs import list_runs
 from core.settings import DEFAULT_CHECKPOINT
-from ui.defaults_view import registry_section
+from ui.defaults_view import registry_headline, registry_section
 from ui import appstate
 from ui.errors import USER_ERRORS
 from ui.imbalance import IMBALANCE_NOTE
@@ -58,7 +58,9 @@ with right:
         m = model.metrics
         st.write(f"**{model.arch}**, input {model.image_size}px, epoch {model.epoch}, temperature "
                  f"{model.temperature:.2f}")
-        if all(isinstance(m.get(k), (int, float)) for k in ("macro_f1", "balanced_accuracy", "accuracy")) \
+        if registry_headline():  # the registry's out-of-fold figures on every file: what to expect on unseen ones
+            pass
+        elif all(isinstance(m.get(k), (int, float)) for k in ("macro_f1", "balanced_accuracy", "accuracy")) \
                 and isinstance(m.get("majority_baseline"), dict) and "accuracy" in m["majority_baseline"]:
             iv = m.get("intervals") if isinstance(m.get("intervals"), dict) else {}
             where = (f"Out-of-fold over {m.get('n', '?')} tiles (cross-validation grouped by observation)"
