@@ -68,8 +68,8 @@ def training_set(model: LoadedModel, label: str | None = None) -> TrainingSet:
     if model.refit or (recorded and not files):
         basis = "it was refit on every tile of its data, with no validation or test split"
     elif not recorded:
-        basis = ("its checkpoint records no validation or test split, so every tile of its data counts as one it "
-                 "may have trained on")
+        basis = ("its checkpoint does not list the files of its validation and test splits, only how they were "
+                 "drawn, so any tile of its data may be one it trained on")
     else:
         basis = "every tile of its data outside the validation and test splits its checkpoint records"
     landmarks: set[str] = set()
@@ -124,9 +124,12 @@ class Exclusion:
         seen = {m: n for m, n in self.by_model.items() if n}
         if len(seen) == 1:
             (model, _), = seen.items()
-            return f"{model} trained on them ({self.why[model]})"
-        parts = "; ".join(f"{model} trained on {n:,} of them ({self.why[model]})" for model, n in seen.items())
+            return f"{model} {self._verb(model)} them ({self.why[model]})"
+        parts = "; ".join(f"{model} {self._verb(model)} {n:,} of them ({self.why[model]})" for model, n in seen.items())
         return parts + (" (a tile can count for more than one)" if sum(seen.values()) > self.excluded else "")
+
+    def _verb(self, model: str) -> str:
+        return "may have trained on" if "may be one it trained on" in self.why.get(model, "") else "trained on"
 
     def to_dict(self, what: str = "tiles") -> dict:
         """JSON-able, with the sentence (an evaluation report's `excluded`)."""

@@ -138,3 +138,12 @@ def test_shipped_models_flag_noise_as_unusual():
     for path in (DEFAULT_CHECKPOINT, BASELINE, PROJECT_ROOT / "checkpoints" / "hirise-efficientnet-lite2.pt"):
         loaded = load_checkpoint(path)
         assert all(predict_array(loaded, n).ood.flagged for n in noise), path.name
+
+
+def test_the_readme_and_the_model_card_quote_the_registry():
+    """One source for the default's figures (issue 33: Home's intervals and the README's differed): the README and the
+    model card carry the registry's own table (tools/registry_tables.py prints it)."""
+    from core.defaults import figures_rows, markdown_table
+    table = markdown_table(figures_rows(registry_entry()["figures"]))
+    for doc in (PROJECT_ROOT / "README.md", PROJECT_ROOT / "checkpoints" / "MODEL_CARD.md"):
+        assert table in doc.read_text(), f"{doc.name} does not carry the registry's table: tools/registry_tables.py"

@@ -44,7 +44,8 @@ def cv_form(values: dict[str, Any]) -> None:
         epochs = values.get("epochs")
         cols[2].markdown(f"**{len(configs)} runs** of {epochs} epoch{'' if str(epochs) == '1' else 's'} each, queued "
                          "one after another; "
-                         "each is scored at its last epoch, and their out-of-fold predictions are pooled below.")
+                         "each is scored at its last epoch, and their out-of-fold predictions are pooled in its "
+                         "report, under Cross-validations further down once it is launched.")
     if st.button(f"Cross-validate ({len(configs)} folds)" if configs else "Cross-validate", key="cv_launch"):
         if configs is None:
             show_error(problem or "check the folds", "Not launched")

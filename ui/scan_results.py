@@ -50,6 +50,10 @@ def _table(job: ScanJob, rows: list[dict], request: dict) -> None:
     picked = st.multiselect("Classes", classes, classes, format_func=lambda c: f"{c} ({counts[c]})",
                             key=f"scan-classes-{job.name}")
     shown = frame[frame["label"].isin(picked)].sort_values("probability", ascending=False).reset_index(drop=True)
+    if shown.empty:
+        st.info("No class is chosen: pick one or more classes above to list their detections.",
+                icon=":material/filter_alt:")
+        return
     georef = shown["lat"].notna().any()
     columns = ["image", "label", "probability", "typicality", *(["lat", "lon"] if georef else []),
                "x0", "y0", "x1", "y1", "windows"]
@@ -66,7 +70,8 @@ def _table(job: ScanJob, rows: list[dict], request: dict) -> None:
                                         "lat": st.column_config.NumberColumn(format="%.5f"),
                                         "lon": st.column_config.NumberColumn(format="%.5f")})
     selected = event.selection.rows if event and event.selection else []
-    if selected:
+    # a row picked before the class filter changed may no longer exist: the selection is then simply not shown
+    if selected and 0 <= selected[0] < len(shown):
         _detail(job, shown.iloc[selected[0]], request)
 
 
@@ -121,7 +126,8 @@ def _downloads(job: ScanJob) -> None:
         except OSError as exc:
             cols[i % 3].caption(f"{path.name}: cannot read it ({exc.strerror or exc})")
             continue
-        cols[i % 3].download_button(f"{path.name} ({len(data) / 1024:,.0f} KB)", data, file_name=path.name,
+        size = f"{len(data):,} bytes" if len(data) < 1024 else f"{len(data) / 1024:,.0f} KB"
+        cols[i % 3].download_button(f"{path.name} ({size})", data, file_name=path.name,
                                     mime=mimes.get(path.suffix, "application/octet-stream"), key=f"dl-{job.name}-{path.name}")
     if sum(p.stat().st_size for p in files) <= MAX_ZIP_BYTES:
         stamp = tuple((str(p), p.stat().st_mtime_ns) for p in files)  # a rerun (a click in the table) reuses it

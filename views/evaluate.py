@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from core.data import DataSpec
-from core.evaluate import evaluate_model, load_report
+from core.evaluate import FEW_TILES, evaluate_model, load_report
 from core.inference import bf16_suits
 from core.precision import bf16_native
 from core.seen import NothingUnseen, training_set
@@ -51,6 +51,11 @@ bf16 = toggles[2].toggle("bf16 (faster)", disabled=not (bf16_native(model.device
 
 if model.refit:
     st.warning(refit_warning(model), icon=":material/warning:")
+elif split == "val" and model.splits.get("val", {}).get("files"):
+    st.warning("This model's best epoch was chosen on this validation split (and, for a shipped baseline, its "
+               "recipe too): its figures here are the luckiest of the choices made on it and flatter it. The test "
+               "split, or a cross-validation of its recipe (Train page; Home shows the default's), says what to "
+               "expect on observations it never saw.", icon=":material/warning:")
 
 report = None
 key = (str(path), path.stat().st_mtime, split, originals_only, tta, bf16)
@@ -141,7 +146,8 @@ with right:
     if unanswered:
         st.caption(f"The model never answered {', '.join(unanswered)}: their precision is undefined (n/a), not 0.")
     few = report.get("few_tiles") or []
-    st.caption(RARE_NOTE + (f" Here: {', '.join(few)}." if few else ""))
+    st.caption(RARE_NOTE + (f" On these tiles, every class with fewer than {FEW_TILES} tiles moves that way: "
+                            f"{', '.join(few)}." if few else ""))
     if report.get("confused_pairs"):
         st.markdown("**Most confused**")
         st.dataframe(pd.DataFrame(report["confused_pairs"]).head(6), hide_index=True, width="stretch",

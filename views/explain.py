@@ -25,9 +25,11 @@ if len(items) > MAX_FILES:
 
 from ui import appstate, figures  # noqa: E402 - after the uploader, see above
 from ui.uploads import unique_names  # noqa: E402
+from ui.widgets import kept  # noqa: E402
 from ui.errors import USER_ERRORS, show_error  # noqa: E402
 from ui.loaders import get_data, get_model, require_model_choices  # noqa: E402
 
+picked = None  # a tile picked from the data set: the model may have trained on it (said below)
 with st.expander("…or pick a tile from the data set"):
     paths = appstate.data_paths()
     if not paths:
@@ -44,6 +46,7 @@ with st.expander("…or pick a tile from the data set"):
                 Image.fromarray(data.tiles([records[i]])[0]).save(buf, format="PNG")
                 if st.checkbox("Explain this tile", key="use_pick"):
                     items.insert(0, (f"{records[i].name} (labelled {cls})", buf.getvalue()))
+                    picked = records[i]
         except USER_ERRORS as exc:
             show_error(exc, "Cannot read the data set")
 
@@ -64,8 +67,9 @@ with st.sidebar:
     aug_smooth = st.checkbox("Aug smooth", help="Average the map over flipped and scaled views (slower, steadier)")
     eigen_smooth = st.checkbox("Eigen smooth", help="Keep the first principal component of the activations")
     stride = st.slider("Window stride for large images (px)", 57, TILE_SIZE, TILE_SIZE, 10)
-    tta = st.toggle("Average 8 flips and turns (TTA)", value=DEFAULT_TTA,
-                    help="The prediction is the mean of the tile's 8 flips and 90-degree turns (Mars has no 'up'): "
+    tta = kept(st.toggle, "Average 8 flips and turns (TTA)", "explain_tta", DEFAULT_TTA,
+               valid=lambda v: isinstance(v, bool),  # kept when leaving the page and coming back
+               help="The prediction is the mean of the tile's 8 flips and 90-degree turns (Mars has no 'up'): "
                          "8x the compute. The default model's registry entry says "
                          f"{'on' if DEFAULT_TTA else 'off'} (Home says why). Grad-CAM always explains the tile as "
                          "uploaded.")
@@ -75,6 +79,15 @@ try:
 except USER_ERRORS as exc:
     show_error(exc, "Cannot load the model")
     st.stop()
+if picked is not None:
+    from core.seen import training_set
+    try:
+        seen = training_set(model, label)
+        if seen.trained_on(picked):
+            st.warning(f"{label} trained on {picked.name} ({seen.basis}): its answer shows how it fits its training "
+                       "tiles, not how it does on observations it never saw.", icon=":material/school:")
+    except USER_ERRORS:
+        pass  # its data is not on this machine: nothing to say about this tile
 target = None if target_name == "predicted class" else CLASS_NAMES.index(target_name)
 st.caption(f"Model: **{label}** · {model.arch}, input {model.image_size}px, calibration "
            f"temperature {model.temperature:.2f}. "
@@ -127,10 +140,11 @@ for name, payload in items:
         cols[2].caption("Probabilities: the mean of the 8 flips' and turns' logits (TTA). The Grad-CAM explains the "
                         "tile as uploaded." if not whole else "Each window's probabilities: the mean of its 8 flips "
                         "and turns (TTA). The Grad-CAM explains the window as it lies in the image.")
-    if pred.view_probabilities is not None:
-        with cols[2].expander("The 8 views' own probabilities"):
+    if pred.view_probabilities is not None:  # full width: in the probabilities' column it was cut at 1400 px
+        with st.expander("The 8 views' own probabilities (their mean logits make the prediction above)"):
             st.dataframe(pd.DataFrame(pred.view_probabilities, index=list(VIEW_NAMES),
-                                      columns=list(model.class_names)).style.format("{:.1%}"), width="stretch")
+                                      columns=list(model.class_names))
+                         .style.format(lambda p: "<0.1%" if p < 0.001 else f"{p:.1%}"), width="stretch")
     if pred.class_map is not None:
         # decoded again rather than kept in the cached prediction: a large image would pin up to 64 MB there
         gray, _ = decode_gray(payload, name)
