@@ -186,6 +186,9 @@ def test_scan_page_refuses_bad_input_then_scans_a_path_and_shows_the_results(tmp
         assert at.dataframe and {"label", "probability"} <= set(at.dataframe[0].value.columns)
         labels = [b.label for b in at.get("download_button")]
         assert any(lbl.startswith("detections.geojson") for lbl in labels) and "All outputs (zip)" in labels
+        classes = next(m for m in at.multiselect if m.label == "Classes")
+        classes.set_value([]).run()  # every class filtered away: said, not a crash or an empty grid
+        assert not at.exception and "No class is chosen" in texts(at)
     finally:
         shutil.rmtree(job.path, ignore_errors=True)
 
