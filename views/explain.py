@@ -183,8 +183,9 @@ for number, (name, digest, pred, cam_col, side_col) in enumerate(shown, 1):
     overlay = overlay_heatmap(pred.tile, exp.heatmap, alpha)
     cam_col.image(overlay, caption=f"{exp.method} on {exp.layer} for {exp.target_name}", width="stretch")
     cam_col.image(colour_scale(), width="stretch")
-    cam_col.caption(f"Colour scale: blue 0, none of this tile's evidence for {exp.target_name}; red 1, its "
-                    "strongest. Scaled per tile: red marks where the evidence is, not that it is strong" +
+    cam_col.caption(f"Colour scale: blue 0, red 1: where {exp.method} places this tile's evidence for "
+                    f"{exp.target_name}, scaled per tile (red is where, not how strong); the map is "
+                    "upsampled from the layer's coarse grid" +
                     (f" (the model gives {exp.target_name} {pred.probabilities[exp.target_name]:.1%})"
                      if exp.target != pred.index else "") + ".")
     if exp.keep_top_confidence is not None:
@@ -192,6 +193,11 @@ for number, (name, digest, pred, cam_col, side_col) in enumerate(shown, 1):
         side_col.caption(f"Faithfulness: {exp.target_name} confidence {exp.confidence:.0%} on {on}, "
                          f"{exp.keep_top_confidence:.0%} keeping only the hottest 20%, {exp.remove_top_confidence:.0%} "
                          f"with it removed ({exp.seconds * 1000:.0f} ms).")
+        if exp.keep_top_confidence < 0.5 * exp.confidence and exp.remove_top_confidence > 0.5 * exp.confidence:
+            cam_col.warning(f"This map is not faithful here: the hottest 20% alone keeps {exp.keep_top_confidence:.0%}"
+                            f" of {exp.target_name}, and removing it leaves {exp.remove_top_confidence:.0%}. The "
+                            "model's evidence is spread over the tile; read the colours as a rough hint at most.",
+                            icon=":material/help:")
     buf = io.BytesIO()
     Image.fromarray(overlay).save(buf, format="PNG")
     side_col.download_button("Download overlay (PNG)", buf.getvalue(), file_name=f"{name.rsplit('.', 1)[0]}-{method}-{exp.target_name.replace(' ', '_')}.png",
