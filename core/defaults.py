@@ -307,9 +307,6 @@ def tta_decision(files: dict[str, Any], loaded, repeats: int = 15) -> dict[str, 
     import time
     import numpy as np
     from .inference import predict_views
-    if files.get("pred_tta") is None:
-        return {"on": False, "why": "TTA: not the default (the folds' predictions have no 8-view averages)"}
-    versus = compare({**files, "pred": files["pred_tta"]}, files)
     tile = np.random.default_rng(0).integers(0, 256, (1, 227, 227), dtype=np.uint8)
     predict_views(loaded, tile, show_progress=False)  # the first call traces
     times = []
@@ -318,6 +315,11 @@ def tta_decision(files: dict[str, Any], loaded, repeats: int = 15) -> dict[str, 
         predict_views(loaded, tile, show_progress=False)
         times.append((time.perf_counter() - t0) * 1000)
     p50 = float(np.median(times))
+    if files.get("pred_tta") is None:
+        return {"on": False, "p50_ms": p50,
+                "why": f"TTA off by default: the folds' predictions have no 8-view averages to judge it by (not "
+                       f"scored); one tile's 8 views take {p50:.0f} ms at the median (limit {TTA_P50_LIMIT_MS:.0f} ms)"}
+    versus = compare({**files, "pred": files["pred_tta"]}, files)
     on = versus["passes"] and p50 < TTA_P50_LIMIT_MS
     from .bootstrap import fmt
     figures = ", ".join(f"{k.replace('_', ' ')} {fmt(versus[k]['difference'], versus[k]['interval'])}"
