@@ -93,7 +93,7 @@ class RunConfig:
     init: str = opt("imagenet", "start from random weights, ImageNet weights, or an earlier run", "model", INITS)
     init_from: str = opt("", "run folder or checkpoint to start from", "model", when=("init", ("run",)),
                          not_gridable="it is a path; start the whole grid from one run instead")
-    image_size: int = opt(160, "model input size in pixels (tiles are 227x227); 0: the model's native size "
+    image_size: int = opt(260, "model input size in pixels (tiles are 227x227); 0: the model's native size "
                           "(224 for lite0 and the ResNets, 240 for lite1, 260 for lite2)", "model", min=0, max=512)
     # Freezing
     freeze: str = opt("below", "none, all but the classifier head, or everything below a stage", "freezing",
@@ -127,9 +127,9 @@ class RunConfig:
                              min=0, max=MAX_EPOCHS)
     min_lr: float = opt(1e-6, "cosine: final learning rate", "optimisation", when=("scheduler", ("cosine",)),
                          max=10.0)
-    epochs: int = opt(3, "epochs", "optimisation", min=1, max=MAX_EPOCHS, resumable=True)
+    epochs: int = opt(5, "epochs", "optimisation", min=1, max=MAX_EPOCHS, resumable=True)
     batch_size: int = opt(64, "batch size", "optimisation", min=1, max=8192)
-    imbalance: str = opt("none", "class-imbalance handling: loss weights n/(k n_c), their square root "
+    imbalance: str = opt("sqrt_weighted_loss", "class-imbalance handling: loss weights n/(k n_c), their square root "
                          "(milder), or a sampler that draws every class equally often", "optimisation", IMBALANCE)
     label_smoothing: float = opt(0.05, "label smoothing", "optimisation", min=0.0, max=0.5)
     early_stopping_metric: str = opt("macro_f1", "validation metric that picks the best epoch", "optimisation",

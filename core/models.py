@@ -201,7 +201,7 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
               "block3", 128, fine_tune_from="block1"),
 )}
 ARCHITECTURES = tuple(MODELS)
-DEFAULT_ARCH = "tf_efficientnet_lite0"
+DEFAULT_ARCH = "tf_efficientnet_lite2"  # the default model's recipe (checkpoints/MODEL_CARD.md)
 
 
 def spec(arch: str) -> ModelSpec:

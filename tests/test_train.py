@@ -174,8 +174,8 @@ def test_config_validation_messages():
     with pytest.raises(ConfigError, match="data"):
         RunConfig().validate()
     assert RunConfig(data=["x"], scheduler="cosine", lr=1e-3, min_lr=1e-3).validate()  # a constant rate is allowed
-    assert RunConfig(data=["x"]).validate().input_size == 160  # the shipped recipe's input size
-    assert RunConfig(data=["x"], image_size=0).validate().input_size == 224  # EfficientNet-Lite0's native size
+    assert RunConfig(data=["x"]).validate().input_size == 260  # the default model's recipe's input size
+    assert RunConfig(data=["x"], model="tf_efficientnet_lite0", image_size=0).validate().input_size == 224  # native
     assert RunConfig(data=["x"], model="tf_efficientnet_lite2", image_size=0).input_size == 260
     with pytest.raises(ConfigError, match="unknown option"):
         RunConfig.from_dict({"data": ["x"], "learning_rate": 1})
