@@ -313,12 +313,18 @@ def runs_root(runs_dir: Path | None = None) -> Path:
     return Path(runs_dir or RUNS_DIR)
 
 
+def folder_hint(name_hint: str) -> str:
+    """What a run's name becomes in its folder's name: letters, digits, '.', '_' and '-' only, 40 at most (a name
+    is never a path)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name_hint).strip("-.")[:40]
+
+
 def new_run_dir(name_hint: str = "", runs_dir: Path | None = None) -> Run:
     """A fresh, uniquely named run folder under the runs directory."""
     root = runs_root(runs_dir)
     root.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    hint = re.sub(r"[^A-Za-z0-9._-]+", "-", name_hint).strip("-.")[:40]
+    hint = folder_hint(name_hint)
     base = f"{stamp}-{hint}" if hint else stamp
     for i in range(1000):
         path = root / (base if i == 0 else f"{base}-{i}")

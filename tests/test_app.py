@@ -613,3 +613,12 @@ def test_compare_with_refit_runs_says_so_and_draws_no_empty_validation_charts(wi
     finally:
         for run in made:
             shutil.rmtree(run.path)
+
+
+def test_a_run_name_that_is_changed_for_its_folder_says_so():
+    """Browser walk: '../../etc/passwd' as a run name was rewritten for the folder without a word."""
+    at = run_page("views/train.py")
+    at.text_input(key="cfg_name").input("../../etc/passwd").run()
+    assert "The run's folder will be named after 'etc-passwd'" in texts(at) and not at.exception
+    at.text_input(key="cfg_name").input("plain-name").run()
+    assert "will be named after" not in texts(at)

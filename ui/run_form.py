@@ -8,6 +8,7 @@ import streamlit as st
 from core.config import ConfigError, RunConfig, field_specs
 from core.jobs import device_choices
 from core.models import DEFAULT_ARCH, stages
+from core.runs import folder_hint
 from core.models import spec as model_spec
 from core.runs import list_runs
 from ui import appstate
@@ -127,6 +128,11 @@ def run_form(default_data: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
                 with cols[shown % 3] if spec["name"] != "data" else st.container():
                     values[spec["name"]] = _widget(spec, values)
                     slots[spec["name"]] = st.empty()
+                    if spec["name"] == "name" and isinstance(values["name"], str) and values["name"].strip() \
+                            and folder_hint(values["name"]) != values["name"].strip():
+                        st.caption(f"The run's folder will be named after "
+                                   f"'{folder_hint(values['name']) or '(nothing: only the date)'}': a name keeps "
+                                   "letters, digits, '.', '_' and '-', and is never a path.")
                 shown += spec["name"] != "data"
     _remember({name: st.session_state[f"cfg_{name}"] if name != "data" else values["data"]
                for name in values if f"cfg_{name}" in st.session_state})
