@@ -508,3 +508,15 @@ def test_a_symlink_in_a_data_folder_is_not_followed_outside_it(tmp_path):
     inside.rename(tmp_path / "moved.jpg")
     inside.symlink_to(images / sorted(p.name for p in images.glob("*.jpg") if p.name != victim.name)[0])
     assert inside.name in {r.name for r in load_dataset(DataSpec((str(folder),))).records}  # a link within is fine
+
+
+def test_an_empty_or_damaged_zip_is_named_as_such(tmp_path):
+    """Browser walk: a 0-byte .zip was called 'neither a folder nor a zip file'."""
+    from core.data import DataError
+    from core.data.storage import Storage
+    (tmp_path / "empty.zip").write_bytes(b"")
+    (tmp_path / "bad.zip").write_bytes(b"not a zip at all")
+    with pytest.raises(DataError, match=r"not a readable zip file \(empty\)"):
+        Storage.open(tmp_path / "empty.zip")
+    with pytest.raises(DataError, match=r"not a readable zip file \(damaged or not a zip\)"):
+        Storage.open(tmp_path / "bad.zip")

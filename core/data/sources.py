@@ -160,8 +160,9 @@ def _read_official(storage: Storage, path: Path, layout: Layout, keep_repeats: b
         rows = [(n, lab, None) for n, lab in labels.items()]
     if repeats:
         warnings.append(f"the split file repeats {sum(repeats.values())} rows (minority-class up-sampling); "
-                        + ("kept" if keep_repeats else "dropped (to keep them: the Dataset page's \"Keep the split file's "
-                                                       "repeated rows\", or --keep-split-repeats)"))
+                        + ("kept" if keep_repeats else "dropped (to keep them: tick \"Keep the split file's repeated rows\" "
+                                                       "under Merge and split on the Dataset page, or "
+                                                       "--keep-split-repeats)"))
 
     records, missing = [], []
     listed = set()

@@ -57,6 +57,8 @@ class Storage:
             return FolderStorage(p)
         if zipfile.is_zipfile(p):
             return ZipStorage(p)
+        if p.suffix.lower() == ".zip":
+            raise DataError(f"{p} is not a readable zip file ({'empty' if p.stat().st_size == 0 else 'damaged or not a zip'})")
         raise DataError(f"{p} is neither a folder nor a zip file")
 
     def _full(self, rel: str) -> str:
