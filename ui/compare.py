@@ -1,6 +1,8 @@
 """Side-by-side facts about runs: settings that differ, headline metrics, per-class F1."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
@@ -17,6 +19,13 @@ from core.seen import MIN_COMMON_TILES, Exclusion, training_set, unseen
 from ui.intervals import interval_text
 
 
+def _resolved(path: object) -> str:
+    try:
+        return str(Path(str(path)).expanduser().resolve())
+    except (OSError, RuntimeError):
+        return str(path)
+
+
 def settings_table(runs: Sequence[Run], models: Mapping[str, dict] | None = None) -> tuple[pd.DataFrame, list[str]]:
     """One column per run (and per shipped model: name -> its checkpoint's config), one row per option; and
     the options whose values differ between them."""
@@ -26,6 +35,8 @@ def settings_table(runs: Sequence[Run], models: Mapping[str, dict] | None = None
     columns = {}
     for name, config in configs.items():
         cfg = {**defaults, **config}
+        if isinstance(cfg.get("data"), list):  # the same folders, written relative or absolute, are the same data
+            cfg["data"] = [_resolved(p) for p in cfg["data"]]
         shown = {k: ", ".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in cfg.items()}
         columns[name] = shown | effective_settings(cfg, effective.get(name))
     table = pd.DataFrame(columns)
