@@ -469,7 +469,7 @@ def format_files(rep: dict[str, Any]) -> list[str]:
         return ["", f"every file a user could send (originals and their official copies): not scored yet ({why}); "
                     f"python -m core.train --cv-score {rep['id']}"]
     shown = [v for v in VIEWS if views.get(v)]
-    width = 24
+    width = 28
     head = views[shown[0]]
     lines = ["", f"out-of-fold on every file a user could send: {files['originals']} originals and "
                  f"{files['files'] - files['originals']} official copies (turned, flipped, brightened) of "
