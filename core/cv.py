@@ -36,7 +36,7 @@ from .classes import CLASS_NAMES
 from .cliargs import refuse, single_run_flag
 from .config import ConfigError, RunConfig, typed_config
 from .data.spec import MAX_FOLDS, MIN_FOLDS
-from .runs import Run, new_manifest_id, now_iso, read_json, runs_root, write_json_atomic
+from .runs import Run, new_manifest_id, now_iso, read_json, read_manifests, runs_root, write_json_atomic
 
 TAG_PREFIX = "cv:"
 HEADLINE = ("macro_f1", "balanced_accuracy", "accuracy")
@@ -260,17 +260,7 @@ def manifest_problem(raw: Any, stem: str) -> str | None:
 
 def list_cvs(runs_dir: Path | None = None, skipped: list[str] | None = None) -> list[dict[str, Any]]:
     """The cross-validations' manifests that read as manifests, newest first; the others named in `skipped`."""
-    folder = cv_dir(runs_dir)
-    found = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        raw = read_json(path)
-        problem = "not JSON" if raw is None else manifest_problem(raw, path.stem)
-        if problem:
-            if skipped is not None:
-                skipped.append(f"{path.name}: {problem}")
-            continue
-        found.append(raw)
-    return sorted(found, key=lambda m: m["id"], reverse=True)
+    return read_manifests(cv_dir(runs_dir), manifest_problem, skipped)
 
 
 def load_manifest(cv_id: str, runs_dir: Path | None = None) -> dict[str, Any]:

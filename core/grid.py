@@ -23,7 +23,7 @@ import pandas as pd
 
 from .cliargs import refuse, single_run_flag
 from .config import ConfigError, RunConfig, field_specs, typed_config
-from .runs import Run, new_manifest_id, now_iso, read_json, runs_root, write_json_atomic
+from .runs import Run, new_manifest_id, now_iso, read_json, read_manifests, runs_root, write_json_atomic
 
 MAX_FIELDS = 3
 MAX_RUNS = 24  # a grid is one research question, not a sweep; its queued jobs wait in core.queue (~14 MiB each)
@@ -362,17 +362,7 @@ def manifest_problem(raw: Any, stem: str) -> str | None:
 
 def list_grids(runs_dir: Path | None = None, skipped: list[str] | None = None) -> list[dict[str, Any]]:
     """The grids' manifests that read as manifests, newest first; the others named in `skipped`."""
-    folder = grids_dir(runs_dir)
-    found = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        raw = read_json(path)
-        problem = "not JSON" if raw is None else manifest_problem(raw, path.stem)
-        if problem:
-            if skipped is not None:
-                skipped.append(f"{path.name}: {problem}")
-            continue
-        found.append(raw)
-    return sorted(found, key=lambda m: m["id"], reverse=True)
+    return read_manifests(grids_dir(runs_dir), manifest_problem, skipped)
 
 
 def load_manifest(grid_id: str, runs_dir: Path | None = None) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import secrets
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -334,6 +335,22 @@ def new_run_dir(name_hint: str = "", runs_dir: Path | None = None) -> Run:
         except FileExistsError:
             continue
     raise RuntimeError(f"could not create a run folder under {root}")
+
+
+def read_manifests(folder: Path, problem: Callable[[Any, str], str | None],
+                   skipped: list[str] | None = None) -> list[dict[str, Any]]:
+    """The manifests in `folder` (a grid's, a cross-validation's) that `problem(raw, file stem)` finds nothing wrong
+    with, newest first; the others named in `skipped` ("file: why")."""
+    found = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        raw = read_json(path)
+        why = "not JSON" if raw is None else problem(raw, path.stem)
+        if why:
+            if skipped is not None:
+                skipped.append(f"{path.name}: {why}")
+            continue
+        found.append(raw)
+    return sorted(found, key=lambda m: m["id"], reverse=True)
 
 
 def new_manifest_id(folder: Path) -> str:
