@@ -111,6 +111,11 @@ run = runs[names.index(selected)]
 active = jobs.job_state(run) in ACTIVE_STATES
 
 
+def _figure(value: object, spec: str) -> str:
+    """A metrics row's figure, or a dash when the row lacks it (written by hand, or by an older version)."""
+    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
+
+
 @st.fragment(run_every=2.0 if active else None)
 def live() -> None:
     status = jobs.observed_status(run)  # a vanished trainer shows as lost, with why
@@ -149,21 +154,23 @@ def live() -> None:
             best = run.best_epoch(status)
             cols = st.columns(4)
             which = f"epoch {last['epoch']}, the last"
-            cols[0].metric(f"val macro-F1 ({which})", f"{last['val_macro_f1']:.3f}")
-            cols[1].metric(f"val balanced accuracy ({which})", f"{last['val_balanced_accuracy']:.3f}")
-            cols[2].metric(f"val accuracy ({which})", f"{last['val_accuracy']:.3f}")
-            cols[3].metric("images/s", f"{last['images_per_s']:.0f}")
+            cols[0].metric(f"val macro-F1 ({which})", _figure(last.get("val_macro_f1"), ".3f"))
+            cols[1].metric(f"val balanced accuracy ({which})", _figure(last.get("val_balanced_accuracy"), ".3f"))
+            cols[2].metric(f"val accuracy ({which})", _figure(last.get("val_accuracy"), ".3f"))
+            cols[3].metric("images/s", _figure(last.get("images_per_s"), ".0f"))
             if best.get("epoch") and best.get("epoch") != last["epoch"] and best.get("val_macro_f1") is not None:
                 st.caption(f"The run keeps its best epoch, {best['epoch']} (val macro-F1 {best['val_macro_f1']:.3f}), "
                            "as its checkpoint: Home, Evaluate and Compare show that one.")
-            support = last.get("val_support", {})
+            support = last.get("val_support") if isinstance(last.get("val_support"), dict) else {}
+            recalls = last.get("val_recall") if isinstance(last.get("val_recall"), dict) else {}
             # text, not NaN: Streamlit shows a NaN as "None" whatever the Styler says
-            recall = pd.DataFrame([{c: NO_TILES if not support.get(c) or r is None else
+            recall = pd.DataFrame([{c: NO_TILES if not support.get(c) or not isinstance(r, (int, float)) else
                                     f"{r:.2f} ({interval_text(wilson(round(r * support[c]), support[c]).as_list())})"
-                                    for c, r in last["val_recall"].items()}], index=[f"val recall ({which})"]).T
-            st.dataframe(recall, width="stretch")  # a row per class: eight columns were cut at 1400 px
-            st.caption("In brackets: the 95% Wilson interval of each recall from its tile counts (an epoch keeps no "
-                       "predictions to resample observations with; the run's evaluation at its end does).")
+                                    for c, r in recalls.items()}], index=[f"val recall ({which})"]).T
+            if recalls:
+                st.dataframe(recall, width="stretch")  # a row per class: eight columns were cut at 1400 px
+                st.caption("In brackets: the 95% Wilson interval of each recall from its tile counts (an epoch keeps "
+                           "no predictions to resample observations with; the run's evaluation at its end does).")
             absent = [c for c, n in support.items() if n == 0]
             if absent:
                 st.caption(f"Validation has no tiles of {', '.join(absent)}: no recall for them, and macro-F1 "
