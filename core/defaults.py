@@ -247,6 +247,7 @@ def promote(cv_id: str, runs_dir: Path | None = None, *, why: str = "", first: b
     if checkpoint is not None and checkpoint.resolve().parent == path.resolve().parent:
         checkpoint_name = checkpoint_name or checkpoint.name  # already shipped: the entry names it, no copy
     name = checkpoint_name or f"hirise-{loaded.arch.replace('tf_', '').replace('_', '-')}-{loaded.image_size}px-{cv_id}.pt"
+    tta = tta_decision(files, loaded)  # timed before the lock: a second promotion waits only for the writing
     with locked_registry(path) as reg:
         champion = current_entry(reg)
         if any(e["id"] == cv_id for e in reg["entries"]):
@@ -275,7 +276,6 @@ def promote(cv_id: str, runs_dir: Path | None = None, *, why: str = "", first: b
             if not gate["passes"]:
                 raise RegistryError(text.replace("\n", "; "))
             say(text)
-        tta = tta_decision(files, loaded)
         say(tta["why"])
         target = path.parent / name
         _ship(source, target, loaded)
