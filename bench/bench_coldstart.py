@@ -129,8 +129,8 @@ def sample_tile(folder: Path) -> Path:
     shared = ROOT.parent / "shared" / "data"
     for path in sorted(shared.glob("*/map-proj*/*.jpg"))[:1] + sorted(shared.glob("**/*.jpg"))[:1]:
         return path
-    from PIL import Image
     import numpy as np
+    from PIL import Image
     rng = np.random.default_rng(0)
     gray = (rng.normal(100, 20, (227, 227))).clip(0, 255).astype(np.uint8)
     path = folder / "tile.jpg"

@@ -34,16 +34,17 @@ from torchvision import transforms as T
 from torchvision.datasets.folder import default_loader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core.checkpoint import LoadedModel, checkpoint_payload, load_checkpoint, save_checkpoint  # noqa: E402
-from core.classes import NUM_CLASSES  # noqa: E402
-from core.data import load_dataset  # noqa: E402
-from core.data.storage import FolderStorage  # noqa: E402
-from core.inference import predict_logits  # noqa: E402
-from core.models import build_model  # noqa: E402
-from core.precision import bf16_native  # noqa: E402
-from core.settings import DEFAULT_CHECKPOINT, SHARED_DATA_DIR  # noqa: E402
-from benchlib import OtherLoad, real_data_missing  # noqa: E402 - bench/benchlib.py, next to this script
-from core.cliargs import at_least  # noqa: E402
+from benchlib import OtherLoad, real_data_missing
+
+from core.checkpoint import LoadedModel, checkpoint_payload, load_checkpoint, save_checkpoint
+from core.classes import NUM_CLASSES
+from core.cliargs import at_least
+from core.data import load_dataset
+from core.data.storage import FolderStorage
+from core.inference import predict_logits
+from core.models import build_model
+from core.precision import bf16_native
+from core.settings import DEFAULT_CHECKPOINT, SHARED_DATA_DIR
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

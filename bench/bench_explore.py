@@ -20,14 +20,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core.checkpoint import load_checkpoint  # noqa: E402
-from core.data import load_dataset  # noqa: E402
-from core.explore.embed import DEFAULT_METHOD, METHODS, embed  # noqa: E402
-from core.explore.features import resolve_size  # noqa: E402
-from core.inference import model_input  # noqa: E402
-from core.settings import SHARED_DATA_DIR  # noqa: E402
-from benchlib import OtherLoad, real_data_missing  # noqa: E402 - bench/benchlib.py
-from core.cliargs import at_least  # noqa: E402
+from benchlib import OtherLoad, real_data_missing
+
+from core.checkpoint import load_checkpoint
+from core.cliargs import at_least
+from core.data import load_dataset
+from core.explore.embed import DEFAULT_METHOD, METHODS, embed
+from core.explore.features import resolve_size
+from core.inference import model_input
+from core.settings import SHARED_DATA_DIR
 
 SOURCES = ("hirise-v3_2-subset", "hirise-v3-subset", "hirise-v3_2-extra-train")
 

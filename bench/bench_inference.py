@@ -26,15 +26,14 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core.checkpoint import LoadedModel, load_checkpoint  # noqa: E402
-from core.classes import CLASS_NAMES  # noqa: E402
-from core.explain import CAM_METHODS, PERTURBATION_METHODS, explain  # noqa: E402
-from core.inference import preprocess  # noqa: E402
-from core.models import build_model, default_cam_layer, get_layer  # noqa: E402
-from core.predict import predict_bytes  # noqa: E402
-from core.settings import DEFAULT_CHECKPOINT  # noqa: E402
-from core.cliargs import at_least  # noqa: E402
-
+from core.checkpoint import LoadedModel, load_checkpoint
+from core.classes import CLASS_NAMES
+from core.cliargs import at_least
+from core.explain import CAM_METHODS, PERTURBATION_METHODS, explain
+from core.inference import preprocess
+from core.models import build_model, default_cam_layer, get_layer
+from core.predict import predict_bytes
+from core.settings import DEFAULT_CHECKPOINT
 
 
 def timed(fn: Callable[[], object], reps: int, warmup: int = 3) -> tuple[float, float]:

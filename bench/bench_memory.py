@@ -31,9 +31,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from core.settings import DEFAULT_CHECKPOINT, SHARED_DATA_DIR  # noqa: E402
 from benchlib import real_data_missing  # noqa: E402 - bench/benchlib.py, next to this script
+
 from core.cliargs import at_least  # noqa: E402
+from core.settings import DEFAULT_CHECKPOINT, SHARED_DATA_DIR  # noqa: E402
 
 POLL_S = 0.2
 
@@ -167,7 +168,7 @@ def app_memory(args: argparse.Namespace) -> None:
         values = [rss for _, k, rss in series if k == kind]
         within[kind] = values[-1] - values[0]
     print("    growth per phase (end of phase vs the previous phase's end): " + ", ".join(
-        f"{k} {v - p:+.1f}" for (k, v), p in zip(phase_end.items(), [base, *phase_end.values()])) + " MiB")
+        f"{k} {v - p:+.1f}" for (k, v), p in zip(phase_end.items(), [base, *phase_end.values()], strict=False)) + " MiB")
     print("    growth within each phase (its first record to its last): " + ", ".join(
         f"{k} {v:+.1f}" for k, v in within.items()) + " MiB")
     print(f"    peak RSS (VmHWM) {peak:,.0f} MiB; baseline after model load {base:,.0f} MiB; peak - baseline "

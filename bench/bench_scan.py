@@ -34,6 +34,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchlib import OtherLoad, real_data_missing  # noqa: E402 - bench/benchlib.py
+
 from core.checkpoint import load_checkpoint  # noqa: E402
 from core.data import load_dataset  # noqa: E402
 from core.inference import predict_proba  # noqa: E402
@@ -46,7 +47,7 @@ from tools import observation  # noqa: E402
 TILE = 227
 
 
-def browse_observation(data, loaded, width: int, height: int) -> np.ndarray:  # noqa: ANN001
+def browse_observation(data, loaded, width: int, height: int) -> np.ndarray:
     """`other` tiles to width x height, real landmarks pasted at 96, 192 and 384 px."""
     names = list(loaded.class_names)
     landmarks = observation.landmarks_called_right(loaded, data, {"crater": 4, "dark dune": 2, "bright dune": 2,
@@ -62,7 +63,7 @@ def browse_observation(data, loaded, width: int, height: int) -> np.ndarray:  # 
     return canvas
 
 
-def plain_loop(loaded, gray: np.ndarray, boxes: np.ndarray) -> None:  # noqa: ANN001
+def plain_loop(loaded, gray: np.ndarray, boxes: np.ndarray) -> None:
     for x0, y0, x1, y1 in boxes:
         tile = np.asarray(Image.fromarray(gray[y0:y1, x0:x1]).resize((TILE, TILE), Image.BILINEAR))
         predict_proba(loaded, tile[None], batch_size=1)
@@ -94,7 +95,7 @@ def other_share(load: OtherLoad, child_cpu_before: float) -> float:
     return max(0.0, share - (CHILD_CPU_S - child_cpu_before) / max(capacity, 1e-9))
 
 
-def section_browse(args, data, loaded) -> None:  # noqa: ANN001
+def section_browse(args, data, loaded) -> None:
     width, height = args.browse
     gray = browse_observation(data, loaded, width, height)
     windows = Windows(gray, DEFAULT_SIZES[0], DEFAULT_SIZES[0] // 2)
@@ -127,7 +128,7 @@ def section_browse(args, data, loaded) -> None:  # noqa: ANN001
     print(f"other processes took {other:.0%} of the CPU meanwhile")
 
 
-def section_jp2(args, data, loaded, work: Path) -> None:  # noqa: ANN001
+def section_jp2(args, data, loaded, work: Path) -> None:
     side = args.jp2_side
     path = work / f"obs{side}.jp2"
     t0 = time.perf_counter()
@@ -142,7 +143,7 @@ def section_jp2(args, data, loaded, work: Path) -> None:  # noqa: ANN001
     load.start()
     # the plain way: the model loaded, the whole image decoded into memory (then cut into windows)
     read_whole = ("import core.scan, core.checkpoint as c, rasterio; m = c.load_checkpoint(); "
-                  "a = rasterio.open(%r).read(1); print(a.shape)" % str(path))
+                  f"a = rasterio.open({str(path)!r}).read(1); print(a.shape)")
     base_gib, base_s, _ = child_peak([sys.executable, "-c", read_whole])
     libs_gib, _, _ = child_peak([sys.executable, "-c", "import core.scan, core.checkpoint as c; c.load_checkpoint()"])
     out = work / "jp2-out"
@@ -158,7 +159,7 @@ def section_jp2(args, data, loaded, work: Path) -> None:  # noqa: ANN001
     print(f"other processes took {other:.0%} of the CPU meanwhile")
 
 
-def section_engine(args, data, loaded, work: Path) -> None:  # noqa: ANN001
+def section_engine(args, data, loaded, work: Path) -> None:
     folder = work / "observations"
     folder.mkdir()
     names = list(loaded.class_names)
@@ -172,8 +173,8 @@ def section_engine(args, data, loaded, work: Path) -> None:  # noqa: ANN001
     load, cpu0 = OtherLoad(), CHILD_CPU_S
     load.start()
     cmd = [sys.executable, "-m", "core.scan", str(folder), "--sizes", "192,384"]
-    _, here_s, rc1 = child_peak(cmd + ["--out", str(work / "here")])
-    _, dask_s, rc2 = child_peak(cmd + ["--out", str(work / "dask"), "--cluster", "--workers", "2"])
+    _, here_s, rc1 = child_peak([*cmd, "--out", str(work / "here")])
+    _, dask_s, rc2 = child_peak([*cmd, "--out", str(work / "dask"), "--cluster", "--workers", "2"])
     other = other_share(load, cpu0)
     same = (work / "here" / "detections.csv").read_text() == (work / "dask" / "detections.csv").read_text()
     print(f"== 3. {args.observations} observations of {w}x{h} px, windows 192,384 px: {total:,} windows")
@@ -204,7 +205,7 @@ def ray_child(folder: Path) -> None:
 
     @ray.remote(num_cpus=1)
     class Worker:
-        def run(self, chunk):  # noqa: ANN001, ANN202
+        def run(self, chunk):
             return scanning.worker_task(chunk, None)
 
     chunks = []

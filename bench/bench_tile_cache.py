@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core.data import load_dataset  # noqa: E402
-from core.settings import SHARED_DATA_DIR  # noqa: E402
-from core.cliargs import at_least  # noqa: E402
+from core.cliargs import at_least
+from core.data import load_dataset
+from core.settings import SHARED_DATA_DIR
 
 
 def main() -> None:

@@ -47,18 +47,19 @@ from torchvision import transforms as T
 from torchvision.datasets.folder import default_loader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core.classes import NUM_CLASSES  # noqa: E402
-from core.config import RunConfig  # noqa: E402
-from core.data.storage import FolderStorage  # noqa: E402
-from core.models import build_model  # noqa: E402
-from core.optim import build_optimizer  # noqa: E402
-from core.preprocess import to_model_input  # noqa: E402
-from core.precision import cpu_has_bf16  # noqa: E402
-from core.settings import SHARED_DATA_DIR  # noqa: E402
-from core.batches import TrainData, prepare_data, train_batches  # noqa: E402
-from core.train import optimizer_step  # noqa: E402
-from benchlib import OtherLoad, real_data_missing  # noqa: E402 - bench/benchlib.py, next to this script
-from core.cliargs import at_least  # noqa: E402
+from benchlib import OtherLoad, real_data_missing
+
+from core.batches import TrainData, prepare_data, train_batches
+from core.classes import NUM_CLASSES
+from core.cliargs import at_least
+from core.config import RunConfig
+from core.data.storage import FolderStorage
+from core.models import build_model
+from core.optim import build_optimizer
+from core.precision import cpu_has_bf16
+from core.preprocess import to_model_input
+from core.settings import SHARED_DATA_DIR
+from core.train import optimizer_step
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LR, WEIGHT_DECAY = 1e-3, 1e-4

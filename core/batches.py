@@ -69,7 +69,7 @@ def prepare_data(cfg: RunConfig, log) -> TrainData:
     val = TileDataset(data.tiles(val_records), data.labels(val_records))
     counts = np.bincount(data.labels(train_records), minlength=NUM_CLASSES)
     log(f"train {len(train_records)} tiles ({len(train)} per epoch, augment={cfg.augment}), val {len(val_records)} "
-        f"originals; train per class: " + ", ".join(f"{c} {n}" for c, n in zip(CLASS_NAMES, counts)))
+        f"originals; train per class: " + ", ".join(f"{c} {n}" for c, n in zip(CLASS_NAMES, counts, strict=True)))
     return TrainData(data, train, val, mean, std, data.labels(train_records),
                      augment.BatchAugment(batched) if batched else None, init)
 

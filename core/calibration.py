@@ -85,6 +85,6 @@ def reliability_diagram(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15)
     count, acc, conf, edges = _bins(probs, labels, n_bins)
     return {"bin_edges": [float(e) for e in edges],
             "count": [int(c) for c in count],
-            "accuracy": [None if c == 0 else float(a) for c, a in zip(count, acc)],
-            "confidence": [None if c == 0 else float(m) for c, m in zip(count, conf)],
+            "accuracy": [None if c == 0 else float(a) for c, a in zip(count, acc, strict=True)],
+            "confidence": [None if c == 0 else float(m) for c, m in zip(count, conf, strict=True)],
             "ece": expected_calibration_error(probs, labels, n_bins)}

@@ -60,4 +60,4 @@ CLASS_COLORS: dict[str, tuple[int, int, int]] = {
 
 def class_hex(name: str) -> str:
     """'#rrggbb' of a class's colour (plotly's form)."""
-    return "#%02x%02x%02x" % CLASS_COLORS[name]
+    return "#{:02x}{:02x}{:02x}".format(*CLASS_COLORS[name])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-
 from typing import Any
 
 CONNECT_TIMEOUT_S = 10
@@ -38,7 +37,7 @@ def connect(address: str, workers: int) -> Iterator:
             local.close()
 
 
-def _client(address: str, workers: int):  # noqa: ANN202 - a dask.distributed Client
+def _client(address: str, workers: int):
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError as exc:
@@ -51,7 +50,7 @@ def _client(address: str, workers: int):  # noqa: ANN202 - a dask.distributed Cl
     _handshake(address, timeout)
     try:
         return Client(address, timeout=timeout)
-    except Exception as exc:  # noqa: BLE001 - whatever the other end did, one line
+    except Exception as exc:
         raise ClusterError(f"cannot reach a Dask scheduler at {address} within {timeout} s ({_reason(exc)})") from None
 
 
@@ -80,7 +79,7 @@ def _handshake(address: str, timeout: float) -> None:
 
     try:
         scheme, _ = parse_address(address)
-    except Exception as exc:  # noqa: BLE001 - a malformed address
+    except Exception as exc:
         raise ClusterError(f"{address}: not a Dask scheduler address ({_reason(exc)}); give tcp://HOST:PORT") from None
     if scheme not in SCHEMES:
         raise ClusterError(f"{address}: the {scheme}:// protocol is not one this scan uses ({', '.join(SCHEMES)}); "
@@ -98,17 +97,17 @@ def _handshake(address: str, timeout: float) -> None:
         asyncio.run(asyncio.wait_for(exchange(), timeout))
     except ClusterError as exc:
         raise ClusterError(f"cannot use {address} as a Dask scheduler: {exc}") from None
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         raise ClusterError(f"cannot reach a Dask scheduler at {address} within {timeout} s (something accepted the "
                            "connection but gave no Dask answer: is it a Dask scheduler's address?)") from None
     except OSError as exc:  # refused, unreachable, timed out connecting
         raise ClusterError(f"cannot reach a Dask scheduler at {address} within {timeout} s ({_reason(exc)})") from None
-    except Exception as exc:  # noqa: BLE001 - whatever the other end sent: a bogus frame, an HTTP page, ...
+    except Exception as exc:
         raise ClusterError(f"cannot use {address} as a Dask scheduler: it answered, but not as Dask does "
                            f"({_reason(exc)})") from None
 
 
-def run_on_dask(client, task: Callable, chunks: list, checkpoint: str | None,  # noqa: ANN001 - a dask Client
+def run_on_dask(client, task: Callable, chunks: list, checkpoint: str | None,
                 on_chunk: Callable[[int], None], should_stop: Callable[[], bool] = lambda: False
                 ) -> dict[int, Any] | None:
     """`task(chunk, checkpoint)` for every chunk on the cluster: chunk index -> its result, or the reason it failed
@@ -139,7 +138,7 @@ def run_on_dask(client, task: Callable, chunks: list, checkpoint: str | None,  #
             raise
         except KilledWorker as exc:
             results[k] = f"its worker died each time it ran ({str(exc).splitlines()[0][:120]})"
-        except Exception as exc:  # noqa: BLE001 - any other failure of one task is reported with its windows
+        except Exception as exc:
             results[k] = f"{type(exc).__name__}: {exc}"
         on_chunk(chunks[k].stop - chunks[k].start)
     return results

@@ -17,10 +17,10 @@ from typing import Any, get_type_hints
 import torch
 
 from . import augment
+from .classes import SELECTION_METRICS
 from .data.merge import CONFLICT_POLICIES
 from .data.spec import MAX_FOLDS, DataSpec
 from .data.split import SPLIT_MODES
-from .classes import SELECTION_METRICS
 from .models import ARCHITECTURES, DEFAULT_ARCH, FREEZE_MODES, WeightsUnavailable, require_imagenet, spec, stages
 from .optim import OPTIMIZERS, SCHEDULERS
 

@@ -127,7 +127,7 @@ def _start(configs: Sequence[RunConfig], how: str, runs_dir: Path | None, grid: 
 def _record(path: Path, run: Run, fold: int, note: str = "") -> None:
     """Add a fold's run to the manifest and tag it; a manifest has one writer (the thread launching it)."""
     manifest = read_json(path, {})
-    manifest["runs"] = manifest.get("runs", []) + [{"run": run.name, "fold": fold}]
+    manifest["runs"] = [*manifest.get("runs", []), {"run": run.name, "fold": fold}]
     write_json_atomic(path, manifest)
     run.add_tag(TAG_PREFIX + path.stem, note or f"cross-validation {path.stem}, fold {fold + 1}")
 
@@ -135,7 +135,8 @@ def _record(path: Path, run: Run, fold: int, note: str = "") -> None:
 def launch(configs: Sequence[RunConfig], runs_dir: Path | None = None, grid: str | None = None) -> tuple[str, list[Run]]:
     """Queue every fold as a job (one per device at a time, oldest first). Returns the id and the runs; a launch
     failing half way raises JobError naming the folds already queued (the report then names the missing ones)."""
-    from .jobs import JobError, launch as launch_job
+    from .jobs import JobError
+    from .jobs import launch as launch_job
     cv_id, path = _start(configs, "queued", runs_dir, grid)
     runs: list[Run] = []
     for cfg in configs:
@@ -153,7 +154,8 @@ def relaunch_missing(cv_id: str, runs_dir: Path | None = None) -> list[Run]:
     """Queue again every fold that is missing and not waiting or running (deleted, failed, cancelled, never
     queued), from the manifest's own recipe; the manifest then names the new run for that fold. CVError when none
     is missing, or a fold is still active (it may yet complete)."""
-    from .jobs import JobError, launch as launch_job
+    from .jobs import JobError
+    from .jobs import launch as launch_job
     rep = report(cv_id, runs_dir, with_files=False)
     active = [f for f in rep["folds"] if f.get("state") in ("queued", "running")]
     missing = [f for f in rep["missing"] if f.get("state") not in ("queued", "running")]
@@ -435,7 +437,7 @@ def format_report(rep: dict[str, Any]) -> str:
         lines.append(f"  {LABELS[k]:<18} {fmt(pooled[k], iv[k])}   {spread_text(spread, len(rep['folds']) - len(rep['missing']))}")
     lines.append(f"  always-{pooled['majority_baseline']['class']} accuracy {pooled['majority_baseline']['accuracy']:.3f}")
     lines += ["", f"{'class':<14}{'support':>8}{'precision':>22}{'recall':>22}{'F1':>22}"]
-    for c, civ in zip(pooled["per_class"], iv["per_class"]):
+    for c, civ in zip(pooled["per_class"], iv["per_class"], strict=True):
         precision = fmt(c["precision"], civ["precision"]) if c["predicted"] else "never predicted"
         recall = fmt(c["recall"], civ["recall"]) if c["support"] else "no tiles"
         f1 = fmt(c["f1"], civ["f1"]) if c["support"] else "-"
@@ -571,7 +573,7 @@ def refit_record(cv_id: str, runs_dir: Path | None = None) -> dict[str, Any]:
     out-of-fold logits, the out-of-fold figures that describe it, and the folds' out-of-distribution transfer
     ratio (`core.ood.transfer_ratio`). CVError unless every fold completed: a refit is described by all of them."""
     from .calibration import fit_temperature
-    from .checkpoint import read_checkpoint, CheckpointError
+    from .checkpoint import CheckpointError, read_checkpoint
     from .ood import FeatureDensity, OODError, transfer_ratio
     rep = report(cv_id, runs_dir, with_files=False)
     if rep["missing"]:
@@ -632,7 +634,7 @@ def check_refit(cfg: RunConfig, runs_dir: Path | None = None) -> dict[str, Any]:
         return refit_record(cfg.calibrate_from, runs_dir)
     except CVError:
         raise
-    except Exception as exc:  # noqa: BLE001 - damaged fold files: one line, before any training
+    except Exception as exc:
         raise CVError(f"calibrate_from: cross-validation {cfg.calibrate_from}'s fold files cannot be read "
                       f"({type(exc).__name__}: {exc})") from None
 

@@ -66,7 +66,7 @@ def score_fold(run: Run, data, tta: bool = True, say: Callable[[str], None] = pr
                           "true": int(t), "logits": [round(float(v), 4) for v in plain[i]],
                           **({"logits_tta": [round(float(v), 4) for v in averaged[i]]} if averaged is not None
                              else {})}
-                         for i, (r, t) in enumerate(zip(records, y))]}
+                         for i, (r, t) in enumerate(zip(records, y, strict=True))]}
     write_json_atomic(run.oof_files_file, payload)
     return run.oof_files_file
 
@@ -149,7 +149,7 @@ def false_alarms(y: np.ndarray, probs: np.ndarray, groups: list, threshold: floa
     n, hits = int(other.sum()), int((landmark & other).sum())
     if not n:
         return {"rate": None, "alarms": 0, "other_files": 0, "interval": None, "threshold": threshold}
-    gid = group_ids([g for g, o in zip(groups, other) if o])
+    gid = group_ids([g for g, o in zip(groups, other, strict=True) if o])
     per_group_hits = np.bincount(gid, weights=landmark[other].astype(float))
     per_group_n = np.bincount(gid).astype(float)
     weights = draw_weights(len(per_group_n), n_draws, seed)
@@ -184,4 +184,4 @@ def files_report(folds: list[tuple[int, Run | None]], temperature: float) -> dic
     if files is None:
         return {"views": None, "missing": missing or ["no completed fold"]}
     return {"views": {v: view_figures(files, v, temperature) for v in VIEWS}, "missing": [],
-            "files": int(len(files["y"])), "originals": int(files["original"].sum())}
+            "files": len(files["y"]), "originals": int(files["original"].sum())}

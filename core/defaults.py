@@ -77,9 +77,8 @@ def save_oof(entry_id: str, files: dict[str, Any], path: Path | None = None) -> 
                "y": files["y"].tolist(), "fold": files["fold"].tolist(),
                "pred": files["logits"].argmax(1).tolist(),
                "pred_tta": files["logits_tta"].argmax(1).tolist() if files.get("logits_tta") is not None else None}
-    with atomic_path(out) as tmp:
-        with gzip.open(tmp, "wt") as fh:
-            json.dump(payload, fh, separators=(",", ":"))
+    with atomic_path(out) as tmp, gzip.open(tmp, "wt") as fh:
+        json.dump(payload, fh, separators=(",", ":"))
     return out
 
 
@@ -101,7 +100,7 @@ def load_oof(entry_id: str, path: Path | None = None) -> dict[str, Any]:
 
 def fingerprint(files: dict[str, Any]) -> str:
     """What 'the same folds' means: the same files, with the same labels, each in the same fold."""
-    rows = sorted(f"{n}\t{int(y)}\t{int(f)}" for n, y, f in zip(files["name"], files["y"], files["fold"]))
+    rows = sorted(f"{n}\t{int(y)}\t{int(f)}" for n, y, f in zip(files["name"], files["y"], files["fold"], strict=True))
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
 
 
@@ -175,7 +174,7 @@ def summary_figures(rep: dict[str, Any]) -> dict[str, Any]:
         out[view] = {**{k: [fig[k], iv[k]] for k in ("macro_f1", "balanced_accuracy", "accuracy")},
                      "always_other_accuracy": fig["majority_baseline"]["accuracy"], "n": fig["n"],
                      "recall": {c["class"]: [c["recall"], civ["recall"], c["support"]]
-                                for c, civ in zip(fig["per_class"], iv["per_class"])},
+                                for c, civ in zip(fig["per_class"], iv["per_class"], strict=True)},
                      "false_alarms": fig["false_alarms"]}
     return out
 
@@ -305,7 +304,9 @@ def tta_decision(files: dict[str, Any], loaded, repeats: int = 15) -> dict[str, 
     the tile as sent beyond noise on every file (paired over observations: not worse on macro-F1 or accuracy,
     better on one) and one tile's 8-view prediction stays under TTA_P50_LIMIT_MS at the median."""
     import time
+
     import numpy as np
+
     from .inference import predict_views
     tile = np.random.default_rng(0).integers(0, 256, (1, 227, 227), dtype=np.uint8)
     predict_views(loaded, tile, show_progress=False)  # the first call traces
@@ -338,6 +339,7 @@ def _ship(source: Path, target: Path, loaded) -> None:
     registry. Half precision is checked on the model's own weights: the largest change of a logit on random
     tiles is reported in the registry's figures by the ship tool; here it only has to load."""
     import torch
+
     from .checkpoint import read_checkpoint, save_checkpoint
     if source.resolve() == target.resolve():
         return

@@ -127,11 +127,11 @@ def rows_of(scans: list[ImageScan]) -> list[dict]:
             lon, lat = scan.georef.lonlat(mx, my)
         else:
             mx = my = lon = lat = [None] * len(cx)
-        for d, *where in zip(scan.detections, mx, my, lon, lat):
+        for d, *where in zip(scan.detections, mx, my, lon, lat, strict=True):
             rows.append({"image": scan.name, **{k: v for k, v in asdict(d).items() if k != "windows"},
                          "centre_x": d.centre[0], "centre_y": d.centre[1],
                          **dict(zip(("map_x", "map_y", "lon", "lat"),
-                                    (None if v is None else float(v) for v in where))),
+                                    (None if v is None else float(v) for v in where), strict=True)),
                          "windows": d.windows})
     return rows
 
@@ -183,14 +183,14 @@ def write_geojson(path: Path, scans: list[ImageScan]) -> None:
     latitude on Mars when the image is georeferenced, and null when it is not (its pixels are in the properties).
     The map projection of each image is named in `images`, a foreign member GIS readers ignore."""
     features = []
-    for scan, row in ((scan, row) for scan in scans for row in rows_of([scan])):  # two images may share a name
+    for scan, row in ((s, row) for s in scans for row in rows_of([s])):  # two images may share a name
         geometry = None
         if scan.georef is not None:
             xs = np.array([row["x0"], row["x1"], row["x1"], row["x0"], row["x0"]], float)
             ys = np.array([row["y0"], row["y0"], row["y1"], row["y1"], row["y0"]], float)
             lon, lat = scan.georef.lonlat(*scan.georef.map_xy(xs, ys))
             geometry = {"type": "Polygon", "coordinates": [[[round(float(a), 7), round(float(b), 7)]
-                                                             for a, b in zip(lon, lat)]]}
+                                                             for a, b in zip(lon, lat, strict=True)]]}
         features.append({"type": "Feature", "geometry": geometry,
                          "properties": {k: (None if isinstance(v, float) and math.isnan(v) else v)
                                         for k, v in row.items()}})
@@ -225,14 +225,13 @@ def write_window_grid(path: Path, scan: ImageScan, grid: WindowGrid) -> None:
                "compress": "deflate",
                "transform": (georef.transform if georef else Affine.identity()) @ pixels,
                "crs": georef.crs if georef else None}
-    with atomic_path(path) as tmp, rasterio.Env(GDAL_PAM_ENABLED="NO"):
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(best.reshape(h, w), 1)
-            dst.write(sure.reshape(h, w), 2)
-            dst.set_band_description(1, "class")
-            dst.set_band_description(2, "probability")
-            dst.update_tags(window_px=grid.size, image=scan.name,
-                            **{f"class_{i}": n for i, n in enumerate(scan.class_names)})
+    with atomic_path(path) as tmp, rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(best.reshape(h, w), 1)
+        dst.write(sure.reshape(h, w), 2)
+        dst.set_band_description(1, "class")
+        dst.set_band_description(2, "probability")
+        dst.update_tags(window_px=grid.size, image=scan.name,
+                        **{f"class_{i}": n for i, n in enumerate(scan.class_names)})
 
 
 def overlay_image(preview: np.ndarray, scan: ImageScan, scale: float) -> np.ndarray:

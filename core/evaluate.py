@@ -23,10 +23,10 @@ from .bootstrap import fmt, intervals
 from .calibration import expected_calibration_error, fit_temperature, reliability_diagram
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
 from .data import DataError, HiriseData, Record, RecordTiles
-from .data.records import HELD_OUT, SPLITS
 from .data.cli import add_data_arguments, load_from_args
-from .metrics import classification_metrics, confused_pairs, headline, per_class_curves
+from .data.records import HELD_OUT, SPLITS
 from .inference import predict_logits, probabilities, uses_bf16
+from .metrics import classification_metrics, confused_pairs, headline, per_class_curves
 from .progress import ProgressCallback
 from .seen import TrainingSet, training_set, unseen
 from .settings import DEFAULT_CHECKPOINT, DEFAULT_TTA
@@ -112,7 +112,7 @@ def report_from_logits(loaded: LoadedModel, data: HiriseData, records: list[Reco
     report["predictions"] = [{"source": r.source, "path": r.path, "name": r.name, "observation": r.observation,
                               "true": names[t], "pred": names[p], "probs": [round(float(v), 5) for v in row],
                               "logits": [round(float(v), 4) for v in raw_row]}
-                             for r, t, p, row, raw_row in zip(records, y, pred, probs, np.asarray(logits))]
+                             for r, t, p, row, raw_row in zip(records, y, pred, probs, np.asarray(logits), strict=True)]
     report.update({
         "format": REPORT_FORMAT,
         "checkpoint": {"path": str(loaded.path) if loaded.path else None, "arch": loaded.arch,
@@ -227,7 +227,7 @@ def format_report(report: dict) -> str:
     curves = report["curves"]["classes"]
     lines += ["", f"{'class':<14}{'support':>8}{'precision':>22}{'recall':>22}{'F1':>22}{'AP':>7}{'AUC':>7}"]
     class_iv = (iv or {}).get("per_class") or [{}] * len(report["per_class"])
-    for c, civ in zip(report["per_class"], class_iv):
+    for c, civ in zip(report["per_class"], class_iv, strict=True):
         cv = curves.get(c["class"])
         ap = f"{cv['average_precision']:7.3f}" if cv else f"{'-':>7}"
         auc = f"{cv['roc_auc']:7.3f}" if cv else f"{'-':>7}"
@@ -244,7 +244,7 @@ def format_report(report: dict) -> str:
     short = [n[:6] for n in names]
     lines += ["", "confusion matrix (rows: true, columns: predicted)",
               " " * 14 + "".join(f"{s:>8}" for s in short)]
-    for name, row in zip(names, report["confusion"]):
+    for name, row in zip(names, report["confusion"], strict=True):
         lines.append(f"{name:<14}" + "".join(f"{v:>8}" for v in row))
     lines += ["", "most confused (true -> predicted)" if report["confused_pairs"] else "most confused: none"]
     for p in report["confused_pairs"][:8]:

@@ -17,11 +17,24 @@ import cv2
 import numpy as np
 import torch
 import tqdm
-from pytorch_grad_cam import (AblationCAM, EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM,
-                              XGradCAM, ablation_cam, score_cam)
+from pytorch_grad_cam import (
+    AblationCAM,
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+    ablation_cam,
+    score_cam,
+)
 from pytorch_grad_cam.ablation_layer import AblationLayer
-from pytorch_grad_cam.metrics.perturbation_confidence import (PerturbationConfidenceMetric, RemoveLeastRelevantFirst,
-                                                              RemoveMostRelevantFirst)
+from pytorch_grad_cam.metrics.perturbation_confidence import (
+    PerturbationConfidenceMetric,
+    RemoveLeastRelevantFirst,
+    RemoveMostRelevantFirst,
+)
 from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -32,6 +45,7 @@ from torch import nn
 from .checkpoint import LoadedModel
 from .inference import MODEL_LOCK, calibrated_softmax, predict_proba, preprocess, probabilities
 from .models import default_cam_layer, get_layer
+
 
 class SignedEigenCAM(EigenCAM):
     """EigenCAM with the package's sign correction: an SVD component's sign is arbitrary, and without
@@ -254,7 +268,7 @@ def _quiet_package_bars() -> Iterator[None]:
     try:
         yield
     finally:
-        for m, original in zip(modules, saved):
+        for m, original in zip(modules, saved, strict=True):
             m.tqdm = original
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rasterio.transform import Affine
 from rasterio.crs import CRS
+from rasterio.transform import Affine
 
 #: Browse and annotated-browse names of a HiRISE product (ESP_011277_1825_RED.browse.jpg -> ESP_011277_1825_RED.LBL)
 BROWSE_SUFFIXES = (".browse", ".abrowse", ".thumb", ".QLOOK")
@@ -83,7 +83,7 @@ def find_label(image: Path) -> Path | None:
     return None
 
 
-def _value(meta, key: str) -> float | str:  # noqa: ANN001 - pdr's Metadata
+def _value(meta, key: str) -> float | str:
     raw = meta.metaget(key)
     if isinstance(raw, dict):  # a quantity with units: {'value': 0.25, 'units': 'METERS/PIXEL'}
         unit = str(raw.get("units", "")).upper()
@@ -181,7 +181,7 @@ def check_keywords(name: str, numbers: dict[str, float]) -> None:
                              f"centre, further than half way round Mars; cannot georeference")
 
 
-def from_dataset(dataset) -> Georef | None:  # noqa: ANN001 - a rasterio dataset
+def from_dataset(dataset) -> Georef | None:
     """The georeferencing a GeoTIFF (or GeoJP2) carries, or None when it carries none."""
     if dataset.crs is None or dataset.transform == Affine.identity():
         return None

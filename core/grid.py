@@ -168,7 +168,7 @@ def plan(base: RunConfig | dict[str, Any], axes: Sequence[Axis], check_ready: bo
     prefix = str(base.get("name") or "").strip()
     combos, configs = [], []
     for values in itertools.product(*(a.values for a in axes)):
-        combo = dict(zip(names, values))
+        combo = dict(zip(names, values, strict=True))
         label = run_label(combo)
         typed = {k: list(v) if isinstance(v, tuple) else v for k, v in combo.items()}
         try:
@@ -210,8 +210,7 @@ def _start_manifest(p: GridPlan, grid_id: str, how: str, runs_dir: Path | None) 
 def _record(path: Path, run: Run, combo: dict[str, Any]) -> None:
     """Add a run to the manifest and tag it; each grid's manifest has one writer (the thread launching it)."""
     manifest = read_json(path, {})
-    manifest["runs"] = manifest.get("runs", []) + [{"run": run.name,
-                                                    "values": {k: _json_value(v) for k, v in combo.items()}}]
+    manifest["runs"] = [*manifest.get("runs", []), {"run": run.name, "values": {k: _json_value(v) for k, v in combo.items()}}]
     write_json_atomic(path, manifest)
     run.add_tag(TAG_PREFIX + path.stem, f"grid {path.stem}: {_describe(combo)}")
 
@@ -234,11 +233,12 @@ def launch(p: GridPlan, runs_dir: Path | None = None) -> tuple[str, list[Run]]:
     """Queue every run of the grid as a job (core.jobs: one per device at a time, oldest first). Returns the
     grid id and the runs. The plan was checked; a launch failing half way (a full disk) raises JobError naming
     the runs already queued."""
-    from .jobs import JobError, launch as launch_job
+    from .jobs import JobError
+    from .jobs import launch as launch_job
     grid_id = new_grid_id(runs_dir)
     path = _start_manifest(p, grid_id, "queued", runs_dir)
     runs: list[Run] = []
-    for combo, cfg in zip(p.combos, p.configs):
+    for combo, cfg in zip(p.combos, p.configs, strict=True):
         try:
             run = launch_job(cfg, runs_dir)
         except (ConfigError, JobError) as exc:
@@ -261,7 +261,7 @@ def run_in_process(p: GridPlan, train: Callable[..., int], runs_dir: Path | None
     say(f"grid {grid_id}: {len(p)} runs ({' x '.join(f'{a.field} {len(a.values)}' for a in p.axes)}), "
         "one after another in this process")
     code = 0
-    for i, (combo, cfg) in enumerate(zip(p.combos, p.configs), 1):
+    for i, (combo, cfg) in enumerate(zip(p.combos, p.configs, strict=True), 1):
         run = new_run_dir(cfg.name, runs_dir)
         with RunLock.acquire(run) as lock:
             run.begin(cfg.to_dict())
@@ -290,7 +290,7 @@ def cross_validate(p: GridPlan, folds: Any, seed: int = 0, runs_dir: Path | None
     grid_id = new_grid_id(runs_dir)
     path = _start_manifest(p, grid_id, "in-process" if train else "queued", runs_dir)
     code = 0
-    for i, (combo, configs) in enumerate(zip(p.combos, plans), 1):
+    for i, (combo, configs) in enumerate(zip(p.combos, plans, strict=True), 1):
         if train is None:
             cv_id, _ = cv.launch(configs, runs_dir, grid=grid_id)
         else:
@@ -299,8 +299,7 @@ def cross_validate(p: GridPlan, folds: Any, seed: int = 0, runs_dir: Path | None
             code = code or rc
         manifest = read_json(path, {})
         manifest["cv_folds"] = len(configs)
-        manifest["runs"] = manifest.get("runs", []) + [{"cv": cv_id, "values": {k: _json_value(v)
-                                                                                  for k, v in combo.items()}}]
+        manifest["runs"] = [*manifest.get("runs", []), {"cv": cv_id, "values": {k: _json_value(v) for k, v in combo.items()}}]
         write_json_atomic(path, manifest)
         if code and train is not None:
             say(f"grid {grid_id}: stopped; {len(p) - i} combinations not cross-validated")
@@ -416,7 +415,7 @@ def report(grid_id: str, runs_dir: Path | None = None) -> tuple[pd.DataFrame, st
         row.update({label: best.get(key) for label, key in METRICS.items()})
         row["split"] = digest
         rows.append(row)
-    columns = list(manifest.get("fields", [])) + ["run", "state", "best epoch", *METRICS, "split"]
+    columns = [*list(manifest.get("fields", [])), "run", "state", "best epoch", *METRICS, "split"]
     table = pd.DataFrame(rows, columns=columns)
     if len(table):
         table = table.sort_values("val macro-F1", ascending=False, na_position="last", kind="stable")

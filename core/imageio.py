@@ -76,7 +76,7 @@ def decode_gray(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS,
 def _has_rotation(img: Image.Image) -> bool:
     try:
         return img.getexif().get(0x0112, 1) not in (1, None)
-    except Exception:  # noqa: BLE001 - a broken EXIF block is not worth failing for
+    except Exception:
         return False
 
 

@@ -72,10 +72,7 @@ def batched_logits(forward: Forward, tiles: Tiles, prepare: Callable[[np.ndarray
     for rows, batch in in_batches(tiles, batch_size, desc, on_progress, show_progress):
         x = prepare(batch)
         with autocast(*amp) if amp else contextlib.nullcontext():
-            if tta:
-                logits = torch.stack([forward(t(x)).float() for t in DIHEDRAL]).mean(0)
-            else:
-                logits = forward(x).float()
+            logits = torch.stack([forward(t(x)).float() for t in DIHEDRAL]).mean(0) if tta else forward(x).float()
         out[rows] = logits.cpu().numpy()
     return out
 
@@ -166,10 +163,8 @@ def fast_forward(loaded: LoadedModel, features: bool = False) -> Callable[[torch
             if loaded._frozen is None or (loaded._frozen is DEFERRED and len(x) > 1):
                 _make_trace(loaded, x)
             if loaded._frozen not in (False, DEFERRED):
-                try:
+                with contextlib.suppress(RuntimeError):  # a shape the trace cannot take: the eager model can
                     out = loaded._frozen(x)
-                except RuntimeError:  # a shape the trace cannot take: the eager model can
-                    pass
         if out is None:
             out = eager(x)
         return out if features else out[1]
@@ -220,8 +215,8 @@ def frozen_trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptMod
             frozen = torch.jit.freeze(torch.jit.trace(model, example, check_trace=False))
             got, want = frozen(example), model(example)
             got, want = (got, want) if isinstance(want, tuple) else ((got,), (want,))
-            same = all(torch.allclose(a, b, rtol=1e-3, atol=1e-3) for a, b in zip(got, want))
-    except Exception:  # noqa: BLE001 - any model TorchScript cannot take simply runs eagerly
+            same = all(torch.allclose(a, b, rtol=1e-3, atol=1e-3) for a, b in zip(got, want, strict=True))
+    except Exception:
         return None
     return frozen if same else None
 

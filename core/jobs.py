@@ -8,6 +8,7 @@ waits for its turn by itself (a file lock per device, released by the OS if the 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -157,10 +158,8 @@ def cancel(run: Run) -> None:
             pass  # a trainer started meanwhile: it sees the CANCEL file
     status = run.status()
     if status.get("state") == "running" and pid_alive(status.get("pid"), status.get("pid_start")):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(status["pid"], signal.SIGTERM)
-        except ProcessLookupError:
-            pass
 
 
 def progress_column(status: dict, config: dict) -> str:

@@ -5,9 +5,18 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, confusion_matrix,
-                             f1_score, precision_recall_curve, precision_recall_fscore_support, roc_auc_score,
-                             roc_curve, top_k_accuracy_score)
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+    top_k_accuracy_score,
+)
 
 from .classes import CLASS_NAMES
 
@@ -34,7 +43,7 @@ def _metrics(y_true: np.ndarray, y_prob: np.ndarray, y_pred: np.ndarray, labels:
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     cm = confusion_matrix(y_true, y_pred, labels=labels)
     out = {
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
         # macro-F1 over the classes present in y_true: an absent class can't be scored either way

@@ -113,7 +113,7 @@ def map_by_position(source: dict[str, torch.Tensor], target: dict[str, torch.Ten
     if len(source) != len(target):
         raise WeightsUnavailable(f"the weight file has {len(source)} tensors, the model {len(target)}")
     mapped = {}
-    for (src_name, value), (name, expected) in zip(source.items(), target.items()):
+    for (src_name, value), (name, expected) in zip(source.items(), target.items(), strict=True):
         if value.shape != expected.shape:
             raise WeightsUnavailable(f"weight {src_name} {tuple(value.shape)} does not fit {name} "
                                      f"{tuple(expected.shape)}")
@@ -267,7 +267,7 @@ def fetch_imagenet_weights(arch: str, url: str | None = None, progress: bool = T
     prefix = path.stem.rsplit("-", 1)[-1]  # torch hub's convention: the file's SHA-256 starts so
     try:
         torch.hub.download_url_to_file(url, str(path), hash_prefix=prefix, progress=progress)
-    except Exception as exc:  # noqa: BLE001 - URLError, HTTPError, hash mismatch: all mean "not available"
+    except Exception as exc:
         path.unlink(missing_ok=True)
         raise WeightsUnavailable(f"could not download {url} ({exc}); {imagenet_status(arch)[1]}") from exc
     return path
@@ -292,7 +292,7 @@ def build_model(arch: str, num_classes: int = 8, pretrained: bool = False) -> nn
         state = dict(source.load(rgb_shapes))
     except WeightsUnavailable:
         raise
-    except Exception as exc:  # noqa: BLE001 - empty, truncated or foreign files: say which file, in one line
+    except Exception as exc:
         raise WeightsUnavailable(f"the ImageNet weights for {arch} in {source.describe()} cannot be read "
                                  f"({first_line(exc, 160)}); delete the file or train from scratch") from exc
     stem = f"{s.stem}.weight"

@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image
 
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
-from .inference import predict_features, predict_proba, predict_views, probabilities
 from .imageio import IMAGE_SUFFIXES, TILE_SIZE, ImageError, decode_gray, to_tile
+from .inference import predict_features, predict_proba, predict_views, probabilities
 from .ood import Verdict, judge, judge_windows
 from .progress import ProgressCallback
 from .settings import DEFAULT_CHECKPOINT, DEFAULT_TTA
@@ -123,7 +123,7 @@ def predict_array(loaded: LoadedModel, gray: np.ndarray, name: str = "image", to
     k = max(1, min(int(top_k), len(names)))
     best = int(order[0])
     return Prediction(name=name, label=names[best], index=best, confidence=float(probs[best]),
-                      probabilities={c: float(p) for c, p in zip(names, probs)},
+                      probabilities={c: float(p) for c, p in zip(names, probs, strict=True)},
                       top_k=[(names[i], float(probs[i])) for i in order[:k]], tile=tile, image_shape=(h, w),
                       notes=notes, class_map=class_map,
                       typicality=None if typical is None else float(np.median(typical)), ood=verdict, tta=tta,

@@ -20,7 +20,6 @@ from typing import IO
 
 from .runs import Run, list_runs, now_iso
 
-
 DEVICES = ("cpu", "cuda")  # what `core.jobs.device_key` answers: one queue (and lock file) each
 
 

@@ -186,7 +186,7 @@ class GdalRaster(Raster):
             self.ds = None
 
 
-def _gdal():  # noqa: ANN202 - a rasterio.Env
+def _gdal():
     """GDAL's settings for every call here: one decoding thread, a bounded block cache."""
     import rasterio
 

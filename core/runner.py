@@ -114,7 +114,7 @@ def _train_locked(cfg: RunConfig, run: Run | None, resume: bool, lr_find: bool, 
         if writer:
             writer.update_status(state="failed", ended_at=now_iso(), error=str(exc))
         return 2
-    except Exception as exc:  # noqa: BLE001 - any crash must land in status.json (one line), its traceback in the log
+    except Exception as exc:
         traceback.print_exc()
         if writer:
             writer.update_status(state="failed", ended_at=now_iso(), error=f"{type(exc).__name__}: {first_line(exc)}")

@@ -349,7 +349,7 @@ def write_outputs(out: Path, scans: list[ImageScan], rasters: Sequence[Raster | 
         files = [stage / "detections.csv", stage / "detections.geojson"]
         write_csv(files[0], scans)
         write_geojson(files[1], scans)
-        for s, stem, item in zip(scans, output_names(scans), rasters):
+        for s, stem, item in zip(scans, output_names(scans), rasters, strict=True):
             for g in s.grids:
                 files.append(stage / f"{stem}.windows-{g.size}px.tif")
                 write_window_grid(files[-1], s, g)

@@ -7,6 +7,7 @@ request to stop) and out/ (the outputs, moved there whole when the scan ends).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -75,10 +76,8 @@ class ScanJob:
         if status.get("state") in ACTIVE:
             pid = status.get("pid") or self.request().get("pid")
             if pid_alive(pid, status.get("pid_start") or self.request().get("pid_start")):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -185,7 +184,7 @@ def options_argv(sizes: str, threshold: str | float, step: str | float, level: s
         raise ScanJobError(f"{fields[flag]}: {rest}" if sep and flag in fields else message) from None
     if not args.sizes:
         raise ScanJobError(f"{fields.get('--sizes', '--sizes')}: give at least one window size")
-    return argv + ["--tta" if tta else "--no-tta"]
+    return [*argv, "--tta" if tta else "--no-tta"]
 
 
 def new_scan(name_hint: str = "scan", runs_dir: Path | None = None) -> ScanJob:

@@ -32,7 +32,7 @@ class ClassMap:
     def counts(self) -> dict[str, int]:
         """Windows per predicted class (only classes that occur)."""
         n = np.bincount(self.classes.ravel(), minlength=len(self.class_names))
-        return {c: int(k) for c, k in zip(self.class_names, n) if k}
+        return {c: int(k) for c, k in zip(self.class_names, n, strict=True) if k}
 
 
 
@@ -75,7 +75,7 @@ class Windows:
     Raster, which reads a JPEG 2000 or GeoTIFF a window at a time). A batch reads each band of rows it touches
     once and cuts its windows from it, so overlapping windows are decoded once, not once per window."""
 
-    def __init__(self, source, size: int, stride: int):  # noqa: ANN001 - an array or a core.raster.Raster
+    def __init__(self, source, size: int, stride: int):
         self.source, self.size, self.stride = source, size, stride
         h, w = source.shape
         self.rows, self.cols = window_starts(h, size, stride), window_starts(w, size, stride)

@@ -26,8 +26,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .batches import ModelBatches, TrainData
-from .checkpoint import (CheckpointError, TrainState, checkpoint_payload, model_from_payload, read_checkpoint,
-                         save_checkpoint)
+from .checkpoint import (
+    CheckpointError,
+    TrainState,
+    checkpoint_payload,
+    model_from_payload,
+    read_checkpoint,
+    save_checkpoint,
+)
 from .classes import NUM_CLASSES
 from .config import RunConfig
 from .data import RecordTiles, split_manifest

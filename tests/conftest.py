@@ -72,6 +72,7 @@ def fresh_run_form():
     """Each test meets the Train form as a new user does: the form's values are remembered in the app's state file
     across sessions (ui.run_form), and one test's values must not become the next test's."""
     import json
+
     from core.settings import APP_STATE_FILE
     path = Path(APP_STATE_FILE)
     try:

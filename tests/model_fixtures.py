@@ -138,7 +138,7 @@ def _scratch(prefix: str) -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_checkpoint() -> Path:
     """The 8-class model (trained on first use in this process)."""
     tiles, labels = synthetic_tiles(per_class=12, seed=1)
@@ -146,7 +146,7 @@ def tiny_checkpoint() -> Path:
         return train_tiny(_scratch("hirise-tiny-model-"), tiles, labels, IMAGE_SIZE, steps=40)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def blob_checkpoint() -> Path:
     """The blob detector (trained on first use in this process).
 

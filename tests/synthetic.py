@@ -59,7 +59,7 @@ def official_files(version: str = "3.2", n_obs: int = 8, per_obs: int = 6, augme
         name = f"ESP_099999_0000_RED-{k:04d}.jpg"
         label_rows.append(f"{name} 1")
         split_rows.append(f"{name} 1 train")
-    for row in [r for r in split_rows if not r.split()[1] == "0"][:repeats]:
+    for row in [r for r in split_rows if r.split()[1] != "0"][:repeats]:
         split_rows.append(row)  # the official file repeats some minority rows
     files[names["labels"]] = ("\n".join(label_rows) + "\n").encode()
     if names["split"]:

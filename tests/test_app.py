@@ -14,12 +14,12 @@ from core import jobs
 from core.checkpoint import read_checkpoint
 from core.config import RunConfig
 from core.models import default_cam_layer
+from core.runner import train
 from core.runs import Run, list_runs
 from core.settings import APP_STATE_FILE, DEFAULT_CHECKPOINT, RUNS_DIR
-from ui import appstate
-from core.runner import train
 from tests import synthetic
 from tests.helpers import button, run_page, texts, tiny
+from ui import appstate
 
 PAGES = ["views/dataset.py", "views/train.py", "views/evaluate.py", "views/explain.py", "views/compare.py"]
 @pytest.fixture()
@@ -421,7 +421,7 @@ def test_a_class_without_tiles_shows_no_recall_but_says_why():
     spider = html.split(">spider<")[1].split("</tr>")[0]
     assert spider.count(f">{NO_TILES}</td>") == 2  # recall and F1 say so; no red 0.000
     # a class never predicted has no precision (0/0), which is not a precision of 0
-    rows = [{**r, "predicted": n} for r, n in zip(rows, (3, 0))]
+    rows = [{**r, "predicted": n} for r, n in zip(rows, (3, 0), strict=True)]
     assert per_class_table(rows).data.loc["spider", "precision"] == NEVER_PREDICTED
     assert per_class_table(rows).data.loc["crater", "precision"] == "0.500"
     older = [{k: v for k, v in r.items() if k != "predicted"} for r in rows]  # counted from the confusion matrix
@@ -492,7 +492,7 @@ def test_app_state_saved_from_threads_keeps_every_key(tmp_path, monkeypatch):
         try:
             for j in range(25):
                 appstate.save_state(**{f"k{i}_{j}": j})
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=save, args=(i,)) for i in range(4)]

@@ -34,7 +34,7 @@ def test_split_and_every_transform_works_per_tile():
     batched, per_tile = split_online(list(TRANSFORMS))
     assert set(batched) == set(BATCHED) and set(per_tile) == set(TRANSFORMS) - set(BATCHED)
     x = torch.randint(0, 256, (1, 227, 227), dtype=torch.uint8)
-    for t in expand_copies(list(TRANSFORMS)) + [online_transform(list(TRANSFORMS))]:
+    for t in [*expand_copies(list(TRANSFORMS)), online_transform(list(TRANSFORMS))]:
         y = t(x)
         assert y.shape == x.shape and y.dtype == torch.uint8
     with pytest.raises(ValueError, match="cannot batch"):

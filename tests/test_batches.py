@@ -28,12 +28,12 @@ def test_batches_are_what_the_model_takes(data_dir):
     assert x.dtype == torch.float32 and x.shape == (8, 1, 48, 48)  # resized to image_size, one channel
     assert abs(float(x.mean())) < 3 and target is labels and labels.dtype == torch.long
     again = [b[2] for b in batches.epoch(0)]
-    assert all(torch.equal(a, b[2]) for a, b in zip(again, seen))  # an epoch's order is its own, repeatable
+    assert all(torch.equal(a, b[2]) for a, b in zip(again, seen, strict=True))  # an epoch's order is its own, repeatable
 
 
 def test_mixing_gives_soft_targets_and_keeps_the_labels(data_dir):
     batches = _batches(data_dir, mixup_alpha=0.4, max_steps_per_epoch=1, batch_size=8)
-    x, target, labels = next(iter(batches.epoch(0)))
+    _x, target, labels = next(iter(batches.epoch(0)))
     assert batches.mixes and target.shape == (8, 8) and torch.allclose(target.sum(1), torch.ones(8))
     assert labels.shape == (8,) and labels.dtype == torch.long
 

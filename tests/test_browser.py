@@ -44,7 +44,7 @@ def app_url(tmp_path_factory):
     port = free_port()
     env = {**os.environ, "HIRISE_APP_STATE": str(tmp / "state.json"), "HIRISE_RUNS_DIR": str(tmp / "runs"),
            "HIRISE_CACHE_DIR": str(tmp / "cache")}
-    log = open(tmp / "streamlit.log", "wb")
+    log = open(tmp / "streamlit.log", "wb")  # noqa: SIM115 (the server writes it for its whole life)
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true"],
                             cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -70,8 +70,8 @@ def _fake_runs(root: Path, data: Path) -> None:
     """A finished LR-finder run (suggesting 3.16e-03) and, newer, a failed run to annotate and delete; and, older,
     a small real run of 2 epochs (for the figures' epochs and Compare against the shipped model)."""
     from core.config import RunConfig
-    from core.runs import Run
     from core.runner import train
+    from core.runs import Run
     tiny = RunConfig(data=[str(data)], model="simple_cnn", init="scratch", image_size=32, epochs=2, batch_size=16,
                      name="tiny").validate()
     run = Run(root / "20251231-000000-tiny")
@@ -109,10 +109,10 @@ def test_explain_then_evaluate(app_url, browser_page):
     ARTIFACTS.mkdir(exist_ok=True)
     try:
         _explain_then_evaluate(url, tmp, page)
-    except Exception:
+    except Exception as err:
         page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
         raise AssertionError("browser test failed; screenshot in test-artifacts/failure.png; app log:\n"
-                             + (tmp / "streamlit.log").read_text()[-3000:])
+                             + (tmp / "streamlit.log").read_text()[-3000:]) from err
 
 
 def _explain_then_evaluate(url: str, tmp: Path, page) -> None:

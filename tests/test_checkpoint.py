@@ -44,7 +44,7 @@ def test_an_empty_checkpoint_is_refused_everywhere_in_one_line(tmp_path, data_di
     from core import evaluate, predict
     empty = tmp_path / "empty.pt"
     empty.touch()
-    with pytest.raises(CheckpointError, match="empty.pt is empty"):
+    with pytest.raises(CheckpointError, match=r"empty.pt is empty"):
         read_checkpoint(empty)
     tile = tmp_path / "t.jpg"
     tile.write_bytes(synthetic.jpeg(synthetic.tile(1, 1)))
@@ -94,11 +94,11 @@ def test_a_small_checkpoint_that_inflates_past_the_limit_is_refused_under_a_memo
     path = tmp_path / "inflating.pt"
     save_checkpoint(path, read_checkpoint(model_fixtures.tiny_checkpoint()))
     prefix = zipfile.ZipFile(path).namelist()[0].split("/")[0]
-    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
-        with archive.open(f"{prefix}/data/9999", "w", force_zip64=True) as member:
-            zeros = bytes(64 * 2**20)
-            for _ in range(18):  # 1.125 GiB of zeros, a few MB deflated
-                member.write(zeros)
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive, \
+            archive.open(f"{prefix}/data/9999", "w", force_zip64=True) as member:
+        zeros = bytes(64 * 2**20)
+        for _ in range(18):  # 1.125 GiB of zeros, a few MB deflated
+            member.write(zeros)
     assert path.stat().st_size < 16 * 2**20
     cap = int(1.5e9)
     code = ("import sys\nfrom core.checkpoint import CheckpointError, read_checkpoint\n"

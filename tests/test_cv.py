@@ -16,8 +16,8 @@ from core.config import ConfigError, RunConfig
 from core.data import DataSpec, load_dataset
 from core.data.records import Record
 from core.data.split import assign_splits, fold_coverage, fold_of_observation
-from core.runs import Run, list_runs
 from core.runner import main as train_cli
+from core.runs import Run, list_runs
 from tests import synthetic
 from tests.helpers import run_page, texts, tiny, tiny_form
 
@@ -375,7 +375,7 @@ def test_a_hand_edited_manifest_is_refused_or_skipped_by_name(finished_cv, runs_
     if change == "same run for every fold":
         change = {"runs": [{"run": manifest["runs"][0]["run"], "fold": f} for f in range(3)]}
     path.write_text(json.dumps({**manifest, **change}))
-    with pytest.raises(cv.CVError, match="manifest .* is damaged"):
+    with pytest.raises(cv.CVError, match=r"manifest .* is damaged"):
         cv.report(finished_cv, copy)
     assert train_cli(["--cv-report", finished_cv, "--runs-dir", str(copy)]) == 2
     assert message in capsys.readouterr().err
@@ -409,8 +409,7 @@ def test_a_refits_training_chart_has_no_empty_validation_panel():
     """Issue 33: a refit (no validation split) showed an empty validation chart."""
     from ui.figures import training_curves
     steps = [{"kind": "step", "epoch": 1, "step": 1, "train_loss": 1.0}]
-    refit = training_curves(steps + [{"kind": "epoch", "epoch": 1, "step": 1, "train_loss": 1.0}])
+    refit = training_curves([*steps, {"kind": "epoch", "epoch": 1, "step": 1, "train_loss": 1.0}])
     assert [a.text for a in refit.layout.annotations] == ["loss"]
-    validated = training_curves(steps + [{"kind": "epoch", "epoch": 1, "step": 1, "train_loss": 1.0, "val_loss": 0.5,
-                                          "val_macro_f1": 0.3, "val_accuracy": 0.5, "val_balanced_accuracy": 0.4}])
+    validated = training_curves([*steps, {"kind": "epoch", "epoch": 1, "step": 1, "train_loss": 1.0, "val_loss": 0.5, "val_macro_f1": 0.3, "val_accuracy": 0.5, "val_balanced_accuracy": 0.4}])
     assert [a.text for a in validated.layout.annotations] == ["loss", "validation"]

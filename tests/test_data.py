@@ -1,7 +1,9 @@
 """The data layer on synthetic fixtures in the exact official layouts."""
 from __future__ import annotations
 
+import functools
 import hashlib
+import operator
 import struct
 import tracemalloc
 import zipfile
@@ -10,11 +12,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from torch.utils.data import DataLoader
 
-from core.data import (DataError, DataSpec, DeviceBatches, TileDataset, begin_epoch, find_leakage, load_dataset, merge_sources,
-                       open_tile_cache, parse_name, read_source, split_dataset, summarize, training_batches)
+from core.data import (
+    DataError,
+    DataSpec,
+    DeviceBatches,
+    TileDataset,
+    begin_epoch,
+    find_leakage,
+    load_dataset,
+    merge_sources,
+    open_tile_cache,
+    parse_name,
+    read_source,
+    split_dataset,
+    summarize,
+    training_batches,
+)
 from core.data.__main__ import main as data_cli
 from tests import model_fixtures, synthetic
 
@@ -122,7 +137,7 @@ def test_plain_tiles_csv_and_class_folders(tmp_path):
 def test_plain_csv_rejects_escaping_paths(tmp_path):
     root = synthetic.write_plain(tmp_path / "own", n=2)
     (root / "labels.csv").write_text("file,label\n/etc/passwd,0\n")
-    with pytest.raises(DataError, match="labels.csv line 2: unsafe"):
+    with pytest.raises(DataError, match=r"labels.csv line 2: unsafe"):
         read_source(root)
 
 
@@ -229,7 +244,7 @@ def test_loader_modes(v32_folder):
     ds = split_dataset(data, "train", originals_only=True, copies=[flip, flip])
     n = len(data.select("train", originals_only=True))
     assert len(ds) == 3 * n
-    x, y = ds[n]  # the first copy is the flipped original
+    x, _y = ds[n]  # the first copy is the flipped original
     assert torch.equal(x, ds.tiles[0].flip(-1)) and x.dtype == torch.uint8 and x.shape == (1, 227, 227)
     loader = training_batches(ds, batch_size=8, device=torch.device("cpu"), balanced=True)
     assert isinstance(loader, DataLoader)  # per-tile copies need per-item work
@@ -253,7 +268,7 @@ def test_device_batches_serve_each_tile_once_per_epoch_in_a_seeded_order():
     assert isinstance(batches, DeviceBatches) and len(batches) == 4  # 70 // 16: the partial batch is dropped
     epoch0 = _ids(batches)
     assert [len(b) for b in epoch0] == [16] * 4
-    flat = sum(epoch0, [])
+    flat = functools.reduce(operator.iadd, epoch0, [])
     assert len(set(flat)) == 64 and set(flat) <= set(range(70))
     x, y = next(iter(batches))
     assert x.dtype == torch.uint8 and x.shape == (16, 1, 4, 4) and torch.equal(y, ds.labels[x[:, 0, 0, 0].long()])
@@ -274,7 +289,7 @@ def test_device_batches_shard_one_order_across_ranks():
     for epoch in (0, 1):
         for b in ranks:
             begin_epoch(b, epoch)
-        seen = [sum(_ids(b), []) for b in ranks]
+        seen = [functools.reduce(operator.iadd, _ids(b), []) for b in ranks]
         assert all(len(s) == 30 for s in seen)
         assert not (set(seen[0]) & set(seen[1]) or set(seen[1]) & set(seen[2]) or set(seen[0]) & set(seen[2]))
 
@@ -302,7 +317,7 @@ def _records(obs_per_class: dict[int, int], tiles_per_obs: int = 3) -> list:
     from core.data.records import Record
     out, k = [], 0
     for label, n_obs in obs_per_class.items():
-        for o in range(n_obs):
+        for _ in range(n_obs):
             obs = f"ESP_{k:06d}_0000_RED"
             k += 1
             for t in range(tiles_per_obs * (8 if label == 0 else 1)):
@@ -424,7 +439,7 @@ def test_a_zip_bomb_member_is_refused_with_bounded_memory(tmp_path, declared):
         tracemalloc.stop()
     reasons = dict(data.unreadable)
     assert list(reasons) == [f"bomb.zip:map-proj-v3_2/{bomb}"]
-    assert ("96.0 MiB, over the 64 MiB limit" if declared == "honest" else "Bad CRC-32") in reasons[list(reasons)[0]]
+    assert ("96.0 MiB, over the 64 MiB limit" if declared == "honest" else "Bad CRC-32") in reasons[next(iter(reasons))]
     assert peak < 24 * 2**20, f"peak {peak / 2**20:.0f} MiB"
     assert len(data.records) == sum(n.endswith(".jpg") for n in files)
 
@@ -452,11 +467,11 @@ def test_labels_csv_refuses_one_file_with_several_labels(tmp_path):
     root = synthetic.write_plain(tmp_path / "own", n=4)
     rows = (root / "labels.csv").read_text().splitlines()
     name = rows[1].split(",")[0]
-    (root / "labels.csv").write_text("\n".join(rows + [f"{name},1", f"{name},2"]) + "\n")
+    (root / "labels.csv").write_text("\n".join([*rows, f"{name},1", f"{name},2"]) + "\n")
     with pytest.raises(DataError, match=r"labels.csv line 6: tiles/own-0.jpg is labelled crater here and other on "
                                         r"line 2; a file takes one label"):
         read_source(root)
-    (root / "labels.csv").write_text("\n".join(rows + [f"{name},other", f"{name},0"]) + "\n")
+    (root / "labels.csv").write_text("\n".join([*rows, f"{name},other", f"{name},0"]) + "\n")
     src = read_source(root)
     assert len(src.records) == 4 and any("2 files again with the same label" in w for w in src.warnings)
 

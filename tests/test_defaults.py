@@ -11,8 +11,8 @@ import pytest
 
 from core import cv, cv_files, defaults
 from core.classes import CLASS_NAMES
-from core.runs import Run, read_json, write_json_atomic
 from core.runner import main as train_cli
+from core.runs import Run, read_json, write_json_atomic
 from tests.test_cv import TINY_FLAGS
 
 pytestmark = pytest.mark.slow
@@ -141,7 +141,7 @@ def test_a_challenger_worse_no_better_or_on_other_folds_is_refused_with_the_figu
     best = _copy_cv(dest, champion_cv, dest, _perfect)
     defaults.promote(best, dest, first=True, registry=registry)
     loser = _copy_cv(dest, champion_cv, dest, lambda y, logits: [9.0] + [0.0] * (len(CLASS_NAMES) - 1))
-    with pytest.raises(defaults.RegistryError, match="refused: worse beyond noise.*the default stays") as exc:
+    with pytest.raises(defaults.RegistryError, match=r"refused: worse beyond noise.*the default stays") as exc:
         defaults.promote(loser, dest, registry=registry)
     assert "macro f1" in str(exc.value) and "\n" not in str(exc.value)
     tie = _copy_cv(dest, champion_cv, dest, _perfect)
@@ -152,7 +152,7 @@ def test_a_challenger_worse_no_better_or_on_other_folds_is_refused_with_the_figu
         defaults.promote(tie, dest, registry=registry)
     manifest = cv.load_manifest(loser, dest)
     write_json_atomic(dest / ".cv" / f"{loser}.json", {**manifest, "seed": 7})
-    with pytest.raises(defaults.RegistryError, match="seed 7.*same folds"):
+    with pytest.raises(defaults.RegistryError, match=r"seed 7.*same folds"):
         defaults.promote(loser, dest, registry=registry)
     assert defaults.read_registry(registry)["current"] == best  # nothing changed
     assert len(defaults.read_registry(registry)["entries"]) == 1

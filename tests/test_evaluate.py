@@ -172,7 +172,7 @@ def test_bf16_evaluation_says_so_and_agrees_with_fp32(tiny, v32_data, val_report
     r = evaluate.evaluate_model(tiny, v32_data, "val", bf16=True)
     assert val_report["precision"] == "fp32"
     assert r["precision"] == ("bf16" if bf16_native(tiny.device) else "fp32")  # no bf16 unit: fp32, and said
-    agree = np.mean([a["pred"] == b["pred"] for a, b in zip(r["predictions"], val_report["predictions"])])
+    agree = np.mean([a["pred"] == b["pred"] for a, b in zip(r["predictions"], val_report["predictions"], strict=True)])
     assert agree >= 0.95
     assert r["macro_f1"] == pytest.approx(val_report["macro_f1"], abs=0.05)
     if r["precision"] == "bf16":  # the logits really came from bf16 (they are not bit-identical to fp32)

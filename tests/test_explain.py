@@ -40,7 +40,7 @@ def test_every_method_follows_the_blob(blob, method):
         e = ex.explain(blob, tile, method)
         assert e.target_name == "crater" and e.method == method and e.layer == "block3"
         assert e.heatmap.shape == tile.shape and e.heatmap.dtype == np.float32
-        assert 0.0 <= e.heatmap.min() and e.heatmap.max() <= 1.0 and e.heatmap.max() > 0.5
+        assert e.heatmap.min() >= 0.0 and e.heatmap.max() <= 1.0 and e.heatmap.max() > 0.5
         assert e.overlay.shape == (*tile.shape, 3) and e.overlay.dtype == np.uint8
         assert e.probabilities.shape == (8,) and e.confidence == pytest.approx(e.probabilities.max())
         peak = np.unravel_index(int(e.heatmap.argmax()), e.heatmap.shape)
@@ -180,7 +180,7 @@ def test_a_cam_and_an_eager_prediction_in_two_sessions_do_not_mix():
     def predict_many():
         try:
             preds.extend(predict_array(loaded, other).probabilities for _ in range(60))
-        except Exception as exc:  # noqa: BLE001 - the test reports any failure of the other session
+        except Exception as exc:
             errors.append(exc)
 
     thread = threading.Thread(target=predict_many)
@@ -200,9 +200,10 @@ def test_a_cam_asked_for_while_ablationcam_has_the_layer_swapped_out_uses_the_re
     the model for good, breaking every later CAM of every session)."""
     import threading
 
-    from core.inference import MODEL_LOCK
     from pytorch_grad_cam.ablation_layer import AblationLayer
     from pytorch_grad_cam.utils.find_layers import replace_layer_recursive
+
+    from core.inference import MODEL_LOCK
     loaded = load_checkpoint(model_fixtures.blob_checkpoint())
     tile = blob_tile(60, 60, seed=1)
     alone = ex.explain(loaded, tile, "ablationcam").heatmap
@@ -213,7 +214,7 @@ def test_a_cam_asked_for_while_ablationcam_has_the_layer_swapped_out_uses_the_re
     def another_session():
         try:
             results.append(ex.explain(loaded, tile, "ablationcam").heatmap)
-        except Exception as exc:  # noqa: BLE001 - the test reports any failure of the other session
+        except Exception as exc:
             errors.append(exc)
 
     with MODEL_LOCK:  # what AblationCAM does in the first session, mid-way

@@ -6,20 +6,19 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import torch
 import pandas as pd
 import pytest
-
-from core.data.records import parse_name
+import torch
 
 from core.classes import CLASS_NAMES
 from core.data import DataError, load_dataset, summarize
 from core.data.overrides import Override, OverridesError, parse_overrides, read_overrides, update_overrides
+from core.data.records import parse_name
 from core.explore import __main__ as cli
 from core.explore.embed import embed, is_cached, reduce
-from core.inference import preprocess
 from core.explore.features import cache_dir, compute_features, features_key, get_features, kept_tiles
 from core.explore.labels import groups_of, review_labels
+from core.inference import preprocess
 from tests import synthetic
 from tests.helpers import run_page
 
@@ -146,7 +145,7 @@ def test_a_damaged_kept_part_is_computed_again_and_two_sessions_share_a_pass(tin
     def session():
         try:
             results.append(get_features(tiny, data, size=32, cache_root=cache).features)
-        except Exception as exc:  # noqa: BLE001 - the test reports any failure of either session
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=session) for _ in range(2)]
@@ -197,8 +196,8 @@ def test_map_separates_what_the_features_separate():
     centres = rng.normal(0, 10, (3, 64))
     x = np.concatenate([c + rng.normal(0, 1, (40, 64)) for c in centres])
     y = np.repeat(np.arange(3), 40)
-    from sklearn.neighbors import KNeighborsClassifier
     from sklearn.model_selection import cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
     for method in ("pca", "umap", "tsne"):
         xy = reduce(x, method)
         assert xy.shape == (120, 2)
@@ -239,7 +238,7 @@ def test_overrides_apply_when_loading_and_never_move_splits(v32_folder, tmp_path
     after = {r.name: r for r in data.records}
     assert after[target.name].label == 5
     assert [r.split for r in data.records] == [r.split for r in base.records]
-    assert sum(a.label != b.label for a, b in zip(base.records, data.records)) == 1
+    assert sum(a.label != b.label for a, b in zip(base.records, data.records, strict=True)) == 1
     s = summarize(data)
     assert s["label_overrides"]["changed"] == {target.name: ["other", "impact ejecta"]}
     assert s["label_overrides"]["unmatched"] == ["nowhere.jpg"]
@@ -331,7 +330,7 @@ def test_review_names_a_class_seen_in_too_few_observations_and_leaves_it_out():
     x[np.arange(180), labels] += 3  # separable features
     obs = [f"ESP_{i % 12:06d}_0000_RED" for i in range(120)] + ["ESP_999999_0000_RED"] * 60  # class 2: one observation
     recs = [Record("s", f"{i}.jpg", f"t-{i:04d}.jpg", int(c), "train", observation=o)
-            for i, (c, o) in enumerate(zip(labels, obs))]
+            for i, (c, o) in enumerate(zip(labels, obs, strict=True))]
     review = review_labels(recs, x)
     assert review.unjudged == {CLASS_NAMES[2]: (60, 1)}
     assert not set(review.suspects["given"]) & {CLASS_NAMES[2]}
@@ -387,7 +386,7 @@ def test_cli_embed_and_labels(tiny, v32_folder, tmp_path, capsys):
 ])
 def test_cli_bad_inputs_are_one_line_errors(tiny, v32_folder, tmp_path, capsys, args, message):
     base = {"--data": str(v32_folder), "--checkpoint": str(tiny.path)}
-    base.update(dict(zip(args[::2], args[1::2])))
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
     argv = ["embed", *[x for kv in base.items() for x in kv], "--out", str(tmp_path / "m.csv")]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err

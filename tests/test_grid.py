@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-
 import time
 from pathlib import Path
 
@@ -10,10 +9,11 @@ import pytest
 
 from core import grid, jobs
 from core.config import RunConfig
-from core.runs import Run, list_runs
 from core.runner import main as train_cli
 from core.runner import train
+from core.runs import Run, list_runs
 from tests.helpers import run_page, texts, tiny, tiny_form
+
 
 def base(data_dir: Path, **overrides) -> RunConfig:
     return RunConfig(data=[str(data_dir)], **{**tiny(epochs=1, max_steps_per_epoch=2, device="cpu"), **overrides})
@@ -70,7 +70,7 @@ def test_too_many_fields_or_runs_and_a_field_given_twice(data_dir):
         grid.plan(base(data_dir), big)
     with pytest.raises(grid.GridError, match=r"^30 values, 30 runs: a grid holds at most 24"):
         grid.plan(base(data_dir), [grid.parse_axis("seed=" + ",".join(map(str, range(30))))])
-    with pytest.raises(grid.GridError, match="^seed: varied twice"):
+    with pytest.raises(grid.GridError, match=r"^seed: varied twice"):
         grid.plan(base(data_dir), [grid.parse_axis("seed=0,1"), grid.parse_axis("seed=2,3")])
 
 
@@ -91,9 +91,9 @@ def test_an_invalid_combination_is_reported_and_nothing_is_queued(data_dir, tmp_
     axes = [grid.parse_axis("scheduler=step,onecycle")]
     with pytest.raises(grid.GridError, match=r"^step_size applies only when scheduler is step.*in the run onecycle"):
         grid.plan(base(data_dir, step_size=3), axes)
-    with pytest.raises(grid.GridError, match="^lr: -0.1 is below the minimum"):
+    with pytest.raises(grid.GridError, match=r"^lr: -0.1 is below the minimum"):
         grid.plan(base(data_dir), [grid.parse_axis("lr=1e-3,-0.1")])
-    with pytest.raises(grid.GridError, match="^data: not found"):
+    with pytest.raises(grid.GridError, match=r"^data: not found"):
         grid.plan(base(tmp_path / "nowhere"), axes)
     code = train_cli(["--data", str(data_dir), "--model", "simple_cnn", "--init", "scratch", "--step-size", "3",
                       "--runs-dir", str(tmp_path / "runs"), "--grid", "scheduler=step,onecycle"])
@@ -156,7 +156,7 @@ def test_report_says_when_runs_do_not_share_a_split(data_dir, tmp_path):
     grid_id = grid.new_grid_id(runs_dir)
     path = grid._start_manifest(p, grid_id, "queued", runs_dir)
     from core.runs import new_run_dir, write_json_atomic
-    for i, (combo, cfg) in enumerate(zip(p.combos, p.configs)):
+    for i, (combo, cfg) in enumerate(zip(p.combos, p.configs, strict=True)):
         run = new_run_dir(cfg.name, runs_dir)
         run.save_config(cfg.to_dict())
         run.update_status(state="completed", best={"kind": "epoch", "epoch": 1, "val_macro_f1": 0.5 + i / 10,
@@ -187,7 +187,7 @@ def test_cli_queue_launches_a_2x2_grid_as_jobs(data_dir, tmp_path, capsys):
         assert sorted((r.config()["optimizer"], r.config()["scheduler"]) for r in runs) == \
                [("adam", "none"), ("adam", "step"), ("nadam", "none"), ("nadam", "step")]
         assert all(r.notes()["tags"] == [f"grid:{grid_id}"] for r in runs)
-        table, split = grid.report(grid_id, runs_dir)
+        table, _split = grid.report(grid_id, runs_dir)
         assert len(table) == 4 and set(table["run"]) == {r.name for r in runs}
     finally:
         for r in runs:
@@ -205,6 +205,7 @@ def app_data(data_dir):
     """The synthetic data chosen in the app, and the app's runs folder left as it was found."""
     import json
     import shutil
+
     from core.settings import APP_STATE_FILE, RUNS_DIR
     Path(APP_STATE_FILE).write_text(json.dumps({"data_paths": [str(data_dir)]}))
     before = {r.name for r in list_runs()}

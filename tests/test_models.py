@@ -13,8 +13,18 @@ import torch.nn.functional as F
 
 from core import models
 from core.config import RunConfig
-from core.models import (ARCHITECTURES, MODELS, WeightsUnavailable, build_model, fetch_imagenet_weights, get_layer,
-                         imagenet_status, map_by_position, set_frozen, frozen_stages)
+from core.models import (
+    ARCHITECTURES,
+    MODELS,
+    WeightsUnavailable,
+    build_model,
+    fetch_imagenet_weights,
+    frozen_stages,
+    get_layer,
+    imagenet_status,
+    map_by_position,
+    set_frozen,
+)
 from core.optim import build_optimizer
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image provides the natural test images")
@@ -52,13 +62,13 @@ def test_a_shifted_mapping_is_refused_or_fails_the_check():
     target = MODELS["tf_efficientnet_lite0"].build(1000, 3).state_dict()
     # shifted by one position: the shape check stops it at the first step
     values = list(raw.values())
-    shifted = dict(zip(raw.keys(), values[1:] + values[:1]))
+    shifted = dict(zip(raw.keys(), values[1:] + values[:1], strict=True))
     with pytest.raises(WeightsUnavailable, match="does not fit"):
         map_by_position(shifted, target)
     # shifted within tensors of one shape (every BatchNorm's weight, bias, mean, var rotate): shapes pass,
     # the network is wrong, and the natural-image check catches it
     names = list(target)
-    wrong = dict(zip(names, values))
+    wrong = dict(zip(names, values, strict=True))
     for i, name in enumerate(names):
         if name.endswith(".weight") and i + 3 < len(names) and names[i + 3].endswith("running_var") \
                 and wrong[name].dim() == 1:

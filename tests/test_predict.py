@@ -19,8 +19,6 @@ from core.settings import PROJECT_ROOT
 from core.tiling import ClassMap, cut_windows, render_class_map, window_starts
 from tests import model_fixtures, synthetic
 
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -239,7 +237,7 @@ def test_every_probability_bar_carries_its_figure():
     fig = probability_bars([0.9, 0.06, 0.03, 0.005, 0.004, 0.0005, 0.0003, 0.0002])
     bar = fig.data[0]
     assert len(bar.text) == 8 and "<0.1%" in bar.text and all(t for t in bar.text)
-    assert all(pos == "outside" for pos, x in zip(bar.textposition, bar.x) if x < 0.5)
+    assert all(pos == "outside" for pos, x in zip(bar.textposition, bar.x, strict=True) if x < 0.5)
 
 
 # ---- class maps of large images drawn in bounded memory -------------------------------------------------------

@@ -58,8 +58,8 @@ def test_training_smoke_on_real_tiles(shared_data, tmp_path):
     """A few steps of the real training path on the real tiles (merged, grouped split)."""
     from core.checkpoint import load_checkpoint
     from core.config import RunConfig
-    from core.runs import Run
     from core.runner import train
+    from core.runs import Run
     cfg = RunConfig(data=[str(shared_data / "hirise-v3_2-subset"), str(shared_data / "hirise-v3_2-extra-train")],
                     model="simple_cnn", init="scratch", image_size=64, epochs=1, max_steps_per_epoch=3, batch_size=32,
                     transforms=["hflip", "rot90", "color_jitter"]).validate()
@@ -68,7 +68,7 @@ def test_training_smoke_on_real_tiles(shared_data, tmp_path):
     cfg.save(run.config_file)
     assert train(cfg, run) == 0, run.status()
     assert run.status()["state"] == "completed"
-    epoch = [r for r in run.metrics() if r["kind"] == "epoch"][0]
+    epoch = next(r for r in run.metrics() if r["kind"] == "epoch")
     assert set(epoch["val_recall"]) == {"other", "crater", "dark dune", "slope streak", "bright dune",
                                         "impact ejecta", "swiss cheese", "spider"}
     assert load_checkpoint(run.best_checkpoint).image_size == 64

@@ -10,7 +10,6 @@ from core import jobs
 from core.config import ConfigError, RunConfig
 from core.runs import Run, RunBusy, RunLock
 
-
 # ---- status and config files written from several threads -----------------------------------------------------
 
 def test_status_writes_from_threads_lose_nothing_and_readers_never_write(tmp_path):
@@ -24,7 +23,7 @@ def test_status_writes_from_threads_lose_nothing_and_readers_never_write(tmp_pat
             for j in range(40):
                 assert jobs.job_state(run) == "lost"
                 run.update_status(**{f"t{i}_{j}": j})
-        except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=reader_and_writer, args=(i,)) for i in range(6)]

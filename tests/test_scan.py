@@ -108,7 +108,7 @@ def test_a_label_that_does_not_fit_its_image_is_refused_in_one_line(tmp_path, ch
 def test_a_label_of_an_unknown_projection_or_with_a_nan_is_refused(tmp_path):
     label = observation.write_label(tmp_path / "X.LBL", 100, 100)
     label.write_text(label.read_text().replace('"EQUIRECTANGULAR"', '"SINUSOIDAL"'))
-    with pytest.raises(LabelError, match="SINUSOIDAL.*is not one of"):
+    with pytest.raises(LabelError, match=r"SINUSOIDAL.*is not one of"):
         from_pds_label(label, 100, 100)
     label = observation.write_label(tmp_path / "Y.LBL", 100, 100)
     label.write_text(label.read_text().replace("MAP_SCALE = 0.5", "MAP_SCALE = NaN"))
@@ -136,7 +136,7 @@ def test_a_jpeg2000_is_read_at_a_resolution_level_in_windows(tmp_path):
         window = raster.read(100, 100, 300, 250)
         assert window.shape == (150, 200)
         assert np.abs(window.astype(int) - gray[100:250, 100:300]).mean() < 6  # the picture, at a quarter size
-    with pytest.raises(RasterError, match="no resolution level 9 .levels it has: 1, 2"):
+    with pytest.raises(RasterError, match=r"no resolution level 9 .levels it has: 1, 2"):
         open_raster(path, level=9)
 
 
@@ -230,18 +230,18 @@ def test_outputs_open_in_gis_libraries_and_say_where_each_window_is(tiny, tmp_pa
     names = {f.name for f in files}
     assert names == {"detections.csv", "detections.geojson", "ESP_062586_1840_RED.browse.windows-96px.tif",
                      "ESP_062586_1840_RED.browse.windows-192px.tif", "ESP_062586_1840_RED.browse.overlay.png"}
-    rows = list(csv.DictReader(open(tmp_path / "detections.csv")))
+    rows = list(csv.DictReader(Path(tmp_path / "detections.csv").read_text().splitlines()))
     assert len(rows) == len(result.detections) and all(r["lon"] and r["lat"] for r in rows)
 
     info = pyogrio.read_info(tmp_path / "detections.geojson")
     assert info["features"] == len(rows) and info["geometry_type"] == "Polygon"
-    meta, _, geometry, fields = pyogrio.raw.read(tmp_path / "detections.geojson")
-    labels = dict(zip(meta["fields"], fields))
+    meta, _, _geometry, fields = pyogrio.raw.read(tmp_path / "detections.geojson")
+    labels = dict(zip(meta["fields"], fields, strict=True))
     assert list(labels["label"]) == [r["label"] for r in rows]
     georef = result.georef
     d = result.detections[0]
     lon, lat = georef.lonlat(*georef.map_xy([d.x0], [d.y0]))
-    ring = json.loads(open(tmp_path / "detections.geojson").read())["features"][0]["geometry"]["coordinates"][0]
+    ring = json.loads((tmp_path / "detections.geojson").read_text())["features"][0]["geometry"]["coordinates"][0]
     assert ring[0] == pytest.approx([lon[0], lat[0]], abs=1e-6) and 349 < lon[0] < 350 and 4 < lat[0] < 4.2
 
     with rasterio.open(tmp_path / "ESP_062586_1840_RED.browse.windows-192px.tif") as tif:
@@ -315,7 +315,7 @@ def test_a_local_dask_cluster_gives_what_this_process_gives_even_when_a_worker_i
     [here] = scan.scan([source], checkpoint=ckpt, sizes=(96, 192), threshold=0.2)
     assert killed, "no worker process was found to kill"
     assert on_dask.missing == 0 and not on_dask.notes
-    for a, b in zip(on_dask.grids, here.grids):
+    for a, b in zip(on_dask.grids, here.grids, strict=True):
         assert np.allclose(a.probabilities, b.probabilities, atol=1e-5)
     assert [d.label for d in on_dask.detections] == [d.label for d in here.detections]
 
@@ -358,8 +358,8 @@ def test_a_scan_finds_real_landmarks_pasted_at_known_places_in_every_format(shar
     assert scan.main([str(folder / "ESP_036809_2640_COLOR.JP2"), "--level", "1", "--out", str(tmp_path / "jp2"),
                       "--sizes", "192,384"]) == 0
     print(capsys.readouterr().out)
-    rows = list(csv.DictReader(open(out / "detections.csv"))) + \
-        list(csv.DictReader(open(tmp_path / "jp2" / "detections.csv")))
+    rows = list(csv.DictReader(Path(out / "detections.csv").read_text().splitlines())) + \
+        list(csv.DictReader(Path(tmp_path / "jp2" / "detections.csv").read_text().splitlines()))
     for image in ("ESP_062586_1840_RED.browse.jpg", "geo.tif", "ESP_036809_2640_COLOR.JP2"):
         mine = [r for r in rows if r["image"] == image]
         found = sum(any(r["label"] == p.label and p.holds(float(r["centre_x"]), float(r["centre_y"])) for r in mine)

@@ -201,7 +201,7 @@ def _http_server() -> int:
     import threading
 
     class Quiet(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):  # noqa: ANN002
+        def log_message(self, *args):
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
@@ -387,7 +387,7 @@ def test_formula_like_names_are_escaped_in_detections_csv(tmp_path):
                       [Detection("crater", 0.95, None, 0, 0, 96, 96, 1)])
     (tmp_path / "out").mkdir()
     write_csv(tmp_path / "out" / "detections.csv", [found])
-    [row] = list(csv.DictReader(open(tmp_path / "out" / "detections.csv")))
+    [row] = list(csv.DictReader(Path(tmp_path / "out" / "detections.csv").read_text().splitlines()))
     assert row["image"] == "'" + found.name and row["label"] == "crater" and row["x0"] == "0"
     assert ScanJob(tmp_path).detections()[0]["image"] == found.name
 
@@ -402,5 +402,5 @@ def test_a_tiff_stored_in_blocks_too_large_to_read_in_pieces_is_refused(tmp_path
             tmp_path / "big-tiles.tif", "w", driver="GTiff", width=40_000, height=40_000, count=1, dtype="uint8",
             tiled=True, blockxsize=32768, blockysize=32768, compress="deflate", sparse_ok=True):
         pass
-    with pytest.raises(RasterError, match="stored in blocks of 32768x32768 px .1,024 MiB each"):
+    with pytest.raises(RasterError, match=r"stored in blocks of 32768x32768 px .1,024 MiB each"):
         open_raster(tmp_path / "big-tiles.tif")

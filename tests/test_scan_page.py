@@ -113,7 +113,7 @@ def test_scan_page_passes_a_valid_threshold_exactly_as_typed(tmp_path, page_scan
 
 def test_scan_page_keeps_the_uploads_when_a_path_is_chosen_and_back(tmp_path, page_scans):
     """Issue 33: switching to 'A file or folder' and back dropped the uploaded files without a word."""
-    scans, launched = page_scans
+    _scans, launched = page_scans
     at = run_page("views/scan.py")
     at.file_uploader(key="scan_uploads").set_value(("obs.png", observation_png(tmp_path).read_bytes(), "image/png"))
     at.run()
@@ -124,7 +124,7 @@ def test_scan_page_keeps_the_uploads_when_a_path_is_chosen_and_back(tmp_path, pa
     assert not at.file_uploader(key="scan_uploads").disabled
     button(at, "Start scan").click().run()
     assert not at.error and not at.exception, [e.value for e in at.error]
-    (job, inputs, argv), = launched
+    (job, inputs, _argv), = launched
     assert [p.name for p in inputs] == ["obs.png"] and inputs[0].parent == job.inputs and inputs[0].is_file()
 
 

@@ -13,11 +13,12 @@ import torch
 from core.checkpoint import load_checkpoint, read_checkpoint
 from core.classes import CLASS_NAMES
 from core.data import DataSpec, load_dataset
+from core.defaults import fingerprint, load_oof, oof_file
 from core.evaluate import evaluate_model
 from core.inference import predict_proba
-from core.defaults import fingerprint, load_oof, oof_file
 from core.registry import current_entry, read_registry
-from core.settings import DEFAULT_CHECKPOINT, DEFAULTS_REGISTRY as REGISTRY, PROJECT_ROOT
+from core.settings import DEFAULT_CHECKPOINT, PROJECT_ROOT
+from core.settings import DEFAULTS_REGISTRY as REGISTRY
 from tests import synthetic
 
 BASELINE = PROJECT_ROOT / "checkpoints" / "hirise-resnet18.pt"
@@ -51,7 +52,7 @@ def test_the_default_is_the_registrys_and_every_default_went_through_the_gate():
     every default after the first beat the one before it on the same folds."""
     registry = read_registry(REGISTRY)
     entry = registry_entry()
-    assert entry is not None and DEFAULT_CHECKPOINT == REGISTRY.parent / entry["checkpoint"]
+    assert entry is not None and REGISTRY.parent / entry["checkpoint"] == DEFAULT_CHECKPOINT
     for i, e in enumerate(registry["entries"]):
         oof = load_oof(e["id"], REGISTRY)
         assert fingerprint({"name": oof["name"], "y": oof["y"], "fold": oof["fold"]}) == e["cv"]["fingerprint"]

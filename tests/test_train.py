@@ -21,14 +21,21 @@ import torch
 from core import jobs
 from core.checkpoint import load_checkpoint
 from core.config import ConfigError, RunConfig
-from core.models import (WeightsUnavailable, build_model, fetch_imagenet_weights, frozen_stages, imagenet_status,
-                         unfrozen_after)
+from core.models import (
+    WeightsUnavailable,
+    build_model,
+    fetch_imagenet_weights,
+    frozen_stages,
+    imagenet_status,
+    unfrozen_after,
+)
 from core.optim import OPTIMIZERS, lr_range_test
-from core.runs import Run, RunLock, best_epoch_row, list_runs
-from core.settings import PROJECT_ROOT
 from core.runner import main as train_cli
 from core.runner import train
+from core.runs import Run, RunLock, best_epoch_row, list_runs
+from core.settings import PROJECT_ROOT
 from tests.helpers import TINY, one_line_error, tiny, wait_for
+
 
 def run_tiny(tmp_path: Path, data_dir: Path, folder: str = "run", **overrides) -> Run:
     """A finished run in tmp_path/folder: TINY, 2 epochs of 2 steps, with `overrides`."""
@@ -374,6 +381,7 @@ def test_two_process_ddp_on_cpu(tmp_path, data_dir):
 
 def test_class_weights_balanced_and_sqrt():
     import numpy as np
+
     from core.optim import loss_weights
     labels = np.array([0] * 80 + [1] * 15 + [2] * 5)
     full = loss_weights("weighted_loss", labels, 8)

@@ -1,7 +1,6 @@
 """Flip/turn averaging as a first-class choice (issue 29): one prediction path, 8 views, every entry point."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -18,7 +17,7 @@ def _tile(seed: int = 0) -> np.ndarray:
 
 def test_predict_views_are_the_8_flips_and_turns_and_their_mean_is_tta(tiny):
     tiles = np.stack([_tile(0), _tile(1)])
-    features, views = predict_views(tiny, tiles, show_progress=False)
+    _features, views = predict_views(tiny, tiles, show_progress=False)
     assert views.shape == (8, 2, len(tiny.class_names)) and len(VIEW_NAMES) == 8
     np.testing.assert_allclose(views[0], predict_logits(tiny, tiles, show_progress=False), atol=1e-5)
     np.testing.assert_allclose(views.mean(0), predict_logits(tiny, tiles, tta=True, show_progress=False), atol=1e-5)
@@ -84,7 +83,7 @@ def test_a_small_checkpoint_that_inflates_to_gigabytes_is_refused_before_loading
     payload = read_checkpoint(model_fixtures.tiny_checkpoint())
     save_checkpoint(tmp_path / "big.pt", {**payload, "metrics": {"x": torch.zeros(2_000_000)}})  # 8 MB of zeros
     monkeypatch.setattr(checkpoint, "MAX_UNPACKED_BYTES", 4 * 2**20)
-    with pytest.raises(CheckpointError, match="unpacks to .* MiB, over the 4 MiB"):
+    with pytest.raises(CheckpointError, match=r"unpacks to .* MiB, over the 4 MiB"):
         read_checkpoint(tmp_path / "big.pt")
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core.evaluate import load_report  # noqa: E402
-from core.metrics import classification_metrics, headline  # noqa: E402
+from core.evaluate import load_report
+from core.metrics import classification_metrics, headline
 
 
 def ensemble(reports: list[dict]) -> dict:
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give at least two reports")
     try:
         reports = [load_report(p) for p in args.reports]
-        for path, report in zip(args.reports, reports):
-            print(f"{str(path):60s} n={report['n']:5d}  {headline(report)}")
+        for path, report in zip(args.reports, reports, strict=True):
+            print(f"{path!s:60s} n={report['n']:5d}  {headline(report)}")
         combined = ensemble(reports)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

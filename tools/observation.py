@@ -33,7 +33,7 @@ class Pasted:
         return self.x <= cx <= self.x + self.size and self.y <= cy <= self.y + self.size
 
 
-def landmarks_called_right(loaded, data, wanted: dict[str, int], split: str = "val") -> list:  # noqa: ANN001
+def landmarks_called_right(loaded, data, wanted: dict[str, int], split: str = "val") -> list:
     """Landmark tiles of `split` the model itself calls right at 0.9 or more on their own: a scan can only be asked
     to find what the model can see."""
     from core.inference import predict_proba
@@ -44,11 +44,11 @@ def landmarks_called_right(loaded, data, wanted: dict[str, int], split: str = "v
     for label, count in wanted.items():
         pool = [r for r in originals if names[r.label] == label][:40]
         probs = predict_proba(loaded, data.tiles(pool)) if pool else []
-        chosen += [r for r, p in zip(pool, probs) if p.argmax() == r.label and p.max() >= 0.9][:count]
+        chosen += [r for r, p in zip(pool, probs, strict=True) if p.argmax() == r.label and p.max() >= 0.9][:count]
     return chosen
 
 
-def build(data, landmarks: list, names: list[str], rows: int = 4, cols: int = 6, paste: int = 192,  # noqa: ANN001
+def build(data, landmarks: list, names: list[str], rows: int = 4, cols: int = 6, paste: int = 192,
           seed: int = 24, split: str = "val") -> tuple[np.ndarray, list[Pasted]]:
     """A rows x cols background of `other` tiles of `split` (227 px each) with `landmarks` pasted at `paste` px,
     two tiles apart: the canvas and where each landmark went."""
@@ -140,7 +140,7 @@ def write_jp2(path: Path, gray: np.ndarray, factor: int = 1, quality: int = 40, 
     return path
 
 
-def write_geotiff(path: Path, gray: np.ndarray, georef) -> Path:  # noqa: ANN001 - a core.georef.Georef
+def write_geotiff(path: Path, gray: np.ndarray, georef) -> Path:
     """`gray` as a GeoTIFF carrying `georef` (its projection and transform)."""
     import rasterio
 

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-from core.cliargs import at_least  # noqa: E402
-from core.data import DataError, load_dataset  # noqa: E402
-from core.imageio import TILE_SIZE  # noqa: E402
-from core.ood import FLAG_SHARE  # noqa: E402
-from core.predict import predict_array  # noqa: E402
-from core.settings import SHARED_DATA_DIR  # noqa: E402
+from core.checkpoint import CheckpointError, load_checkpoint
+from core.cliargs import at_least
+from core.data import DataError, load_dataset
+from core.imageio import TILE_SIZE
+from core.ood import FLAG_SHARE
+from core.predict import predict_array
+from core.settings import SHARED_DATA_DIR
 
 
 def real_tiles(loaded, data_path: str, n: int) -> tuple[list[np.ndarray], str, bool]:
@@ -42,7 +42,8 @@ def real_tiles(loaded, data_path: str, n: int) -> tuple[list[np.ndarray], str, b
 
 
 def not_tiles(seeds: int) -> dict[str, list[np.ndarray]]:
-    from skimage import color, data as photos
+    from skimage import color
+    from skimage import data as photos
     size = (TILE_SIZE, TILE_SIZE)
     rngs = [np.random.default_rng(s) for s in range(seeds)]
     gray = (color.rgb2gray(photos.chelsea()) * 255).astype(np.uint8)

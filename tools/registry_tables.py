@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core import defaults  # noqa: E402
+from core import defaults
 
 
 def main() -> int:

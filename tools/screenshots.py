@@ -27,9 +27,9 @@ from PIL import Image
 from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core.settings import PROJECT_ROOT, SHARED_DATA_DIR  # noqa: E402
-from tools.chromium import CHROMIUM_ARGS, chromium_path  # noqa: E402
-from ui.navigation import PAGES  # noqa: E402 - the app's own page list
+from core.settings import PROJECT_ROOT, SHARED_DATA_DIR
+from tools.chromium import CHROMIUM_ARGS, chromium_path
+from ui.navigation import PAGES
 
 #: A crater original of the shared v3.2 subset (uploaded on Explain when the data holds it).
 CRATER = "ESP_011425_1775_RED-0004.jpg"
@@ -50,7 +50,7 @@ def start_app(tmp: Path, data: list[str]) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "HIRISE_APP_STATE": str(tmp / "state.json"), "HIRISE_RUNS_DIR": str(tmp / "runs"),
            "HIRISE_LABEL_OVERRIDES": str(tmp / "label_overrides.csv")}
     port = free_port()
-    log = open(tmp / "streamlit.log", "wb")
+    log = open(tmp / "streamlit.log", "wb")  # noqa: SIM115 (the server writes it for its whole life)
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true"],
                             cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                     started = time.time()
                     try:
                         prepare(page, app_page.label, data)  # by label: the addresses are lower case
-                    except Exception as exc:  # noqa: BLE001 - keep the other pages; the picture shows what it got
+                    except Exception as exc:
                         failed += 1
                         print(f"{app_page.label}: not brought to its full state ({type(exc).__name__}: {exc})",
                               file=sys.stderr)

@@ -20,11 +20,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core.checkpoint import load_checkpoint, model_from_payload, read_checkpoint, save_checkpoint  # noqa: E402
-from core.data import DataSpec, RecordTiles, load_dataset  # noqa: E402
-from core.evaluate import evaluate_model  # noqa: E402
-from core.metrics import headline  # noqa: E402
-from core.settings import DEFAULT_CHECKPOINT  # noqa: E402
+from core.checkpoint import load_checkpoint, model_from_payload, read_checkpoint, save_checkpoint
+from core.data import DataSpec, RecordTiles, load_dataset
+from core.evaluate import evaluate_model
+from core.metrics import headline
+from core.settings import DEFAULT_CHECKPOINT
 
 KEEP = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "top2_accuracy", "majority_baseline",
         "per_class", "confusion", "n", "calibration")

@@ -22,6 +22,7 @@ synthetic set (tests/synthetic.py), simple_cnn at 32 px, 2 steps an epoch, so a 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -35,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
 from core.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
 from core.runs import Run  # noqa: E402
 from tests import synthetic  # noqa: E402
@@ -97,7 +99,7 @@ def check_folder(run: Run, final: bool = False) -> tuple[int, list[str]]:
     if epochs != list(range(1, len(epochs) + 1)):
         raise SoakFailure(f"epoch rows are not 1..{len(epochs)} once each: {epochs[-12:]}")
     steps = [r["step"] for r in rows if r["kind"] == "step"]
-    if any(b <= a for a, b in zip(steps, steps[1:])):
+    if any(b <= a for a, b in itertools.pairwise(steps)):
         raise SoakFailure("the step counter went backwards or repeated in metrics.jsonl")
     return len(epochs), sorted(p.name for p in run.path.glob("*.tmp"))
 

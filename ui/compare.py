@@ -1,9 +1,8 @@
 """Side-by-side facts about runs: settings that differ, headline metrics, per-class F1."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pandas as pd
 

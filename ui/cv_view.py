@@ -9,8 +9,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import cv, defaults, jobs
-from core.cv_files import VIEWS
 from core.config import ConfigError, RunConfig
+from core.cv_files import VIEWS
 from core.data import DataError
 from core.data.spec import MAX_FOLDS, MIN_FOLDS
 from ui import figures
@@ -69,7 +69,7 @@ def _curve(curve: list[dict]) -> go.Figure:
     mean = [r["macro_f1"] for r in curve]
     sd = [r["macro_f1_sd"] for r in curve]
     fig = go.Figure()
-    fig.add_scatter(x=x + x[::-1], y=[m + s for m, s in zip(mean, sd)] + [m - s for m, s in zip(mean, sd)][::-1],
+    fig.add_scatter(x=x + x[::-1], y=[m + s for m, s in zip(mean, sd, strict=True)] + [m - s for m, s in zip(mean, sd, strict=True)][::-1],
                     fill="toself", fillcolor="rgba(78,121,167,0.2)", line=dict(width=0), hoverinfo="skip",
                     name="± 1 sd over folds")
     fig.add_scatter(x=x, y=mean, mode="lines+markers", name="mean over folds", line=dict(color="#4E79A7"),
@@ -99,7 +99,7 @@ def _report_view(rep: dict) -> None:
     st.markdown(f"**Out-of-fold**: every validated original scored once, by the fold model that never saw its "
                 f"observation: {pooled['n']:,} tiles from {pooled['observations']} observations.")
     cols = st.columns(4)
-    for col, key in zip(cols, cv.HEADLINE):
+    for col, key in zip(cols, cv.HEADLINE, strict=True):
         col.metric(cv.LABELS[key], f"{pooled[key]:.3f}")
         spread = rep["fold_spread"][key]
         col.caption(f"95% interval {interval_text(iv[key])} · "
@@ -204,17 +204,17 @@ def _refit(rep: dict) -> None:
     if rep["missing"]:
         problem = problem or cv.CVError("every fold must complete before a refit is calibrated on them")
         cols[1].caption("Refit waits until every fold has completed.")
-    if rep["missing"] and not any(f.get("state") in ACTIVE for f in rep["folds"]):
-        if st.button("Relaunch missing folds", key=f"cv_relaunch_{rep['id']}",
-                     help="Queue again every fold that was deleted, failed, cancelled or never queued, with the "
-                          "cross-validation's own recipe and folds"):
-            try:
-                runs = cv.relaunch_missing(rep["id"])
-            except (ConfigError, DataError, jobs.JobError, OSError) as exc:
-                show_error(exc, "Not relaunched")
-            else:
-                st.success(f"Queued {', '.join(r.name for r in runs)}; the report fills in as they finish.",
-                           icon=":material/check:")
+    if rep["missing"] and not any(f.get("state") in ACTIVE for f in rep["folds"]) and \
+            st.button("Relaunch missing folds", key=f"cv_relaunch_{rep['id']}",
+                      help="Queue again every fold that was deleted, failed, cancelled or never queued, with the "
+                           "cross-validation's own recipe and folds"):
+        try:
+            runs = cv.relaunch_missing(rep["id"])
+        except (ConfigError, DataError, jobs.JobError, OSError) as exc:
+            show_error(exc, "Not relaunched")
+        else:
+            st.success(f"Queued {', '.join(r.name for r in runs)}; the report fills in as they finish.",
+                       icon=":material/check:")
     if st.button("Refit on all the data", key=f"cv_refit_{rep['id']}", disabled=bool(rep["missing"])):
         if cfg is None or problem is not None:
             show_error(problem, "Not launched")

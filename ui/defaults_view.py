@@ -9,6 +9,7 @@ from core import defaults
 from core.bootstrap import fmt
 from core.settings import REGISTRY_WARNING
 
+
 def figures_table(figures: dict) -> pd.DataFrame:
     """An entry's stored figures as a table (`core.defaults.figures_rows`)."""
     return pd.DataFrame(defaults.figures_rows(figures))

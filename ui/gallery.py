@@ -20,7 +20,7 @@ def tile_gallery(images: Sequence[np.ndarray], items: Sequence[dict], per_row: i
     """Each tile above its caption and its full name in a code box (click to copy)."""
     for start in range(0, len(items), per_row):
         cols = st.columns(per_row)
-        for col, image, item in zip(cols, images[start:start + per_row], items[start:start + per_row]):
+        for col, image, item in zip(cols, images[start:start + per_row], items[start:start + per_row], strict=False):  # the last row may be short
             with col:
                 st.image(image, width="stretch")
                 st.markdown(tile_caption(item))

@@ -40,7 +40,7 @@ def grid_form(values: dict[str, Any]) -> None:
                                  "Data options are not offered: the runs of a grid share one split.")
     axes, slots, problem = [], {}, None
     cols = st.columns(max(1, len(chosen)))
-    for name, col in zip(chosen, cols):
+    for name, col in zip(chosen, cols, strict=False):  # one column even when nothing is chosen
         with col:
             picked = _value_widget(name, specs[name])
             slots[name] = st.empty()

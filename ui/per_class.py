@@ -29,11 +29,11 @@ def never_predicted(per_class: list[dict], confusion: list[list[int]] | None = N
         return [c["class"] for c in per_class if c["predicted"] == 0]
     if confusion is None:
         return []
-    return [c["class"] for c, column in zip(per_class, zip(*confusion)) if sum(column) == 0]
+    return [c["class"] for c, column in zip(per_class, zip(*confusion, strict=True), strict=True) if sum(column) == 0]
 
 
 def per_class_table(per_class: list[dict], confusion: list[list[int]] | None = None,
-                    intervals: dict | None = None) -> "pd.io.formats.style.Styler":
+                    intervals: dict | None = None) -> pd.io.formats.style.Styler:
     """Per-class precision, recall, F1 and support, recall coloured, each figure with its 95% interval (a
     report's `intervals`, when it has them). A class the split has no tile of shows "no tiles" as its recall and
     F1 (a red 0.000 read as total failure; Streamlit shows NaN as "None"); a class never predicted shows "n/a" as
@@ -48,6 +48,6 @@ def per_class_table(per_class: list[dict], confusion: list[list[int]] | None = N
         blank = unpredicted if column == "precision" else absent
         text = NEVER_PREDICTED if column == "precision" else NO_TILES
         table[column] = [text if b else f"{v:.3f}" + (f" ({interval_text(iv.get(column))})" if iv.get(column) else "")
-                         for v, b, iv in zip(table[column].astype(float), blank, class_iv)]
+                         for v, b, iv in zip(table[column].astype(float), blank, class_iv, strict=True)]
     table = table.drop(columns="predicted", errors="ignore")  # said through precision; the table keeps its width
     return table.style.apply(lambda col: [_recall_colour(recall[c]) for c in col.index], subset=["recall"])

@@ -1,6 +1,7 @@
 """The run configuration form, generated from RunConfig's fields: the form offers what the CLI and validation accept."""
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import streamlit as st
@@ -8,9 +9,8 @@ import streamlit as st
 from core.config import ConfigError, RunConfig, field_specs
 from core.jobs import device_choices
 from core.models import DEFAULT_ARCH, stages
-from core.runs import folder_hint
 from core.models import spec as model_spec
-from core.runs import list_runs
+from core.runs import folder_hint, list_runs
 from ui import appstate
 
 GROUP_TITLES = {"data": "Data", "model": "Model", "freezing": "Freezing", "optimisation": "Optimisation",
@@ -116,7 +116,7 @@ def run_form(default_data: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     slots: dict[str, Any] = {}
     groups = list(GROUP_TITLES)
     tabs = st.tabs([GROUP_TITLES[g] for g in groups])
-    for group, tab in zip(groups, tabs):
+    for group, tab in zip(groups, tabs, strict=True):
         with tab:
             cols = st.columns(3)
             shown = 0
@@ -147,10 +147,10 @@ def _remember(shown: dict[str, Any]) -> None:
     if any(remembered.get(k) != v for k, v in shown.items()):
         remembered.update(shown)
         st.session_state["cfg_data"] = shown.get("data", st.session_state.get("cfg_data"))
-        try:  # the data sources are the Dataset page's to remember; the rest of the form is kept here
+        # the data sources are the Dataset page's to remember; the rest of the form is kept here. A read-only state
+        # file: the values are still kept for this session.
+        with contextlib.suppress(OSError):
             appstate.save_state(run_form={k: v for k, v in remembered.items() if k != "data"})
-        except OSError:
-            pass  # a read-only state file: the values are still kept for this session
 
 
 def checked_config(values: dict[str, Any], slots: dict[str, Any]) -> tuple[RunConfig | None, ConfigError | None]:

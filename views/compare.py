@@ -8,8 +8,8 @@ import streamlit as st
 from core.checkpoint import LoadedModel
 from core.classes import CLASS_NAMES
 from core.data import DataSpec
-from core.runs import list_runs
 from core.evaluate import evaluate_model, tiles_digest
+from core.runs import list_runs
 from core.seen import NothingUnseen
 from ui import appstate, compare, figures
 from ui.errors import USER_ERRORS, show_error
@@ -191,7 +191,7 @@ if unvalidated:
                "curve; its training loss is below.")
 for column, (key, label) in zip((a, b, a, b), (("val_macro_f1", "validation macro-F1"), ("val_loss", "validation loss"),
                                               ("val_balanced_accuracy", "validation balanced accuracy"),
-                                              ("train_loss", "training loss"))):
+                                              ("train_loss", "training loss")), strict=True):
     if column is None:
         continue
     if key.startswith("val_") and len(unvalidated) == len(rows):

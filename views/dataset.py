@@ -8,11 +8,11 @@ import pandas as pd
 import streamlit as st
 
 from core.classes import CLASS_DESCRIPTIONS, CLASS_NAMES
-from core.data import CONFLICT_POLICIES, SPLIT_MODES, DataSpec, read_source, summarize
 from core.config import field_bounds
+from core.data import CONFLICT_POLICIES, SPLIT_MODES, DataSpec, read_source, summarize
 from core.data.spec import FRACTION_LIMIT, FRACTION_STEP
-from core.models import MODELS
 from core.download import DEFAULT_DEST, DownloadError, download_v32
+from core.models import MODELS
 from ui import appstate, figures
 from ui.errors import USER_ERRORS, show_error
 from ui.imbalance import RARE_NOTE
@@ -144,14 +144,14 @@ cols = st.columns(len(splits) + 2)
 cols[0].metric("Tiles", f"{summary['total']:,}")
 cols[1].metric("Train-only tiles", f"{summary['training_only_tiles']:,}",
                help="Tiles with no observation id: they cannot be split by observation, so they only train.")
-for col, split in zip(cols[2:], splits):
+for col, split in zip(cols[2:], splits, strict=True):
     base = summary["majority_baseline"][split]
     col.metric(f"Always-{base['class']}, {split}", f"{base['accuracy']:.1%}",
                help=f"The accuracy of a model that always answers {base['class']}, on this split's originals.")
 
 st.subheader("Tiles per class and split")
 st.plotly_chart(figures.class_counts(summary), width="stretch")
-table = pd.DataFrame({f"{s} (originals)": [f"{n:,} ({o:,})" for n, o in zip(summary["counts"][s], summary["originals"][s])]
+table = pd.DataFrame({f"{s} (originals)": [f"{n:,} ({o:,})" for n, o in zip(summary["counts"][s], summary["originals"][s], strict=True)]
                       for s in splits}, index=summary["classes"])
 st.dataframe(table, width="stretch")
 st.caption(f"Augmented copies per split: {', '.join(f'{s} {n:,}' for s, n in summary['augmented'].items())}. "

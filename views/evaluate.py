@@ -13,8 +13,8 @@ from core.precision import bf16_native
 from core.seen import NothingUnseen, training_set
 from core.settings import DEFAULT_TTA
 from ui import appstate, figures
-from ui.gallery import tile_gallery
 from ui.errors import USER_ERRORS, show_error
+from ui.gallery import tile_gallery
 from ui.imbalance import RARE_NOTE, imbalance_note
 from ui.intervals import interval_caption, interval_text, refit_warning
 from ui.loaders import data_for_config, get_model, model_choices, run_of_checkpoint

@@ -24,10 +24,10 @@ if len(items) > MAX_FILES:
     items = items[:MAX_FILES]
 
 from ui import appstate, figures  # noqa: E402 - after the uploader, see above
-from ui.uploads import unique_names  # noqa: E402
-from ui.widgets import kept  # noqa: E402
 from ui.errors import USER_ERRORS, show_error  # noqa: E402
 from ui.loaders import get_data, get_model, require_model_choices  # noqa: E402
+from ui.uploads import unique_names  # noqa: E402
+from ui.widgets import kept  # noqa: E402
 
 picked = None  # a tile picked from the data set: the model may have trained on it (said below)
 with st.expander("…or pick a tile from the data set"):

@@ -15,11 +15,11 @@ from core.explore.labels import review_labels
 from core.settings import LABEL_OVERRIDES_FILE, LABEL_REJECTIONS_FILE
 from ui import appstate
 from ui.errors import USER_ERRORS, show_error
+from ui.gallery import tile_gallery
 from ui.imbalance import RARE_NOTE
 from ui.loaders import get_data, get_model, require_model_choices
 from ui.progress import progress_bar
 from ui.widgets import kept_selectbox
-from ui.gallery import tile_gallery
 
 COLOURS = {"label": "label", "prediction": "predicted", "split": "split", "confidence": "confidence",
            "observation": "observation", "correct": "correct"}
@@ -153,7 +153,7 @@ with map_tab:
             st.subheader(f"{len(rows):,} selected" + (f" (first {MAX_SHOWN} shown)" if len(rows) > MAX_SHOWN else ""))
             recs = [emb.features.records[i] for i in shown]
             items = [{"name": r.name, "true": df["label"].iat[i], "pred": df["predicted"].iat[i],
-                      "prob": float(df["confidence"].iat[i])} for r, i in zip(recs, shown)]
+                      "prob": float(df["confidence"].iat[i])} for r, i in zip(recs, shown, strict=True)]
             tile_gallery(list(data.tiles(recs)), items)
             with st.expander("Selected tiles as a table"):
                 st.dataframe(df.iloc[rows].drop(columns=["x", "y", "row"]), hide_index=True)

@@ -10,8 +10,8 @@ from core.classes import CLASS_DESCRIPTIONS, CLASS_NAMES
 from core.jobs import describe_device, observed_status, progress_column
 from core.runs import list_runs
 from core.settings import DEFAULT_CHECKPOINT
-from ui.defaults_view import registry_headline, registry_section
 from ui import appstate
+from ui.defaults_view import registry_headline, registry_section
 from ui.errors import USER_ERRORS
 from ui.imbalance import IMBALANCE_NOTE
 from ui.intervals import interval_text

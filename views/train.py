@@ -6,18 +6,18 @@ import streamlit as st
 
 from core import jobs
 from core.augment import epoch_multiplier
+from core.bootstrap import wilson
 from core.config import ConfigError, RunConfig
 from core.models import WeightsUnavailable, fetch_imagenet_weights, imagenet_status
 from core.runs import ACTIVE_STATES, list_runs, read_json
 from ui import appstate, figures
-from core.bootstrap import wilson
+from ui.cv_view import cv_form, cv_results
 from ui.errors import USER_ERRORS, show_error
+from ui.grid_form import grid_form, grid_results
 from ui.imbalance import IMBALANCE_NOTE
 from ui.intervals import interval_text
 from ui.loaders import data_for_config
 from ui.per_class import NO_TILES
-from ui.cv_view import cv_form, cv_results
-from ui.grid_form import grid_form, grid_results
 from ui.run_admin import delete_button, notes_editor
 from ui.run_form import GROUP_TITLES, checked_config, group_of, propose, run_form
 
@@ -186,13 +186,12 @@ def live() -> None:
             except OSError as exc:
                 show_error(f"cannot write to {run.path}: {exc.strerror or exc}", "Not cancelled")
     elif state in ("cancelled", "lost", "failed") and run.last_checkpoint.is_file() and \
-            status.get("kind", "train") == "train":
-        if buttons[0].button("Resume from the last checkpoint"):
-            try:
-                jobs.launch(RunConfig.load(run.config_file), resume=run)
-                st.rerun()
-            except (ConfigError, jobs.JobError) as exc:
-                show_error(exc, "Not resumed")
+            status.get("kind", "train") == "train" and buttons[0].button("Resume from the last checkpoint"):
+        try:
+            jobs.launch(RunConfig.load(run.config_file), resume=run)
+            st.rerun()
+        except (ConfigError, jobs.JobError) as exc:
+            show_error(exc, "Not resumed")
     if active and state not in ACTIVE_STATES:
         st.rerun()  # the job just ended: redraw the page once, and stop polling
 

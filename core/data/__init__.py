@@ -8,9 +8,29 @@ from .spec import DataSpec
 from .split import SPLIT_MODES, assign_splits, find_leakage
 from .summary import format_summary, summarize
 
-__all__ = ["AUG_SUFFIXES", "CONFLICT_POLICIES", "DataError", "DataSpec", "HiriseData", "MergeReport", "Record", "RecordTiles", "SPLIT_MODES",
-           "Source", "TileCache", "assign_splits", "find_leakage", "format_summary", "load_dataset", "merge_sources",
-           "open_tile_cache", "parse_name", "read_source", "split_manifest", "summarize"]
-from .loader import DeviceBatches, TileDataset, begin_epoch, split_dataset, training_batches  # noqa: E402
+__all__ = [
+           "AUG_SUFFIXES",
+           "CONFLICT_POLICIES",
+           "SPLIT_MODES",
+           "DataError",
+           "DataSpec",
+           "HiriseData",
+           "MergeReport",
+           "Record",
+           "RecordTiles",
+           "Source",
+           "TileCache",
+           "assign_splits",
+           "find_leakage",
+           "format_summary",
+           "load_dataset",
+           "merge_sources",
+           "open_tile_cache",
+           "parse_name",
+           "read_source",
+           "split_manifest",
+           "summarize",
+]
+from .loader import DeviceBatches, TileDataset, begin_epoch, split_dataset, training_batches
 
 __all__ += ["DeviceBatches", "TileDataset", "begin_epoch", "split_dataset", "training_batches"]

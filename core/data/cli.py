@@ -9,7 +9,6 @@ from ..progress import ProgressCallback
 from .dataset import HiriseData, load_dataset
 from .spec import DataSpec
 
-
 #: The DataSpec fields every data CLI takes as flags (the paths are each CLI's own; folds are set by core.cv).
 DATA_FLAGS = tuple(f.name for f in fields(DataSpec) if f.name not in ("paths", "cv_folds", "cv_fold"))
 

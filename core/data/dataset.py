@@ -120,7 +120,7 @@ class RecordTiles:
 
 def load_dataset(spec: DataSpec | Sequence[str | Path], *, tile_size: int = TILE_SIZE,
                  on_progress: ProgressCallback | None = None,
-                 label_overrides: str | Path | None | Literal[False] = None) -> HiriseData:
+                 label_overrides: str | Path | Literal[False] | None = None) -> HiriseData:
     """Read, merge, split and decode the folders or zips of `spec` (a bare list of paths: with the default
     merge and split) into `tile_size` tiles. Raises DataError with a clear message.
 
@@ -161,7 +161,7 @@ def load_dataset(spec: DataSpec | Sequence[str | Path], *, tile_size: int = TILE
                       leakage=find_leakage(records), caches=caches, unreadable=unreadable, overrides=applied)
 
 
-def _apply_label_overrides(records: list[Record], which: str | Path | None | Literal[False]
+def _apply_label_overrides(records: list[Record], which: str | Path | Literal[False] | None
                            ) -> tuple[list[Record], Applied | None]:
     """Issue 16: the records with the overrides file's labels (OverridesError, a DataError, if it is malformed)."""
     if which is False:

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-
 #: The validation and test shares are in [0, FRACTION_LIMIT) and sum to less than it; the app's sliders step by
 #: FRACTION_STEP up to the largest value below the limit.
 FRACTION_LIMIT = 1.0

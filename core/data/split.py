@@ -166,7 +166,7 @@ def _place_every_class(has: np.ndarray, side: np.ndarray, sides: list[int], rng:
     observations of the class, its smallest such observation (seeded tie-break), and only if the donor keeps
     every class it must keep. Deterministic for a seed; classes it cannot place are reported by
     `coverage_warnings`."""
-    n_groups, n_classes = has.shape
+    n_groups, _n_classes = has.shape
     size = has.sum(1) + rng.uniform(0, 0.5, n_groups)  # fewer classes first; a seeded tie-break
     for c in np.argsort(has.sum(0), kind="stable"):  # rarest class first
         if has[:, c].sum() < len(sides):

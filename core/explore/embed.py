@@ -18,8 +18,16 @@ from ..classes import CLASS_NAMES
 from ..data import HiriseData, Record
 from ..data.storage import content_digest
 from ..progress import ProgressCallback
-from .features import (DEFAULT_EMBED_SIZE, Features, cache_dir, features_key, get_features, kept_tiles, load_npz,
-                       save_npz_atomic)
+from .features import (
+    DEFAULT_EMBED_SIZE,
+    Features,
+    cache_dir,
+    features_key,
+    get_features,
+    kept_tiles,
+    load_npz,
+    save_npz_atomic,
+)
 
 METHODS = ("umap", "tsne", "pca")
 #: Chosen by measurement on the shared tiles (docs/explore.md): UMAP keeps neighbourhoods as well as

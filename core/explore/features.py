@@ -7,6 +7,7 @@ input size: any change to one of them is a miss, never a stale hit.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import shutil
 import time
@@ -144,10 +145,8 @@ def compute_features(loaded: LoadedModel, data: HiriseData, records: list[Record
 
 def _keep_part(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Save one finished part; one that cannot be saved (a read-only or vanished folder) is only not kept."""
-    try:
+    with contextlib.suppress(OSError):
         save_npz_atomic(path, **arrays)
-    except OSError:
-        pass
 
 
 def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
