@@ -1,6 +1,8 @@
 # `make app` and `make test` work on a fresh clone: they create the environment first when needed.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Two pytest-xdist workers, one per core; a test file stays on one worker (its module fixtures are made once).
+PYTEST_WORKERS ?= -n 2 --dist loadfile
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 
 .PHONY: app test test-fast bench clean
@@ -20,12 +22,12 @@ test: $(STAMP)
 	bash tools/ensure-chromium.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_WORKERS)
 
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -m "not slow and not browser"
+	$(PY) -m pytest $(PYTEST_WORKERS) -m "not slow and not browser"
 
 bench: $(STAMP)
 	for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

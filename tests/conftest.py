@@ -12,6 +12,12 @@ os.environ.setdefault("HIRISE_APP_STATE", str(_SESSION_TMP / "app-state.json"))
 os.environ.setdefault("HIRISE_LABEL_OVERRIDES", str(_SESSION_TMP / "label_overrides.csv"))  # issue 16
 os.environ.setdefault("HIRISE_LABEL_REJECTIONS", str(_SESSION_TMP / "label_rejections.csv"))
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one thread each (and in the trainings they start), or the
+    # OpenMP threads of both wait on each other (small models ran 30-50x slower with two on a busy machine).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 import pytest  # noqa: E402
 from streamlit import config as _streamlit_config  # noqa: E402
 

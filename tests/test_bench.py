@@ -73,7 +73,9 @@ def test_bench_coldstart_smoke():
 def test_bench_memory_smoke(shared_data: Path):
     out = ok(run_bench("bench_memory.py", str(shared_data / "hirise-v3_2-subset"), "--train-steps", "2",
                        "--batch-size", "4", "--image-size", "64", "--calls", "10", "--plus-calls", "2",
-                       "--scorecam-calls", "1", "--every", "5"))
+                       "--scorecam-calls", "1", "--every", "5",
+                       # the smallest shipped model: this checks the script, and ScoreCAM on the 260 px default is slow
+                       "--checkpoint", str(PROJECT_ROOT / "checkpoints" / "hirise-efficientnet-lite0.pt")))
     assert "peak" in out and "(a) training process" in out and "(b) app session" in out
     assert "repeated calls:" in out and "goal: flat" in out
 
