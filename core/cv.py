@@ -36,7 +36,8 @@ from .classes import CLASS_NAMES
 from .cliargs import refuse, single_run_flag
 from .config import ConfigError, RunConfig, typed_config
 from .data.spec import MAX_FOLDS, MIN_FOLDS
-from .runs import Run, new_manifest_id, now_iso, read_json, read_manifests, runs_root, write_json_atomic
+from .manifest import Manifests, Task, safe_name
+from .runs import Run, runs_root
 
 TAG_PREFIX = "cv:"
 HEADLINE = ("macro_f1", "balanced_accuracy", "accuracy")
@@ -108,54 +109,32 @@ def coverage(cfg: RunConfig) -> list[str]:
 
 
 def cv_dir(runs_dir: Path | None = None) -> Path:
-    return runs_root(runs_dir) / ".cv"
+    return MANIFESTS.dir(runs_dir)
 
 
-def _manifest_path(cv_id: str, runs_dir: Path | None = None) -> Path:
-    return cv_dir(runs_dir) / f"{cv_id}.json"
-
-
-def _start(configs: Sequence[RunConfig], how: str, runs_dir: Path | None, grid: str | None = None) -> tuple[str, Path]:
-    cv_id = new_manifest_id(cv_dir(runs_dir))
-    path = _manifest_path(cv_id, runs_dir)
+def _start(configs: Sequence[RunConfig], how: str, runs_dir: Path | None, grid: str | None = None) -> str:
     base = {k: v for k, v in configs[0].to_dict().items() if k not in ("cv_fold", "name")}
-    write_json_atomic(path, {"id": cv_id, "created_at": now_iso(), "how": how, "folds": configs[0].cv_folds,
-                             "seed": configs[0].split_seed, "base": base, "grid": grid, "runs": []})
-    return cv_id, path
+    cv_id, _ = MANIFESTS.create({"how": how, "folds": configs[0].cv_folds, "seed": configs[0].split_seed,
+                                 "base": base, "grid": grid}, runs_dir)
+    return cv_id
 
 
-def _record(path: Path, run: Run, fold: int, note: str = "") -> None:
-    """Add a fold's run to the manifest and tag it; a manifest has one writer (the thread launching it)."""
-    manifest = read_json(path, {})
-    manifest["runs"] = [*manifest.get("runs", []), {"run": run.name, "fold": fold}]
-    write_json_atomic(path, manifest)
-    run.add_tag(TAG_PREFIX + path.stem, note or f"cross-validation {path.stem}, fold {fold + 1}")
+def _task(cv_id: str, cfg: RunConfig, note: str = "") -> Task:
+    fold = cfg.cv_fold + 1
+    return Task(cfg, {"fold": cfg.cv_fold}, f"fold {fold}", note or f"cross-validation {cv_id}, fold {fold}")
 
 
 def launch(configs: Sequence[RunConfig], runs_dir: Path | None = None, grid: str | None = None) -> tuple[str, list[Run]]:
     """Queue every fold as a job (one per device at a time, oldest first). Returns the id and the runs; a launch
     failing half way raises JobError naming the folds already queued (the report then names the missing ones)."""
-    from .jobs import JobError
-    from .jobs import launch as launch_job
-    cv_id, path = _start(configs, "queued", runs_dir, grid)
-    runs: list[Run] = []
-    for cfg in configs:
-        try:
-            run = launch_job(cfg, runs_dir)
-        except (ConfigError, JobError) as exc:
-            done = f"; queued before it: {', '.join(r.name for r in runs)}" if runs else ""
-            raise JobError(f"cross-validation {cv_id}: fold {cfg.cv_fold + 1} not queued: {exc}{done}") from None
-        _record(path, run, cfg.cv_fold)
-        runs.append(run)
-    return cv_id, runs
+    cv_id = _start(configs, "queued", runs_dir, grid)
+    return cv_id, MANIFESTS.launch(cv_id, [_task(cv_id, c) for c in configs], runs_dir)
 
 
 def relaunch_missing(cv_id: str, runs_dir: Path | None = None) -> list[Run]:
     """Queue again every fold that is missing and not waiting or running (deleted, failed, cancelled, never
     queued), from the manifest's own recipe; the manifest then names the new run for that fold. CVError when none
     is missing, or a fold is still active (it may yet complete)."""
-    from .jobs import JobError
-    from .jobs import launch as launch_job
     rep = report(cv_id, runs_dir, with_files=False)
     active = [f for f in rep["folds"] if f.get("state") in ("queued", "running")]
     missing = [f for f in rep["missing"] if f.get("state") not in ("queued", "running")]
@@ -165,16 +144,13 @@ def relaunch_missing(cv_id: str, runs_dir: Path | None = None) -> list[Run]:
                        "still queued or running)" if active else " (every fold completed)"))
     configs = {c.cv_fold: c for c in plan({**rep["base"], "cv_folds": 0, "cv_fold": 0}, rep["n_folds"],
                                           rep["seed"] or 0)}
-    path = _manifest_path(cv_id, runs_dir)
-    runs = []
-    for f in missing:
-        try:
-            run = launch_job(configs[f["fold"] - 1], runs_dir)
-        except (ConfigError, JobError) as exc:
-            raise CVError(f"cross-validation {cv_id}: fold {f['fold']} not queued: {exc}") from None
-        _record(path, run, f["fold"] - 1, note=f"cross-validation {cv_id}, fold {f['fold']} (relaunched)")
-        runs.append(run)
-    return runs
+    from .jobs import JobError
+    tasks = [_task(cv_id, configs[f["fold"] - 1], f"cross-validation {cv_id}, fold {f['fold']} (relaunched)")
+             for f in missing]
+    try:
+        return MANIFESTS.launch(cv_id, tasks, runs_dir)
+    except JobError as exc:
+        raise CVError(str(exc)) from None
 
 
 def active_refit(cv_id: str, runs_dir: Path | None = None) -> Run | None:
@@ -197,37 +173,14 @@ def spread_text(spread: dict[str, float], folds: int) -> str:
 
 def run_in_process(configs: Sequence[RunConfig], train: Callable[..., int], runs_dir: Path | None = None,
                    say: Callable[[str], None] = print, grid: str | None = None) -> tuple[str, int]:
-    """Train the folds one after another in this process (`train` is `core.train.train`, passed in so that this
+    """Train the folds one after another in this process (`train` is `core.runner.train`, passed in so that this
     module does not import the engine). Returns the id and an exit code; a cancelled fold stops the rest."""
-    from .jobs import job_state
-    from .runs import RunLock, new_run_dir
-    cv_id, path = _start(configs, "in-process", runs_dir, grid)
+    cv_id = _start(configs, "in-process", runs_dir, grid)
     say(f"cross-validation {cv_id}: {len(configs)} folds grouped by observation, one after another in this process")
-    code = 0
-    for cfg in configs:
-        run = new_run_dir(cfg.name, runs_dir)
-        with RunLock.acquire(run) as lock:
-            run.begin(cfg.to_dict())
-            _record(path, run, cfg.cv_fold)
-            say(f"[cv {cv_id} fold {cfg.cv_fold + 1}/{len(configs)}] -> {run.path}")
-            rc = train(cfg, run, lock=lock)
-        status = run.status()
-        say(f"[cv {cv_id} fold {cfg.cv_fold + 1}/{len(configs)}] {job_state(run, status)}" +
-            (f": {status.get('error')}" if status.get("error") else ""))
-        code = code or rc
-        if status.get("state") == "cancelled":
-            say(f"cross-validation {cv_id}: stopped after a cancel; later folds not started")
-            return cv_id, 1
-    return cv_id, code
+    return cv_id, MANIFESTS.run_in_process(cv_id, [_task(cv_id, c) for c in configs], train, runs_dir, say)
 
 
 # ---- reading back ------------------------------------------------------------------------------------------
-
-def safe_name(name: Any) -> bool:
-    """A manifest's id or run name that names one entry of its folder: no path, no NUL, no leading dot."""
-    return isinstance(name, str) and bool(name) and len(name) <= 200 and "/" not in name and "\\" not in name \
-        and "\0" not in name and not name.startswith(".")
-
 
 def manifest_problem(raw: Any, stem: str) -> str | None:
     """What is wrong with a cross-validation manifest as read from disk (hand-edited, damaged), or None: checked
@@ -260,22 +213,17 @@ def manifest_problem(raw: Any, stem: str) -> str | None:
     return None
 
 
+MANIFESTS = Manifests(".cv", "cross-validation", TAG_PREFIX, manifest_problem, CVError)
+
+
 def list_cvs(runs_dir: Path | None = None, skipped: list[str] | None = None) -> list[dict[str, Any]]:
     """The cross-validations' manifests that read as manifests, newest first; the others named in `skipped`."""
-    return read_manifests(cv_dir(runs_dir), manifest_problem, skipped)
+    return MANIFESTS.list(runs_dir, skipped)
 
 
 def load_manifest(cv_id: str, runs_dir: Path | None = None) -> dict[str, Any]:
     """A cross-validation's manifest, checked (`manifest_problem`); FileNotFoundError or CVError in one line."""
-    path = _manifest_path(cv_id, runs_dir) if safe_name(cv_id) else None
-    manifest = read_json(path) if path else None
-    if manifest is None:
-        known = ", ".join(m["id"] for m in list_cvs(runs_dir)[:5]) or "none yet"
-        raise FileNotFoundError(f"no cross-validation {cv_id!r} in {cv_dir(runs_dir)} (latest: {known})")
-    problem = manifest_problem(manifest, path.stem)
-    if problem:
-        raise CVError(f"cross-validation {cv_id}: its manifest {path} is damaged ({problem})")
-    return manifest
+    return MANIFESTS.load(cv_id, runs_dir)
 
 
 def fold_runs(manifest: dict[str, Any], runs_dir: Path | None = None) -> list[tuple[int, Run | None]]:

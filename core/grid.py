@@ -23,7 +23,8 @@ import pandas as pd
 
 from .cliargs import refuse, single_run_flag
 from .config import ConfigError, RunConfig, field_specs, typed_config
-from .runs import Run, new_manifest_id, now_iso, read_json, read_manifests, runs_root, write_json_atomic
+from .manifest import Manifests, Task, safe_name
+from .runs import Run, read_json, runs_root
 
 MAX_FIELDS = 3
 MAX_RUNS = 24  # a grid is one research question, not a sweep; its queued jobs wait in core.queue (~14 MiB each)
@@ -186,33 +187,19 @@ def plan(base: RunConfig | dict[str, Any], axes: Sequence[Axis], check_ready: bo
 # ---- launching and recording --------------------------------------------------------------------------------
 
 def grids_dir(runs_dir: Path | None = None) -> Path:
-    return runs_root(runs_dir) / ".grids"
+    return MANIFESTS.dir(runs_dir)
 
 
-def _manifest_path(grid_id: str, runs_dir: Path | None = None) -> Path:
-    return grids_dir(runs_dir) / f"{grid_id}.json"
+def _start_manifest(p: GridPlan, how: str, runs_dir: Path | None, **more: Any) -> str:
+    grid_id, _ = MANIFESTS.create({"how": how, **more, "fields": [a.field for a in p.axes],
+                                   "values": {a.field: [_json_value(v) for v in a.values] for a in p.axes},
+                                   "base": {k: v for k, v in p.base.items() if k != "name"}}, runs_dir)
+    return grid_id
 
 
-def new_grid_id(runs_dir: Path | None = None) -> str:
-    """A fresh id (`20261121-201500-3fa2`), its manifest created exclusively so no two grids share it."""
-    return new_manifest_id(grids_dir(runs_dir))
-
-
-def _start_manifest(p: GridPlan, grid_id: str, how: str, runs_dir: Path | None) -> Path:
-    path = _manifest_path(grid_id, runs_dir)
-    write_json_atomic(path, {"id": grid_id, "created_at": now_iso(), "how": how,
-                             "fields": [a.field for a in p.axes],
-                             "values": {a.field: [_json_value(v) for v in a.values] for a in p.axes},
-                             "base": {k: v for k, v in p.base.items() if k != "name"}, "runs": []})
-    return path
-
-
-def _record(path: Path, run: Run, combo: dict[str, Any]) -> None:
-    """Add a run to the manifest and tag it; each grid's manifest has one writer (the thread launching it)."""
-    manifest = read_json(path, {})
-    manifest["runs"] = [*manifest.get("runs", []), {"run": run.name, "values": {k: _json_value(v) for k, v in combo.items()}}]
-    write_json_atomic(path, manifest)
-    run.add_tag(TAG_PREFIX + path.stem, f"grid {path.stem}: {_describe(combo)}")
+def _tasks(grid_id: str, p: GridPlan) -> list[Task]:
+    return [Task(cfg, {"values": {k: _json_value(v) for k, v in combo.items()}}, f"run {_describe(combo)}",
+                 f"grid {grid_id}: {_describe(combo)}") for combo, cfg in zip(p.combos, p.configs, strict=True)]
 
 
 def _json_value(value: Any) -> Any:
@@ -233,51 +220,23 @@ def launch(p: GridPlan, runs_dir: Path | None = None) -> tuple[str, list[Run]]:
     """Queue every run of the grid as a job (core.jobs: one per device at a time, oldest first). Returns the
     grid id and the runs. The plan was checked; a launch failing half way (a full disk) raises JobError naming
     the runs already queued."""
-    from .jobs import JobError
-    from .jobs import launch as launch_job
-    grid_id = new_grid_id(runs_dir)
-    path = _start_manifest(p, grid_id, "queued", runs_dir)
-    runs: list[Run] = []
-    for combo, cfg in zip(p.combos, p.configs, strict=True):
-        try:
-            run = launch_job(cfg, runs_dir)
-        except (ConfigError, JobError) as exc:
-            done = f"; queued before it: {', '.join(r.name for r in runs)}" if runs else ""
-            raise JobError(f"grid {grid_id}: run {run_label(combo)} not queued: {exc}{done}") from None
-        _record(path, run, combo)
-        runs.append(run)
-    return grid_id, runs
+    grid_id = _start_manifest(p, "queued", runs_dir)
+    return grid_id, MANIFESTS.launch(grid_id, _tasks(grid_id, p), runs_dir)
+
+
+def _score(run: Run, status: dict) -> str:
+    best = run.best_epoch(status)
+    return f", val macro-F1 {best['val_macro_f1']:.3f}" if best.get("val_macro_f1") is not None else ""
 
 
 def run_in_process(p: GridPlan, train: Callable[..., int], runs_dir: Path | None = None,
                    say: Callable[[str], None] = print) -> tuple[str, int]:
     """Train the grid's runs one after another in this process (the CLI's `--grid`), a progress line each.
-    Returns the grid id and an exit code: 0 when every run completed; a cancelled run (Ctrl-C is not caught:
-    the run is then `lost`, resumable) stops the grid."""
-    from .jobs import job_state
-    from .runs import RunLock, new_run_dir
-    grid_id = new_grid_id(runs_dir)
-    path = _start_manifest(p, grid_id, "in-process", runs_dir)
+    Returns the grid id and an exit code: 0 when every run completed; a cancelled run stops the grid."""
+    grid_id = _start_manifest(p, "in-process", runs_dir)
     say(f"grid {grid_id}: {len(p)} runs ({' x '.join(f'{a.field} {len(a.values)}' for a in p.axes)}), "
         "one after another in this process")
-    code = 0
-    for i, (combo, cfg) in enumerate(zip(p.combos, p.configs, strict=True), 1):
-        run = new_run_dir(cfg.name, runs_dir)
-        with RunLock.acquire(run) as lock:
-            run.begin(cfg.to_dict())
-            _record(path, run, combo)
-            say(f"[grid {i}/{len(p)}] {_describe(combo)} -> {run.path}")
-            rc = train(cfg, run, lock=lock)
-        status = run.status()
-        best = run.best_epoch(status)
-        score = f", val macro-F1 {best['val_macro_f1']:.3f}" if best.get("val_macro_f1") is not None else ""
-        say(f"[grid {i}/{len(p)}] {job_state(run, status)}{score}" +
-            (f": {status.get('error')}" if status.get("error") else ""))
-        code = code or rc
-        if status.get("state") == "cancelled":
-            say(f"grid {grid_id}: stopped after a cancel; {len(p) - i} runs not started")
-            return grid_id, 1
-    return grid_id, code
+    return grid_id, MANIFESTS.run_in_process(grid_id, _tasks(grid_id, p), train, runs_dir, say, _score)
 
 
 def cross_validate(p: GridPlan, folds: Any, seed: int = 0, runs_dir: Path | None = None,
@@ -287,8 +246,8 @@ def cross_validate(p: GridPlan, folds: Any, seed: int = 0, runs_dir: Path | None
     manifest lists one cross-validation per combination; its table ranks them by out-of-fold macro-F1."""
     from . import cv
     plans = [cv.plan(cfg, folds, seed) for cfg in p.configs]
-    grid_id = new_grid_id(runs_dir)
-    path = _start_manifest(p, grid_id, "in-process" if train else "queued", runs_dir)
+    grid_id = _start_manifest(p, "in-process" if train else "queued", runs_dir, cv_folds=len(plans[0]))
+    path = MANIFESTS.path(grid_id, runs_dir)
     code = 0
     for i, (combo, configs) in enumerate(zip(p.combos, plans, strict=True), 1):
         if train is None:
@@ -297,10 +256,7 @@ def cross_validate(p: GridPlan, folds: Any, seed: int = 0, runs_dir: Path | None
             say(f"[grid {i}/{len(p)}] {_describe(combo)}: cross-validation, {len(configs)} folds")
             cv_id, rc = cv.run_in_process(configs, train, runs_dir, say, grid=grid_id)
             code = code or rc
-        manifest = read_json(path, {})
-        manifest["cv_folds"] = len(configs)
-        manifest["runs"] = [*manifest.get("runs", []), {"cv": cv_id, "values": {k: _json_value(v) for k, v in combo.items()}}]
-        write_json_atomic(path, manifest)
+        MANIFESTS.add_run(path, {"cv": cv_id, "values": {k: _json_value(v) for k, v in combo.items()}})
         if code and train is not None:
             say(f"grid {grid_id}: stopped; {len(p) - i} combinations not cross-validated")
             return grid_id, code
@@ -342,7 +298,6 @@ def _cv_report(manifest: dict[str, Any], runs_dir: Path | None) -> tuple[pd.Data
 
 def manifest_problem(raw: Any, stem: str) -> str | None:
     """What is wrong with a grid manifest as read from disk (hand-edited, damaged), or None."""
-    from .cv import safe_name
     if not isinstance(raw, dict):
         return "not a JSON object"
     if raw.get("id") != stem or not safe_name(raw.get("id")):
@@ -359,22 +314,17 @@ def manifest_problem(raw: Any, stem: str) -> str | None:
     return None
 
 
+MANIFESTS = Manifests(".grids", "grid", TAG_PREFIX, manifest_problem, GridError)
+
+
 def list_grids(runs_dir: Path | None = None, skipped: list[str] | None = None) -> list[dict[str, Any]]:
     """The grids' manifests that read as manifests, newest first; the others named in `skipped`."""
-    return read_manifests(grids_dir(runs_dir), manifest_problem, skipped)
+    return MANIFESTS.list(runs_dir, skipped)
 
 
 def load_manifest(grid_id: str, runs_dir: Path | None = None) -> dict[str, Any]:
-    from .cv import safe_name
-    path = _manifest_path(grid_id, runs_dir) if safe_name(grid_id) else None
-    manifest = read_json(path) if path else None
-    if manifest is None:
-        known = ", ".join(m["id"] for m in list_grids(runs_dir)[:5]) or "none yet"
-        raise FileNotFoundError(f"no grid {grid_id!r} in {grids_dir(runs_dir)} (latest: {known})")
-    problem = manifest_problem(manifest, path.stem)
-    if problem:
-        raise GridError(f"grid {grid_id}: its manifest {path} is damaged ({problem})")
-    return manifest
+    """A grid's manifest, checked (`manifest_problem`); FileNotFoundError or GridError in one line."""
+    return MANIFESTS.load(grid_id, runs_dir)
 
 
 def _split_digest(run: Run) -> str | None:

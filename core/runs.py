@@ -22,11 +22,9 @@ import fcntl
 import json
 import os
 import re
-import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -335,35 +333,6 @@ def new_run_dir(name_hint: str = "", runs_dir: Path | None = None) -> Run:
         except FileExistsError:
             continue
     raise RuntimeError(f"could not create a run folder under {root}")
-
-
-def read_manifests(folder: Path, problem: Callable[[Any, str], str | None],
-                   skipped: list[str] | None = None) -> list[dict[str, Any]]:
-    """The manifests in `folder` (a grid's, a cross-validation's) that `problem(raw, file stem)` finds nothing wrong
-    with, newest first; the others named in `skipped` ("file: why")."""
-    found = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        raw = read_json(path)
-        why = "not JSON" if raw is None else problem(raw, path.stem)
-        if why:
-            if skipped is not None:
-                skipped.append(f"{path.name}: {why}")
-            continue
-        found.append(raw)
-    return sorted(found, key=lambda m: m["id"], reverse=True)
-
-
-def new_manifest_id(folder: Path) -> str:
-    """A fresh id (`20261121-201500-3fa2`) for a manifest in `folder` (a grid's, a cross-validation's), its file
-    `<id>.json` created exclusively so that no two launches share one."""
-    folder.mkdir(parents=True, exist_ok=True)
-    while True:
-        manifest_id = f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-        try:
-            os.close(os.open(folder / f"{manifest_id}.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-            return manifest_id
-        except FileExistsError:
-            continue
 
 
 def list_runs(runs_dir: Path | None = None) -> list[Run]:

@@ -257,7 +257,7 @@ def test_two_launches_at_once_get_their_own_ids_and_manifests(data_dir, tmp_path
     import threading
     configs = cv.plan(RunConfig(data=[str(data_dir)], **TINY_CV), 3)
     ids = []
-    threads = [threading.Thread(target=lambda: ids.append(cv._start(configs, "queued", tmp_path)[0]))
+    threads = [threading.Thread(target=lambda: ids.append(cv._start(configs, "queued", tmp_path)))
                for _ in range(6)]
     for t in threads:
         t.start()

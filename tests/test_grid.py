@@ -120,7 +120,7 @@ def test_cli_grid_trains_a_2x2_grid_on_one_split_and_reports_it(data_dir, tmp_pa
             "--runs-dir", str(runs_dir), "--grid", "optimizer=adam,nadam", "augment=none,online"]
     assert train_cli(argv) == 0
     out = capsys.readouterr().out
-    assert out.count("[grid ") == 8 and "[grid 4/4] completed, val macro-F1" in out
+    assert out.count("[grid ") == 8 and "[grid 4/4] run optimizer=nadam, augment=online: completed, val macro-F1" in out
     runs = list_runs(runs_dir)
     assert len(runs) == 4
     configs = [RunConfig.load(r.config_file) for r in runs]
@@ -153,16 +153,17 @@ def test_cli_grid_trains_a_2x2_grid_on_one_split_and_reports_it(data_dir, tmp_pa
 def test_report_says_when_runs_do_not_share_a_split(data_dir, tmp_path):
     runs_dir = tmp_path / "runs"
     p = grid.plan(base(data_dir), [grid.parse_axis("seed=0,1")])
-    grid_id = grid.new_grid_id(runs_dir)
-    path = grid._start_manifest(p, grid_id, "queued", runs_dir)
+    grid_id = grid._start_manifest(p, "queued", runs_dir)
+    path = grid.MANIFESTS.path(grid_id, runs_dir)
     from core.runs import new_run_dir, write_json_atomic
-    for i, (combo, cfg) in enumerate(zip(p.combos, p.configs, strict=True)):
+    for i, task in enumerate(grid._tasks(grid_id, p)):
+        cfg = task.config
         run = new_run_dir(cfg.name, runs_dir)
         run.save_config(cfg.to_dict())
         run.update_status(state="completed", best={"kind": "epoch", "epoch": 1, "val_macro_f1": 0.5 + i / 10,
                                                    "val_balanced_accuracy": 0.4, "val_accuracy": 0.8})
         write_json_atomic(run.splits_file, {"val": {"files": [f"a{i}.jpg"]}, "test": {"files": []}})
-        grid._record(path, run, combo)
+        grid.MANIFESTS.record(path, run, task)
     table, split = grid.report(grid_id, runs_dir)
     assert "do NOT share one split" in split
     assert list(table["seed"]) == [1, 0] and list(table["val macro-F1"]) == [0.6, 0.5]

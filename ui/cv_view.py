@@ -99,7 +99,7 @@ def _report_view(rep: dict) -> None:
     st.markdown(f"**Out-of-fold**: every validated original scored once, by the fold model that never saw its "
                 f"observation: {pooled['n']:,} tiles from {pooled['observations']} observations.")
     cols = st.columns(4)
-    for col, key in zip(cols, cv.HEADLINE, strict=True):
+    for col, key in zip(cols[:len(cv.HEADLINE)], cv.HEADLINE, strict=True):
         col.metric(cv.LABELS[key], f"{pooled[key]:.3f}")
         spread = rep["fold_spread"][key]
         col.caption(f"95% interval {interval_text(iv[key])} · "

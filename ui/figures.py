@@ -128,8 +128,8 @@ def grouped_bars(values: dict[str, Sequence[float | None]], categories: Sequence
         error = None
         ivs = (intervals or {}).get(name)
         if ivs:
-            up = [iv[1] - y if iv and y is not None else 0 for y, iv in zip(ys, ivs, strict=True)]
-            down = [y - iv[0] if iv and y is not None else 0 for y, iv in zip(ys, ivs, strict=True)]
+            up = [iv[1] - y if iv and y is not None else 0 for y, iv in zip(ys, ivs, strict=False)]  # an older report may lack some
+            down = [y - iv[0] if iv and y is not None else 0 for y, iv in zip(ys, ivs, strict=False)]
             error = dict(type="data", symmetric=False, array=up, arrayminus=down, thickness=1, width=3)
         # each bar carries its figure, so a 0 reads "0.00" and a class with no tiles reads "no tiles"
         fig.add_bar(name=name, x=list(categories), y=[0 if y is None else y for y in ys], marker_color=colours[name],
