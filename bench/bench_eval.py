@@ -41,6 +41,7 @@ from core.classes import NUM_CLASSES
 from core.cliargs import at_least
 from core.data import load_dataset
 from core.data.storage import FolderStorage
+from core.evaluate import EVALUATION_SPLITS
 from core.inference import predict_logits
 from core.models import build_model
 from core.precision import bf16_native
@@ -94,7 +95,7 @@ def get_model(choice: str, data, tmp: Path) -> tuple[LoadedModel, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", nargs="?", default=str(SHARED_DATA_DIR / "hirise-v3_2-subset"))
-    parser.add_argument("--split", default="val", choices=("train", "val", "test", "all"))
+    parser.add_argument("--split", default="val", choices=EVALUATION_SPLITS)
     parser.add_argument("--checkpoint", default="auto", help="auto (shipped if present), random, or a path")
     parser.add_argument("--repeats", type=at_least(1), default=3, help="timed passes over the split per path")
     parser.add_argument("--batch-size", type=at_least(1), default=64)

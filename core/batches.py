@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from . import augment
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
+from .choices import AUGMENT_MODES, IMBALANCE_POLICIES
 from .classes import CLASS_NAMES, NUM_CLASSES
 from .config import RunConfig
 from .data import DataError, DeviceBatches, HiriseData, TileDataset, begin_epoch, load_dataset, training_batches
@@ -46,8 +47,9 @@ def prepare_data(cfg: RunConfig, log) -> TrainData:
         if not cfg.allow_leakage:
             raise DataError(message + " (fix the data, or pass --allow-leakage to train anyway)")
         log(f"warning: {message} (allowed by --allow-leakage)")
-    # official mode trains on the data set's own augmented copies; the others on originals only
-    train_records = data.select("train", originals_only=cfg.augment not in ("official", "official_online"))
+    # the official modes train on the data set's own augmented copies; the others on originals only
+    mode = AUGMENT_MODES[cfg.augment]
+    train_records = data.select("train", originals_only=not mode.official_copies)
     val_records = data.select("val", originals_only=True)
     if not train_records:
         raise DataError("the training split is empty")
@@ -61,10 +63,9 @@ def prepare_data(cfg: RunConfig, log) -> TrainData:
     init = initial_model(cfg)
     mean, std = input_normalisation(cfg, data, train_records, init)
     log(f"input normalisation: mean {mean:.4f}, std {std:.4f}")
-    online = cfg.augment in ("online", "official_online")
-    batched, per_tile = augment.split_online(cfg.transforms) if online else ([], [])
+    batched, per_tile = augment.split_online(cfg.transforms) if mode.online else ([], [])
     transform = augment.online_transform(per_tile, TILE_SIZE) if per_tile else None  # on the tiles, before resizing
-    copies = augment.expand_copies(cfg.transforms, TILE_SIZE) if cfg.augment == "expand" else []
+    copies = augment.expand_copies(cfg.transforms, TILE_SIZE) if mode.expand else []
     train = TileDataset(data.tiles(train_records), data.labels(train_records), transform, copies)
     val = TileDataset(data.tiles(val_records), data.labels(val_records))
     counts = np.bincount(data.labels(train_records), minlength=NUM_CLASSES)
@@ -104,7 +105,7 @@ def initial_model(cfg: RunConfig) -> LoadedModel | None:
 def train_batches(cfg: RunConfig, td: TrainData, device: torch.device, rank: int = 0, world: int = 1
                   ) -> DeviceBatches | DataLoader:
     """This rank's training batches: tiles resident on the device unless per-tile transforms need a DataLoader."""
-    return training_batches(td.train, cfg.batch_size, device, balanced=cfg.imbalance == "balanced_sampler",
+    return training_batches(td.train, cfg.batch_size, device, balanced=IMBALANCE_POLICIES[cfg.imbalance].balanced_sampler,
                             num_classes=NUM_CLASSES, seed=cfg.seed, rank=rank, world=world,
                             num_workers=cfg.num_workers)
 

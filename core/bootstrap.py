@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .choices import HEADLINE
+
 N_DRAWS = 2000
 LEVEL = 0.95
-HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
 @dataclass(frozen=True)

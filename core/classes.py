@@ -13,10 +13,6 @@ CLASS_NAMES: tuple[str, ...] = (
 )
 NUM_CLASSES = len(CLASS_NAMES)
 
-#: Metrics a run can be selected / early-stopped on (higher is better for all). Kept here, free of
-#: scikit-learn, so that importing the run configuration stays fast (app cold start).
-SELECTION_METRICS = ("macro_f1", "balanced_accuracy", "accuracy", "weighted_f1")
-
 CLASS_DESCRIPTIONS: dict[str, str] = {
     "other": "Anything that is none of the seven landmarks: plains, ridges, layered terrain, noise. About 81% of the tiles.",
     "crater": "A roughly circular impact depression with a raised rim, from a few metres to the whole tile.",

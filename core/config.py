@@ -17,16 +17,18 @@ from typing import Any, get_type_hints
 import torch
 
 from . import augment
-from .classes import SELECTION_METRICS
+from .choices import AUGMENT_MODES as AUGMENT_REGISTRY
+from .choices import IMBALANCE_POLICIES, SELECTION_METRICS
 from .data.merge import CONFLICT_POLICIES
 from .data.spec import MAX_FOLDS, DataSpec
 from .data.split import SPLIT_MODES
 from .models import ARCHITECTURES, DEFAULT_ARCH, FREEZE_MODES, WeightsUnavailable, require_imagenet, spec, stages
 from .optim import OPTIMIZERS, SCHEDULERS
 
-AUGMENT_MODES = ("none", "online", "expand", "official", "official_online")
+AUGMENT_MODES = tuple(AUGMENT_REGISTRY)
 TRANSFORMS = tuple(augment.TRANSFORMS)  # the registry is core.augment's
-IMBALANCE = ("none", "weighted_loss", "sqrt_weighted_loss", "balanced_sampler")
+IMBALANCE = tuple(IMBALANCE_POLICIES)
+TRANSFORMED_MODES = tuple(m.name for m in AUGMENT_REGISTRY.values() if m.uses_transforms)
 INITS = ("scratch", "imagenet", "run")
 
 
@@ -129,19 +131,18 @@ class RunConfig:
                          max=10.0)
     epochs: int = opt(5, "epochs", "optimisation", min=1, max=MAX_EPOCHS, resumable=True)
     batch_size: int = opt(64, "batch size", "optimisation", min=1, max=8192)
-    imbalance: str = opt("sqrt_weighted_loss", "class-imbalance handling: loss weights n/(k n_c), their square root "
-                         "(milder), or a sampler that draws every class equally often", "optimisation", IMBALANCE)
+    imbalance: str = opt("sqrt_weighted_loss", "class-imbalance handling: " + ", ".join(
+        f"{p.name} ({p.help})" for p in IMBALANCE_POLICIES.values()), "optimisation", IMBALANCE)
     label_smoothing: float = opt(0.05, "label smoothing", "optimisation", min=0.0, max=0.5)
     early_stopping_metric: str = opt("macro_f1", "validation metric that picks the best epoch", "optimisation",
                                      SELECTION_METRICS)
     patience: int = opt(5, "early stopping: epochs without improvement (0: off)", "optimisation", min=0,
                         max=MAX_EPOCHS, resumable=True)
     # Augmentation
-    augment: str = opt("online", "none, online (random per tile, every epoch), expand (one copy per transform), "
-                       "official (the data set's own -r90 ... -brt copies), official_online (those copies, and the online "
-                       "transforms on top)", "augmentation", AUGMENT_MODES)
+    augment: str = opt("online", ", ".join(f"{m.name} ({m.help})" for m in AUGMENT_REGISTRY.values()), "augmentation",
+                       AUGMENT_MODES)
     transforms: list[str] = opt(["hflip", "vflip", "rot90", "color_jitter"], "transforms for online/expand", "augmentation",
-                                TRANSFORMS, when=("augment", ("online", "expand", "official_online")))
+                                TRANSFORMS, when=("augment", TRANSFORMED_MODES))
     mixup_alpha: float = opt(0.0, "MixUp alpha (0: off), a batch option", "augmentation", min=0.0, max=10.0)
     cutmix_alpha: float = opt(0.0, "CutMix alpha (0: off), a batch option", "augmentation", min=0.0, max=10.0)
     # Runtime
@@ -201,7 +202,7 @@ class RunConfig:
             raise ConfigError("backbone_lr_scale must be above 0 (freeze the backbone to stop it learning)")
         if self.unfreeze_every and self.unfreeze_all_at:
             raise ConfigError("unfreeze_every and unfreeze_all_at are two unfreezing plans: choose one")
-        if self.augment in ("online", "expand", "official_online") and not self.transforms:
+        if self.augment in TRANSFORMED_MODES and not self.transforms:
             raise ConfigError(f"augment={self.augment} needs at least one transform")
         problem = self.data_spec.problem()
         if problem:
@@ -383,20 +384,34 @@ def resumable_fields() -> tuple[str, ...]:
     return tuple(f.name for f in fields(RunConfig) if f.metadata.get("resumable"))
 
 
+def add_option_flag(parser: argparse.ArgumentParser, option: dict[str, Any], default: Any = argparse.SUPPRESS,
+                    bounded: bool = True) -> None:
+    """One option's flag, with the help, choices and bounds its declaration (`opt`) gives: the one flag generator,
+    for `python -m core.train`'s options and the data options every data CLI takes (`core.data.cli`). `bounded`:
+    NaN, infinities and out-of-bounds numbers are a usage error at the flag; `core.train` checks the same bounds
+    in `RunConfig.validate` instead, after `--config FILE` is merged, so that a file's value and a flag's get the
+    same one-line error."""
+    from .cliargs import number_in
+    flag = "--" + option["name"].replace("_", "-")
+    shown = option["default"] if default is argparse.SUPPRESS else default
+    kw: dict[str, Any] = {"default": default, "help": f"{option['help']} (default: {shown})"}
+    kind = option["type"]
+    if option["name"] == "data":
+        parser.add_argument(flag, action="append", metavar="PATH", **kw)
+    elif kind is bool:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+    elif getattr(kind, "__origin__", None) is list:
+        parser.add_argument(flag, nargs="*", choices=option["choices"], metavar="NAME", **kw)
+    elif kind in (int, float) and not option["choices"] and bounded:
+        parser.add_argument(flag, type=number_in(kind, option.get("min"), option.get("max")), **kw)
+    else:
+        parser.add_argument(flag, type=kind, choices=option["choices"], **kw)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One CLI flag per option; defaults are suppressed so only what the user typed overrides --config."""
     for option in field_specs():
-        flag = "--" + option["name"].replace("_", "-")
-        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{option['help']} (default: {option['default']})"}
-        kind = option["type"]
-        if option["name"] == "data":
-            parser.add_argument(flag, action="append", metavar="PATH", **kw)
-        elif kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        elif getattr(kind, "__origin__", None) is list:
-            parser.add_argument(flag, nargs="*", choices=option["choices"], metavar="NAME", **kw)
-        else:
-            parser.add_argument(flag, type=kind, choices=option["choices"], **kw)
+        add_option_flag(parser, option, bounded=False)
 
 
 def typed_config(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:

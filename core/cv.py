@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .bootstrap import fmt, intervals
+from .choices import HEADLINE, METRIC_LABELS
 from .classes import CLASS_NAMES
 from .cliargs import refuse, single_run_flag
 from .config import ConfigError, RunConfig, typed_config
@@ -40,8 +41,7 @@ from .manifest import Manifests, Task, safe_name
 from .runs import Run, runs_root
 
 TAG_PREFIX = "cv:"
-HEADLINE = ("macro_f1", "balanced_accuracy", "accuracy")
-LABELS = {"macro_f1": "macro-F1", "balanced_accuracy": "balanced accuracy", "accuracy": "accuracy"}
+LABELS = METRIC_LABELS
 
 
 class CVError(ConfigError):

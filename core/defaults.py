@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_path
+from .choices import HEADLINE, METRIC_LABELS
 from .classes import CLASS_NAMES
 from .registry import ENTRY_ID, FORMAT, RegistryError, current_entry, default_checkpoint_file, default_serving
 from .registry import read_registry as _read
@@ -171,7 +172,7 @@ def summary_figures(rep: dict[str, Any]) -> dict[str, Any]:
         if not fig:
             continue
         iv = fig["intervals"]
-        out[view] = {**{k: [fig[k], iv[k]] for k in ("macro_f1", "balanced_accuracy", "accuracy")},
+        out[view] = {**{k: [fig[k], iv[k]] for k in HEADLINE},
                      "always_other_accuracy": fig["majority_baseline"]["accuracy"], "n": fig["n"],
                      "recall": {c["class"]: [c["recall"], civ["recall"], c["support"]]
                                 for c, civ in zip(fig["per_class"], iv["per_class"], strict=True)},
@@ -323,7 +324,7 @@ def tta_decision(files: dict[str, Any], loaded, repeats: int = 15) -> dict[str, 
     versus = compare({**files, "pred": files["pred_tta"]}, files)
     on = versus["passes"] and p50 < TTA_P50_LIMIT_MS
     from .bootstrap import fmt
-    figures = ", ".join(f"{k.replace('_', ' ')} {fmt(versus[k]['difference'], versus[k]['interval'])}"
+    figures = ", ".join(f"{METRIC_LABELS[k]} {fmt(versus[k]['difference'], versus[k]['interval'])}"
                         for k in GATE_FIGURES)
     why = (f"TTA {'on' if on else 'off'} by default: 8-view averaging minus as sent on every file: {figures}; one "
            f"tile's 8 views take {p50:.0f} ms at the median (limit {TTA_P50_LIMIT_MS:.0f} ms)")
@@ -331,7 +332,7 @@ def tta_decision(files: dict[str, Any], loaded, repeats: int = 15) -> dict[str, 
 
 
 def _gate_record(gate: dict[str, Any]) -> dict[str, Any]:
-    return {k: gate[k] for k in ("macro_f1", "accuracy", "balanced_accuracy", "files", "groups", "passes")}
+    return {k: gate[k] for k in (*HEADLINE, "files", "groups", "passes")}
 
 
 def _ship(source: Path, target: Path, loaded) -> None:
@@ -353,19 +354,18 @@ def format_gate(cv_id: str, champion_id: str, gate: dict[str, Any], gate_tta: di
     from .bootstrap import fmt
     lines = [f"{cv_id} (challenger) minus {champion_id} (default), on the {gate['files']} files of every held-out "
              f"observation both scored, each as sent (paired bootstrap over {gate['groups']} observations):"]
-    for k in ("macro_f1", "accuracy", "balanced_accuracy"):
+    for k in HEADLINE:
         d = gate[k]
         verdict = "within noise" if d["within_noise"] else ("challenger better" if d["difference"] > 0 else
                                                            "challenger worse")
-        lines.append(f"  {k.replace('_', ' ')}: {fmt(d['difference'], d['interval'])} {verdict}")
+        lines.append(f"  {METRIC_LABELS[k]}: {fmt(d['difference'], d['interval'])} {verdict}")
     if gate_tta:
         lines.append("  with 8-view averaging on both: " + ", ".join(
-            f"{k.replace('_', ' ')} {fmt(gate_tta[k]['difference'], gate_tta[k]['interval'])}"
-            for k in ("macro_f1", "accuracy")))
+            f"{METRIC_LABELS[k]} {fmt(gate_tta[k]['difference'], gate_tta[k]['interval'])}" for k in GATE_FIGURES))
     if gate["passes"]:
-        lines.append(f"accepted: not worse beyond noise on macro-F1 or accuracy, better on {', '.join(gate['better'])}")
+        lines.append(f"accepted: not worse beyond noise on macro-F1 or accuracy, better on {', '.join(METRIC_LABELS[k] for k in gate['better'])}")
     else:
-        why = (f"worse beyond noise on {', '.join(gate['worse'])}" if gate["worse"] else
+        why = (f"worse beyond noise on {', '.join(METRIC_LABELS[k] for k in gate['worse'])}" if gate["worse"] else
                "better beyond noise on neither macro-F1 nor accuracy")
         lines.append(f"refused: {why}; the default stays {champion_id}")
     return "\n".join(lines)

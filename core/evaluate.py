@@ -24,7 +24,7 @@ from .calibration import expected_calibration_error, fit_temperature, reliabilit
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
 from .data import DataError, HiriseData, Record, RecordTiles
 from .data.cli import add_data_arguments, load_from_args
-from .data.records import HELD_OUT, SPLITS
+from .data.records import HELD_OUT
 from .inference import predict_logits, probabilities, uses_bf16
 from .metrics import classification_metrics, confused_pairs, headline, per_class_curves
 from .progress import ProgressCallback
@@ -32,7 +32,7 @@ from .seen import TrainingSet, training_set, unseen
 from .settings import DEFAULT_CHECKPOINT, DEFAULT_TTA
 
 REPORT_FORMAT = "hirise-studio-evaluation/1"
-EVALUATION_SPLITS = (*SPLITS, "all")  # the data's splits, or every tile
+EVALUATION_SPLITS = (*HELD_OUT, "train", "all")  # the data's splits, held-out first, or every tile
 FEW_TILES = 30  # below this support a class's figures move a lot with one tile more or less
 TOP_LOSSES = 24
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from .choices import HEADLINE_METRICS
 from .cliargs import refuse, single_run_flag
 from .config import ConfigError, RunConfig, field_specs, typed_config
 from .manifest import Manifests, Task, safe_name
@@ -30,8 +31,7 @@ MAX_FIELDS = 3
 MAX_RUNS = 24  # a grid is one research question, not a sweep; its queued jobs wait in core.queue (~14 MiB each)
 
 TAG_PREFIX = "grid:"
-METRICS = {"val macro-F1": "val_macro_f1", "val balanced accuracy": "val_balanced_accuracy",
-           "val accuracy": "val_accuracy"}
+METRICS = {f"val {m.label}": f"val_{m.key}" for m in HEADLINE_METRICS}
 
 
 class GridError(ConfigError):

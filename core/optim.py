@@ -129,24 +129,24 @@ class Schedule:
             self.scheduler.load_state_dict(state)
 
 
-def class_weights(labels: np.ndarray, num_classes: int, sqrt: bool = False) -> torch.Tensor:
-    """'Balanced' weights n / (k * n_c) for the classes present (absent classes get weight 1).
+def class_weights(labels: np.ndarray, num_classes: int, power: float = 1.0) -> torch.Tensor:
+    """'Balanced' weights n / (k * n_c) for the classes present (absent classes get weight 1), to `power`.
 
-    With `sqrt`, their square root: rare classes still count more, but an 80%-majority class is not
+    At power 0.5, their square root: rare classes still count more, but an 80%-majority class is not
     pushed down so far that the model stops answering it.
     """
     from sklearn.utils.class_weight import compute_class_weight  # scikit-learn only when training
     present = np.unique(labels)
     weights = np.ones(num_classes, dtype=np.float32)
     weights[present] = compute_class_weight("balanced", classes=present, y=labels)
-    return torch.from_numpy(np.sqrt(weights) if sqrt else weights)
+    return torch.from_numpy(weights ** np.float32(power))
 
 
 def loss_weights(imbalance: str, labels: np.ndarray, num_classes: int) -> torch.Tensor | None:
     """The cross-entropy class weights an imbalance policy asks for (None: unweighted)."""
-    if imbalance in ("weighted_loss", "sqrt_weighted_loss"):
-        return class_weights(labels, num_classes, sqrt=imbalance == "sqrt_weighted_loss")
-    return None
+    from .choices import IMBALANCE_POLICIES
+    power = IMBALANCE_POLICIES[imbalance].weight_power
+    return class_weights(labels, num_classes, power) if power else None
 
 
 def lr_range_test(step_fn: Callable[[float], float], start_lr: float = 1e-7, end_lr: float = 1.0,

@@ -143,7 +143,7 @@ def test_a_challenger_worse_no_better_or_on_other_folds_is_refused_with_the_figu
     loser = _copy_cv(dest, champion_cv, dest, lambda y, logits: [9.0] + [0.0] * (len(CLASS_NAMES) - 1))
     with pytest.raises(defaults.RegistryError, match=r"refused: worse beyond noise.*the default stays") as exc:
         defaults.promote(loser, dest, registry=registry)
-    assert "macro f1" in str(exc.value) and "\n" not in str(exc.value)
+    assert "macro-F1" in str(exc.value) and "\n" not in str(exc.value)
     tie = _copy_cv(dest, champion_cv, dest, _perfect)
     with pytest.raises(defaults.RegistryError, match="better beyond noise on neither"):
         defaults.promote(tie, dest, registry=registry)

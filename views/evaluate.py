@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from core.data import DataSpec
-from core.evaluate import FEW_TILES, evaluate_model, load_report
+from core.evaluate import EVALUATION_SPLITS, FEW_TILES, evaluate_model, load_report
 from core.inference import bf16_suits
 from core.precision import bf16_native
 from core.seen import NothingUnseen, training_set
@@ -30,7 +30,7 @@ if not choices:
 
 top = st.columns([3, 1])
 label = top[0].selectbox("Model", list(choices))
-split = top[1].selectbox("Split", ["val", "test", "train", "all"])
+split = top[1].selectbox("Split", EVALUATION_SPLITS)
 toggles = st.columns(3)  # a row of their own: squeezed beside the selectors their labels were cut
 originals_only = toggles[0].toggle("Originals only", value=True, help="Leave out the data set's augmented copies")
 tta = toggles[1].toggle("Average 8 flips and turns (TTA)", value=DEFAULT_TTA,

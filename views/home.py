@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.choices import HEADLINE
 from core.classes import CLASS_DESCRIPTIONS, CLASS_NAMES
 from core.jobs import describe_device, observed_status, progress_column
 from core.runs import list_runs
@@ -60,7 +61,7 @@ with right:
                  f"{model.temperature:.2f}")
         if registry_headline():  # the registry's out-of-fold figures on every file: what to expect on unseen ones
             pass
-        elif all(isinstance(m.get(k), (int, float)) for k in ("macro_f1", "balanced_accuracy", "accuracy")) \
+        elif all(isinstance(m.get(k), (int, float)) for k in HEADLINE) \
                 and isinstance(m.get("majority_baseline"), dict) and "accuracy" in m["majority_baseline"]:
             iv = m.get("intervals") if isinstance(m.get("intervals"), dict) else {}
             where = (f"Out-of-fold over {m.get('n', '?')} tiles (cross-validation grouped by observation)"

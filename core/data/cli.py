@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from ..cliargs import number_in
 from ..progress import ProgressCallback
 from .dataset import HiriseData, load_dataset
 from .spec import DataSpec
@@ -17,18 +16,11 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """The merge and split flags: `DataSpec`'s fields, with their defaults, and the help, choices and bounds the
     option registry (`core.config.RunConfig`) declares for them, so that the form, `python -m core.train` and
     these flags say and check the same."""
-    from ..config import field_specs
+    from ..config import add_option_flag, field_specs
     specs = {s["name"]: s for s in field_specs()}
     defaults = DataSpec()
     for name in DATA_FLAGS:
-        spec, default = specs[name], getattr(defaults, name)
-        flag, text = "--" + name.replace("_", "-"), f"{specs[name]['help']} (default: {default})"
-        if spec["type"] is bool:
-            parser.add_argument(flag, action="store_true", help=text)
-        else:
-            parser.add_argument(flag, type=number_in(spec["type"], spec.get("min"), spec.get("max"))
-                                if spec["type"] in (int, float) else spec["type"],
-                                choices=spec["choices"], default=default, help=text)
+        add_option_flag(parser, specs[name], getattr(defaults, name))
 
 
 def load_from_args(paths: list[str], args: argparse.Namespace,
