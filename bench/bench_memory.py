@@ -77,7 +77,7 @@ def train_memory(args: argparse.Namespace) -> None:
         env = {**os.environ, "HIRISE_RUNS_DIR": str(tmp / "runs"), "PYTHONUNBUFFERED": "1"}
         _, ref_hwm, ref_rusage, _ = child_peak([sys.executable, "-c", "import core.train"], env, tmp / "ref.log")
         ref = max(ref_hwm, ref_rusage)
-        cmd = [sys.executable, "-m", "core.train", "--data", args.data, "--run-dir", str(tmp / "runs" / "bench"),
+        cmd = [sys.executable, "-m", "core.train", "run", "--data", args.data, "--run-dir", str(tmp / "runs" / "bench"),
                "--model", "resnet18", "--init", "scratch", "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
                "--epochs", "1", "--max-steps-per-epoch", str(args.train_steps)]
         t0 = time.perf_counter()

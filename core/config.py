@@ -216,7 +216,7 @@ class RunConfig:
                               "validation split")
         if self.calibrate_from and not re.fullmatch(r"[A-Za-z0-9._-]+", self.calibrate_from):
             raise ConfigError(f"calibrate_from: {_short(self.calibrate_from)} is not a cross-validation id "
-                              "(python -m core.train --cv-report lists them)")
+                              "(python -m core.train report cv lists them)")
         if self.data_spec.refit and self.scheduler == "plateau":
             raise ConfigError("scheduler: plateau lowers the rate when validation stops improving, and this run has "
                               "no validation split (val_fraction 0); choose cosine, onecycle, step or none")

@@ -407,7 +407,7 @@ def format_files(rep: dict[str, Any]) -> list[str]:
     if not views:
         why = "; ".join(files.get("missing") or ["not scored"])
         return ["", f"every file a user could send (originals and their official copies): not scored yet ({why}); "
-                    f"python -m core.train --cv-score {rep['id']}"]
+                    f"python -m core.train score {rep['id']}"]
     shown = [v for v in VIEWS if views.get(v)]
     width = 28
     head = views[shown[0]]
@@ -587,10 +587,10 @@ def check_refit(cfg: RunConfig, runs_dir: Path | None = None) -> dict[str, Any]:
                       f"({type(exc).__name__}: {exc})") from None
 
 
-# ---- the command line (`python -m core.train --cv K`, `--cv-report [ID] [--against ID]`) ----------------
+# ---- the command line (`python -m core.train cv K`, `report cv [ID] [--against ID]`) ----------------
 
 def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
-    """`python -m core.train --cv K`: every fold checked before the first one starts, then trained here with
+    """`python -m core.train cv K`: every fold checked before the first one starts, then trained here with
     `train` (core.runner.train, passed in: the engine depends on nothing here), or queued; then reported."""
     from .data import DataError
     from .jobs import JobError
@@ -609,7 +609,7 @@ def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
         except JobError as exc:
             return refuse(str(exc))
         print(f"cross-validation {cv_id}: queued {len(runs)} folds: {', '.join(r.name for r in runs)}\n"
-              f"report: python -m core.train --cv-report {cv_id}")
+              f"report: python -m core.train report cv {cv_id}")
         return 0
     cv_id, code = run_in_process(configs, train, runs_dir)
     report_main(cv_id, runs_dir)

@@ -140,7 +140,7 @@ def challenger_files(cv_id: str, runs_dir: Path | None = None) -> tuple[dict[str
     files, missing = pooled(cv.fold_runs(cv.load_manifest(cv_id, runs_dir), runs_dir))
     if files is None:
         raise RegistryError(f"cross-validation {cv_id} has no all-files predictions ({'; '.join(missing)}): "
-                            f"python -m core.train --cv-score {cv_id}")
+                            f"python -m core.train score {cv_id}")
     files = dict(files)
     files["pred"] = files["logits"].argmax(1)
     if files.get("logits_tta") is not None:
@@ -295,6 +295,36 @@ def promote(cv_id: str, runs_dir: Path | None = None, *, why: str = "", first: b
         reg["current"] = cv_id
     say(f"promoted: {name} is the default (registry {path})")
     return entry
+
+
+def refresh(cv_id: str, runs_dir: Path | None = None, registry: Path | None = None,
+            say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Re-read a registered default's cross-validation (its folds scored again since, e.g. with 8-view averaging
+    by `score`): its stored predictions, figures and TTA decision are rewritten. Not a promotion: the same folds
+    and files (fingerprint), the same checkpoint, the same place in the registry; RegistryError otherwise."""
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .runs import now_iso
+    path = registry or registry_path()
+    rep, files = challenger_files(cv_id, runs_dir)
+    entry = next((e for e in read_registry(path)["entries"] if e["id"] == cv_id), None)
+    if entry is None:
+        raise RegistryError(f"refresh: {cv_id} is not in the registry (promote it)")
+    if entry["cv"].get("fingerprint") != fingerprint(files):
+        raise RegistryError(f"refresh: {cv_id}'s files now differ from those it was registered with (fingerprint "
+                            f"{fingerprint(files)} against {entry['cv'].get('fingerprint')})")
+    try:
+        loaded = load_checkpoint(path.parent / entry["checkpoint"])
+    except CheckpointError as exc:
+        raise RegistryError(f"refresh: {exc}") from None
+    tta = tta_decision(files, loaded)
+    with locked_registry(path) as reg:
+        stored = next(e for e in reg["entries"] if e["id"] == cv_id)
+        save_oof(cv_id, files, path)
+        stored.update(figures=summary_figures(rep), temperature=rep.get("temperature"), tta=tta["on"],
+                      tta_decision=tta, refreshed=now_iso())
+    say(tta["why"])
+    say(f"refreshed: {cv_id}'s figures and TTA decision (registry {path})")
+    return stored
 
 
 TTA_P50_LIMIT_MS = 60.0  # one tile, 8 views: above this, averaging is offered but not the default

@@ -381,10 +381,10 @@ def report(grid_id: str, runs_dir: Path | None = None) -> tuple[pd.DataFrame, st
     return table.reset_index(drop=True), split
 
 
-# ---- the command line (`python -m core.train --grid ...`, `--grid-report [ID]`) ---------------------------
+# ---- the command line (`python -m core.train grid ...`, `report grid [ID]`) ---------------------------
 
 def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
-    """`python -m core.train --grid ...` and `--grid-report`: every combination checked before the first run
+    """`python -m core.train grid ...` and `report grid`: every combination checked before the first run
     starts, then trained here with `train` (core.runner.train, passed in), or queued."""
     from .jobs import JobError
     runs_dir = Path(args.runs_dir) if args.runs_dir else None
@@ -404,7 +404,7 @@ def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
                                                 train=None if args.queue else train)
             if args.queue:
                 print(f"grid {grid_id}: queued {len(p)} cross-validations of {args.cv} folds\n"
-                      f"results: python -m core.train --grid-report {grid_id}")
+                      f"results: python -m core.train report grid {grid_id}")
                 return 0
             report_main(grid_id, runs_dir)
             return code
@@ -418,7 +418,7 @@ def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
         except JobError as exc:
             return refuse(str(exc))
         print(f"grid {grid_id}: queued {len(runs)} runs: {', '.join(r.name for r in runs)}\n"
-              f"results: python -m core.train --grid-report {grid_id}")
+              f"results: python -m core.train report grid {grid_id}")
         return 0
     grid_id, code = run_in_process(p, train, runs_dir)
     report_main(grid_id, runs_dir)

@@ -123,10 +123,9 @@ def launch(cfg: RunConfig, runs_dir: Path | None = None, lr_find: bool = False, 
                   resume=resume is not None, device=device_key(cfg.device))
         # it waits for its turn in a process without torch (core.queue), then becomes the trainer
         cmd = [sys.executable, "-m", "core.queue", str(run.path), device_key(cfg.device), "--",
-               "--run-dir", str(run.path), "--config", str(run.config_file), "--queue", "--lock-fd", str(lock.fd)]
-        if lr_find:
-            cmd.append("--lr-find")
-        if resume is not None:
+               "lr-find" if lr_find else "run", "--run-dir", str(run.path), "--config", str(run.config_file),
+               "--queue", "--lock-fd", str(lock.fd)]
+        if resume is not None and not lr_find:
             cmd.append("--resume")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(PROJECT_ROOT)}
         with open(run.log_file, "ab") as log:

@@ -1,9 +1,10 @@
 """A training run's lifecycle and the command line that starts it.
 
-`python -m core.train --data PATH [--data PATH ...] --run-dir DIR [options]` trains and writes a run (the
+`python -m core.train run --data PATH [--data PATH ...] --run-dir DIR [options]` trains and writes a run (the
 engine is core.train; this module takes the run lock, waits for the device's turn, keeps status.json true on
-every way out, and refuses in one line what cannot start). `--grid FIELD=V1,V2 [FIELD=...]` trains every
-combination (core.grid), `--cv K` cross-validates (core.cv); both can be queued as jobs with `--queue`.
+every way out, and refuses in one line what cannot start). The other subcommands: `lr-find`, `cv K` (core.cv),
+`grid FIELD=V1,V2 ...` (core.grid), `report cv|grid [ID]`, `score CV_ID` and `promote CV_ID` (core.defaults).
+The flags-only spellings of before (`--cv 5`, `--grid ...`, `--cv-report`) still work, with a one-line notice.
 """
 from __future__ import annotations
 
@@ -34,15 +35,19 @@ from .queue import Cancelled, device_turn
 from .runs import Run, RunBusy, RunLock, now_iso
 from .train import fit
 
-DESCRIPTION = """`python -m core.train --data PATH [--data PATH ...] --run-dir DIR [options]`: train and write a run.
+DESCRIPTION = """Train, cross-validate and choose HiRISE tile classifiers.
 
-`--grid FIELD=V1,V2 [FIELD=...]` trains every combination (an ablation grid, core.grid) one after another, or
-queues them as jobs with `--queue`; `--grid-report ID` prints a grid's results table. `--cv K` cross-validates,
-folds grouped by observation (core.cv); `--cv-report ID` prints its pooled out-of-fold report.
+  run       train one run into --run-dir (or --resume it)
+  lr-find   the learning-rate range test, into --run-dir
+  cv K      K-fold cross-validation grouped by observation, then its pooled out-of-fold report
+  grid      every combination of up to three options' values (FIELD=V1,V2 ...), with --cv K each cross-validated
+  report    a cross-validation's or a grid's report: report cv|grid [ID] (without ID: the list)
+  score     score a cross-validation's folds on every file of their held-out observations
+  promote   make a cross-validation's refit the default model, if it beats the current one on the same folds
 
-Every option of `core.config.RunConfig` is a flag (or comes from `--config FILE`). With
-`torchrun --nproc_per_node N -m core.train ...` it trains with DistributedDataParallel (NCCL on
-GPUs, gloo on CPU); only rank 0 writes the run folder.
+Every option of `core.config.RunConfig` is a flag of run, lr-find, cv and grid (or comes from `--config FILE`).
+`python -m core.train COMMAND --help` says more. With `torchrun --nproc_per_node N -m core.train run ...` it trains
+with DistributedDataParallel (NCCL on GPUs, gloo on CPU); only rank 0 writes the run folder.
 """
 
 
@@ -157,7 +162,62 @@ def prepare_run_folder(run: Run, cfg: RunConfig, args: argparse.Namespace) -> No
         run.begin(kind="lr_find" if args.lr_find else "train", **me)
 
 
-def main(argv: list[str] | None = None) -> int:
+SUBCOMMANDS = ("run", "lr-find", "cv", "grid", "report", "score", "promote")
+
+
+def _run_flags(parser: argparse.ArgumentParser, resume: bool = True) -> None:
+    parser.add_argument("--run-dir", required=True, help="the run folder to create" + (" (or resume)" if resume else ""))
+    parser.add_argument("--config", help="a config.json to start from; flags override it")
+    if resume:
+        parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last.pt")
+    parser.add_argument("--queue", action="store_true", help="wait for the device's turn (used by app jobs)")
+    parser.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)  # the run lock, handed over by jobs.launch
+    # the device's turn, already taken by core.queue (which this process was before its exec): held until exit
+    parser.add_argument("--device-lock-fd", type=int, help=argparse.SUPPRESS)
+    add_arguments(parser)
+
+
+def _plan_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="a config.json to start from; flags override it")
+    parser.add_argument("--runs-dir", help="where the run folders go (default: HIRISE_RUNS_DIR or runs/)")
+    parser.add_argument("--queue", action="store_true", help="queue the runs as jobs (as the app does) and return")
+    parser.add_argument("--cv-seed", type=int, default=0, metavar="S", help="seed of the fold assignment (default 0)")
+    add_arguments(parser)
+
+
+def command_parser() -> argparse.ArgumentParser:
+    """`python -m core.train COMMAND ...`: one subcommand per kind of work."""
+    parser = argparse.ArgumentParser(prog="python -m core.train", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _run_flags(sub.add_parser("run", help="train one run (or resume it)"))
+    _run_flags(sub.add_parser("lr-find", help="the learning-rate range test"), resume=False)
+    cv_parser = sub.add_parser("cv", help="K-fold cross-validation grouped by observation")
+    cv_parser.add_argument("folds", metavar="K", help="folds, 3 to 10")
+    _plan_flags(cv_parser)
+    grid_parser = sub.add_parser("grid", help="an ablation grid")
+    grid_parser.add_argument("axes", nargs="+", metavar="FIELD=V1,V2")
+    grid_parser.add_argument("--cv", metavar="K", help="cross-validate every combination over K folds")
+    _plan_flags(grid_parser)
+    report = sub.add_parser("report", help="a cross-validation's or a grid's report")
+    report.add_argument("kind", choices=("cv", "grid"))
+    report.add_argument("id", nargs="?", default="", metavar="ID", help="without it: the list")
+    report.add_argument("--against", metavar="ID", help="cv only: compare with this cross-validation on the "
+                        "out-of-fold tiles both scored (paired bootstrap over observations)")
+    report.add_argument("--runs-dir", help="the runs folder (default: HIRISE_RUNS_DIR or runs/)")
+    score = sub.add_parser("score", help="score a cross-validation's folds on every file a user could send")
+    score.add_argument("id", metavar="CV_ID")
+    score.add_argument("--no-tta", action="store_true", help="skip the 8-view averaging (8x the time)")
+    score.add_argument("--runs-dir", help="the runs folder (default: HIRISE_RUNS_DIR or runs/)")
+    promote = sub.add_parser("promote", help="make a cross-validation's refit the default model, through the gate")
+    promote.add_argument("id", metavar="CV_ID")
+    _promote_flags(promote)
+    promote.add_argument("--runs-dir", help="the runs folder (default: HIRISE_RUNS_DIR or runs/)")
+    return parser
+
+
+def legacy_parser() -> argparse.ArgumentParser:
+    """The flags-only spellings of before the subcommands (`--cv 5`, `--grid ...`, `--cv-report ID` ...)."""
     parser = argparse.ArgumentParser(prog="python -m core.train", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", help="the run folder to create (or resume); required except with --grid")
@@ -165,13 +225,58 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last.pt")
     parser.add_argument("--lr-find", action="store_true", help="run the LR range test instead of training")
     parser.add_argument("--queue", action="store_true", help="wait for the device's turn (used by app jobs)")
-    parser.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)  # the run lock, handed over by jobs.launch
-    # the device's turn, already taken by core.queue (which this process was before its exec): held until exit
+    parser.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--device-lock-fd", type=int, help=argparse.SUPPRESS)
     add_grid_arguments(parser)
     add_cv_arguments(parser)
     add_arguments(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _as_legacy(ns: argparse.Namespace) -> argparse.Namespace:
+    """A subcommand's arguments as the one namespace every handler below reads."""
+    args = legacy_parser().parse_args([])
+    given = {k: v for k, v in vars(ns).items() if k not in ("command", "folds", "axes", "kind", "id")}
+    vars(args).update(given)
+    if ns.command == "lr-find":
+        args.lr_find = True
+    elif ns.command == "cv":
+        args.cv = ns.folds
+    elif ns.command == "grid":
+        args.grid = ns.axes
+    elif ns.command == "report":
+        setattr(args, "cv_report" if ns.kind == "cv" else "grid_report", ns.id)
+    elif ns.command == "score":
+        args.cv_score = ns.id
+    elif ns.command == "promote":
+        args.promote = ns.id
+    return args
+
+
+def _new_spelling(argv: list[str]) -> str:
+    """The subcommand that an old flags-only command line is, for the notice."""
+    for flag, command in (("--cv-report", "report cv [ID]"), ("--grid-report", "report grid [ID]"),
+                          ("--cv-score", "score CV_ID"), ("--promote", "promote CV_ID"), ("--grid", "grid FIELD=V1,V2"),
+                          ("--cv", "cv K"), ("--lr-find", "lr-find"), ("--resume", "run --resume")):
+        if flag in argv:
+            return command
+    return "run"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in (*SUBCOMMANDS, "-h", "--help"):
+        args = _as_legacy(command_parser().parse_args(argv))
+    else:
+        # on stdout: stderr stays the one line that says why a command was refused
+        print(f"note: flags-only commands are the old spelling; say `python -m core.train {_new_spelling(argv)} ...`",
+              flush=True)
+        args = legacy_parser().parse_args(argv)
+    return dispatch(args)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run what the command line asked for (one namespace, whichever spelling gave it)."""
     runs_dir = Path(args.runs_dir) if args.runs_dir else None
     if args.against and args.cv_report is None:
         return refuse("--against compares two cross-validations: give it with --cv-report ID")
@@ -186,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cv is not None:
         return cv.main(args, train)
     if not args.run_dir:
-        parser.error("the following arguments are required: --run-dir (or --grid FIELD=V1,V2)")
+        return refuse("the following arguments are required: --run-dir (or --grid FIELD=V1,V2)")
     run_dir = Path(args.run_dir)
     try:
         base = RunConfig.load(args.config) if args.config else (
@@ -248,7 +353,14 @@ def add_cv_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--promote", metavar="CV_ID", help="make this cross-validation's refit the default model, if "
                         "it beats the current default on the same folds (paired bootstrap over observations on every "
                         "file); refused with the figures otherwise")
+    _promote_flags(parser)
+
+
+def _promote_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--first", action="store_true", help="with --promote: the empty registry's first champion")
+    parser.add_argument("--refresh", action="store_true", help="with --promote: re-read a registered default's "
+                        "cross-validation after `score` (its stored predictions, figures and TTA decision); not a "
+                        "promotion")
     parser.add_argument("--why", default="", help="with --promote: why it becomes the default (kept in the registry)")
     parser.add_argument("--promote-checkpoint", metavar="FILE", help="with --promote --first: an existing checkpoint of "
                         "the recipe stands for it instead of a refit (say which in --why)")
@@ -266,7 +378,13 @@ def cv_score_main(cv_id: str, runs_dir: Path | None, tta: bool) -> int:
 
 def promote_main(args: argparse.Namespace, runs_dir: Path | None) -> int:
     """`--promote CV_ID`: the champion/challenger gate (core.defaults)."""
-    from .defaults import RegistryError, promote
+    from .defaults import RegistryError, promote, refresh
+    if args.refresh:
+        try:
+            refresh(args.promote, runs_dir)
+        except RegistryError as exc:
+            return refuse(str(exc))
+        return 0
     if args.promote_checkpoint and not args.first:
         return refuse("--promote-checkpoint stands for the first champion only (with --first); a challenger ships "
                       "its own refit")

@@ -32,6 +32,9 @@ def wait_for(predicate, timeout: float = 180.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+OLD_SPELLING = "note: flags-only commands are the old spelling"
+
+
 def one_line_error(capsys) -> str:
     """What a command printed on stderr, checked to be one `error: ...` line without a traceback."""
     err = capsys.readouterr().err.strip()

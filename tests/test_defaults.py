@@ -295,3 +295,34 @@ def test_a_deleted_fold_can_be_relaunched_and_one_fold_shows_no_spread(champion_
     runs = cv.relaunch_missing(champion_cv, dest)
     assert [c.cv_fold for c in queued] == [1, 2] and all(c.cv_folds == 3 for c in queued)
     assert [r.name for _, r in cv.fold_runs(cv.load_manifest(champion_cv, dest), dest)][1:] == [r.name for r in runs]
+
+
+def test_refresh_rereads_a_registered_default_and_nothing_else(champion_cv, runs_dir, tmp_path, capsys):
+    """After `score` adds 8-view averages to a registered default's folds, `promote ID --refresh` rewrites its
+    stored predictions, figures and TTA decision in place; an unregistered or changed cross-validation is refused."""
+    registry = tmp_path / "checkpoints" / "defaults.json"
+    dest = tmp_path / "runs"
+    shutil.copytree(runs_dir, dest)
+    for _, run in cv.fold_runs(cv.load_manifest(champion_cv, dest), dest):  # as scored before TTA existed
+        raw = read_json(run.oof_files_file)
+        for row in raw["files"]:
+            row.pop("logits_tta", None)
+        write_json_atomic(run.oof_files_file, raw)
+    defaults.promote(champion_cv, dest, first=True, registry=registry)
+    before = defaults.read_registry(registry)["entries"][0]
+    assert "all files, TTA" not in before["figures"] and "not scored" in before["tta_decision"]["why"]
+    assert train_cli(["score", champion_cv, "--runs-dir", str(dest)]) == 0  # 8 views now
+    capsys.readouterr()
+    with pytest.raises(defaults.RegistryError, match="not in the registry"):
+        defaults.refresh(_copy_cv(dest, champion_cv, dest, _perfect), dest, registry=registry)
+    after = defaults.refresh(champion_cv, dest, registry=registry)
+    assert "all files, TTA" in after["figures"] and "not scored" not in after["tta_decision"]["why"]
+    assert {k: after[k] for k in ("id", "checkpoint", "date", "why")} == {k: before[k] for k in ("id", "checkpoint",
+                                                                                                "date", "why")}
+    assert defaults.load_oof(champion_cv, registry).get("pred_tta") is not None
+    fold = cv.fold_runs(cv.load_manifest(champion_cv, dest), dest)[0][1]
+    raw = read_json(fold.oof_files_file)
+    raw["files"] = raw["files"][1:]  # a file fewer: other data than it was registered with
+    write_json_atomic(fold.oof_files_file, raw)
+    with pytest.raises(defaults.RegistryError, match="differ from those it was registered with"):
+        defaults.refresh(champion_cv, dest, registry=registry)

@@ -51,7 +51,7 @@ class SoakFailure(AssertionError):
 
 
 def start_trainer(run: Run, data: Path, env: dict, log: Path, resume: bool) -> subprocess.Popen:
-    args = ["--run-dir", str(run.path)] + (["--resume"] if resume else ["--data", str(data), *TRAIN_ARGS])
+    args = ["run", "--run-dir", str(run.path)] + (["--resume"] if resume else ["--data", str(data), *TRAIN_ARGS])
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "core.train", *args], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -137,7 +137,7 @@ def final_resume(run: Run, env: dict, work: Path) -> str:
     done = max((r["epoch"] for r in run.metrics() if r.get("kind") == "epoch"), default=0)
     log = work / "final.log"
     with open(log, "wb") as out:
-        code = subprocess.run([sys.executable, "-m", "core.train", "--run-dir", str(run.path), "--resume",
+        code = subprocess.run([sys.executable, "-m", "core.train", "run", "--run-dir", str(run.path), "--resume",
                                "--epochs", str(done + 1)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                               timeout=600).returncode
     if code != 0 or run.status().get("state") != "completed":

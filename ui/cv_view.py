@@ -149,7 +149,7 @@ def _files_view(rep: dict) -> None:
     if not views:
         st.info(f"Not scored yet ({'; '.join(files.get('missing') or ['no completed fold'])}). Folds score every "
                 "file as they finish; for folds trained before that, run "
-                f"`python -m core.train --cv-score {rep['id']}`.", icon=":material/info:")
+                f"`python -m core.train score {rep['id']}`.", icon=":material/info:")
         return
     st.dataframe(files_table(views), hide_index=True, width="stretch")
     st.caption(f"{files['originals']:,} originals and {files['files'] - files['originals']:,} copies; temperature "
