@@ -1,4 +1,5 @@
-"""The device queue: jobs for one device run one at a time, oldest first.
+"""The device queue: jobs for one device run one at a time, oldest first: training runs (CV folds and grid
+cells are runs) and scans alike.
 
 A job the app launches waits for its turn here, `python -m core.queue RUN_DIR DEVICE -- TRAIN_ARGS...`, in a
 process that imports neither torch nor the data layer (about 14 MiB resident instead of about 450 MiB), so a
@@ -32,32 +33,45 @@ def _turn(status: dict) -> str:
     return status.get("resumed_at") or status.get("queued_at", "")
 
 
-def queued_before(run: Run, device: str) -> list[Run]:
-    """Live queued jobs for `device` that were queued before `run` (they go first)."""
-    mine = (_turn(run.status()), run.name)
-    ahead = []
-    for other in list_runs(run.path.parent):
-        if other.path == run.path:
-            continue
+def waiting(root: Path, device: str) -> list[tuple[tuple[str, str], str]]:
+    """Every live job queued for `device` under the runs folder `root`: ((queue time, name), name), training runs
+    and scans (`core.scan_jobs`) together."""
+    from .scan_jobs import queued_scans
+    found = []
+    for other in list_runs(root):
         s = other.status()
-        if s.get("state") == "queued" and s.get("device") == device and \
-                (_turn(s), other.name) < mine and other.trainer_alive():
-            ahead.append(other)
-    return ahead
+        if s.get("state") == "queued" and s.get("device") == device and other.trainer_alive():
+            found.append(((_turn(s), other.name), other.name))
+    return found + [((when, f"scans/{name}"), f"scans/{name}") for when, name in queued_scans(root, device)]
+
+
+def queued_before(run: Run, device: str) -> list[str]:
+    """The live jobs (runs, and scans as `scans/NAME`) queued for `device` before `run`: they go first."""
+    mine = (_turn(run.status()), run.name)
+    return [name for key, name in waiting(run.path.parent, device) if key < mine and name != run.name]
 
 
 @contextmanager
 def device_turn(run: Run, device: str, poll_seconds: float = 1.0,
                 stop: Callable[[], bool] = lambda: False) -> Iterator[IO[str]]:
-    """Wait, queued, until no older job wants the device and its lock is free; hold it meanwhile (the open,
-    locked file is yielded). A cancel (the CANCEL file, or `stop()`: SIGTERM) ends the wait."""
-    lock_dir = run.path.parent / ".locks"
+    """A training run's turn on `device` (`turn`, with the run's queue time and CANCEL file)."""
+    with turn(run.path.parent, device, lambda: queued_before(run, device),
+              lambda: run.cancel_requested() or stop(), poll_seconds) as lock:
+        yield lock
+
+
+@contextmanager
+def turn(root: Path, device: str, ahead: Callable[[], list[str]], cancelled: Callable[[], bool],
+         poll_seconds: float = 1.0) -> Iterator[IO[str]]:
+    """Wait until no older job wants the device (`ahead()` is empty) and its lock under `root` is free; hold it
+    meanwhile (the open, locked file is yielded). `cancelled()` ends the wait with Cancelled."""
+    lock_dir = root / ".locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     with open(lock_dir / f"{device}.lock", "w") as lock:
         while True:
-            if run.cancel_requested() or stop():
+            if cancelled():
                 raise Cancelled()
-            if not queued_before(run, device):
+            if not ahead():
                 try:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break

@@ -20,11 +20,12 @@ writes DIR/detections.csv, DIR/detections.geojson, DIR/<image>.windows-<size>px.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from .cliargs import number_in
 from .detections import ImageScan, WindowGrid, detections_of
 from .georef import LabelError
 from .imageio import IMAGE_SUFFIXES
+from .queue import Cancelled
 from .raster import GDAL_SUFFIXES, Raster, RasterError, open_raster
 from .settings import DEFAULT_TTA
 from .tiling import Windows, count_windows
@@ -647,11 +649,13 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             raise ValueError("; ".join(problems))
         out = OutputFolder(args.out)  # created, locked, cleared of a killed scan's stage, writable: or refused
-        scans = scan(sources, checkpoint=args.checkpoint, sizes=args.sizes, step=args.step, threshold=args.threshold,
-                     cluster=args.cluster, workers=args.workers, tta=args.tta,
-                     on_progress=job.progress if job else None, should_stop=job.stopped if job else lambda: False)
+        # the app's scans take the device's turn as training runs do (core.queue); a cluster's workers do the work
+        with job.device_turn() if job and not args.cluster else contextlib.nullcontext():
+            scans = scan(sources, checkpoint=args.checkpoint, sizes=args.sizes, step=args.step,
+                         threshold=args.threshold, cluster=args.cluster, workers=args.workers, tta=args.tta,
+                         on_progress=job.progress if job else None, should_stop=job.stopped if job else lambda: False)
         files = write_outputs(out.path, scans, sources)
-    except Stopped:
+    except (Stopped, Cancelled):
         print("cancelled: nothing written", file=sys.stderr)
         if job:
             job.finish("cancelled")
@@ -690,11 +694,31 @@ class Job:
         signal.signal(signal.SIGTERM, self._on_signal)
         from .jobs import process_start
 
-        self._write(state="running", started_at=now_iso(), pid=os.getpid(), pid_start=process_start(os.getpid()),
+        self._write(state="starting", started_at=now_iso(), pid=os.getpid(), pid_start=process_start(os.getpid()),
                     done=0, total=None)
 
     def _on_signal(self, *_: object) -> None:
         self.stop = True
+
+    @contextlib.contextmanager
+    def device_turn(self) -> Iterator[None]:
+        """Queued until no job queued earlier wants this machine's device (training runs, CV folds, grid cells
+        and other scans alike) and its lock is free; held while the scan works."""
+        from .jobs import device_key
+        from .queue import turn, waiting
+        from .runs import now_iso
+
+        root, device = self.folder.parent.parent, device_key("auto")
+        queued_at = now_iso()
+        self._write(state="queued", device=device, queued_at=queued_at)
+        me = (queued_at, f"scans/{self.folder.name}")
+
+        def ahead() -> list[str]:
+            return [name for key, name in waiting(root, device) if key < me and name != me[1]]
+
+        with turn(root, device, ahead, self.stopped, poll_seconds=0.5):
+            self._write(state="running", turn_at=now_iso())
+            yield
 
     def stopped(self) -> bool:
         return self.stop or (self.folder / "CANCEL").exists()

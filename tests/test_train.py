@@ -325,6 +325,32 @@ def test_job_survives_its_launcher_and_jobs_queue(tmp_path, data_dir):
     assert first.status()["ended_at"] <= second.status()["started_at"]
 
 
+@pytest.mark.slow
+def test_a_scan_and_a_training_run_take_turns_on_the_device(tmp_path, data_dir):
+    """Scans take the device's turn as training runs do (core.queue): a scan launched while a run trains waits,
+    queued, and both finish; their working times never overlap."""
+    from core import scan_jobs
+    from tests import model_fixtures
+    from tests.test_scan_page import observation_png
+    runs = tmp_path / "runs"
+    run = jobs.launch(RunConfig(data=[str(data_dir)], **TINY, epochs=2, max_steps_per_epoch=3), runs_dir=runs)
+    wait_for(lambda: run.status().get("state") == "running", what="the run's turn")
+    job = scan_jobs.new_scan("turns", runs)
+    scan_jobs.launch(job, [observation_png(tmp_path)], scan_jobs.options_argv("96", "0.9", "0.5", "0", None),
+                     checkpoint=model_fixtures.tiny_checkpoint())
+    states = {wait_for(lambda: job.status().get("state") not in ("starting", None) and job.status()["state"],
+                       what="the scan to queue")}
+    while job.status().get("state") in scan_jobs.ACTIVE:
+        states.add(job.status()["state"])
+        time.sleep(0.2)
+    wait_for(lambda: jobs.job_state(run) == "completed", timeout=240, what="the run")
+    scan = job.status()
+    assert scan["state"] == "completed", (scan, job.log_tail())
+    assert "queued" in states or scan["turn_at"] >= run.status()["ended_at"]
+    done = run.status()
+    assert scan["turn_at"] >= done["ended_at"] or scan["ended_at"] <= done["started_at"]
+
+
 def _waiter_rss_mib(run: Run) -> float | None:
     """Resident MiB of the `core.queue` process waiting for `run`'s turn (None: none found)."""
     for proc in Path("/proc").iterdir():

@@ -16,7 +16,7 @@ from ui.loaders import require_model_choices
 from ui.uploads import unique_names
 from ui.widgets import kept, kept_selectbox
 
-STATE_WORDS = {"starting": "starting", "running": "running", "completed": "done", "failed": "failed",
+STATE_WORDS = {"starting": "starting", "queued": "queued for the device", "running": "running", "completed": "done", "failed": "failed",
                "cancelled": "cancelled", "lost": "lost"}
 
 st.caption("Windows of several sizes are cut from each observation, classified by the model (calibrated "
@@ -136,6 +136,9 @@ def live() -> None:
             rate, eta = status.get("rate") or 0, status.get("eta_s")
             st.progress(min(1.0, done / total), text=f"{done:,}/{total:,} windows · " + (
                 f"{rate:,.1f} windows/s · ETA {eta:,.0f} s" if rate and eta is not None else "measuring speed…"))
+        elif state == "queued":
+            st.progress(0.0, text="queued: a training run or another scan has the device; this scan starts when it "
+                                  "is done (one job at a time, oldest first: the Train page's Jobs table lists them)")
         else:
             st.progress(0.0, text="opening the observations and loading the model…")
         if st.button("Cancel scan"):
