@@ -26,6 +26,7 @@ from .cliargs import refuse
 from .config import ConfigError, RunConfig, add_arguments, config_from_args, resumable_fields
 from .data import DataError, split_manifest
 from .errors import first_line
+from .finish import finish
 from .jobs import device_key, process_start
 from .lr_finder import find_lr
 from .models import WeightsUnavailable, require_imagenet
@@ -106,6 +107,8 @@ def _train_locked(cfg: RunConfig, run: Run | None, resume: bool, lr_find: bool, 
                     writer.update_status(state="completed", ended_at=now_iso())
                 return 0
             cancelled = fit(cfg, td, d, device, writer, resume, log, stop)
+            if writer and not cancelled and writer.best_checkpoint.is_file():
+                finish(writer, cfg, td, device, log)
         if writer:
             writer.update_status(state="cancelled" if cancelled else "completed", ended_at=now_iso())
         return 0
