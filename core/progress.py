@@ -23,3 +23,30 @@ def track(items: Iterable[T], total: int, desc: str, on_progress: ProgressCallba
         yield item
         if done % step == 0 or done == total:
             on_progress(done, total, desc)
+
+
+class Counter:
+    """A count of work done so far, reported as it grows: a tqdm bar (count, rate, ETA) on a terminal, or the
+    app's callback (`on_progress(done, total, unit)`). Used as a context manager; `add(n)` after each piece."""
+
+    def __init__(self, total: int, unit: str, on_progress: ProgressCallback | None = None, desc: str = ""):
+        self.total, self.unit, self.done, self.callback, self.bar = total, unit, 0, on_progress, None
+        if on_progress is None:
+            self.bar = tqdm(total=total, desc=desc or unit, unit=unit.rstrip("s"), dynamic_ncols=True,
+                            mininterval=0.5)
+        else:
+            on_progress(0, total, unit)
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        else:
+            self.callback(self.done, self.total, self.unit)
+
+    def __enter__(self) -> Counter:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -36,6 +36,7 @@ from .cliargs import number_in
 from .detections import ImageScan, WindowGrid, detections_of
 from .georef import LabelError
 from .imageio import IMAGE_SUFFIXES
+from .progress import Counter
 from .queue import Cancelled
 from .raster import GDAL_SUFFIXES, Raster, RasterError, open_raster
 from .settings import DEFAULT_TTA
@@ -231,13 +232,13 @@ def scan(images: Sequence[Source | Raster], loaded: LoadedModel | None = None, c
     if cluster is None:
         loaded = loaded if loaded is not None else worker_model(checkpoint)
         names = list(loaded.class_names)
-        with Progress(total, on_progress) as progress:
+        with Counter(total, "windows", on_progress, desc="scan") as progress:
             results = run_in_process(chunks, loaded, images, progress.add, should_stop)
     else:
         from .cluster import connect, run_on_dask
 
         names = class_names_of(checkpoint)  # a bad checkpoint is said here, once, not by every task
-        with connect(cluster, workers) as client, Progress(total, on_progress) as progress:
+        with connect(cluster, workers) as client, Counter(total, "windows", on_progress, desc="scan") as progress:
             results = run_on_dask(client, worker_task, chunks, checkpoint, progress.add, should_stop)
         if results is None:
             raise Stopped("cancelled")
@@ -268,33 +269,6 @@ def class_names_of(checkpoint: str | None) -> list[str]:
     from .settings import DEFAULT_CHECKPOINT
 
     return list(read_checkpoint(Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT)["class_names"])
-
-
-class Progress:
-    """Windows done so far: a tqdm bar (count, rate, ETA) on a terminal, or the app's callback."""
-
-    def __init__(self, total: int, on_progress: Callable[[int, int, str], None] | None):
-        self.total, self.done, self.callback, self.bar = total, 0, on_progress, None
-        if on_progress is None:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc="scan", unit="window", dynamic_ncols=True, mininterval=0.5)
-        else:
-            on_progress(0, total, "windows")
-
-    def add(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-        else:
-            self.callback(self.done, self.total, "windows")
-
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 # --- outputs --------------------------------------------------------------------------------------------------

@@ -123,7 +123,7 @@ def set_up(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, log) ->
 
 
 @dataclass
-class Progress:
+class Position:
     """Where a run stands between epochs: what last.pt keeps to resume it."""
 
     start_epoch: int = 0
@@ -150,7 +150,7 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
     t = set_up(cfg, td, d, device, log)
     model = t.model
     schedule = Schedule(cfg, t.optimizer, len(t.batches))
-    progress = resume_from(run, t, schedule, log) if resume else Progress()
+    progress = resume_from(run, t, schedule, log) if resume else Position()
     if run is not None:  # what it trains with, where the configuration leaves it to the model or the machine
         run.update_status(effective={"amp": t.amp, "input_size": cfg.input_size, "frozen": t.initial_frozen})
 
@@ -208,7 +208,7 @@ def fit(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, run: Run |
     return False
 
 
-def resume_from(run: Run | None, t: Trainer, schedule: Schedule, log) -> Progress:
+def resume_from(run: Run | None, t: Trainer, schedule: Schedule, log) -> Position:
     """Load last.pt's weights, optimizer, schedule and RNG state into `t`; where the run stood."""
     if run is None or not run.last_checkpoint.is_file():
         raise CheckpointError("nothing to resume: the run has no last.pt yet")
@@ -221,12 +221,12 @@ def resume_from(run: Run | None, t: Trainer, schedule: Schedule, log) -> Progres
     run.keep_metrics_through(state.epoch + 1)
     run.update_status(best=best_epoch_row(run.metrics()))
     log(f"resuming after epoch {state.epoch + 1}")
-    return Progress(start_epoch=state.epoch + 1, best_score=state.best_score, best_epoch=state.best_epoch,
+    return Position(start_epoch=state.epoch + 1, best_score=state.best_score, best_epoch=state.best_epoch,
                     bad_epochs=state.bad_epochs, step=state.step)
 
 
 def train_one_epoch(cfg: RunConfig, t: Trainer, model: nn.Module, schedule: Schedule, epoch: int,
-                    progress: Progress, d: Dist, run: Run | None, stop: StopFlag) -> EpochStats | None:
+                    progress: Position, d: Dist, run: Run | None, stop: StopFlag) -> EpochStats | None:
     """One pass over this rank's batches (`progress.step` counts them); None when a cancel stopped it."""
     steps = len(t.batches)
     device = t.batches.device
@@ -283,7 +283,7 @@ def val_row(val: dict, val_loss: float) -> dict:
 
 def save_checkpoints(run: Run, cfg: RunConfig, t: Trainer, schedule: Schedule, td: TrainData, val: dict | None,
                      epoch: int,
-                     progress: Progress, best_row: dict | None) -> None:
+                     progress: Position, best_row: dict | None) -> None:
     """last.pt after every epoch (with what resuming needs); best.pt too when the epoch improved (`best_row`)."""
     payload = _payload(cfg, t.model, td, val, epoch + 1)
     if best_row is not None:
