@@ -51,10 +51,10 @@ def _client(address: str, workers: int):
     try:
         return Client(address, timeout=timeout)
     except Exception as exc:
-        raise ClusterError(f"cannot reach a Dask scheduler at {address} within {timeout} s ({_reason(exc)})") from None
+        raise ClusterError(f"cannot reach a Dask scheduler at {address} within {timeout} s ({describe_error(exc)})") from None
 
 
-def _reason(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     """`Type: first line of the message` (struct.error named as such), at most a line's worth."""
     kind = type(exc)
     name = kind.__name__
@@ -80,7 +80,7 @@ def _handshake(address: str, timeout: float) -> None:
     try:
         scheme, _ = parse_address(address)
     except Exception as exc:
-        raise ClusterError(f"{address}: not a Dask scheduler address ({_reason(exc)}); give tcp://HOST:PORT") from None
+        raise ClusterError(f"{address}: not a Dask scheduler address ({describe_error(exc)}); give tcp://HOST:PORT") from None
     if scheme not in SCHEMES:
         raise ClusterError(f"{address}: the {scheme}:// protocol is not one this scan uses ({', '.join(SCHEMES)}); "
                            "give tcp://HOST:PORT")
@@ -101,10 +101,17 @@ def _handshake(address: str, timeout: float) -> None:
         raise ClusterError(f"cannot reach a Dask scheduler at {address} within {timeout} s (something accepted the "
                            "connection but gave no Dask answer: is it a Dask scheduler's address?)") from None
     except OSError as exc:  # refused, unreachable, timed out connecting
-        raise ClusterError(f"cannot reach a Dask scheduler at {address} within {timeout} s ({_reason(exc)})") from None
+        raise ClusterError(f"cannot reach a Dask scheduler at {address} within {timeout} s ({describe_error(exc)})") from None
     except Exception as exc:
         raise ClusterError(f"cannot use {address} as a Dask scheduler: it answered, but not as Dask does "
-                           f"({_reason(exc)})") from None
+                           f"({describe_error(exc)})") from None
+
+
+def threads_per_task(address: str, workers: int) -> int:
+    """Torch threads for each task of a plan: this machine's cores shared by a local cluster's workers; a real
+    cluster's workers keep their own default (0)."""
+    import os
+    return max(1, (os.cpu_count() or 1) // max(1, workers)) if address == "local" else 0
 
 
 def run_on_dask(client, task: Callable, chunks: list, checkpoint: str | None,

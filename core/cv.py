@@ -124,6 +124,15 @@ def _task(cv_id: str, cfg: RunConfig, note: str = "") -> Task:
     return Task(cfg, {"fold": cfg.cv_fold}, f"fold {fold}", note or f"cross-validation {cv_id}, fold {fold}")
 
 
+def on_cluster(configs: Sequence[RunConfig], train: Callable[..., int], client: Any, threads: int = 0,
+               runs_dir: Path | None = None, say: Callable[[str], None] = print,
+               grid: str | None = None) -> tuple[str, int]:
+    """The folds side by side on a Dask cluster (`client`, connected): the id and an exit code."""
+    cv_id = _start(configs, "cluster", runs_dir, grid)
+    return cv_id, MANIFESTS.run_on_cluster(cv_id, [_task(cv_id, c) for c in configs], train, client, threads,
+                                           runs_dir, say)
+
+
 def launch(configs: Sequence[RunConfig], runs_dir: Path | None = None, grid: str | None = None) -> tuple[str, list[Run]]:
     """Queue every fold as a job (one per device at a time, oldest first). Returns the id and the runs; a launch
     failing half way raises JobError naming the folds already queued (the report then names the missing ones)."""
@@ -172,12 +181,19 @@ def spread_text(spread: dict[str, float], folds: int) -> str:
 
 
 def run_in_process(configs: Sequence[RunConfig], train: Callable[..., int], runs_dir: Path | None = None,
-                   say: Callable[[str], None] = print, grid: str | None = None) -> tuple[str, int]:
+                   say: Callable[[str], None] = print, grid: str | None = None,
+                   cluster: str | None = None, workers: int = 2) -> tuple[str, int]:
     """Train the folds one after another in this process (`train` is `core.runner.train`, passed in so that this
-    module does not import the engine). Returns the id and an exit code; a cancelled fold stops the rest."""
+    module does not import the engine), or with `cluster` side by side on a Dask cluster's workers. Returns the id
+    and an exit code; in this process, a cancelled fold stops the rest."""
+    if cluster:
+        from .cluster import connect, threads_per_task
+        with connect(cluster, workers) as client:  # reached (or ClusterError) before anything is written
+            return on_cluster(configs, train, client, threads_per_task(cluster, workers), runs_dir, say, grid)
     cv_id = _start(configs, "in-process", runs_dir, grid)
+    tasks = [_task(cv_id, c) for c in configs]
     say(f"cross-validation {cv_id}: {len(configs)} folds grouped by observation, one after another in this process")
-    return cv_id, MANIFESTS.run_in_process(cv_id, [_task(cv_id, c) for c in configs], train, runs_dir, say)
+    return cv_id, MANIFESTS.run_in_process(cv_id, tasks, train, runs_dir, say)
 
 
 # ---- reading back ------------------------------------------------------------------------------------------
@@ -603,6 +619,8 @@ def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
             print(f"warning: {line}", flush=True)
     except (ConfigError, DataError) as exc:
         return refuse(str(exc))
+    if args.queue and args.cluster:
+        return refuse("--queue and --cluster: the device queue is this machine's; a cluster has its own scheduler")
     if args.queue:
         try:
             cv_id, runs = launch(configs, runs_dir)
@@ -611,7 +629,11 @@ def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
         print(f"cross-validation {cv_id}: queued {len(runs)} folds: {', '.join(r.name for r in runs)}\n"
               f"report: python -m core.train report cv {cv_id}")
         return 0
-    cv_id, code = run_in_process(configs, train, runs_dir)
+    from .cluster import ClusterError
+    try:
+        cv_id, code = run_in_process(configs, train, runs_dir, cluster=args.cluster, workers=args.workers)
+    except ClusterError as exc:
+        return refuse(str(exc))
     report_main(cv_id, runs_dir)
     return code
 

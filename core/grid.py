@@ -230,9 +230,17 @@ def _score(run: Run, status: dict) -> str:
 
 
 def run_in_process(p: GridPlan, train: Callable[..., int], runs_dir: Path | None = None,
-                   say: Callable[[str], None] = print) -> tuple[str, int]:
-    """Train the grid's runs one after another in this process (the CLI's `--grid`), a progress line each.
-    Returns the grid id and an exit code: 0 when every run completed; a cancelled run stops the grid."""
+                   say: Callable[[str], None] = print, cluster: str | None = None,
+                   workers: int = 2) -> tuple[str, int]:
+    """Train the grid's runs one after another in this process (the CLI's `grid`), a progress line each, or with
+    `cluster` side by side on a Dask cluster's workers. Returns the grid id and an exit code: 0 when every run
+    completed; in this process, a cancelled run stops the grid."""
+    if cluster:
+        from .cluster import connect, threads_per_task
+        with connect(cluster, workers) as client:  # reached (or ClusterError) before anything is written
+            grid_id = _start_manifest(p, "cluster", runs_dir)
+            return grid_id, MANIFESTS.run_on_cluster(grid_id, _tasks(grid_id, p), train, client,
+                                                     threads_per_task(cluster, workers), runs_dir, say, _score)
     grid_id = _start_manifest(p, "in-process", runs_dir)
     say(f"grid {grid_id}: {len(p)} runs ({' x '.join(f'{a.field} {len(a.values)}' for a in p.axes)}), "
         "one after another in this process")
@@ -240,7 +248,8 @@ def run_in_process(p: GridPlan, train: Callable[..., int], runs_dir: Path | None
 
 
 def cross_validate(p: GridPlan, folds: Any, seed: int = 0, runs_dir: Path | None = None,
-                   train: Callable[..., int] | None = None, say: Callable[[str], None] = print) -> tuple[str, int]:
+                   train: Callable[..., int] | None = None, say: Callable[[str], None] = print,
+                   cluster: str | None = None, workers: int = 2) -> tuple[str, int]:
     """Cross-validate every combination (core.cv): queued as jobs, or with `train` (core.runner.train) one after
     another in this process. Every fold of every combination is checked before anything starts. The grid's
     manifest lists one cross-validation per combination; its table ranks them by out-of-fold macro-F1."""
@@ -254,7 +263,8 @@ def cross_validate(p: GridPlan, folds: Any, seed: int = 0, runs_dir: Path | None
             cv_id, _ = cv.launch(configs, runs_dir, grid=grid_id)
         else:
             say(f"[grid {i}/{len(p)}] {_describe(combo)}: cross-validation, {len(configs)} folds")
-            cv_id, rc = cv.run_in_process(configs, train, runs_dir, say, grid=grid_id)
+            cv_id, rc = cv.run_in_process(configs, train, runs_dir, say, grid=grid_id, cluster=cluster,
+                                          workers=workers)
             code = code or rc
         MANIFESTS.add_run(path, {"cv": cv_id, "values": {k: _json_value(v) for k, v in combo.items()}})
         if code and train is not None:
@@ -392,6 +402,9 @@ def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
         return report_main(args.grid_report, runs_dir)
     if clash := single_run_flag(args):
         return refuse(f"--grid makes one run folder per combination under --runs-dir; it takes no {clash}")
+    if args.queue and args.cluster:
+        return refuse("--queue and --cluster: the device queue is this machine's; a cluster has its own scheduler")
+    from .cluster import ClusterError
     try:
         axes = [parse_axis(text) for text in args.grid]
         typed = [a.field for a in axes if a.field in vars(args)]
@@ -400,8 +413,8 @@ def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
                                  "give it once")
         p = plan(typed_config(args), axes)  # the base alone is not checked: the grid may fix it
         if args.cv is not None:
-            grid_id, code = cross_validate(p, args.cv, args.cv_seed, runs_dir,
-                                                train=None if args.queue else train)
+            grid_id, code = cross_validate(p, args.cv, args.cv_seed, runs_dir, train=None if args.queue else train,
+                                           cluster=args.cluster, workers=args.workers)
             if args.queue:
                 print(f"grid {grid_id}: queued {len(p)} cross-validations of {args.cv} folds\n"
                       f"results: python -m core.train report grid {grid_id}")
@@ -410,7 +423,7 @@ def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
             return code
     except ConfigError as exc:
         return refuse(str(exc))
-    except JobError as exc:
+    except (JobError, ClusterError) as exc:
         return refuse(str(exc))
     if args.queue:
         try:
@@ -420,7 +433,10 @@ def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
         print(f"grid {grid_id}: queued {len(runs)} runs: {', '.join(r.name for r in runs)}\n"
               f"results: python -m core.train report grid {grid_id}")
         return 0
-    grid_id, code = run_in_process(p, train, runs_dir)
+    try:
+        grid_id, code = run_in_process(p, train, runs_dir, cluster=args.cluster, workers=args.workers)
+    except ClusterError as exc:
+        return refuse(str(exc))
     report_main(grid_id, runs_dir)
     return code
 

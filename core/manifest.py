@@ -13,8 +13,9 @@ A plan is a list of `Task`s (a run's config, what the manifest records about it,
 - every read is checked by the kind's `problem` function, so a hand-edited file is refused or skipped by name.
 
 Running a plan is the same for every kind: `launch` queues each task as a job (core.jobs: the device queue,
-one turn at a time) and `run_in_process` trains them one after another here. Both record each run in the
-manifest before it trains, so a plan never loses a run it started.
+one turn at a time), `run_in_process` trains them one after another here, and `run_on_cluster` hands them to the
+workers of a Dask cluster (core.cluster), the run folders on a file system every worker shares. Each records every
+run in the manifest before it trains, so a plan never loses a run it started.
 """
 from __future__ import annotations
 
@@ -186,3 +187,59 @@ class Manifests:
                 return 1
         return code
 
+    def run_on_cluster(self, plan_id: str, tasks: Sequence[Task], train: Callable[..., int], client: Any,
+                       threads: int = 0, runs_dir: Path | None = None, say: Callable[[str], None] = print,
+                       result: Callable[[Run, dict], str] = lambda run, status: "") -> int:
+        """Train the tasks side by side on a Dask cluster (`client`: core.cluster.connect), each in its run folder,
+        which every worker must see at the same path (a shared file system); `threads`: torch threads per task (0:
+        the worker's default). A worker that dies mid-task has its task rerun on another (Dask's allowed-failures):
+        the rerun resumes from the run's last.pt, or starts clean when no epoch had finished, so no epoch is
+        counted twice. Returns an exit code."""
+        from dask.distributed import as_completed
+
+        from .cluster import describe_error
+        from .jobs import job_state
+        from .runs import new_run_dir, runs_root
+        path = self.path(plan_id, runs_dir)
+        short = self.tag_prefix.rstrip(":")
+        futures = {}
+        for i, task in enumerate(tasks, 1):
+            run = new_run_dir(task.config.name, runs_dir)
+            run.begin(task.config.to_dict())
+            run.update_status(state="submitted")  # not queued here: no local trainer is coming for it
+            self.record(path, run, task)
+            future = client.submit(train_on_worker, train, task.config.to_dict(), str(run.path.resolve()), threads,
+                                   pure=False, key=f"{short}-{plan_id}-{run.name}")
+            futures[future] = (i, task, run)
+        say(f"{self.noun} {plan_id}: {len(tasks)} tasks on the Dask cluster (run folders in "
+            f"{runs_root(runs_dir).resolve()})")
+        code = 0
+        for future in as_completed(futures):
+            i, task, run = futures[future]
+            try:
+                rc = future.result()
+            except Exception as exc:  # a task whose workers died each time, or that raised
+                rc = 1
+                if job_state(run) not in ("completed", "failed", "cancelled"):
+                    run.update_status(state="failed", error=f"on the cluster: {describe_error(exc)}")
+            status = run.status()
+            say(f"[{short} {i}/{len(tasks)}] {task.label}: {job_state(run, status)}{result(run, status)}"
+                + (f": {status.get('error')}" if status.get("error") else ""))
+            code = code or rc
+        return code
+
+
+def train_on_worker(train: Callable[..., int], config: dict[str, Any], run_path: str, threads: int) -> int:
+    """One plan task on a Dask worker: the run folder's one trainer (its lock). A rerun after a worker died resumes
+    from last.pt, or starts clean (the dead attempt's rows dropped) when no epoch had finished."""
+    from .config import RunConfig
+    from .runs import RunLock
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    run, cfg = Run(Path(run_path)), RunConfig.from_dict(config)
+    resume = run.last_checkpoint.is_file()
+    with RunLock.acquire(run) as lock:
+        if not resume:
+            run.keep_metrics_through(0)
+        return train(cfg, run, resume=resume, lock=lock)

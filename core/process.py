@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,12 +19,14 @@ from .runs import Run
 
 class StopFlag:
     """Set by SIGTERM (also one that came while the program was still importing) or the run's CANCEL file;
-    checked before the run starts, while it is queued, and between steps."""
+    checked before the run starts, while it is queued, and between steps. In a thread other than the main one (a
+    Dask worker's task) only the CANCEL file stops it: signals belong to the main thread."""
 
     def __init__(self, run: Run | None):
         early = getattr(sys.modules.get("__main__"), "_EARLY_SIGTERM", None)  # `python -m core.train` notes it
         self.run, self.set = run, bool(early)
-        signal.signal(signal.SIGTERM, self._on_signal)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
 
     def _on_signal(self, *_: object) -> None:
         self.set = True

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from . import cv, grid
 from .batches import prepare_data
 from .checkpoint import CheckpointError
-from .cliargs import refuse
+from .cliargs import number_in, refuse
 from .config import ConfigError, RunConfig, add_arguments, config_from_args, resumable_fields
 from .data import DataError, split_manifest
 from .errors import first_line
@@ -185,7 +185,16 @@ def _plan_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", help="where the run folders go (default: HIRISE_RUNS_DIR or runs/)")
     parser.add_argument("--queue", action="store_true", help="queue the runs as jobs (as the app does) and return")
     parser.add_argument("--cv-seed", type=int, default=0, metavar="S", help="seed of the fold assignment (default 0)")
+    _cluster_flags(parser)
     add_arguments(parser)
+
+
+def _cluster_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cluster", metavar="ADDRESS", help="train the runs side by side on a Dask cluster: 'local' "
+                        "(--workers processes here) or a scheduler's tcp://HOST:PORT; the run folders must be on a "
+                        "file system every worker shares (docs/cluster.md)")
+    parser.add_argument("--workers", type=number_in(int, 1, 64), default=2, metavar="N",
+                        help="with --cluster local: worker processes (default 2)")
 
 
 def command_parser() -> argparse.ArgumentParser:
@@ -335,6 +344,7 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
                              "(one run folder each under --runs-dir), one after another in this process; with "
                              "--queue, queue them as jobs (as the app does) and return")
     parser.add_argument("--runs-dir", help="where a grid's run folders go (default: HIRISE_RUNS_DIR or runs/)")
+    _cluster_flags(parser)
     parser.add_argument("--grid-report", nargs="?", const="", metavar="ID",
                         help="print a grid's results table (without ID: list the grids)")
 
