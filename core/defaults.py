@@ -224,17 +224,20 @@ def markdown_table(rows: list[dict[str, str]]) -> str:
 
 def promote(cv_id: str, runs_dir: Path | None = None, *, why: str = "", first: bool = False,
             checkpoint_name: str | None = None, checkpoint: Path | None = None, registry: Path | None = None,
-            say: Callable[[str], None] = print) -> dict[str, Any]:
+            say: Callable[[str], None] = print, dry_run: bool = False) -> dict[str, Any]:
     """Make `cv_id`'s refit the default if it beats the current default on the same folds; RegistryError (with
     the figures) when refused. `first`: an empty registry's first champion (refused when one exists).
     `checkpoint`: ship this file instead of a refit (the first champion may be an existing checkpoint of the
-    recipe, named in `why`). Returns the new entry."""
+    recipe, named in `why`). `dry_run`: the gate's figures and verdict only, on the challenger's out-of-fold
+    predictions (no refit needed); nothing is written. Returns the new entry (with `dry_run`: the gate)."""
     from .checkpoint import CheckpointError, load_checkpoint
     from .runs import now_iso
     if not cv_id or "/" in cv_id or "\0" in cv_id or cv_id.startswith(".") or not ENTRY_ID.match(cv_id):
         raise RegistryError(f"promote: {cv_id!r} is not a cross-validation id")
     path = registry or registry_path()
     rep, files = challenger_files(cv_id, runs_dir)
+    if dry_run:
+        return _dry_run(cv_id, rep, files, path, say)
     source = checkpoint or find_refit(cv_id, runs_dir)
     try:
         loaded = load_checkpoint(source)
@@ -295,6 +298,21 @@ def promote(cv_id: str, runs_dir: Path | None = None, *, why: str = "", first: b
         reg["current"] = cv_id
     say(f"promoted: {name} is the default (registry {path})")
     return entry
+
+
+def _dry_run(cv_id: str, rep: dict[str, Any], files: dict[str, Any], path: Path,
+             say: Callable[[str], None]) -> dict[str, Any]:
+    """The gate `promote` would apply, said and returned: what a candidate's row in the model card quotes."""
+    champion = current_entry(read_registry(path))
+    if champion is None:
+        raise RegistryError("promote: the registry has no default to compare with")
+    ccv = champion["cv"]
+    if (ccv.get("folds"), ccv.get("seed"), ccv.get("fingerprint")) != (rep["n_folds"], rep["seed"], fingerprint(files)):
+        raise RegistryError(f"promote: {cv_id} is not on the default {champion['id']}'s folds and files")
+    theirs = load_oof(champion["id"], path)
+    gate = {**compare(files, theirs), "tta": compare(files, theirs, "pred_tta")}
+    say(format_gate(cv_id, champion["id"], gate, gate["tta"]) + " (dry run: nothing written)")
+    return gate
 
 
 def refresh(cv_id: str, runs_dir: Path | None = None, registry: Path | None = None,

@@ -371,6 +371,8 @@ def add_cv_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _promote_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--first", action="store_true", help="with --promote: the empty registry's first champion")
+    parser.add_argument("--dry-run", action="store_true", help="with --promote: the gate's figures and verdict "
+                        "against the current default, from the out-of-fold predictions alone; nothing written")
     parser.add_argument("--refresh", action="store_true", help="with --promote: re-read a registered default's "
                         "cross-validation after `score` (its stored predictions, figures and TTA decision); not a "
                         "promotion")
@@ -402,7 +404,7 @@ def promote_main(args: argparse.Namespace, runs_dir: Path | None) -> int:
         return refuse("--promote-checkpoint stands for the first champion only (with --first); a challenger ships "
                       "its own refit")
     try:
-        promote(args.promote, runs_dir, why=args.why, first=args.first,
+        promote(args.promote, runs_dir, why=args.why, first=args.first, dry_run=args.dry_run,
                 checkpoint=Path(args.promote_checkpoint) if args.promote_checkpoint else None)
     except RegistryError as exc:
         return refuse(str(exc))

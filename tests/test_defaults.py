@@ -326,3 +326,19 @@ def test_refresh_rereads_a_registered_default_and_nothing_else(champion_cv, runs
     write_json_atomic(fold.oof_files_file, raw)
     with pytest.raises(defaults.RegistryError, match="differ from those it was registered with"):
         defaults.refresh(champion_cv, dest, registry=registry)
+
+
+def test_a_dry_run_gives_the_gate_without_a_refit_or_a_write(champion_cv, runs_dir, tmp_path, capsys):
+    """`promote ID --dry-run`: a candidate's paired figures against the default (the model card's table), from its
+    out-of-fold predictions alone: no refit needed, the registry untouched."""
+    registry = tmp_path / "checkpoints" / "defaults.json"
+    dest = tmp_path / "runs"
+    shutil.copytree(runs_dir, dest)
+    defaults.promote(_copy_cv(dest, champion_cv, dest, _perfect), dest, first=True, registry=registry)
+    before = registry.read_bytes()
+    loser = _copy_cv(dest, champion_cv, dest, lambda y, logits: [9.0] + [0.0] * (len(CLASS_NAMES) - 1))
+    shutil.rmtree(dest / f"refit-{loser}")  # no refit: a dry run does not need one
+    capsys.readouterr()
+    gate = defaults.promote(loser, dest, registry=registry, dry_run=True)
+    assert not gate["passes"] and gate["macro_f1"]["difference"] < 0 and gate["tta"]["files"] == gate["files"]
+    assert "dry run: nothing written" in capsys.readouterr().out and registry.read_bytes() == before
