@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig
+from .pids import pid_alive
 from .runs import ACTIVE_STATES, Run, RunBusy, RunLock, new_run_dir, now_iso, runs_root
 from .settings import PROJECT_ROOT
 
@@ -38,31 +39,6 @@ def describe_device() -> str:
         props = torch.cuda.get_device_properties(0)
         return f"GPU: {props.name} ({props.total_memory / 2**30:.0f} GiB)"
     return f"CPU ({os.cpu_count()} cores; no GPU found)"
-
-
-def process_start(pid: int) -> str | None:
-    """The process's start time (to tell it from a later process that reused its pid)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return None if fields[0] == "Z" else fields[19]  # zombies count as gone
-    except (OSError, IndexError):
-        return None
-
-
-def pid_alive(pid: int | None, start: str | None = None) -> bool:
-    if not pid:
-        return False
-    if Path("/proc").is_dir():
-        now = process_start(pid)
-        return now is not None and (start is None or now == start)
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 def observed_status(run: Run, status: dict | None = None) -> dict:

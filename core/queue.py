@@ -19,7 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from .runs import Run, list_runs, now_iso
+from .pids import pid_alive
+from .runs import Run, list_runs, now_iso, read_json
 
 DEVICES = ("cpu", "cuda")  # what `core.jobs.device_key` answers: one queue (and lock file) each
 
@@ -36,13 +37,23 @@ def _turn(status: dict) -> str:
 def waiting(root: Path, device: str) -> list[tuple[tuple[str, str], str]]:
     """Every live job queued for `device` under the runs folder `root`: ((queue time, name), name), training runs
     and scans (`core.scan_jobs`) together."""
-    from .scan_jobs import queued_scans
     found = []
     for other in list_runs(root):
         s = other.status()
         if s.get("state") == "queued" and s.get("device") == device and other.trainer_alive():
             found.append(((_turn(s), other.name), other.name))
     return found + [((when, f"scans/{name}"), f"scans/{name}") for when, name in queued_scans(root, device)]
+
+
+def queued_scans(root: Path, device: str) -> list[tuple[str, str]]:
+    """(queue time, name) of every scan under `root`/scans (core.scan_jobs) waiting, alive, for `device`."""
+    found = []
+    for folder in sorted((root / "scans").glob("*/status.json")):
+        status = read_json(folder, {}) or {}
+        if status.get("state") == "queued" and status.get("device") == device and \
+                pid_alive(status.get("pid"), status.get("pid_start")):
+            found.append((status.get("queued_at", ""), folder.parent.name))
+    return found
 
 
 def queued_before(run: Run, device: str) -> list[str]:

@@ -27,10 +27,11 @@ from .config import ConfigError, RunConfig, add_arguments, config_from_args, res
 from .data import DataError, split_manifest
 from .errors import first_line
 from .finish import finish
-from .jobs import device_key, process_start
+from .jobs import device_key
 from .lr_finder import find_lr
 from .models import WeightsUnavailable, require_imagenet
 from .optim import SCHEDULERS
+from .pids import process_start
 from .process import Dist, StopFlag, init_distributed, seed_everything
 from .queue import Cancelled, device_turn
 from .runs import Run, RunBusy, RunLock, now_iso

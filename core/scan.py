@@ -666,7 +666,7 @@ class Job:
         self.folder, self.stop = folder, False
         self.t0, self.last = time.monotonic(), 0.0
         signal.signal(signal.SIGTERM, self._on_signal)
-        from .jobs import process_start
+        from .pids import process_start
 
         self._write(state="starting", started_at=now_iso(), pid=os.getpid(), pid_start=process_start(os.getpid()),
                     done=0, total=None)

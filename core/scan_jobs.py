@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .jobs import pid_alive, process_start
+from .pids import pid_alive, process_start
 from .runs import now_iso, read_json, runs_root, write_json_atomic
 from .settings import PROJECT_ROOT
 
@@ -216,16 +216,6 @@ def launch(job: ScanJob, inputs: list[Path], argv: list[str], checkpoint: Path |
     write_json_atomic(job.path / "request.json", {**request, "pid": proc.pid, "pid_start": process_start(proc.pid)})
     threading.Thread(target=proc.wait, daemon=True).start()  # reap it when it ends, no zombie
     return job
-
-
-def queued_scans(runs_root_dir: Path, device: str) -> list[tuple[str, str]]:
-    """(queue time, name) of every live scan under `runs_root_dir` waiting for `device`'s turn (core.queue)."""
-    found = []
-    for job in list_scans(runs_root_dir):
-        status = job.status()
-        if status.get("state") == "queued" and status.get("device") == device:
-            found.append((status.get("queued_at") or job.request().get("queued_at", ""), job.name))
-    return found
 
 
 def list_scans(runs_dir: Path | None = None) -> list[ScanJob]:
