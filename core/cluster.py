@@ -37,6 +37,17 @@ def connect(address: str, workers: int) -> Iterator:
             local.close()
 
 
+def check(address: str) -> None:
+    """ClusterError (one line, within CONNECT_TIMEOUT_S) unless `address` is "local" or answers as a Dask
+    scheduler: what the app checks before it hands a plan to a cluster in the background."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError as exc:
+        raise ClusterError(f"Dask is not installed ({exc}); pip install -r requirements.txt") from None
+    if address != "local":
+        _handshake(address, CONNECT_TIMEOUT_S)
+
+
 def _client(address: str, workers: int):
     try:
         from dask.distributed import Client, LocalCluster

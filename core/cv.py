@@ -133,6 +133,37 @@ def on_cluster(configs: Sequence[RunConfig], train: Callable[..., int], client: 
                                            runs_dir, say)
 
 
+def launch_on_cluster(configs: Sequence[RunConfig], address: str, workers: int = 2,
+                      runs_dir: Path | None = None) -> Path:
+    """Hand the folds to a Dask cluster from a process of their own (`python -m core.train cv K --cluster ...`,
+    detached: it outlives the page that started it), once the address answers (ClusterError otherwise, nothing
+    started). Returns its log file; the cross-validation is listed once its folds are submitted."""
+    import os
+    import subprocess
+
+    from .cluster import check
+    from .runs import now_iso
+    from .settings import PROJECT_ROOT
+    check(address)
+    folder = cv_dir(runs_dir) / "launches"  # not beside the manifests, which are every *.json of .cv/
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = now_iso().replace(":", "").replace("+", "_")
+    recipe, log = folder / f"cluster-{stamp}.config.json", folder / f"cluster-{stamp}.log"
+    base = configs[0].to_dict()
+    fold_name = f"cv{len(configs)}-f1"  # `plan` names fold 1 PREFIX-cvK-f1, or cvK-f1 without a prefix
+    prefix = "" if base["name"] == fold_name else base["name"].removesuffix(f"-{fold_name}")
+    RunConfig.from_dict({**base, "cv_folds": 0, "cv_fold": 0, "name": prefix}).save(recipe)
+    cmd = [sys.executable, "-m", "core.train", "cv", str(len(configs)), "--config", str(recipe), "--cv-seed",
+           str(configs[0].split_seed), "--cluster", address, "--workers", str(workers), "--runs-dir",
+           str(runs_root(runs_dir))]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    import threading
+    threading.Thread(target=proc.wait, daemon=True).start()  # reaped when it ends: no zombie
+    return log
+
+
 def launch(configs: Sequence[RunConfig], runs_dir: Path | None = None, grid: str | None = None) -> tuple[str, list[Run]]:
     """Queue every fold as a job (one per device at a time, oldest first). Returns the id and the runs; a launch
     failing half way raises JobError naming the folds already queued (the report then names the missing ones)."""

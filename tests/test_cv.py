@@ -19,7 +19,7 @@ from core.data.split import assign_splits, fold_coverage, fold_of_observation
 from core.runner import main as train_cli
 from core.runs import Run, list_runs
 from tests import synthetic
-from tests.helpers import run_page, texts, tiny, tiny_form
+from tests.helpers import run_page, texts, tiny, tiny_form, wait_for
 
 TINY_CV = tiny(epochs=2, max_steps_per_epoch=2, device="cpu")  # what TINY_FLAGS asks for
 TINY_FLAGS = ["--model", "simple_cnn", "--init", "scratch", "--image-size", "48", "--batch-size", "16",
@@ -322,6 +322,31 @@ def test_train_page_refuses_bad_folds_then_queues_a_cross_validation(app_data):
     assert "Refit waits until every fold has completed." in texts(at)
     folds = next(d.value for d in at.dataframe if "macro-F1 (its fold)" in d.value.columns)
     assert list(folds["fold"]) == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_train_page_hands_a_cross_validation_to_a_cluster_only_when_it_answers(app_data):
+    """On a Dask cluster: a scheduler that does not answer, or a bad worker count, is refused in words and nothing
+    starts; `local` starts the background process that submits the folds, and the cross-validation appears."""
+    before = {m["id"] for m in cv.list_cvs()}
+    at = run_page("views/train.py")
+    tiny_form(at)
+    at.text_input(key="cv_folds_text").input("3").run()
+    at.radio(key="cv_where").set_value("on a Dask cluster").run()
+    at.text_input(key="cv_cluster").input("tcp://127.0.0.1:9").run()
+    at.button(key="cv_launch").click().run()
+    assert "Not launched: cannot reach a Dask scheduler at tcp://127.0.0.1:9" in texts(at)
+    at.text_input(key="cv_cluster").input("local").run()
+    at.text_input(key="cv_workers").input("0").run()
+    at.button(key="cv_launch").click().run()
+    assert "Not launched: workers: '0' is not a whole number from 1 to 64" in texts(at)
+    assert {m["id"] for m in cv.list_cvs()} == before  # nothing started
+    at.text_input(key="cv_workers").input("2").run()
+    at.button(key="cv_launch").click().run()
+    assert "Handed to the Dask cluster local" in texts(at), texts(at)
+    new = wait_for(lambda: [m for m in cv.list_cvs() if m["id"] not in before], timeout=120, what="the manifest")
+    assert new[0]["how"] == "cluster"
+    wait_for(lambda: not cv.report(new[0]["id"], with_files=False)["missing"], timeout=300, what="the folds")
 
 
 # ---- the recipe options the search compared ----------------------------------------------------------------------

@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import cv, defaults, jobs
+from core.cluster import ClusterError
 from core.config import ConfigError, RunConfig
 from core.cv_files import VIEWS
 from core.data import DataError
@@ -46,15 +47,40 @@ def cv_form(values: dict[str, Any]) -> None:
                          "one after another; "
                          "each is scored at its last epoch, and their out-of-fold predictions are pooled in its "
                          "report, under Cross-validations further down once it is launched.")
+    where = st.radio("Run the folds", ("on this machine (the device queue)", "on a Dask cluster"), horizontal=True,
+                     key="cv_where", help="A cluster trains the folds side by side; its workers must see this runs "
+                                          "folder and the data at the same paths (docs/cluster.md)")
+    address, workers = None, 2
+    if where == "on a Dask cluster":
+        cols = st.columns([2, 1])
+        address = cols[0].text_input("Scheduler address", value="local", key="cv_cluster",
+                                     help="tcp://HOST:PORT of a running `dask scheduler`, or local: worker processes "
+                                          "on this machine").strip()
+        workers_text = cols[1].text_input("Local workers", value="2", key="cv_workers",
+                                          help="with local: how many worker processes (1 to 64)")
+        try:
+            workers = int(workers_text.strip())
+            if not 1 <= workers <= 64:
+                raise ValueError
+        except ValueError:
+            problem = problem or cv.CVError(f"workers: {workers_text.strip()!r} is not a whole number from 1 to 64")
+        if not address:
+            problem = problem or cv.CVError("cluster: give a scheduler address (tcp://HOST:PORT) or local")
     if st.button(f"Cross-validate ({len(configs)} folds)" if configs else "Cross-validate", key="cv_launch"):
-        if configs is None:
+        if configs is None or problem is not None:
             show_error(problem or "check the folds", "Not launched")
             return
         try:
             for line in cv.coverage(configs[0]):
                 st.warning(f"Folds: {line}.", icon=":material/call_split:")
+            if address:
+                log = cv.launch_on_cluster(configs, address, workers)
+                st.success(f"Handed to the Dask cluster {address}: a background process submits the {len(configs)} "
+                           f"folds and waits for them (its log: {log}). The cross-validation is listed under "
+                           "Cross-validations below once they are submitted.", icon=":material/check:")
+                return
             cv_id, runs = cv.launch(configs)
-        except (ConfigError, DataError, jobs.JobError, OSError) as exc:
+        except (ConfigError, DataError, jobs.JobError, ClusterError, OSError) as exc:
             show_error(exc, "Not launched")
             return
         st.session_state[SHOWN] = cv_id
