@@ -153,6 +153,13 @@ def test_evaluate_page_shows_saved_evaluation_of_a_run(with_runs):
     at.selectbox[1].set_value("test").run()
     button(at, "Evaluate on the test split").click().run()  # evaluate on test: recomputed in-process with progress
     assert not at.exception and "split test" in texts(at) and "· fp32" in texts(at)
+    tta = next(t for t in at.toggle if t.label.startswith("Average 8 flips"))
+    tta.set_value(True).run()
+    at.switch_page("views/home.py").run()  # away and back: every choice is as it was left (ui.widgets.kept)
+    at.switch_page("views/evaluate.py").run()
+    assert (at.selectbox[0].value, at.selectbox[1].value) == (runs[0], "test")
+    assert next(t for t in at.toggle if t.label.startswith("Average 8 flips")).value is True
+    next(t for t in at.toggle if t.label.startswith("Average 8 flips")).set_value(False).run()
     bf16 = next(t for t in at.toggle if t.label == "bf16 (faster)")
     if not bf16.disabled:
         bf16.set_value(True).run()

@@ -20,6 +20,7 @@ from ui.intervals import interval_caption, interval_text, refit_warning
 from ui.loaders import data_for_config, get_model, model_choices, run_of_checkpoint
 from ui.per_class import never_predicted, per_class_table
 from ui.progress import progress_bar
+from ui.widgets import kept, kept_selectbox
 
 CELL_TILES = 24  # tiles of a clicked confusion-matrix cell shown, surest first
 
@@ -29,13 +30,17 @@ if not choices:
     st.stop()
 
 top = st.columns([3, 1])
-label = top[0].selectbox("Model", list(choices))
-split = top[1].selectbox("Split", EVALUATION_SPLITS)
+# every choice here survives a visit to another page (ui.widgets.kept)
+with top[0]:
+    label = kept_selectbox("Model", list(choices), "eval_model")
+with top[1]:
+    split = kept_selectbox("Split", list(EVALUATION_SPLITS), "eval_split")
 toggles = st.columns(3)  # a row of their own: squeezed beside the selectors their labels were cut
-originals_only = toggles[0].toggle("Originals only", value=True, help="Leave out the data set's augmented copies")
-tta = toggles[1].toggle("Average 8 flips and turns (TTA)", value=DEFAULT_TTA,
-                        help="Each tile's prediction is the mean of its 8 flips and 90-degree turns (8x the time); "
-                             f"the default model's registry entry says {'on' if DEFAULT_TTA else 'off'}")
+originals_only = kept(toggles[0].toggle, "Originals only", "eval_originals", True,
+                      help="Leave out the data set's augmented copies")
+tta = kept(toggles[1].toggle, "Average 8 flips and turns (TTA)", "eval_tta", DEFAULT_TTA,
+           help="Each tile's prediction is the mean of its 8 flips and 90-degree turns (8x the time); "
+                f"the default model's registry entry says {'on' if DEFAULT_TTA else 'off'}")
 path = choices[label]
 run = run_of_checkpoint(path)
 
