@@ -66,9 +66,9 @@ if only_diff and not differing:
     st.caption(f"No setting differs between these {len(table.columns)} models: all {len(table)} are the same "
                "(turn the toggle off to see them).")
 shown = table.loc[differing] if only_diff else table
-st.dataframe(shown.style.apply(lambda row: ["background-color: #fff3cd" if row.name in differing else ""
-                                            for _ in row], axis=1), width="stretch",
-             height=min(36 * (len(shown) + 1) + 3, 1200))  # every setting in view, no scroll box
+# a static table: long values (data paths, checkpoint files) wrap instead of being cut at the cell's edge
+st.table(shown.style.apply(lambda row: ["background-color: #fff3cd" if row.name in differing else ""
+                                        for _ in row], axis=1))
 
 names_shown = [r.name for r in chosen] + list(shipped_configs)
 colours = figures.run_colours(names_shown)  # a run keeps its colour in every chart below
