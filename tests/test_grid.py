@@ -247,6 +247,11 @@ def test_train_page_grid_refuses_bad_values_at_the_field_then_queues_a_2x2_grid(
     at.multiselect(key="grid_values_optimizer").set_value(["adam", "nadam"]).run()
     at.multiselect(key="grid_values_scheduler").set_value(["step", "onecycle"]).run()
     assert "**4 runs**" in texts(at) and "`nadam-onecycle`" in texts(at)
+    at.text_input(key="grid_cv_folds").input("1").run()  # refused folds: no count beside the refusal
+    assert "takes 3 to 10" in texts(at) and "**4 runs**" not in texts(at) and at.button(key="grid_launch").label == \
+        "Launch grid"
+    at.text_input(key="grid_cv_folds").input("0").run()
+    assert at.button(key="grid_launch").label == "Launch grid (4 runs)"
     at.button(key="grid_launch").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     new = [r for r in list_runs() if r.name not in before]
@@ -271,7 +276,7 @@ def test_grid_results_open_the_runs_in_compare(app_data, one_thread):
     at.button(key="grid_compare").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert sorted(at.multiselect[0].value) == sorted(names)  # Compare, with the grid's runs picked
-    assert "seed" in at.dataframe[0].value.index  # the setting that differs
+    assert "seed" in at.table[0].value.index  # the setting that differs
 
 
 @pytest.mark.parametrize("manifest, message", [

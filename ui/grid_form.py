@@ -72,13 +72,14 @@ def grid_form(values: dict[str, Any]) -> None:
         except cv.CVError as exc:
             st.error(str(exc), icon=":material/error:")
             problem = problem or exc
-    if p is not None:
-        what = f"{len(p)} cross-validations of {folds} folds ({len(p) * folds} runs)" if folds else f"{len(p)} runs"
+    runs = len(p) * (folds or 1) if p is not None and problem is None else 0
+    if runs:  # a count only for a grid that would launch: beside a refusal it would read as a plan
+        what = f"{len(p)} cross-validations of {folds} folds ({runs} runs)" if folds else f"{runs} runs"
         st.markdown(f"**{what}**, queued one after another on {jobs.device_key(p.configs[0].device)}: "
                     + ", ".join(f"`{c.name}`" for c in p.configs))
     elif not chosen:
         st.caption("Choose the options to vary, then their values: optimizer × scheduler × augment, say.")
-    if st.button(f"Launch grid ({len(p)} runs)" if p else "Launch grid", key="grid_launch", type="primary"):
+    if st.button(f"Launch grid ({runs} runs)" if runs else "Launch grid", key="grid_launch", type="primary"):
         if p is None:
             show_error(problem or "choose at least one option to vary and its values", "Grid not launched")
             return
