@@ -92,6 +92,21 @@ def _fake_runs(root: Path, data: Path) -> None:
          "suggested_lr": 0.0031622}))
 
 
+def _refit_runs(root: Path) -> None:
+    """Two completed refits of one recipe (no validation split: training loss only), written by hand."""
+    from core.config import RunConfig
+    from core.runs import Run
+    config = RunConfig(data=["/nowhere"], model="simple_cnn", init="scratch", val_fraction=0, test_fraction=0).to_dict()
+    rows = [{"kind": "step", "epoch": 1, "step": 1, "train_loss": 1.0},
+            {"kind": "epoch", "epoch": 1, "step": 1, "train_loss": 0.9}]
+    for name in ("20260103-000000-refit-a", "20260103-000001-refit-b"):
+        run = Run(root / name)
+        run.path.mkdir(parents=True)
+        run.save_config(config)
+        run.update_status(state="completed")
+        run.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 @pytest.fixture(scope="module")
 def browser_page():
     from playwright.sync_api import sync_playwright
@@ -314,6 +329,14 @@ def _round_two(url: str, tmp: Path, page) -> None:
     page.get_by_text(re.compile(r"Scored on .* val tiles")).first.wait_for(timeout=30_000)  # issue 33, item 1
     page.wait_for_timeout(1000)
     page.screenshot(path=str(ARTIFACTS / "round2-compare.png"), full_page=True)
+    # issue 33, item 6: two refits of one recipe (written now, the two newest runs: Compare picks them)
+    _refit_runs(tmp / "runs")
+    page.goto(f"{url}/compare")
+    page.get_by_text("No setting differs between these 2 models").first.wait_for(timeout=120_000)
+    page.get_by_text("no validation split (a refit trains on every tile)", exact=False).first.wait_for(timeout=30_000)
+    assert page.get_by_text("the run did not complete").count() == 0
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(ARTIFACTS / "round2-compare-refits.png"), full_page=True)
     # a lowercase address is a page, and nothing was asked of any other machine (icons, fonts)
     page.goto(f"{url}/dataset")
     page.get_by_text("Tiles per class and split").first.wait_for(timeout=60_000)

@@ -66,9 +66,9 @@ if only_diff and not differing:
     st.caption(f"No setting differs between these {len(table.columns)} models: all {len(table)} are the same "
                "(turn the toggle off to see them).")
 shown = table.loc[differing] if only_diff else table
-# a static table: long values (data paths, checkpoint files) wrap instead of being cut at the cell's edge
-st.table(shown.style.apply(lambda row: ["background-color: #fff3cd" if row.name in differing else ""
-                                        for _ in row], axis=1))
+if len(shown):  # a static table: long values (data paths, checkpoint files) wrap instead of being cut off
+    st.table(shown.style.apply(lambda row: ["background-color: #fff3cd" if row.name in differing else ""
+                                            for _ in row], axis=1))
 
 names_shown = [r.name for r in chosen] + list(shipped_configs)
 colours = figures.run_colours(names_shown)  # a run keeps its colour in every chart below
@@ -183,17 +183,18 @@ st.subheader("Curves")
 rows = {r.name: r.metrics() for r in chosen}
 if not rows:
     st.caption("Shipped models keep no training curves: pick runs to compare theirs.")
-a, b = st.columns(2) if rows else (None, None)
 unvalidated = [name for name, metrics in rows.items()
                if not any(m.get("val_macro_f1") is not None for m in metrics if m.get("kind") == "epoch")]
+a, b = st.columns(2) if rows and len(unvalidated) < len(rows) else (None, None)
 if unvalidated:
     st.caption(f"{', '.join(unvalidated)}: no validation split (a refit trains on every tile), so no validation "
                "curve; its training loss is below.")
-for column, (key, label) in zip((a, b, a, b), (("val_macro_f1", "validation macro-F1"), ("val_loss", "validation loss"),
-                                              ("val_balanced_accuracy", "validation balanced accuracy"),
-                                              ("train_loss", "training loss")), strict=True):
-    if column is None:
-        continue
-    if key.startswith("val_") and len(unvalidated) == len(rows):
-        continue  # no model has a validation curve: an empty chart would only mislead
-    column.plotly_chart(figures.compare_curves(rows, key, label, colours), width="stretch")
+if rows and len(unvalidated) == len(rows):  # no validation curve at all: the training loss alone, full width
+    st.plotly_chart(figures.compare_curves(rows, "train_loss", "training loss", colours), width="stretch")
+else:
+    for column, (key, label) in zip((a, b, a, b), (("val_macro_f1", "validation macro-F1"),
+                                                   ("val_loss", "validation loss"),
+                                                   ("val_balanced_accuracy", "validation balanced accuracy"),
+                                                   ("train_loss", "training loss")), strict=True):
+        if column is not None:
+            column.plotly_chart(figures.compare_curves(rows, key, label, colours), width="stretch")
