@@ -49,7 +49,8 @@ def main() -> int:
     args = parser.parse_args()
     if real_data_missing(args.data):
         return 2
-    recipe = ["--data", args.data, "--model", args.model, "--image-size", str(args.image_size), "--epochs",
+    recipe = ["--data", args.data, "--model", args.model, "--init", "scratch" if args.model == "simple_cnn" else
+              "imagenet", "--image-size", str(args.image_size), "--epochs",
               str(args.epochs), "--max-steps-per-epoch", str(args.max_steps), "--batch-size", "32"]
     print(f"{args.folds}-fold cross-validation of {args.model} at {args.image_size} px, {args.epochs} epoch(s) of "
           f"{args.max_steps} steps, on {args.data}")

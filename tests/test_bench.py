@@ -1,5 +1,6 @@
 """Smoke tests of the benchmark scripts in bench/: each runs with the tiniest settings, exits 0 and prints its
-figures. They check that the scripts work, not the figures (those need an idle machine and the defaults)."""
+figures. They check that the scripts work, not the figures (those need an idle machine and the defaults). The
+scan, memory and plan benchmarks are in test_bench_heavy.py: a file runs on one test worker, and these two balance."""
 from __future__ import annotations
 
 import subprocess
@@ -67,22 +68,3 @@ def test_bench_coldstart_smoke():
         pytest.skip(f"the Explain page needs the shipped checkpoint ({DEFAULT_CHECKPOINT})")
     out = ok(run_bench("bench_coldstart.py", "--repeats", "1", "--timeout", "90"))
     assert "ratio" in out and "median" in out
-
-
-@pytest.mark.realdata
-def test_bench_memory_smoke(shared_data: Path):
-    out = ok(run_bench("bench_memory.py", str(shared_data / "hirise-v3_2-subset"), "--train-steps", "2",
-                       "--batch-size", "4", "--image-size", "64", "--calls", "10", "--plus-calls", "2",
-                       "--scorecam-calls", "1", "--every", "5",
-                       # the smallest shipped model: this checks the script, and ScoreCAM on the 260 px default is slow
-                       "--checkpoint", str(PROJECT_ROOT / "checkpoints" / "hirise-efficientnet-lite0.pt")))
-    assert "peak" in out and "(a) training process" in out and "(b) app session" in out
-    assert "repeated calls:" in out and "goal: flat" in out
-
-
-@pytest.mark.realdata
-def test_bench_scan_smoke(shared_data: Path):
-    out = ok(run_bench("bench_scan.py", "--data", str(shared_data / "hirise-v3_2-subset"), "--browse", "500x400",
-                       "--baseline-windows", "10", "--jp2-side", "600", "--jp2-sizes", "300", "--sections", "1,2"))
-    assert "BASELINE plain loop" in out and "ratio (OURS / BASELINE" in out and "OURS whole scan" in out
-    assert "BASELINE model loaded, image read whole" in out and "goal < 1.5 GB" in out
