@@ -180,12 +180,13 @@ def test_compare_settings_say_what_each_run_trained_with():
     shown = effective_settings(lite)
     assert shown["image_size"].endswith("(the model's own)")
     assert shown["freeze_below"].startswith("blocks.4 (the model's own point): frozen")
-    assert shown["amp"] == "off (asked for; this model trains in fp32)"
+    assert shown["amp"] == "bf16 where the device has it, validation in fp32"  # core.train.use_bf16
     cnn = {"model": "simple_cnn", "image_size": 48, "freeze": "none", "freeze_below": "layer3", "amp": True}
     shown = effective_settings(cnn, {"amp": False, "input_size": 48, "frozen": []})
     assert shown["freeze_below"].startswith("— (freeze is not") and shown["image_size"] == "48"
     assert shown["amp"] == "off (asked for; no bf16 on that machine)"
     assert effective_settings(cnn, {"amp": True})["amp"] == "bf16 on"
+    assert effective_settings(lite, {"amp": True})["amp"] == "bf16 on, validation in fp32"
 
 
 def test_compare_bars_label_a_zero_and_a_class_without_tiles():

@@ -179,10 +179,12 @@ def effective_settings(cfg: dict, effective: dict | None = None) -> dict[str, st
     elif frozen is not None:
         point = cfg.get("freeze_below") or f"{model.fine_tune_from or 'none'} (the model's own point)"
         out["freeze_below"] = f"{point}: frozen {', '.join(frozen) if frozen else 'nothing'}"
+    # core.train.use_bf16 / eval_bf16: bf16 training steps wherever the device has bf16; validation and every
+    # prediction in fp32 for the models whose predictions bf16 changes (EfficientNet-Lite)
+    evaluation = "" if model.bf16_safe else ", validation in fp32"
     if "amp" in effective:
-        out["amp"] = "bf16 on" if effective["amp"] else ("off (asked for; " + (
-            "this model trains in fp32)" if not model.bf16_safe else "no bf16 on that machine)")
-            if cfg.get("amp") else "off")
-    elif cfg.get("amp") and not model.bf16_safe:
-        out["amp"] = "off (asked for; this model trains in fp32)"
+        out["amp"] = f"bf16 on{evaluation}" if effective["amp"] else (
+            "off (asked for; no bf16 on that machine)" if cfg.get("amp") else "off")
+    elif cfg.get("amp"):
+        out["amp"] = f"bf16 where the device has it{evaluation}"
     return out

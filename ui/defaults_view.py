@@ -9,6 +9,10 @@ from core import defaults
 from core.bootstrap import fmt
 from core.settings import REGISTRY_WARNING
 
+VIEW_WORDS = {"originals": "on the originals",
+              "all files": "on every file a user could send (the originals and their official turned, flipped and "
+                           "brightened copies)",
+              "all files, TTA": "and on every file with the 8 flips and turns averaged (TTA)"}
 
 def figures_table(figures: dict) -> pd.DataFrame:
     """An entry's stored figures as a table (`core.defaults.figures_rows`)."""
@@ -64,10 +68,10 @@ def registry_section() -> None:
                    f"{gate['groups']} observations).")
     table = figures_table(entry.get("figures") or {})
     if not table.empty:
-        st.dataframe(table, hide_index=True, width="stretch")
-        st.caption("Out of fold, on the originals, on every file a user could send (originals and their official "
-                   "turned, flipped and brightened copies), and with the 8 flips and turns averaged. 95% intervals, "
-                   "bootstrap over observations.")
+        st.table(table.set_index(table.columns[0]))  # static: every column in view at any width
+        views = [c for c in table.columns[1:]]
+        st.caption("Out of fold: " + ", ".join(VIEW_WORDS.get(v, v) for v in views) + ". 95% intervals, bootstrap "
+                   "over observations.")
     earlier = [e for e in registry["entries"] if e["id"] != entry["id"]]
     if earlier:
         st.caption("Earlier defaults (still selectable on every page): " + "; ".join(
