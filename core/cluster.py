@@ -84,17 +84,24 @@ def _handshake(address: str, timeout: float) -> None:
     ever, an HTTP server's reply is read as a frame of exabytes (MemoryError), a bogus frame is a struct.error, an
     unknown scheme a TypeError. Here each is one line within the timeout, before a Client is made."""
     import asyncio
+    import socket
 
     from distributed.comm import connect
-    from distributed.comm.addressing import parse_address
+    from distributed.comm.addressing import parse_address, parse_host_port
 
     try:
-        scheme, _ = parse_address(address)
+        scheme, location = parse_address(address)
+        host, port = parse_host_port(location) if scheme in SCHEMES else (None, None)
     except Exception as exc:
         raise ClusterError(f"{address}: not a Dask scheduler address ({describe_error(exc)}); give tcp://HOST:PORT") from None
     if scheme not in SCHEMES:
-        raise ClusterError(f"{address}: the {scheme}:// protocol is not one this scan uses ({', '.join(SCHEMES)}); "
-                           "give tcp://HOST:PORT")
+        raise ClusterError(f"{address}: the {scheme}:// protocol is not one Dask work here uses "
+                           f"({', '.join(SCHEMES)}); give tcp://HOST:PORT")
+    try:  # nothing listening is said as such (Dask's own connect retries a refused port until the timeout)
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise ClusterError(f"cannot reach a Dask scheduler at {address}: nothing answers there "
+                           f"({describe_error(exc)})") from None
 
     async def exchange() -> None:
         comm = await connect(address, timeout=timeout)

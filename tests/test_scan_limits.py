@@ -214,7 +214,7 @@ def _http_server() -> int:
     ("http", "Dask"),
     ("frame", "struct.error"),
     ("huge", "MemoryError"),
-    ("ucx", "the ucx:// protocol is not one this scan uses"),
+    ("ucx", "the ucx:// protocol is not one Dask work here uses"),
 ])
 def test_an_address_that_is_not_a_dask_scheduler_is_refused_in_one_line_within_the_timeout(
         tmp_path, capsys, monkeypatch, peer, message):

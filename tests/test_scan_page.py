@@ -173,6 +173,13 @@ def test_scan_page_refuses_bad_input_then_scans_a_path_and_shows_the_results(tmp
     button(at, "Start scan").click().run()
     assert "Not started: Window sizes (px): 8 is below the minimum 32" in texts(at)
     at.text_input(key="scan_sizes").input("192").run()
+    at.selectbox(key="scan_engine").set_value("a Dask scheduler").run()
+    for address, says in (("tcp://127.0.0.1:9", "cannot reach a Dask scheduler at tcp://127.0.0.1:9: nothing answers"),
+                          ("garbage", "garbage: not a Dask scheduler address")):
+        at.text_input(key="scan_address").input(address).run()
+        button(at, "Start scan").click().run()
+        assert f"Not started: {says}" in texts(at) and not scan_jobs.list_scans()  # refused, nothing started
+    at.selectbox(key="scan_engine").set_value("this machine").run()
     at.text_input(key="scan_threshold").input("0.05").run()
     button(at, "Start scan").click().run()
     assert not at.exception, [e.value for e in at.exception]

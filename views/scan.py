@@ -9,6 +9,8 @@ from pathlib import Path
 import streamlit as st
 
 from core import scan_jobs
+from core.cluster import ClusterError
+from core.cluster import check as check_cluster
 from core.scan import DEFAULT_SIZES, DEFAULT_STEP, DEFAULT_THRESHOLD, SCAN_SUFFIXES
 from core.settings import DEFAULT_TTA
 from ui.errors import USER_ERRORS, show_error
@@ -89,6 +91,8 @@ with st.expander("New scan", expanded=not jobs, key="scan_new"):
             if engine == "a Dask scheduler" and not cluster:
                 raise ValueError("give the scheduler's address (tcp://host:8786)")
             argv = scan_jobs.options_argv(sizes, threshold, step, level, cluster, FIELDS, tta)  # before any folder
+            if cluster:
+                check_cluster(cluster)  # a scheduler that does not answer is refused here, with nothing started
             if source == UPLOAD:
                 images = [u for u in uploads if not u.name.lower().endswith(".lbl")]
                 if not images:
@@ -107,7 +111,7 @@ with st.expander("New scan", expanded=not jobs, key="scan_new"):
             scan_jobs.launch(job, inputs, argv, choices[model_label])
             st.session_state["scan_job"] = job.name
             st.rerun()
-        except (scan_jobs.ScanJobError, *USER_ERRORS) as exc:
+        except (scan_jobs.ScanJobError, ClusterError, *USER_ERRORS) as exc:
             show_error(exc, "Not started")
 
 if not jobs:
