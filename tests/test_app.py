@@ -631,3 +631,24 @@ def test_a_run_name_that_is_changed_for_its_folder_says_so():
     assert "The run's folder will be named after 'etc-passwd'" in texts(at) and not at.exception
     at.text_input(key="cfg_name").input("plain-name").run()
     assert "will be named after" not in texts(at)
+
+
+def test_the_train_form_takes_the_dataset_pages_split():
+    """A browser walk found runs training on split seed 0 while the Dataset page (and Evaluate, Compare, Explore)
+    used seed 7, with nothing said: the form's Data tab now follows the Dataset page's choices."""
+    from core.data.spec import DataSpec
+    from ui import appstate
+    before = appstate.load_state().get("data_options")
+    try:
+        appstate.save_data_options(DataSpec(tuple(appstate.data_paths()), split_seed=7, val_fraction=0.2))
+        at = run_page("views/train.py")
+        assert at.text_input(key="cfg_split_seed").value == "7" and at.text_input(key="cfg_val_fraction").value == "0.2"
+        at.text_input(key="cfg_split_seed").input("3").run()  # a change in the form holds for the form
+        at.switch_page("views/home.py").run()
+        at.switch_page("views/train.py").run()
+        assert at.text_input(key="cfg_split_seed").value == "3"
+        appstate.save_data_options(DataSpec(tuple(appstate.data_paths()), split_seed=9))  # the Dataset page again
+        at.run()
+        assert at.text_input(key="cfg_split_seed").value == "9"
+    finally:
+        appstate.save_state(data_options=before)

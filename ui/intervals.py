@@ -18,10 +18,12 @@ def refit_warning(model: LoadedModel) -> str:
     m, iv = model.metrics, model.metrics.get("intervals") or {}
     return ("This model was refit on every tile of its data, with no validation or test split: every tile of that "
             "data is one it trained on, so none of them is scored here (where nothing else is left, it is not "
-            "scored at all). Its honest figures are its cross-validation's, out-of-fold over "
-            f"{m.get('n')} tiles: macro-F1 {m['macro_f1']:.3f} ({interval_text(iv.get('macro_f1'))}), balanced "
+            "scored at all). Its honest figures are its cross-validation's, out-of-fold over the "
+            f"{m.get('n')} originals: macro-F1 {m['macro_f1']:.3f} ({interval_text(iv.get('macro_f1'))}), balanced "
             f"accuracy {m['balanced_accuracy']:.3f} ({interval_text(iv.get('balanced_accuracy'))}), accuracy "
-            f"{m['accuracy']:.3f} ({interval_text(iv.get('accuracy'))}). Score it on data it never saw.")
+            f"{m['accuracy']:.3f} ({interval_text(iv.get('accuracy'))}); the default's figures on every file a user "
+            "could send (the official turned, flipped and brightened copies too) are on Home. Score it on data it "
+            "never saw.")
 
 
 def interval_caption(intervals: dict | None) -> str:

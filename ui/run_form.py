@@ -7,6 +7,7 @@ from typing import Any
 import streamlit as st
 
 from core.config import ConfigError, RunConfig, field_specs
+from core.data.spec import DataSpec
 from core.jobs import device_choices
 from core.models import DEFAULT_ARCH, stages
 from core.models import spec as model_spec
@@ -108,6 +109,7 @@ def run_form(default_data: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     if "cfg_data" not in st.session_state:
         remembered = st.session_state[REMEMBERED].get("data")
         st.session_state["cfg_data"] = remembered if isinstance(remembered, list) and remembered else default_data
+    _follow_dataset_page()
     for name, value in st.session_state.pop(PENDING, {}).items():
         st.session_state[f"cfg_{name}"] = value  # a number is written as text where its field is drawn
     specs = field_specs()
@@ -137,6 +139,28 @@ def run_form(default_data: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     _remember({name: st.session_state[f"cfg_{name}"] if name != "data" else values["data"]
                for name in values if f"cfg_{name}" in st.session_state})
     return values, slots
+
+
+SYNCED = "cfg_dataset_page"  # the Dataset page's data choices the form last took
+
+
+def _follow_dataset_page() -> None:
+    """The data sources and how they are merged and split are chosen on the Dataset page: whenever those choices
+    change (or a session starts), the form's Data tab takes them, so a run trains on the split the other pages
+    show. A change made in the Data tab afterwards holds for the form until the Dataset page changes again."""
+    spec = appstate.data_spec().flat()
+    chosen = {k: v for k, v in spec.items() if k not in ("cv_folds", "cv_fold")}
+    if st.session_state.get(SYNCED) == chosen:
+        return
+    st.session_state[SYNCED] = chosen
+    for name, value in chosen.items():
+        if name == DataSpec.PATHS_KEY:
+            if value:
+                st.session_state["cfg_data"] = list(value)
+                st.session_state["cfg_data_text"] = "\n".join(value)
+            continue
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        st.session_state[f"cfg_{name}"] = number_text(value) if is_number else value
 
 
 def _remember(shown: dict[str, Any]) -> None:

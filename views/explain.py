@@ -27,7 +27,7 @@ from ui import appstate, figures  # noqa: E402 - after the uploader, see above
 from ui.errors import USER_ERRORS, show_error  # noqa: E402
 from ui.loaders import get_data, get_model, require_model_choices  # noqa: E402
 from ui.uploads import unique_names  # noqa: E402
-from ui.widgets import kept  # noqa: E402
+from ui.widgets import kept, kept_selectbox  # noqa: E402
 
 picked = None  # a tile picked from the data set: the model may have trained on it (said below)
 with st.expander("…or pick a tile from the data set"):
@@ -60,7 +60,7 @@ choices = require_model_choices()
 
 with st.sidebar:
     st.header("Model and explanation")
-    label = st.selectbox("Model", list(choices))
+    label = kept_selectbox("Model", list(choices), "explain_model")  # kept across pages, as Evaluate's is
     method_slot = st.empty()  # filled once the CAM library is loaded, below
     target_name = st.selectbox("Explain class", ["predicted class", *CLASS_NAMES])
     alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05)

@@ -12,7 +12,8 @@ from core.data.records import parse_name
 from core.explore.embed import DEFAULT_METHOD, METHODS, cache_state, embed
 from core.explore.features import DEFAULT_EMBED_SIZE, PART_TILES, get_features, measure_rate
 from core.explore.labels import review_labels
-from core.settings import LABEL_OVERRIDES_FILE, LABEL_REJECTIONS_FILE
+from core.registry import RegistryError, current_entry, read_registry
+from core.settings import DEFAULTS_REGISTRY, LABEL_OVERRIDES_FILE, LABEL_REJECTIONS_FILE
 from ui import appstate
 from ui.errors import USER_ERRORS, show_error
 from ui.gallery import tile_gallery
@@ -20,6 +21,16 @@ from ui.imbalance import RARE_NOTE
 from ui.loaders import get_data, get_model, require_model_choices
 from ui.progress import progress_bar
 from ui.widgets import kept_selectbox
+
+
+def default_input_size() -> str:
+    """The registry's default model's input size, as the help text says it (no model loaded for a help text)."""
+    try:
+        entry = current_entry(read_registry(DEFAULTS_REGISTRY))
+    except RegistryError:
+        entry = None
+    return f"{entry['image_size']} px" if entry and entry.get("image_size") else "its own size"
+
 
 COLOURS = {"label": "label", "prediction": "predicted", "split": "split", "confidence": "confidence",
            "observation": "observation", "correct": "correct"}
@@ -41,8 +52,9 @@ with st.sidebar:
                           help="UMAP (default) keeps neighbourhoods best for its time; t-SNE is slower; PCA is "
                                "instant but mixes the classes (docs/explore.md)")
     size = kept_selectbox("Feature pass input", list(SIZES), "explore_size", format_func=lambda v: "the model's own" if v == 0 else f"{v} px",
-                        help="The model's own input size (160 px for the default model) by default. Smaller is faster "
-                             "on a CPU but the features lose much of what they know (docs/explore.md)")
+                        help=f"The model's own input size ({default_input_size()} for the default model) by default. "
+                             "Smaller is faster on a CPU but the features lose much of what they know "
+                             "(docs/explore.md)")
     colour = kept_selectbox("Colour by", list(COLOURS), "explore_colour")
 
 try:
