@@ -134,10 +134,11 @@ def on_cluster(configs: Sequence[RunConfig], train: Callable[..., int], client: 
 
 
 def launch_on_cluster(configs: Sequence[RunConfig], address: str, workers: int = 2,
-                      runs_dir: Path | None = None) -> Path:
+                      runs_dir: Path | None = None) -> tuple[Path, int]:
     """Hand the folds to a Dask cluster from a process of their own (`python -m core.train cv K --cluster ...`,
     detached: it outlives the page that started it), once the address answers (ClusterError otherwise, nothing
-    started). Returns its log file; the cross-validation is listed once its folds are submitted."""
+    started). Returns its log file and its pid (the leader of its own process group); the cross-validation is
+    listed once its folds are submitted."""
     import os
     import subprocess
 
@@ -161,7 +162,7 @@ def launch_on_cluster(configs: Sequence[RunConfig], address: str, workers: int =
                                 start_new_session=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
     import threading
     threading.Thread(target=proc.wait, daemon=True).start()  # reaped when it ends: no zombie
-    return log
+    return log, proc.pid
 
 
 def launch(configs: Sequence[RunConfig], runs_dir: Path | None = None, grid: str | None = None) -> tuple[str, list[Run]]:

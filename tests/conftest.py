@@ -6,11 +6,15 @@ import tempfile
 from pathlib import Path
 
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="hirise-tests-"))
-os.environ.setdefault("HIRISE_CACHE_DIR", str(_SESSION_TMP / "cache"))
-os.environ.setdefault("HIRISE_RUNS_DIR", str(_SESSION_TMP / "runs"))
-os.environ.setdefault("HIRISE_APP_STATE", str(_SESSION_TMP / "app-state.json"))
-os.environ.setdefault("HIRISE_LABEL_OVERRIDES", str(_SESSION_TMP / "label_overrides.csv"))  # issue 16
-os.environ.setdefault("HIRISE_LABEL_REJECTIONS", str(_SESSION_TMP / "label_rejections.csv"))
+_OURS = os.environ.get("HIRISE_TESTS_TMP")  # set below by this file, in the xdist controller: its workers inherit it
+for _name, _file in (("HIRISE_CACHE_DIR", "cache"), ("HIRISE_RUNS_DIR", "runs"), ("HIRISE_APP_STATE", "app-state.json"),
+                     ("HIRISE_LABEL_OVERRIDES", "label_overrides.csv"),  # issue 16
+                     ("HIRISE_LABEL_REJECTIONS", "label_rejections.csv")):
+    # each test process (each xdist worker) its own folders: inherited from the controller they were shared, and one
+    # worker's runs and app state leaked into the other's tests. A value the user set is kept.
+    if _name not in os.environ or (_OURS and os.environ[_name].startswith(_OURS)):
+        os.environ[_name] = str(_SESSION_TMP / _file)
+os.environ["HIRISE_TESTS_TMP"] = str(_SESSION_TMP.parent / "hirise-tests-")
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two workers on two cores: one thread each (and in the trainings they start), or the

@@ -325,7 +325,7 @@ def test_train_page_refuses_bad_folds_then_queues_a_cross_validation(app_data):
 
 
 @pytest.mark.slow
-def test_train_page_hands_a_cross_validation_to_a_cluster_only_when_it_answers(app_data):
+def test_train_page_hands_a_cross_validation_to_a_cluster_only_when_it_answers(app_data, monkeypatch):
     """On a Dask cluster: a scheduler that does not answer, or a bad worker count, is refused in words and nothing
     starts; `local` starts the background process that submits the folds, and the cross-validation appears."""
     before = {m["id"] for m in cv.list_cvs()}
@@ -342,11 +342,29 @@ def test_train_page_hands_a_cross_validation_to_a_cluster_only_when_it_answers(a
     assert "Not launched: workers: '0' is not a whole number from 1 to 64" in texts(at)
     assert {m["id"] for m in cv.list_cvs()} == before  # nothing started
     at.text_input(key="cv_workers").input("2").run()
+    launched = []
+    real = cv.launch_on_cluster
+    monkeypatch.setattr(cv, "launch_on_cluster", lambda *a, **k: launched.append(real(*a, **k)) or launched[-1])
     at.button(key="cv_launch").click().run()
     assert "Handed to the Dask cluster local" in texts(at), texts(at)
-    new = wait_for(lambda: [m for m in cv.list_cvs() if m["id"] not in before], timeout=120, what="the manifest")
-    assert new[0]["how"] == "cluster"
-    wait_for(lambda: not cv.report(new[0]["id"], with_files=False)["missing"], timeout=300, what="the folds")
+    (log, pid), = launched
+    try:  # the hand-off is this page's; the folds on the cluster are tests/test_cluster_plans.py's
+        new = wait_for(lambda: [m for m in cv.list_cvs() if m["id"] not in before], timeout=180,
+                       what=f"the manifest ({log})")
+        assert new[0]["how"] == "cluster" and new[0]["folds"] == 3
+    finally:
+        import contextlib
+        import os
+        import shutil
+        import signal
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)  # the submitting process and its local cluster
+        for m in cv.list_cvs():
+            if m["id"] not in before:
+                for _, run in cv.fold_runs(m):
+                    if run is not None:
+                        shutil.rmtree(run.path, ignore_errors=True)
+                (cv.cv_dir() / f"{m['id']}.json").unlink()
 
 
 # ---- the recipe options the search compared ----------------------------------------------------------------------

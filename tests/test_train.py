@@ -52,8 +52,8 @@ def epoch_rows(run: Run) -> list[int]:
 
 
 def test_run_folder_checkpoint_and_falling_loss(tmp_path, data_dir, monkeypatch):
+    import core.finish
     import core.inference
-    import core.train
     passes = []  # the tiles of each feature pass over data-set records
 
     def counted(loaded, tiles, *args, **kwargs):
@@ -63,7 +63,7 @@ def test_run_folder_checkpoint_and_falling_loss(tmp_path, data_dir, monkeypatch)
 
     feature_pass = core.inference.predict_features
     monkeypatch.setattr(core.inference, "predict_features", counted)  # what core.ood imports when it runs
-    monkeypatch.setattr(core.train, "predict_features", counted)
+    monkeypatch.setattr(core.finish, "predict_features", counted)  # the kept model's validation pass
     run = run_tiny(tmp_path, data_dir, epochs=6, max_steps_per_epoch=0, lr=3e-3, augment="none", scheduler="none",
                    patience=0)
     assert run.status()["state"] == "completed"

@@ -74,7 +74,7 @@ def cv_form(values: dict[str, Any]) -> None:
             for line in cv.coverage(configs[0]):
                 st.warning(f"Folds: {line}.", icon=":material/call_split:")
             if address:
-                log = cv.launch_on_cluster(configs, address, workers)
+                log, _ = cv.launch_on_cluster(configs, address, workers)
                 st.success(f"Handed to the Dask cluster {address}: a background process submits the {len(configs)} "
                            f"folds and waits for them (its log: {log}). The cross-validation is listed under "
                            "Cross-validations below once they are submitted.", icon=":material/check:")
