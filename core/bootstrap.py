@@ -145,9 +145,11 @@ def wilson(successes: float, trials: float, z: float = 1.959964) -> Interval | N
 
 def _f1_bounds(precision: Interval | None, recall: Interval | None) -> Interval | None:
     """F1 at the ends of its parts' intervals: F1 rises with both, so these bound it at least as honestly as its
-    parts (a class of one tile found once would otherwise get F1 '1.00 (1.00-1.00)' beside a recall of 0.21-1)."""
-    if precision is None or recall is None:
+    parts (a class of one tile found once would otherwise get F1 '1.00 (1.00-1.00)' beside a recall of 0.21-1). A
+    class never predicted has no precision (0/0): anything in [0, 1], so its F1 is not pinned at 0 either."""
+    if recall is None:
         return None
+    precision = precision or Interval(0.0, 1.0)
 
     def f1(p: float, r: float) -> float:
         return 2 * p * r / (p + r) if p + r > 0 else 0.0

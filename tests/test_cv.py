@@ -400,6 +400,11 @@ def test_f1_intervals_are_at_least_as_wide_as_their_parts_allow():
     low, high = iv["per_class"][1]["f1"]
     assert high == pytest.approx(1.0) and low < 0.5
     assert low <= iv["per_class"][1]["recall"][0] + 1e-9 or low <= iv["per_class"][1]["precision"][0] + 1e-9
+    # a class never predicted (5 tiles, all called class 0): precision is 0/0, so F1 is not pinned at 0 either
+    y = np.array([0] * 20 + [1] * 5)
+    iv = bootstrap.intervals(y, np.zeros_like(y), [f"o{i}" for i in range(25)], 2)
+    recall, f1 = iv["per_class"][1]["recall"], iv["per_class"][1]["f1"]
+    assert iv["per_class"][1]["precision"] is None and recall[0] == 0 and f1[0] == 0 and 0 < f1[1] <= 2 * recall[1]
 
 
 @pytest.mark.slow
