@@ -158,7 +158,9 @@ def _explain_then_evaluate(url: str, tmp: Path, page) -> None:
     page.get_by_text("predicted class").first.wait_for(timeout=10_000)
     assert page.get_by_text("Macro-F1").count() >= 1
     page.get_by_text("Top losses: wrong and sure").first.wait_for(timeout=60_000)
-    page.wait_for_timeout(1500)
+    # the gallery's file names come after its heading (a busy machine took longer than a fixed wait): wait for one
+    page.wait_for_function("() => [...document.querySelectorAll(\"[data-testid='stCode']\")]"
+                           ".some(e => /\\.(jpe?g|png)$/.test(e.innerText.trim()))", timeout=60_000)
     names = page.locator("[data-testid='stCode']").all_inner_texts()
     assert any(re.search(r"\.(jpe?g|png)$", n.strip()) for n in names), names[:5]  # full, copyable file names
     page.screenshot(path=str(ARTIFACTS / "evaluate.png"), full_page=True)
