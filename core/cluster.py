@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from typing import Any
 
 CONNECT_TIMEOUT_S = 10
+#: The most worker processes a local cluster is given (a typing slip beyond it, not a plan).
+MAX_LOCAL_WORKERS = 64
 #: The protocols a scheduler address may name: Dask's TCP (a bare HOST:PORT is TCP too) and TLS.
 SCHEMES = ("tcp", "tls")
 

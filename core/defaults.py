@@ -262,19 +262,7 @@ def promote(cv_id: str, runs_dir: Path | None = None, *, why: str = "", first: b
                                 "must beat it")
         gate: dict[str, Any] = {}
         if champion is not None:
-            ccv = champion["cv"]
-            if (ccv.get("folds"), ccv.get("seed")) != (rep["n_folds"], rep["seed"]):
-                raise RegistryError(f"promote: {cv_id} has {rep['n_folds']} folds with seed {rep['seed']}; the "
-                                    f"default {champion['id']} was cross-validated with {ccv.get('folds')} folds, seed "
-                                    f"{ccv.get('seed')}: cross-validate on the same folds")
-            theirs = load_oof(champion["id"], path)
-            if ccv.get("fingerprint") != fp:
-                differ = len(set(map(str, files["name"])) ^ set(map(str, theirs["name"])))
-                raise RegistryError(f"promote: {cv_id} was scored on other data or folds than the default "
-                                    f"{champion['id']} (fingerprint {fp} against {ccv.get('fingerprint')}; "
-                                    f"{differ} files in one and not the other)")
-            gate = compare(files, theirs)
-            gate_tta = compare(files, theirs, "pred_tta")
+            gate, gate_tta = _gate(cv_id, champion, rep, files, path)
             text = format_gate(cv_id, champion["id"], gate, gate_tta)
             if not gate["passes"]:
                 raise RegistryError(text.replace("\n", "; "))
@@ -300,19 +288,33 @@ def promote(cv_id: str, runs_dir: Path | None = None, *, why: str = "", first: b
     return entry
 
 
+def _gate(cv_id: str, champion: dict[str, Any], rep: dict[str, Any], files: dict[str, Any],
+          path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The challenger against the champion on the same folds and files, as sent and with 8-view averaging on both;
+    RegistryError naming the difference when they are not on the same folds or files."""
+    ccv, fp = champion["cv"], fingerprint(files)
+    if (ccv.get("folds"), ccv.get("seed")) != (rep["n_folds"], rep["seed"]):
+        raise RegistryError(f"promote: {cv_id} has {rep['n_folds']} folds with seed {rep['seed']}; the "
+                            f"default {champion['id']} was cross-validated with {ccv.get('folds')} folds, seed "
+                            f"{ccv.get('seed')}: cross-validate on the same folds")
+    theirs = load_oof(champion["id"], path)
+    if ccv.get("fingerprint") != fp:
+        differ = len(set(map(str, files["name"])) ^ set(map(str, theirs["name"])))
+        raise RegistryError(f"promote: {cv_id} was scored on other data or folds than the default "
+                            f"{champion['id']} (fingerprint {fp} against {ccv.get('fingerprint')}; "
+                            f"{differ} files in one and not the other)")
+    return compare(files, theirs), compare(files, theirs, "pred_tta")
+
+
 def _dry_run(cv_id: str, rep: dict[str, Any], files: dict[str, Any], path: Path,
              say: Callable[[str], None]) -> dict[str, Any]:
     """The gate `promote` would apply, said and returned: what a candidate's row in the model card quotes."""
     champion = current_entry(read_registry(path))
     if champion is None:
         raise RegistryError("promote: the registry has no default to compare with")
-    ccv = champion["cv"]
-    if (ccv.get("folds"), ccv.get("seed"), ccv.get("fingerprint")) != (rep["n_folds"], rep["seed"], fingerprint(files)):
-        raise RegistryError(f"promote: {cv_id} is not on the default {champion['id']}'s folds and files")
-    theirs = load_oof(champion["id"], path)
-    gate = {**compare(files, theirs), "tta": compare(files, theirs, "pred_tta")}
-    say(format_gate(cv_id, champion["id"], gate, gate["tta"]) + " (dry run: nothing written)")
-    return gate
+    gate, gate_tta = _gate(cv_id, champion, rep, files, path)
+    say(format_gate(cv_id, champion["id"], gate, gate_tta) + " (dry run: nothing written)")
+    return {**gate, "tta": gate_tta}
 
 
 def refresh(cv_id: str, runs_dir: Path | None = None, registry: Path | None = None,

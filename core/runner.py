@@ -23,6 +23,7 @@ from . import cv, grid
 from .batches import prepare_data
 from .checkpoint import CheckpointError
 from .cliargs import number_in, refuse
+from .cluster import MAX_LOCAL_WORKERS
 from .config import ConfigError, RunConfig, add_arguments, config_from_args, resumable_fields
 from .data import DataError, split_manifest
 from .errors import first_line
@@ -169,8 +170,10 @@ def prepare_run_folder(run: Run, cfg: RunConfig, args: argparse.Namespace) -> No
 SUBCOMMANDS = ("run", "lr-find", "cv", "grid", "report", "score", "promote")
 
 
-def _run_flags(parser: argparse.ArgumentParser, resume: bool = True) -> None:
-    parser.add_argument("--run-dir", required=True, help="the run folder to create" + (" (or resume)" if resume else ""))
+def _run_flags(parser: argparse.ArgumentParser, resume: bool = True, run_dir_required: bool = True) -> None:
+    """One run's flags (the `run` and `lr-find` subcommands, and the old flags-only spelling)."""
+    parser.add_argument("--run-dir", required=run_dir_required, help="the run folder to create" +
+                        (" (or resume)" if resume else "") + ("" if run_dir_required else "; required except with --grid"))
     parser.add_argument("--config", help="a config.json to start from; flags override it")
     if resume:
         parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last.pt")
@@ -194,7 +197,7 @@ def _cluster_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster", metavar="ADDRESS", help="train the runs side by side on a Dask cluster: 'local' "
                         "(--workers processes here) or a scheduler's tcp://HOST:PORT; the run folders must be on a "
                         "file system every worker shares (docs/cluster.md)")
-    parser.add_argument("--workers", type=number_in(int, 1, 64), default=2, metavar="N",
+    parser.add_argument("--workers", type=number_in(int, 1, MAX_LOCAL_WORKERS), default=2, metavar="N",
                         help="with --cluster local: worker processes (default 2)")
 
 
@@ -233,16 +236,10 @@ def legacy_parser() -> argparse.ArgumentParser:
     """The flags-only spellings of before the subcommands (`--cv 5`, `--grid ...`, `--cv-report ID` ...)."""
     parser = argparse.ArgumentParser(prog="python -m core.train", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", help="the run folder to create (or resume); required except with --grid")
-    parser.add_argument("--config", help="a config.json to start from; flags override it")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last.pt")
     parser.add_argument("--lr-find", action="store_true", help="run the LR range test instead of training")
-    parser.add_argument("--queue", action="store_true", help="wait for the device's turn (used by app jobs)")
-    parser.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--device-lock-fd", type=int, help=argparse.SUPPRESS)
     add_grid_arguments(parser)
     add_cv_arguments(parser)
-    add_arguments(parser)
+    _run_flags(parser, run_dir_required=False)
     return parser
 
 

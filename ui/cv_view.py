@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import cv, defaults, jobs
-from core.cluster import ClusterError
+from core.cluster import MAX_LOCAL_WORKERS, ClusterError
 from core.config import ConfigError, RunConfig
 from core.cv_files import VIEWS
 from core.data import DataError
@@ -57,13 +57,14 @@ def cv_form(values: dict[str, Any]) -> None:
                                      help="tcp://HOST:PORT of a running `dask scheduler`, or local: worker processes "
                                           "on this machine").strip()
         workers_text = cols[1].text_input("Local workers", value="2", key="cv_workers",
-                                          help="with local: how many worker processes (1 to 64)")
+                                          help=f"with local: how many worker processes (1 to {MAX_LOCAL_WORKERS})")
         try:
             workers = int(workers_text.strip())
-            if not 1 <= workers <= 64:
+            if not 1 <= workers <= MAX_LOCAL_WORKERS:
                 raise ValueError
         except ValueError:
-            problem = problem or cv.CVError(f"workers: {workers_text.strip()!r} is not a whole number from 1 to 64")
+            problem = problem or cv.CVError(f"workers: {workers_text.strip()!r} is not a whole number from 1 to "
+                                                f"{MAX_LOCAL_WORKERS}")
         if not address:
             problem = problem or cv.CVError("cluster: give a scheduler address (tcp://HOST:PORT) or local")
     if st.button(f"Cross-validate ({len(configs)} folds)" if configs else "Cross-validate", key="cv_launch"):
