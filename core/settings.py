@@ -44,3 +44,8 @@ LABEL_OVERRIDES_FILE = _env_path("HIRISE_LABEL_OVERRIDES", PROJECT_ROOT / "label
 #: Suggestions the researcher rejected in the label review (the label kept, in the overrides' format): kept across
 #: sessions so a rejected suspect is not asked about again; never applied to the data.
 LABEL_REJECTIONS_FILE = _env_path("HIRISE_LABEL_REJECTIONS", PROJECT_ROOT / "label_rejections.csv")
+#: The labelling loop (`core.label`, the Label page): queues of windows to label under `queues/`, and the labelled
+#: tiles (a data source like any other) in `labelled-tiles/`.
+LABELLING_DIR = _env_path("HIRISE_LABELLING_DIR", PROJECT_ROOT / "labelling")
+LABEL_QUEUES_DIR = LABELLING_DIR / "queues"
+LABEL_STORE_DIR = LABELLING_DIR / "labelled-tiles"

@@ -9,7 +9,8 @@ _SESSION_TMP = Path(tempfile.mkdtemp(prefix="hirise-tests-"))
 _OURS = os.environ.get("HIRISE_TESTS_TMP")  # set below by this file, in the xdist controller: its workers inherit it
 for _name, _file in (("HIRISE_CACHE_DIR", "cache"), ("HIRISE_RUNS_DIR", "runs"), ("HIRISE_APP_STATE", "app-state.json"),
                      ("HIRISE_LABEL_OVERRIDES", "label_overrides.csv"),  # issue 16
-                     ("HIRISE_LABEL_REJECTIONS", "label_rejections.csv")):
+                     ("HIRISE_LABEL_REJECTIONS", "label_rejections.csv"),
+                     ("HIRISE_LABELLING_DIR", "labelling")):  # issue 31
     # each test process (each xdist worker) its own folders: inherited from the controller they were shared, and one
     # worker's runs and app state leaked into the other's tests. A value the user set is kept.
     if _name not in os.environ or (_OURS and os.environ[_name].startswith(_OURS)):

@@ -187,20 +187,25 @@ def _read_official(storage: Storage, path: Path, layout: Layout, keep_repeats: b
                   warnings=warnings)
 
 
-def _plain_record(path: Path, rel: str, label: int) -> Record:
+def _plain_record(path: Path, rel: str, label: int, observation: str | None = None) -> Record:
+    """A plain tile; its observation from the labels.csv column when given, else from a HiRISE-style name."""
     parts = parse_name(rel)
     return Record(source=path.name, path=rel, name=rel.rsplit("/", 1)[-1], label=label,
-                  observation=parts.observation, landmark=parts.landmark, aug=parts.aug)
+                  observation=observation or parts.observation, landmark=parts.landmark, aug=parts.aug)
 
 
 def _read_plain_csv(storage: Storage, path: Path) -> Source:
-    """A researcher's own tiles: `labels.csv` with `file,label` (label as id or class name)."""
+    """A researcher's own tiles: `labels.csv` with `file,label` (label as id or class name), and optionally more
+    columns after them: `observation` groups the tile with its observation (the Label page's store writes it);
+    the others are kept for people and ignored here."""
     text = _text(storage, "labels.csv")
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     where0 = f"{storage.describe()}/labels.csv"
     if header is None or [h.strip().lower() for h in header[:2]] != ["file", "label"]:
         raise DataError(f"{where0} line 1: expected the header 'file,label', got {','.join(header or [])!r}")
+    columns = [h.strip().lower() for h in header]
+    obs_column = columns.index("observation") if "observation" in columns else None
     records, missing, warnings = [], [], []
     first_row: dict[str, tuple[int, int]] = {}  # file -> (label, line) where it was first named
     repeated = 0
@@ -208,8 +213,9 @@ def _read_plain_csv(storage: Storage, path: Path) -> Source:
         if not row or not "".join(row).strip():
             continue
         where = f"{where0} line {lineno}"
-        if len(row) != 2:
-            raise DataError(f"{where}: malformed line {','.join(row)!r}; expected 'file,label'")
+        if len(row) != len(columns):
+            raise DataError(f"{where}: malformed line {','.join(row)!r}; expected {len(columns)} fields "
+                            f"({','.join(columns)})")
         rel = safe_relpath(row[0], where)
         try:
             label = class_index(row[1])
@@ -226,7 +232,11 @@ def _read_plain_csv(storage: Storage, path: Path) -> Source:
         if not storage.exists(rel):
             missing.append(rel)
             continue
-        records.append(_plain_record(path, rel, label))
+        observation = row[obs_column].strip() if obs_column is not None else ""
+        if observation and (len(observation) > 64 or not all(ch.isalnum() or ch in "_-." for ch in observation)):
+            raise DataError(f"{where}: observation {observation[:40]!r} is not an observation id (letters, digits, "
+                            "'_', '-' and '.', at most 64)")
+        records.append(_plain_record(path, rel, label, observation or None))
     if missing:
         warnings.append(f"{len(missing)} files named in labels.csv are missing and were skipped (e.g. {missing[0]})")
     if repeated:
