@@ -26,7 +26,8 @@ PAGES = (AppPage("views/home.py", "Home", ":material/satellite_alt:", "", "HiRIS
          AppPage("views/explain.py", "Explain", ":material/image_search:", "explain", "Explain"),
          AppPage("views/compare.py", "Compare", ":material/compare:", "compare", "Compare runs"),
          AppPage("views/explore.py", "Explore", ":material/scatter_plot:", "explore", "Explore"),
-         AppPage("views/scan.py", "Scan", ":material/travel_explore:", "scan", "Scan observations"))
+         AppPage("views/scan.py", "Scan", ":material/travel_explore:", "scan", "Scan observations"),
+         AppPage("views/label.py", "Label", ":material/label:", "label", "Label what the model is unsure of"))
 
 
 #: The browser tab's icon, served by the app itself: a ":material/...:" page icon would make Streamlit point the

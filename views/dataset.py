@@ -13,6 +13,7 @@ from core.data import CONFLICT_POLICIES, SPLIT_MODES, DataSpec, read_source, sum
 from core.data.spec import FRACTION_LIMIT, FRACTION_STEP
 from core.download import DEFAULT_DEST, DownloadError, download_v32
 from core.models import MODELS
+from core.settings import LABEL_STORE_DIR
 from ui import appstate, figures
 from ui.errors import USER_ERRORS, show_error
 from ui.imbalance import RARE_NOTE
@@ -68,6 +69,12 @@ if saved:
             st.rerun()
 if "dataset_note" in st.session_state:
     st.info(st.session_state.pop("dataset_note"))
+if (LABEL_STORE_DIR / "labels.csv").is_file() and \
+        str(LABEL_STORE_DIR.resolve()) not in {str(Path(p).resolve()) for p in appstate.data_paths()}:
+    st.info(f"The tiles labelled on the Label page (`{LABEL_STORE_DIR}`) are not among the sources.")
+    if st.button("Add the labelled tiles", key="ds_add_labelled"):
+        appstate.save_state(data_paths=[*appstate.data_paths(), str(LABEL_STORE_DIR.resolve())])
+        st.rerun()
 
 with st.expander("Download the v3.2 zip from Zenodo (record 4002935, about 900 MB)"):
     st.write(f"Saved as `{DEFAULT_DEST / 'hirise-map-proj-v3_2.zip'}` and checked against Zenodo's MD5; "
