@@ -154,31 +154,36 @@ else:
     index = waiting[0]
     c = queue.candidates[index]
     st.subheader(f"Window {index + 1} of {len(queue.candidates)}")
-    tile_col, info_col = st.columns([3, 2])
+    tile_col, answer_col = st.columns([1, 1])
     try:
         tile = queue.tile(index)
     except QueueError as exc:
         tile = None
         tile_col.error(f"{exc}.")
     if tile is not None:
-        tile_col.image(tile, width=480, caption=f"{Path(c['image']).name}, window at x {c['x']}, y {c['y']} "
+        tile_col.image(tile, width=420, caption=f"{Path(c['image']).name}, window at x {c['x']}, y {c['y']} "
                        f"({c['size']} px)")
+    with answer_col:
+        st.write("**Which class is it?** (keys 1-8)")
+        grid = st.columns(2)
+        for k, cls in enumerate(CLASS_NAMES):
+            grid[k % 2].button(f"{k + 1} · {cls}{' (rare)' if cls in RARE_CLASSES else ''}", key=f"lbl_class_{k}",
+                               on_click=_label, args=(index, cls), disabled=disabled or tile is None,
+                               width="stretch")
+        skip_col, undo_col = st.columns(2)
+        skip_col.button("s · Skip", key="lbl_skip", on_click=_skip, args=(index,), disabled=disabled,
+                        width="stretch")
+        undo_col.button("u · Undo", key="lbl_undo", on_click=_undo, disabled=disabled or done == 0,
+                        width="stretch")
+        st.write("**What the model says**")
+        st.dataframe(pd.DataFrame([{"class": n, "probability": f"{p:.1%}"} for n, p in c["top3"]]),
+                     hide_index=True, width="stretch")
+        if c.get("typicality") is not None:
+            text, flagged = describe(float(c["typicality"]))
+            (st.warning if flagged else st.caption)(f"Typicality: {text}")
     context = queue.context(index)
     if context is not None:
-        info_col.image(context, caption="Where it is: the window outlined in yellow, in the image around it")
-    info_col.dataframe(pd.DataFrame([{"class": n, "probability": f"{p:.1%}"} for n, p in c["top3"]]),
-                       hide_index=True, width="stretch")
-    if c.get("typicality") is not None:
-        text, flagged = describe(float(c["typicality"]))
-        (info_col.warning if flagged else info_col.caption)(f"Typicality: {text}")
-    st.write("**Which class is it?**")
-    cols = st.columns(4)
-    for k, cls in enumerate(CLASS_NAMES):
-        cols[k % 4].button(f"{k + 1} · {cls}{' (rare)' if cls in RARE_CLASSES else ''}", key=f"lbl_class_{k}",
-                           on_click=_label, args=(index, cls), disabled=disabled or tile is None, width="stretch")
-    skip_col, undo_col, _ = st.columns([1, 1, 2])
-    skip_col.button("s · Skip", key="lbl_skip", on_click=_skip, args=(index,), disabled=disabled, width="stretch")
-    undo_col.button("u · Undo", key="lbl_undo", on_click=_undo, disabled=disabled or done == 0, width="stretch")
+        st.image(context, width=420, caption="Where it is: the window outlined in yellow, in the image around it")
     bind_keys({**{str(k + 1): f"lbl_class_{k}" for k in range(len(CLASS_NAMES))}, "s": "lbl_skip", "u": "lbl_undo"})
 
 # ---- back to training --------------------------------------------------------------------------------------------
