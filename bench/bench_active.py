@@ -26,11 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.benchlib import real_data_missing  # noqa: E402
-from core.classes import CLASS_NAMES  # noqa: E402
-from core.label.store import RARE_CLASSES  # noqa: E402
-from core.label.strategies import STRATEGIES, Pool, rank  # noqa: E402
-from core.settings import CACHE_DIR, PROJECT_ROOT, SHARED_DATA_DIR  # noqa: E402
+from bench.benchlib import real_data_missing
+from core.classes import CLASS_NAMES
+from core.label.store import RARE_CLASSES
+from core.label.strategies import STRATEGIES, Pool, rank
+from core.settings import CACHE_DIR, PROJECT_ROOT, SHARED_DATA_DIR
 
 SOURCES = ("hirise-v3_2-subset", "hirise-v3-subset")
 FEATURE_ARCH, FEATURE_SIZE = "tf_efficientnet_lite0", 224
