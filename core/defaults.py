@@ -298,12 +298,24 @@ def _gate(cv_id: str, champion: dict[str, Any], rep: dict[str, Any], files: dict
                             f"default {champion['id']} was cross-validated with {ccv.get('folds')} folds, seed "
                             f"{ccv.get('seed')}: cross-validate on the same folds")
     theirs = load_oof(champion["id"], path)
-    if ccv.get("fingerprint") != fp:
+    if ccv.get("fingerprint") != fp and not _same_folds_plus_added(files, theirs, ccv.get("fingerprint")):
         differ = len(set(map(str, files["name"])) ^ set(map(str, theirs["name"])))
         raise RegistryError(f"promote: {cv_id} was scored on other data or folds than the default "
                             f"{champion['id']} (fingerprint {fp} against {ccv.get('fingerprint')}; "
                             f"{differ} files in one and not the other)")
     return compare(files, theirs), compare(files, theirs, "pred_tta")
+
+
+def _same_folds_plus_added(files: dict[str, Any], theirs: dict[str, Any], champion_fingerprint: str | None) -> bool:
+    """True when the challenger scored every one of the champion's files, with the same labels in the same folds,
+    and more besides: tiles labelled in the studio since (they never move the folds, `fold_of_observation`). The
+    gate then pairs the two on the champion's files alone."""
+    names = set(map(str, theirs["name"]))
+    keep = [i for i, n in enumerate(files["name"]) if str(n) in names]
+    if len(keep) != len(names) or len(keep) == len(files["name"]):
+        return False
+    subset = {k: [files[k][i] for i in keep] for k in ("name", "y", "fold")}
+    return fingerprint(subset) == champion_fingerprint
 
 
 def _dry_run(cv_id: str, rep: dict[str, Any], files: dict[str, Any], path: Path,

@@ -85,7 +85,7 @@ def test_a_label_is_saved_at_once_as_a_data_source_that_groups_by_observation(tm
     _label(store, 0, "spider")
     _label(store, 1, "other")
     source = read_source(store.folder)
-    assert source.kind == "plain tiles" and len(source.records) == 2
+    assert source.kind == "labelled in the studio" and len(source.records) == 2
     assert {r.observation for r in source.records} == {"ESP_011283_2265_RED"}
     assert {r.label for r in source.records} == {0, 7}
     assert (store.folder / source.records[0].path).is_file()
@@ -282,3 +282,51 @@ def test_plain_labels_take_an_observation_column_and_refuse_ragged_rows(tmp_path
     (tmp_path / "labels.csv").write_text("file,label,observation\ntiles/a.png,spider,../../x\n")
     with pytest.raises(DataError, match="not an observation id"):
         read_source(tmp_path)
+
+
+# ---- new labels keep the champion's folds ------------------------------------------------------------------------
+def test_labelled_tiles_never_move_the_folds_of_the_others_and_join_their_observations(v32_folder, tmp_path):
+    from core.data.split import fold_of_observation
+
+    base = read_source(v32_folder).records
+    store = LabelStore(tmp_path / "store")
+    known = base[0].observation
+    _label(store, 0, "spider")  # a new observation
+    store.label("q1", 1, "crater", _tile(), image="/x/a.png", x=0, y=0, size=227, observation=known)
+    added = read_source(store.folder).records
+    assert all(r.added for r in added) and read_source(store.folder).kind == "labelled in the studio"
+    before = fold_of_observation(base, 3, seed=0)
+    after = fold_of_observation([*base, *added], 3, seed=0)
+    assert {o: after[o] for o in before} == before
+    assert "ESP_011283_2265_RED" in after
+
+
+def test_the_gate_pairs_a_cv_with_new_labels_on_the_champions_files_only():
+    from core.defaults import _same_folds_plus_added, fingerprint
+
+    champ = {"name": ["a", "b", "c"], "y": [0, 1, 2], "fold": [0, 1, 2]}
+    fp = fingerprint(champ)
+    plus = {"name": ["a", "b", "c", "new"], "y": [0, 1, 2, 7], "fold": [0, 1, 2, 1]}
+    assert _same_folds_plus_added(plus, champ, fp)
+    moved = {**plus, "fold": [1, 1, 2, 1]}  # a champion's file in another fold: not the same folds
+    assert not _same_folds_plus_added(moved, champ, fp)
+    dropped = {"name": ["a", "b", "new"], "y": [0, 1, 7], "fold": [0, 1, 1]}  # a champion's file missing
+    assert not _same_folds_plus_added(dropped, champ, fp)
+    relabelled = {**plus, "y": [0, 1, 3, 7]}
+    assert not _same_folds_plus_added(relabelled, champ, fp)
+    assert not _same_folds_plus_added(champ, champ, "other")  # nothing added: the plain fingerprint rule applies
+
+
+def test_the_cv_with_new_labels_is_the_defaults_folds_and_recipe_on_the_data_plus_the_labels(v32_folder, tmp_path):
+    from core.data.spec import DataSpec
+    from core.label.retrain import cv_configs
+
+    store = LabelStore(tmp_path / "store")
+    _label(store, 0, "spider")
+    entry = {"id": "20261206-084501-2c5c", "cv": {"folds": 3, "seed": 5, "recipe": {
+        "model": "simple_cnn", "image_size": 48, "epochs": 2, "imbalance": "sqrt_weighted_loss", "augment": "online",
+        "max_steps_per_epoch": 0, "amp": False, "label_smoothing": 0.05, "freeze_below": None, "init": "scratch"}}}
+    configs = cv_configs(entry, DataSpec((str(v32_folder),)), store.folder)
+    assert [(c.cv_folds, c.cv_fold, c.split_seed) for c in configs] == [(3, i, 5) for i in range(3)]
+    assert configs[0].data == [str(v32_folder), str(store.folder.resolve())]
+    assert (configs[0].model, configs[0].epochs, configs[0].image_size) == ("simple_cnn", 2, 48)

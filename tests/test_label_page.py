@@ -50,6 +50,7 @@ def test_a_queue_is_labelled_with_the_class_buttons_undone_and_counted(queue):
     rows = LabelStore(LABEL_STORE_DIR).labelled()
     assert [r["label"] for r in rows.values()] == ["spider"]
     assert "1 labelled tile(s)" in texts(at)
+    assert any(b.label.startswith("Cross-validate with the new labels (") for b in at.button)  # the default has a CV
     button(at, "Add the labelled tiles to the data sources").click().run()
     assert "the Dataset page now lists the labelled tiles" in texts(at)
     from ui.appstate import data_paths

@@ -8,13 +8,15 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import jobs
+from core import cv, jobs
 from core.classes import CLASS_NAMES
+from core.defaults import read_registry
 from core.label.queue import MAX_BUDGET, QueueError, file_digest, list_queues, make_queue, valid_name
-from core.label.retrain import FINETUNE_EPOCHS, finetune_config
+from core.label.retrain import FINETUNE_EPOCHS, cv_configs, finetune_config
 from core.label.store import RARE_CLASSES, LabelStore, StoreError, progress_line
 from core.label.strategies import DEFAULT_STRATEGY, STRATEGIES
 from core.ood import describe
+from core.registry import current_entry
 from core.scan_jobs import list_scans
 from core.settings import DEFAULT_CHECKPOINT, LABEL_QUEUES_DIR, LABEL_STORE_DIR
 from ui import appstate
@@ -218,3 +220,24 @@ if st.button("Fine-tune on the new labels", key="lbl_finetune"):
         show_error(exc, "Not started")
     else:
         st.success(f"Queued {run.path.name}: follow it on the Train page.")
+
+try:
+    champion = current_entry(read_registry())
+except USER_ERRORS:
+    champion = None
+if champion and champion.get("cv"):
+    folds = champion["cv"].get("folds")
+    st.write(f"**Cross-validate with the new labels**: the default's recipe on its own {folds} folds (seed "
+             f"{champion['cv'].get('seed')}), on the data in use plus the labelled tiles. The labelled tiles never "
+             "move the default's folds, so once it is complete and refit, Promote (Train page) pairs it with the "
+             f"default {champion['id']} on the default's own files, and makes it the default only if it wins.")
+    if st.button(f"Cross-validate with the new labels ({folds} folds)", key="lbl_cv"):
+        try:
+            cv_id, runs = cv.launch(cv_configs(champion, appstate.data_spec(), LABEL_STORE_DIR))
+        except (*USER_ERRORS, jobs.JobError) as exc:
+            show_error(exc, "Not launched")
+        else:
+            st.success(f"Cross-validation {cv_id}: queued {len(runs)} folds; its report and Refit are on the Train "
+                       "page under Cross-validations.")
+else:
+    st.caption("The default has no cross-validation on record, so the fine-tune's figures are a single split's.")

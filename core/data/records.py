@@ -56,6 +56,7 @@ class Record:
     landmark: str = ""
     aug: str = ""
     version: str = ""  # data set version of the source: "3", "3.2", or "" for plain tiles
+    added: bool = False  # labelled in the studio (the Label page's store): never moves the folds of the others
 
     @property
     def is_original(self) -> bool:

@@ -31,13 +31,17 @@ LAYOUTS = (
 )
 
 
+#: The file that marks a folder as the Label page's labelled-tiles store (`core.label.store`, its history).
+STUDIO_STORE_MARK = "history.jsonl"
+
+
 @dataclass
 class Source:
     """The records of one folder or zip, and everything odd found while reading it."""
 
     name: str
     location: str
-    kind: str  # "official v3.2", "official v3", "plain tiles"
+    kind: str  # "official v3.2", "official v3", "plain tiles", "labelled in the studio"
     version: str
     storage: Storage
     records: list[Record]
@@ -187,11 +191,11 @@ def _read_official(storage: Storage, path: Path, layout: Layout, keep_repeats: b
                   warnings=warnings)
 
 
-def _plain_record(path: Path, rel: str, label: int, observation: str | None = None) -> Record:
+def _plain_record(path: Path, rel: str, label: int, observation: str | None = None, added: bool = False) -> Record:
     """A plain tile; its observation from the labels.csv column when given, else from a HiRISE-style name."""
     parts = parse_name(rel)
     return Record(source=path.name, path=rel, name=rel.rsplit("/", 1)[-1], label=label,
-                  observation=observation or parts.observation, landmark=parts.landmark, aug=parts.aug)
+                  observation=observation or parts.observation, landmark=parts.landmark, aug=parts.aug, added=added)
 
 
 def _read_plain_csv(storage: Storage, path: Path) -> Source:
@@ -206,6 +210,7 @@ def _read_plain_csv(storage: Storage, path: Path) -> Source:
         raise DataError(f"{where0} line 1: expected the header 'file,label', got {','.join(header or [])!r}")
     columns = [h.strip().lower() for h in header]
     obs_column = columns.index("observation") if "observation" in columns else None
+    studio = storage.exists(STUDIO_STORE_MARK)  # the Label page's store: its tiles never move the others' folds
     records, missing, warnings = [], [], []
     first_row: dict[str, tuple[int, int]] = {}  # file -> (label, line) where it was first named
     repeated = 0
@@ -236,15 +241,15 @@ def _read_plain_csv(storage: Storage, path: Path) -> Source:
         if observation and (len(observation) > 64 or not all(ch.isalnum() or ch in "_-." for ch in observation)):
             raise DataError(f"{where}: observation {observation[:40]!r} is not an observation id (letters, digits, "
                             "'_', '-' and '.', at most 64)")
-        records.append(_plain_record(path, rel, label, observation or None))
+        records.append(_plain_record(path, rel, label, observation or None, added=studio))
     if missing:
         warnings.append(f"{len(missing)} files named in labels.csv are missing and were skipped (e.g. {missing[0]})")
     if repeated:
         warnings.append(f"labels.csv names {repeated} files again with the same label; the repeats were dropped")
     if not records:
         raise DataError(f"{where0}: no labelled tile was found (the data set is empty)")
-    return Source(name=path.name, location=str(path), kind="plain tiles", version="", storage=storage,
-                  records=records, missing=sorted(missing), warnings=warnings)
+    return Source(name=path.name, location=str(path), kind="labelled in the studio" if studio else "plain tiles",
+                  version="", storage=storage, records=records, missing=sorted(missing), warnings=warnings)
 
 
 def _class_dirs(storage: Storage) -> dict[str, int]:

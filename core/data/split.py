@@ -68,7 +68,8 @@ def grouped_observation_split(records: Sequence[Record], val_fraction: float, te
     here). So: a seeded greedy pass puts each observation, largest first, on the side where it
     brings every class's share closest to its target, each class weighing the same however rare.
     """
-    named = [r for r in records if r.observation and r.is_original] or [r for r in records if r.observation]
+    base = [r for r in records if not r.added] or list(records)
+    named = [r for r in base if r.observation and r.is_original] or [r for r in base if r.observation]
     split_of: dict[str, str] = {r.observation: "train" for r in records if r.observation}  # type: ignore[misc]
     if not named:
         return split_of
@@ -112,12 +113,17 @@ def fold_of_observation(records: Sequence[Record], folds: int, seed: int) -> dic
     observation and with it every augmented copy of its landmarks sits in exactly one fold; then the same
     placement pass as the grouped split moves observations so that every class with at least `folds`
     observations is in every fold (StratifiedGroupKFold alone can leave a rare class out of a fold). A class with
-    fewer observations than folds cannot be validated in every fold: `fold_coverage` names it."""
+    fewer observations than folds cannot be validated in every fold: `fold_coverage` names it.
+
+    Tiles labelled in the studio (`Record.added`) never move the others: the folds are made without them, and
+    they join their observation's fold (a new observation follows a fixed hash into one). So a cross-validation
+    with new labels keeps the champion's folds on the champion's files, and the promotion gate can pair them."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     if folds < 2:
         raise DataError(f"cross-validation needs at least 2 folds, not {folds}")
-    named = [r for r in records if r.observation and r.is_original] or [r for r in records if r.observation]
+    base = [r for r in records if not r.added] or list(records)
+    named = [r for r in base if r.observation and r.is_original] or [r for r in base if r.observation]
     groups = sorted({r.observation for r in named})  # type: ignore[misc]
     if len(groups) < folds:
         raise DataError(f"{folds}-fold cross-validation needs at least {folds} observations; the data has "

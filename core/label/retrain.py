@@ -37,3 +37,22 @@ def finetune_config(default_checkpoint: Path, spec: DataSpec, store: Path, epoch
                   keep_split_repeats=spec.keep_split_repeats, init="run", init_from=str(default_checkpoint),
                   epochs=epochs, cv_folds=0, cv_fold=0, calibrate_from="", name=name)
     return cfg.validate()
+
+
+def cv_configs(entry: dict, spec: DataSpec, store: Path) -> list[RunConfig]:
+    """The current default's cross-validation again, on its folds (count and seed) and its recipe (as the
+    registry records it), on the data in use plus the labelled tiles. The labelled tiles never move the folds of
+    the others (`core.data.split.fold_of_observation`), so the promotion gate pairs it with the default on the
+    default's own files; it refuses, naming the difference, when the data in use is not the default's."""
+    from ..cv import plan
+
+    if not (Path(store) / "labels.csv").is_file():
+        raise ConfigError(f"no labelled tiles yet at {store}: label some on the Label page first")
+    cv = entry.get("cv") or {}
+    recipe = {k: v for k, v in (cv.get("recipe") or {}).items()
+              if v is not None and k in RunConfig.__dataclass_fields__}
+    data = list(dict.fromkeys([*spec.paths, str(Path(store).resolve())]))
+    base = RunConfig.from_dict({**recipe, "data": data, "conflict_policy": spec.conflict_policy,
+                                "keep_split_repeats": spec.keep_split_repeats,
+                                "name": f"{entry.get('id', 'default')}-new-labels"[:60]})
+    return plan(base, cv.get("folds", 3), cv.get("seed", 0))

@@ -25,9 +25,10 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..classes import CLASS_NAMES
+from ..data.sources import STUDIO_STORE_MARK
 
 LABELS = "labels.csv"
-HISTORY = "history.jsonl"
+HISTORY = STUDIO_STORE_MARK  # its presence makes the folder read as studio-labelled tiles (core.data)
 DIGEST = ".labels.csv.sha256"
 TILES = "tiles"
 COLUMNS = ("file", "label", "observation", "image", "x", "y", "size", "queue", "time")
