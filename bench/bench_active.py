@@ -8,7 +8,7 @@ rare classes' recall are scored on the test observations after each round.
 
 Prints, per strategy: macro-F1 and rare recall against labels spent (mean over seeds, with a 95% bootstrap
 interval over seeds), and how many labels each strategy needs to reach random's final macro-F1 (the goal: at
-most 60% of random's). Writes docs/images/active-learning.png and a JSON of every figure.
+most 60% of random's). Writes docs/img/active-learning.png and a JSON of every figure.
 
     python bench/bench_active.py [--seeds 5] [--rounds 8] [--per-round 50] [--seed-size 40]
 """
@@ -34,7 +34,7 @@ from core.settings import CACHE_DIR, PROJECT_ROOT, SHARED_DATA_DIR
 
 SOURCES = ("hirise-v3_2-subset", "hirise-v3-subset")
 FEATURE_ARCH, FEATURE_SIZE = "tf_efficientnet_lite0", 224
-PLOT = PROJECT_ROOT / "docs" / "images" / "active-learning.png"
+PLOT = PROJECT_ROOT / "docs" / "img" / "active-learning.png"
 
 
 def originals(data_root: Path):

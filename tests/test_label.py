@@ -330,3 +330,19 @@ def test_the_cv_with_new_labels_is_the_defaults_folds_and_recipe_on_the_data_plu
     assert [(c.cv_folds, c.cv_fold, c.split_seed) for c in configs] == [(3, i, 5) for i in range(3)]
     assert configs[0].data == [str(v32_folder), str(store.folder.resolve())]
     assert (configs[0].model, configs[0].epochs, configs[0].image_size) == ("simple_cnn", 2, 48)
+
+
+def test_a_window_outside_its_image_is_said_and_a_gone_image_is_no_problem(queue, tmp_path):
+    import shutil
+
+    copy = tmp_path / "edited"
+    shutil.copytree(queue.path, copy)
+    meta = json.loads((copy / "queue.json").read_text())
+    big = next(k for k, c in enumerate(meta["candidates"]) if "PSP_001234" in c["image"])
+    assert load(copy).window_problem(big) is None
+    meta["candidates"][big]["x"] = 5000
+    (copy / "queue.json").write_text(json.dumps(meta))
+    assert "lies outside its image PSP_001234_1800_RED.png (681x454 px)" in load(copy).window_problem(big)
+    meta["candidates"][big]["image"] = str(tmp_path / "gone.png")
+    (copy / "queue.json").write_text(json.dumps(meta))
+    assert load(copy).window_problem(big) is None

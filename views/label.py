@@ -111,6 +111,10 @@ if "lbl_said" in st.session_state:
 
 def _label(index: int, label: str) -> None:
     c = queue.candidates[index]
+    problem = queue.window_problem(index)
+    if problem:
+        st.session_state["lbl_said"] = (f"Not saved: {problem}.", False)
+        return
     try:
         store.label(queue.name, index, label, queue.tile(index), image=c["image"], x=c["x"], y=c["y"],
                     size=c["size"], observation=c.get("observation"))

@@ -67,6 +67,22 @@ class Queue:
         except QueueError:
             return None
 
+    def window_problem(self, index: int) -> str | None:
+        """Why candidate `index`'s window is not a window of its image (a queue edited by hand), or None. An image
+        that is gone since is no problem: the queue keeps the tile itself."""
+        c = self.candidates[index]
+        image = Path(c["image"])
+        if not image.is_file():
+            return None
+        try:
+            width, height = _image_size(image)
+        except (OSError, ValueError):
+            return None
+        if c["x"] + c["size"] > width or c["y"] + c["size"] > height:
+            return (f"candidate {index + 1}'s window (x {c['x']}, y {c['y']}, {c['size']} px) lies outside its image "
+                    f"{image.name} ({width}x{height} px): the queue was changed by hand; skip it")
+        return None
+
     def problems(self, class_names: Sequence[str] = CLASS_NAMES, model_digest: str | None = None) -> list[str]:
         """What a labeller should know before starting: another class list (refuse), another model (a note)."""
         said = []
@@ -78,6 +94,20 @@ class Queue:
                         "the current default: its order reflects what that model was unsure of (the labels are "
                         "as good)")
         return said
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header: PIL for plain images, GDAL for observations (never decoded)."""
+    from ..raster import GDAL_SUFFIXES, open_raster
+
+    if path.suffix.lower() in GDAL_SUFFIXES:
+        with open_raster(path) as raster:
+            h, w = raster.shape
+            return w, h
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.size
 
 
 def valid_name(name: str) -> str:
@@ -231,9 +261,13 @@ def make_queue(source: Path, out: Path, strategy: str, budget: int, checkpoint: 
         try:
             _write(stage, cut, windows, order, probs, typical, loaded, source, strategy, budget, seed, notes,
                    len(windows))
-            if out.is_dir():
-                out.rmdir()  # empty: checked above
-            stage.rename(out)
+            try:
+                if out.is_dir():
+                    out.rmdir()  # empty: checked above
+                stage.rename(out)
+            except OSError:  # made meanwhile by another session or process
+                raise QueueError(f"{out} already exists; a queue is never written over (another name, or remove "
+                                 "it)") from None
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
