@@ -11,7 +11,7 @@ difference says whether it stands out of the noise of which observations happene
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +107,19 @@ def intervals(y_true: Sequence[int], y_pred: Sequence[int], groups: Sequence[str
     out.update({"groups": len(per_group), "draws": n_draws, "level": LEVEL,
                 "method": f"bootstrap over {len(per_group)} observations ({n_draws} draws)"})
     return out
+
+
+def statistic_interval(columns: np.ndarray, groups: Sequence[str | None],
+                       statistic: Callable[[np.ndarray], np.ndarray], n_draws: int = N_DRAWS,
+                       seed: int = 0) -> list[float] | None:
+    """95% interval of any figure that is a function of per-tile sums, from the same resampling of observations:
+    `columns` (N, K) per tile are summed per observation, each draw weighs the observations, and `statistic` maps
+    the (draws, K) sums to (draws,) values (top-2 accuracy: hits / tiles; ECE: the bins' counts and sums)."""
+    columns = np.asarray(columns, np.float64).reshape(len(groups), -1)
+    gid = group_ids(list(groups))
+    per_group = np.zeros((int(gid.max()) + 1 if len(gid) else 0, columns.shape[1]))
+    np.add.at(per_group, gid, columns)
+    return _as_list(_interval(statistic(draw_weights(len(per_group), n_draws, seed) @ per_group)))
 
 
 def paired_difference(y_true: Sequence[int], pred_a: Sequence[int], pred_b: Sequence[int],

@@ -68,6 +68,28 @@ def _bins(probs: np.ndarray, labels: np.ndarray, n_bins: int) -> tuple[np.ndarra
     return count, acc, mean_conf, np.linspace(0.0, 1.0, n_bins + 1)
 
 
+def ece_columns(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> np.ndarray:
+    """(N, 3 * n_bins) per tile: its bin (one-hot), its top-1 hit and its confidence in that bin's slots; summed
+    over any set of tiles they give that set's ECE (`ece_of_sums`): what the bootstrap resamples."""
+    probs = np.asarray(probs, dtype=np.float64)
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == np.asarray(labels, dtype=np.int64)).astype(np.float64)
+    idx = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    out = np.zeros((len(conf), 3 * n_bins))
+    rows = np.arange(len(conf))
+    out[rows, idx] = 1.0
+    out[rows, n_bins + idx] = correct
+    out[rows, 2 * n_bins + idx] = conf
+    return out
+
+
+def ece_of_sums(sums: np.ndarray) -> np.ndarray:
+    """ECE from (..., 3 * n_bins) sums of `ece_columns`: sum over bins of |hits - confidence| over the tiles."""
+    n_bins = sums.shape[-1] // 3
+    count, hits, conf = sums[..., :n_bins], sums[..., n_bins:2 * n_bins], sums[..., 2 * n_bins:]
+    return np.abs(hits - conf).sum(-1) / np.maximum(count.sum(-1), 1e-12)
+
+
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
     """Top-label ECE: the support-weighted mean |accuracy - confidence| over equal-width bins."""
     if len(labels) == 0:

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
-from .bootstrap import fmt, intervals
-from .calibration import expected_calibration_error, fit_temperature, reliability_diagram
+from .bootstrap import fmt, intervals, statistic_interval
+from .calibration import ece_columns, ece_of_sums, expected_calibration_error, fit_temperature, reliability_diagram
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
 from .data import DataError, HiriseData, Record, RecordTiles
 from .data.cli import add_data_arguments, load_from_args
@@ -94,7 +94,12 @@ def report_from_logits(loaded: LoadedModel, data: HiriseData, records: list[Reco
     pred = probs.argmax(1)
 
     report = classification_metrics(y, probs, names)
-    report["intervals"] = intervals(y, pred, [r.observation for r in records], len(names))
+    groups = [r.observation for r in records]
+    report["intervals"] = intervals(y, pred, groups, len(names))
+    top2 = (np.argsort(-probs, axis=1)[:, :2] == y[:, None]).any(1).astype(np.float64)
+    report["intervals"]["top2_accuracy"] = statistic_interval(np.stack([top2, np.ones_like(top2)], 1), groups,
+                                                              lambda s: s[:, 0] / np.maximum(s[:, 1], 1))
+    report["intervals"]["ece_calibrated"] = statistic_interval(ece_columns(probs, y), groups, ece_of_sums)
     report["curves"] = per_class_curves(y, probs, names)
     report["calibration"] = {"temperature": loaded.temperature,
                              "ece_uncalibrated": expected_calibration_error(raw, y),

@@ -318,3 +318,20 @@ def test_a_reports_warnings_are_about_the_tiles_it_scored():
     assert evaluate.scored_warnings(data, np.array([0, 1, 7]), names, "all") == ["src: 3 labelled files are missing"]
     on_val = evaluate.scored_warnings(data, np.array([0, 1]), names, "val")
     assert on_val[1].startswith("spider: no tiles in the val tiles scored here") and len(on_val) == 2
+
+
+def test_top2_accuracy_and_ece_carry_intervals_over_observations(val_report):
+    """Issue 33 (walk): every headline figure on Evaluate has its interval, top-2 accuracy and ECE included."""
+    from core.bootstrap import statistic_interval
+    from core.calibration import ece_columns, ece_of_sums
+
+    report = val_report
+    for key, value in (("top2_accuracy", report["top2_accuracy"]),
+                       ("ece_calibrated", report["calibration"]["ece_calibrated"])):
+        low, high = report["intervals"][key]
+        assert low - 1e-4 <= value <= high + 1e-4, key  # intervals are kept to 4 decimals
+    rng = np.random.default_rng(0)
+    probs, y = rng.dirichlet(np.ones(8) * 0.5, size=200), rng.integers(0, 8, 200)
+    assert ece_of_sums(ece_columns(probs, y).sum(0)) == pytest.approx(expected_calibration_error(probs, y))
+    one_group = statistic_interval(ece_columns(probs, y), ["a"] * 200, ece_of_sums)  # one observation: no spread
+    assert one_group[0] == one_group[1] == pytest.approx(expected_calibration_error(probs, y), abs=1e-4)

@@ -111,11 +111,15 @@ cols = st.columns(3)
 cols[0].metric(f"Always-{base['class']} baseline accuracy", f"{base['accuracy']:.3f}",
                help="Accuracy of answering the majority class every time")
 cols[1].metric("Top-2 accuracy", f"{report['top2_accuracy']:.3f}" if report.get("top2_accuracy") else "–")
+if intervals and intervals.get("top2_accuracy"):
+    cols[1].caption(f"95% interval {interval_text(intervals['top2_accuracy'])}")
 cal = report.get("calibration", {})
 calibrated = abs(float(cal.get("temperature", 1)) - 1.0) > 1e-9  # a fitted temperature is never exactly 1
 cols[2].metric("ECE (calibrated)" if calibrated else "ECE (not calibrated)", f"{cal.get('ece_calibrated', 0):.3f}",
                help=f"temperature {cal.get('temperature', 1):.2f}; uncalibrated ECE "
                     f"{cal.get('ece_uncalibrated', 0):.3f}. The reliability diagram is below.")
+if intervals and intervals.get("ece_calibrated"):
+    cols[2].caption(f"95% interval {interval_text(intervals['ece_calibrated'])}")
 st.caption(f"{report['n']:,} tiles · split {report['split']} · "
            f"{'originals only' if report['originals_only'] else 'all files'} · TTA {'on' if report['tta'] else 'off'}"
            f" · {report.get('precision', 'fp32')}"
