@@ -193,10 +193,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.seed_size} seed labels + {args.rounds} rounds of {args.per_round}; learner: logistic regression "
           f"on ImageNet {FEATURE_ARCH} features at {FEATURE_SIZE} px; strategies: "
           f"{', '.join(s.name for s in strategies)} (ood needs the model's reference: not simulated)")
-    results: dict[str, list] = {}
+    results: dict[str, list] = {s.name: [] for s in strategies}
+    total, start = len(strategies) * args.seeds, time.perf_counter()
     for s in strategies:
-        results[s.name] = [simulate(features, labels, groups, s.name, seed, args.rounds, args.per_round,
-                                    args.seed_size) for seed in range(args.seeds)]
+        for seed in range(args.seeds):
+            results[s.name].append(simulate(features, labels, groups, s.name, seed, args.rounds, args.per_round,
+                                            args.seed_size))
+            done = sum(map(len, results.values()))
+            eta = (time.perf_counter() - start) / done * (total - done)
+            print(f"\rsimulated {done}/{total} (strategy, seed) curves, ETA {eta:.0f} s", end="", file=sys.stderr,
+                  flush=True)
+    print(file=sys.stderr)
     random_final = np.asarray(results["random"])[:, -1, 1]
     budget_random = np.asarray(results["random"])[0, -1, 0]
     print(f"\n{'strategy':<10} {'labels':>6}  {'macro-F1 (95% CI over seeds)':<30} {'rare recall':<24} "

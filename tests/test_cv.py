@@ -342,6 +342,10 @@ def test_train_page_hands_a_cross_validation_to_a_cluster_only_when_it_answers(a
     assert "Not launched: workers: '0' is not a whole number from 1 to 64" in texts(at)
     assert {m["id"] for m in cv.list_cvs()} == before  # nothing started
     at.text_input(key="cv_workers").input("2").run()
+    at.switch_page("views/home.py").run()  # leaving the page and coming back keeps where the folds run (walk)
+    at.switch_page("views/train.py").run()
+    assert at.radio(key="cv_where").value == "on a Dask cluster"
+    assert (at.text_input(key="cv_cluster").value, at.text_input(key="cv_workers").value) == ("local", "2")
     launched = []
     real = cv.launch_on_cluster
     monkeypatch.setattr(cv, "launch_on_cluster", lambda *a, **k: launched.append(real(*a, **k)) or launched[-1])

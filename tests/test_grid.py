@@ -240,6 +240,10 @@ def test_train_page_grid_refuses_bad_values_at_the_field_then_queues_a_2x2_grid(
     assert any("lr: -1.0 is below the minimum" in e.value and "in the run lr-1.0" in e.value for e in at.error)
     at.button(key="grid_launch").click().run()
     assert "Grid not launched" in texts(at) and at.text_input(key="grid_values_lr").value == "1e-3, -1"
+    at.switch_page("views/home.py").run()  # leaving the page keeps the grid as typed (browser walk)
+    at.switch_page("views/train.py").run()
+    assert at.multiselect(key="grid_fields").value == ["lr"]
+    assert at.text_input(key="grid_values_lr").value == "1e-3, -1"
     assert {r.name for r in list_runs()} == before and not at.exception
 
     at.multiselect(key="grid_fields").set_value(["optimizer", "scheduler"]).run()

@@ -18,6 +18,7 @@ from ui import figures
 from ui.errors import show_error
 from ui.intervals import interval_caption, interval_text
 from ui.per_class import per_class_table
+from ui.widgets import kept
 
 SHOWN = "cv_shown"  # the cross-validation whose report is on screen
 ACTIVE = ("queued", "running")
@@ -26,11 +27,11 @@ ACTIVE = ("queued", "running")
 def cv_form(values: dict[str, Any]) -> None:
     """K folds (and the fold seed) over the run form's settings; every fold checked before anything is queued."""
     cols = st.columns([1, 1, 2])
-    folds_text = cols[0].text_input("Folds", value="5", key="cv_folds_text",
-                                    help=f"{MIN_FOLDS} to {MAX_FOLDS} folds, grouped by observation: every fold is a "
-                                         "run that validates on its own observations and trains on the rest")
-    seed_text = cols[1].text_input("Fold seed", value="0", key="cv_seed_text",
-                                   help="which observations fall in which fold (the same seed, the same folds)")
+    folds_text = kept(cols[0].text_input, "Folds", "cv_folds_text", "5",
+                      help=f"{MIN_FOLDS} to {MAX_FOLDS} folds, grouped by observation: every fold is a run that "
+                           "validates on its own observations and trains on the rest")
+    seed_text = kept(cols[1].text_input, "Fold seed", "cv_seed_text", "0",
+                     help="which observations fall in which fold (the same seed, the same folds)")
     configs, problem = None, None
     try:
         try:
@@ -47,17 +48,18 @@ def cv_form(values: dict[str, Any]) -> None:
                          "one after another; "
                          "each is scored at its last epoch, and their out-of-fold predictions are pooled in its "
                          "report, under Cross-validations further down once it is launched.")
-    where = st.radio("Run the folds", ("on this machine (the device queue)", "on a Dask cluster"), horizontal=True,
-                     key="cv_where", help="A cluster trains the folds side by side; its workers must see this runs "
-                                          "folder and the data at the same paths (docs/cluster.md)")
+    places = ("on this machine (the device queue)", "on a Dask cluster")
+    where = kept(st.radio, "Run the folds", "cv_where", places[0], places, horizontal=True,
+                 valid=lambda v: v in places, help="A cluster trains the folds side by side; its workers must see "
+                                                   "this runs folder and the data at the same paths (docs/cluster.md)")
     address, workers = None, 2
     if where == "on a Dask cluster":
         cols = st.columns([2, 1])
-        address = cols[0].text_input("Scheduler address", value="local", key="cv_cluster",
-                                     help="tcp://HOST:PORT of a running `dask scheduler`, or local: worker processes "
-                                          "on this machine").strip()
-        workers_text = cols[1].text_input("Local workers", value="2", key="cv_workers",
-                                          help=f"with local: how many worker processes (1 to {MAX_LOCAL_WORKERS})")
+        address = kept(cols[0].text_input, "Scheduler address", "cv_cluster", "local",
+                       help="tcp://HOST:PORT of a running `dask scheduler`, or local: worker processes on this "
+                            "machine").strip()
+        workers_text = kept(cols[1].text_input, "Local workers", "cv_workers", "2",
+                            help=f"with local: how many worker processes (1 to {MAX_LOCAL_WORKERS})")
         try:
             workers = int(workers_text.strip())
             if not 1 <= workers <= MAX_LOCAL_WORKERS:

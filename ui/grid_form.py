@@ -10,6 +10,7 @@ from core import cv, grid, jobs
 from core.config import field_specs
 from core.runs import ACTIVE_STATES
 from ui.errors import show_error
+from ui.widgets import kept
 
 COMPARE_PRESET = "compare_runs"  # run names the Compare page preselects (views/compare.py)
 SHOWN = "grid_shown"  # the grid whose results are on screen
@@ -19,13 +20,14 @@ def _value_widget(name: str, spec: dict) -> list[Any]:
     """The values of one varied option, as typed or picked: choices by a multiselect, the rest as text."""
     key = f"grid_values_{name}"
     if spec["type"] is bool:
-        return st.multiselect(f"{name}: values", ["true", "false"], key=key, help=spec["help"])
+        return kept(st.multiselect, f"{name}: values", key, [], ["true", "false"], help=spec["help"])
     if spec["choices"] and not grid.is_list_field(name):
-        return st.multiselect(f"{name}: values", list(spec["choices"]), key=key, help=spec["help"])
+        options = list(spec["choices"])
+        return kept(st.multiselect, f"{name}: values", key, [], options, help=spec["help"],
+                    valid=lambda v: all(x in options for x in v))
     example = "hflip+vflip, rot90" if grid.is_list_field(name) else f"{spec['default']}, ..."
-    text = st.text_input(f"{name}: values, separated by commas", key=key, placeholder=example,
-                         help=spec["help"] + (" (a value is transforms joined by +)" if grid.is_list_field(name)
-                                              else ""))
+    text = kept(st.text_input, f"{name}: values, separated by commas", key, "", placeholder=example,
+                help=spec["help"] + (" (a value is transforms joined by +)" if grid.is_list_field(name) else ""))
     return text.split(",") if text.strip() else []
 
 
@@ -34,10 +36,11 @@ def grid_form(values: dict[str, Any]) -> None:
     their names are shown before Launch, and every problem under its field. Nothing is queued unless every
     combination passes RunConfig's checks."""
     specs = {s["name"]: s for s in field_specs()}
-    chosen = st.multiselect(f"Options to vary (up to {grid.MAX_FIELDS})", grid.gridable_fields(),
-                            max_selections=grid.MAX_FIELDS, key="grid_fields",
-                            help="Every other setting is taken from the run form above, the same for every run. "
-                                 "Data options are not offered: the runs of a grid share one split.")
+    gridable = grid.gridable_fields()
+    chosen = kept(st.multiselect, f"Options to vary (up to {grid.MAX_FIELDS})", "grid_fields", [], gridable,
+                  max_selections=grid.MAX_FIELDS, valid=lambda v: all(x in gridable for x in v),
+                  help="Every other setting is taken from the run form above, the same for every run. "
+                       "Data options are not offered: the runs of a grid share one split.")
     axes, slots, problem = [], {}, None
     cols = st.columns(max(1, len(chosen)))
     for name, col in zip(chosen, cols, strict=False):  # one column even when nothing is chosen
@@ -61,9 +64,9 @@ def grid_form(values: dict[str, Any]) -> None:
             problem = exc
             slot = slots.get(exc.field)
             (slot.error if slot is not None else st.error)(str(exc), icon=":material/error:")
-    folds_text = st.text_input("Cross-validate each combination: folds (0: one run each, on one split)", value="0",
-                               key="grid_cv_folds",
-                               help="With K folds every combination becomes a K-fold cross-validation grouped by "
+    folds_text = kept(st.text_input, "Cross-validate each combination: folds (0: one run each, on one split)",
+                      "grid_cv_folds", "0",
+                      help="With K folds every combination becomes a K-fold cross-validation grouped by "
                                     "observation, and the table ranks them by out-of-fold macro-F1 with intervals")
     folds = 0
     if folds_text.strip() not in ("", "0"):
