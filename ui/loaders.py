@@ -112,11 +112,17 @@ def shipped_models() -> dict[str, Path]:
     """The checkpoints shipped in checkpoints/ (the default first), by display name."""
     choices: dict[str, Path] = {}
     if DEFAULT_CHECKPOINT.is_file():
-        choices[f"default model ({DEFAULT_CHECKPOINT.name})"] = DEFAULT_CHECKPOINT
+        choices[f"default model · {_short(DEFAULT_CHECKPOINT)}"] = DEFAULT_CHECKPOINT
     for path in sorted((PROJECT_ROOT / "checkpoints").glob("*.pt")):
         if path.resolve() != DEFAULT_CHECKPOINT.resolve():
-            choices[f"shipped baseline ({path.name})"] = path
+            choices[f"{_short(path)} · shipped baseline ({path.name})"] = path
     return choices
+
+
+def _short(path: Path) -> str:
+    """A checkpoint's name with what tells models apart first (a select box cuts the end off at 1400 px, and
+    'shipped baseline (hirise-efficientnet-lite...' read the same for Lite0 and Lite2)."""
+    return path.stem.removeprefix("hirise-").replace("efficientnet-lite", "EfficientNet-Lite")
 
 
 def model_choices() -> dict[str, Path]:
