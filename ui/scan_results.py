@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core.ood import describe
 from core.scan_jobs import ScanJob, observation_path
 from ui.errors import USER_ERRORS, show_error
 from ui.loaders import get_model
@@ -45,6 +46,8 @@ def _table(job: ScanJob, rows: list[dict], request: dict) -> None:
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
     for col in ("x0", "y0", "x1", "y1", "windows"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
+    # the out-of-distribution verdict of every row in the table, not only of the row clicked (browser walk)
+    frame["unusual"] = frame["typicality"].map(lambda t: "unusual" if pd.notna(t) and describe(float(t))[1] else "")
     classes = sorted(frame["label"].unique())
     counts = frame["label"].value_counts()
     picked = st.multiselect("Classes", classes, classes, format_func=lambda c: f"{c} ({counts[c]})",
@@ -55,14 +58,15 @@ def _table(job: ScanJob, rows: list[dict], request: dict) -> None:
                 icon=":material/filter_alt:")
         return
     georef = shown["lat"].notna().any()
-    columns = ["image", "label", "probability", "typicality", *(["lat", "lon"] if georef else []),
+    columns = ["image", "label", "probability", "typicality", "unusual", *(["lat", "lon"] if georef else []),
                "x0", "y0", "x1", "y1", "windows"]
     st.caption("Click a column's header to sort by it; click a row to see its window and Grad-CAM. "
                + ("Latitude and east longitude (0-360) of each window's centre, from the image's label or "
                   "GeoTIFF. " if georef else "This image has no georeferencing (no PDS3 label beside it, not a "
                                              "GeoTIFF): positions are in pixels. ")
                + "Typicality (the out-of-distribution check): the share of validation tiles that lie closer to the "
-                 "training tiles than this window; 0.95 or more flags a window unlike them.")
+                 "training tiles than this window; 0.95 or more flags a window unlike them (unusual: its "
+                 "prediction means little).")
     event = st.dataframe(shown[columns], hide_index=True, width="stretch", on_select="rerun",
                          selection_mode="single-row", key=f"scan-table-{job.name}",
                          column_config={"probability": st.column_config.NumberColumn(format="%.3f"),
