@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -652,3 +653,11 @@ def test_the_train_form_takes_the_dataset_pages_split():
         assert at.text_input(key="cfg_split_seed").value == "9"
     finally:
         appstate.save_state(data_options=before)
+
+
+def test_home_runs_table_gives_completed_runs_their_intervals(with_runs):
+    """The browser walk: Home's runs table showed bare figures; a completed run's now carry their 95% interval."""
+    at = run_page("app.py")
+    table = next(d.value for d in at.dataframe if "val macro-F1" in d.value.columns)
+    cells = table["val macro-F1"].tolist()
+    assert cells and all(re.fullmatch(r"\d\.\d{3} \(\d\.\d{2}[–-]\d\.\d{2}\)", c) for c in cells), cells

@@ -27,9 +27,32 @@ def _iv(intervals: dict, key: str) -> str:
     return f" ({interval_text(value)})" if isinstance(value, list) and len(value) == 2 else ""
 
 
-def _score(value: float | None) -> str:
-    """A score to three places, or a dash before the first epoch (never `None`)."""
-    return "–" if value is None else f"{value:.3f}"
+def _score(value: float | None, interval: list | None = None) -> str:
+    """A score to three places with its 95% interval when known, or a dash before the first epoch (never `None`)."""
+    if value is None:
+        return "–"
+    return f"{value:.3f}" + (f" ({interval_text(interval)})" if isinstance(interval, list) and len(interval) == 2
+                             else "")
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _kept_intervals(path: str, mtime_ns: int) -> dict:
+    """The 95% intervals of a completed run's kept checkpoint on its validation split (eval_val.json), read once
+    per version of the file."""
+    import json
+
+    try:
+        intervals = json.loads(Path(path).read_text()).get("intervals")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return intervals if isinstance(intervals, dict) else {}
+
+
+def _run_intervals(run) -> dict:
+    try:
+        return _kept_intervals(str(run.eval_file), run.eval_file.stat().st_mtime_ns)
+    except OSError:
+        return {}
 
 
 st.markdown(
@@ -89,11 +112,15 @@ else:
         cfg, status = run.config(), run.status()
         best = run.best_epoch(status)
         seen = observed_status(run, status)  # a vanished trainer reads as lost
+        kept = _run_intervals(run) if seen["state"] == "completed" else {}
         rows.append({"run": run.name, "state": seen["state"], "model": cfg.get("model") or "",
                      "progress": progress_column(seen, cfg),
                      "kept epoch": str(best.get("epoch") or "–"),  # the figures are this epoch's (best.pt)
-                     **{label: _score(best.get(key)) for label, key in SCORES},
+                     **{label: _score(best.get(key), kept.get(key.removeprefix("val_")))
+                        for label, key in SCORES},
                      "tags": ", ".join(run.notes()["tags"]), "started": status.get("started_at") or ""})
+    st.caption("The figures are each run's kept epoch on its validation split; in brackets, once it has completed, "
+               "their 95% interval (bootstrap over observations).")
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
                  column_config={"run": st.column_config.TextColumn(width="large"),
                                 "kept epoch": st.column_config.TextColumn(width="small"),
