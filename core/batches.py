@@ -33,6 +33,7 @@ class TrainData:
     train_labels: np.ndarray
     batch_augment: nn.Module | None = None  # online transforms done on whole batches on the device
     init: LoadedModel | None = None  # the run an `init run` training starts from, read once (weights, scaling)
+    val_groups: list[str | None] | None = None  # each validation tile's observation: the intervals resample them
 
 
 def prepare_data(cfg: RunConfig, log) -> TrainData:
@@ -72,7 +73,7 @@ def prepare_data(cfg: RunConfig, log) -> TrainData:
     log(f"train {len(train_records)} tiles ({len(train)} per epoch, augment={cfg.augment}), val {len(val_records)} "
         f"originals; train per class: " + ", ".join(f"{c} {n}" for c, n in zip(CLASS_NAMES, counts, strict=True)))
     return TrainData(data, train, val, mean, std, data.labels(train_records),
-                     augment.BatchAugment(batched) if batched else None, init)
+                     augment.BatchAugment(batched) if batched else None, init, [r.observation for r in val_records])
 
 
 def input_normalisation(cfg: RunConfig, data: HiriseData, train_records: list,

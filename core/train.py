@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .batches import ModelBatches, TrainData
+from .bootstrap import intervals
 from .checkpoint import (
     CheckpointError,
     TrainState,
@@ -34,6 +35,7 @@ from .checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from .choices import HEADLINE
 from .classes import NUM_CLASSES
 from .config import RunConfig
 from .data import split_manifest
@@ -269,7 +271,10 @@ def evaluate(cfg: RunConfig, model: nn.Module, td: TrainData, device: torch.devi
     """The model's validation metrics (`core.metrics.classification_metrics`) and loss, after an epoch."""
     logits = training_model_logits(model, td.val.tiles, NUM_CLASSES, td.mean, td.std, cfg.input_size, device,
                                    cfg.batch_size * 2, amp, cfg.channels_last)
-    val = classification_metrics(td.val.labels.numpy(), probabilities(logits))
+    probs = probabilities(logits)
+    val = classification_metrics(td.val.labels.numpy(), probs)
+    if td.val_groups and len(td.val_groups) == len(probs):  # each epoch's figures with their 95% intervals
+        val["intervals"] = intervals(td.val.labels.numpy(), probs.argmax(1), td.val_groups, NUM_CLASSES)
     return val, float(nn.functional.cross_entropy(torch.from_numpy(logits), td.val.labels))
 
 
@@ -278,7 +283,8 @@ def val_row(val: dict, val_loss: float) -> dict:
     return {"val_loss": val_loss, "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
             "val_balanced_accuracy": val["balanced_accuracy"],
             "val_recall": {c["class"]: c["recall"] if c["support"] else None for c in val["per_class"]},
-            "val_support": {c["class"]: c["support"] for c in val["per_class"]}}
+            "val_support": {c["class"]: c["support"] for c in val["per_class"]},
+            **({"val_intervals": {k: val["intervals"].get(k) for k in HEADLINE}} if val.get("intervals") else {})}
 
 
 def save_checkpoints(run: Run, cfg: RunConfig, t: Trainer, schedule: Schedule, td: TrainData, val: dict | None,

@@ -480,7 +480,8 @@ def test_the_live_recall_row_says_no_tiles_for_a_class_the_split_lacks(with_runs
     row = {"kind": "epoch", "epoch": 1, "step": 4, "train_loss": 1.0, "val_loss": 1.0, "val_accuracy": 0.5,
            "val_macro_f1": 0.4, "val_balanced_accuracy": 0.4, "images_per_s": 10.0, "seconds": 1.0, "best": True,
            "val_recall": {"other": 0.5, "crater": 0.25, "spider": None, "swiss cheese": 0.0},
-           "val_support": {"other": 4, "crater": 4, "spider": 0, "swiss cheese": 0}}
+           "val_support": {"other": 4, "crater": 4, "spider": 0, "swiss cheese": 0},
+           "val_intervals": {"macro_f1": [0.2, 0.6], "balanced_accuracy": [0.25, 0.55], "accuracy": [0.3, 0.7]}}
     run = _fake_run("20260104-000000-recall", {"state": "completed"})
     run.metrics_file.write_text(json.dumps(row) + "\n")
     at = run_page("views/train.py")
@@ -489,6 +490,7 @@ def test_the_live_recall_row_says_no_tiles_for_a_class_the_split_lacks(with_runs
     table = next(d.value for d in at.dataframe if label in list(d.value.columns))  # a row per class
     # each recall with the Wilson interval of its counts: 2 of 4, 1 of 4
     assert list(table[label]) == ["0.50 (0.15–0.85)", "0.25 (0.05–0.70)", NO_TILES, NO_TILES] and not at.exception
+    assert "95% interval 0.20–0.60" in texts(at)  # the live headline figures carry their intervals too
 
 
 # ---- the app's state file written from several threads --------------------------------------------------------

@@ -72,8 +72,10 @@ def test_run_folder_checkpoint_and_falling_loss(tmp_path, data_dir, monkeypatch)
     steps = [r for r in run.metrics() if r["kind"] == "step"]
     assert len(epochs) == 6 and len(steps) >= 6
     for key in ("train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_balanced_accuracy", "lr",
-                "images_per_s", "seconds", "val_recall"):
+                "images_per_s", "seconds", "val_recall", "val_intervals"):
         assert key in epochs[0]
+    low, high = epochs[-1]["val_intervals"]["macro_f1"]  # each epoch's figures with their bootstrap interval
+    assert low - 1e-4 <= epochs[-1]["val_macro_f1"] <= high + 1e-4
     assert epochs[-1]["train_loss"] < 0.8 * epochs[0]["train_loss"]
     loaded = load_checkpoint(run.best_checkpoint)
     assert loaded.arch == "simple_cnn" and loaded.image_size == 48 and loaded.metrics["macro_f1"] >= 0

@@ -158,6 +158,10 @@ def live() -> None:
             cols[1].metric(f"val balanced accuracy ({which})", _figure(last.get("val_balanced_accuracy"), ".3f"))
             cols[2].metric(f"val accuracy ({which})", _figure(last.get("val_accuracy"), ".3f"))
             cols[3].metric("images/s", _figure(last.get("images_per_s"), ".0f"))
+            shown_iv = last.get("val_intervals") if isinstance(last.get("val_intervals"), dict) else {}
+            for col, key in zip(cols, ("macro_f1", "balanced_accuracy", "accuracy"), strict=False):
+                if isinstance(shown_iv.get(key), list) and len(shown_iv[key]) == 2:
+                    col.caption(f"95% interval {interval_text(shown_iv[key])}")
             if best.get("epoch") and best.get("epoch") != last["epoch"] and best.get("val_macro_f1") is not None:
                 st.caption(f"The run keeps its best epoch, {best['epoch']} (val macro-F1 {best['val_macro_f1']:.3f}), "
                            "as its checkpoint: Home, Evaluate and Compare show that one.")
