@@ -315,6 +315,8 @@ def test_review_finds_flipped_labels_in_separable_features():
     i = int(top["file"].split("-")[1].split(".")[0])
     assert CLASS_NAMES[labels[i]] == top["suggested"]  # the suggestion is the true class
     assert review.trustworthy and review.judge_macro_f1 > 0.8
+    low, high = review.judge_interval  # with its bootstrap interval over observations (browser walk)
+    assert low - 1e-4 <= review.judge_macro_f1 <= high + 1e-4
     # features that cannot tell the classes apart: the review says its doubts mean little
     noise = review_labels(recs, rng.normal(0, 1, (240, 32)))
     assert not noise.trustworthy and noise.judge_macro_f1 < 0.5

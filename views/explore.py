@@ -18,6 +18,7 @@ from ui import appstate
 from ui.errors import USER_ERRORS, show_error
 from ui.gallery import tile_gallery
 from ui.imbalance import RARE_NOTE
+from ui.intervals import interval_text
 from ui.loaders import get_data, get_model, require_model_choices
 from ui.progress import progress_bar
 from ui.widgets import kept_selectbox
@@ -242,7 +243,9 @@ with review_tab:
                  f"{len(todo):,} awaiting a decision, in {len(heads):,} landmarks (an original and its augmented "
                  f"copies are decided together). Ranked by the out-of-sample probability of the given label, lowest "
                  f"(surest finding) first. The heads that judge the labels score macro-F1 "
-                 f"{review.judge_macro_f1:.3f} out of sample"
+                 f"{review.judge_macro_f1:.3f}"
+                 + (f" ({interval_text(review.judge_interval)}, 95% interval over observations)"
+                    if review.judge_interval else "") + " out of sample"
                  + (" on the classes they could judge." if review.unjudged else "."))
         if review.unjudged:
             st.info(review.unjudged_text(), icon=":material/info:")

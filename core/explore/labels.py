@@ -45,6 +45,7 @@ class Review:
     judge_macro_f1: float = float("nan")  # how well the out-of-sample heads themselves classify (given labels)
     #: class name -> (tiles left out because their head never saw the class, the class's observations)
     unjudged: dict[str, tuple[int, int]] = field(default_factory=dict)
+    judge_interval: list[float] | None = None  # its 95% interval (bootstrap over observations)
 
     def unjudged_text(self) -> str:
         """One sentence naming the classes the review could not judge, or '' when it judged every class."""
@@ -128,12 +129,16 @@ def review_labels(records: list[Record], features: np.ndarray, folds: int = FOLD
     issues = np.asarray(issues, dtype=np.int64)
     issues = issues[~unseen[issues]]
     from sklearn.metrics import f1_score
+
+    from ..bootstrap import intervals
     judged = ~unseen
     judge = float(f1_score(labels[judged], probs[judged].argmax(1), average="macro",
                            labels=np.unique(labels[judged]))) if judged.any() else float("nan")
+    judge_iv = intervals(labels[judged], probs[judged].argmax(1), [str(g) for g in groups[judged]],
+                         len(CLASS_NAMES))["macro_f1"] if judged.any() else None
     unjudged = {CLASS_NAMES[c]: (int((unseen & (labels == c)).sum()), len(np.unique(groups[labels == c])))
                 for c in np.unique(labels[unseen])}
-    return Review(suspects_table(records, labels, probs, issues), issues, used, judge, unjudged)
+    return Review(suspects_table(records, labels, probs, issues), issues, used, judge, unjudged, judge_iv)
 
 
 def suspects_table(records: list[Record], labels: np.ndarray, probs: np.ndarray, issues: np.ndarray) -> pd.DataFrame:
