@@ -45,6 +45,8 @@ class LoadedModel:
     epoch: int | None = None
     splits: dict = field(default_factory=dict)  # {"val": {"files": [...], "observations": [...]}, "test": ...}
     ood: FeatureDensity | None = None  # how unlike the training tiles an input is (`core.ood`); None: no reference
+    onnx: Any = None  # its verified ONNX twin (`core.onnx_model.OnnxModel`): forward passes run there on a CPU
+    engine_note: str = "torch"  # which engine serves forward passes, and why (pages and CLIs say it)
     # the frozen CPU trace `core.inference.fast_forward` makes on first use; False: the model is not traceable;
     # `core.inference.DEFERRED`: not made yet on purpose (`defer_trace`)
     _frozen: Any = field(default=None, init=False, repr=False, compare=False)
@@ -227,11 +229,55 @@ def _brief(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+#: Which engine runs forward passes: its verified ONNX twin when there is one (auto), only the twin (onnx: refused
+#: without one), or torch. Training, Grad-CAM, bf16 and GPU runs are torch's whatever this says.
+ENGINES = ("auto", "onnx", "torch")
+
+
 def load_checkpoint(path: str | Path | None = None, device: str | torch.device = "cpu",
-                    expect_classes: list[str] | None = None) -> LoadedModel:
-    """Build the model a checkpoint describes and load its weights (default: the shipped model)."""
+                    expect_classes: list[str] | None = None, engine: str = "auto") -> LoadedModel:
+    """Build the model a checkpoint describes and load its weights (default: the shipped model), with its ONNX
+    twin for forward passes when `engine` allows one (`attach_twin`)."""
     path = Path(path) if path else DEFAULT_CHECKPOINT
-    return model_from_payload(read_checkpoint(path), path, device, expect_classes)
+    loaded = model_from_payload(read_checkpoint(path), path, device, expect_classes)
+    attach_twin(loaded, engine)
+    return loaded
+
+
+def attach_twin(loaded: LoadedModel, engine: str = "auto") -> None:
+    """Serve `loaded`'s forward passes from its ONNX twin (`core.onnx_model`) when `engine` is auto or onnx and a
+    twin of exactly this checkpoint loads and fits; say which engine serves and why in `loaded.engine_note`.
+    engine=onnx without a usable twin is a CheckpointError; auto falls back to torch."""
+    from .onnx_model import OnnxError, file_digest, load_onnx, twin_path
+
+    if engine not in ENGINES:
+        raise CheckpointError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    if engine == "torch":
+        loaded.engine_note = "torch (asked for)"
+        return
+    if loaded.device.type != "cpu" or loaded.path is None:
+        why = "torch: the model runs on the GPU" if loaded.device.type != "cpu" else "torch: a model held in memory"
+        if engine == "onnx":
+            raise CheckpointError(f"engine onnx: {why.removeprefix('torch: ')}; its twin serves CPU runs only")
+        loaded.engine_note = why
+        return
+    twin = twin_path(loaded.path)
+    try:
+        if not twin.is_file():
+            raise OnnxError(f"{loaded.path.name} has no ONNX twin ({twin.name}; python -m core.export makes it)")
+        model = load_onnx(twin, expect_digest=file_digest(loaded.path))
+        theirs = (model.class_names, model.image_size, model.mean, model.std)
+        if theirs != (loaded.class_names, loaded.image_size, loaded.mean, loaded.std):
+            raise OnnxError(f"{twin.name} does not feed or answer like {loaded.path.name}")
+    except OnnxError as exc:
+        if engine == "onnx":
+            raise CheckpointError(f"engine onnx: {exc}") from None
+        loaded.engine_note = f"torch: {exc}"
+        return
+    loaded.onnx = model
+    check = model.verified or {}
+    loaded.engine_note = (f"ONNX Runtime ({twin.name}" + (f", verified on {check.get('tiles')} real tiles: "
+                          f"{check.get('agreement', 0):.1%} equal predictions" if check else "") + ")")
 
 
 def model_from_payload(payload: dict[str, Any], path: Path, device: str | torch.device = "cpu",

@@ -54,3 +54,11 @@ def refuse(message: str, lock: RunLock | None = None) -> int:
             lock.run.update_status(state="failed", ended_at=now_iso(), error=message)
     return 2
 
+
+
+def add_engine_argument(parser: argparse.ArgumentParser) -> None:
+    """`--engine auto|onnx|torch`, one spelling for every command that runs forward passes (core.checkpoint.ENGINES:
+    auto serves from the checkpoint's verified ONNX twin when it has one)."""
+    parser.add_argument("--engine", choices=("auto", "onnx", "torch"), default="auto",
+                        help="what runs the forward passes: the checkpoint's verified ONNX twin when there is one "
+                             "(auto), only the twin (onnx), or torch; Grad-CAM is always torch's")

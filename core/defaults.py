@@ -269,7 +269,7 @@ def promote(cv_id: str, runs_dir: Path | None = None, *, why: str = "", first: b
             say(text)
         say(tta["why"])
         target = path.parent / name
-        _ship(source, target, loaded)
+        say(_ship(source, target, loaded))
         save_oof(cv_id, files, path)
         entry = {"id": cv_id, "checkpoint": name, "arch": loaded.arch, "image_size": loaded.image_size,
                  "date": now_iso(), "why": why or (f"beat {champion['id']} on the same folds" if champion else
@@ -397,7 +397,7 @@ def _gate_record(gate: dict[str, Any]) -> dict[str, Any]:
     return {k: gate[k] for k in (*HEADLINE, "files", "groups", "passes")}
 
 
-def _ship(source: Path, target: Path, loaded) -> None:
+def _ship(source: Path, target: Path, loaded) -> str:
     """The checkpoint in half precision (where the prediction is unchanged; otherwise as it is), beside the
     registry. Half precision is checked on the model's own weights: the largest change of a logit on random
     tiles is reported in the registry's figures by the ship tool; here it only has to load."""
@@ -405,11 +405,24 @@ def _ship(source: Path, target: Path, loaded) -> None:
 
     from .checkpoint import read_checkpoint, save_checkpoint
     if source.resolve() == target.resolve():
-        return
+        return ship_twin(target)
     payload = read_checkpoint(source)
     payload["state_dict"] = {k: v.half() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
                              for k, v in payload["state_dict"].items()}
     save_checkpoint(target, payload)
+    return ship_twin(target)
+
+
+def ship_twin(checkpoint: Path) -> str:
+    """A shipped checkpoint's ONNX twin, verified against it (`core.export`): said, never silently skipped; a
+    default without one is still served, by torch (its note says why)."""
+    from .export import ExportError, export
+    from .onnx_model import OnnxError
+    try:
+        out, verified = export(checkpoint)
+    except (ExportError, OnnxError, OSError) as exc:
+        return f"no ONNX twin: {exc}"
+    return f"ONNX twin {out.name}: {verified.describe()}"
 
 
 def format_gate(cv_id: str, champion_id: str, gate: dict[str, Any], gate_tta: dict[str, Any] | None = None) -> str:

@@ -22,6 +22,7 @@ from .atomic import atomic_path
 from .bootstrap import fmt, intervals, statistic_interval
 from .calibration import ece_columns, ece_of_sums, expected_calibration_error, fit_temperature, reliability_diagram
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
+from .cliargs import add_engine_argument
 from .data import DataError, HiriseData, Record, RecordTiles
 from .data.cli import add_data_arguments, load_from_args
 from .data.records import HELD_OUT
@@ -267,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help=f"checkpoint file (default: {DEFAULT_CHECKPOINT})")
+    add_engine_argument(parser)
     parser.add_argument("--data", action="append", required=True, metavar="PATH",
                         help="a data folder or zip; repeat to merge several")
     parser.add_argument("--split", choices=EVALUATION_SPLITS, default="val")
@@ -284,7 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     try:
-        loaded = load_checkpoint(args.checkpoint)
+        loaded = load_checkpoint(args.checkpoint, engine=args.engine)
+        print(f"engine: {loaded.engine_note}", file=sys.stderr)
         data = load_from_args(args.data, args)
         report = evaluate_model(loaded, data, args.split, originals_only=not args.all_files, tta=args.tta,
                                 batch_size=args.batch_size, bf16=args.bf16, unseen_by=[training_set(loaded)])

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
+from .cliargs import add_engine_argument
 from .imageio import IMAGE_SUFFIXES, TILE_SIZE, ImageError, decode_gray, to_tile
 from .inference import predict_features, predict_proba, predict_views, probabilities
 from .ood import Verdict, judge, judge_windows
@@ -210,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", metavar="FILE", help="image files, or folders of images")
     parser.add_argument("--checkpoint", help=f"checkpoint file (default: {DEFAULT_CHECKPOINT})")
+    add_engine_argument(parser)
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--csv", metavar="OUT", help="write one row per classified file to this CSV")
     parser.add_argument("--cam", choices=CAM_METHODS, help="write a CAM overlay PNG per file to --out")
@@ -225,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stride < 1 or args.top_k < 1:
         parser.error("--stride and --top-k must be at least 1")
     try:
-        loaded = load_checkpoint(args.checkpoint)
+        loaded = load_checkpoint(args.checkpoint, engine=args.engine)
+        print(f"engine: {loaded.engine_note}", file=sys.stderr)
     except CheckpointError as exc:
         hint = "" if args.checkpoint else " (train a model first, or pass --checkpoint PATH)"
         print(f"error: {exc}{hint}", file=sys.stderr)

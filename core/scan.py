@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CheckpointError, LoadedModel
-from .cliargs import number_in
+from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
+from .cliargs import add_engine_argument, number_in
 from .detections import ImageScan, WindowGrid, detections_of
 from .georef import LabelError
 from .imageio import IMAGE_SUFFIXES
@@ -587,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="observations (browse JPEG, JPEG 2000, GeoTIFF, PDS .IMG, PNG, ...) or folders of them")
     parser.add_argument("--out", type=Path, required=True, help="folder for the outputs (created if needed)")
     parser.add_argument("--checkpoint", help="model (default: the shipped one)")
+    add_engine_argument(parser)
     parser.add_argument("--sizes", type=_sizes, default=DEFAULT_SIZES,
                         help=f"window sides in pixels, comma-separated (default: {','.join(map(str, DEFAULT_SIZES))})")
     parser.add_argument("--step", type=_allowing(number_in(float, 0.05, 1.0), STEP_RANGE), default=DEFAULT_STEP,
@@ -624,8 +625,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("; ".join(problems))
         out = OutputFolder(args.out)  # created, locked, cleared of a killed scan's stage, writable: or refused
         # the app's scans take the device's turn as training runs do (core.queue); a cluster's workers do the work
+        loaded = None
+        if not args.cluster:  # a cluster's workers load the model themselves (auto engine)
+            loaded = load_checkpoint(args.checkpoint, engine=args.engine)
+            print(f"engine: {loaded.engine_note}", flush=True)
         with job.device_turn() if job and not args.cluster else contextlib.nullcontext():
-            scans = scan(sources, checkpoint=args.checkpoint, sizes=args.sizes, step=args.step,
+            scans = scan(sources, loaded=loaded, checkpoint=args.checkpoint, sizes=args.sizes, step=args.step,
                          threshold=args.threshold, cluster=args.cluster, workers=args.workers, tta=args.tta,
                          on_progress=job.progress if job else None, should_stop=job.stopped if job else lambda: False)
         files = write_outputs(out.path, scans, sources)

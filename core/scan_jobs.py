@@ -85,6 +85,17 @@ class ScanJob:
         except OSError:
             return ""
 
+    def engine(self) -> str | None:
+        """Which engine ran the scan's forward passes, as the scan said in its log (None: not said)."""
+        try:
+            with open(self.path / "log.txt", errors="replace") as f:
+                for line in f:
+                    if line.startswith("engine: "):
+                        return line.removeprefix("engine: ").strip()
+        except OSError:
+            pass
+        return None
+
     def detections(self) -> list[dict]:
         """detections.csv's rows, their text cells as they are (unescaped: the CSV guards them for spreadsheets)."""
         from .detections import TEXT_COLUMNS, csv_text

@@ -190,6 +190,7 @@ def test_scan_page_refuses_bad_input_then_scans_a_path_and_shows_the_results(tmp
         body = texts(at)
         headings = " ".join(h.value for h in at.subheader)
         assert "at probability ≥ 0.05" in headings and not at.exception, body
+        assert "Forward passes: " in body  # which engine ran it, from the scan's log (issue 30)
         assert at.dataframe and {"label", "probability", "typicality", "unusual"} <= set(at.dataframe[0].value.columns)
         labels = [b.label for b in at.get("download_button")]
         assert any(lbl.startswith("detections.geojson") for lbl in labels) and "All outputs (zip)" in labels

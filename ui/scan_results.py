@@ -24,6 +24,9 @@ def show_results(job: ScanJob) -> None:
     threshold = _option(request, "--threshold", "0.9")
     overlays = sorted(job.out.glob("*.overlay.png"))
     st.subheader(f"{len(rows)} detection{'' if len(rows) == 1 else 's'} at probability ≥ {threshold}")
+    engine = job.engine()
+    if engine:
+        st.caption(f"Forward passes: {engine}.")
     for path in overlays:
         st.image(str(path), caption=f"{path.name}: each detection outlined in its class's colour, with its "
                                     "probability", width="stretch")

@@ -49,6 +49,7 @@ try:
 except USER_ERRORS as exc:
     show_error(exc, "Cannot load the model")
     st.stop()
+st.caption(f"Forward passes: {model.engine_note}" + (" (bf16 runs on torch)" if model.onnx is not None else "") + ".")
 bf16 = toggles[2].toggle("bf16 (faster)", disabled=not (bf16_native(model.device) and bf16_suits(model)),
                      help="bf16 autocast: about 2x faster where the device runs bf16 natively; a few predictions in "
                           "a thousand may change. Off: fp32, the reference figures. Not offered for "

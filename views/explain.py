@@ -79,6 +79,7 @@ try:
 except USER_ERRORS as exc:
     show_error(exc, "Cannot load the model")
     st.stop()
+st.sidebar.caption(f"Predictions: {model.engine_note}; Grad-CAM: torch.")
 if picked is not None:
     from core.seen import training_set
     try:

@@ -1,0 +1,120 @@
+"""A checkpoint's ONNX twin, served by ONNX Runtime: the forward pass (features and logits in one run) without
+torch, and the metadata that travels with it (classes, input size, normalisation, temperature, the
+out-of-distribution reference, the digest of the checkpoint it was exported from).
+
+Made by `python -m core.export CHECKPOINT` (verified against torch on real tiles before it is written); read here
+with every check a file from outside deserves: missing, empty, truncated or random bytes, another model's (digest),
+an opset this runtime cannot run. Each is one line (OnnxError); callers fall back to torch and say why."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "hirise-studio-onnx/1"
+SUFFIX = ".onnx"
+MAX_ONNX_BYTES = 256 * 2**20  # no shipped twin comes near; a bigger file is not ours
+
+
+class OnnxError(ValueError):
+    """An ONNX file that cannot serve: one line saying why."""
+
+
+def twin_path(checkpoint: Path) -> Path:
+    """Where a checkpoint's twin lives: beside it, same name, `.onnx`."""
+    return Path(checkpoint).with_suffix(SUFFIX)
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file (hex): ties a twin to the exact checkpoint it was exported from."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class OnnxModel:
+    """An ONNX Runtime session and what feeding it needs."""
+
+    path: Path
+    session: Any  # onnxruntime.InferenceSession
+    class_names: list[str]
+    image_size: int
+    mean: float
+    std: float
+    temperature: float
+    checkpoint_digest: str
+    arch: str
+    ood: Any = None  # core.ood.FeatureDensity, or None
+    verified: dict | None = None  # the export's check against torch: tiles, agreement, largest probability difference
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, D) features and (N, C) logits of a (N, 1, S, S) float32 batch, already normalised."""
+        features, logits = self.session.run(["features", "logits"],
+                                            {"input": np.ascontiguousarray(x, dtype=np.float32)})
+        return features, logits
+
+
+def session_options(threads: int | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # its warnings are not the user's business
+    return options
+
+
+def load_onnx(path: Path, expect_digest: str | None = None, threads: int | None = None) -> OnnxModel:
+    """The twin at `path`, checked: OnnxError naming what is wrong (and `expect_digest`: the checkpoint it must
+    come from)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise OnnxError(f"{path.name}: no such ONNX file") from None
+    if size == 0:
+        raise OnnxError(f"{path.name} is empty (0 bytes): not an ONNX model")
+    if size > MAX_ONNX_BYTES:
+        raise OnnxError(f"{path.name} is {size / 2**20:,.0f} MiB, over the {MAX_ONNX_BYTES / 2**20:.0f} MiB a twin may be")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise OnnxError("onnxruntime is not installed (pip install -r requirements.txt)") from None
+    try:
+        session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own types for truncated, random or unsupported files
+        full = str(exc).strip()
+        if "opset" in full.lower():
+            raise OnnxError(f"{path.name}: an opset this ONNX Runtime ({ort.__version__}) cannot run; export it "
+                            "again (python -m core.export)") from None
+        text = full.splitlines()[0][:200] if full else type(exc).__name__
+        raise OnnxError(f"{path.name}: not a readable ONNX model ({text})") from None
+    meta = session.get_modelmeta().custom_metadata_map
+    if meta.get("format") != FORMAT:
+        raise OnnxError(f"{path.name}: not an ONNX twin made by this studio (python -m core.export makes one)")
+    try:
+        info = json.loads(meta["studio"])
+        outputs = {o.name for o in session.get_outputs()}
+        if {"features", "logits"} - outputs or [i.name for i in session.get_inputs()] != ["input"]:
+            raise ValueError("its inputs and outputs are not input -> features, logits")
+        model = OnnxModel(path, session, list(info["class_names"]), int(info["image_size"]), float(info["mean"]),
+                          float(info["std"]), float(info["temperature"]), str(info["checkpoint_sha256"]),
+                          str(info["arch"]), verified=info.get("verified"))
+        if info.get("ood") is not None:
+            from .ood import FeatureDensity
+
+            model.ood = FeatureDensity.from_dict(info["ood"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise OnnxError(f"{path.name}: its metadata is damaged ({exc})") from None
+    if expect_digest is not None and model.checkpoint_digest != expect_digest:
+        raise OnnxError(f"{path.name} was exported from another checkpoint (digest {model.checkpoint_digest[:12]}, "
+                        f"not {expect_digest[:12]}): export it again (python -m core.export)")
+    return model
