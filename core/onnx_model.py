@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,12 @@ def session_options(threads: int | None = None):
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0)  # the test workers' one thread each
     if threads:
         options.intra_op_num_threads = threads
+    # no busy-waiting between runs: on a 2-core machine shared with a training job (or the other test worker),
+    # spinning threads take the cores the others need
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # its warnings are not the user's business
     return options
 
