@@ -77,6 +77,17 @@ def imagenet_features(data, records) -> np.ndarray:
     return features
 
 
+#: The learner (and k-center) work on this many principal components of the ImageNet features, fitted on the
+#: pool alone (no label is read): a logistic regression on 1,280 dimensions took seconds a fit, 64 take milliseconds.
+COMPONENTS = 64
+
+
+def reduced(features: np.ndarray, pool_idx: np.ndarray, seed: int) -> np.ndarray:
+    from sklearn.decomposition import PCA
+
+    return PCA(COMPONENTS, random_state=seed).fit(features[pool_idx]).transform(features).astype(np.float32)
+
+
 def learner():
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -112,6 +123,7 @@ def simulate(features: np.ndarray, labels: np.ndarray, groups: np.ndarray, strat
 
     pool_idx, test_idx = next(GroupShuffleSplit(1, test_size=0.3, random_state=seed).split(features, labels,
                                                                                           groups))
+    features = reduced(features, pool_idx, seed)
     rng = np.random.default_rng(seed)
     labelled = list(rng.choice(pool_idx, seed_size, replace=False))
     while len(np.unique(labels[labelled])) < 2:  # a learner needs two classes; the seed is random otherwise
@@ -191,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     strategies = [s for s in STRATEGIES.values() if not s.needs_typicality]  # the learner has no OOD reference
     print(f"{len(records)} original tiles from {len(set(groups))} observations; {args.seeds} seeds; "
           f"{args.seed_size} seed labels + {args.rounds} rounds of {args.per_round}; learner: logistic regression "
-          f"on ImageNet {FEATURE_ARCH} features at {FEATURE_SIZE} px; strategies: "
+          f"on {COMPONENTS} principal components of ImageNet {FEATURE_ARCH} features at {FEATURE_SIZE} px; strategies: "
           f"{', '.join(s.name for s in strategies)} (ood needs the model's reference: not simulated)")
     results: dict[str, list] = {s.name: [] for s in strategies}
     total, start = len(strategies) * args.seeds, time.perf_counter()
@@ -206,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     print(file=sys.stderr)
     random_final = np.asarray(results["random"])[:, -1, 1]
     budget_random = np.asarray(results["random"])[0, -1, 0]
-    print(f"\n{'strategy':<10} {'labels':>6}  {'macro-F1 (95% CI over seeds)':<30} {'rare recall':<24} "
-          f"labels to reach random's final macro-F1 (share of random's {budget_random:.0f})")
+    print(f"\n{'strategy':<10} {'labels':>6}  {'macro-F1, 95% CI over seeds; minus random (paired)':<50} "
+          f"{'rare recall':<24} labels to reach random's final macro-F1 (share of random's {budget_random:.0f})")
     summary = {}
     for name, curves in results.items():
         c = np.asarray(curves)
@@ -218,16 +230,23 @@ def main(argv: list[str] | None = None) -> int:
         finite = np.isfinite(share)
         share_text = (f"median {np.median(share):.0%}, per seed "
                       + " ".join("never" if not np.isfinite(v) else f"{v:.0%}" for v in share))
-        print(f"{name:<10} {c[0, -1, 0]:>6.0f}  {f1[0]:.3f} ({f1[1]:.3f}-{f1[2]:.3f}){'':<10} "
-              f"{rare[0]:.3f} ({rare[1]:.3f}-{rare[2]:.3f})  {share_text}")
+        diff = interval(c[:, -1, 1] - random_final)  # paired: the same seed, split and seed labels
+        print(f"{name:<10} {c[0, -1, 0]:>6.0f}  {f1[0]:.3f} ({f1[1]:.3f}-{f1[2]:.3f}) {diff[0]:+.3f} "
+              f"({diff[1]:+.3f} to {diff[2]:+.3f})  {rare[0]:.3f} ({rare[1]:.3f}-{rare[2]:.3f})  {share_text}")
         summary[name] = {"curves": c.tolist(), "final_macro_f1": f1, "final_rare_recall": rare,
+                         "final_macro_f1_minus_random": diff,
                          "share_of_random_labels_to_reach_its_final": share.tolist(),
                          "reached_in_all_seeds": bool(finite.all())}
-    best = min((n for n in summary if n != "random"),
-               key=lambda n: np.median(summary[n]["share_of_random_labels_to_reach_its_final"]))
-    best_share = float(np.median(summary[best]["share_of_random_labels_to_reach_its_final"]))
-    print(f"\nbest: {best}, median {best_share:.0%} of random's labels to reach random's final macro-F1 "
-          f"(goal <= 60%: {'met' if best_share <= 0.6 else 'NOT met'})")
+    # the best: reaches random's final in every seed, with the smallest median share of random's labels
+    eligible = [n for n in summary if n != "random" and summary[n]["reached_in_all_seeds"]]
+    if eligible:
+        best = min(eligible, key=lambda n: np.median(summary[n]["share_of_random_labels_to_reach_its_final"]))
+        best_share = float(np.median(summary[best]["share_of_random_labels_to_reach_its_final"]))
+        print(f"\nbest (reaching random's final macro-F1 in every seed): {best}, median {best_share:.0%} of random's "
+              f"labels (goal <= 60%: {'met' if best_share <= 0.6 else 'NOT met'})")
+    else:
+        best, best_share = None, float("nan")
+        print("\nno strategy reached random's final macro-F1 in every seed: goal NOT met")
     plot(results, args.plot)
     print(f"plot: {args.plot}")
     if args.json:
