@@ -2,6 +2,7 @@
 heatmap; open Evaluate and see the confusion matrix. Screenshots go to test-artifacts/ (not committed)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,13 +43,20 @@ def app_url(tmp_path_factory):
     data = synthetic.write_folder(tmp / "data", synthetic.official_files("3.2", n_obs=12, per_obs=16, missing=0))
     (tmp / "state.json").write_text(json.dumps({"data_paths": [str(data)]}))
     _fake_runs(tmp / "runs", data)
+    with running_app(tmp, {"HIRISE_APP_STATE": str(tmp / "state.json"), "HIRISE_RUNS_DIR": str(tmp / "runs"),
+                           "HIRISE_CACHE_DIR": str(tmp / "cache")}) as url:
+        yield url, tmp
+
+
+@contextlib.contextmanager
+def running_app(tmp: Path, env: dict[str, str]) -> Iterator[str]:
+    """`streamlit run app.py` on a free local port with `env` added, its log in `tmp`; yields its URL once it
+    answers, and stops it afterwards."""
     port = free_port()
-    env = {**os.environ, "HIRISE_APP_STATE": str(tmp / "state.json"), "HIRISE_RUNS_DIR": str(tmp / "runs"),
-           "HIRISE_CACHE_DIR": str(tmp / "cache")}
     log = open(tmp / "streamlit.log", "wb")  # noqa: SIM115 (the server writes it for its whole life)
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true"],
-                            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                            cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60
@@ -59,7 +68,7 @@ def app_url(tmp_path_factory):
                 time.sleep(0.5)
         else:
             pytest.fail("the app did not start: " + (tmp / "streamlit.log").read_text()[-2000:])
-        yield url, tmp
+        yield url
     finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -3,21 +3,15 @@ the keys, undo one, and find the 4 labels as a data source on the Dataset page. 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 from PIL import Image
 
-from core.settings import PROJECT_ROOT
 from tests import synthetic
 from tests.conftest import ARTIFACTS
 from tests.model_fixtures import synthetic_tiles
-from tests.test_browser import CHROMIUM, free_port
+from tests.test_browser import CHROMIUM, running_app
 from tools.chromium import CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
@@ -36,29 +30,9 @@ def label_app(tmp_path_factory):
     tiles, _ = synthetic_tiles(per_class=1, seed=11)
     for i, t in enumerate(tiles):
         Image.fromarray(t).save(unlabelled / f"ESP_0{i:05d}_2000_RED-{i:04d}.png")
-    port = free_port()
-    env = {**os.environ, "HIRISE_APP_STATE": str(tmp / "state.json"), "HIRISE_RUNS_DIR": str(tmp / "runs"),
-           "HIRISE_CACHE_DIR": str(tmp / "cache"), "HIRISE_LABELLING_DIR": str(tmp / "labelling")}
-    log = open(tmp / "streamlit.log", "wb")  # noqa: SIM115 (the server writes it for its whole life)
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true"],
-                            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("the app did not start: " + (tmp / "streamlit.log").read_text()[-2000:])
+    with running_app(tmp, {"HIRISE_APP_STATE": str(tmp / "state.json"), "HIRISE_RUNS_DIR": str(tmp / "runs"),
+                           "HIRISE_CACHE_DIR": str(tmp / "cache"), "HIRISE_LABELLING_DIR": str(tmp / "labelling")}) as url:
         yield url, tmp, unlabelled
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
 
 
 def test_label_five_windows_with_the_keys_undo_one_and_find_four_on_the_dataset_page(label_app):
