@@ -107,3 +107,13 @@ def test_the_fine_tune_run_is_the_defaults_recipe_on_the_data_plus_the_labels(qu
     with pytest.raises(ValueError, match="no labelled tiles yet"):
         finetune_config(tiny_checkpoint(), spec, tmp_path / "empty")
     assert load(queue.path).name == "page-queue"
+
+
+def test_a_queue_deleted_while_shown_is_said_not_silently_replaced(queue):
+    second = LABEL_QUEUES_DIR / "second"
+    shutil.copytree(queue.path, second)
+    at = run_page(PAGE)
+    at.selectbox(key="lbl_queue").set_value("second").run()
+    shutil.rmtree(second)
+    at.run()
+    assert "Queue second is gone" in texts(at) and at.selectbox(key="lbl_queue").value == "page-queue"

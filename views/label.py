@@ -85,6 +85,9 @@ if not queues:
 # ---- labelling ---------------------------------------------------------------------------------------------------
 names = [q.name for q in queues]
 if st.session_state.get("lbl_queue") not in names:
+    gone = st.session_state.get("lbl_queue")
+    if gone:  # its folder was deleted meanwhile: said, not silently replaced by another queue
+        st.warning(f"Queue {gone} is gone (its folder was deleted or is no longer readable); showing {names[0]}.")
     st.session_state["lbl_queue"] = names[0]
 queue = queues[names.index(st.selectbox("Queue", names, key="lbl_queue"))]
 meta = queue.meta
