@@ -166,7 +166,6 @@ class Manifests:
         the plan modules do not import the engine), a progress line each, `result(run, status)` appended to its
         last. Returns an exit code; a cancelled run stops the rest (Ctrl-C is not caught: the run is then
         `lost`, resumable)."""
-        from .jobs import job_state
         from .runs import RunLock, new_run_dir
         path = self.path(plan_id, runs_dir)
         short = self.tag_prefix.rstrip(":")
@@ -179,8 +178,7 @@ class Manifests:
                 say(f"[{short} {i}/{len(tasks)}] {task.label} -> {run.path}")
                 rc = train(task.config, run, lock=lock)
             status = run.status()
-            say(f"[{short} {i}/{len(tasks)}] {task.label}: {job_state(run, status)}"
-                f"{result(run, status)}" + (f": {status.get('error')}" if status.get("error") else ""))
+            say(_ended(short, i, len(tasks), task, run, status, result))
             code = code or rc
             if status.get("state") == "cancelled":
                 say(f"{self.noun} {plan_id}: stopped after a cancel; {len(tasks) - i} not started")
@@ -222,11 +220,17 @@ class Manifests:
                 rc = 1
                 if job_state(run) not in ("completed", "failed", "cancelled"):
                     run.update_status(state="failed", error=f"on the cluster: {describe_error(exc)}")
-            status = run.status()
-            say(f"[{short} {i}/{len(tasks)}] {task.label}: {job_state(run, status)}{result(run, status)}"
-                + (f": {status.get('error')}" if status.get("error") else ""))
+            say(_ended(short, i, len(tasks), task, run, run.status(), result))
             code = code or rc
         return code
+
+
+def _ended(short: str, i: int, n: int, task: Task, run: Run, status: dict,
+           result: Callable[[Run, dict], str]) -> str:
+    """A task's last progress line, the same in this process and on a cluster: its state, `result`, its error."""
+    from .jobs import job_state
+    return (f"[{short} {i}/{n}] {task.label}: {job_state(run, status)}{result(run, status)}"
+            + (f": {status.get('error')}" if status.get("error") else ""))
 
 
 def train_on_worker(train: Callable[..., int], config: dict[str, Any], run_path: str, threads: int) -> int:
