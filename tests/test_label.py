@@ -346,3 +346,25 @@ def test_a_window_outside_its_image_is_said_and_a_gone_image_is_no_problem(queue
     meta["candidates"][big]["image"] = str(tmp_path / "gone.png")
     (copy / "queue.json").write_text(json.dumps(meta))
     assert load(copy).window_problem(big) is None
+
+
+def test_a_tile_labelled_again_meets_its_copy_in_the_data_as_a_label_conflict(v32_folder, tmp_path):
+    """The browser walk: a tile of the data set, labelled again on the Label page, merged with the data without a
+    word. Its own bytes are kept, so the merge finds the copy by content and reports the conflict."""
+    import shutil as sh
+
+    from core.data import load_dataset
+
+    record = next(r for r in read_source(v32_folder).records if r.is_original and r.label == 0)
+    src = tmp_path / "again"
+    src.mkdir()
+    sh.copy(v32_folder / record.path, src / record.name)
+    q = make_queue(src, tmp_path / "q", "random", 1, tiny_checkpoint())
+    assert q.whole_image(0) == src / record.name
+    store = LabelStore(tmp_path / "store")
+    c = q.candidates[0]
+    store.label(q.name, 0, "spider", q.tile(0), image=c["image"], x=0, y=0, size=c["size"],
+                observation=c["observation"], original=q.whole_image(0))
+    data = load_dataset([v32_folder, store.folder])
+    conflicts = data.merge_report.conflicts
+    assert len(conflicts) == 1 and sorted(conflicts[0]["labels"].values()) == [0, 7]

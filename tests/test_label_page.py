@@ -90,6 +90,15 @@ def test_a_queue_for_other_classes_is_refused_and_a_bad_name_makes_nothing(queue
     at.text_input(key="lbl_name").input("fine-name").run()
     button(at, "Make the queue").click().run()
     assert "no such file or folder" in texts(at)
+    for typed, said in (("-1", "budget -1: give 1 to 1000"), ("0", "budget 0: give 1 to 1000"),
+                        ("nan", "'nan' is not a whole number")):  # the walk: -1 and 0 silently became 50
+        at.text_input(key="lbl_budget").input(typed).run()
+        button(at, "Make the queue").click().run()
+        assert said in texts(at), typed
+    at.switch_page("views/home.py").run()  # leaving the page keeps what was typed (the walk)
+    at.switch_page(PAGE).run()
+    assert (at.radio(key="lbl_source_kind").value, at.text_input(key="lbl_source_path").value,
+            at.text_input(key="lbl_budget").value) == ("A file or folder", "/no/such/folder", "nan")
     assert not (LABEL_QUEUES_DIR / "fine-name").exists() and not (LABEL_QUEUES_DIR.parent / "escape").exists()
 
 

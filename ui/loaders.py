@@ -122,7 +122,9 @@ def shipped_models() -> dict[str, Path]:
 def _short(path: Path) -> str:
     """A checkpoint's name with what tells models apart first (a select box cuts the end off at 1400 px, and
     'shipped baseline (hirise-efficientnet-lite...' read the same for Lite0 and Lite2)."""
-    return path.stem.removeprefix("hirise-").replace("efficientnet-lite", "EfficientNet-Lite")
+    import re
+    stem = re.sub(r"-\d{8}-\d{6}-[0-9a-f]{4}$", "", path.stem)  # a promoted default's CV id: in the file name
+    return stem.removeprefix("hirise-").replace("efficientnet-lite", "EfficientNet-Lite")
 
 
 def model_choices() -> dict[str, Path]:

@@ -50,7 +50,8 @@ def _table(job: ScanJob, rows: list[dict], request: dict) -> None:
     for col in ("x0", "y0", "x1", "y1", "windows"):
         frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
     # the out-of-distribution verdict of every row in the table, not only of the row clicked (browser walk)
-    frame["unusual"] = frame["typicality"].map(lambda t: "unusual" if pd.notna(t) and describe(float(t))[1] else "")
+    frame["unusual"] = frame["typicality"].map(lambda t: "–" if pd.isna(t) else
+                                               "unusual" if describe(float(t))[1] else "typical")
     classes = sorted(frame["label"].unique())
     counts = frame["label"].value_counts()
     picked = st.multiselect("Classes", classes, classes, format_func=lambda c: f"{c} ({counts[c]})",

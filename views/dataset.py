@@ -49,10 +49,8 @@ if saved:
     paths = list(dict.fromkeys(path for _, path, _ in located if path is not None))  # each source once
     if not typed:
         st.error("Give at least one folder or zip, one per line. Nothing was changed.")
-    elif bad:
-        st.error("Cannot use: " + "; ".join(f"`{_shown(line)}`: {why}" for line, why in bad) + ". Nothing was changed.")
     else:
-        problems = []
+        problems = [f"`{_shown(line)}`: {why}" for line, why in bad]  # every bad line named, not the first only
         with st.spinner(f"Checking {len(paths)} source(s)…"):
             for path in paths:
                 try:
@@ -60,7 +58,7 @@ if saved:
                 except USER_ERRORS as exc:
                     problems.append(str(exc))
         if problems:
-            st.error("Not usable: " + " · ".join(p.rstrip(".") for p in problems) + ". Nothing was changed.")
+            st.error("Cannot use: " + " · ".join(p.rstrip(".") for p in problems) + ". Nothing was changed.")
         else:
             if len(paths) < len(typed):
                 st.session_state["dataset_note"] = f"{len(typed) - len(paths)} repeated line(s) dropped: each " \

@@ -49,7 +49,8 @@ try:
 except USER_ERRORS as exc:
     show_error(exc, "Cannot load the model")
     st.stop()
-st.caption(f"Forward passes: {model.engine_note}" + (" (bf16 runs on torch)" if model.onnx is not None else "") + ".")
+engine_note = getattr(model, "engine_note", "torch")  # a model cached by an older version of the app has none
+st.caption(f"Forward passes: {engine_note}" + (" (bf16 runs on torch)" if engine_note.startswith("ONNX") else "") + ".")
 bf16 = toggles[2].toggle("bf16 (faster)", disabled=not (bf16_native(model.device) and bf16_suits(model)),
                      help="bf16 autocast: about 2x faster where the device runs bf16 natively; a few predictions in "
                           "a thousand may change. Off: fp32, the reference figures. Not offered for "
@@ -105,7 +106,9 @@ intervals = report.get("intervals")
 cols = st.columns(3)  # two rows of three: six across cut the labels ("Always-other base...")
 for col, key, label in ((cols[0], "macro_f1", "Macro-F1"), (cols[1], "balanced_accuracy", "Balanced accuracy"),
                         (cols[2], "accuracy", "Accuracy")):
-    col.metric(label, f"{report[key]:.3f}", f"{round(report[key] - base[key], 3) + 0.0:+.3f} vs baseline")  # + 0.0: no '-0.000'
+    delta = round(report[key] - base[key], 3) + 0.0  # + 0.0: no '-0.000'
+    col.metric(label, f"{report[key]:.3f}", f"{delta:+.3f} vs baseline",
+               delta_color="normal" if delta else "off")  # no green arrow for no difference (the walk)
     if intervals and intervals.get(key):
         col.caption(f"95% interval {interval_text(intervals[key])}")
 cols = st.columns(3)

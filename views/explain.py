@@ -79,7 +79,7 @@ try:
 except USER_ERRORS as exc:
     show_error(exc, "Cannot load the model")
     st.stop()
-st.sidebar.caption(f"Predictions: {model.engine_note}; Grad-CAM: torch.")
+st.sidebar.caption(f"Predictions: {getattr(model, 'engine_note', 'torch')}; Grad-CAM: torch.")
 if picked is not None:
     from core.seen import training_set
     try:

@@ -18,7 +18,7 @@ from ui.imbalance import IMBALANCE_NOTE
 from ui.intervals import interval_text
 from ui.loaders import get_model_info
 
-SCORES = (("val macro-F1", "val_macro_f1"), ("balanced acc", "val_balanced_accuracy"), ("accuracy", "val_accuracy"))
+SCORES = (("val macro-F1", "val_macro_f1"), ("bal. acc", "val_balanced_accuracy"), ("accuracy", "val_accuracy"))
 
 
 def _iv(intervals: dict, key: str) -> str:
@@ -94,7 +94,7 @@ with right:
                      f"**{m['balanced_accuracy']:.3f}**{_iv(iv, 'balanced_accuracy')}, accuracy {m['accuracy']:.3f}"
                      f"{_iv(iv, 'accuracy')} vs always-other {m['majority_baseline']['accuracy']:.3f}")
             if iv:
-                st.caption("In brackets: 95% intervals from a bootstrap over observations.")
+                st.caption("In parentheses: 95% intervals from a bootstrap over observations.")
     except USER_ERRORS as exc:
         st.warning(f"No default model: {exc}")
     st.caption(f"`{DEFAULT_CHECKPOINT}`")
@@ -119,7 +119,7 @@ else:
                      **{label: _score(best.get(key), kept.get(key.removeprefix("val_")))
                         for label, key in SCORES},
                      "tags": ", ".join(run.notes()["tags"]), "started": status.get("started_at") or ""})
-    st.caption("The figures are each run's kept epoch on its validation split; in brackets, once it has completed, "
+    st.caption("The figures are each run's kept epoch on its validation split; in parentheses, once it has completed, "
                "their 95% interval (bootstrap over observations).")
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
                  column_config={"run": st.column_config.TextColumn(width="large"),

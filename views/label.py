@@ -23,6 +23,7 @@ from ui import appstate
 from ui.errors import USER_ERRORS, show_error
 from ui.progress import progress_bar
 from ui.shortcuts import bind_keys
+from ui.widgets import kept
 
 store = LabelStore(LABEL_STORE_DIR)
 queues, unreadable = list_queues(LABEL_QUEUES_DIR)
@@ -35,8 +36,9 @@ st.caption("Rank the windows of a scan or a folder by what the model needs, then
 # ---- making a queue ----------------------------------------------------------------------------------------------
 def _source_choice() -> Path | None:
     scans = [j for j in list_scans() if j.status().get("state") == "completed"]
-    kind = st.radio("Source", ["A finished scan", "A file or folder"], horizontal=True, key="lbl_source_kind",
-                    index=0 if scans else 1)
+    kinds = ["A finished scan", "A file or folder"]
+    kind = kept(st.radio, "Source", "lbl_source_kind", kinds[0] if scans else kinds[1], kinds, horizontal=True,
+                valid=lambda v: v in kinds)
     if kind == "A finished scan":
         if not scans:
             st.info("No finished scan yet: scan observations on the Scan page, or give a file or folder.")
@@ -44,19 +46,36 @@ def _source_choice() -> Path | None:
         job = st.selectbox("Scan", scans, format_func=lambda j: f"{j.name} ({len(j.request().get('inputs', []))} "
                            "input(s))", key="lbl_scan")
         return job.path
-    typed = st.text_input("An image, or a folder of images or observations", key="lbl_source_path")
+    typed = kept(st.text_input, "An image, or a folder of images or observations", "lbl_source_path", "")
     return Path(typed.strip()).expanduser() if typed.strip() else None
+
+
+def _budget(text: str) -> int:
+    """The budget as typed, or QueueError saying why not (never silently another number)."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise QueueError(f"budget {text.strip()[:20]!r} is not a whole number: give 1 to {MAX_BUDGET}") from None
+    if not 1 <= value <= MAX_BUDGET:
+        raise QueueError(f"budget {value}: give 1 to {MAX_BUDGET} windows")
+    return value
 
 
 with st.expander("Make a queue", expanded=not queues):
     source = _source_choice()
     left, mid, right = st.columns([2, 1, 2])
-    strategy = left.selectbox("Strategy", list(STRATEGIES), list(STRATEGIES).index(DEFAULT_STRATEGY),
-                              format_func=lambda n: f"{n}: {STRATEGIES[n].description}", key="lbl_strategy")
-    budget = mid.number_input("Budget (windows)", 1, MAX_BUDGET, 50, 10, key="lbl_budget")
-    name = right.text_input("Queue name", f"queue-{datetime.now():%Y%m%d-%H%M}", key="lbl_name")
+    with left:
+        strategy = kept(st.selectbox, "Strategy", "lbl_strategy", DEFAULT_STRATEGY, list(STRATEGIES),
+                        valid=lambda v: v in STRATEGIES)
+        st.caption(STRATEGIES[strategy].description)
+    with mid:
+        budget_text = kept(st.text_input, "Budget (windows)", "lbl_budget", "50",
+                           help=f"how many windows to ask about: 1 to {MAX_BUDGET}")
+    with right:
+        name = kept(st.text_input, "Queue name", "lbl_name", f"queue-{datetime.now():%Y%m%d-%H%M}")
     if st.button("Make the queue", type="primary"):
         try:
+            budget = _budget(budget_text)
             queue_name = valid_name(name)
             if source is None:
                 raise QueueError("choose a finished scan, or give a file or folder")
@@ -120,7 +139,7 @@ def _label(index: int, label: str) -> None:
         return
     try:
         store.label(queue.name, index, label, queue.tile(index), image=c["image"], x=c["x"], y=c["y"],
-                    size=c["size"], observation=c.get("observation"))
+                    size=c["size"], observation=c.get("observation"), original=queue.whole_image(index))
         st.session_state["lbl_said"] = (f"Saved: window {index + 1} is **{label}**.", True)
     except (QueueError, StoreError) as exc:
         st.session_state["lbl_said"] = (f"Not saved: {exc}", False)

@@ -152,12 +152,17 @@ def live() -> None:
         elif epoch_rows:
             last = epoch_rows[-1]
             best = run.best_epoch(status)
-            cols = st.columns(4)
             which = f"epoch {last['epoch']}, the last"
-            cols[0].metric(f"val macro-F1 ({which})", _figure(last.get("val_macro_f1"), ".3f"))
-            cols[1].metric(f"val balanced accuracy ({which})", _figure(last.get("val_balanced_accuracy"), ".3f"))
-            cols[2].metric(f"val accuracy ({which})", _figure(last.get("val_accuracy"), ".3f"))
+            st.caption(f"Validation figures of {which}:")  # said once: in every label it cut them at 1400 px
+            cols = st.columns(4)
+            cols[0].metric("val macro-F1", _figure(last.get("val_macro_f1"), ".3f"))
+            cols[1].metric("val balanced accuracy", _figure(last.get("val_balanced_accuracy"), ".3f"))
+            cols[2].metric("val accuracy", _figure(last.get("val_accuracy"), ".3f"))
             cols[3].metric("images/s", _figure(last.get("images_per_s"), ".0f"))
+            counts = last.get("val_support") if isinstance(last.get("val_support"), dict) else {}
+            if sum(v for v in counts.values() if isinstance(v, int)) > 0:  # accuracy beside always-other's
+                total = sum(v for v in counts.values() if isinstance(v, int))
+                cols[2].caption(f"always-other: {counts.get('other', 0) / total:.3f}")
             shown_iv = last.get("val_intervals") if isinstance(last.get("val_intervals"), dict) else {}
             for col, key in zip(cols, ("macro_f1", "balanced_accuracy", "accuracy"), strict=False):
                 if isinstance(shown_iv.get(key), list) and len(shown_iv[key]) == 2:
@@ -173,7 +178,7 @@ def live() -> None:
                                     for c, r in recalls.items()}], index=[f"val recall ({which})"]).T
             if recalls:
                 st.dataframe(recall, width="stretch")  # a row per class: eight columns were cut at 1400 px
-                st.caption("In brackets: the 95% Wilson interval of each recall from its tile counts (an epoch keeps "
+                st.caption("In parentheses: the 95% Wilson interval of each recall from its tile counts (an epoch keeps "
                            "no predictions to resample observations with; the run's evaluation at its end does).")
             absent = [c for c, n in support.items() if n == 0]
             if absent:

@@ -83,6 +83,19 @@ class Queue:
                     f"{image.name} ({width}x{height} px): the queue was changed by hand; skip it")
         return None
 
+    def whole_image(self, index: int) -> Path | None:
+        """The image file when candidate `index` is all of it (a tile of a folder of tiles), else None: its label
+        then keeps the file's own bytes, so merging it with a data set that holds the same tile finds the copy
+        (and a label conflict) by content, as for any two sources."""
+        c = self.candidates[index]
+        image = Path(c["image"])
+        if c["x"] or c["y"] or not image.is_file() or image.suffix.lower() in (".jp2", ".j2k", ".jpx", ".img"):
+            return None
+        try:
+            return image if _image_size(image) == (c["size"], c["size"]) else None
+        except (OSError, ValueError):
+            return None
+
     def problems(self, class_names: Sequence[str] = CLASS_NAMES, model_digest: str | None = None) -> list[str]:
         """What a labeller should know before starting: another class list (refuse), another model (a note)."""
         said = []

@@ -32,6 +32,7 @@ HISTORY = STUDIO_STORE_MARK  # its presence makes the folder read as studio-labe
 DIGEST = ".labels.csv.sha256"
 TILES = "tiles"
 COLUMNS = ("file", "label", "observation", "image", "x", "y", "size", "queue", "time")
+MAX_ORIGINAL_BYTES = 8 * 2**20  # a tile's own file is kept up to this size (a 227 px JPEG is ~20 KB)
 #: The classes a page counts as "rare so far": the thinnest in the training data (42, 37 and 167 originals).
 RARE_CLASSES = ("impact ejecta", "spider", "dark dune")
 
@@ -160,17 +161,24 @@ class LabelStore:
             tmp.write_text(hashlib.sha256(data).hexdigest() + "\n")
 
     def label(self, queue: str, candidate: int, label: str, tile: np.ndarray, *, image: str, x: int, y: int,
-              size: int, observation: str | None) -> Decision:
-        """Save one label at once: the tile, its event, the rebuilt labels.csv."""
+              size: int, observation: str | None, original: Path | None = None) -> Decision:
+        """Save one label at once: the tile, its event, the rebuilt labels.csv. `original`: the image file when the
+        window is all of it; its own bytes are kept (a data set holding the same file then meets it by content)."""
         if label not in CLASS_NAMES:
             raise ValueError(f"unknown class {label!r}")
         from PIL import Image
 
+        keep = original is not None and original.is_file() and original.stat().st_size <= MAX_ORIGINAL_BYTES
         name = f"{TILES}/{tile_name(image, x, y, size)}"
+        if keep:
+            name = name.removesuffix(".png") + original.suffix.lower()
         try:
             with self._writing():
                 with atomic_path(self.folder / name) as tmp:
-                    Image.fromarray(np.asarray(tile, np.uint8)).save(tmp, format="PNG")
+                    if keep:
+                        tmp.write_bytes(original.read_bytes())
+                    else:
+                        Image.fromarray(np.asarray(tile, np.uint8)).save(tmp, format="PNG")
                 self._append({"action": "label", "queue": queue, "candidate": int(candidate), "label": label,
                               "file": name, "observation": observation, "image": image, "x": int(x), "y": int(y),
                               "size": int(size), "time": now_iso()})
