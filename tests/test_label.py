@@ -155,6 +155,19 @@ def test_a_read_only_store_says_so_and_loses_nothing(tmp_path):
     assert len(store.labelled()) == 1
 
 
+def test_a_store_that_cannot_take_a_tile_says_so_even_as_root(tmp_path):
+    """Read-only as the tests run it (root writes anywhere): its tiles folder replaced by a file."""
+    store = LabelStore(tmp_path / "store")
+    _label(store, 0, "crater")
+    import shutil as sh
+    sh.rmtree(store.folder / "tiles")
+    (store.folder / "tiles").write_text("in the way")
+    history = (store.folder / HISTORY).read_bytes()
+    with pytest.raises(StoreError, match="cannot save the label"):
+        _label(store, 1, "spider")
+    assert (store.folder / HISTORY).read_bytes() == history  # nothing recorded for the label that failed
+
+
 def test_a_store_in_a_folder_that_cannot_be_made_says_so(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
