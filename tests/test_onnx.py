@@ -148,3 +148,21 @@ def test_every_shipped_checkpoint_has_a_twin_that_agrees_with_it(checkpoint, til
     a = predict_proba(loaded, tiles[:8], show_progress=False)
     b = predict_proba(torch_only, tiles[:8], show_progress=False)
     assert np.abs(a - b).max() < 1e-3 and (a.argmax(1) == b.argmax(1)).all()
+
+
+def test_a_model_onnx_cannot_take_is_refused_in_one_line(exported, tmp_path, tiles, monkeypatch, capsys):
+    import torch
+
+    ckpt = tmp_path / "tiny.pt"
+    shutil.copy(exported, ckpt)
+
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("Exporting the operator 'aten::mystery' to ONNX opset version 17 is not supported.\nmore")
+
+    monkeypatch.setattr(torch.onnx, "export", unsupported)
+    with pytest.raises(exporter.ExportError, match="simple_cnn cannot be exported to ONNX: Exporting the operator"):
+        exporter.export(ckpt, tiles=tiles)
+    assert not twin_path(ckpt).exists()
+    assert exporter.main([str(ckpt), "--check-data", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no real tiles to verify the twin on") and len(err.splitlines()) == 1
