@@ -15,6 +15,8 @@ Dask engine against this process, each measured in this one run on test observat
 3. --observations browse-size observations (908 x 1362) in one folder, scanned with windows of 192 and 384 px in
    this process and on a local Dask cluster of 2 worker processes (wall time of the whole command, cluster
    start-up and model loads included).
+4. The same scan (a --engine-browse image, 96 px windows) on the default's verified ONNX twin and on torch (issue 30):
+   windows/s each, and their ratio. Goal: ONNX >= 1.4x.
 The share of the CPU other processes took meanwhile is printed: figures from a busy machine are to be re-measured.
 """
 from __future__ import annotations
@@ -223,6 +225,32 @@ def _shape(text: str) -> tuple[int, int]:
     return w, h
 
 
+def section_engines(args, data, loaded) -> None:
+    """4. The same scan on each engine (issue 30): the default's verified ONNX twin against torch (frozen trace)."""
+    if loaded.onnx is None:
+        print(f"== 4. engines: skipped ({loaded.engine_note})")
+        return
+    torch_only = load_checkpoint(loaded.path, engine="torch")
+    width, height = args.engine_browse
+    gray = browse_observation(data, loaded, width, height)
+    rates = {}
+    load = OtherLoad()
+    load.start()
+    for name, model in (("torch (frozen trace)", torch_only), ("ONNX Runtime", loaded)):
+        scan([ArrayRaster(gray[:400, :400])], model, sizes=(DEFAULT_SIZES[0],), on_progress=lambda *_: None)  # warm
+        t0 = time.perf_counter()
+        [result] = scan([ArrayRaster(gray)], model, sizes=(DEFAULT_SIZES[0],), on_progress=lambda *_: None)
+        n = len(result.grids[0].rows) * len(result.grids[0].cols)
+        rates[name] = n / (time.perf_counter() - t0)
+    other = load.stop()
+    print(f"== 4. engines, {width}x{height} browse image, {DEFAULT_SIZES[0]} px windows ({n:,}):")
+    for name, rate in rates.items():
+        print(f"{name}: {rate:,.1f} windows/s")
+    ratio = rates["ONNX Runtime"] / rates["torch (frozen trace)"]
+    print(f"ratio (ONNX / torch): {ratio:.2f}x; goal >= 1.4x: {'met' if ratio >= 1.4 else 'NOT met'}")
+    print(f"other processes took {other:.0%} of the CPU meanwhile")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(SHARED_DATA_DIR / "hirise-v3_2-subset"))
@@ -231,7 +259,8 @@ def main() -> int:
     parser.add_argument("--jp2-side", type=int, default=20_000)
     parser.add_argument("--jp2-sizes", default="1024,2048")
     parser.add_argument("--observations", type=int, default=8)
-    parser.add_argument("--sections", default="1,2,3")
+    parser.add_argument("--sections", default="1,2,3,4")
+    parser.add_argument("--engine-browse", type=_shape, default=(1500, 2000), help="width x height of section 4's image")
     parser.add_argument("--ray-path", help="a folder holding Ray (pip install --target DIR ray): section 3 also "
                                            "runs on Ray core, to compare the engines")
     parser.add_argument("--ray-child", type=Path, help=argparse.SUPPRESS)
@@ -254,6 +283,8 @@ def main() -> int:
             section_jp2(args, data, loaded, work)
         if "3" in args.sections:
             section_engine(args, data, loaded, work)
+        if "4" in args.sections:
+            section_engines(args, data, loaded)
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     return 0
 

@@ -25,8 +25,10 @@ def test_bench_memory_smoke(shared_data: Path):
 @pytest.mark.realdata
 def test_bench_scan_smoke(shared_data: Path):
     out = ok(run_bench("bench_scan.py", "--data", str(shared_data / "hirise-v3_2-subset"), "--browse", "500x400",
-                       "--baseline-windows", "10", "--jp2-side", "600", "--jp2-sizes", "300", "--sections", "1,2"))
+                       "--baseline-windows", "10", "--jp2-side", "600", "--jp2-sizes", "300", "--sections", "1,2,4",
+                       "--engine-browse", "500x400"))
     assert "BASELINE plain loop" in out and "ratio (OURS / BASELINE" in out and "OURS whole scan" in out
+    assert "ratio (ONNX / torch)" in out
     assert "BASELINE model loaded, image read whole" in out and "goal < 1.5 GB" in out
 
 
