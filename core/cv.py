@@ -34,7 +34,7 @@ import numpy as np
 from .bootstrap import fmt, intervals
 from .choices import HEADLINE, METRIC_LABELS
 from .classes import CLASS_NAMES
-from .cliargs import refuse, single_run_flag
+from .cliargs import queue_or_run, refuse, single_run_flag
 from .config import ConfigError, RunConfig, typed_config
 from .data.spec import MAX_FOLDS, MIN_FOLDS
 from .manifest import Manifests, Task, safe_name
@@ -641,7 +641,6 @@ def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
     """`python -m core.train cv K`: every fold checked before the first one starts, then trained here with
     `train` (core.runner.train, passed in: the engine depends on nothing here), or queued; then reported."""
     from .data import DataError
-    from .jobs import JobError
     runs_dir = Path(args.runs_dir) if args.runs_dir else None
     if clash := single_run_flag(args):
         return refuse(f"--cv makes one run folder per fold under --runs-dir; it takes no {clash}")
@@ -651,23 +650,10 @@ def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
             print(f"warning: {line}", flush=True)
     except (ConfigError, DataError) as exc:
         return refuse(str(exc))
-    if args.queue and args.cluster:
-        return refuse("--queue and --cluster: the device queue is this machine's; a cluster has its own scheduler")
-    if args.queue:
-        try:
-            cv_id, runs = launch(configs, runs_dir)
-        except JobError as exc:
-            return refuse(str(exc))
-        print(f"cross-validation {cv_id}: queued {len(runs)} folds: {', '.join(r.name for r in runs)}\n"
-              f"report: python -m core.train report cv {cv_id}")
-        return 0
-    from .cluster import ClusterError
-    try:
-        cv_id, code = run_in_process(configs, train, runs_dir, cluster=args.cluster, workers=args.workers)
-    except ClusterError as exc:
-        return refuse(str(exc))
-    report_main(cv_id, runs_dir)
-    return code
+    return queue_or_run(args, "cross-validation", "folds", "report: python -m core.train report cv",
+                        lambda: launch(configs, runs_dir),
+                        lambda: run_in_process(configs, train, runs_dir, cluster=args.cluster, workers=args.workers),
+                        lambda cv_id: report_main(cv_id, runs_dir))
 
 
 def report_main(cv_id: str, runs_dir: Path | None, against: str | None = None) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from .choices import HEADLINE_METRICS
-from .cliargs import refuse, single_run_flag
+from .cliargs import queue_or_run, refuse, single_run_flag
 from .config import ConfigError, RunConfig, field_specs, typed_config
 from .manifest import Manifests, Task, safe_name
 from .runs import Run, read_json, runs_root
@@ -425,20 +425,9 @@ def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
         return refuse(str(exc))
     except (JobError, ClusterError) as exc:
         return refuse(str(exc))
-    if args.queue:
-        try:
-            grid_id, runs = launch(p, runs_dir)
-        except JobError as exc:
-            return refuse(str(exc))
-        print(f"grid {grid_id}: queued {len(runs)} runs: {', '.join(r.name for r in runs)}\n"
-              f"results: python -m core.train report grid {grid_id}")
-        return 0
-    try:
-        grid_id, code = run_in_process(p, train, runs_dir, cluster=args.cluster, workers=args.workers)
-    except ClusterError as exc:
-        return refuse(str(exc))
-    report_main(grid_id, runs_dir)
-    return code
+    return queue_or_run(args, "grid", "runs", "results: python -m core.train report grid", lambda: launch(p, runs_dir),
+                        lambda: run_in_process(p, train, runs_dir, cluster=args.cluster, workers=args.workers),
+                        lambda grid_id: report_main(grid_id, runs_dir))
 
 
 def report_main(grid_id: str, runs_dir: Path | None) -> int:
