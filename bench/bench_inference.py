@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--cam-reps", type=at_least(1), default=20)
     parser.add_argument("--slow-reps", type=at_least(1), default=2, help=f"repetitions for {', '.join(PERTURBATION_METHODS)}")
     parser.add_argument("--threads", type=at_least(1), help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--no-cams", action="store_true", help="prediction only (the engines), no CAM method")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,7 +111,7 @@ def main() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             rows.append(("  variant: bfloat16 autocast (changes numerics)", timed(lambda: loaded.model(x), args.reps)))
 
-    for method in CAM_METHODS:
+    for method in () if args.no_cams else CAM_METHODS:
         reps = args.slow_reps if method in PERTURBATION_METHODS else args.cam_reps
         warmup = 1 if method in PERTURBATION_METHODS else 3
         rows.append((f"explain {method}", timed(lambda m=method: explain(loaded, tile, m, faithfulness=False),
@@ -124,7 +125,8 @@ def main() -> None:
     print(f"\n{'':<50}{'p50 ms':>9}{'p95 ms':>9}{'x base':>8}")
     for name, (p50, p95) in rows:
         print(f"{name:<50}{p50:>9.1f}{p95:>9.1f}{p50 / base[0]:>8.2f}")
-    pred, cam = dict(rows)["predict_bytes (decode+preprocess+forward)"][0], dict(rows)["explain gradcam"][0]
+    pred = dict(rows)["predict_bytes (decode+preprocess+forward)"][0]
+    cam = dict(rows).get("explain gradcam", (float("nan"),))[0]
     tta = dict(rows)["predict_bytes with TTA (8 flips and turns)"][0]
     print(f"\nengine: {loaded.engine_note}")
     if loaded.onnx is not None:
