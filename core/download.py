@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .digest import file_digest
 from .progress import ProgressCallback
 from .settings import PROJECT_ROOT
 
@@ -94,18 +95,9 @@ def download_v32(dest_dir: Path = DEFAULT_DEST, api: str = ZENODO_API,
     """The v3.2 zip in `dest_dir` (kept zipped: the data layer reads it as it is)."""
     dest = Path(dest_dir) / V32_FILE
     url, md5, size = file_info(api=api, dest=Path(dest_dir))
-    if dest.is_file() and md5 and file_digest(dest) == md5:
+    if dest.is_file() and md5 and file_digest(dest, "md5") == md5:
         return dest
     return download(url, dest, md5, size, on_progress)
-
-
-def file_digest(path: Path, algorithm: str = "md5") -> str:
-    """The hex digest of a file's bytes, read a MiB at a time."""
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:

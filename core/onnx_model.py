@@ -7,7 +7,6 @@ with every check a file from outside deserves: missing, empty, truncated or rand
 an opset this runtime cannot run. Each is one line (OnnxError); callers fall back to torch and say why."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .digest import file_digest  # noqa: F401 (re-exported: the twin's tie to its checkpoint)
 
 FORMAT = "hirise-studio-onnx/1"
 SUFFIX = ".onnx"
@@ -28,15 +29,6 @@ class OnnxError(ValueError):
 def twin_path(checkpoint: Path) -> Path:
     """Where a checkpoint's twin lives: beside it, same name, `.onnx`."""
     return Path(checkpoint).with_suffix(SUFFIX)
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file (hex): ties a twin to the exact checkpoint it was exported from."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

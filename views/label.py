@@ -11,7 +11,8 @@ import streamlit as st
 from core import cv, jobs
 from core.classes import CLASS_NAMES
 from core.defaults import read_registry
-from core.label.queue import MAX_BUDGET, QueueError, file_digest, list_queues, make_queue, valid_name
+from core.digest import file_digest
+from core.label.queue import MAX_BUDGET, QueueError, list_queues, make_queue, valid_name
 from core.label.retrain import FINETUNE_EPOCHS, cv_configs, finetune_config
 from core.label.store import RARE_CLASSES, LabelStore, StoreError, progress_line
 from core.label.strategies import DEFAULT_STRATEGY, STRATEGIES
@@ -113,7 +114,7 @@ meta = queue.meta
 st.caption(f"Ranked by **{meta['strategy']}** ({meta.get('strategy_description', '')}) from `{meta['source']}`, "
            f"{meta['windows_read']:,} windows read, by {meta['model']['name'] or 'the default model'}.")
 try:
-    default_digest = file_digest(DEFAULT_CHECKPOINT)
+    default_digest = file_digest(DEFAULT_CHECKPOINT)[:16]
 except OSError:
     default_digest = None
 problems = queue.problems(CLASS_NAMES, default_digest)

@@ -22,7 +22,7 @@ from ..atomic import atomic_path
 from ..checkpoint import LoadedModel
 from ..data import HiriseData, Record, RecordTiles
 from ..data.storage import content_digest
-from ..download import file_digest
+from ..digest import file_digest
 from ..inference import predict_features, probabilities
 from ..progress import ProgressCallback
 from ..settings import CACHE_DIR

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..classes import CLASS_NAMES
+from ..digest import file_digest
 from ..imageio import TILE_SIZE
 from .strategies import STRATEGIES, Pool, StrategyError, rank
 
@@ -315,20 +316,9 @@ def _write(folder: Path, cut: _Cut, windows: Sequence[Window], order: np.ndarray
             "strategy_description": STRATEGIES[strategy].description, "budget": budget, "seed": seed,
             "windows_read": read, "notes": notes, "class_names": names,
             "model": {"name": checkpoint.name if checkpoint else "", "path": str(checkpoint or ""),
-                      "digest": file_digest(checkpoint) if checkpoint else ""},
+                      "digest": file_digest(checkpoint)[:16] if checkpoint else ""},
             "candidates": candidates}
     (folder / "queue.json").write_text(json.dumps(meta, indent=1))
-
-
-def file_digest(path: Path) -> str:
-    """The first 16 hex digits of a file's SHA-256: which model made a queue."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 def _now() -> str:

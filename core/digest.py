@@ -1,0 +1,15 @@
+"""A file's digest, read a MiB at a time: the one way files are fingerprinted (a download against Zenodo's MD5, an
+ONNX twin against its checkpoint, a labelling queue against its model, Explore's feature cache)."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """The hex digest of the file at `path` (`algorithm`: any hashlib name)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
