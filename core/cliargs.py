@@ -63,23 +63,3 @@ def add_engine_argument(parser: argparse.ArgumentParser) -> None:
                         help="what runs the forward passes: the checkpoint's verified ONNX twin when there is one "
                              "(auto), only the twin (onnx), or torch; Grad-CAM is always torch's")
 
-
-def queue_or_run(args: argparse.Namespace, what: str, unit: str, see: str, launch: Callable[[], tuple[str, list]],
-                 run: Callable[[], tuple[str, int]], report: Callable[[str], object]) -> int:
-    """The end every plan command shares (`cv`, `grid`): with --queue, queue its runs and say how to `see` the
-    result; else train them here or on --cluster, then print the report. `what` names the plan ("grid"), `unit`
-    its runs ("folds"); a queue or cluster problem is one line."""
-    from .cluster import ClusterError
-    from .jobs import JobError
-    if args.queue and args.cluster:
-        return refuse("--queue and --cluster: the device queue is this machine's; a cluster has its own scheduler")
-    try:
-        if args.queue:
-            plan_id, runs = launch()
-            print(f"{what} {plan_id}: queued {len(runs)} {unit}: {', '.join(r.name for r in runs)}\n{see} {plan_id}")
-            return 0
-        plan_id, code = run()
-    except (JobError, ClusterError) as exc:
-        return refuse(str(exc))
-    report(plan_id)
-    return code

@@ -34,10 +34,10 @@ import numpy as np
 from .bootstrap import fmt, intervals
 from .choices import HEADLINE, METRIC_LABELS
 from .classes import CLASS_NAMES
-from .cliargs import queue_or_run, refuse, single_run_flag
+from .cliargs import refuse, single_run_flag
 from .config import ConfigError, RunConfig, typed_config
 from .data.spec import MAX_FOLDS, MIN_FOLDS
-from .manifest import Manifests, Task, safe_name
+from .manifest import Manifests, Task, queue_or_run, safe_name
 from .runs import Run, runs_root
 
 TAG_PREFIX = "cv:"

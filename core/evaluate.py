@@ -287,7 +287,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--batch-size must be at least 1")
     try:
         loaded = load_checkpoint(args.checkpoint, engine=args.engine)
-        print(f"engine: {loaded.engine_note}", file=sys.stderr)
         data = load_from_args(args.data, args)
         report = evaluate_model(loaded, data, args.split, originals_only=not args.all_files, tta=args.tta,
                                 batch_size=args.batch_size, bf16=args.bf16, unseen_by=[training_set(loaded)])
@@ -301,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_report(report))
+    print(f"engine: {loaded.engine_note}")  # last: the report's lines keep their places
     if args.out:
         print(f"\nreport written to {args.out}")
     return 0

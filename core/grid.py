@@ -22,9 +22,9 @@ from typing import Any
 import pandas as pd
 
 from .choices import HEADLINE_METRICS
-from .cliargs import queue_or_run, refuse, single_run_flag
+from .cliargs import refuse, single_run_flag
 from .config import ConfigError, RunConfig, field_specs, typed_config
-from .manifest import Manifests, Task, safe_name
+from .manifest import Manifests, Task, queue_or_run, safe_name
 from .runs import Run, read_json, runs_root
 
 MAX_FIELDS = 3

@@ -160,7 +160,9 @@ def fast_forward(loaded: LoadedModel, features: bool = False) -> Callable[[torch
 
     def forward(x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         out = None
-        if loaded.onnx is not None and x.device.type == "cpu":  # its verified ONNX twin (`core.onnx_model`)
+        if loaded.onnx is not None and x.device.type == "cpu" and x.shape[-1] == loaded.onnx.image_size:
+            # its verified ONNX twin (`core.onnx_model`), made for the model's own input size; another size
+            # (Explore's smaller maps) runs on torch
             f, logits = loaded.onnx.forward(x.float().contiguous().numpy())
             return (torch.from_numpy(f), torch.from_numpy(logits)) if features else torch.from_numpy(logits)
         if x.device.type == "cpu":

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 from .runs import Run, now_iso, read_json, runs_root, write_json_atomic
 
 if TYPE_CHECKING:
+    import argparse
+
     from .config import RunConfig
 
 
@@ -247,3 +249,25 @@ def train_on_worker(train: Callable[..., int], config: dict[str, Any], run_path:
         if not resume:
             run.keep_metrics_through(0)
         return train(cfg, run, resume=resume, lock=lock)
+
+
+def queue_or_run(args: argparse.Namespace, what: str, unit: str, see: str, launch: Callable[[], tuple[str, list]],
+                 run: Callable[[], tuple[str, int]], report: Callable[[str], object]) -> int:
+    """The end every plan command shares (`cv`, `grid`): with --queue, queue its runs and say how to `see` the
+    result; else train them here or on --cluster, then print the report. `what` names the plan ("grid"), `unit`
+    its runs ("folds"); a queue or cluster problem is one line."""
+    from .cliargs import refuse
+    from .cluster import ClusterError
+    from .jobs import JobError
+    if args.queue and args.cluster:
+        return refuse("--queue and --cluster: the device queue is this machine's; a cluster has its own scheduler")
+    try:
+        if args.queue:
+            plan_id, runs = launch()
+            print(f"{what} {plan_id}: queued {len(runs)} {unit}: {', '.join(r.name for r in runs)}\n{see} {plan_id}")
+            return 0
+        plan_id, code = run()
+    except (JobError, ClusterError) as exc:
+        return refuse(str(exc))
+    report(plan_id)
+    return code

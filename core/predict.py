@@ -228,7 +228,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--stride and --top-k must be at least 1")
     try:
         loaded = load_checkpoint(args.checkpoint, engine=args.engine)
-        print(f"engine: {loaded.engine_note}", file=sys.stderr)
     except CheckpointError as exc:
         hint = "" if args.checkpoint else " (train a model first, or pass --checkpoint PATH)"
         print(f"error: {exc}{hint}", file=sys.stderr)
@@ -279,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     if out:
         print(f"images written to {out}")
+    print(f"engine: {loaded.engine_note}")  # last: one line per image above, as before
     if failed:
         print(f"{failed} file(s) skipped, {len(rows)} classified", file=sys.stderr)
     return 1 if failed else 0

@@ -330,7 +330,7 @@ def _round_two(url: str, tmp: Path, page) -> None:
     page.reload()
     page.get_by_label("Watch run").first.click(timeout=60_000)
     page.get_by_role("option", name="20251231-000000-tiny").click()
-    page.get_by_text("(epoch 2, the last)").first.wait_for(timeout=60_000)
+    page.get_by_text("Validation figures of epoch 2, the last").first.wait_for(timeout=60_000)
     page.screenshot(path=str(ARTIFACTS / "round2-train-epochs.png"), full_page=True)
     # 8: one run and the shipped default model are a comparison
     page.goto(f"{url}/compare")

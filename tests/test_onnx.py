@@ -46,6 +46,9 @@ def test_the_twin_serves_forward_passes_with_the_same_figures_as_torch(exported,
     f_onnx, _ = predict_features(onnx, tiles, show_progress=False)
     f_torch, _ = predict_features(torch_only, tiles, show_progress=False)
     np.testing.assert_allclose(f_onnx, f_torch, atol=1e-4)
+    small_onnx, _ = predict_features(onnx, tiles, size=24, show_progress=False)  # another input size: torch's
+    small_torch, _ = predict_features(torch_only, tiles, size=24, show_progress=False)
+    np.testing.assert_allclose(small_onnx, small_torch, atol=1e-5)
     twin = load_onnx(twin_path(exported))
     assert twin.class_names == onnx.class_names and twin.checkpoint_digest == file_digest(exported)
 
@@ -136,7 +139,7 @@ def test_the_clis_take_engine_and_onnx_without_a_twin_is_one_line(tmp_path, caps
     err = capsys.readouterr().err
     assert "engine onnx: lonely.pt has no ONNX twin" in err and "Traceback" not in err
     assert predict_main([str(tmp_path / "t.png"), "--checkpoint", str(ckpt)]) == 0
-    assert "engine: torch: lonely.pt has no ONNX twin" in capsys.readouterr().err
+    assert "engine: torch: lonely.pt has no ONNX twin" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("checkpoint", SHIPPED, ids=[p.name for p in SHIPPED])
