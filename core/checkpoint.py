@@ -248,7 +248,8 @@ def attach_twin(loaded: LoadedModel, engine: str = "auto") -> None:
     """Serve `loaded`'s forward passes from its ONNX twin (`core.onnx_model`) when `engine` is auto or onnx and a
     twin of exactly this checkpoint loads and fits; say which engine serves and why in `loaded.engine_note`.
     engine=onnx without a usable twin is a CheckpointError; auto falls back to torch."""
-    from .onnx_model import OnnxError, file_digest, load_onnx, twin_path
+    from .digest import file_digest
+    from .onnx_model import OnnxError, load_onnx, twin_path
 
     if engine not in ENGINES:
         raise CheckpointError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")

@@ -26,10 +26,11 @@ from torch import nn
 
 from .atomic import atomic_path
 from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
+from .digest import file_digest
 from .imageio import TILE_SIZE
 from .inference import model_input, probabilities
 from .models import get_layer, spec
-from .onnx_model import FORMAT, OnnxError, file_digest, load_onnx, twin_path
+from .onnx_model import FORMAT, OnnxError, load_onnx, twin_path
 
 OPSET = 17
 MIN_AGREEMENT = 0.995  # the share of check tiles whose predicted class must be the same as torch's

@@ -15,8 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from .digest import file_digest  # noqa: F401 (re-exported: the twin's tie to its checkpoint)
-
 FORMAT = "hirise-studio-onnx/1"
 SUFFIX = ".onnx"
 MAX_ONNX_BYTES = 256 * 2**20  # no shipped twin comes near; a bigger file is not ours

@@ -115,7 +115,8 @@ def test_the_first_champion_then_a_challenger_that_wins_is_promoted(champion_cv,
     first = defaults.promote(champion_cv, runs_dir, first=True, why="the previous default's recipe",
                              registry=registry)
     assert (registry.parent / first["checkpoint"]).is_file() and defaults.oof_file(champion_cv, registry).is_file()
-    from core.onnx_model import file_digest, load_onnx, twin_path
+    from core.digest import file_digest
+    from core.onnx_model import load_onnx, twin_path
     shipped = registry.parent / first["checkpoint"]  # shipped with its verified ONNX twin (issue 30)
     assert load_onnx(twin_path(shipped), expect_digest=file_digest(shipped)).verified["agreement"] >= 0.995
     assert "ONNX twin" in capsys.readouterr().out

@@ -11,8 +11,9 @@ import pytest
 
 from core import export as exporter
 from core.checkpoint import CheckpointError, load_checkpoint
+from core.digest import file_digest
 from core.inference import predict_features, predict_proba
-from core.onnx_model import OnnxError, file_digest, load_onnx, twin_path
+from core.onnx_model import OnnxError, load_onnx, twin_path
 from core.settings import PROJECT_ROOT
 from tests.model_fixtures import synthetic_tiles, tiny_checkpoint
 

@@ -12,7 +12,7 @@ from core import cv, jobs
 from core.classes import CLASS_NAMES
 from core.defaults import read_registry
 from core.digest import file_digest
-from core.label.queue import MAX_BUDGET, QueueError, list_queues, make_queue, valid_name
+from core.label.queue import MAX_BUDGET, QueueError, list_queues, make_queue, parse_budget, valid_name
 from core.label.retrain import FINETUNE_EPOCHS, cv_configs, finetune_config
 from core.label.store import RARE_CLASSES, LabelStore, StoreError, progress_line
 from core.label.strategies import DEFAULT_STRATEGY, STRATEGIES
@@ -51,17 +51,6 @@ def _source_choice() -> Path | None:
     return Path(typed.strip()).expanduser() if typed.strip() else None
 
 
-def _budget(text: str) -> int:
-    """The budget as typed, or QueueError saying why not (never silently another number)."""
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise QueueError(f"budget {text.strip()[:20]!r} is not a whole number: give 1 to {MAX_BUDGET}") from None
-    if not 1 <= value <= MAX_BUDGET:
-        raise QueueError(f"budget {value}: give 1 to {MAX_BUDGET} windows")
-    return value
-
-
 with st.expander("Make a queue", expanded=not queues):
     source = _source_choice()
     left, mid, right = st.columns([2, 1, 2])
@@ -76,7 +65,7 @@ with st.expander("Make a queue", expanded=not queues):
         name = kept(st.text_input, "Queue name", "lbl_name", f"queue-{datetime.now():%Y%m%d-%H%M}")
     if st.button("Make the queue", type="primary"):
         try:
-            budget = _budget(budget_text)
+            budget = parse_budget(budget_text)
             queue_name = valid_name(name)
             if source is None:
                 raise QueueError("choose a finished scan, or give a file or folder")

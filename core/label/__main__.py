@@ -6,19 +6,16 @@ import sys
 from pathlib import Path
 
 from ..settings import LABEL_QUEUES_DIR, LABEL_STORE_DIR
-from .queue import MAX_BUDGET, MAX_WINDOWS, QueueError, load, make_queue
+from .queue import MAX_BUDGET, MAX_WINDOWS, QueueError, load, make_queue, parse_budget
 from .store import LabelStore, StoreError, progress_line
 from .strategies import DEFAULT_STRATEGY, STRATEGIES
 
 
 def _budget(text: str) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= MAX_BUDGET:
-        raise argparse.ArgumentTypeError(f"{value}: give 1 to {MAX_BUDGET}")
-    return value
+        return parse_budget(text)
+    except QueueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..classes import CLASS_NAMES
 from ..digest import file_digest
-from ..imageio import TILE_SIZE
+from ..imageio import IMAGE_SUFFIXES, TILE_SIZE
+from ..runs import now_iso
 from .strategies import STRATEGIES, Pool, StrategyError, rank
 
 FORMAT = "hirise-studio-queue/1"
@@ -90,7 +91,7 @@ class Queue:
         (and a label conflict) by content, as for any two sources."""
         c = self.candidates[index]
         image = Path(c["image"])
-        if c["x"] or c["y"] or not image.is_file() or image.suffix.lower() in (".jp2", ".j2k", ".jpx", ".img"):
+        if c["x"] or c["y"] or not image.is_file() or image.suffix.lower() not in IMAGE_SUFFIXES:
             return None
         try:
             return image if _image_size(image) == (c["size"], c["size"]) else None
@@ -122,6 +123,17 @@ def _image_size(path: Path) -> tuple[int, int]:
 
     with Image.open(path) as img:
         return img.size
+
+
+def parse_budget(text: str) -> int:
+    """A budget as typed (page or CLI): a whole number from 1 to MAX_BUDGET, or QueueError saying why not."""
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise QueueError(f"budget {str(text).strip()[:20]!r} is not a whole number: give 1 to {MAX_BUDGET}") from None
+    if not 1 <= value <= MAX_BUDGET:
+        raise QueueError(f"budget {value}: give 1 to {MAX_BUDGET} windows")
+    return value
 
 
 def valid_name(name: str) -> str:
@@ -312,19 +324,13 @@ def _write(folder: Path, cut: _Cut, windows: Sequence[Window], order: np.ndarray
                            "top3": [[names[j], round(float(p[j]), 4)] for j in top],
                            "typicality": None if typical is None else round(float(typical[int(i)]), 4)})
     checkpoint = Path(str(loaded.path)) if loaded.path else None
-    meta = {"format": FORMAT, "created": _now(), "source": str(source), "strategy": strategy,
+    meta = {"format": FORMAT, "created": now_iso(), "source": str(source), "strategy": strategy,
             "strategy_description": STRATEGIES[strategy].description, "budget": budget, "seed": seed,
             "windows_read": read, "notes": notes, "class_names": names,
             "model": {"name": checkpoint.name if checkpoint else "", "path": str(checkpoint or ""),
                       "digest": file_digest(checkpoint)[:16] if checkpoint else ""},
             "candidates": candidates}
     (folder / "queue.json").write_text(json.dumps(meta, indent=1))
-
-
-def _now() -> str:
-    from .store import now_iso
-
-    return now_iso()
 
 
 def _read_png(path: Path, what: str, mode: str = "L") -> np.ndarray:

@@ -18,7 +18,6 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,8 @@ import numpy as np
 from ..atomic import atomic_path
 from ..classes import CLASS_NAMES
 from ..data.sources import STUDIO_STORE_MARK
+from ..detections import csv_cell
+from ..runs import now_iso
 
 LABELS = "labels.csv"
 HISTORY = STUDIO_STORE_MARK  # its presence makes the folder read as studio-labelled tiles (core.data)
@@ -51,10 +52,6 @@ class Decision:
     label: str | None  # a class name; None for a skip
     file: str | None  # tiles/<name>.png for a label
     event: int  # its line in the history (1-based)
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class LabelStore:
@@ -134,26 +131,30 @@ class LabelStore:
         with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                problem = self.problem()
+                events = self.events()  # StoreError naming a damaged line
+                problem = self._edited()
                 if problem:
                     raise StoreError(problem)
-                yield self.events()
+                yield events
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _append(self, event: dict) -> None:
+    def _append(self, events: list[dict], event: dict) -> None:
+        """Record `event` (flushed to disk) and rebuild labels.csv from the history it ends."""
         line = json.dumps(event, sort_keys=True) + "\n"
         with open(self.folder / HISTORY, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
+        events.append(event)
+        self._rewrite_labels(events)
 
-    def _rewrite_labels(self) -> None:
-        latest = _rows(self.events())
+    def _rewrite_labels(self, events: list[dict]) -> None:
+        latest = _rows(events)
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(_csv_safe(r) for r in latest.values())
+        writer.writerows({k: csv_cell(v) if isinstance(v, str) else v for k, v in r.items()} for r in latest.values())
         data = buffer.getvalue().encode()
         with atomic_path(self.labels_path) as tmp:
             tmp.write_bytes(data)
@@ -173,27 +174,27 @@ class LabelStore:
         if keep:
             name = name.removesuffix(".png") + original.suffix.lower()
         try:
-            with self._writing():
+            with self._writing() as events:
                 with atomic_path(self.folder / name) as tmp:
                     if keep:
                         tmp.write_bytes(original.read_bytes())
                     else:
                         Image.fromarray(np.asarray(tile, np.uint8)).save(tmp, format="PNG")
-                self._append({"action": "label", "queue": queue, "candidate": int(candidate), "label": label,
-                              "file": name, "observation": observation, "image": image, "x": int(x), "y": int(y),
-                              "size": int(size), "time": now_iso()})
-                self._rewrite_labels()
+                self._append(events, {"action": "label", "queue": queue, "candidate": int(candidate),
+                                      "label": label, "file": name, "observation": observation, "image": image,
+                                      "x": int(x), "y": int(y), "size": int(size), "time": now_iso()})
+                decision = Decision(queue, int(candidate), label, name, len(events))
         except OSError as exc:
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"cannot save the label into {self.folder}: {exc.strerror or exc}") from None
-        return self.decisions(queue)[(queue, int(candidate))]
+        return decision
 
     def skip(self, queue: str, candidate: int) -> None:
         try:
-            with self._writing():
-                self._append({"action": "skip", "queue": queue, "candidate": int(candidate), "time": now_iso()})
-                self._rewrite_labels()
+            with self._writing() as events:
+                self._append(events, {"action": "skip", "queue": queue, "candidate": int(candidate),
+                                      "time": now_iso()})
         except OSError as exc:
             if isinstance(exc, StoreError):
                 raise
@@ -209,8 +210,7 @@ class LabelStore:
                 if not standing:
                     return None
                 last = standing[-1]
-                self._append({"action": "undo", "queue": queue, "event": last.event, "time": now_iso()})
-                self._rewrite_labels()
+                self._append(events, {"action": "undo", "queue": queue, "event": last.event, "time": now_iso()})
                 return last
         except OSError as exc:
             if isinstance(exc, StoreError):
@@ -251,10 +251,6 @@ def tile_name(image: str, x: int, y: int, size: int) -> str:
     digest = hashlib.sha1(str(image).encode()).hexdigest()[:6]
     return f"{stem}-{digest}-x{int(x)}-y{int(y)}-s{int(size)}.png"
 
-
-def _csv_safe(row: dict) -> dict:
-    """Cells a spreadsheet would run as a formula start with a quote instead (CSV injection)."""
-    return {k: ("'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") else v) for k, v in row.items()}
 
 
 def progress_line(queue, store: LabelStore) -> str:
