@@ -36,7 +36,8 @@ from torchvision.datasets.folder import default_loader
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchlib import OtherLoad, real_data_missing
 
-from core.checkpoint import LoadedModel, checkpoint_payload, load_checkpoint, save_checkpoint
+from core.checkpoint import LoadedModel, checkpoint_payload, load_checkpoint
+from core.checkpoint_file import save_checkpoint
 from core.classes import NUM_CLASSES
 from core.cliargs import at_least
 from core.data import load_dataset

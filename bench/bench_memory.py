@@ -75,7 +75,7 @@ def train_memory(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         tmp = Path(tmp)
         env = {**os.environ, "HIRISE_RUNS_DIR": str(tmp / "runs"), "PYTHONUNBUFFERED": "1"}
-        _, ref_hwm, ref_rusage, _ = child_peak([sys.executable, "-c", "import core.train"], env, tmp / "ref.log")
+        _, ref_hwm, ref_rusage, _ = child_peak([sys.executable, "-c", "import core.training.engine"], env, tmp / "ref.log")
         ref = max(ref_hwm, ref_rusage)
         cmd = [sys.executable, "-m", "core.train", "run", "--data", args.data, "--run-dir", str(tmp / "runs" / "bench"),
                "--model", "resnet18", "--init", "scratch", "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
@@ -105,7 +105,8 @@ def real_jpegs(data: Path, n: int) -> list[tuple[str, bytes]]:
 def app_memory(args: argparse.Namespace) -> None:
     import torch
 
-    from core.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
+    from core.checkpoint import checkpoint_payload, load_checkpoint
+    from core.checkpoint_file import save_checkpoint
     from core.classes import NUM_CLASSES
     from core.explain import explain
     from core.models import build_model

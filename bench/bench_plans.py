@@ -28,7 +28,7 @@ from core.settings import SHARED_DATA_DIR
 
 
 def timed_cv(argv: list[str]) -> float:
-    from core.runner import main as train_cli
+    from core.training.runner import main as train_cli
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()) as out:
         code = train_cli(argv)

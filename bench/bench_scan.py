@@ -40,8 +40,8 @@ from benchlib import OtherLoad, real_data_missing  # noqa: E402 - bench/benchlib
 from core.checkpoint import load_checkpoint  # noqa: E402
 from core.data import load_dataset  # noqa: E402
 from core.inference import predict_proba  # noqa: E402
-from core.raster import ArrayRaster  # noqa: E402
-from core.scan import DEFAULT_SIZES, scan  # noqa: E402
+from core.scan.raster import ArrayRaster  # noqa: E402
+from core.scan.scanner import DEFAULT_SIZES, scan  # noqa: E402
 from core.settings import SHARED_DATA_DIR  # noqa: E402
 from core.tiling import Windows  # noqa: E402
 from tools import observation  # noqa: E402
@@ -144,10 +144,10 @@ def section_jp2(args, data, loaded, work: Path) -> None:
     load, cpu0 = OtherLoad(), CHILD_CPU_S
     load.start()
     # the plain way: the model loaded, the whole image decoded into memory (then cut into windows)
-    read_whole = ("import core.scan, core.checkpoint as c, rasterio; m = c.load_checkpoint(); "
+    read_whole = ("import core.scan.scanner, core.checkpoint as c, rasterio; m = c.load_checkpoint(); "
                   f"a = rasterio.open({str(path)!r}).read(1); print(a.shape)")
     base_gib, base_s, _ = child_peak([sys.executable, "-c", read_whole])
-    libs_gib, _, _ = child_peak([sys.executable, "-c", "import core.scan, core.checkpoint as c; c.load_checkpoint()"])
+    libs_gib, _, _ = child_peak([sys.executable, "-c", "import core.scan.scanner, core.checkpoint as c; c.load_checkpoint()"])
     out = work / "jp2-out"
     ours_gib, ours_s, rc = child_peak([sys.executable, "-m", "core.scan", str(path), "--out", str(out), "--sizes",
                                        args.jp2_sizes])
@@ -201,7 +201,7 @@ def ray_child(folder: Path) -> None:
     import ray
     import ray.util
 
-    from core import scan as scanning
+    from core.scan import scanner as scanning
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 

@@ -4,9 +4,9 @@ against a plain torchvision pipeline, measured in one run on the real tiles.
     python bench/bench_train.py [DATA_PATH] [--batch-size 32] [--image-size 224] [--steps 10] [--warmup 3]
                                 [--workers 0,2] [--threads N] [--variants] [--gpu-batch-size 256] [--compile]
 
-OURS is what `core.train.fit` runs: the split's original training tiles held in memory as uint8
+OURS is what `core.training.engine.fit` runs: the split's original training tiles held in memory as uint8
 (`TileDataset`, read once from the decoded-tile cache), batches gathered from them in place
-(`DeviceBatches`, via `core.batches.train_batches`), online flips / 90-degree turns /
+(`DeviceBatches`, via `core.training.batches.train_batches`), online flips / 90-degree turns /
 brightness-contrast jitter on whole batches (`BatchAugment`),
 `to_model_input` (227 -> 224 px, standardised), channels-last, bf16 autocast where the device
 has it (`core.precision.autocast`), AdamW, and the one-channel-stem resnet18 of `build_model`.
@@ -49,17 +49,17 @@ from torchvision.datasets.folder import default_loader
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchlib import OtherLoad, real_data_missing
 
-from core.batches import TrainData, prepare_data, train_batches
 from core.classes import NUM_CLASSES
 from core.cliargs import at_least
-from core.config import RunConfig
 from core.data.storage import FolderStorage
 from core.models import build_model
-from core.optim import build_optimizer
 from core.precision import cpu_has_bf16
 from core.preprocess import to_model_input
 from core.settings import SHARED_DATA_DIR
-from core.train import optimizer_step
+from core.training.batches import TrainData, prepare_data, train_batches
+from core.training.config import RunConfig
+from core.training.engine import optimizer_step
+from core.training.optim import build_optimizer
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LR, WEIGHT_DECAY = 1e-3, 1e-4
@@ -136,7 +136,7 @@ def measure(batches: Iterator, prepare: Callable, step: Callable, warmup: int, s
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, amp: bool) -> Callable:
-    """`core.train.fit`'s own step (`optimizer_step`); like fit, it reads nothing back (`measure` syncs)."""
+    """`core.training.engine.fit`'s own step (`optimizer_step`); like fit, it reads nothing back (`measure` syncs)."""
     criterion = nn.CrossEntropyLoss()
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:

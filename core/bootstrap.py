@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .choices import HEADLINE
+from core.choices import HEADLINE
 
 N_DRAWS = 2000
 LEVEL = 0.95

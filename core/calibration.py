@@ -8,8 +8,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 T_MIN, T_MAX = 0.05, 20.0  # outside this range the fit says more about the data than the model
 
@@ -20,6 +18,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100)
     Optimises log T with LBFGS, so T stays positive. Too few tiles, a single class, or
     non-finite logits return 1.0 (no calibration) rather than an overfitted value.
     """
+    import torch  # only fitting needs it: softmax serves without torch (core.predict on an ONNX twin)
+    import torch.nn.functional as F
+
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     if logits.ndim != 2 or len(logits) < 2 or len(labels) != len(logits) or not np.isfinite(logits).all():

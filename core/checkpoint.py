@@ -11,19 +11,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .atomic import atomic_path
-from .classes import CLASS_NAMES
-from .config import MIN_INPUT_SIZE, field_bounds
-from .errors import first_line
-from .models import ARCHITECTURES, build_model
-from .ood import FeatureDensity, OODError
-from .settings import DEFAULT_CHECKPOINT
+from core.checkpoint_file import MAX_UNPACKED_BYTES, check_container
+from core.classes import CLASS_NAMES
+from core.errors import CheckpointError, first_line
+from core.models import ARCHITECTURES, build_model
+from core.ood import FeatureDensity, OODError
+from core.settings import DEFAULT_CHECKPOINT, ENGINES
+from core.training.config import MIN_INPUT_SIZE, field_bounds
 
 FORMAT = "hirise-studio-checkpoint/1"
-
-
-class CheckpointError(ValueError):
-    """A file that cannot be used as a model; the message says why."""
 
 
 @dataclass
@@ -78,26 +74,10 @@ def checkpoint_payload(model: nn.Module, *, arch: str, image_size: int, mean: fl
             "epoch": epoch, "splits": splits or {}, "state_dict": state}
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write atomically (a crash mid-write never leaves half a checkpoint behind)."""
-    path = Path(path)
-    with atomic_path(path) as tmp:  # a kill -9 leaves its temporary file: the run's next trainer clears it
-        torch.save(payload, tmp)
-    return path
-
-
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and validate the dict, with `weights_only=True` (no code runs from the file)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path.name} is empty (0 bytes): not a checkpoint")
-    unpacked = _unpacked_size(path)
-    if unpacked > MAX_UNPACKED_BYTES:
-        raise CheckpointError(f"{path.name} unpacks to {unpacked / 2**20:,.0f} MiB, over the {MAX_UNPACKED_BYTES / 2**20:,.0f}"
-                              " MiB a checkpoint may hold here (a model and its training state are far smaller): "
-                              "not loaded")
+    check_container(path, MAX_UNPACKED_BYTES)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError,
@@ -120,20 +100,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if problem:
         raise CheckpointError(f"{path.name} is not a usable checkpoint: {problem}")
     return payload
-
-
-#: What a checkpoint may unpack to: the largest model here (ResNet-152) with its optimizer state is about 700 MiB.
-#: Checked on the zip's directory before anything is read, so a small file that inflates to gigabytes costs nothing.
-MAX_UNPACKED_BYTES = 1024 * 2**20
-
-
-def _unpacked_size(path: Path) -> int:
-    """The total uncompressed size of a zip-format checkpoint's records (0 when it is not a zip: torch says why)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return sum(info.file_size for info in archive.infolist())
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return 0
 
 
 def payload_problem(payload: dict[str, Any]) -> str | None:
@@ -229,9 +195,8 @@ def _brief(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-#: Which engine runs forward passes: its verified ONNX twin when there is one (auto), only the twin (onnx: refused
-#: without one), or torch. Training, Grad-CAM, bf16 and GPU runs are torch's whatever this says.
-ENGINES = ("auto", "onnx", "torch")
+#: Which engine runs forward passes (core.settings.ENGINES): its verified ONNX twin when there is one (auto), only
+#: the twin (onnx: refused without one), or torch. Training, Grad-CAM, bf16 and GPU runs are torch's whatever it says.
 
 
 def load_checkpoint(path: str | Path | None = None, device: str | torch.device = "cpu",
@@ -248,8 +213,7 @@ def attach_twin(loaded: LoadedModel, engine: str = "auto") -> None:
     """Serve `loaded`'s forward passes from its ONNX twin (`core.onnx_model`) when `engine` is auto or onnx and a
     twin of exactly this checkpoint loads and fits; say which engine serves and why in `loaded.engine_note`.
     engine=onnx without a usable twin is a CheckpointError; auto falls back to torch."""
-    from .digest import file_digest
-    from .onnx_model import OnnxError, load_onnx, twin_path
+    from core.onnx_model import OnnxError, load_twin
 
     if engine not in ENGINES:
         raise CheckpointError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
@@ -262,23 +226,17 @@ def attach_twin(loaded: LoadedModel, engine: str = "auto") -> None:
             raise CheckpointError(f"engine onnx: {why.removeprefix('torch: ')}; its twin serves CPU runs only")
         loaded.engine_note = why
         return
-    twin = twin_path(loaded.path)
     try:
-        if not twin.is_file():
-            raise OnnxError(f"{loaded.path.name} has no ONNX twin ({twin.name}; python -m core.export makes it)")
-        model = load_onnx(twin, expect_digest=file_digest(loaded.path))
-        theirs = (model.class_names, model.image_size, model.mean, model.std)
-        if theirs != (loaded.class_names, loaded.image_size, loaded.mean, loaded.std):
-            raise OnnxError(f"{twin.name} does not feed or answer like {loaded.path.name}")
-    except OnnxError as exc:
+        model = load_twin(loaded.path, loaded.class_names)
+        if (model.image_size, model.mean, model.std) != (loaded.image_size, loaded.mean, loaded.std):
+            raise OnnxError(f"{model.path.name} does not feed like {loaded.path.name}")
+    except (OnnxError, CheckpointError) as exc:
         if engine == "onnx":
             raise CheckpointError(f"engine onnx: {exc}") from None
         loaded.engine_note = f"torch: {exc}"
         return
     loaded.onnx = model
-    check = model.verified or {}
-    loaded.engine_note = (f"ONNX Runtime ({twin.name}" + (f", verified on {check.get('tiles')} real tiles: "
-                          f"{check.get('agreement', 0):.1%} equal predictions" if check else "") + ")")
+    loaded.engine_note = model.note
 
 
 def model_from_payload(payload: dict[str, Any], path: Path, device: str | torch.device = "cpu",

@@ -1,8 +1,8 @@
 """Registries of the run choices that are not code of their own: augmentation modes, class-imbalance policies, the
 headline metrics. (Split names live in core.data.records.)
 
-Models, optimizers, schedulers and transforms have registries beside their code (core.models, core.optim,
-core.augment). These choices are behaviours of the batch loader and the loss, so each is declared here once, with
+Models, optimizers, schedulers and transforms have registries beside their code (core.models, core.training.optim,
+core.training.augment). These choices are behaviours of the batch loader and the loss, so each is declared here once, with
 what the code needs to know about it; RunConfig's options, the Train form, the CLI's flags, validation, the reports
 and Compare all derive from these tables. Standard library only: importing it costs nothing (app cold start).
 """

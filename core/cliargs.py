@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .runs import RunLock
+    from core.experiment.runs import RunLock
 
 
 def at_least(minimum: int) -> Callable[[str], int]:
@@ -50,16 +50,18 @@ def refuse(message: str, lock: RunLock | None = None) -> int:
     print(f"error: {message}", file=sys.stderr)
     if lock is not None:
         with lock, contextlib.suppress(OSError):
-            from .runs import now_iso
+            from core.experiment.runs import now_iso
             lock.run.update_status(state="failed", ended_at=now_iso(), error=message)
     return 2
 
 
 
 def add_engine_argument(parser: argparse.ArgumentParser) -> None:
-    """`--engine auto|onnx|torch`, one spelling for every command that runs forward passes (core.checkpoint.ENGINES:
-    auto serves from the checkpoint's verified ONNX twin when it has one)."""
-    parser.add_argument("--engine", choices=("auto", "onnx", "torch"), default="auto",
+    """`--engine auto|onnx|torch`, one spelling for every command that runs forward passes (core.settings.ENGINES:
+    auto serves from the checkpoint's verified ONNX twin when it has one; HIRISE_ENGINE sets the default)."""
+    from core.settings import ENGINE, ENGINES
+
+    parser.add_argument("--engine", choices=ENGINES, default=ENGINE,
                         help="what runs the forward passes: the checkpoint's verified ONNX twin when there is one "
                              "(auto), only the twin (onnx), or torch; Grad-CAM is always torch's")
 

@@ -3,7 +3,7 @@
 A default can only get better. A refit becomes the default only through `promote` (`python -m core.train
 --promote CV_ID`, or the Promote button under a complete cross-validation's report), which compares that
 cross-validation with the current default's on the same folds (the same files, labels and fold of every file: one
-fingerprint) by a paired bootstrap over observations on every file a user could send (`core.cv_files`: originals
+fingerprint) by a paired bootstrap over observations on every file a user could send (`core.experiment.cv_files`: originals
 and their official copies). It is refused, with the figures, unless the challenger is not worse beyond noise on
 macro-F1 and on accuracy, and better beyond noise on at least one.
 
@@ -27,11 +27,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_path
-from .choices import HEADLINE, METRIC_LABELS
-from .classes import CLASS_NAMES
-from .registry import ENTRY_ID, FORMAT, RegistryError, current_entry, default_checkpoint_file, default_serving
-from .registry import read_registry as _read
+from core.atomic import atomic_path
+from core.choices import HEADLINE, METRIC_LABELS
+from core.classes import CLASS_NAMES
+from core.registry import ENTRY_ID, FORMAT, RegistryError, current_entry, default_checkpoint_file, default_serving
+from core.registry import read_registry as _read
 
 __all__ = ["ENTRY_ID", "FORMAT", "RegistryError", "current_entry", "default_checkpoint_file", "default_serving",
            "promote", "read_registry", "registry_path"]
@@ -42,7 +42,7 @@ GATE_FIGURES = ("macro_f1", "accuracy")
 
 
 def registry_path() -> Path:
-    from .settings import DEFAULTS_REGISTRY
+    from core.settings import DEFAULTS_REGISTRY
     return DEFAULTS_REGISTRY
 
 
@@ -110,7 +110,7 @@ def fingerprint(files: dict[str, Any]) -> str:
 def compare(challenger: dict[str, Any], champion: dict[str, Any], pred_key: str = "pred") -> dict[str, Any]:
     """Challenger minus champion on the files both scored (paired bootstrap over observations), per headline
     figure; the verdict of the gate on GATE_FIGURES."""
-    from .bootstrap import paired_difference
+    from core.bootstrap import paired_difference
     index = {str(n): i for i, n in enumerate(champion["name"])}
     rows_a = [i for i, n in enumerate(challenger["name"]) if str(n) in index]
     rows_b = [index[str(challenger["name"][i])] for i in rows_a]
@@ -127,8 +127,8 @@ def compare(challenger: dict[str, Any], champion: dict[str, Any], pred_key: str 
 
 def challenger_files(cv_id: str, runs_dir: Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """A cross-validation's report and its pooled all-files predictions (as class arrays), or RegistryError."""
-    from . import cv
-    from .cv_files import pooled
+    from core.experiment import cv
+    from core.experiment.cv_files import pooled
     try:
         rep = cv.report(cv_id, runs_dir)
     except (FileNotFoundError, cv.CVError) as exc:
@@ -150,8 +150,8 @@ def challenger_files(cv_id: str, runs_dir: Path | None = None) -> tuple[dict[str
 
 def find_refit(cv_id: str, runs_dir: Path | None = None) -> Path:
     """The newest completed refit calibrated from `cv_id` (its best.pt), or RegistryError."""
-    from .jobs import job_state
-    from .runs import list_runs
+    from core.experiment.jobs import job_state
+    from core.experiment.runs import list_runs
     found = []
     for run in list_runs(runs_dir):
         cfg = run.config()
@@ -187,7 +187,7 @@ def figures_rows(figures: dict[str, Any]) -> list[dict[str, str]]:
     """An entry's stored figures (`summary_figures`) as rows: per-class recall first, then macro-F1, balanced
     accuracy, accuracy beside the always-`other` accuracy on the same files, and the false alarms at the scan
     threshold; a column per view. The one source of the tables on Home, in the model card and in the README."""
-    from .bootstrap import fmt
+    from core.bootstrap import fmt
     views = [v for v in VIEW_ORDER if v in figures]
     if not views:
         return []
@@ -207,7 +207,7 @@ def figures_rows(figures: dict[str, Any]) -> list[dict[str, str]]:
 
 def fmt_difference(d: dict[str, Any]) -> str:
     """A paired difference with its interval and verdict, as the gate reports it."""
-    from .bootstrap import fmt
+    from core.bootstrap import fmt
     verdict = "within noise" if d["within_noise"] else ("better" if d["difference"] > 0 else "worse")
     return f"{fmt(d['difference'], d['interval'])} ({verdict})"
 
@@ -230,8 +230,8 @@ def promote(cv_id: str, runs_dir: Path | None = None, *, why: str = "", first: b
     `checkpoint`: ship this file instead of a refit (the first champion may be an existing checkpoint of the
     recipe, named in `why`). `dry_run`: the gate's figures and verdict only, on the challenger's out-of-fold
     predictions (no refit needed); nothing is written. Returns the new entry (with `dry_run`: the gate)."""
-    from .checkpoint import CheckpointError, load_checkpoint
-    from .runs import now_iso
+    from core.checkpoint import CheckpointError, load_checkpoint
+    from core.experiment.runs import now_iso
     if not cv_id or "/" in cv_id or "\0" in cv_id or cv_id.startswith(".") or not ENTRY_ID.match(cv_id):
         raise RegistryError(f"promote: {cv_id!r} is not a cross-validation id")
     path = registry or registry_path()
@@ -334,8 +334,8 @@ def refresh(cv_id: str, runs_dir: Path | None = None, registry: Path | None = No
     """Re-read a registered default's cross-validation (its folds scored again since, e.g. with 8-view averaging
     by `score`): its stored predictions, figures and TTA decision are rewritten. Not a promotion: the same folds
     and files (fingerprint), the same checkpoint, the same place in the registry; RegistryError otherwise."""
-    from .checkpoint import CheckpointError, load_checkpoint
-    from .runs import now_iso
+    from core.checkpoint import CheckpointError, load_checkpoint
+    from core.experiment.runs import now_iso
     path = registry or registry_path()
     rep, files = challenger_files(cv_id, runs_dir)
     entry = next((e for e in read_registry(path)["entries"] if e["id"] == cv_id), None)
@@ -370,7 +370,7 @@ def tta_decision(files: dict[str, Any], loaded, repeats: int = 15) -> dict[str, 
 
     import numpy as np
 
-    from .inference import predict_views
+    from core.inference import predict_views
     tile = np.random.default_rng(0).integers(0, 256, (1, 227, 227), dtype=np.uint8)
     predict_views(loaded, tile, show_progress=False)  # the first call traces
     times = []
@@ -385,7 +385,7 @@ def tta_decision(files: dict[str, Any], loaded, repeats: int = 15) -> dict[str, 
                        f"scored); one tile's 8 views take {p50:.0f} ms at the median (limit {TTA_P50_LIMIT_MS:.0f} ms)"}
     versus = compare({**files, "pred": files["pred_tta"]}, files)
     on = versus["passes"] and p50 < TTA_P50_LIMIT_MS
-    from .bootstrap import fmt
+    from core.bootstrap import fmt
     figures = ", ".join(f"{METRIC_LABELS[k]} {fmt(versus[k]['difference'], versus[k]['interval'])}"
                         for k in GATE_FIGURES)
     why = (f"TTA {'on' if on else 'off'} by default: 8-view averaging minus as sent on every file: {figures}; one "
@@ -403,7 +403,8 @@ def _ship(source: Path, target: Path, loaded) -> str:
     tiles is reported in the registry's figures by the ship tool; here it only has to load."""
     import torch
 
-    from .checkpoint import read_checkpoint, save_checkpoint
+    from core.checkpoint import read_checkpoint
+    from core.checkpoint_file import save_checkpoint
     if source.resolve() == target.resolve():
         return ship_twin(target)
     payload = read_checkpoint(source)
@@ -416,8 +417,8 @@ def _ship(source: Path, target: Path, loaded) -> str:
 def ship_twin(checkpoint: Path) -> str:
     """A shipped checkpoint's ONNX twin, verified against it (`core.export`): said, never silently skipped; a
     default without one is still served, by torch (its note says why)."""
-    from .export import ExportError, export
-    from .onnx_model import OnnxError
+    from core.export import ExportError, export
+    from core.onnx_model import OnnxError
     try:
         out, verified = export(checkpoint)
     except (ExportError, OnnxError, OSError) as exc:
@@ -426,7 +427,7 @@ def ship_twin(checkpoint: Path) -> str:
 
 
 def format_gate(cv_id: str, champion_id: str, gate: dict[str, Any], gate_tta: dict[str, Any] | None = None) -> str:
-    from .bootstrap import fmt
+    from core.bootstrap import fmt
     lines = [f"{cv_id} (challenger) minus {champion_id} (default), on the {gate['files']} files of every held-out "
              f"observation both scored, each as sent (paired bootstrap over {gate['groups']} observations):"]
     for k in HEADLINE:

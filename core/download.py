@@ -15,9 +15,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .digest import file_digest
-from .progress import ProgressCallback
-from .settings import PROJECT_ROOT
+from core.digest import file_digest
+from core.progress import ProgressCallback
+from core.settings import PROJECT_ROOT
 
 ZENODO_API = "https://zenodo.org/api/records"
 V32_RECORD = "4002935"

@@ -1,4 +1,5 @@
-"""How an exception is told to a user: one line, never a traceback (those go to logs)."""
+"""How an exception is told to a user: one line, never a traceback (those go to logs); and the error types that
+pages and CLIs catch without importing torch."""
 from __future__ import annotations
 
 
@@ -10,3 +11,7 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     if not text:
         return type(exc).__name__
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be used as a model; the message says why."""

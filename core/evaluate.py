@@ -11,26 +11,25 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
-from .bootstrap import fmt, intervals, statistic_interval
-from .calibration import ece_columns, ece_of_sums, expected_calibration_error, fit_temperature, reliability_diagram
-from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
-from .cliargs import add_engine_argument
-from .data import DataError, HiriseData, Record, RecordTiles
-from .data.cli import add_data_arguments, load_from_args
-from .data.records import HELD_OUT
-from .inference import predict_logits, probabilities, uses_bf16
-from .metrics import classification_metrics, confused_pairs, headline, per_class_curves
-from .progress import ProgressCallback
-from .seen import TrainingSet, training_set, unseen
-from .settings import DEFAULT_CHECKPOINT, DEFAULT_TTA
+from core.bootstrap import fmt, intervals, statistic_interval
+from core.calibration import ece_columns, ece_of_sums, expected_calibration_error, fit_temperature, reliability_diagram
+from core.checkpoint import CheckpointError, LoadedModel, load_checkpoint
+from core.cliargs import add_engine_argument
+from core.data import DataError, HiriseData, Record, RecordTiles
+from core.data.cli import add_data_arguments, load_from_args
+from core.data.records import HELD_OUT
+from core.experiment.runs import jsonable, write_json_atomic
+from core.inference import predict_logits, probabilities, uses_bf16
+from core.metrics import classification_metrics, confused_pairs, headline, per_class_curves
+from core.progress import ProgressCallback
+from core.seen import TrainingSet, training_set, unseen
+from core.settings import DEFAULT_CHECKPOINT, DEFAULT_TTA
 
 REPORT_FORMAT = "hirise-studio-evaluation/1"
 EVALUATION_SPLITS = (*HELD_OUT, "train", "all")  # the data's splits, held-out first, or every tile
@@ -129,7 +128,7 @@ def report_from_logits(loaded: LoadedModel, data: HiriseData, records: list[Reco
         "tiles_digest": tiles_digest(r.name for r in records),
         "precision": precision,
     })
-    return _jsonable(report)
+    return jsonable(report)
 
 
 def evaluation_records(loaded: LoadedModel, data: HiriseData, split: str,
@@ -171,27 +170,10 @@ def tiles_digest(names: Iterable[str]) -> str:
     return hashlib.sha1("\n".join(sorted(names)).encode()).hexdigest()[:12]
 
 
-def _jsonable(obj):
-    """Plain Python types, with NaN/inf as None: strict JSON that every reader (and the app) accepts."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
-
-
 def save_report(report: dict, path: str | Path) -> Path:
     """Write the report as JSON, atomically."""
     path = Path(path)
-    text = json.dumps(_jsonable(report), allow_nan=False)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    write_json_atomic(path, report, indent=None)
     return path
 
 

@@ -42,9 +42,9 @@ from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_with_sig
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from .checkpoint import LoadedModel
-from .inference import MODEL_LOCK, calibrated_softmax, predict_proba, preprocess, probabilities
-from .models import default_cam_layer, get_layer
+from core.checkpoint import LoadedModel
+from core.inference import MODEL_LOCK, calibrated_softmax, predict_proba, preprocess, probabilities
+from core.models import default_cam_layer, get_layer
 
 
 class SignedEigenCAM(EigenCAM):

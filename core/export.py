@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import atomic_path
-from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
-from .digest import file_digest
-from .imageio import TILE_SIZE
-from .inference import model_input, probabilities
-from .models import get_layer, spec
-from .onnx_model import FORMAT, OnnxError, load_onnx, twin_path
+from core.atomic import atomic_path
+from core.checkpoint import CheckpointError, LoadedModel, load_checkpoint
+from core.digest import file_digest
+from core.imageio import TILE_SIZE
+from core.inference import model_input, probabilities
+from core.models import get_layer, spec
+from core.onnx_model import FORMAT, OnnxError, load_onnx, twin_path
 
 OPSET = 17
 MIN_AGREEMENT = 0.995  # the share of check tiles whose predicted class must be the same as torch's
@@ -137,10 +137,10 @@ def check_tiles(data: Path | None, n: int = CHECK_TILES) -> np.ndarray:
     """Up to `n` real tiles to verify on: originals of the data source at `data` (the shared v3.2 subset by
     default), round-robin over the classes so the rare ones are checked too; only those tiles are decoded.
     ExportError when none can be read: a twin is never written unverified."""
-    from .data.records import DataError
-    from .data.sources import read_source
-    from .imageio import ImageError, decode_tile
-    from .settings import SHARED_DATA_DIR
+    from core.data.records import DataError
+    from core.data.sources import read_source
+    from core.imageio import ImageError, decode_tile
+    from core.settings import SHARED_DATA_DIR
 
     path = Path(data) if data else SHARED_DATA_DIR / "hirise-v3_2-subset"
     if not path.exists():
@@ -171,7 +171,7 @@ def verify(loaded: LoadedModel, onnx_bytes: bytes, tiles: np.ndarray) -> Verifie
     difference (both calibrated by the same temperature)."""
     import onnxruntime as ort
 
-    from .onnx_model import session_options
+    from core.onnx_model import session_options
 
     session = ort.InferenceSession(onnx_bytes, session_options(), providers=["CPUExecutionProvider"])
     x = model_input(tiles, loaded.mean, loaded.std, loaded.image_size, "cpu").float()

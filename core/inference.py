@@ -10,36 +10,29 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .calibration import softmax
-from .models import get_layer, spec
-from .precision import autocast, bf16_native
-from .preprocess import to_model_input
-from .progress import ProgressCallback, track
+from core.calibration import softmax
+from core.dihedral import VIEWS
+from core.models import get_layer, spec
+from core.precision import autocast, bf16_native
+from core.preprocess import to_model_input
+from core.progress import ProgressCallback, Tiles, in_batches
 
 if TYPE_CHECKING:
-    from .checkpoint import LoadedModel
+    from core.checkpoint import LoadedModel
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
-#: The 8 flips/rotations of a square image (the dihedral group D4), as functions of (B, C, H, W).
+#: The 8 flips and turns of a square image (core.dihedral.VIEWS' order), as functions of (B, C, H, W).
 DIHEDRAL: tuple[Callable[[torch.Tensor], torch.Tensor], ...] = tuple(
     (lambda t, k=k, flip=flip: torch.rot90(torch.flip(t, dims=(3,)) if flip else t, k, dims=(2, 3)))
-    for flip in (False, True) for k in range(4))
-
-
-class Tiles(Protocol):
-    """Anything that has a length and slices into uint8 tiles: an array, a tensor, `core.data.RecordTiles`."""
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, index: slice) -> np.ndarray | torch.Tensor: ...
+    for flip, k in VIEWS)
 
 
 def model_input(tiles: torch.Tensor | np.ndarray, mean: float, std: float, image_size: int,
@@ -75,20 +68,6 @@ def batched_logits(forward: Forward, tiles: Tiles, prepare: Callable[[np.ndarray
             logits = torch.stack([forward(t(x)).float() for t in DIHEDRAL]).mean(0) if tta else forward(x).float()
         out[rows] = logits.cpu().numpy()
     return out
-
-
-def in_batches(tiles: Tiles, batch_size: int, desc: str, on_progress: ProgressCallback | None = None,
-               show_progress: bool = True) -> Iterator[tuple[slice, np.ndarray | torch.Tensor]]:
-    """(rows, tiles[rows]) `batch_size` at a time, with a progress bar that counts tiles (or `on_progress`;
-    none at all without `show_progress`)."""
-    n = len(tiles)
-    steps = track(range(n), total=n, desc=desc, on_progress=on_progress) if show_progress else range(n)
-    start = 0
-    for i in steps:
-        if i + 1 - start < batch_size and i < n - 1:
-            continue
-        yield slice(start, i + 1), tiles[start:i + 1]
-        start = i + 1
 
 
 def probabilities(logits: np.ndarray | torch.Tensor, temperature: float = 1.0) -> np.ndarray:
@@ -273,11 +252,6 @@ def predict_features(loaded: LoadedModel, tiles: Tiles | np.ndarray, batch_size:
         feats[rows] = f.float().cpu().numpy()
         logits[rows] = out.float().cpu().numpy()
     return (feats if feats is not None else np.empty((0, 0), np.float32)), logits
-
-
-#: What each of DIHEDRAL's views does to a tile, in its order (the identity first).
-VIEW_NAMES = ("as sent", "turned 90°", "turned 180°", "turned 270°", "mirrored", "mirrored, turned 90°",
-              "mirrored, turned 180°", "mirrored, turned 270°")
 
 
 @torch.inference_mode()

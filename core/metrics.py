@@ -18,7 +18,7 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from .classes import CLASS_NAMES
+from core.classes import CLASS_NAMES
 
 
 def classification_metrics(y_true: Sequence[int], y_prob: np.ndarray,

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import first_line
+from core.errors import first_line
 
 FREEZE_MODES = ("none", "head_only", "below")  # below: everything below `freeze_below` stays frozen
 

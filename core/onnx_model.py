@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
+from core.dihedral import VIEWS, view
+from core.errors import CheckpointError
+from core.progress import ProgressCallback, Tiles, in_batches
 
 FORMAT = "hirise-studio-onnx/1"
 SUFFIX = ".onnx"
@@ -50,6 +55,51 @@ class OnnxModel:
         features, logits = self.session.run(["features", "logits"],
                                             {"input": np.ascontiguousarray(x, dtype=np.float32)})
         return features, logits
+
+    def features_logits(self, tiles: Tiles, batch_size: int = 32, views: bool = False,
+                        on_progress: ProgressCallback | None = None, show_progress: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """(N, D) features of each uint8 tile as sent, and its logits: (N, C), or with `views` (8, N, C) for its 8
+        flips and turns (core.dihedral's order). What core.inference's predict_features and predict_views give,
+        without torch: the Explain page's first answer comes before torch is imported."""
+        n, c = len(tiles), len(self.class_names)
+        feats: np.ndarray | None = None
+        logits = np.empty(((len(VIEWS),) if views else ()) + (n, c), dtype=np.float32)
+        desc = "predicting (8 views)" if views else "predicting"
+        for rows, batch in in_batches(tiles, batch_size, desc, on_progress, show_progress):
+            x = model_input(np.asarray(batch), self.mean, self.std, self.image_size)
+            for v in range(len(VIEWS) if views else 1):
+                f, out = self.forward(view(x, v) if v else x)
+                if feats is None:
+                    feats = np.empty((n, f.shape[1]), dtype=np.float32)
+                if v == 0:
+                    feats[rows] = f
+                if views:
+                    logits[v, rows] = out
+                else:
+                    logits[rows] = out
+        return (feats if feats is not None else np.empty((0, 0), np.float32)), logits
+
+    @property
+    def note(self) -> str:
+        """Which engine serves, for the pages and CLIs: this twin, and how it was verified against torch."""
+        check = self.verified or {}
+        return (f"ONNX Runtime ({self.path.name}" + (f", verified on {check.get('tiles')} real tiles: "
+                f"{check.get('agreement', 0):.1%} equal predictions" if check else "") + ")")
+
+
+def model_input(tiles: np.ndarray, mean: float, std: float, image_size: int) -> np.ndarray:
+    """(N, H, W) or (H, W) uint8 tiles -> (N, 1, S, S) float32, scaled to [0, 1], resized, standardised: what
+    core.preprocess.to_model_input does, without torch. Resizing is PIL's bilinear filter on float images,
+    antialiased when shrinking, which torch's `interpolate(..., antialias=True)` follows (tests/test_onnx.py holds
+    the two paths to the same probabilities on real tiles)."""
+    x = np.asarray(tiles, dtype=np.float32) / np.float32(255.0)
+    if x.ndim == 2:
+        x = x[None]
+    if x.shape[-2:] != (image_size, image_size):
+        x = np.stack([np.asarray(Image.fromarray(t).resize((image_size, image_size), Image.Resampling.BILINEAR))
+                      for t in x])
+    return ((x - np.float32(mean)) / np.float32(std))[:, None].astype(np.float32, copy=False)
 
 
 def session_options(threads: int | None = None):
@@ -104,7 +154,7 @@ def load_onnx(path: Path, expect_digest: str | None = None, threads: int | None 
                           float(info["std"]), float(info["temperature"]), str(info["checkpoint_sha256"]),
                           str(info["arch"]), verified=info.get("verified"))
         if info.get("ood") is not None:
-            from .ood import FeatureDensity
+            from core.ood import FeatureDensity
 
             model.ood = FeatureDensity.from_dict(info["ood"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -112,4 +162,24 @@ def load_onnx(path: Path, expect_digest: str | None = None, threads: int | None 
     if expect_digest is not None and model.checkpoint_digest != expect_digest:
         raise OnnxError(f"{path.name} was exported from another checkpoint (digest {model.checkpoint_digest[:12]}, "
                         f"not {expect_digest[:12]}): export it again (python -m core.export)")
+    return model
+
+
+def load_twin(checkpoint: Path, expect_classes: list[str] | None = None, threads: int | None = None) -> OnnxModel:
+    """The verified twin of exactly this checkpoint file, for serving without torch: OnnxError when there is none
+    or it is not this checkpoint's (its digest), CheckpointError when the checkpoint is missing or predicts
+    other classes than `expect_classes` (default: the 8 classes), as load_checkpoint would say."""
+    from core.classes import CLASS_NAMES
+    from core.digest import file_digest
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise CheckpointError(f"checkpoint not found: {checkpoint}")
+    twin = twin_path(checkpoint)
+    if not twin.is_file():
+        raise OnnxError(f"{checkpoint.name} has no ONNX twin ({twin.name}; python -m core.export makes it)")
+    model = load_onnx(twin, expect_digest=file_digest(checkpoint), threads=threads)
+    expected = list(expect_classes or CLASS_NAMES)
+    if model.class_names != expected:
+        raise CheckpointError(f"{checkpoint.name} predicts classes {model.class_names}, not the expected {expected}")
     return model

@@ -17,18 +17,27 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 from PIL import Image
 
-from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
-from .cliargs import add_engine_argument
-from .imageio import IMAGE_SUFFIXES, TILE_SIZE, ImageError, decode_gray, to_tile
-from .inference import predict_features, predict_proba, predict_views, probabilities
-from .ood import Verdict, judge, judge_windows
-from .progress import ProgressCallback
-from .settings import DEFAULT_CHECKPOINT, DEFAULT_TTA
-from .tiling import ClassMap, cut_windows, render_class_map
+from core.calibration import softmax as probabilities
+from core.cliargs import add_engine_argument
+from core.errors import CheckpointError
+from core.imageio import IMAGE_SUFFIXES, TILE_SIZE, ImageError, decode_gray, to_tile
+from core.onnx_model import OnnxModel
+from core.ood import Verdict, judge, judge_windows
+from core.progress import ProgressCallback
+from core.settings import DEFAULT_CHECKPOINT, DEFAULT_TTA
+from core.tiling import ClassMap, cut_windows, render_class_map
+
+if TYPE_CHECKING:
+    from core.checkpoint import LoadedModel
+
+#: What answers: a checkpoint's model (core.inference runs it: its twin or torch), or its ONNX twin alone (no
+#: torch import at all: the Explain page's first answer).
+Served = Union["LoadedModel", OnnxModel]
 
 RESIZE_LIMIT = 1.5  # images up to 1.5x a tile (per side) are resized to one tile; larger ones are tiled
 
@@ -69,7 +78,7 @@ class Prediction:
         return out
 
 
-def predict_bytes(loaded: LoadedModel, data: bytes, name: str, top_k: int = 3, *, stride: int = TILE_SIZE,
+def predict_bytes(loaded: Served, data: bytes, name: str, top_k: int = 3, *, stride: int = TILE_SIZE,
                   batch_size: int = 32, on_progress: ProgressCallback | None = None, tta: bool = False) -> Prediction:
     """Decode `data` (any common image format; ImageError says why not) and classify it."""
     gray, notes = decode_gray(data, name)
@@ -77,7 +86,7 @@ def predict_bytes(loaded: LoadedModel, data: bytes, name: str, top_k: int = 3, *
                          on_progress=on_progress, tta=tta)
 
 
-def predict_array(loaded: LoadedModel, gray: np.ndarray, name: str = "image", top_k: int = 3, *,
+def predict_array(loaded: Served, gray: np.ndarray, name: str = "image", top_k: int = 3, *,
                   notes: Sequence[str] = (), stride: int = TILE_SIZE, batch_size: int = 32,
                   on_progress: ProgressCallback | None = None, tta: bool = False) -> Prediction:
     """Classify an (H, W) uint8 image: resized to one tile when close to its size, else window by window.
@@ -131,7 +140,7 @@ def predict_array(loaded: LoadedModel, gray: np.ndarray, name: str = "image", to
                       view_probabilities=view_probs)
 
 
-def proba_and_typicality(loaded: LoadedModel, tiles: np.ndarray, batch_size: int = 32,
+def proba_and_typicality(loaded: Served, tiles: np.ndarray, batch_size: int = 32,
                           on_progress: ProgressCallback | None = None, show_progress: bool = False,
                           tta: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Calibrated probabilities and, when the checkpoint has an out-of-distribution reference, each tile's
@@ -140,27 +149,37 @@ def proba_and_typicality(loaded: LoadedModel, tiles: np.ndarray, batch_size: int
     if tta:
         probs, typical, _ = proba_views_typicality(loaded, tiles, batch_size, on_progress, show_progress)
         return probs, typical
-    if loaded.ood is None:
-        return predict_proba(loaded, tiles, batch_size=batch_size, on_progress=on_progress,
-                             show_progress=show_progress), None
-    features, logits = predict_features(loaded, tiles, batch_size=batch_size, on_progress=on_progress,
-                                        show_progress=show_progress or on_progress is not None)
-    return probabilities(logits, loaded.temperature), loaded.ood.typicality(features)
+    features, logits = features_logits(loaded, tiles, batch_size, False, on_progress,
+                                       show_progress or on_progress is not None)
+    typical = loaded.ood.typicality(features) if loaded.ood is not None else None
+    return probabilities(logits, loaded.temperature), typical
 
 
-def proba_views_typicality(loaded: LoadedModel, tiles: np.ndarray, batch_size: int = 32,
+def proba_views_typicality(loaded: Served, tiles: np.ndarray, batch_size: int = 32,
                            on_progress: ProgressCallback | None = None, show_progress: bool = False
                            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """TTA: (N, C) calibrated probabilities of the mean logits over the 8 flips and turns, (N,) typicality of each
     tile as sent (None without a reference), and (8, N, C) each view's own calibrated probabilities."""
-    features, logits = predict_views(loaded, tiles, batch_size=batch_size, on_progress=on_progress,
-                                     show_progress=show_progress or on_progress is not None)
+    features, logits = features_logits(loaded, tiles, batch_size, True, on_progress,
+                                       show_progress or on_progress is not None)
     typical = loaded.ood.typicality(features) if loaded.ood is not None else None
     return (probabilities(logits.mean(0), loaded.temperature), typical,
             probabilities(logits.reshape(-1, logits.shape[-1]), loaded.temperature).reshape(logits.shape))
 
 
-def classify_windows(loaded: LoadedModel, gray: np.ndarray, stride: int = TILE_SIZE, batch_size: int = 32,
+def features_logits(loaded: Served, tiles: np.ndarray, batch_size: int, views: bool,
+                    on_progress: ProgressCallback | None, show_progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Features of each tile as sent and its logits ((8, N, C) with `views`): from the twin alone without
+    importing torch, or through core.inference (the model's twin at its own input size, else torch)."""
+    if isinstance(loaded, OnnxModel):
+        return loaded.features_logits(tiles, batch_size, views, on_progress, show_progress)
+    from core.inference import predict_features, predict_views
+
+    run = predict_views if views else predict_features
+    return run(loaded, tiles, batch_size=batch_size, on_progress=on_progress, show_progress=show_progress)
+
+
+def classify_windows(loaded: Served, gray: np.ndarray, stride: int = TILE_SIZE, batch_size: int = 32,
                      on_progress: ProgressCallback | None = None, tta: bool = False
                      ) -> tuple[ClassMap, np.ndarray, np.ndarray, np.ndarray | None]:
     """Every TILE_SIZE window of `gray` -> (class map, (N, C) probabilities, (N, 227, 227) windows, (N,)
@@ -205,7 +224,7 @@ def _save_png(path: Path, rgb: np.ndarray) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .explain import CAM_METHODS, explain  # only the --cam path pays for importing grad-cam
+    from core.explain import CAM_METHODS, explain  # only the --cam path pays for importing grad-cam
 
     parser = argparse.ArgumentParser(prog="python -m core.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -226,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--cam needs --out DIR")
     if args.stride < 1 or args.top_k < 1:
         parser.error("--stride and --top-k must be at least 1")
+    from core.checkpoint import load_checkpoint
+
     try:
         loaded = load_checkpoint(args.checkpoint, engine=args.engine)
     except CheckpointError as exc:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -23,6 +23,28 @@ def track(items: Iterable[T], total: int, desc: str, on_progress: ProgressCallba
         yield item
         if done % step == 0 or done == total:
             on_progress(done, total, desc)
+
+
+class Tiles(Protocol):
+    """Anything that has a length and slices into uint8 tiles: an array, a tensor, `core.data.RecordTiles`."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: slice) -> Any: ...
+
+
+def in_batches(tiles: Tiles, batch_size: int, desc: str, on_progress: ProgressCallback | None = None,
+               show_progress: bool = True) -> Iterator[tuple[slice, Any]]:
+    """(rows, tiles[rows]) `batch_size` at a time, with a progress bar that counts tiles (or `on_progress`;
+    none at all without `show_progress`)."""
+    n = len(tiles)
+    steps = track(range(n), total=n, desc=desc, on_progress=on_progress) if show_progress else range(n)
+    start = 0
+    for i in steps:
+        if i + 1 - start < batch_size and i < n - 1:
+            continue
+        yield slice(start, i + 1), tiles[start:i + 1]
+        start = i + 1
 
 
 class Counter:

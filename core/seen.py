@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .data import DataError, Record, read_source
-from .data.records import HELD_OUT, parse_name
+from core.data import DataError, Record, read_source
+from core.data.records import HELD_OUT, parse_name
 
 if TYPE_CHECKING:
-    from .checkpoint import LoadedModel
+    from core.checkpoint import LoadedModel
 
 #: Compare says nothing about models scored on fewer tiles than this (their intervals span most of [0, 1]).
 MIN_COMMON_TILES = 30

@@ -12,6 +12,15 @@ def _env_path(name: str, default: Path) -> Path:
     return Path(value).expanduser().resolve() if value else default
 
 
+#: Which engine the app's forward passes use (`--engine` for the CLIs): auto (a checkpoint's verified ONNX twin
+#: when it has one, else torch), onnx (only a twin: a checkpoint without one is refused) or torch. HIRISE_ENGINE.
+ENGINES = ("auto", "onnx", "torch")
+_ENGINE = os.environ.get("HIRISE_ENGINE", "auto").strip().lower() or "auto"
+ENGINE = _ENGINE if _ENGINE in ENGINES else "auto"
+#: Said where the engine is named, when HIRISE_ENGINE held something else (never replaced without a word).
+ENGINE_WARNING = None if _ENGINE in ENGINES else (f"HIRISE_ENGINE={_ENGINE[:40]!r} is not one of "
+                                                 f"{', '.join(ENGINES)}: auto is used")
+
 #: The registry of default models (`core.defaults`): which checkpoint is the default, and why.
 DEFAULTS_REGISTRY = _env_path("HIRISE_DEFAULTS", PROJECT_ROOT / "checkpoints" / "defaults.json")
 #: The default before the registry existed: what loads when the registry is missing or damaged.
@@ -19,7 +28,7 @@ BUILTIN_DEFAULT = PROJECT_ROOT / "checkpoints" / "hirise-efficientnet-lite0.pt"
 
 
 def _registry_default() -> tuple[Path, bool, str | None]:
-    from .registry import default_serving
+    from core.registry import default_serving
     return default_serving(DEFAULTS_REGISTRY.parent, BUILTIN_DEFAULT, DEFAULTS_REGISTRY)
 
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .classes import CLASS_COLORS
-from .imageio import TILE_SIZE
+from core.classes import CLASS_COLORS
+from core.imageio import TILE_SIZE
 
 MAX_WINDOWS = 20_000  # ~1 GB of windows; a smaller stride on a huge image is refused, not swapped to death
 
@@ -71,7 +71,7 @@ class Windows:
     """The square windows of one size over an image, on the `window_starts` grid, cut and resized to a tile only
     when a slice asks for them: a scan holds one batch of tiles at a time, never every window of an observation.
 
-    `source` is an (H, W) uint8 array, or anything with `.shape` and `.read(x0, y0, x1, y1)` (a core.raster
+    `source` is an (H, W) uint8 array, or anything with `.shape` and `.read(x0, y0, x1, y1)` (a core.scan.raster
     Raster, which reads a JPEG 2000 or GeoTIFF a window at a time). A batch reads each band of rows it touches
     once and cuts its windows from it, so overlapping windows are decoded once, not once per window."""
 

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.checkpoint import checkpoint_payload, save_checkpoint
+from core.checkpoint import checkpoint_payload
+from core.checkpoint_file import save_checkpoint
 from core.classes import CLASS_NAMES
 from core.models import build_model
 from core.preprocess import to_model_input

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -11,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from core import jobs
 from core.checkpoint import read_checkpoint
-from core.config import RunConfig
+from core.experiment import jobs
+from core.experiment.runs import Run, list_runs
 from core.models import default_cam_layer
-from core.runner import train
-from core.runs import Run, list_runs
-from core.settings import APP_STATE_FILE, DEFAULT_CHECKPOINT, RUNS_DIR
+from core.settings import APP_STATE_FILE, DEFAULT_CHECKPOINT, PROJECT_ROOT, RUNS_DIR
+from core.training.config import RunConfig
+from core.training.runner import train
 from tests import synthetic
 from tests.helpers import button, run_page, texts, tiny
 from ui import appstate
@@ -191,7 +192,7 @@ def test_compare_settings_say_what_each_run_trained_with():
     shown = effective_settings(lite)
     assert shown["image_size"].endswith("(the model's own)")
     assert shown["freeze_below"].startswith("blocks.4 (the model's own point): frozen")
-    assert shown["amp"] == "bf16 where the device has it, validation in fp32"  # core.train.use_bf16
+    assert shown["amp"] == "bf16 where the device has it, validation in fp32"  # core.training.engine.use_bf16
     cnn = {"model": "simple_cnn", "image_size": 48, "freeze": "none", "freeze_below": "layer3", "amp": True}
     shown = effective_settings(cnn, {"amp": False, "input_size": 48, "frozen": []})
     assert shown["freeze_below"].startswith("— (freeze is not") and shown["image_size"] == "48"
@@ -400,7 +401,7 @@ def test_a_run_gets_a_note_and_tags_and_can_be_deleted_after_confirming(with_run
 
 
 def test_a_running_job_cannot_be_deleted(with_runs):
-    from core.runs import RunBusy, RunLock, delete_run
+    from core.experiment.runs import RunBusy, RunLock, delete_run
     run = _fake_run("20260103-000001-busy", {"state": "running"})
     with RunLock.acquire(run):  # a live trainer holds the run
         at = run_page("views/train.py")
@@ -530,7 +531,7 @@ def test_app_state_saved_from_threads_keeps_every_key(tmp_path, monkeypatch):
 @pytest.fixture()
 def own_runs(tmp_path, monkeypatch) -> Path:
     """An empty runs folder and app state of this test's own."""
-    monkeypatch.setattr("core.runs.RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setattr("core.experiment.runs.RUNS_DIR", tmp_path / "runs")
     monkeypatch.setattr(appstate, "APP_STATE_FILE", tmp_path / "app-state.json")
     (tmp_path / "runs").mkdir()
     return tmp_path / "runs"
@@ -564,8 +565,8 @@ def test_home_and_train_read_a_lost_run_they_cannot_write(tmp_path, own_runs, da
     def read_only(*_args, **_kw):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("core.runs.update_json", read_only)  # a fake read-only folder: any write raises
-    monkeypatch.setattr("core.jobs.new_run_dir", read_only)
+    monkeypatch.setattr("core.experiment.runs.update_json", read_only)  # a fake read-only folder: any write raises
+    monkeypatch.setattr("core.experiment.jobs.new_run_dir", read_only)
     at = run_page("app.py")
     runs = next(d.value for d in at.dataframe if "state" in d.value.columns)  # the runs table (after the registry's)
     assert runs["state"].tolist() == ["lost"]
@@ -674,3 +675,49 @@ def test_home_runs_table_gives_completed_runs_their_intervals(with_runs):
     ours = table[table["run"].str.endswith(("-a-adamw", "-b-sgd"))]  # the fixture's completed runs (others: no eval)
     cells = ours["val macro-F1"].tolist()
     assert cells and all(re.fullmatch(r"\d\.\d{3} \(\d\.\d{2}[–-]\d\.\d{2}\)", c) for c in cells), cells
+
+
+PAGES_WITHOUT_TORCH = r"""
+import json, sys
+from streamlit.testing.v1 import AppTest
+import core.predict
+
+seen = []
+real = core.predict.predict_bytes
+def watched(*args, **kwargs):  # the Explain page's answers: was torch imported when each was made?
+    out = real(*args, **kwargs)
+    seen.append("torch" in sys.modules)
+    return out
+core.predict.predict_bytes = watched
+
+report = {}
+home = AppTest.from_file("app.py", default_timeout=120).run()
+report["home"] = ("torch" in sys.modules, [e.value for e in home.exception])
+at = AppTest.from_file("views/explain.py", default_timeout=180).run()
+report["explain, nothing uploaded"] = ("torch" in sys.modules, [e.value for e in at.exception])
+at.toggle(key="browse").set_value(True).run()
+at.checkbox(key="use_pick").check().run()
+body = " ".join(str(m.value) for m in at.markdown) + " ".join(str(c.value) for c in at.caption)
+report["answers"] = seen
+report["explain, answered"] = ("torch" in sys.modules, [e.value for e in at.exception])
+report["cam"] = "Faithfulness" in body and "Predicted **" in body
+report["engine"] = [c.value for c in at.sidebar.caption if str(c.value).startswith("Predictions:")]
+print(json.dumps(report))
+"""
+
+
+def test_home_and_explains_answers_import_no_torch(with_runs, tmp_path):
+    """Issue 30: Home draws, and Explain answers (from the default model's ONNX twin), before torch is imported;
+    torch then loads for Grad-CAM, which follows. In a process of its own: this one has torch already."""
+    import subprocess
+    import sys
+    env = {**os.environ, "HIRISE_APP_STATE": str(APP_STATE_FILE), "HIRISE_RUNS_DIR": str(RUNS_DIR),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", PAGES_WITHOUT_TORCH], cwd=PROJECT_ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["home"] == [False, []] and report["explain, nothing uploaded"] == [False, []], report
+    assert report["answers"] and not any(report["answers"]), report  # every answer came before torch
+    assert report["explain, answered"] == [True, []] and report["cam"], report  # then Grad-CAM, on torch
+    assert report["engine"][0].startswith("Predictions: ONNX Runtime ("), report["engine"]

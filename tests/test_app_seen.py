@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from core.checkpoint import read_checkpoint, save_checkpoint
+from core.checkpoint import read_checkpoint
+from core.checkpoint_file import save_checkpoint
 from core.data import load_dataset, split_manifest
-from core.runs import Run
+from core.experiment.runs import Run
 from core.settings import APP_STATE_FILE, RUNS_DIR
 from tests import model_fixtures, synthetic
 from tests.helpers import button, run_page, texts

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.augment import BATCHED, BatchAugment, expand_copies, online_transform, split_online
-from core.config import TRANSFORMS
+from core.training.augment import BATCHED, BatchAugment, expand_copies, online_transform, split_online
+from core.training.config import TRANSFORMS
 
 
 def test_batched_symmetries_stay_in_the_dihedral_group():

@@ -1,4 +1,4 @@
-"""The one loader training reads (core.batches.ModelBatches): model-ready batches, an epoch capped at
+"""The one loader training reads (core.training.batches.ModelBatches): model-ready batches, an epoch capped at
 max_steps_per_epoch, MixUp/CutMix with hard labels kept beside the soft targets; the same batches for the LR test."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 
-from core.batches import ModelBatches, prepare_data
-from core.config import RunConfig
+from core.training.batches import ModelBatches, prepare_data
+from core.training.config import RunConfig
 from tests.helpers import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")

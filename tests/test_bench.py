@@ -67,4 +67,4 @@ def test_bench_coldstart_smoke():
     if not DEFAULT_CHECKPOINT.is_file():
         pytest.skip(f"the Explain page needs the shipped checkpoint ({DEFAULT_CHECKPOINT})")
     out = ok(run_bench("bench_coldstart.py", "--repeats", "1", "--timeout", "90"))
-    assert "ratio" in out and "median" in out
+    assert "ratio: EXPLAIN prediction, ONNX twin / torch engine" in out and "median" in out

@@ -78,9 +78,9 @@ def running_app(tmp: Path, env: dict[str, str]) -> Iterator[str]:
 def _fake_runs(root: Path, data: Path) -> None:
     """A finished LR-finder run (suggesting 3.16e-03) and, newer, a failed run to annotate and delete; and, older,
     a small real run of 2 epochs (for the figures' epochs and Compare against the shipped model)."""
-    from core.config import RunConfig
-    from core.runner import train
-    from core.runs import Run
+    from core.experiment.runs import Run
+    from core.training.config import RunConfig
+    from core.training.runner import train
     tiny = RunConfig(data=[str(data)], model="simple_cnn", init="scratch", image_size=32, epochs=2, batch_size=16,
                      name="tiny").validate()
     run = Run(root / "20251231-000000-tiny")
@@ -103,8 +103,8 @@ def _fake_runs(root: Path, data: Path) -> None:
 
 def _refit_runs(root: Path) -> None:
     """Two completed refits of one recipe (no validation split: training loss only), written by hand."""
-    from core.config import RunConfig
-    from core.runs import Run
+    from core.experiment.runs import Run
+    from core.training.config import RunConfig
     config = RunConfig(data=["/nowhere"], model="simple_cnn", init="scratch", val_fraction=0, test_fraction=0).to_dict()
     rows = [{"kind": "step", "epoch": 1, "step": 1, "train_loss": 1.0},
             {"kind": "epoch", "epoch": 1, "step": 1, "train_loss": 0.9}]
@@ -148,9 +148,17 @@ def _explain_then_evaluate(url: str, tmp: Path, page) -> None:
     page.goto(f"{url}/explain")
     page.wait_for_selector("input[type=file]", state="attached", timeout=60_000)
     page.locator("input[type=file]").set_input_files([str(tile), str(copy)])
+    layer = default_cam_layer(read_checkpoint(DEFAULT_CHECKPOINT)["arch"])  # bn2 for EfficientNet-Lite
+    # the answer comes first (the default model's ONNX twin, in a server that has not imported torch yet: this is
+    # its first page), the Grad-CAM after torch has loaded: what the page shows when the prediction first appears
+    first = page.wait_for_function(
+        """layer => { const text = document.body.innerText;
+                      if (!/Predicted .+ \\(\\d+\\.\\d%\\)/.test(text)) return null;
+                      return {cam: text.includes(`on ${layer} for`), onnx: text.includes('Predictions: ONNX Runtime')}; }""",
+        arg=layer, polling=50, timeout=120_000).json_value()
+    assert first == {"cam": False, "onnx": True}, first
     page.get_by_text("copy-of-crater.jpg: the same image as crater-like.jpg, shown above.").wait_for(timeout=120_000)
     page.get_by_text(re.compile(r"^Predicted .+ \(\d+\.\d%\)")).first.wait_for(timeout=120_000)
-    layer = default_cam_layer(read_checkpoint(DEFAULT_CHECKPOINT)["arch"])  # bn2 for EfficientNet-Lite
     page.get_by_text(f"on {layer} for", exact=False).first.wait_for(timeout=60_000)
     page.get_by_text("Download overlay (PNG)").wait_for(timeout=60_000)
     page.get_by_text(re.compile(r"(Typical|Unusual) input")).first.wait_for(timeout=30_000)  # the OOD check

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.checkpoint import CheckpointError, checkpoint_payload, read_checkpoint, save_checkpoint
-from core.config import RunConfig
+from core.checkpoint import CheckpointError, checkpoint_payload, read_checkpoint
+from core.checkpoint_file import save_checkpoint
+from core.experiment.runs import Run
 from core.models import build_model
-from core.runner import train
-from core.runs import Run
+from core.training.config import RunConfig
+from core.training.runner import train
 from tests import model_fixtures, synthetic
 from tests.helpers import one_line_error, tiny
 
@@ -88,7 +89,8 @@ def test_a_small_checkpoint_that_inflates_past_the_limit_is_refused_under_a_memo
     import sys
     import zipfile
 
-    from core.checkpoint import read_checkpoint, save_checkpoint
+    from core.checkpoint import read_checkpoint
+    from core.checkpoint_file import save_checkpoint
     from core.settings import PROJECT_ROOT
     from tests import model_fixtures
     path = tmp_path / "inflating.pt"

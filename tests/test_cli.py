@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from core.runner import SUBCOMMANDS
-from core.runner import main as train_cli
+from core.training.runner import SUBCOMMANDS
+from core.training.runner import main as train_cli
 from tests.helpers import OLD_SPELLING, one_line_error
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from core import cv
-from core.runner import main as train_cli
-from core.runs import Run
+from core.experiment import cv
+from core.experiment.runs import Run
+from core.training.runner import main as train_cli
 from tests.helpers import one_line_error, wait_for
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Cross-validation grouped by observation (core.cv), observation-bootstrap intervals (core.bootstrap), the refit."""
+"""Cross-validation grouped by observation (core.experiment.cv), observation-bootstrap intervals (core.bootstrap), the refit."""
 from __future__ import annotations
 
 import json
@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from core import bootstrap, cv, grid, jobs
+from core import bootstrap
 from core.classes import CLASS_NAMES
-from core.config import ConfigError, RunConfig
 from core.data import DataSpec, load_dataset
 from core.data.records import Record
 from core.data.split import assign_splits, fold_coverage, fold_of_observation
-from core.runner import main as train_cli
-from core.runs import Run, list_runs
+from core.experiment import cv, grid, jobs
+from core.experiment.runs import Run, list_runs
+from core.training.config import ConfigError, RunConfig
+from core.training.runner import main as train_cli
 from tests import synthetic
 from tests.helpers import run_page, texts, tiny, tiny_form, wait_for
 
@@ -374,7 +375,7 @@ def test_train_page_hands_a_cross_validation_to_a_cluster_only_when_it_answers(a
 # ---- the recipe options the search compared ----------------------------------------------------------------------
 
 def test_official_online_trains_on_the_copies_with_transforms_on_top(data_dir):
-    from core.batches import prepare_data
+    from core.training.batches import prepare_data
     cfg = RunConfig(data=[str(data_dir)], **{**TINY_CV, "augment": "official_online",
                                              "transforms": ["hflip", "strong_color_jitter"]}).validate()
     td = prepare_data(cfg, log=lambda line: None)
@@ -386,7 +387,7 @@ def test_official_online_trains_on_the_copies_with_transforms_on_top(data_dir):
 
 
 def test_strong_jitter_reaches_further_than_the_plain_one():
-    from core.augment import BatchAugment
+    from core.training.augment import BatchAugment
     torch.manual_seed(0)
     x = torch.full((4000, 1, 8, 8), 0.5)
     x[:, :, :4] = 0.25

@@ -17,20 +17,16 @@ from torch.utils.data import DataLoader
 from core.data import (
     DataError,
     DataSpec,
-    DeviceBatches,
-    TileDataset,
-    begin_epoch,
     find_leakage,
     load_dataset,
     merge_sources,
     open_tile_cache,
     parse_name,
     read_source,
-    split_dataset,
     summarize,
-    training_batches,
 )
 from core.data.__main__ import main as data_cli
+from core.data.loader import DeviceBatches, TileDataset, begin_epoch, split_dataset, training_batches
 from tests import model_fixtures, synthetic
 
 
@@ -347,7 +343,7 @@ def test_grouped_split_places_every_class_with_three_observations(seed):
 
 def test_data_spec_reads_flat_configs_and_checks_the_shares():
     """One DataSpec for the seven data options; config.json and checkpoints keep them flat, old ones included."""
-    from core.config import ConfigError, RunConfig
+    from core.training.config import ConfigError, RunConfig
     old = {"data": ["/a", "/b"], "conflict_policy": "first", "split_mode": "grouped", "val_fraction": 0.2,
            "test_fraction": 0.1, "split_seed": 7, "keep_split_repeats": True, "model": "simple_cnn"}
     spec = DataSpec.from_mapping(old)

@@ -1,4 +1,4 @@
-"""Issue 29: out-of-fold figures on every file (core.cv_files) and the champion/challenger gate (core.defaults)."""
+"""Issue 29: out-of-fold figures on every file (core.experiment.cv_files) and the champion/challenger gate (core.defaults)."""
 from __future__ import annotations
 
 import json
@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import cv, cv_files, defaults
+from core import defaults
 from core.classes import CLASS_NAMES
-from core.runner import main as train_cli
-from core.runs import Run, read_json, write_json_atomic
+from core.experiment import cv, cv_files
+from core.experiment.runs import Run, read_json, write_json_atomic
+from core.training.runner import main as train_cli
 from tests.test_cv import TINY_FLAGS
 
 pytestmark = pytest.mark.slow
@@ -219,7 +220,7 @@ def _always_other(y, logits):
 
 
 def test_train_page_shows_every_file_figures_and_promotes_only_a_winner(champion_cv, runs_dir, tmp_path, monkeypatch):
-    from core.runs import runs_root
+    from core.experiment.runs import runs_root
     from tests.helpers import run_page, texts
     registry = tmp_path / "checkpoints" / "defaults.json"
     monkeypatch.setattr(defaults, "registry_path", lambda: registry)
@@ -279,7 +280,7 @@ def test_against_without_cv_report_is_refused(capsys):
 def test_a_deleted_fold_can_be_relaunched_and_one_fold_shows_no_spread(champion_cv, runs_dir, tmp_path, monkeypatch):
     """Issue 33, item 8: a deleted fold is relaunched from the manifest's recipe and named in it; nothing to relaunch
     is said; one completed fold reads as one fold, not as '± 0.000'."""
-    from core import jobs
+    from core.experiment import jobs
     dest = tmp_path / "runs"
     shutil.copytree(runs_dir, dest)
     folds = cv.fold_runs(cv.load_manifest(champion_cv, dest), dest)

@@ -12,7 +12,8 @@ import torch
 
 from core import evaluate, inference
 from core.calibration import expected_calibration_error, fit_temperature, reliability_diagram, softmax
-from core.checkpoint import checkpoint_payload, save_checkpoint
+from core.checkpoint import checkpoint_payload
+from core.checkpoint_file import save_checkpoint
 from core.classes import CLASS_NAMES
 from core.data import DataSpec, load_dataset
 from core.metrics import classification_metrics, confused_pairs, majority_baseline, per_class_curves

@@ -1,4 +1,4 @@
-"""Ablation grids (core.grid): parsing against RunConfig, every combination checked first, one split, the report."""
+"""Ablation grids (core.experiment.grid): parsing against RunConfig, every combination checked first, one split, the report."""
 from __future__ import annotations
 
 import json
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from core import grid, jobs
-from core.config import RunConfig
-from core.runner import main as train_cli
-from core.runner import train
-from core.runs import Run, list_runs
+from core.experiment import grid, jobs
+from core.experiment.runs import Run, list_runs
+from core.training.config import RunConfig
+from core.training.runner import main as train_cli
+from core.training.runner import train
 from tests.helpers import run_page, texts, tiny, tiny_form
 
 
@@ -155,7 +155,7 @@ def test_report_says_when_runs_do_not_share_a_split(data_dir, tmp_path):
     p = grid.plan(base(data_dir), [grid.parse_axis("seed=0,1")])
     grid_id = grid._start_manifest(p, "queued", runs_dir)
     path = grid.MANIFESTS.path(grid_id, runs_dir)
-    from core.runs import new_run_dir, write_json_atomic
+    from core.experiment.runs import new_run_dir, write_json_atomic
     for i, task in enumerate(grid._tasks(grid_id, p)):
         cfg = task.config
         run = new_run_dir(cfg.name, runs_dir)

@@ -68,8 +68,8 @@ def test_the_cycle_finder_finds_a_cycle(tmp_path, monkeypatch):
 # ---- one registry per set of choices: per-option policies live on the option ------------------------------
 
 def test_what_a_resume_may_change_and_a_grid_may_not_vary_is_declared_on_each_option():
-    from core.config import resumable_fields
-    from core.grid import gridable_fields, why_not_gridable
+    from core.experiment.grid import gridable_fields, why_not_gridable
+    from core.training.config import resumable_fields
     assert set(resumable_fields()) == {"epochs", "patience", "log_every", "num_workers", "device", "amp",
                                        "channels_last", "compile", "name"}
     assert "how fast a run goes" in why_not_gridable("compile") and "a path" in why_not_gridable("init_from")

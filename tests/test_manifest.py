@@ -1,4 +1,4 @@
-"""core.manifest: the one reader and writer of plan manifests (grids, cross-validations)."""
+"""core.experiment.manifest: the one reader and writer of plan manifests (grids, cross-validations)."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from core import cv, grid
-from core.manifest import Manifests, safe_name
+from core.experiment import cv, grid
+from core.experiment.manifest import Manifests, safe_name
 from core.settings import PROJECT_ROOT
 
 

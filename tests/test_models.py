@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from core import models
-from core.config import RunConfig
 from core.models import (
     ARCHITECTURES,
     MODELS,
@@ -25,7 +24,8 @@ from core.models import (
     map_by_position,
     set_frozen,
 )
-from core.optim import build_optimizer
+from core.training.config import RunConfig
+from core.training.optim import build_optimizer
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image provides the natural test images")
 
@@ -158,9 +158,9 @@ def test_freezing_lite_stages():
 
 
 def test_optimizer_and_scheduler_choices_come_from_their_registries():
-    """One list per choice: the registries in core.optim are what validation, the CLI and the form offer."""
-    from core.config import ConfigError, field_specs
-    from core.optim import OPTIMIZERS, SCHEDULERS, Schedule
+    """One list per choice: the registries in core.training.optim are what validation, the CLI and the form offer."""
+    from core.training.config import ConfigError, field_specs
+    from core.training.optim import OPTIMIZERS, SCHEDULERS, Schedule
     specs = {s["name"]: s for s in field_specs()}
     assert tuple(specs["optimizer"]["choices"]) == tuple(OPTIMIZERS)
     assert tuple(specs["scheduler"]["choices"]) == tuple(SCHEDULERS)
@@ -202,7 +202,7 @@ def test_efficientnet_lite_trains_in_bf16_but_is_evaluated_in_fp32(tiny):
 
     from core.inference import bf16_suits, predict_logits
     from core.precision import bf16_native
-    from core.train import eval_bf16, use_bf16
+    from core.training.engine import eval_bf16, use_bf16
     notes: list[str] = []
     cfg = RunConfig(data=["x"], amp=True)
     on = use_bf16(cfg, torch.device("cpu"), notes.append)
@@ -220,7 +220,7 @@ def test_efficientnet_lite_trains_in_bf16_but_is_evaluated_in_fp32(tiny):
 
 
 def test_cli_names_the_weight_source_or_refuses_before_writing_anything(tmp_path, monkeypatch, capsys):
-    from core.runner import main as train_cli
+    from core.training.runner import main as train_cli
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
     run_dir = tmp_path / "run"
     assert train_cli(["--run-dir", str(run_dir), "--data", str(tmp_path), "--model", "resnet18"]) == 2

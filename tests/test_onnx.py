@@ -170,3 +170,70 @@ def test_a_model_onnx_cannot_take_is_refused_in_one_line(exported, tmp_path, til
     assert exporter.main([str(ckpt), "--check-data", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no real tiles to verify the twin on") and len(err.splitlines()) == 1
+
+
+# ---- answers without torch: the twin alone (issue 30, item 3) ------------------------------------------------------
+
+TWIN_ALONE = r"""
+import json, sys
+import numpy as np
+from core.onnx_model import load_twin
+from core.predict import predict_array
+twin = load_twin(sys.argv[1])
+image = np.load(sys.argv[2])
+out = {}
+for name, gray in (("tile", image[:227, :227]), ("large", image)):
+    for tta in (False, True):
+        p = predict_array(twin, gray, tta=tta)
+        out[f"{name}-{tta}"] = [p.probabilities[c] for c in twin.class_names] + [p.typicality or 0.0]
+print(json.dumps({"torch": "torch" in sys.modules, "timm": "timm" in sys.modules, "out": out}))
+"""
+
+
+@pytest.mark.parametrize("checkpoint", [p for p in SHIPPED if p.name.startswith(("hirise-efficientnet-lite0.",
+                                                                                   "hirise-efficientnet-lite2-260"))],
+                         ids=lambda p: p.stem[:32])
+def test_the_twin_alone_answers_as_torch_does_without_importing_it(checkpoint, tmp_path):
+    """A tile (resized to the model's input: up for Lite2 at 260 px, down for Lite0 at 160 px, numpy and PIL
+    against torch's antialiased interpolate) and a larger image (window by window), as sent and with TTA: the
+    same probabilities and typicality as the torch path, and torch never imported."""
+    import json
+    import subprocess
+    import sys
+
+    from core.predict import predict_array
+    from tests import synthetic
+
+    image = np.concatenate([np.concatenate([synthetic.tile(c, 3 + c) for c in (1, 2)], 1),
+                            np.concatenate([synthetic.tile(c, 9 + c) for c in (5, 0)], 1)], 0)[:400, :420]
+    np.save(tmp_path / "image.npy", image)
+    proc = subprocess.run([sys.executable, "-c", TWIN_ALONE, str(checkpoint), str(tmp_path / "image.npy")],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["torch"] is False and result["timm"] is False
+    loaded = load_checkpoint(checkpoint, engine="torch")
+    for name, gray in (("tile", image[:227, :227]), ("large", image)):
+        for tta in (False, True):
+            p = predict_array(loaded, gray, tta=tta)
+            expected = [p.probabilities[c] for c in loaded.class_names] + [p.typicality or 0.0]
+            np.testing.assert_allclose(result["out"][f"{name}-{tta}"], expected, atol=1e-4, err_msg=f"{name} tta={tta}")
+
+
+def test_load_twin_says_what_is_missing_in_one_line(exported, tmp_path):
+    from core.onnx_model import load_twin
+
+    assert load_twin(exported).note.startswith("ONNX Runtime (tiny.onnx, verified on 24 real tiles")
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_twin(tmp_path / "nowhere.pt")
+    lonely = tmp_path / "lonely.pt"
+    shutil.copy(exported, lonely)
+    with pytest.raises(OnnxError, match=r"lonely.pt has no ONNX twin \(lonely.onnx; python -m core.export"):
+        load_twin(lonely)
+    shutil.copy(twin_path(exported), twin_path(lonely))
+    lonely.write_bytes(lonely.read_bytes() + b"\0")  # another checkpoint now: the twin is not its own
+    with pytest.raises(OnnxError, match="exported from another checkpoint"):
+        load_twin(lonely)
+    with pytest.raises(CheckpointError, match="predicts classes"):
+        load_twin(exported, expect_classes=["a", "b"])

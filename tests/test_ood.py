@@ -86,7 +86,8 @@ def test_the_cli_adds_a_reference_to_an_old_checkpoint(tmp_path, v32_folder):
     typicality, and a corrupt stored reference is ignored with the model still usable."""
     import torch
 
-    from core.checkpoint import checkpoint_payload, load_checkpoint, read_checkpoint, save_checkpoint
+    from core.checkpoint import checkpoint_payload, load_checkpoint, read_checkpoint
+    from core.checkpoint_file import save_checkpoint
     from core.models import build_model
     from core.ood.__main__ import main
     from core.predict import predict_array
@@ -107,7 +108,8 @@ def test_the_cli_adds_a_reference_to_an_old_checkpoint(tmp_path, v32_folder):
 
 
 def test_the_cli_says_what_is_missing(tmp_path, capsys):
-    from core.checkpoint import checkpoint_payload, save_checkpoint
+    from core.checkpoint import checkpoint_payload
+    from core.checkpoint_file import save_checkpoint
     from core.models import build_model
     from core.ood.__main__ import main
 

@@ -57,9 +57,9 @@ def test_merged_grouped_split_leaks_nothing(shared_data):
 def test_training_smoke_on_real_tiles(shared_data, tmp_path):
     """A few steps of the real training path on the real tiles (merged, grouped split)."""
     from core.checkpoint import load_checkpoint
-    from core.config import RunConfig
-    from core.runner import train
-    from core.runs import Run
+    from core.experiment.runs import Run
+    from core.training.config import RunConfig
+    from core.training.runner import train
     cfg = RunConfig(data=[str(shared_data / "hirise-v3_2-subset"), str(shared_data / "hirise-v3_2-extra-train")],
                     model="simple_cnn", init="scratch", image_size=64, epochs=1, max_steps_per_epoch=3, batch_size=32,
                     transforms=["hflip", "rot90", "color_jitter"]).validate()

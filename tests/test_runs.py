@@ -1,4 +1,4 @@
-"""A run's folder (core.runs): status and config files that threads cannot corrupt, and the lock that lets one
+"""A run's folder (core.experiment.runs): status and config files that threads cannot corrupt, and the lock that lets one
 trainer in."""
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from core import jobs
-from core.config import ConfigError, RunConfig
-from core.runs import Run, RunBusy, RunLock
+from core.experiment import jobs
+from core.experiment.runs import Run, RunBusy, RunLock
+from core.training.config import ConfigError, RunConfig
 
 # ---- status and config files written from several threads -----------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Scanning whole observations for landmarks (core.scan, core.raster, core.georef, core.detections, core.cluster):
+"""Scanning whole observations for landmarks (core.scan, core.scan.raster, core.scan.georef, core.scan.detections, core.experiment.cluster):
 windows, merging, georeferencing checked against coordinates worked out by hand, the outputs opened by GIS
 libraries, the refusals, the Dask engine with a worker killed mid-scan; and on a test observation made of real
 tiles pasted at known places, the scan finds them where they are, in every format."""
@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import cluster, scan
-from core.detections import Detection, merge
-from core.georef import LabelError, find_label, from_pds_label
-from core.raster import ArrayRaster, RasterError, open_raster
+from core.experiment import cluster
+from core.scan import scanner as scan
+from core.scan.detections import Detection, merge
+from core.scan.georef import LabelError, find_label, from_pds_label
+from core.scan.raster import ArrayRaster, RasterError, open_raster
 from core.tiling import Windows
 from tests import model_fixtures, synthetic
 from tools import observation

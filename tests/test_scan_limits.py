@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import scan
+from core.scan import scanner as scan
 from core.settings import PROJECT_ROOT
 from core.tiling import Windows, count_windows, window_starts
 from tests import model_fixtures
@@ -38,7 +38,7 @@ def run_capped(code: str, *args: str, timeout: float = 60) -> subprocess.Complet
     return proc
 
 
-SCAN = "import sys; from core.scan import main; sys.exit(main(sys.argv[1:]))"
+SCAN = "import sys; from core.scan.scanner import main; sys.exit(main(sys.argv[1:]))"
 
 
 def bare_tiff(path: Path, width: int, height: int) -> Path:
@@ -77,7 +77,7 @@ def test_windows_are_counted_from_the_shape_without_listing_them():
 def test_a_row_of_large_windows_is_read_in_pieces_never_as_one_band():
     """Windows of a row are read in bands of at most BAND_PIXELS (one window at least); the tiles are the same."""
     from core import tiling
-    from core.raster import ArrayRaster
+    from core.scan.raster import ArrayRaster
 
     gray = (np.random.default_rng(0).random((300, 2000)) * 255).astype(np.uint8)
     reads = []
@@ -121,7 +121,7 @@ def test_a_sparse_16_bit_geotiff_of_100000_px_a_side_is_read_in_bounded_pieces(t
     """The 300 KB sparse 16-bit GeoTIFF of the issue (100,000 px a side) with 8192 px windows: a batch of a row's
     windows is read and converted to 8-bit under the cap (a whole band of that row was 6.5 GB as float64)."""
     image = sparse_tiff(tmp_path / "sparse.tif", 100_000, 100_000)
-    proc = run_capped("import sys; from pathlib import Path; from core.raster import open_raster; "
+    proc = run_capped("import sys; from pathlib import Path; from core.scan.raster import open_raster; "
                       "from core.tiling import Windows; r = open_raster(Path(sys.argv[1])); "
                       "t = Windows(r, 8192, 4096)[0:5]; print(t.shape, t[0, 0, 0])", str(image))
     assert proc.returncode == 0 and not proc.errors, proc.stderr
@@ -224,7 +224,7 @@ def test_an_address_that_is_not_a_dask_scheduler_is_refused_in_one_line_within_t
 
     from PIL import Image
 
-    from core import cluster
+    from core.experiment import cluster
     from tests import synthetic
 
     monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 2)
@@ -249,7 +249,7 @@ def test_an_address_that_is_not_a_dask_scheduler_is_refused_in_one_line_within_t
 def test_a_real_scheduler_passes_the_handshake_check():
     from dask.distributed import LocalCluster
 
-    from core import cluster
+    from core.experiment import cluster
 
     with LocalCluster(n_workers=0, processes=False, protocol="tcp://", host="127.0.0.1",
                       dashboard_address=None) as local:
@@ -351,7 +351,7 @@ def test_a_file_that_is_no_observation_is_refused_up_front_and_said_as_what_it_i
     symbolic-link loop were called 'no such file'."""
     import os
 
-    from core import scan_jobs
+    from core.scan import job as scan_jobs
 
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("x")
@@ -376,8 +376,8 @@ def test_formula_like_names_are_escaped_in_detections_csv(tmp_path):
     spreadsheet would run start with an apostrophe; the page reads them back as they were."""
     import csv
 
-    from core.detections import Detection, ImageScan, WindowGrid, csv_cell, csv_text, write_csv
-    from core.scan_jobs import ScanJob
+    from core.scan.detections import Detection, ImageScan, WindowGrid, csv_cell, csv_text, write_csv
+    from core.scan.job import ScanJob
 
     assert [csv_cell(t) for t in ("=1+1", "+x", "-x", "@x", "'x", "crater")] == ["'=1+1", "'+x", "'-x", "'@x", "''x",
                                                                                "crater"]
@@ -396,7 +396,7 @@ def test_a_tiff_stored_in_blocks_too_large_to_read_in_pieces_is_refused(tmp_path
     """A 202-byte TIFF of 32,768 px tiles: any read would decode a 1 GiB block; refused as it is opened."""
     import rasterio
 
-    from core.raster import RasterError, open_raster
+    from core.scan.raster import RasterError, open_raster
 
     with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(
             tmp_path / "big-tiles.tif", "w", driver="GTiff", width=40_000, height=40_000, count=1, dtype="uint8",

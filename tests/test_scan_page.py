@@ -1,4 +1,4 @@
-"""Scans as jobs (core.scan_jobs) and the Scan page under AppTest: a scan runs in its own process to its end or
+"""Scans as jobs (core.scan.job) and the Scan page under AppTest: a scan runs in its own process to its end or
 until cancelled, the page refuses bad paths and options in its own words, and shows a finished scan's detections
 and downloads."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import scan_jobs
+from core.scan import job as scan_jobs
 from tests import model_fixtures, synthetic
 from tests.helpers import button, run_page, texts, wait_for
 

@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from core import evaluate
-from core.checkpoint import read_checkpoint, save_checkpoint
+from core.checkpoint import read_checkpoint
+from core.checkpoint_file import save_checkpoint
 from core.data import load_dataset, split_manifest
 from core.seen import MIN_COMMON_TILES, NothingUnseen, training_set, unseen
 from tests import model_fixtures, synthetic

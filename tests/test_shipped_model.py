@@ -97,8 +97,8 @@ def test_shipped_model_is_described_by_its_cross_validation():
 
 def test_run_config_defaults_are_the_shipped_recipe():
     """Launch with nothing changed trains the default's recipe (its data, run name and refit split aside)."""
-    from core.config import RunConfig
     from core.models import spec as model_spec
+    from core.training.config import RunConfig
     recipe = registry_entry()["cv"]["recipe"]
     defaults = RunConfig().to_dict()
     defaults["freeze_below"] = defaults["freeze_below"] or model_spec(defaults["model"]).fine_tune_from  # "": its own

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from core import jobs
 from core.checkpoint import load_checkpoint
-from core.config import ConfigError, RunConfig
+from core.experiment import jobs
+from core.experiment.runs import Run, RunLock, best_epoch_row, list_runs
 from core.models import (
     WeightsUnavailable,
     build_model,
@@ -29,11 +29,11 @@ from core.models import (
     imagenet_status,
     unfrozen_after,
 )
-from core.optim import OPTIMIZERS, lr_range_test
-from core.runner import main as train_cli
-from core.runner import train
-from core.runs import Run, RunLock, best_epoch_row, list_runs
 from core.settings import PROJECT_ROOT
+from core.training.config import ConfigError, RunConfig
+from core.training.optim import OPTIMIZERS, lr_range_test
+from core.training.runner import main as train_cli
+from core.training.runner import train
 from tests.helpers import TINY, one_line_error, tiny, wait_for
 
 
@@ -52,8 +52,8 @@ def epoch_rows(run: Run) -> list[int]:
 
 
 def test_run_folder_checkpoint_and_falling_loss(tmp_path, data_dir, monkeypatch):
-    import core.finish
     import core.inference
+    import core.training.finish
     passes = []  # the tiles of each feature pass over data-set records
 
     def counted(loaded, tiles, *args, **kwargs):
@@ -63,7 +63,7 @@ def test_run_folder_checkpoint_and_falling_loss(tmp_path, data_dir, monkeypatch)
 
     feature_pass = core.inference.predict_features
     monkeypatch.setattr(core.inference, "predict_features", counted)  # what core.ood imports when it runs
-    monkeypatch.setattr(core.finish, "predict_features", counted)  # the kept model's validation pass
+    monkeypatch.setattr(core.training.finish, "predict_features", counted)  # the kept model's validation pass
     run = run_tiny(tmp_path, data_dir, epochs=6, max_steps_per_epoch=0, lr=3e-3, augment="none", scheduler="none",
                    patience=0)
     assert run.status()["state"] == "completed"
@@ -131,7 +131,7 @@ def test_each_augmentation_mode_runs(tmp_path, data_dir, mode, transforms):
 
 
 def test_every_transform_and_batch_mixing(tmp_path, data_dir):
-    from core.config import TRANSFORMS
+    from core.training.config import TRANSFORMS
     run = run_tiny(tmp_path, data_dir, transforms=list(TRANSFORMS), mixup_alpha=0.2, cutmix_alpha=1.0,
                    imbalance="balanced_sampler", label_smoothing=0.1)
     assert run.status()["state"] == "completed"
@@ -263,8 +263,8 @@ def test_transfer_from_an_earlier_run(tmp_path, data_dir, capsys):
 
 def test_a_run_reads_the_run_it_starts_from_once_and_checks_its_architecture(tmp_path, data_dir, monkeypatch):
     import core.checkpoint as checkpoint
-    from core.batches import initial_model
     from core.checkpoint import CheckpointError
+    from core.training.batches import initial_model
     first = run_tiny(tmp_path / "a", data_dir)
     reads = []
     real = checkpoint.read_checkpoint
@@ -305,7 +305,7 @@ def test_job_cancel_and_resume(tmp_path, data_dir):
 def test_job_survives_its_launcher_and_jobs_queue(tmp_path, data_dir):
     cfg = RunConfig(data=[str(data_dir)], **TINY, epochs=3, max_steps_per_epoch=2)
     cfg.save(tmp_path / "c.json")
-    script = ("import sys; from pathlib import Path; from core.config import RunConfig; from core import jobs; "
+    script = ("import sys; from pathlib import Path; from core.training.config import RunConfig; from core.experiment import jobs; "
               "cfg = RunConfig.load(sys.argv[1]); "
               "print(jobs.launch(cfg, runs_dir=Path(sys.argv[2])).path); "
               "print(jobs.launch(cfg, runs_dir=Path(sys.argv[2])).path); "
@@ -313,7 +313,7 @@ def test_job_survives_its_launcher_and_jobs_queue(tmp_path, data_dir):
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "c.json"), str(tmp_path / "runs")],
                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, check=True).stdout.split()
     first, second, third = (Run(Path(p)) for p in out)  # the launcher has exited
-    # the queued jobs wait in core.queue, without torch: a few tens of MB each, not ~450
+    # the queued jobs wait in core.experiment.queue, without torch: a few tens of MB each, not ~450
     waiting = _waiter_rss_mib(third)
     assert waiting is not None and waiting < 100, waiting
     wait_for(lambda: first.status().get("state") == "running", what="first running")
@@ -329,9 +329,9 @@ def test_job_survives_its_launcher_and_jobs_queue(tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_a_scan_and_a_training_run_take_turns_on_the_device(tmp_path, data_dir):
-    """Scans take the device's turn as training runs do (core.queue): a scan launched while a run trains waits,
+    """Scans take the device's turn as training runs do (core.experiment.queue): a scan launched while a run trains waits,
     queued, and both finish; their working times never overlap."""
-    from core import scan_jobs
+    from core.scan import job as scan_jobs
     from tests import model_fixtures
     from tests.test_scan_page import observation_png
     runs = tmp_path / "runs"
@@ -354,11 +354,11 @@ def test_a_scan_and_a_training_run_take_turns_on_the_device(tmp_path, data_dir):
 
 
 def _waiter_rss_mib(run: Run) -> float | None:
-    """Resident MiB of the `core.queue` process waiting for `run`'s turn (None: none found)."""
+    """Resident MiB of the `core.experiment.queue` process waiting for `run`'s turn (None: none found)."""
     for proc in Path("/proc").iterdir():
         try:
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"core.queue" in cmd and str(run.path).encode() in cmd:
+            if b"core.experiment.queue" in cmd and str(run.path).encode() in cmd:
                 rss = next(line for line in (proc / "status").read_text().splitlines() if line.startswith("VmRSS"))
                 return int(rss.split()[1]) / 1024
         except (OSError, StopIteration):
@@ -410,7 +410,7 @@ def test_two_process_ddp_on_cpu(tmp_path, data_dir):
 def test_class_weights_balanced_and_sqrt():
     import numpy as np
 
-    from core.optim import loss_weights
+    from core.training.optim import loss_weights
     labels = np.array([0] * 80 + [1] * 15 + [2] * 5)
     full = loss_weights("weighted_loss", labels, 8)
     assert torch.allclose(full[:3], torch.tensor([100 / (3 * 80), 100 / (3 * 15), 100 / (3 * 5)]))
@@ -452,7 +452,7 @@ def test_compile_on_the_cpu_is_declined_with_a_note(tmp_path, data_dir, capsys):
 
 
 def test_the_queue_waiter_refuses_what_is_not_a_queued_run(tmp_path, capsys):
-    from core import queue
+    from core.experiment import queue
     assert queue.main([]) == 2 and "usage" in capsys.readouterr().err
     assert queue.main([str(tmp_path / "nope"), "cpu", "--"]) == 2
     assert "not a queued run" in capsys.readouterr().err and not (tmp_path / ".locks").exists()
@@ -608,7 +608,7 @@ def test_an_unexpected_crash_stores_one_short_line(tmp_path, data_dir, monkeypat
     def crash(*_args, **_kw):
         raise RuntimeError("Error(s) in loading state_dict:\n" + "\tsize mismatch for a weight\n" * 200)
 
-    monkeypatch.setattr("core.runner.fit", crash)
+    monkeypatch.setattr("core.training.runner.fit", crash)
     run = Run(tmp_path / "r")
     run.path.mkdir()
     assert train(RunConfig(data=[str(data_dir)], **tiny(image_size=32)).validate(), run) == 1
@@ -641,8 +641,8 @@ def test_a_read_only_runs_folder_is_reported_in_one_line(tmp_path, data_dir):
                              capture_output=True, text=True, timeout=120)
         resumed = subprocess.run([*cli, "--run-dir", str(lost.path), "--resume"], cwd=PROJECT_ROOT,
                                  capture_output=True, text=True, timeout=120)
-        script = ("import sys\nfrom pathlib import Path\nfrom core import jobs\nfrom core.config import RunConfig\n"
-                  "from core.runs import Run\nrun = Run(Path(sys.argv[1]) / 'lost')\n"
+        script = ("import sys\nfrom pathlib import Path\nfrom core.experiment import jobs\nfrom core.training.config import RunConfig\n"
+                  "from core.experiment.runs import Run\nrun = Run(Path(sys.argv[1]) / 'lost')\n"
                   "print(jobs.job_state(run), jobs.observed_status(run)['error'])\n"
                   "try:\n    jobs.launch(RunConfig.load(run.config_file), runs_dir=Path(sys.argv[1]))\n"
                   "except jobs.JobError as exc:\n    print(exc)\n")

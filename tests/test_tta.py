@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from core import predict
-from core.inference import VIEW_NAMES, predict_logits, predict_views, probabilities
+from core.dihedral import VIEW_NAMES
+from core.inference import predict_logits, predict_views, probabilities
 from tests import model_fixtures
 
 
@@ -54,7 +55,8 @@ def test_predict_cli_takes_tta_and_no_tta(tmp_path, capsys):
 
 def test_a_checkpoint_with_nan_weights_or_absurd_normalisation_is_refused(tmp_path, capsys):
     """Issue 33, item 13: non-finite outputs are refused in one line, before any prediction."""
-    from core.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+    from core.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+    from core.checkpoint_file import save_checkpoint
     payload = read_checkpoint(model_fixtures.tiny_checkpoint())
     name = next(k for k, v in payload["state_dict"].items() if v.is_floating_point())
     broken = {**payload, "state_dict": {**payload["state_dict"], name: torch.full_like(payload["state_dict"][name],
@@ -66,7 +68,8 @@ def test_a_checkpoint_with_nan_weights_or_absurd_normalisation_is_refused(tmp_pa
             load_checkpoint(tmp_path / file)
         assert predict.main(["--checkpoint", str(tmp_path / file), str(tmp_path)]) == 2
         assert message in capsys.readouterr().err
-        from core import evaluate, scan
+        from core import evaluate
+        from core.scan import scanner as scan
         assert evaluate.main(["--checkpoint", str(tmp_path / file), "--data", str(tmp_path)]) == 2
         assert message in capsys.readouterr().err
         Image.fromarray(_tile(9)).save(tmp_path / "obs.png")
@@ -79,7 +82,8 @@ def test_a_checkpoint_with_nan_weights_or_absurd_normalisation_is_refused(tmp_pa
 def test_a_small_checkpoint_that_inflates_to_gigabytes_is_refused_before_loading(tmp_path, monkeypatch):
     """Issue 33, item 9: bounded by the zip's directory, before torch reads a byte of it."""
     from core import checkpoint
-    from core.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+    from core.checkpoint import CheckpointError, read_checkpoint
+    from core.checkpoint_file import save_checkpoint
     payload = read_checkpoint(model_fixtures.tiny_checkpoint())
     save_checkpoint(tmp_path / "big.pt", {**payload, "metrics": {"x": torch.zeros(2_000_000)}})  # 8 MB of zeros
     monkeypatch.setattr(checkpoint, "MAX_UNPACKED_BYTES", 4 * 2**20)
@@ -112,8 +116,8 @@ def test_explain_page_shows_the_8_views_when_tta_is_on(tmp_path):
 
 
 def test_a_scan_with_tta_scores_each_window_by_its_8_views(tiny):
-    from core import scan
-    from core.raster import ArrayRaster
+    from core.scan import scanner as scan
+    from core.scan.raster import ArrayRaster
     from core.tiling import Windows
     gray = np.concatenate([_tile(7), _tile(8)], axis=1)
     plain, = scan.scan([ArrayRaster(gray)], tiny, sizes=(96,), threshold=0.5)

@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core.checkpoint import load_checkpoint, model_from_payload, read_checkpoint, save_checkpoint
+from core.checkpoint import load_checkpoint, model_from_payload, read_checkpoint
+from core.checkpoint_file import save_checkpoint
 from core.data import DataSpec, RecordTiles, load_dataset
 from core.evaluate import evaluate_model
 from core.metrics import headline
@@ -70,7 +71,7 @@ def main() -> None:
 
 def ship_refit(args: argparse.Namespace, payload: dict, data, full, shipped) -> None:
     """The .json of a refit: its cross-validation's report, and fp16 against fp32 on every original tile."""
-    from core import cv
+    from core.experiment import cv
     from core.inference import predict_logits
     records = [r for r in data.records if r.is_original]
     tiles = RecordTiles(data, records)

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
-from core.runs import Run  # noqa: E402
+from core.experiment.runs import Run  # noqa: E402
 from tests import synthetic  # noqa: E402
 
 TRAIN_ARGS = ["--model", "simple_cnn", "--init", "scratch", "--image-size", "32", "--batch-size", "16",

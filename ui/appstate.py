@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from core.data.spec import DataSpec
-from core.runs import update_json
+from core.experiment.runs import update_json
 from core.settings import APP_STATE_FILE, SHARED_DATA_DIR
 
 

@@ -9,12 +9,12 @@ import pandas as pd
 from core.bootstrap import paired_difference
 from core.checkpoint import LoadedModel
 from core.classes import CLASS_NAMES
-from core.config import RunConfig
 from core.data import HiriseData, Record
 from core.data.records import parse_name
 from core.evaluate import evaluation_records
-from core.runs import Run
+from core.experiment.runs import Run
 from core.seen import MIN_COMMON_TILES, Exclusion, training_set, unseen
+from core.training.config import RunConfig
 from ui.intervals import interval_text
 
 
@@ -179,7 +179,7 @@ def effective_settings(cfg: dict, effective: dict | None = None) -> dict[str, st
     elif frozen is not None:
         point = cfg.get("freeze_below") or f"{model.fine_tune_from or 'none'} (the model's own point)"
         out["freeze_below"] = f"{point}: frozen {', '.join(frozen) if frozen else 'nothing'}"
-    # core.train.use_bf16 / eval_bf16: bf16 training steps wherever the device has bf16; validation and every
+    # core.training.engine.use_bf16 / eval_bf16: bf16 training steps wherever the device has bf16; validation and every
     # prediction in fp32 for the models whose predictions bf16 changes (EfficientNet-Lite)
     evaluation = "" if model.bf16_safe else ", validation in fp32"
     if "amp" in effective:

@@ -1,5 +1,5 @@
 """The Train page's cross-validation: launch K folds of the configured recipe as jobs, watch the pooled out-of-fold
-report fill in as folds finish, and refit the recipe on all the data. All checking and figures are core.cv's."""
+report fill in as folds finish, and refit the recipe on all the data. All checking and figures are core.experiment.cv's."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,12 +8,13 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import cv, defaults, jobs
-from core.cluster import MAX_LOCAL_WORKERS, ClusterError
-from core.config import ConfigError, RunConfig
-from core.cv_files import VIEWS
+from core import defaults
 from core.data import DataError
 from core.data.spec import MAX_FOLDS, MIN_FOLDS
+from core.experiment import cv, jobs
+from core.experiment.cluster import MAX_LOCAL_WORKERS, ClusterError
+from core.experiment.cv_files import VIEWS
+from core.training.config import ConfigError, RunConfig
 from ui import figures
 from ui.errors import show_error
 from ui.intervals import interval_caption, interval_text

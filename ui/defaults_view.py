@@ -2,6 +2,8 @@
 and the defaults before it (core.defaults)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
@@ -17,6 +19,22 @@ VIEW_WORDS = {"originals": "on the originals",
 def figures_table(figures: dict) -> pd.DataFrame:
     """An entry's stored figures as a table (`core.defaults.figures_rows`)."""
     return pd.DataFrame(defaults.figures_rows(figures))
+
+
+def registry_model_line(checkpoint: Path) -> str | None:
+    """What the default model is (architecture, input size, calibration, recipe), from its registry entry when the
+    entry describes `checkpoint`: no checkpoint is read, so the Home page draws without torch. None otherwise."""
+    try:
+        entry = defaults.current_entry(defaults.read_registry())
+    except defaults.RegistryError:
+        return None
+    if not entry or Path(entry.get("checkpoint") or "").name != checkpoint.name \
+            or not {"arch", "image_size", "temperature"} <= entry.keys():
+        return None
+    recipe = (entry.get("cv") or {}).get("recipe") or {}
+    epochs = f", {recipe['epochs']} epochs" if isinstance(recipe.get("epochs"), int) else ""
+    return (f"**{entry['arch']}**, input {entry['image_size']}px, refit on every tile{epochs}, temperature "
+            f"{float(entry['temperature']):.2f}")
 
 
 def registry_headline() -> bool:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.checkpoint import CheckpointError
 from core.data import DataError
+from core.errors import CheckpointError
 from core.imageio import ImageError
 
 #: Errors a user can cause; shown as a message, never a traceback.

@@ -1,14 +1,14 @@
 """The Train page's ablation grid: up to three options and their values over the run form's settings, launched
-as queued jobs; and a grid's results table, with a way into Compare. All checking is core.grid's (the CLI's)."""
+as queued jobs; and a grid's results table, with a way into Compare. All checking is core.experiment.grid's (the CLI's)."""
 from __future__ import annotations
 
 from typing import Any
 
 import streamlit as st
 
-from core import cv, grid, jobs
-from core.config import field_specs
-from core.runs import ACTIVE_STATES
+from core.experiment import cv, grid, jobs
+from core.experiment.runs import ACTIVE_STATES
+from core.training.config import field_specs
 from ui.errors import show_error
 from ui.widgets import kept
 

@@ -1,19 +1,25 @@
-"""What the pages load, cached: the data set, a model or its description, and the models there are to choose from
-(the app's own inference shares the CPU with training jobs)."""
+"""What the pages load, cached: the data set, a model, its ONNX twin alone or its description, and the models there
+are to choose from (the app's own inference shares the CPU with training jobs). Importing this module imports no
+torch: a page that needs only a twin, a description or the data draws without it (torch takes seconds)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
-import torch
 
-from core.checkpoint import CheckpointError, CheckpointInfo, LoadedModel, checkpoint_info, load_checkpoint
+from core.checkpoint_file import check_container
 from core.data import DataSpec, HiriseData, load_dataset, open_tile_cache, read_source
-from core.inference import defer_trace
-from core.runs import Run, list_runs
-from core.settings import DEFAULT_CHECKPOINT, LABEL_OVERRIDES_FILE, PROJECT_ROOT
+from core.errors import CheckpointError
+from core.experiment.runs import Run, list_runs
+from core.gpu import cuda_available
+from core.onnx_model import OnnxError, OnnxModel, load_twin, twin_path
+from core.settings import DEFAULT_CHECKPOINT, ENGINE, LABEL_OVERRIDES_FILE, PROJECT_ROOT
 from ui.progress import progress_bar
+
+if TYPE_CHECKING:
+    from core.checkpoint import CheckpointInfo, LoadedModel
 
 JOBS_RECHECK_S = 5.0
 
@@ -29,13 +35,18 @@ def _cpu_job_running() -> bool:
 def share_cpu_with_jobs() -> None:
     """With no GPU, the app's own inference uses one thread while a training job runs on the CPU:
     two processes with two threads each on two cores ran small models 30-50x slower (measured)."""
-    if not torch.cuda.is_available():
+    if not cuda_available():
+        import torch
+
         torch.set_num_threads(1 if _cpu_job_running() else max(1, os.cpu_count() or 1))
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=4)
 def _cached_model(path: str, stamp: float) -> LoadedModel:
-    model = load_checkpoint(path)
+    from core.checkpoint import load_checkpoint
+    from core.inference import defer_trace
+
+    model = load_checkpoint(path, engine=ENGINE)  # HIRISE_ENGINE (core.settings): auto unless told
     defer_trace(model)  # a page's first one-tile answer runs eagerly; the Explain page makes the trace after it
     return model
 
@@ -48,8 +59,30 @@ def get_model(path: str | Path | None = None) -> LoadedModel:
     return _cached_model(str(p), p.stat().st_mtime)
 
 
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _cached_twin(path: str, stamp: tuple[float, float]) -> OnnxModel | str:
+    try:
+        return load_twin(Path(path))
+    except OnnxError as exc:
+        return f"torch: {exc}"
+
+
+def get_twin(path: str | Path | None = None) -> tuple[OnnxModel | None, str]:
+    """A checkpoint's verified ONNX twin alone, loaded once per checkpoint version without importing torch, and
+    which engine serves (its note); (None, why) when there is no usable twin (torch serves then).
+    CheckpointError when the checkpoint is missing or predicts other classes."""
+    p = _existing_checkpoint(path)
+    if ENGINE == "torch":
+        return None, "torch (HIRISE_ENGINE=torch)"
+    twin_file = twin_path(p)
+    twin = _cached_twin(str(p), (p.stat().st_mtime, twin_file.stat().st_mtime if twin_file.is_file() else 0.0))
+    return (None, twin) if isinstance(twin, str) else (twin, twin.note)
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
 def _cached_info(path: str, stamp: float) -> CheckpointInfo:
+    from core.checkpoint import checkpoint_info
+
     return checkpoint_info(path)
 
 
@@ -57,6 +90,14 @@ def get_model_info(path: str | Path | None = None) -> CheckpointInfo:
     """What a checkpoint is, without building its model (the Home page: no timm import, no weights)."""
     p = _existing_checkpoint(path)
     return _cached_info(str(p), p.stat().st_mtime)
+
+
+def default_model_file() -> Path:
+    """The default checkpoint, its container checked without torch (CheckpointError says what is wrong): the Home
+    page names a broken default even when the registry describes the model."""
+    p = _existing_checkpoint(None)
+    check_container(p)
+    return p
 
 
 def _existing_checkpoint(path: str | Path | None) -> Path:

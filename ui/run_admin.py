@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.runs import Run, RunBusy, delete_run, parse_tags
+from core.experiment.runs import Run, RunBusy, delete_run, parse_tags
 from ui.errors import show_error
 
 

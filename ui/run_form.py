@@ -6,12 +6,12 @@ from typing import Any
 
 import streamlit as st
 
-from core.config import ConfigError, RunConfig, field_specs
 from core.data.spec import DataSpec
-from core.jobs import device_choices
+from core.experiment.jobs import device_choices
+from core.experiment.runs import folder_hint, list_runs
 from core.models import DEFAULT_ARCH, stages
 from core.models import spec as model_spec
-from core.runs import folder_hint, list_runs
+from core.training.config import ConfigError, RunConfig, field_specs
 from ui import appstate
 
 GROUP_TITLES = {"data": "Data", "model": "Model", "freezing": "Freezing", "optimisation": "Optimisation",

@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from core.ood import describe
-from core.scan_jobs import ScanJob, observation_path
+from core.scan.job import ScanJob, observation_path
 from ui.errors import USER_ERRORS, show_error
 from ui.loaders import get_model
 
@@ -86,7 +86,7 @@ def _table(job: ScanJob, rows: list[dict], request: dict) -> None:
 @st.cache_data(show_spinner=False, max_entries=32)
 def _window(path: str, level: int, box: tuple[int, int, int, int]) -> np.ndarray:
     from core.imageio import to_tile
-    from core.raster import open_raster
+    from core.scan.raster import open_raster
 
     with open_raster(path, level) as raster:
         return to_tile(np.ascontiguousarray(raster.read(*box)))[0]

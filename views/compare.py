@@ -9,7 +9,7 @@ from core.checkpoint import LoadedModel
 from core.classes import CLASS_NAMES
 from core.data import DataSpec
 from core.evaluate import evaluate_model, tiles_digest
-from core.runs import list_runs
+from core.experiment.runs import list_runs
 from core.seen import NothingUnseen
 from ui import appstate, compare, figures
 from ui.errors import USER_ERRORS, show_error

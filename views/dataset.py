@@ -8,12 +8,12 @@ import pandas as pd
 import streamlit as st
 
 from core.classes import CLASS_DESCRIPTIONS, CLASS_NAMES
-from core.config import field_bounds
 from core.data import CONFLICT_POLICIES, SPLIT_MODES, DataSpec, read_source, summarize
 from core.data.spec import FRACTION_LIMIT, FRACTION_STEP
 from core.download import DEFAULT_DEST, DownloadError, download_v32
 from core.models import MODELS
 from core.settings import LABEL_STORE_DIR
+from core.training.config import field_bounds
 from ui import appstate, figures
 from ui.errors import USER_ERRORS, show_error
 from ui.imbalance import RARE_NOTE

@@ -1,4 +1,8 @@
-"""Explain: upload tiles (or pick one from the data set); see the predicted class and a Grad-CAM overlay."""
+"""Explain: upload tiles (or pick one from the data set); see the predicted class and a Grad-CAM overlay.
+
+Cold start, in order: the uploader; the answers from the model's verified ONNX twin (ONNX Runtime, no torch import:
+under a second); then torch, the model and the CAM library load, and the Grad-CAM maps follow. A model without a
+usable twin answers on torch, loaded first."""
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +15,7 @@ from PIL import Image
 
 from core.classes import CLASS_NAMES
 from core.imageio import IMAGE_SUFFIXES, TILE_SIZE, decode_gray
-from core.settings import DEFAULT_TTA
+from core.settings import DEFAULT_TTA, ENGINE_WARNING
 
 MAX_FILES = 24
 
@@ -25,7 +29,7 @@ if len(items) > MAX_FILES:
 
 from ui import appstate, figures  # noqa: E402 - after the uploader, see above
 from ui.errors import USER_ERRORS, show_error  # noqa: E402
-from ui.loaders import get_data, get_model, require_model_choices  # noqa: E402
+from ui.loaders import get_data, get_model, get_twin, require_model_choices  # noqa: E402
 from ui.uploads import unique_names  # noqa: E402
 from ui.widgets import kept, kept_selectbox  # noqa: E402
 
@@ -50,10 +54,10 @@ with st.expander("…or pick a tile from the data set"):
         except USER_ERRORS as exc:
             show_error(exc, "Cannot read the data set")
 
-# Cold start: the first prediction is drawn before pytorch-grad-cam (and the scikit-learn it imports) is loaded,
-# and before the model's frozen trace is made (`_warm_up`, once per model, after the first answers).
-from core.inference import VIEW_NAMES  # noqa: E402
-from core.predict import predict_bytes  # noqa: E402
+# Cold start: the first prediction is drawn before torch (with a twin), pytorch-grad-cam and the scikit-learn it
+# imports are loaded, and before the model's frozen trace is made (`_warm_up`, after the first answers).
+from core.dihedral import VIEW_NAMES  # noqa: E402
+from core.predict import Served, predict_bytes  # noqa: E402
 from core.tiling import legend_strip, render_class_map  # noqa: E402
 
 choices = require_model_choices()
@@ -62,6 +66,8 @@ with st.sidebar:
     st.header("Model and explanation")
     label = kept_selectbox("Model", list(choices), "explain_model")  # kept across pages, as Evaluate's is
     method_slot = st.empty()  # filled once the CAM library is loaded, below
+    method_slot.caption("Grad-CAM method: offered once a tile is classified (the CAM library and torch load after "
+                        "the first answers).")
     target_name = st.selectbox("Explain class", ["predicted class", *CLASS_NAMES])
     alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05)
     aug_smooth = st.checkbox("Aug smooth", help="Average the map over flipped and scaled views (slower, steadier)")
@@ -74,38 +80,38 @@ with st.sidebar:
                          f"{'on' if DEFAULT_TTA else 'off'} (Home says why). Grad-CAM always explains the tile as "
                          "uploaded.")
 
+checkpoint = choices[label]
+model = None  # the torch model: Grad-CAM's, loaded after the answers when a twin gives them
 try:
-    model = get_model(choices[label])
+    served: Served | None
+    served, engine_note = get_twin(checkpoint)  # no torch import
+    if served is None:  # no usable twin: torch answers, so it loads first (the note says why)
+        served = model = get_model(checkpoint)
+        engine_note = getattr(model, "engine_note", engine_note)
 except USER_ERRORS as exc:
     show_error(exc, "Cannot load the model")
     st.stop()
-st.sidebar.caption(f"Predictions: {getattr(model, 'engine_note', 'torch')}; Grad-CAM: torch.")
-if picked is not None:
-    from core.seen import training_set
-    try:
-        seen = training_set(model, label)
-        if seen.trained_on(picked):
-            st.warning(f"{label} trained on {picked.name} ({seen.basis}): its answer shows how it fits its training "
-                       "tiles, not how it does on observations it never saw.", icon=":material/school:")
-    except USER_ERRORS:
-        pass  # its data is not on this machine: nothing to say about this tile
+st.sidebar.caption(f"Predictions: {engine_note}; Grad-CAM: torch" +
+                   (", loaded after the first answers." if model is None else ".") +
+                   (f" {ENGINE_WARNING}." if ENGINE_WARNING else ""))
+seen_slot = st.empty()  # whether the model trained on a tile picked from the data set: said once torch has loaded
 target = None if target_name == "predicted class" else CLASS_NAMES.index(target_name)
-st.caption(f"Model: **{label}** · {model.arch}, input {model.image_size}px, calibration "
-           f"temperature {model.temperature:.2f}. "
+st.caption(f"Model: **{label}** · {served.arch}, input {served.image_size}px, calibration "
+           f"temperature {served.temperature:.2f}. "
            "Probabilities are calibrated; a HiRISE tile is 227x227 grayscale, other images are converted and, "
            "when larger than a tile, classified window by window.")
-model_key = f"{choices[label]}:{choices[label].stat().st_mtime}"
+model_key = f"{checkpoint}:{checkpoint.stat().st_mtime}"
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _predict(model_key: str, digest: str, name: str, data: bytes, stride: int, tta: bool):
-    return predict_bytes(model, data, name, top_k=3, stride=stride, tta=tta)
+def _predict(model_key: str, engine: str, digest: str, name: str, data: bytes, stride: int, tta: bool):
+    return predict_bytes(served, data, name, top_k=3, stride=stride, tta=tta)
 
 
 shown = []  # (name, digest, prediction, the CAM column, the probabilities column): their CAMs follow
 first_name: dict[str, str] = {}  # content digest -> the name it was first shown under
 items = unique_names(items)
-class_legend = legend_strip(list(model.class_names), 900)  # under every class map: drawn once, a few ms
+class_legend = legend_strip(list(served.class_names), 900)  # under every class map: drawn once, a few ms
 for name, payload in items:
     st.divider()
     digest = hashlib.sha1(payload).hexdigest()
@@ -115,7 +121,7 @@ for name, payload in items:
     first_name[digest] = name
     try:
         with st.spinner(f"Classifying {name}…"):
-            pred = _predict(model_key, digest, name, payload, stride, tta)
+            pred = _predict(model_key, engine_note, digest, name, payload, stride, tta)
     except USER_ERRORS as exc:
         show_error(exc, "" if str(exc).startswith(name) else name)  # decoder messages already name the file
         continue
@@ -126,7 +132,7 @@ for name, payload in items:
                                     f"Predicted **{pred.label}** ({pred.confidence:.1%})") +
                 (f" · explaining **{CLASS_NAMES[target]}**" if target is not None and target != pred.index else ""))
     if pred.ood is not None:  # the out-of-distribution verdict, as core.ood.judge worded it
-        text = pred.ood.text.replace("python -m core.ood CHECKPOINT", f"python -m core.ood {model.path}")
+        text = pred.ood.text.replace("python -m core.ood CHECKPOINT", f"python -m core.ood {checkpoint}")
         (st.warning if pred.ood.flagged else st.caption)(text, **({"icon": ":material/help:"} if pred.ood.flagged
                                                                   else {}))
     for note in pred.notes:
@@ -135,8 +141,8 @@ for name, payload in items:
     cols[0].image(pred.tile, width="stretch", clamp=True,
                   caption=f"the window surest of {pred.label}, as the model sees it" if whole
                   else "tile (as the model sees it)")
-    cols[2].plotly_chart(figures.probability_bars([pred.probabilities[c] for c in model.class_names],
-                                                  model.class_names, pred.index), width="stretch", key=f"probs-{digest}")
+    cols[2].plotly_chart(figures.probability_bars([pred.probabilities[c] for c in served.class_names],
+                                                  served.class_names, pred.index), width="stretch", key=f"probs-{digest}")
     if pred.tta:
         cols[2].caption("Probabilities: the mean of the 8 flips' and turns' logits (TTA). The Grad-CAM explains the "
                         "tile as uploaded." if not whole else "Each window's probabilities: the mean of its 8 flips "
@@ -144,7 +150,7 @@ for name, payload in items:
     if pred.view_probabilities is not None:  # full width: in the probabilities' column it was cut at 1400 px
         with st.expander("The 8 views' own probabilities (their mean logits make the prediction above)"):
             st.dataframe(pd.DataFrame(pred.view_probabilities, index=list(VIEW_NAMES),
-                                      columns=list(model.class_names))
+                                      columns=list(served.class_names))
                          .style.format(lambda p: "<0.1%" if p < 0.001 else f"{p:.1%}"), width="stretch")
     if pred.class_map is not None:
         # decoded again rather than kept in the cached prediction: a large image would pin up to 64 MB there
@@ -155,15 +161,37 @@ for name, payload in items:
         st.image(class_legend, width="stretch")
     shown.append((name, digest, pred, cols[1], cols[2]))
 
-from core.explain import CAM_METHODS, PERTURBATION_METHODS, colour_scale, explain, overlay_heatmap  # noqa: E402 - after the answers, see above
-
-method = method_slot.selectbox(
-    "Method", CAM_METHODS, help="Gradient-based methods take tens of milliseconds. AblationCAM runs the layers "
-    "above the target once per channel (about half a second); ScoreCAM runs the whole model once per channel: "
-    "seconds for the ResNets, about a minute on this project's 2-core CPU for EfficientNet-Lite (1,280 channels)")
 if not items:
     st.info("Upload one or more tiles to classify and explain them.")
-    st.stop()  # the model is loaded meanwhile; its trace waits for the first answers (`_warm_up`)
+    st.stop()  # torch and the CAM library load after the first answers, not now: an upload would wait for them
+if not shown:
+    st.stop()  # nothing could be read: each file said why above
+if model is None:  # the answers came from the twin: now torch, for Grad-CAM
+    try:
+        with shown[0][3], st.spinner("Loading torch and the model for Grad-CAM (the answers came from ONNX Runtime; "
+                                     "the maps follow)…"):
+            model = get_model(checkpoint)
+    except USER_ERRORS as exc:
+        shown[0][3].error(f"No Grad-CAM: cannot load the model with torch: {exc}")
+        st.stop()
+if picked is not None:
+    from core.seen import training_set
+    try:
+        seen = training_set(model, label)
+        if seen.trained_on(picked):
+            seen_slot.warning(f"{label} trained on {picked.name} ({seen.basis}): its answer shows how it fits its "
+                              "training tiles, not how it does on observations it never saw.", icon=":material/school:")
+    except USER_ERRORS:
+        pass  # its data is not on this machine: nothing to say about this tile
+
+from core.explain import CAM_METHODS, PERTURBATION_METHODS, colour_scale, explain, overlay_heatmap  # noqa: E402 - after the answers, see above
+
+with method_slot:
+    method = kept_selectbox(
+        "Method", list(CAM_METHODS), "explain_method",
+        help="Gradient-based methods take tens of milliseconds. AblationCAM runs the layers above the target once per "
+        "channel (about half a second); ScoreCAM runs the whole model once per channel: seconds for the ResNets, "
+        "about a minute on this project's 2-core CPU for EfficientNet-Lite (1,280 channels)")
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
@@ -207,11 +235,12 @@ for number, (name, digest, pred, cam_col, side_col) in enumerate(shown, 1):
 
 @st.cache_resource(show_spinner="Preparing the model for fast predictions (once)…", max_entries=4)
 def _warm_up(model_key: str) -> bool:
-    """After the first answers: the frozen trace that halves every later prediction (`bench_inference`), and one
-    Grad-CAM, whose one-time allocations (about 30 MiB, bench/bench_memory.py) then happen now, so memory stays
-    flat over a long session."""
+    """After the first answers: the frozen trace that halves every later torch prediction (`bench_inference`; not
+    needed when the twin answers), and one Grad-CAM, whose one-time allocations (about 30 MiB,
+    bench/bench_memory.py) then happen now, so memory stays flat over a long session."""
     from core.inference import prepare_trace
-    prepare_trace(model)
+    if model.onnx is None:
+        prepare_trace(model)
     explain(model, np.full((TILE_SIZE, TILE_SIZE), 128, np.uint8))
     return True
 

@@ -8,15 +8,15 @@ import streamlit as st
 
 from core.choices import HEADLINE
 from core.classes import CLASS_DESCRIPTIONS, CLASS_NAMES
-from core.jobs import describe_device, observed_status, progress_column
-from core.runs import list_runs
+from core.experiment.jobs import describe_device, observed_status, progress_column
+from core.experiment.runs import list_runs
 from core.settings import DEFAULT_CHECKPOINT
 from ui import appstate
-from ui.defaults_view import registry_headline, registry_section
+from ui.defaults_view import registry_headline, registry_model_line, registry_section
 from ui.errors import USER_ERRORS
 from ui.imbalance import IMBALANCE_NOTE
 from ui.intervals import interval_text
-from ui.loaders import get_model_info
+from ui.loaders import default_model_file, get_model_info
 
 SCORES = (("val macro-F1", "val_macro_f1"), ("bal. acc", "val_balanced_accuracy"), ("accuracy", "val_accuracy"))
 
@@ -78,23 +78,30 @@ with middle:
 with right:
     st.subheader("Default model")
     try:
-        model = get_model_info()  # read, not built: the page draws without importing timm
-        m = model.metrics
-        st.write(f"**{model.arch}**, input {model.image_size}px, epoch {model.epoch}, temperature "
-                 f"{model.temperature:.2f}")
-        if registry_headline():  # the registry's out-of-fold figures on every file: what to expect on unseen ones
-            pass
-        elif all(isinstance(m.get(k), (int, float)) for k in HEADLINE) \
-                and isinstance(m.get("majority_baseline"), dict) and "accuracy" in m["majority_baseline"]:
-            iv = m.get("intervals") if isinstance(m.get("intervals"), dict) else {}
-            where = (f"Out-of-fold over {m.get('n', '?')} tiles (cross-validation grouped by observation)"
-                     if m.get("split") == "out-of-fold" else
-                     f"On its {m.get('split') or 'validation'} split ({m.get('n', '?')} tiles)")
-            st.write(f"{where}: macro-F1 **{m['macro_f1']:.3f}**{_iv(iv, 'macro_f1')}, balanced accuracy "
-                     f"**{m['balanced_accuracy']:.3f}**{_iv(iv, 'balanced_accuracy')}, accuracy {m['accuracy']:.3f}"
-                     f"{_iv(iv, 'accuracy')} vs always-other {m['majority_baseline']['accuracy']:.3f}")
-            if iv:
-                st.caption("In parentheses: 95% intervals from a bootstrap over observations.")
+        # its registry entry: the checkpoint's container is checked, nothing unpickled, no torch imported
+        line = registry_model_line(default_model_file())
+        if line:
+            st.write(line)
+        # the registry's out-of-fold figures on every file (what to expect on unseen observations), when the
+        # registry describes the checkpoint in use; else the checkpoint's own (read, not built: torch, no timm)
+        if not (line and registry_headline()):
+            model = get_model_info()
+            m = model.metrics
+            if not line:
+                st.write(f"**{model.arch}**, input {model.image_size}px, epoch {model.epoch}, temperature "
+                         f"{model.temperature:.2f}")
+            if all(isinstance(m.get(k), (int, float)) for k in HEADLINE) \
+                    and isinstance(m.get("majority_baseline"), dict) and "accuracy" in m["majority_baseline"]:
+                iv = m.get("intervals") if isinstance(m.get("intervals"), dict) else {}
+                where = (f"Out-of-fold over {m.get('n', '?')} tiles (cross-validation grouped by observation)"
+                         if m.get("split") == "out-of-fold" else
+                         f"On its {m.get('split') or 'validation'} split ({m.get('n', '?')} tiles)")
+                st.write(f"{where}: macro-F1 **{m['macro_f1']:.3f}**{_iv(iv, 'macro_f1')}, balanced accuracy "
+                         f"**{m['balanced_accuracy']:.3f}**{_iv(iv, 'balanced_accuracy')}, accuracy "
+                         f"{m['accuracy']:.3f}{_iv(iv, 'accuracy')} vs always-other "
+                         f"{m['majority_baseline']['accuracy']:.3f}")
+                if iv:
+                    st.caption("In parentheses: 95% intervals from a bootstrap over observations.")
     except USER_ERRORS as exc:
         st.warning(f"No default model: {exc}")
     st.caption(f"`{DEFAULT_CHECKPOINT}`")

@@ -8,17 +8,17 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import cv, jobs
 from core.classes import CLASS_NAMES
 from core.defaults import read_registry
 from core.digest import file_digest
+from core.experiment import cv, jobs
 from core.label.queue import MAX_BUDGET, QueueError, list_queues, make_queue, parse_budget, valid_name
 from core.label.retrain import FINETUNE_EPOCHS, cv_configs, finetune_config
 from core.label.store import RARE_CLASSES, LabelStore, StoreError, progress_line
 from core.label.strategies import DEFAULT_STRATEGY, STRATEGIES
 from core.ood import describe
 from core.registry import current_entry
-from core.scan_jobs import list_scans
+from core.scan.job import list_scans
 from core.settings import DEFAULT_CHECKPOINT, LABEL_QUEUES_DIR, LABEL_STORE_DIR
 from ui import appstate
 from ui.errors import USER_ERRORS, show_error

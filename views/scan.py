@@ -8,10 +8,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import scan_jobs
-from core.cluster import ClusterError
-from core.cluster import check as check_cluster
-from core.scan import DEFAULT_SIZES, DEFAULT_STEP, DEFAULT_THRESHOLD, SCAN_SUFFIXES
+from core.experiment.cluster import ClusterError
+from core.experiment.cluster import check as check_cluster
+from core.scan import job as scan_jobs
+from core.scan.scanner import DEFAULT_SIZES, DEFAULT_STEP, DEFAULT_THRESHOLD, SCAN_SUFFIXES
 from core.settings import DEFAULT_TTA
 from ui.errors import USER_ERRORS, show_error
 from ui.loaders import require_model_choices

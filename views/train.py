@@ -4,12 +4,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import jobs
-from core.augment import epoch_multiplier
 from core.bootstrap import wilson
-from core.config import ConfigError, RunConfig
+from core.experiment import jobs
+from core.experiment.runs import ACTIVE_STATES, list_runs, read_json
 from core.models import WeightsUnavailable, fetch_imagenet_weights, imagenet_status
-from core.runs import ACTIVE_STATES, list_runs, read_json
+from core.training.augment import epoch_multiplier
+from core.training.config import ConfigError, RunConfig
 from ui import appstate, figures
 from ui.cv_view import cv_form, cv_results
 from ui.errors import USER_ERRORS, show_error

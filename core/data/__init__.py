@@ -1,4 +1,5 @@
-"""The HiRISE data layer: read official folders and zips or plain tiles, merge, split, cache, load."""
+"""The HiRISE data layer: read official folders and zips or plain tiles, merge, split, cache; `core.data.loader`
+feeds training (torch, imported from there only: the pages that read data draw without torch)."""
 from .cache import TileCache, open_tile_cache
 from .dataset import HiriseData, RecordTiles, load_dataset, split_manifest
 from .merge import CONFLICT_POLICIES, MergeReport, merge_sources
@@ -31,6 +32,3 @@ __all__ = [
            "split_manifest",
            "summarize",
 ]
-from .loader import DeviceBatches, TileDataset, begin_epoch, split_dataset, training_batches
-
-__all__ += ["DeviceBatches", "TileDataset", "begin_epoch", "split_dataset", "training_batches"]

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..imageio import TILE_SIZE, ImageError, decode_tile
-from ..progress import ProgressCallback, track
-from ..settings import CACHE_DIR
+from core.imageio import TILE_SIZE, ImageError, decode_tile
+from core.progress import ProgressCallback, track
+from core.settings import CACHE_DIR
+
 from .merge import content_hashes
 from .sources import Source
 from .storage import UnreadableFile, content_digest

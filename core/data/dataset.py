@@ -8,9 +8,10 @@ from typing import Literal
 
 import numpy as np
 
-from ..classes import CLASS_NAMES
-from ..imageio import TILE_SIZE
-from ..progress import ProgressCallback
+from core.classes import CLASS_NAMES
+from core.imageio import TILE_SIZE
+from core.progress import ProgressCallback
+
 from .cache import TileCache, open_tile_cache
 from .merge import MergeReport, merge_sources
 from .overrides import Applied, apply_overrides, read_overrides

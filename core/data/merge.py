@@ -6,10 +6,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..atomic import atomic_path
-from ..classes import CLASS_NAMES
-from ..progress import ProgressCallback, track
-from ..settings import CACHE_DIR
+from core.atomic import atomic_path
+from core.classes import CLASS_NAMES
+from core.progress import ProgressCallback, track
+from core.settings import CACHE_DIR
+
 from .records import DataError, Record
 from .sources import Source
 from .storage import UnreadableFile, content_digest

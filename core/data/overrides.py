@@ -16,8 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..atomic import atomic_path
-from ..classes import CLASS_NAMES
+from core.atomic import atomic_path
+from core.classes import CLASS_NAMES
+
 from .records import DataError, Record
 
 COLUMNS = ("file", "label", "previous", "note")
@@ -37,7 +38,7 @@ class Override:
 
 
 def default_file() -> Path:
-    from ..settings import LABEL_OVERRIDES_FILE
+    from core.settings import LABEL_OVERRIDES_FILE
     return LABEL_OVERRIDES_FILE
 
 

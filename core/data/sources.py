@@ -7,8 +7,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..classes import CLASS_NAMES, class_index
-from ..imageio import IMAGE_SUFFIXES
+from core.classes import CLASS_NAMES, class_index
+from core.imageio import IMAGE_SUFFIXES
+
 from .records import SPLITS, DataError, Record, parse_name
 from .storage import Storage, safe_relpath
 

@@ -8,8 +8,9 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import first_line
-from ..imageio import MAX_FILE_BYTES
+from core.errors import first_line
+from core.imageio import MAX_FILE_BYTES
+
 from .records import DataError
 
 CHUNK = 1 << 20

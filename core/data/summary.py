@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ..classes import CLASS_NAMES
+from core.classes import CLASS_NAMES
+
 from .dataset import HiriseData
 from .records import SPLITS
 

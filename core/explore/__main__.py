@@ -16,12 +16,13 @@ import sys
 import time
 from pathlib import Path
 
-from ..checkpoint import CheckpointError, load_checkpoint
-from ..cliargs import at_least
-from ..config import MIN_INPUT_SIZE
-from ..data import DataError, DataSpec, load_dataset
-from ..data.cli import add_data_arguments
-from ..settings import DEFAULT_CHECKPOINT
+from core.checkpoint import CheckpointError, load_checkpoint
+from core.cliargs import at_least
+from core.data import DataError, DataSpec, load_dataset
+from core.data.cli import add_data_arguments
+from core.settings import DEFAULT_CHECKPOINT
+from core.training.config import MIN_INPUT_SIZE
+
 from .embed import DEFAULT_METHOD, METHODS, embed, write_table
 from .features import DEFAULT_EMBED_SIZE, get_features
 from .labels import FOLDS, review_labels

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..atomic import atomic_path
-from ..checkpoint import LoadedModel
-from ..classes import CLASS_NAMES
-from ..data import HiriseData, Record
-from ..data.storage import content_digest
-from ..progress import ProgressCallback
+from core.atomic import atomic_path
+from core.checkpoint import LoadedModel
+from core.classes import CLASS_NAMES
+from core.data import HiriseData, Record
+from core.data.storage import content_digest
+from core.progress import ProgressCallback
+
 from .features import (
     DEFAULT_EMBED_SIZE,
     Features,

@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_path
-from ..checkpoint import LoadedModel
-from ..data import HiriseData, Record, RecordTiles
-from ..data.storage import content_digest
-from ..digest import file_digest
-from ..inference import predict_features, probabilities
-from ..progress import ProgressCallback
-from ..settings import CACHE_DIR
+from core.atomic import atomic_path
+from core.checkpoint import LoadedModel
+from core.data import HiriseData, Record, RecordTiles
+from core.data.storage import content_digest
+from core.digest import file_digest
+from core.inference import predict_features, probabilities
+from core.progress import ProgressCallback
+from core.settings import CACHE_DIR
 
 FEATURE_FORMAT = "explore-features-v1"
 #: The input size of the feature pass; 0 means the checkpoint's own (260 px for the shipped EfficientNet-Lite2).

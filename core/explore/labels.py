@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..classes import CLASS_NAMES
-from ..data import Record
-from ..progress import ProgressCallback, track
+from core.classes import CLASS_NAMES
+from core.data import Record
+from core.progress import ProgressCallback, track
 
 FOLDS = 5
 SEED = 0
@@ -130,7 +130,7 @@ def review_labels(records: list[Record], features: np.ndarray, folds: int = FOLD
     issues = issues[~unseen[issues]]
     from sklearn.metrics import f1_score
 
-    from ..bootstrap import intervals
+    from core.bootstrap import intervals
     judged = ~unseen
     judge = float(f1_score(labels[judged], probs[judged].argmax(1), average="macro",
                            labels=np.unique(labels[judged]))) if judged.any() else float("nan")

@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..settings import LABEL_QUEUES_DIR, LABEL_STORE_DIR
+from core.settings import LABEL_QUEUES_DIR, LABEL_STORE_DIR
+
 from .queue import MAX_BUDGET, MAX_WINDOWS, QueueError, load, make_queue, parse_budget
 from .store import LabelStore, StoreError, progress_line
 from .strategies import DEFAULT_STRATEGY, STRATEGIES

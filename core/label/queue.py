@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from ..classes import CLASS_NAMES
-from ..digest import file_digest
-from ..imageio import IMAGE_SUFFIXES, TILE_SIZE
-from ..runs import now_iso
+from core.classes import CLASS_NAMES
+from core.digest import file_digest
+from core.experiment.runs import now_iso
+from core.imageio import IMAGE_SUFFIXES, TILE_SIZE
+
 from .strategies import STRATEGIES, Pool, StrategyError, rank
 
 FORMAT = "hirise-studio-queue/1"
@@ -113,7 +114,7 @@ class Queue:
 
 def _image_size(path: Path) -> tuple[int, int]:
     """(width, height) from the file's header: PIL for plain images, GDAL for observations (never decoded)."""
-    from ..raster import GDAL_SUFFIXES, open_raster
+    from core.scan.raster import GDAL_SUFFIXES, open_raster
 
     if path.suffix.lower() in GDAL_SUFFIXES:
         with open_raster(path) as raster:
@@ -154,7 +155,7 @@ def observation_of(image: Path) -> str | None:
 
 def find_inputs(source: Path) -> tuple[list[Path], list[str]]:
     """The images of a source: an image, a folder of images, or a scan's folder (its observations)."""
-    from ..scan import find_sources
+    from core.scan.scanner import find_sources
 
     source = Path(source)
     request = source / "request.json"
@@ -175,8 +176,8 @@ def plan_windows(images: Sequence[Path], max_windows: int = MAX_WINDOWS, seed: i
                  ) -> tuple[list[Window], list[str]]:
     """Every tile-sized window of every image (a tile-sized image is one window), sampled down to
     `max_windows` uniformly at random when there are more, with a note."""
-    from ..raster import RasterError, open_raster
-    from ..tiling import window_starts
+    from core.scan.raster import RasterError, open_raster
+    from core.tiling import window_starts
 
     windows, notes = [], []
     for path in images:
@@ -210,7 +211,7 @@ class _Cut:
         return len(self.windows)
 
     def _raster(self, path: Path):
-        from ..raster import open_raster
+        from core.scan.raster import open_raster
 
         if self._open is None or self._open[0] != path:
             self.close()
@@ -252,8 +253,8 @@ def make_queue(source: Path, out: Path, strategy: str, budget: int, checkpoint: 
                on_progress: Callable[[int, int, str], None] | None = None) -> Queue:
     """Rank `source`'s windows by `strategy` and write the best `budget` as a queue at `out` (which must not
     exist yet: a queue being labelled is never replaced)."""
-    from ..checkpoint import load_checkpoint
-    from ..inference import predict_features, probabilities
+    from core.checkpoint import load_checkpoint
+    from core.inference import predict_features, probabilities
 
     if strategy not in STRATEGIES:
         raise QueueError(f"unknown strategy {strategy!r}; choose one of: {', '.join(STRATEGIES)}")

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import ConfigError, RunConfig
-from ..data.spec import DataSpec
+from core.data.spec import DataSpec
+from core.training.config import ConfigError, RunConfig
 
 #: Fine-tuning epochs: the default already knows the classes; a few passes take in the new tiles.
 FINETUNE_EPOCHS = 3
@@ -21,7 +21,7 @@ def finetune_config(default_checkpoint: Path, spec: DataSpec, store: Path, epoch
     """The run: the default's recipe from its checkpoint, started from its weights, on the data `spec` in use
     (merged and split as chosen on the Dataset page) plus `store`. A spec with no validation split (a refit's)
     gets the usual shares: the run would otherwise have no figures at all."""
-    from ..checkpoint import read_checkpoint
+    from core.checkpoint import read_checkpoint
 
     if not (Path(store) / "labels.csv").is_file():
         raise ConfigError(f"no labelled tiles yet at {store}: label some on the Label page first")
@@ -44,7 +44,7 @@ def cv_configs(entry: dict, spec: DataSpec, store: Path) -> list[RunConfig]:
     registry records it), on the data in use plus the labelled tiles. The labelled tiles never move the folds of
     the others (`core.data.split.fold_of_observation`), so the promotion gate pairs it with the default on the
     default's own files; it refuses, naming the difference, when the data in use is not the default's."""
-    from ..cv import plan
+    from core.experiment.cv import plan
 
     if not (Path(store) / "labels.csv").is_file():
         raise ConfigError(f"no labelled tiles yet at {store}: label some on the Label page first")

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path
-from ..classes import CLASS_NAMES
-from ..data.sources import STUDIO_STORE_MARK
-from ..detections import csv_cell
-from ..runs import now_iso
+from core.atomic import atomic_path
+from core.classes import CLASS_NAMES
+from core.data.sources import STUDIO_STORE_MARK
+from core.experiment.runs import now_iso
+from core.scan.detections import csv_cell
 
 LABELS = "labels.csv"
 HISTORY = STUDIO_STORE_MARK  # its presence makes the folder read as studio-labelled tiles (core.data)

@@ -12,9 +12,10 @@ from .fit import fit_reference
 def main(argv: list[str] | None = None) -> int:
     """`python -m core.ood CHECKPOINT`: add an out-of-distribution reference to a checkpoint trained before
     they existed, from the data it records (or --data), rewriting the file atomically."""
-    from ..checkpoint import CheckpointError, model_from_payload, read_checkpoint, save_checkpoint
-    from ..data import DataError, DataSpec, load_dataset
-    from ..data.cli import add_data_arguments
+    from core.checkpoint import CheckpointError, model_from_payload, read_checkpoint
+    from core.checkpoint_file import save_checkpoint
+    from core.data import DataError, DataSpec, load_dataset
+    from core.data.cli import add_data_arguments
 
     parser = argparse.ArgumentParser(prog="python -m core.ood", description=main.__doc__)
     parser.add_argument("checkpoint", type=Path)

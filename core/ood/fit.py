@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..data.records import HELD_OUT
+from core.data.records import HELD_OUT
+
 from . import MAX_TRAIN_TILES, N_COMPONENTS, N_QUANTILES, FeatureDensity, OODError
 
 if TYPE_CHECKING:
-    from ..checkpoint import LoadedModel
-    from ..data import HiriseData, Record
-    from ..progress import ProgressCallback
+    from core.checkpoint import LoadedModel
+    from core.data import HiriseData, Record
+    from core.progress import ProgressCallback
 
 
 def fit_density(features: np.ndarray, labels: np.ndarray, val_features: np.ndarray | None,
@@ -58,8 +59,8 @@ def fit_reference(loaded: LoadedModel, data: HiriseData, max_train: int = MAX_TR
     under an older split rule is calibrated on tiles it never saw), else the data's own. `known`: (records,
     features) already computed, used for the validation tiles when they are exactly those records (training's
     final validation pass: one pass gives the report and these)."""
-    from ..data import RecordTiles
-    from ..inference import predict_features
+    from core.data import RecordTiles
+    from core.inference import predict_features
 
     train, val = _reference_split(loaded, data)
     if val_from_ratio is not None:

@@ -21,14 +21,14 @@ from typing import Any
 
 import pandas as pd
 
-from .choices import HEADLINE_METRICS
-from .cliargs import refuse, single_run_flag
-from .config import ConfigError, RunConfig, field_specs, typed_config
-from .manifest import Manifests, Task, queue_or_run, safe_name
-from .runs import Run, read_json, runs_root
+from core.choices import HEADLINE_METRICS
+from core.cliargs import refuse, single_run_flag
+from core.experiment.manifest import Manifests, Task, queue_or_run, safe_name
+from core.experiment.runs import Run, read_json, runs_root
+from core.training.config import ConfigError, RunConfig, field_specs, typed_config
 
 MAX_FIELDS = 3
-MAX_RUNS = 24  # a grid is one research question, not a sweep; its queued jobs wait in core.queue (~14 MiB each)
+MAX_RUNS = 24  # a grid is one research question, not a sweep; its queued jobs wait in core.experiment.queue (~14 MiB each)
 
 TAG_PREFIX = "grid:"
 METRICS = {f"val {m.label}": f"val_{m.key}" for m in HEADLINE_METRICS}
@@ -217,7 +217,7 @@ def _describe(combo: dict[str, Any]) -> str:
 
 
 def launch(p: GridPlan, runs_dir: Path | None = None) -> tuple[str, list[Run]]:
-    """Queue every run of the grid as a job (core.jobs: one per device at a time, oldest first). Returns the
+    """Queue every run of the grid as a job (core.experiment.jobs: one per device at a time, oldest first). Returns the
     grid id and the runs. The plan was checked; a launch failing half way (a full disk) raises JobError naming
     the runs already queued."""
     grid_id = _start_manifest(p, "queued", runs_dir)
@@ -236,7 +236,7 @@ def run_in_process(p: GridPlan, train: Callable[..., int], runs_dir: Path | None
     `cluster` side by side on a Dask cluster's workers. Returns the grid id and an exit code: 0 when every run
     completed; in this process, a cancelled run stops the grid."""
     if cluster:
-        from .cluster import connect, threads_per_task
+        from core.experiment.cluster import connect, threads_per_task
         with connect(cluster, workers) as client:  # reached (or ClusterError) before anything is written
             grid_id = _start_manifest(p, "cluster", runs_dir)
             return grid_id, MANIFESTS.run_on_cluster(grid_id, _tasks(grid_id, p), train, client,
@@ -250,10 +250,10 @@ def run_in_process(p: GridPlan, train: Callable[..., int], runs_dir: Path | None
 def cross_validate(p: GridPlan, folds: Any, seed: int = 0, runs_dir: Path | None = None,
                    train: Callable[..., int] | None = None, say: Callable[[str], None] = print,
                    cluster: str | None = None, workers: int = 2) -> tuple[str, int]:
-    """Cross-validate every combination (core.cv): queued as jobs, or with `train` (core.runner.train) one after
+    """Cross-validate every combination (core.experiment.cv): queued as jobs, or with `train` (core.training.runner.train) one after
     another in this process. Every fold of every combination is checked before anything starts. The grid's
     manifest lists one cross-validation per combination; its table ranks them by out-of-fold macro-F1."""
-    from . import cv
+    from core.experiment import cv
     plans = [cv.plan(cfg, folds, seed) for cfg in p.configs]
     grid_id = _start_manifest(p, "in-process" if train else "queued", runs_dir, cv_folds=len(plans[0]))
     path = MANIFESTS.path(grid_id, runs_dir)
@@ -275,7 +275,7 @@ def cross_validate(p: GridPlan, folds: Any, seed: int = 0, runs_dir: Path | None
 
 def _cv_report(manifest: dict[str, Any], runs_dir: Path | None) -> tuple[pd.DataFrame, str]:
     """A cross-validated grid's table: a row per combination, ranked by pooled out-of-fold macro-F1."""
-    from . import cv
+    from core.experiment import cv
     rows = []
     for entry in manifest.get("runs", []):
         if not isinstance(entry, dict) or not isinstance(entry.get("cv"), str):
@@ -349,7 +349,7 @@ def _split_digest(run: Run) -> str | None:
 def report(grid_id: str, runs_dir: Path | None = None) -> tuple[pd.DataFrame, str]:
     """The grid's results, a row per run (varied values, state, best-epoch validation metrics, split), sorted by
     val macro-F1; and a line saying whether they share one split (data options and split files compared)."""
-    from .jobs import job_state
+    from core.experiment.jobs import job_state
     manifest = load_manifest(grid_id, runs_dir)
     if manifest.get("cv_folds"):
         return _cv_report(manifest, runs_dir)
@@ -395,8 +395,8 @@ def report(grid_id: str, runs_dir: Path | None = None) -> tuple[pd.DataFrame, st
 
 def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
     """`python -m core.train grid ...` and `report grid`: every combination checked before the first run
-    starts, then trained here with `train` (core.runner.train, passed in), or queued."""
-    from .jobs import JobError
+    starts, then trained here with `train` (core.training.runner.train, passed in), or queued."""
+    from core.experiment.jobs import JobError
     runs_dir = Path(args.runs_dir) if args.runs_dir else None
     if args.grid_report is not None:
         return report_main(args.grid_report, runs_dir)
@@ -404,7 +404,7 @@ def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
         return refuse(f"--grid makes one run folder per combination under --runs-dir; it takes no {clash}")
     if args.queue and args.cluster:
         return refuse("--queue and --cluster: the device queue is this machine's; a cluster has its own scheduler")
-    from .cluster import ClusterError
+    from core.experiment.cluster import ClusterError
     try:
         axes = [parse_axis(text) for text in args.grid]
         typed = [a.field for a in axes if a.field in vars(args)]

@@ -16,7 +16,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from .imageio import TILE_SIZE
+from core.imageio import TILE_SIZE
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 

@@ -1,5 +1,5 @@
 """The LR range test (Smith, 2015) on a run's own model, data and optimizer: the engine's `set_up` and step, with
-`core.optim.lr_range_test` sweeping the learning rate over the batches training takes (`ModelBatches`, mixing included);
+`core.training.optim.lr_range_test` sweeping the learning rate over the batches training takes (`ModelBatches`, mixing included);
 the Train page draws its progress as it does an epoch's."""
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from .batches import TrainData
-from .config import RunConfig
-from .optim import lr_range_test
-from .process import Dist, StopFlag
-from .queue import Cancelled
-from .runs import Run
-from .train import optimizer_step, set_up
+from core.experiment.queue import Cancelled
+from core.experiment.runs import Run
+from core.training.batches import TrainData
+from core.training.config import RunConfig
+from core.training.engine import optimizer_step, set_up
+from core.training.optim import lr_range_test
+from core.training.process import Dist, StopFlag
 
 
 def find_lr(cfg: RunConfig, td: TrainData, d: Dist, device: torch.device, log, stop: StopFlag,

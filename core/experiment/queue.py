@@ -1,7 +1,7 @@
 """The device queue: jobs for one device run one at a time, oldest first: training runs (CV folds and grid
 cells are runs) and scans alike.
 
-A job the app launches waits for its turn here, `python -m core.queue RUN_DIR DEVICE -- TRAIN_ARGS...`, in a
+A job the app launches waits for its turn here, `python -m core.experiment.queue RUN_DIR DEVICE -- TRAIN_ARGS...`, in a
 process that imports neither torch nor the data layer (about 14 MiB resident instead of about 450 MiB), so a
 queued ablation grid costs little memory while it waits. When its turn comes it becomes the trainer by
 `os.execv` into `python -m core.train TRAIN_ARGS --device-lock-fd N`: the same process, so the run lock it
@@ -19,10 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from .pids import pid_alive
-from .runs import Run, list_runs, now_iso, read_json
+from core.experiment.pids import pid_alive
+from core.experiment.runs import Run, list_runs, now_iso, read_json
 
-DEVICES = ("cpu", "cuda")  # what `core.jobs.device_key` answers: one queue (and lock file) each
+DEVICES = ("cpu", "cuda")  # what `core.experiment.jobs.device_key` answers: one queue (and lock file) each
 
 
 class Cancelled(Exception):
@@ -36,7 +36,7 @@ def _turn(status: dict) -> str:
 
 def waiting(root: Path, device: str) -> list[tuple[tuple[str, str], str]]:
     """Every live job queued for `device` under the runs folder `root`: ((queue time, name), name), training runs
-    and scans (`core.scan_jobs`) together."""
+    and scans (`core.scan.job`) together."""
     found = []
     for other in list_runs(root):
         s = other.status()
@@ -46,7 +46,7 @@ def waiting(root: Path, device: str) -> list[tuple[tuple[str, str], str]]:
 
 
 def queued_scans(root: Path, device: str) -> list[tuple[str, str]]:
-    """(queue time, name) of every scan under `root`/scans (core.scan_jobs) waiting, alive, for `device`."""
+    """(queue time, name) of every scan under `root`/scans (core.scan.job) waiting, alive, for `device`."""
     found = []
     for folder in sorted((root / "scans").glob("*/status.json")):
         status = read_json(folder, {}) or {}
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     """Wait for RUN_DIR's turn on DEVICE, then become `python -m core.train TRAIN_ARGS` holding it."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) < 3 or argv[2] != "--":
-        print("usage: python -m core.queue RUN_DIR DEVICE -- TRAIN_ARGS...", file=sys.stderr)
+        print("usage: python -m core.experiment.queue RUN_DIR DEVICE -- TRAIN_ARGS...", file=sys.stderr)
         return 2
     run, device, train_args = Run(Path(argv[0]).resolve()), argv[1], argv[3:]
     if device not in DEVICES:

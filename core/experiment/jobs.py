@@ -1,4 +1,4 @@
-"""Training jobs as separate processes: launched, queued one per device (core.queue), cancelled, found lost.
+"""Training jobs as separate processes: launched, queued one per device (core.experiment.queue), cancelled, found lost.
 
 A job is a run folder plus a `python -m core.train` process started in its own session, so it
 outlives the app that launched it (a browser refresh or an app restart loses nothing). The trainer
@@ -15,27 +15,31 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from core.experiment.pids import pid_alive
+from core.experiment.runs import ACTIVE_STATES, Run, RunBusy, RunLock, new_run_dir, now_iso, runs_root
+from core.gpu import cuda_available
+from core.settings import PROJECT_ROOT
 
-from .config import RunConfig
-from .pids import pid_alive
-from .runs import ACTIVE_STATES, Run, RunBusy, RunLock, new_run_dir, now_iso, runs_root
-from .settings import PROJECT_ROOT
+if TYPE_CHECKING:
+    from core.training.config import RunConfig
 
 
 def device_key(device: str) -> str:
     """The device a job will hold: 'cuda' when asked for (or auto) and present, else 'cpu'."""
-    return "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    return "cuda" if device in ("auto", "cuda") and cuda_available() else "cpu"
 
 
 def device_choices() -> tuple[str, ...]:
     """The devices a run may ask for on this machine (the form offers no cuda without a GPU)."""
-    return ("auto", "cpu", "cuda") if torch.cuda.is_available() else ("auto", "cpu")
+    return ("auto", "cpu", "cuda") if cuda_available() else ("auto", "cpu")
 
 
 def describe_device() -> str:
-    if torch.cuda.is_available():
+    if cuda_available():
+        import torch
+
         props = torch.cuda.get_device_properties(0)
         return f"GPU: {props.name} ({props.total_memory / 2**30:.0f} GiB)"
     return f"CPU ({os.cpu_count()} cores; no GPU found)"
@@ -97,8 +101,8 @@ def launch(cfg: RunConfig, runs_dir: Path | None = None, lr_find: bool = False, 
             run.cancel_file.unlink(missing_ok=True)
         run.begin(None if resume is not None else cfg.to_dict(), kind="lr_find" if lr_find else "train",
                   resume=resume is not None, device=device_key(cfg.device))
-        # it waits for its turn in a process without torch (core.queue), then becomes the trainer
-        cmd = [sys.executable, "-m", "core.queue", str(run.path), device_key(cfg.device), "--",
+        # it waits for its turn in a process without torch (core.experiment.queue), then becomes the trainer
+        cmd = [sys.executable, "-m", "core.experiment.queue", str(run.path), device_key(cfg.device), "--",
                "lr-find" if lr_find else "run", "--run-dir", str(run.path), "--config", str(run.config_file),
                "--queue", "--lock-fd", str(lock.fd)]
         if resume is not None and not lr_find:
@@ -122,7 +126,7 @@ def cancel(run: Run) -> None:
     The CANCEL file is what every trainer checks (a queued job while it waits, a starting one before
     its first step); a running trainer also gets SIGTERM. With no trainer alive, an active status is
     settled as cancelled under the run lock, so no trainer can start meanwhile."""
-    run.cancel_file.touch()
+    run.request_cancel()
     if not run.trainer_alive():
         try:
             with RunLock.acquire(run):

@@ -1,20 +1,20 @@
-"""What a completed run's kept model gets, after the engine (`core.train.fit`) is done: its calibration
+"""What a completed run's kept model gets, after the engine (`core.training.engine.fit`) is done: its calibration
 temperature, its out-of-distribution reference, its evaluation report, and for a cross-validation fold the scores of
-every file a user could send. The run lifecycle (`core.runner`) calls `finish` on the run's one writer."""
+every file a user could send. The run lifecycle (`core.training.runner`) calls `finish` on the run's one writer."""
 from __future__ import annotations
 
 import torch
 
-from .batches import TrainData
-from .checkpoint import model_from_payload, read_checkpoint, save_checkpoint
-from .config import RunConfig
-from .data import RecordTiles
-from .evaluate import evaluation_records, report_from_logits, save_report
-from .inference import predict_features
-from .metrics import headline
-from .ood import OODError
-from .ood.fit import fit_reference
-from .runs import Run
+from core.checkpoint import model_from_payload, read_checkpoint
+from core.data import RecordTiles
+from core.evaluate import evaluation_records, report_from_logits
+from core.experiment.runs import Run
+from core.inference import predict_features
+from core.metrics import headline
+from core.ood import OODError
+from core.ood.fit import fit_reference
+from core.training.batches import TrainData
+from core.training.config import RunConfig
 
 
 def finish(run: Run, cfg: RunConfig, td: TrainData, device: torch.device, log) -> None:
@@ -34,19 +34,19 @@ def finish(run: Run, cfg: RunConfig, td: TrainData, device: torch.device, log) -
         payload["ood"] = fit_reference(loaded, td.data, known=(records, features), with_train_quantiles=True).to_dict()
     except OODError as exc:
         log(f"warning: no out-of-distribution reference: {exc}")
-    save_checkpoint(run.best_checkpoint, payload)
-    save_report(report, run.eval_file)
+    run.save_checkpoint("best", payload)
+    run.save_evaluation(report)
     log(f"calibration temperature {temperature:.3f}; best checkpoint on val: {headline(report)}")
     if cfg.cv_folds:  # a fold also scores every file a user could send: the copies, as sent and averaged (TTA)
-        from .cv_files import score_fold
+        from core.experiment.cv_files import score_fold
         score_fold(run, td.data, tta=True, say=log)
 
 
 def finish_refit(run: Run, cfg: RunConfig, td: TrainData, device: torch.device, log) -> None:
     """A run with no validation split: its temperature and out-of-distribution calibration come from the
     out-of-fold predictions of the cross-validation it names (`calibrate_from`), so nothing is fitted on tiles
-    this model trained on, and its checkpoint records that cross-validation's figures (`core.cv.refit_record`)."""
-    from . import cv
+    this model trained on, and its checkpoint records that cross-validation's figures (`core.experiment.cv.refit_record`)."""
+    from core.experiment import cv
     payload = read_checkpoint(run.best_checkpoint)
     if not cfg.calibrate_from:
         log("no calibration: name a cross-validation (calibrate_from) to calibrate a refit on its out-of-fold "
@@ -66,6 +66,6 @@ def finish_refit(run: Run, cfg: RunConfig, td: TrainData, device: torch.device, 
         payload["ood"] = density.to_dict()
     except OODError as exc:
         log(f"warning: no out-of-distribution reference: {exc}")
-    save_checkpoint(run.best_checkpoint, payload)
+    run.save_checkpoint("best", payload)
     log(f"calibration from cross-validation {cfg.calibrate_from}: temperature {record['temperature']:.3f} "
         f"(fitted on {record['cv']['tiles']} out-of-fold tiles); out-of-fold {headline(record['metrics'])}")

@@ -1,7 +1,7 @@
 """Plan manifests: the one file that lists a plan's runs (a grid's cells, a cross-validation's folds).
 
-    <runs>/.cv/<id>.json      a cross-validation (core.cv)
-    <runs>/.grids/<id>.json   a grid (core.grid)
+    <runs>/.cv/<id>.json      a cross-validation (core.experiment.cv)
+    <runs>/.grids/<id>.json   a grid (core.experiment.grid)
 
 A plan is a list of `Task`s (a run's config, what the manifest records about it, and its name in messages).
 `Manifests` is the one writer and reader of one kind's files:
@@ -12,9 +12,9 @@ A plan is a list of `Task`s (a run's config, what the manifest records about it,
   processes alike), written atomically (readers see the old file or the new one);
 - every read is checked by the kind's `problem` function, so a hand-edited file is refused or skipped by name.
 
-Running a plan is the same for every kind: `launch` queues each task as a job (core.jobs: the device queue,
+Running a plan is the same for every kind: `launch` queues each task as a job (core.experiment.jobs: the device queue,
 one turn at a time), `run_in_process` trains them one after another here, and `run_on_cluster` hands them to the
-workers of a Dask cluster (core.cluster), the run folders on a file system every worker shares. Each records every
+workers of a Dask cluster (core.experiment.cluster), the run folders on a file system every worker shares. Each records every
 run in the manifest before it trains, so a plan never loses a run it started.
 """
 from __future__ import annotations
@@ -29,12 +29,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .runs import Run, now_iso, read_json, runs_root, write_json_atomic
+from core.experiment.runs import Run, now_iso, read_json, runs_root, write_json_atomic
 
 if TYPE_CHECKING:
     import argparse
 
-    from .config import RunConfig
+    from core.training.config import RunConfig
 
 
 def safe_name(name: Any) -> bool:
@@ -144,11 +144,11 @@ class Manifests:
         return manifest
 
     def launch(self, plan_id: str, tasks: Sequence[Task], runs_dir: Path | None = None) -> list[Run]:
-        """Queue every task as a job (core.jobs: one per device at a time, oldest first). A launch failing half
+        """Queue every task as a job (core.experiment.jobs: one per device at a time, oldest first). A launch failing half
         way (a full disk) raises JobError naming the runs already queued; the manifest lists those."""
-        from .config import ConfigError
-        from .jobs import JobError
-        from .jobs import launch as launch_job
+        from core.experiment.jobs import JobError
+        from core.experiment.jobs import launch as launch_job
+        from core.training.config import ConfigError
         path = self.path(plan_id, runs_dir)
         runs: list[Run] = []
         for task in tasks:
@@ -164,11 +164,11 @@ class Manifests:
     def run_in_process(self, plan_id: str, tasks: Sequence[Task], train: Callable[..., int],
                        runs_dir: Path | None = None, say: Callable[[str], None] = print,
                        result: Callable[[Run, dict], str] = lambda run, status: "") -> int:
-        """Train the tasks one after another in this process (`train` is `core.runner.train`, passed in so that
+        """Train the tasks one after another in this process (`train` is `core.training.runner.train`, passed in so that
         the plan modules do not import the engine), a progress line each, `result(run, status)` appended to its
         last. Returns an exit code; a cancelled run stops the rest (Ctrl-C is not caught: the run is then
         `lost`, resumable)."""
-        from .runs import RunLock, new_run_dir
+        from core.experiment.runs import RunLock, new_run_dir
         path = self.path(plan_id, runs_dir)
         short = self.tag_prefix.rstrip(":")
         code = 0
@@ -190,16 +190,16 @@ class Manifests:
     def run_on_cluster(self, plan_id: str, tasks: Sequence[Task], train: Callable[..., int], client: Any,
                        threads: int = 0, runs_dir: Path | None = None, say: Callable[[str], None] = print,
                        result: Callable[[Run, dict], str] = lambda run, status: "") -> int:
-        """Train the tasks side by side on a Dask cluster (`client`: core.cluster.connect), each in its run folder,
+        """Train the tasks side by side on a Dask cluster (`client`: core.experiment.cluster.connect), each in its run folder,
         which every worker must see at the same path (a shared file system); `threads`: torch threads per task (0:
         the worker's default). A worker that dies mid-task has its task rerun on another (Dask's allowed-failures):
         the rerun resumes from the run's last.pt, or starts clean when no epoch had finished, so no epoch is
         counted twice. Returns an exit code."""
         from dask.distributed import as_completed
 
-        from .cluster import describe_error
-        from .jobs import job_state
-        from .runs import new_run_dir, runs_root
+        from core.experiment.cluster import describe_error
+        from core.experiment.jobs import job_state
+        from core.experiment.runs import new_run_dir, runs_root
         path = self.path(plan_id, runs_dir)
         short = self.tag_prefix.rstrip(":")
         futures = {}
@@ -230,7 +230,7 @@ class Manifests:
 def _ended(short: str, i: int, n: int, task: Task, run: Run, status: dict,
            result: Callable[[Run, dict], str]) -> str:
     """A task's last progress line, the same in this process and on a cluster: its state, `result`, its error."""
-    from .jobs import job_state
+    from core.experiment.jobs import job_state
     return (f"[{short} {i}/{n}] {task.label}: {job_state(run, status)}{result(run, status)}"
             + (f": {status.get('error')}" if status.get("error") else ""))
 
@@ -238,8 +238,8 @@ def _ended(short: str, i: int, n: int, task: Task, run: Run, status: dict,
 def train_on_worker(train: Callable[..., int], config: dict[str, Any], run_path: str, threads: int) -> int:
     """One plan task on a Dask worker: the run folder's one trainer (its lock). A rerun after a worker died resumes
     from last.pt, or starts clean (the dead attempt's rows dropped) when no epoch had finished."""
-    from .config import RunConfig
-    from .runs import RunLock
+    from core.experiment.runs import RunLock
+    from core.training.config import RunConfig
     if threads:
         import torch
         torch.set_num_threads(threads)
@@ -256,9 +256,9 @@ def queue_or_run(args: argparse.Namespace, what: str, unit: str, see: str, launc
     """The end every plan command shares (`cv`, `grid`): with --queue, queue its runs and say how to `see` the
     result; else train them here or on --cluster, then print the report. `what` names the plan ("grid"), `unit`
     its runs ("folds"); a queue or cluster problem is one line."""
-    from .cliargs import refuse
-    from .cluster import ClusterError
-    from .jobs import JobError
+    from core.cliargs import refuse
+    from core.experiment.cluster import ClusterError
+    from core.experiment.jobs import JobError
     if args.queue and args.cluster:
         return refuse("--queue and --cluster: the device queue is this machine's; a cluster has its own scheduler")
     try:

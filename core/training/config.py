@@ -14,19 +14,18 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-import torch
-
-from . import augment
-from .choices import AUGMENT_MODES as AUGMENT_REGISTRY
-from .choices import IMBALANCE_POLICIES, SELECTION_METRICS
-from .data.merge import CONFLICT_POLICIES
-from .data.spec import MAX_FOLDS, DataSpec
-from .data.split import SPLIT_MODES
-from .models import ARCHITECTURES, DEFAULT_ARCH, FREEZE_MODES, WeightsUnavailable, require_imagenet, spec, stages
-from .optim import OPTIMIZERS, SCHEDULERS
+from core.choices import AUGMENT_MODES as AUGMENT_REGISTRY
+from core.choices import IMBALANCE_POLICIES, SELECTION_METRICS
+from core.data.merge import CONFLICT_POLICIES
+from core.data.spec import MAX_FOLDS, DataSpec
+from core.data.split import SPLIT_MODES
+from core.gpu import cuda_available
+from core.models import ARCHITECTURES, DEFAULT_ARCH, FREEZE_MODES, WeightsUnavailable, require_imagenet, spec, stages
+from core.training import augment
+from core.training.optim import OPTIMIZERS, SCHEDULERS
 
 AUGMENT_MODES = tuple(AUGMENT_REGISTRY)
-TRANSFORMS = tuple(augment.TRANSFORMS)  # the registry is core.augment's
+TRANSFORMS = tuple(augment.TRANSFORMS)  # the registry is core.training.augment's
 IMBALANCE = tuple(IMBALANCE_POLICIES)
 TRANSFORMED_MODES = tuple(m.name for m in AUGMENT_REGISTRY.values() if m.uses_transforms)
 INITS = ("scratch", "imagenet", "run")
@@ -82,7 +81,7 @@ class RunConfig:
                           min=0, max=2**32 - 1)
     keep_split_repeats: bool = opt(DataSpec.keep_split_repeats, "keep the official split file's repeated minority rows", "data")
     allow_leakage: bool = opt(False, "train even if an observation or landmark is on two sides", "data")
-    # set by the cross-validation launcher (core.cv), not typed: each fold is an ordinary run of these two
+    # set by the cross-validation launcher (core.experiment.cv), not typed: each fold is an ordinary run of these two
     cv_folds: int = opt(DataSpec.cv_folds, "cross-validation: the number of folds grouped by observation (0: off; "
                         "the split is then the fold's, with no test split)", "data", min=0, max=MAX_FOLDS, form=False)
     cv_fold: int = opt(DataSpec.cv_fold, "cross-validation: the fold this run validates on (0 .. cv_folds-1)", "data",
@@ -223,7 +222,7 @@ class RunConfig:
         if self.scheduler == "onecycle" and not 0 < self.pct_start < 1:
             raise ConfigError("pct_start must be between 0 and 1")
         _check_open_ranges(self)
-        if self.device == "cuda" and not torch.cuda.is_available():
+        if self.device == "cuda" and not cuda_available():
             raise ConfigError("device: cuda was asked for, but this machine has no GPU that torch can use "
                               "(choose auto or cpu)")
         return self
@@ -391,7 +390,7 @@ def add_option_flag(parser: argparse.ArgumentParser, option: dict[str, Any], def
     NaN, infinities and out-of-bounds numbers are a usage error at the flag; `core.train` checks the same bounds
     in `RunConfig.validate` instead, after `--config FILE` is merged, so that a file's value and a flag's get the
     same one-line error."""
-    from .cliargs import number_in
+    from core.cliargs import number_in
     flag = "--" + option["name"].replace("_", "-")
     shown = option["default"] if default is argparse.SUPPRESS else default
     kw: dict[str, Any] = {"default": default, "help": f"{option['help']} (default: {shown})"}

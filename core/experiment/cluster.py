@@ -1,4 +1,5 @@
-"""Scan chunks on Dask: a local cluster of worker processes, or a running scheduler anywhere.
+"""Work on Dask (scan chunks, a plan's folds and grid cells): a local cluster of worker processes, or a running
+scheduler anywhere.
 
 Why Dask: its scheduler runs as plain Python processes (`pip install dask distributed`, no other service), a
 LocalCluster starts here in seconds, and the same `Client(address)` code drives a real cluster (`dask scheduler` and
@@ -135,16 +136,14 @@ def threads_per_task(address: str, workers: int) -> int:
 
 
 def run_on_dask(client, task: Callable, chunks: list, checkpoint: str | None,
-                on_chunk: Callable[[int], None], should_stop: Callable[[], bool] = lambda: False
-                ) -> dict[int, Any] | None:
+                on_chunk: Callable[[int], None], should_stop: Callable[[], bool] = lambda: False,
+                fatal: tuple[type[BaseException], ...] = (ValueError,)) -> dict[int, Any] | None:
     """`task(chunk, checkpoint)` for every chunk on the cluster: chunk index -> its result, or the reason it failed
-    for good (a string; its windows go unscanned, and the caller says so). An error in the data (a damaged
+    for good (a string; its windows go unscanned, and the caller says so). An error in the data (`fatal`: a damaged
     observation) is raised as it would be in this process. None when `should_stop` said stop (the tasks are
     cancelled). The task comes from core.scan, which imports this module, not the other way round."""
     from dask.distributed import as_completed
     from distributed.scheduler import KilledWorker
-
-    from .raster import RasterError
 
     index = {}
     futures = []
@@ -160,7 +159,7 @@ def run_on_dask(client, task: Callable, chunks: list, checkpoint: str | None,
         k = index[future.key]
         try:
             results[k] = future.result()
-        except (RasterError, ValueError):
+        except fatal:
             client.cancel(futures)
             raise
         except KilledWorker as exc:

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import head_parameters
+from core.models import head_parameters
 
 if TYPE_CHECKING:
-    from .config import RunConfig
+    from core.training.config import RunConfig
 
 LRScheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
 
@@ -144,7 +144,7 @@ def class_weights(labels: np.ndarray, num_classes: int, power: float = 1.0) -> t
 
 def loss_weights(imbalance: str, labels: np.ndarray, num_classes: int) -> torch.Tensor | None:
     """The cross-entropy class weights an imbalance policy asks for (None: unweighted)."""
-    from .choices import IMBALANCE_POLICIES
+    from core.choices import IMBALANCE_POLICIES
     power = IMBALANCE_POLICIES[imbalance].weight_power
     return class_weights(labels, num_classes, power) if power else None
 

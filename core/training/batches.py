@@ -12,15 +12,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import augment
-from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
-from .choices import AUGMENT_MODES, IMBALANCE_POLICIES
-from .classes import CLASS_NAMES, NUM_CLASSES
-from .config import RunConfig
-from .data import DataError, DeviceBatches, HiriseData, TileDataset, begin_epoch, load_dataset, training_batches
-from .imageio import TILE_SIZE
-from .models import spec
-from .preprocess import to_model_input
+from core.checkpoint import CheckpointError, LoadedModel, load_checkpoint
+from core.choices import AUGMENT_MODES, IMBALANCE_POLICIES
+from core.classes import CLASS_NAMES, NUM_CLASSES
+from core.data import DataError, HiriseData, load_dataset
+from core.data.loader import DeviceBatches, TileDataset, begin_epoch, training_batches
+from core.imageio import TILE_SIZE
+from core.models import spec
+from core.preprocess import to_model_input
+from core.training import augment
+from core.training.config import RunConfig
 
 
 @dataclass

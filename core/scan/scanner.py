@@ -31,22 +31,22 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CheckpointError, LoadedModel, load_checkpoint
-from .cliargs import add_engine_argument, number_in
-from .detections import ImageScan, WindowGrid, detections_of
-from .georef import LabelError
-from .imageio import IMAGE_SUFFIXES
-from .progress import Counter
-from .queue import Cancelled
-from .raster import GDAL_SUFFIXES, Raster, RasterError, open_raster
-from .settings import DEFAULT_TTA
-from .tiling import Windows, count_windows
+from core.checkpoint import CheckpointError, LoadedModel, load_checkpoint
+from core.cliargs import add_engine_argument, number_in
+from core.experiment.queue import Cancelled
+from core.imageio import IMAGE_SUFFIXES
+from core.progress import Counter
+from core.scan.detections import ImageScan, WindowGrid, detections_of
+from core.scan.georef import LabelError
+from core.scan.raster import GDAL_SUFFIXES, Raster, RasterError, open_raster
+from core.settings import DEFAULT_TTA
+from core.tiling import Windows, count_windows
 
 #: Window sides in image pixels: about the span of the data set's landmarks in browse images, a factor of two
 #: apart. 96 px windows catch the smallest craters; 384 px ones the large dune fields.
 DEFAULT_SIZES = (96, 192, 384)
 MIN_WINDOW = 32
-#: The largest window: 64 MiB of 8-bit pixels, read in pieces (core.raster) and resized to a tile. A landmark larger
+#: The largest window: 64 MiB of 8-bit pixels, read in pieces (core.scan.raster) and resized to a tile. A landmark larger
 #: than this is scanned at a coarser resolution level, not with a window that alone would hold gigabytes.
 MAX_WINDOW = 8192
 #: Each window steps this fraction of its side: neighbours overlap by half, so a landmark no larger than half a
@@ -140,7 +140,7 @@ _OPEN: dict[Source, Raster] = {}
 def worker_model(checkpoint: str | None) -> LoadedModel:
     """The model, loaded once per process (a Dask worker keeps it between tasks)."""
     if checkpoint not in _MODELS:
-        from .checkpoint import load_checkpoint
+        from core.checkpoint import load_checkpoint
 
         _MODELS[checkpoint] = load_checkpoint(checkpoint) if checkpoint else load_checkpoint()
     return _MODELS[checkpoint]
@@ -159,7 +159,7 @@ def _opened(source: Source) -> Raster:
 def classify(loaded: LoadedModel, raster: Raster, chunk: Chunk, batch_size: int = 32
              ) -> tuple[np.ndarray, np.ndarray | None]:
     """(n, C) calibrated probabilities and (n,) typicality (None without a reference) of a chunk's windows."""
-    from .predict import proba_and_typicality
+    from core.predict import proba_and_typicality
 
     windows = Windows(raster, chunk.size, chunk.stride)
     probs, typical = proba_and_typicality(loaded, windows[chunk.start:chunk.stop], batch_size, tta=chunk.tta)
@@ -235,11 +235,12 @@ def scan(images: Sequence[Source | Raster], loaded: LoadedModel | None = None, c
         with Counter(total, "windows", on_progress, desc="scan") as progress:
             results = run_in_process(chunks, loaded, images, progress.add, should_stop)
     else:
-        from .cluster import connect, run_on_dask
+        from core.experiment.cluster import connect, run_on_dask
 
         names = class_names_of(checkpoint)  # a bad checkpoint is said here, once, not by every task
         with connect(cluster, workers) as client, Counter(total, "windows", on_progress, desc="scan") as progress:
-            results = run_on_dask(client, worker_task, chunks, checkpoint, progress.add, should_stop)
+            results = run_on_dask(client, worker_task, chunks, checkpoint, progress.add, should_stop,
+                                  fatal=(RasterError, ValueError))
         if results is None:
             raise Stopped("cancelled")
     for s in scans:
@@ -265,8 +266,8 @@ def scan(images: Sequence[Source | Raster], loaded: LoadedModel | None = None, c
 
 def class_names_of(checkpoint: str | None) -> list[str]:
     """The class names a checkpoint predicts, read without building its model (the workers built it)."""
-    from .checkpoint import read_checkpoint
-    from .settings import DEFAULT_CHECKPOINT
+    from core.checkpoint import read_checkpoint
+    from core.settings import DEFAULT_CHECKPOINT
 
     return list(read_checkpoint(Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT)["class_names"])
 
@@ -318,7 +319,7 @@ def write_outputs(out: Path, scans: list[ImageScan], rasters: Sequence[Raster | 
     import shutil
     import tempfile
 
-    from .detections import overlay_image, write_csv, write_geojson, write_png, write_window_grid
+    from core.scan.detections import overlay_image, write_csv, write_geojson, write_png, write_window_grid
 
     stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=out))
     try:
@@ -624,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             raise ValueError("; ".join(problems))
         out = OutputFolder(args.out)  # created, locked, cleared of a killed scan's stage, writable: or refused
-        # the app's scans take the device's turn as training runs do (core.queue); a cluster's workers do the work
+        # the app's scans take the device's turn as training runs do (core.experiment.queue); a cluster's workers do the work
         loaded = None
         if not args.cluster:  # a cluster's workers load the model themselves (auto engine)
             loaded = load_checkpoint(args.checkpoint, engine=args.engine)
@@ -666,12 +667,12 @@ class Job:
     """The app's side of a scan run as a job: progress in status.json, a CANCEL file or SIGTERM to stop."""
 
     def __init__(self, folder: Path):
-        from .runs import now_iso
+        from core.experiment.runs import now_iso
 
         self.folder, self.stop = folder, False
         self.t0, self.last = time.monotonic(), 0.0
         signal.signal(signal.SIGTERM, self._on_signal)
-        from .pids import process_start
+        from core.experiment.pids import process_start
 
         self._write(state="starting", started_at=now_iso(), pid=os.getpid(), pid_start=process_start(os.getpid()),
                     done=0, total=None)
@@ -683,9 +684,9 @@ class Job:
     def device_turn(self) -> Iterator[None]:
         """Queued until no job queued earlier wants this machine's device (training runs, CV folds, grid cells
         and other scans alike) and its lock is free; held while the scan works."""
-        from .jobs import device_key
-        from .queue import turn, waiting
-        from .runs import now_iso
+        from core.experiment.jobs import device_key
+        from core.experiment.queue import turn, waiting
+        from core.experiment.runs import now_iso
 
         root, device = self.folder.parent.parent, device_key("auto")
         queued_at = now_iso()
@@ -711,15 +712,11 @@ class Job:
         self._write(done=done, total=total, rate=round(rate, 2), eta_s=round((total - done) / rate) if rate else None)
 
     def finish(self, state: str, **more: object) -> None:
-        from .runs import now_iso
+        from core.experiment.runs import now_iso
 
         self._write(state=state, ended_at=now_iso(), **more)
 
     def _write(self, **changes: object) -> None:
-        from .runs import update_json
+        from core.experiment.runs import update_json
 
         update_json(self.folder / "status.json", changes)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,7 @@
     last.pt         checkpoint of the last finished epoch, with optimizer state for resuming
     eval_val.json   evaluation of best.pt on the validation split, written when the run completes
     oof_files.json  a cross-validation fold's predictions on every file of its held-out observations, as sent and
-                    averaged over the 8 flips and turns (core.cv_files)
+                    averaged over the 8 flips and turns (core.experiment.cv_files)
     splits.json     the files and observations of its validation and test splits (also in each checkpoint)
     label_overrides.json  the label corrections (core.data.overrides) applied to its data, when there were any
     lr_find.json    the learning-rate range test, for runs launched as an LR finder
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import re
 import shutil
@@ -30,8 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_path
-from .settings import RUNS_DIR
+from core.atomic import atomic_path
+from core.settings import RUNS_DIR
 
 ACTIVE_STATES = ("queued", "running")
 
@@ -40,11 +41,26 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path, data: Any, indent: int | None = 2) -> None:
     """Write through a temporary file of a unique name (threads of one process write side by side), then
-    rename it over `path`: readers see the old file or the new one, never half of either."""
+    rename it over `path`: readers see the old file or the new one, never half of either. Strict JSON: numpy
+    values become plain ones, NaN and infinities None (`jsonable`)."""
+    text = json.dumps(jsonable(data), indent=indent, allow_nan=False)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.write_text(text + "\n")
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain Python types, with NaN/inf as None: strict JSON that every reader (and the app) accepts."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "tolist") and hasattr(obj, "dtype"):  # a numpy array or scalar
+        return jsonable(obj.tolist())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    return obj
 
 
 _UPDATE_LOCKS: dict[Path, threading.Lock] = {}
@@ -160,6 +176,27 @@ class Run:
     def save_label_overrides(self, applied: dict[str, Any]) -> None:
         """The label corrections this run trained with (issue 16)."""
         write_json_atomic(self.label_overrides_file, applied)
+
+    def save_checkpoint(self, which: str, payload: dict[str, Any]) -> Path:
+        """best.pt (the kept epoch, later calibrated by the lifecycle) or last.pt (every epoch, to resume), written
+        atomically (core.checkpoint_file.save_checkpoint)."""
+        from core.checkpoint_file import save_checkpoint  # torch, imported there: only a trainer writes checkpoints
+
+        path = {"best": self.best_checkpoint, "last": self.last_checkpoint}[which]
+        return save_checkpoint(path, payload)
+
+    def save_evaluation(self, report: dict[str, Any]) -> None:
+        """eval_val.json: the kept model's evaluation on the validation split (core.evaluate's report)."""
+        write_json_atomic(self.eval_file, report, indent=None)
+
+    def save_oof_files(self, payload: dict[str, Any]) -> Path:
+        """oof_files.json: a cross-validation fold's predictions on every file of its held-out observations."""
+        write_json_atomic(self.oof_files_file, payload)
+        return self.oof_files_file
+
+    def request_cancel(self) -> None:
+        """CANCEL: every trainer checks it (a queued job while it waits, a starting one before its first step)."""
+        self.cancel_file.touch()
 
     def metrics(self) -> list[dict[str, Any]]:
         """All rows; a half-written last line (the trainer is mid-write) is skipped."""

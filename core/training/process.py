@@ -12,9 +12,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .config import ConfigError, RunConfig
-from .jobs import device_key
-from .runs import Run
+from core.experiment.jobs import device_key
+from core.experiment.runs import Run
+from core.training.config import ConfigError, RunConfig
 
 
 class StopFlag:

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from .bootstrap import draw_weights, group_ids, intervals, wilson
-from .classes import CLASS_NAMES
-from .runs import Run, read_json, write_json_atomic
+from core.bootstrap import draw_weights, group_ids, intervals, wilson
+from core.classes import CLASS_NAMES
+from core.experiment.runs import Run, read_json
 
 FORMAT = "hirise-studio-oof-files/1"
 SCAN_THRESHOLD = 0.9  # core.scan's default detection threshold
@@ -44,10 +44,10 @@ def score_fold(run: Run, data, tta: bool = True, say: Callable[[str], None] = pr
     """Score `run`'s model (a completed fold) on every file of its held-out observations, as sent and (with
     `tta`) averaged over the 8 views; write `oof_files.json` in the run folder and return its path. `data` is the
     cross-validation's data (`core.data.load_dataset` of its recipe): the fold's checkpoint names its originals."""
-    from .checkpoint import load_checkpoint
-    from .data import RecordTiles
-    from .evaluate import evaluation_records
-    from .inference import predict_logits, predict_views
+    from core.checkpoint import load_checkpoint
+    from core.data import RecordTiles
+    from core.evaluate import evaluation_records
+    from core.inference import predict_logits, predict_views
     loaded = load_checkpoint(run.best_checkpoint)
     records, _ = evaluation_records(loaded, data, "val", originals_only=False)
     tiles = RecordTiles(data, records)
@@ -67,8 +67,7 @@ def score_fold(run: Run, data, tta: bool = True, say: Callable[[str], None] = pr
                           **({"logits_tta": [round(float(v), 4) for v in averaged[i]]} if averaged is not None
                              else {})}
                          for i, (r, t) in enumerate(zip(records, y, strict=True))]}
-    write_json_atomic(run.oof_files_file, payload)
-    return run.oof_files_file
+    return run.save_oof_files(payload)
 
 
 def read_fold(run: Run) -> dict[str, Any] | None:
@@ -103,8 +102,8 @@ def read_fold(run: Run) -> dict[str, Any] | None:
 def pooled(folds: list[tuple[int, Run | None]]) -> tuple[dict[str, Any] | None, list[str]]:
     """Every completed fold's all-files predictions, pooled (arrays as `read_fold`'s, plus `fold`), and the
     folds that lack them, named. None when a completed fold lacks them: a partial pool would mislead. `folds`:
-    `core.cv.fold_runs` of a manifest."""
-    from .jobs import job_state
+    `core.experiment.cv.fold_runs` of a manifest."""
+    from core.experiment.jobs import job_state
     parts, missing = [], []
     for f, run in folds:
         if run is None or not run.config_file.is_file() or job_state(run, run.status()) != "completed":
@@ -162,8 +161,8 @@ def false_alarms(y: np.ndarray, probs: np.ndarray, groups: list, threshold: floa
 
 def view_figures(files: dict[str, Any], view: str, temperature: float) -> dict[str, Any] | None:
     """One view's figures: classification metrics with intervals, always-`other` accuracy, false alarms."""
-    from .inference import probabilities
-    from .metrics import classification_metrics
+    from core.inference import probabilities
+    from core.metrics import classification_metrics
     got = view_predictions(files, view)
     if got is None:
         return None

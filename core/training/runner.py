@@ -2,8 +2,8 @@
 
 `python -m core.train run --data PATH [--data PATH ...] --run-dir DIR [options]` trains and writes a run (the
 engine is core.train; this module takes the run lock, waits for the device's turn, keeps status.json true on
-every way out, and refuses in one line what cannot start). The other subcommands: `lr-find`, `cv K` (core.cv),
-`grid FIELD=V1,V2 ...` (core.grid), `report cv|grid [ID]`, `score CV_ID` and `promote CV_ID` (core.defaults).
+every way out, and refuses in one line what cannot start). The other subcommands: `lr-find`, `cv K` (core.experiment.cv),
+`grid FIELD=V1,V2 ...` (core.experiment.grid), `report cv|grid [ID]`, `score CV_ID` and `promote CV_ID` (core.defaults).
 The flags-only spellings of before (`--cv 5`, `--grid ...`, `--cv-report`) still work, with a one-line notice.
 """
 from __future__ import annotations
@@ -19,24 +19,24 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from . import cv, grid
-from .batches import prepare_data
-from .checkpoint import CheckpointError
-from .cliargs import number_in, refuse
-from .cluster import MAX_LOCAL_WORKERS
-from .config import ConfigError, RunConfig, add_arguments, config_from_args, resumable_fields
-from .data import DataError, split_manifest
-from .errors import first_line
-from .finish import finish
-from .jobs import device_key
-from .lr_finder import find_lr
-from .models import WeightsUnavailable, require_imagenet
-from .optim import SCHEDULERS
-from .pids import process_start
-from .process import Dist, StopFlag, init_distributed, seed_everything
-from .queue import Cancelled, device_turn
-from .runs import Run, RunBusy, RunLock, now_iso
-from .train import fit
+from core.checkpoint import CheckpointError
+from core.cliargs import number_in, refuse
+from core.data import DataError, split_manifest
+from core.errors import first_line
+from core.experiment import cv, grid
+from core.experiment.cluster import MAX_LOCAL_WORKERS
+from core.experiment.jobs import device_key
+from core.experiment.pids import process_start
+from core.experiment.queue import Cancelled, device_turn
+from core.experiment.runs import Run, RunBusy, RunLock, now_iso
+from core.models import WeightsUnavailable, require_imagenet
+from core.training.batches import prepare_data
+from core.training.config import ConfigError, RunConfig, add_arguments, config_from_args, resumable_fields
+from core.training.engine import fit
+from core.training.finish import finish
+from core.training.lr_finder import find_lr
+from core.training.optim import SCHEDULERS
+from core.training.process import Dist, StopFlag, init_distributed, seed_everything
 
 DESCRIPTION = """Train, cross-validate and choose HiRISE tile classifiers.
 
@@ -48,7 +48,7 @@ DESCRIPTION = """Train, cross-validate and choose HiRISE tile classifiers.
   score     score a cross-validation's folds on every file of their held-out observations
   promote   make a cross-validation's refit the default model, if it beats the current one on the same folds
 
-Every option of `core.config.RunConfig` is a flag of run, lr-find, cv and grid (or comes from `--config FILE`).
+Every option of `core.training.config.RunConfig` is a flag of run, lr-find, cv and grid (or comes from `--config FILE`).
 `python -m core.train COMMAND --help` says more. With `torchrun --nproc_per_node N -m core.train run ...` it trains
 with DistributedDataParallel (NCCL on GPUs, gloo on CPU); only rank 0 writes the run folder.
 """
@@ -179,7 +179,7 @@ def _run_flags(parser: argparse.ArgumentParser, resume: bool = True, run_dir_req
         parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last.pt")
     parser.add_argument("--queue", action="store_true", help="wait for the device's turn (used by app jobs)")
     parser.add_argument("--lock-fd", type=int, help=argparse.SUPPRESS)  # the run lock, handed over by jobs.launch
-    # the device's turn, already taken by core.queue (which this process was before its exec): held until exit
+    # the device's turn, already taken by core.experiment.queue (which this process was before its exec): held until exit
     parser.add_argument("--device-lock-fd", type=int, help=argparse.SUPPRESS)
     add_arguments(parser)
 
@@ -336,7 +336,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ablation grid's flags (core.grid)."""
+    """The ablation grid's flags (core.experiment.grid)."""
     parser.add_argument("--grid", nargs="+", action="extend", default=[], metavar="FIELD=V1,V2",
                         help="train every combination of up to three options' values, everything else equal "
                              "(one run folder each under --runs-dir), one after another in this process; with "
@@ -348,7 +348,7 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_cv_arguments(parser: argparse.ArgumentParser) -> None:
-    """Cross-validation's flags (core.cv)."""
+    """Cross-validation's flags (core.experiment.cv)."""
     parser.add_argument("--cv", metavar="K", help="K-fold cross-validation grouped by observation (K from 3 to 10): "
                         "one run per fold under --runs-dir, in this process (or queued with --queue), then the "
                         "pooled out-of-fold report; with --grid, every combination is cross-validated")
@@ -381,7 +381,7 @@ def _promote_flags(parser: argparse.ArgumentParser) -> None:
 
 def cv_score_main(cv_id: str, runs_dir: Path | None, tta: bool) -> int:
     """`--cv-score ID`: every completed fold's all-files predictions, then the report."""
-    from .cv_files import FilesError
+    from core.experiment.cv_files import FilesError
     try:
         cv.score_files(cv_id, runs_dir, tta=tta)
     except (FileNotFoundError, FilesError, DataError, ConfigError) as exc:
@@ -391,7 +391,7 @@ def cv_score_main(cv_id: str, runs_dir: Path | None, tta: bool) -> int:
 
 def promote_main(args: argparse.Namespace, runs_dir: Path | None) -> int:
     """`--promote CV_ID`: the champion/challenger gate (core.defaults)."""
-    from .defaults import RegistryError, promote, refresh
+    from core.defaults import RegistryError, promote, refresh
     if args.refresh:
         try:
             refresh(args.promote, runs_dir)

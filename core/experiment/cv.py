@@ -31,14 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from .bootstrap import fmt, intervals
-from .choices import HEADLINE, METRIC_LABELS
-from .classes import CLASS_NAMES
-from .cliargs import refuse, single_run_flag
-from .config import ConfigError, RunConfig, typed_config
-from .data.spec import MAX_FOLDS, MIN_FOLDS
-from .manifest import Manifests, Task, queue_or_run, safe_name
-from .runs import Run, runs_root
+from core.bootstrap import fmt, intervals
+from core.choices import HEADLINE, METRIC_LABELS
+from core.classes import CLASS_NAMES
+from core.cliargs import refuse, single_run_flag
+from core.data.spec import MAX_FOLDS, MIN_FOLDS
+from core.experiment.manifest import Manifests, Task, queue_or_run, safe_name
+from core.experiment.runs import Run, runs_root
+from core.training.config import ConfigError, RunConfig, typed_config
 
 TAG_PREFIX = "cv:"
 LABELS = METRIC_LABELS
@@ -102,8 +102,8 @@ def plan(base: RunConfig | dict[str, Any], folds: Any, seed: int = 0, check_read
 
 def coverage(cfg: RunConfig) -> list[str]:
     """What the folds cannot do with this data: a class with fewer observations than folds, named."""
-    from .data import load_dataset
-    from .data.split import fold_coverage
+    from core.data import load_dataset
+    from core.data.split import fold_coverage
     data = load_dataset(cfg.data_spec)
     return fold_coverage(data.records, cfg.cv_folds, CLASS_NAMES)
 
@@ -142,9 +142,9 @@ def launch_on_cluster(configs: Sequence[RunConfig], address: str, workers: int =
     import os
     import subprocess
 
-    from .cluster import check
-    from .runs import now_iso
-    from .settings import PROJECT_ROOT
+    from core.experiment.cluster import check
+    from core.experiment.runs import now_iso
+    from core.settings import PROJECT_ROOT
     check(address)
     folder = cv_dir(runs_dir) / "launches"  # not beside the manifests, which are every *.json of .cv/
     folder.mkdir(parents=True, exist_ok=True)
@@ -185,7 +185,7 @@ def relaunch_missing(cv_id: str, runs_dir: Path | None = None) -> list[Run]:
                        "still queued or running)" if active else " (every fold completed)"))
     configs = {c.cv_fold: c for c in plan({**rep["base"], "cv_folds": 0, "cv_fold": 0}, rep["n_folds"],
                                           rep["seed"] or 0)}
-    from .jobs import JobError
+    from core.experiment.jobs import JobError
     tasks = [_task(cv_id, configs[f["fold"] - 1], f"cross-validation {cv_id}, fold {f['fold']} (relaunched)")
              for f in missing]
     try:
@@ -196,8 +196,8 @@ def relaunch_missing(cv_id: str, runs_dir: Path | None = None) -> list[Run]:
 
 def active_refit(cv_id: str, runs_dir: Path | None = None) -> Run | None:
     """A refit calibrated from `cv_id` that is queued or running (a second would be the same run twice)."""
-    from .jobs import job_state
-    from .runs import list_runs
+    from core.experiment.jobs import job_state
+    from core.experiment.runs import list_runs
     for run in list_runs(runs_dir):
         cfg = run.config()
         if isinstance(cfg, dict) and cfg.get("calibrate_from") == cv_id and \
@@ -215,11 +215,11 @@ def spread_text(spread: dict[str, float], folds: int) -> str:
 def run_in_process(configs: Sequence[RunConfig], train: Callable[..., int], runs_dir: Path | None = None,
                    say: Callable[[str], None] = print, grid: str | None = None,
                    cluster: str | None = None, workers: int = 2) -> tuple[str, int]:
-    """Train the folds one after another in this process (`train` is `core.runner.train`, passed in so that this
+    """Train the folds one after another in this process (`train` is `core.training.runner.train`, passed in so that this
     module does not import the engine), or with `cluster` side by side on a Dask cluster's workers. Returns the id
     and an exit code; in this process, a cancelled fold stops the rest."""
     if cluster:
-        from .cluster import connect, threads_per_task
+        from core.experiment.cluster import connect, threads_per_task
         with connect(cluster, workers) as client:  # reached (or ClusterError) before anything is written
             return on_cluster(configs, train, client, threads_per_task(cluster, workers), runs_dir, say, grid)
     cv_id = _start(configs, "in-process", runs_dir, grid)
@@ -287,7 +287,7 @@ def fold_runs(manifest: dict[str, Any], runs_dir: Path | None = None) -> list[tu
 def out_of_fold(manifest: dict[str, Any], runs_dir: Path | None = None) -> tuple[dict[str, np.ndarray], list[dict]]:
     """The pooled out-of-fold predictions of the completed folds ({"name", "observation", "y", "logits",
     "probs", "fold"} arrays, one row per validated original), and one status line per fold (state, why missing)."""
-    from .jobs import job_state
+    from core.experiment.jobs import job_state
     rows: dict[str, list] = {k: [] for k in ("name", "observation", "y", "logits", "probs", "fold")}
     folds = []
     for fold, run in fold_runs(manifest, runs_dir):
@@ -378,8 +378,8 @@ def report(cv_id: str, runs_dir: Path | None = None, with_files: bool = True) ->
     """A cross-validation's figures, from the folds that completed: pooled out-of-fold metrics with 95% intervals
     (bootstrap over observations), per-class precision/recall/F1 with support, the folds' mean and spread, the
     mean validation curve per epoch, and which folds are missing and why. `with_files`: also the figures on
-    every file of the held-out observations, as sent and with TTA (`core.cv_files`, under "files")."""
-    from .metrics import classification_metrics
+    every file of the held-out observations, as sent and with TTA (`core.experiment.cv_files`, under "files")."""
+    from core.metrics import classification_metrics
     manifest = load_manifest(cv_id, runs_dir)
     oof, folds = out_of_fold(manifest, runs_dir)
     missing = [f for f in folds if f.get("missing")]
@@ -400,8 +400,8 @@ def report(cv_id: str, runs_dir: Path | None = None, with_files: bool = True) ->
     best = max(out["curve"], key=lambda r: r["macro_f1"]) if out["curve"] else None
     out["best_epoch"] = best["epoch"] if best else None
     if with_files:
-        from .calibration import fit_temperature
-        from .cv_files import files_report
+        from core.calibration import fit_temperature
+        from core.experiment.cv_files import files_report
         out["temperature"] = float(fit_temperature(oof["logits"], oof["y"]))
         out["files"] = files_report(fold_runs(manifest, runs_dir), out["temperature"])
     return out
@@ -449,7 +449,7 @@ def format_report(rep: dict[str, Any]) -> str:
 def format_files(rep: dict[str, Any]) -> list[str]:
     """The originals / all files / all files with TTA table: per-class recall first, then the headline figures,
     accuracy beside the always-`other` accuracy on the same files, and the false alarms at the scan threshold."""
-    from .cv_files import VIEWS
+    from core.experiment.cv_files import VIEWS
     files = rep.get("files") or {}
     views = files.get("views")
     if not views:
@@ -506,7 +506,7 @@ def paired(cv_a: str, cv_b: str, runs_dir: Path | None = None) -> dict[str, Any]
     """Recipe A against recipe B on the out-of-fold tiles both scored (the same folds when their data options and
     seed agree): each headline figure's difference with its 95% interval from a paired bootstrap over
     observations, and whether it stands out of the noise."""
-    from .bootstrap import paired_difference
+    from core.bootstrap import paired_difference
     a, _ = out_of_fold(load_manifest(cv_a, runs_dir), runs_dir)
     b, _ = out_of_fold(load_manifest(cv_b, runs_dir), runs_dir)
     index_b = {name: i for i, name in enumerate(b["name"])}
@@ -535,8 +535,8 @@ def score_files(cv_id: str, runs_dir: Path | None = None, tta: bool = True,
              say: Callable[[str], None] = print) -> int:
     """Give every completed fold of a cross-validation its all-files predictions (those that lack them, or lack
     TTA when `tta`); returns how many folds were scored. The data is loaded once, from the recipe."""
-    from .cv_files import FilesError, read_fold, score_fold
-    from .data import load_dataset
+    from core.data import load_dataset
+    from core.experiment.cv_files import FilesError, read_fold, score_fold
     manifest = load_manifest(cv_id, runs_dir)
     rep = report(cv_id, runs_dir, with_files=False)
     todo = []
@@ -568,9 +568,9 @@ def refit_record(cv_id: str, runs_dir: Path | None = None) -> dict[str, Any]:
     """What a refit on all the data takes from the cross-validation it names: the temperature fitted on the pooled
     out-of-fold logits, the out-of-fold figures that describe it, and the folds' out-of-distribution transfer
     ratio (`core.ood.transfer_ratio`). CVError unless every fold completed: a refit is described by all of them."""
-    from .calibration import fit_temperature
-    from .checkpoint import CheckpointError, read_checkpoint
-    from .ood import FeatureDensity, OODError, transfer_ratio
+    from core.calibration import fit_temperature
+    from core.checkpoint import CheckpointError, read_checkpoint
+    from core.ood import FeatureDensity, OODError, transfer_ratio
     rep = report(cv_id, runs_dir, with_files=False)
     if rep["missing"]:
         raise CVError(f"calibrate_from: cross-validation {cv_id} is incomplete ("
@@ -639,8 +639,8 @@ def check_refit(cfg: RunConfig, runs_dir: Path | None = None) -> dict[str, Any]:
 
 def main(args: argparse.Namespace, train: Callable[..., int]) -> int:
     """`python -m core.train cv K`: every fold checked before the first one starts, then trained here with
-    `train` (core.runner.train, passed in: the engine depends on nothing here), or queued; then reported."""
-    from .data import DataError
+    `train` (core.training.runner.train, passed in: the engine depends on nothing here), or queued; then reported."""
+    from core.data import DataError
     runs_dir = Path(args.runs_dir) if args.runs_dir else None
     if clash := single_run_flag(args):
         return refuse(f"--cv makes one run folder per fold under --runs-dir; it takes no {clash}")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
-from .georef import Georef
+from core.atomic import atomic_path
+from core.scan.georef import Georef
 
 #: Windows of one class overlapping by at least this much (intersection over the smaller window) are one detection:
 #: neighbours at half a window apart overlap by 0.5 side by side and 0.25 diagonally, and they see one landmark.
@@ -239,7 +239,7 @@ def overlay_image(preview: np.ndarray, scan: ImageScan, scale: float) -> np.ndar
     class colour and labelled with its class and probability."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from .classes import CLASS_COLORS
+    from core.classes import CLASS_COLORS
 
     img = Image.fromarray(preview).convert("RGB")
     draw = ImageDraw.Draw(img)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .georef import Georef, LabelError, find_label, from_dataset, from_pds_label
-from .imageio import ImageError, decode_gray
+from core.imageio import ImageError, decode_gray
+from core.scan.georef import Georef, LabelError, find_label, from_dataset, from_pds_label
 
 #: Files read in windows through GDAL; anything else is decoded whole by core.imageio (and held to its limits).
 GDAL_SUFFIXES = (".jp2", ".j2k", ".jpx", ".tif", ".tiff", ".img")

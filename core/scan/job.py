@@ -18,9 +18,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .pids import pid_alive, process_start
-from .runs import now_iso, read_json, runs_root, write_json_atomic
-from .settings import PROJECT_ROOT
+from core.experiment.pids import pid_alive, process_start
+from core.experiment.runs import now_iso, read_json, runs_root, write_json_atomic
+from core.settings import PROJECT_ROOT
 
 ACTIVE = ("starting", "queued", "running")
 
@@ -98,7 +98,7 @@ class ScanJob:
 
     def detections(self) -> list[dict]:
         """detections.csv's rows, their text cells as they are (unescaped: the CSV guards them for spreadsheets)."""
-        from .detections import TEXT_COLUMNS, csv_text
+        from core.scan.detections import TEXT_COLUMNS, csv_text
 
         try:
             with open(self.out / "detections.csv", newline="") as f:
@@ -118,7 +118,7 @@ class ScanJobError(RuntimeError):
 def check_input_path(text: str) -> Path:
     """A path typed on the page, as an observation (or a folder of them) this machine can read: ScanJobError
     otherwise. The scan reads it where it is; nothing is written there."""
-    from .scan import SCAN_SUFFIXES, observation_problem
+    from core.scan.scanner import SCAN_SUFFIXES, observation_problem
 
     text = (text or "").strip()
     if not text:
@@ -176,7 +176,7 @@ def options_argv(sizes: str, threshold: str | float, step: str | float, level: s
     import contextlib
     import io
 
-    from .scan import build_parser
+    from core.scan.scanner import build_parser
 
     fields = fields or {}
     options = {"--sizes": sizes, "--threshold": threshold, "--step": step, "--level": level}
@@ -200,7 +200,7 @@ def options_argv(sizes: str, threshold: str | float, step: str | float, level: s
 
 def new_scan(name_hint: str = "scan", runs_dir: Path | None = None) -> ScanJob:
     """A fresh scan folder (uploads are saved in its input/ before the scan is launched)."""
-    from .runs import new_run_dir
+    from core.experiment.runs import new_run_dir
 
     root = scans_root(runs_dir)
     try:
