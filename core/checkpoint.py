@@ -236,7 +236,7 @@ def attach_twin(loaded: LoadedModel, engine: str = "auto") -> None:
         loaded.engine_note = f"torch: {exc}"
         return
     loaded.onnx = model
-    loaded.engine_note = model.note
+    loaded.engine_note = model.engine_note
 
 
 def model_from_payload(payload: dict[str, Any], path: Path, device: str | torch.device = "cpu",

@@ -81,7 +81,7 @@ class OnnxModel:
         return (feats if feats is not None else np.empty((0, 0), np.float32)), logits
 
     @property
-    def note(self) -> str:
+    def engine_note(self) -> str:
         """Which engine serves, for the pages and CLIs: this twin, and how it was verified against torch."""
         check = self.verified or {}
         return (f"ONNX Runtime ({self.path.name}" + (f", verified on {check.get('tiles')} real tiles: "

@@ -223,9 +223,24 @@ def _save_png(path: Path, rgb: np.ndarray) -> None:
     Image.fromarray(rgb).save(path)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from core.explain import CAM_METHODS, explain  # only the --cam path pays for importing grad-cam
+def load_served(checkpoint: str | Path | None, engine: str, needs_torch: bool = False) -> Served:
+    """What answers for the command line: the checkpoint's verified twin alone when the engine allows it and
+    nothing needs torch (no torch import: an answer in well under a second), else the checkpoint loaded with torch
+    (with its twin for forward passes when the engine allows one). CheckpointError says what is wrong."""
+    path = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
+    if engine != "torch" and not needs_torch:
+        from core.onnx_model import OnnxError, load_twin
 
+        try:
+            return load_twin(path)
+        except OnnxError:
+            pass  # load_checkpoint says why the twin cannot serve (auto), or refuses (onnx)
+    from core.checkpoint import load_checkpoint
+
+    return load_checkpoint(path, engine=engine)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", metavar="FILE", help="image files, or folders of images")
@@ -233,7 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_engine_argument(parser)
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--csv", metavar="OUT", help="write one row per classified file to this CSV")
-    parser.add_argument("--cam", choices=CAM_METHODS, help="write a CAM overlay PNG per file to --out")
+    parser.add_argument("--cam", metavar="METHOD", help="write a CAM overlay PNG per file to --out: gradcam, or "
+                        "another of core.explain's methods (a wrong name lists them); torch loads for it")
     parser.add_argument("--out", metavar="DIR", help="folder for CAM overlays and class maps of large images")
     parser.add_argument("--stride", type=int, default=TILE_SIZE, help="window stride for images larger than a tile")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=DEFAULT_TTA,
@@ -241,14 +257,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"{'on' if DEFAULT_TTA else 'off'}, as the registry of defaults decided for the default "
                              "model)")
     args = parser.parse_args(argv)
-    if args.cam and not args.out:
-        parser.error("--cam needs --out DIR")
+    if args.cam:
+        from core.explain import CAM_METHODS, explain  # only the --cam path pays for importing torch and grad-cam
+
+        if args.cam not in CAM_METHODS:
+            parser.error(f"argument --cam: invalid choice: {args.cam!r} (choose from {', '.join(CAM_METHODS)})")
+        if not args.out:
+            parser.error("--cam needs --out DIR")
     if args.stride < 1 or args.top_k < 1:
         parser.error("--stride and --top-k must be at least 1")
-    from core.checkpoint import load_checkpoint
-
     try:
-        loaded = load_checkpoint(args.checkpoint, engine=args.engine)
+        loaded = load_served(args.checkpoint, args.engine, needs_torch=bool(args.cam))
     except CheckpointError as exc:
         hint = "" if args.checkpoint else " (train a model first, or pass --checkpoint PATH)"
         print(f"error: {exc}{hint}", file=sys.stderr)

@@ -224,7 +224,7 @@ def test_the_twin_alone_answers_as_torch_does_without_importing_it(checkpoint, t
 def test_load_twin_says_what_is_missing_in_one_line(exported, tmp_path):
     from core.onnx_model import load_twin
 
-    assert load_twin(exported).note.startswith("ONNX Runtime (tiny.onnx, verified on 24 real tiles")
+    assert load_twin(exported).engine_note.startswith("ONNX Runtime (tiny.onnx, verified on 24 real tiles")
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_twin(tmp_path / "nowhere.pt")
     lonely = tmp_path / "lonely.pt"
@@ -237,3 +237,26 @@ def test_load_twin_says_what_is_missing_in_one_line(exported, tmp_path):
         load_twin(lonely)
     with pytest.raises(CheckpointError, match="predicts classes"):
         load_twin(exported, expect_classes=["a", "b"])
+
+
+def test_the_predict_command_answers_from_the_twin_without_torch(tmp_path):
+    """`python -m core.predict TILE` with the default model: the twin alone answers (no torch, no timm import);
+    with --engine torch, torch does, and says so."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from tests import synthetic
+
+    Image.fromarray(synthetic.tile(1, 4)).save(tmp_path / "t.png")
+    script = ("import runpy, sys\nargs = sys.argv[1:]\nsys.argv = ['core.predict', *args]\ntry:\n"
+              "    runpy.run_module('core.predict', run_name='__main__')\nexcept SystemExit as exc:\n"
+              "    print('EXIT', exc.code, 'torch' in sys.modules)\n")
+    for extra, torch_loaded, engine in (([], False, "engine: ONNX Runtime ("), (["--engine", "torch"], True,
+                                                                                "engine: torch (asked for)")):
+        proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "t.png"), *extra], cwd=PROJECT_ROOT,
+                              capture_output=True, text=True, timeout=300)
+        lines = proc.stdout.strip().splitlines()
+        assert lines[-1] == f"EXIT 0 {torch_loaded}", proc.stdout + proc.stderr[-2000:]
+        assert lines[0].startswith("t.png: ") and lines[-2].startswith(engine), lines

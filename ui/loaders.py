@@ -76,7 +76,7 @@ def get_twin(path: str | Path | None = None) -> tuple[OnnxModel | None, str]:
         return None, "torch (HIRISE_ENGINE=torch)"
     twin_file = twin_path(p)
     twin = _cached_twin(str(p), (p.stat().st_mtime, twin_file.stat().st_mtime if twin_file.is_file() else 0.0))
-    return (None, twin) if isinstance(twin, str) else (twin, twin.note)
+    return (None, twin) if isinstance(twin, str) else (twin, twin.engine_note)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
