@@ -359,6 +359,25 @@ def refresh(cv_id: str, runs_dir: Path | None = None, registry: Path | None = No
     return stored
 
 
+def set_scan_threshold(entry_id: str, value: float, why: str, evidence: dict[str, Any] | None = None,
+                       registry: Path | None = None) -> dict[str, Any]:
+    """Record the threshold scans with a registered default use (its checkpoint and figures unchanged): `why` says
+    how it was chosen, `evidence` holds the figures it was chosen on. RegistryError when the entry is not there or
+    the value is not a probability above 0."""
+    from core.experiment.runs import now_iso
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise RegistryError(f"scan threshold {value!r}: give a probability above 0 and at most 1")
+    if not why.strip():
+        raise RegistryError("scan threshold: say why it was chosen")
+    with locked_registry(registry) as reg:
+        entry = next((e for e in reg["entries"] if e["id"] == entry_id), None)
+        if entry is None:
+            raise RegistryError(f"scan threshold: {entry_id} is not in the registry")
+        entry["scan_threshold"] = {"value": float(value), "why": why.strip(), "evidence": evidence or {},
+                                   "date": now_iso()}
+    return entry
+
+
 TTA_P50_LIMIT_MS = 60.0  # one tile, 8 views: above this, averaging is offered but not the default
 
 

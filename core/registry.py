@@ -1,10 +1,12 @@
 """Reading the registry of default models (`checkpoints/defaults.json`): which checkpoint is the default, whether its
-predictions average 8 views by default, and a one-line reason when the registry is damaged. Standard library only:
+predictions average 8 views by default, the threshold its scans use, and a one-line reason when the registry is
+damaged. Standard library only:
 `core.settings` reads it when a process starts. Writing it, and the gate a new default passes, are `core.defaults`'."""
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,8 @@ def _problem(raw: Any) -> str | None:
             return f"entry {e['id']}: checkpoint must be a file name in checkpoints/"
         if not isinstance(e.get("cv"), dict):
             return f"entry {e['id']}: no cross-validation"
+        if "scan_threshold" in e and scan_threshold_of(e) is None:
+            return f"entry {e['id']}: scan_threshold must hold a value above 0 and at most 1, and why"
         ids.append(e["id"])
     if len(set(ids)) != len(ids):
         return "two entries share an id"
@@ -61,23 +65,45 @@ def current_entry(registry: dict[str, Any]) -> dict[str, Any] | None:
     return next((e for e in registry["entries"] if e["id"] == registry.get("current")), None)
 
 
+def scan_threshold_of(entry: dict[str, Any]) -> tuple[float, str] | None:
+    """An entry's scan threshold and why it was chosen (`core.defaults.set_scan_threshold`), or None."""
+    raw = entry.get("scan_threshold")
+    if not isinstance(raw, dict) or not isinstance(raw.get("why"), str):
+        return None
+    value = raw.get("value")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        return None
+    return float(value), raw["why"]
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How the default model serves: its checkpoint; whether predictions average the 8 flips and turns (the
+    entry's `tta`, set at promotion when TTA won beyond noise and stayed fast enough); the threshold a scan with it
+    uses, and why (None: the standard one); a warning when the registry could not say (the fallback serves)."""
+
+    checkpoint: Path
+    tta: bool = False
+    scan_threshold: tuple[float, str] | None = None
+    warning: str | None = None
+
+
 def default_checkpoint_file(checkpoints_dir: Path, fallback: Path, registry: Path) -> tuple[Path, str | None]:
     """The current default's checkpoint, and a warning when the registry could not say (the fallback is used)."""
-    path, _, warning = default_serving(checkpoints_dir, fallback, registry)
-    return path, warning
+    serving = default_serving(checkpoints_dir, fallback, registry)
+    return serving.checkpoint, serving.warning
 
 
-def default_serving(checkpoints_dir: Path, fallback: Path, registry: Path) -> tuple[Path, bool, str | None]:
-    """The current default's checkpoint, whether its predictions average the 8 flips and turns by default (the
-    entry's `tta`, set at promotion when TTA won beyond noise and stayed fast enough), and a warning when the
-    registry could not say (then the fallback, without TTA)."""
+def default_serving(checkpoints_dir: Path, fallback: Path, registry: Path) -> Serving:
+    """How the current default serves (`Serving`); the fallback, as it is, when the registry cannot say."""
     try:
         entry = current_entry(read_registry(registry))
     except RegistryError as exc:
-        return fallback, False, str(exc)
+        return Serving(fallback, warning=str(exc))
     if entry is None:
-        return fallback, False, None
+        return Serving(fallback)
     path = checkpoints_dir / entry["checkpoint"]
     if not path.is_file():
-        return fallback, False, f"the registry's default {entry['checkpoint']} is missing; using {fallback.name}"
-    return path, entry.get("tta") is True, None
+        return Serving(fallback, warning=f"the registry's default {entry['checkpoint']} is missing; using "
+                                         f"{fallback.name}")
+    return Serving(path, entry.get("tta") is True, scan_threshold_of(entry))

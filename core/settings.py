@@ -27,18 +27,27 @@ DEFAULTS_REGISTRY = _env_path("HIRISE_DEFAULTS", PROJECT_ROOT / "checkpoints" / 
 BUILTIN_DEFAULT = PROJECT_ROOT / "checkpoints" / "hirise-efficientnet-lite0.pt"
 
 
-def _registry_default() -> tuple[Path, bool, str | None]:
+def _registry_default():
     from core.registry import default_serving
     return default_serving(DEFAULTS_REGISTRY.parent, BUILTIN_DEFAULT, DEFAULTS_REGISTRY)
 
 
-_DEFAULT, _DEFAULT_TTA, REGISTRY_WARNING = _registry_default()
+_SERVING = _registry_default()
+REGISTRY_WARNING = _SERVING.warning
 #: Whether predictions average the 8 flips and turns unless told otherwise (`--tta`/`--no-tta`, the pages' toggle):
 #: the registry's decision for the current default (HIRISE_TTA=0/1 overrides it).
-DEFAULT_TTA = os.environ.get("HIRISE_TTA", "1" if _DEFAULT_TTA else "0").strip() not in ("0", "", "false", "no")
+DEFAULT_TTA = os.environ.get("HIRISE_TTA", "1" if _SERVING.tta else "0").strip() not in ("0", "", "false", "no")
 #: The checkpoint that `core.predict`, `core.evaluate` and the pages use by default: the registry's current default
 #: (read when the process starts), or HIRISE_CHECKPOINT.
-DEFAULT_CHECKPOINT = _env_path("HIRISE_CHECKPOINT", _DEFAULT)
+DEFAULT_CHECKPOINT = _env_path("HIRISE_CHECKPOINT", _SERVING.checkpoint)
+#: A scan's standard detection threshold: a window is a detection when its likeliest class is a landmark at this
+#: calibrated probability or more. What the cross-validation reports false alarms at, for every recipe alike.
+STANDARD_SCAN_THRESHOLD = 0.9
+#: The threshold a scan with the default checkpoint uses unless told (`--threshold`, the Scan page's field), and
+#: why: the registry entry's, chosen out of fold (`core.defaults.set_scan_threshold`), else the standard one.
+DEFAULT_SCAN_THRESHOLD, SCAN_THRESHOLD_WHY = (
+    _SERVING.scan_threshold if _SERVING.scan_threshold and _SERVING.checkpoint == DEFAULT_CHECKPOINT
+    else (STANDARD_SCAN_THRESHOLD, "the scan's standard threshold"))
 #: Where training runs (and the jobs that make them) live.
 RUNS_DIR = _env_path("HIRISE_RUNS_DIR", PROJECT_ROOT / "runs")
 #: Where decoded-tile caches and content-hash indexes live.

@@ -348,3 +348,35 @@ def test_a_dry_run_gives_the_gate_without_a_refit_or_a_write(champion_cv, runs_d
     gate = defaults.promote(loser, dest, registry=registry, dry_run=True)
     assert not gate["passes"] and gate["macro_f1"]["difference"] < 0 and gate["tta"]["files"] == gate["files"]
     assert "dry run: nothing written" in capsys.readouterr().out and registry.read_bytes() == before
+
+
+def test_a_defaults_scan_threshold_is_recorded_checked_and_used_only_with_it(tmp_path):
+    """Issue 29: a scan threshold chosen out of fold travels with its default in the registry; a bad one is refused
+    (and a hand-damaged one named, the built-in default then serving); other checkpoints keep the standard one."""
+    from core.registry import default_serving
+    from core.scan.scanner import DEFAULT_THRESHOLD, default_threshold
+    from core.settings import DEFAULT_CHECKPOINT, DEFAULT_SCAN_THRESHOLD, SCAN_THRESHOLD_WHY
+
+    registry = tmp_path / "defaults.json"
+    (tmp_path / "champ.pt").write_bytes(b"x")
+    registry.write_text(json.dumps({"format": defaults.FORMAT, "current": "a",
+                                    "entries": [{"id": "a", "checkpoint": "champ.pt", "cv": {}}]}))
+    assert default_serving(tmp_path, tmp_path / "builtin.pt", registry).scan_threshold is None
+    for value, why, message in ((0, "x", "above 0"), (1.5, "x", "above 0"), (float("nan"), "x", "above 0"),
+                                (True, "x", "above 0"), (0.98, " ", "say why")):
+        with pytest.raises(defaults.RegistryError, match=message):
+            defaults.set_scan_threshold("a", value, why, registry=registry)
+    with pytest.raises(defaults.RegistryError, match="not in the registry"):
+        defaults.set_scan_threshold("b", 0.98, "x", registry=registry)
+    defaults.set_scan_threshold("a", 0.98, "chosen out of fold", {"n": 3}, registry=registry)
+    serving = default_serving(tmp_path, tmp_path / "builtin.pt", registry)
+    assert serving.checkpoint == tmp_path / "champ.pt" and serving.scan_threshold == (0.98, "chosen out of fold")
+    raw = json.loads(registry.read_text())
+    raw["entries"][0]["scan_threshold"]["value"] = "high"
+    registry.write_text(json.dumps(raw))
+    damaged = default_serving(tmp_path, tmp_path / "builtin.pt", registry)
+    assert damaged.checkpoint == tmp_path / "builtin.pt" and "scan_threshold" in damaged.warning
+    # this installation: the default model's own threshold (the registry's, or the standard), anything else 0.9
+    assert default_threshold(None) == default_threshold(DEFAULT_CHECKPOINT) == (DEFAULT_SCAN_THRESHOLD,
+                                                                                SCAN_THRESHOLD_WHY)
+    assert default_threshold(tmp_path / "champ.pt") == (DEFAULT_THRESHOLD, "the scan's standard threshold")

@@ -388,3 +388,14 @@ def test_a_scan_finds_real_landmarks_pasted_at_known_places_in_every_format(shar
             assert (float(r["map_x"]), float(r["map_y"])) == pytest.approx((x, y), abs=0.06)
     with rasterio.open(tmp_path / "jp2" / "ESP_036809_2640_COLOR.windows-192px.tif") as tif:
         assert "stere" in tif.crs.to_proj4() and tif.count == 2
+
+
+def test_the_cli_says_which_threshold_it_used_when_none_was_given(tmp_path, capsys):
+    """Issue 29: without --threshold, a scan says its threshold and why (the default model's registry entry, or
+    the standard 0.9 for any other checkpoint); one given is used as given."""
+    image = tmp_path / "obs.png"
+    Image.fromarray(synthetic.tile(2, seed=1)).save(image)
+    assert scan.main([str(image), *tiny_args(tmp_path), "--sizes", "96"]) == 0
+    assert "threshold: 0.9 (the scan's standard threshold)" in capsys.readouterr().out.splitlines()
+    assert scan.main([str(image), *tiny_args(tmp_path), "--sizes", "96", "--threshold", "0.5"]) == 0
+    assert not any(line.startswith("threshold:") for line in capsys.readouterr().out.splitlines())

@@ -10,7 +10,12 @@ detection of the cell's class centred in it). Cross-validations on the same fold
 held-out tiles and seed), so their counts compare pair by pair.
 
     HIRISE_RUNS_DIR=runs .venv/bin/python tools/scan_false_alarms.py CV_ID [CV_ID ...] [--mosaics 1] [--seed 0]
-        [--thresholds 0.9,0.95,0.98,0.99] [--json OUT]
+        [--thresholds 0.9,0.95,0.98,0.99] [--json OUT] [--set-threshold]
+
+`--set-threshold` (two CVs: the registered default's, then the one it replaced) records in the registry of defaults
+the lowest threshold of the sweep at which the default's false alarms are at most half of those of the model it
+replaced at the standard threshold (issue 29: "at most half today's false alarms"), with the figures and the
+landmarks it still finds; scans with the default model use it (core.settings.DEFAULT_SCAN_THRESHOLD).
 """
 from __future__ import annotations
 
@@ -29,12 +34,14 @@ from core.calibration import fit_temperature  # noqa: E402
 from core.checkpoint import load_checkpoint  # noqa: E402
 from core.classes import CLASS_NAMES  # noqa: E402
 from core.data import DataSpec, load_dataset  # noqa: E402
+from core.defaults import RegistryError, set_scan_threshold  # noqa: E402
 from core.evaluate import evaluation_records  # noqa: E402
 from core.experiment.cv import fold_runs, load_manifest, out_of_fold  # noqa: E402
 from core.imageio import TILE_SIZE  # noqa: E402
 from core.scan.detections import detections_of  # noqa: E402
 from core.scan.raster import ArrayRaster  # noqa: E402
 from core.scan.scanner import DEFAULT_SIZES, DEFAULT_STEP, scan  # noqa: E402
+from core.settings import STANDARD_SCAN_THRESHOLD  # noqa: E402
 
 GRID = 10
 LANDMARK_CELLS = 12
@@ -114,10 +121,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--thresholds", default="0.9,0.95,0.98,0.99")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--set-threshold", action="store_true",
+                        help="record the first CV's scan threshold in the registry of defaults (see above)")
     args = parser.parse_args()
     thresholds = sorted(float(t) for t in args.thresholds.split(","))
     if not thresholds or not all(0 < t <= 1 for t in thresholds) or args.mosaics < 1:
         parser.error("--thresholds: probabilities in (0, 1]; --mosaics: at least 1")
+    if args.set_threshold and (len(args.cvs) != 2 or STANDARD_SCAN_THRESHOLD not in thresholds):
+        parser.error(f"--set-threshold: give the default's CV and the replaced one's, and sweep {STANDARD_SCAN_THRESHOLD}")
     results = [study(cv, args.mosaics, args.seed, thresholds) for cv in args.cvs]
     print(f"\nout of fold, {args.mosaics} mosaic(s) per fold of {GRID}x{GRID} held-out originals "
           f"({GRID * GRID - LANDMARK_CELLS} other, {LANDMARK_CELLS} landmarks), sizes {DEFAULT_SIZES}, step "
@@ -130,6 +141,34 @@ def main() -> int:
                   f"found, {tot['detections']} detections")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+    if args.set_threshold:
+        return choose_threshold(results[0], results[1], thresholds, args)
+    return 0
+
+
+def choose_threshold(default: dict, replaced: dict, thresholds: list[float], args: argparse.Namespace) -> int:
+    """The lowest swept threshold with at most half the replaced model's false alarms at the standard threshold."""
+    budget = replaced["totals"][str(STANDARD_SCAN_THRESHOLD)]["false_alarms"] / 2
+    fits = [t for t in thresholds if default["totals"][str(t)]["false_alarms"] <= budget]
+    if not fits:
+        print(f"no swept threshold keeps {default['cv']} within {budget:g} false alarms: nothing recorded",
+              file=sys.stderr)
+        return 1
+    chosen = fits[0]
+    mine, theirs = default["totals"][str(chosen)], replaced["totals"][str(STANDARD_SCAN_THRESHOLD)]
+    why = (f"chosen out of fold: the lowest threshold at which this default's scans of {len(default['mosaics'])} "
+           f"mosaics of held-out originals raise at most half the false alarms of the model it replaced at "
+           f"{STANDARD_SCAN_THRESHOLD} ({mine['false_alarms']} against {theirs['false_alarms']} on "
+           f"{mine['other_cells']} other cells), finding {mine['landmarks_found']} of {mine['landmark_cells']} "
+           f"landmark cells (against {theirs['landmarks_found']})")
+    evidence = {"replaced_cv": replaced["cv"], "seed": args.seed, "mosaics_per_fold": args.mosaics,
+                "totals": default["totals"], "replaced_totals": replaced["totals"]}
+    try:
+        set_scan_threshold(default["cv"], chosen, why, evidence)
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"recorded: scans with {default['cv']} use {chosen}: {why}")
     return 0
 
 

@@ -11,8 +11,8 @@ import streamlit as st
 from core.experiment.cluster import ClusterError
 from core.experiment.cluster import check as check_cluster
 from core.scan import job as scan_jobs
-from core.scan.scanner import DEFAULT_SIZES, DEFAULT_STEP, DEFAULT_THRESHOLD, SCAN_SUFFIXES
-from core.settings import DEFAULT_TTA
+from core.scan.scanner import DEFAULT_SIZES, DEFAULT_STEP, DEFAULT_THRESHOLD, SCAN_SUFFIXES, default_threshold
+from core.settings import DEFAULT_SCAN_THRESHOLD, DEFAULT_TTA, SCAN_THRESHOLD_WHY
 from ui.errors import USER_ERRORS, show_error
 from ui.loaders import require_model_choices
 from ui.uploads import unique_names
@@ -60,10 +60,15 @@ with st.expander("New scan", expanded=not jobs, key="scan_new"):
     with c3:
         # text, checked by the command line's parser when the scan starts: a number field would hold on to its last
         # valid value (or its minimum) when something else is typed, and the scan would run at a value nobody chose
-        threshold = kept(st.text_input, FIELDS["--threshold"], "scan_threshold", str(DEFAULT_THRESHOLD),
+        model_threshold, threshold_why = default_threshold(choices[model_label])
+        threshold = kept(st.text_input, FIELDS["--threshold"], "scan_threshold", str(DEFAULT_SCAN_THRESHOLD),
                          valid=lambda v: isinstance(v, str),
                          help="Above 0 and at most 1. A window counts when its class (not other) has at least this "
-                              "calibrated probability; 0.9 is what the PDS Imaging Atlas indexes HiRISE tiles at")
+                              f"calibrated probability. {DEFAULT_THRESHOLD} is the standard (what the PDS Imaging Atlas "
+                              f"indexes HiRISE tiles at); the default model's is {DEFAULT_SCAN_THRESHOLD}: "
+                              f"{SCAN_THRESHOLD_WHY}.")
+        if threshold.strip() != str(model_threshold):
+            st.caption(f"This model's default: {model_threshold} ({threshold_why}).")
     with c4:
         level = kept(st.text_input, FIELDS["--level"], "scan_level", "0", valid=lambda v: isinstance(v, str),
                      help="A whole number from 0 to 10; JPEG 2000 and tiled TIFF only: read at 1/2^N of full "

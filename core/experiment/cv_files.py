@@ -12,7 +12,7 @@ Pooled over the folds, those predictions give three views side by side:
 
 Every view reports the usual figures with 95% intervals (bootstrap over observations), the always-`other`
 accuracy on the same files, and the **false-alarm rate at the scan threshold**: the share of `other` files that
-a model calls a landmark with calibrated probability >= `SCAN_THRESHOLD` (a scan pays for each of them). The
+a model calls a landmark with calibrated probability >= `STANDARD_SCAN_THRESHOLD` (core.settings) (a scan pays for each of them). The
 temperature is the one a refit gets: fitted on the pooled out-of-fold logits of the originals.
 """
 from __future__ import annotations
@@ -27,9 +27,9 @@ import numpy as np
 from core.bootstrap import draw_weights, group_ids, intervals, wilson
 from core.classes import CLASS_NAMES
 from core.experiment.runs import Run, read_json
+from core.settings import STANDARD_SCAN_THRESHOLD
 
 FORMAT = "hirise-studio-oof-files/1"
-SCAN_THRESHOLD = 0.9  # core.scan's default detection threshold
 VIEWS = ("originals", "all files", "all files, TTA")
 OTHER = CLASS_NAMES.index("other")
 
@@ -139,7 +139,7 @@ def view_predictions(files: dict[str, Any], view: str) -> tuple[np.ndarray, np.n
     raise ValueError(f"unknown view {view!r} (expected one of {', '.join(VIEWS)})")
 
 
-def false_alarms(y: np.ndarray, probs: np.ndarray, groups: list, threshold: float = SCAN_THRESHOLD,
+def false_alarms(y: np.ndarray, probs: np.ndarray, groups: list, threshold: float = STANDARD_SCAN_THRESHOLD,
                  n_draws: int = 1000, seed: int = 0) -> dict[str, Any]:
     """The share of `other` files called a landmark with probability >= `threshold`, with a 95% interval from a
     bootstrap over observations (widened to at least the Wilson interval on the counts)."""

@@ -39,7 +39,13 @@ from core.progress import Counter
 from core.scan.detections import ImageScan, WindowGrid, detections_of
 from core.scan.georef import LabelError
 from core.scan.raster import GDAL_SUFFIXES, Raster, RasterError, open_raster
-from core.settings import DEFAULT_TTA
+from core.settings import (
+    DEFAULT_CHECKPOINT,
+    DEFAULT_SCAN_THRESHOLD,
+    DEFAULT_TTA,
+    SCAN_THRESHOLD_WHY,
+    STANDARD_SCAN_THRESHOLD,
+)
 from core.tiling import Windows, count_windows
 
 #: Window sides in image pixels: about the span of the data set's landmarks in browse images, a factor of two
@@ -52,8 +58,9 @@ MAX_WINDOW = 8192
 #: Each window steps this fraction of its side: neighbours overlap by half, so a landmark no larger than half a
 #: window lies whole inside one of them.
 DEFAULT_STEP = 0.5
-#: The JPL/PDS Imaging Atlas indexes tiles with a posterior of at least 0.9; the same default here.
-DEFAULT_THRESHOLD = 0.9
+#: The JPL/PDS Imaging Atlas indexes tiles with a posterior of at least 0.9: the standard threshold here
+#: (core.settings.STANDARD_SCAN_THRESHOLD). The default model's scans use its registry entry's, when it has one.
+DEFAULT_THRESHOLD = STANDARD_SCAN_THRESHOLD
 MAX_WINDOWS = 200_000  # a bound on the work one image may ask for; a finer scan is refused with the count
 CHUNK = 256  # windows per unit of work: ~13 MB of tiles, a few seconds on one CPU core
 SCAN_SUFFIXES = tuple(sorted(set(IMAGE_SUFFIXES) | set(GDAL_SUFFIXES)))
@@ -593,9 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"window sides in pixels, comma-separated (default: {','.join(map(str, DEFAULT_SIZES))})")
     parser.add_argument("--step", type=_allowing(number_in(float, 0.05, 1.0), STEP_RANGE), default=DEFAULT_STEP,
                         help=f"each window steps this fraction of its side (default: {DEFAULT_STEP})")
-    parser.add_argument("--threshold", type=_threshold, default=DEFAULT_THRESHOLD,
-                        help="smallest calibrated probability kept, above 0 and at most 1 "
-                             f"(default: {DEFAULT_THRESHOLD})")
+    parser.add_argument("--threshold", type=_threshold, default=None,
+                        help="smallest calibrated probability kept, above 0 and at most 1 (default: "
+                             f"{DEFAULT_SCAN_THRESHOLD} with the default model: {SCAN_THRESHOLD_WHY}; "
+                             f"{DEFAULT_THRESHOLD} with any other)")
     parser.add_argument("--level", type=_allowing(number_in(int, 0, 10), LEVEL_RANGE), default=0,
                         help="read JPEG 2000 / tiled TIFF at this resolution level: 1/2**N of full size (default 0)")
     parser.add_argument("--label", type=Path, help="the PDS3 label of the one image given (default: X.LBL beside it)")
@@ -611,9 +619,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def default_threshold(checkpoint: str | Path | None) -> tuple[float, str]:
+    """The threshold a scan uses unless told, and why: the default model's registry entry's (chosen out of fold),
+    else the standard one."""
+    if not checkpoint or Path(checkpoint).resolve() == DEFAULT_CHECKPOINT.resolve():
+        return DEFAULT_SCAN_THRESHOLD, SCAN_THRESHOLD_WHY
+    return DEFAULT_THRESHOLD, "the scan's standard threshold"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.threshold is None:
+        args.threshold, why = default_threshold(args.checkpoint)
+        print(f"threshold: {args.threshold} ({why})", flush=True)
     if not args.sizes:
         parser.error("--sizes: give at least one window size")
     if args.label and len(args.images) != 1:
