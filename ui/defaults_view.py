@@ -9,6 +9,7 @@ import streamlit as st
 
 from core import defaults
 from core.bootstrap import fmt
+from core.registry import scan_threshold_of
 from core.settings import REGISTRY_WARNING
 
 VIEW_WORDS = {"originals": "on the originals",
@@ -84,6 +85,9 @@ def registry_section() -> None:
                    f"{fmt(gate['macro_f1']['difference'], gate['macro_f1']['interval'])}, accuracy "
                    f"{fmt(gate['accuracy']['difference'], gate['accuracy']['interval'])} (paired bootstrap over "
                    f"{gate['groups']} observations).")
+    scan_threshold = scan_threshold_of(entry)
+    if scan_threshold:
+        st.caption(f"Scans with it use the threshold {scan_threshold[0]}: {scan_threshold[1]}.")
     table = figures_table(entry.get("figures") or {})
     if not table.empty:
         st.table(table.set_index(table.columns[0]))  # static: every column in view at any width
