@@ -10,7 +10,7 @@ detection of the cell's class centred in it). Cross-validations on the same fold
 held-out tiles and seed), so their counts compare pair by pair.
 
     HIRISE_RUNS_DIR=runs .venv/bin/python tools/scan_false_alarms.py CV_ID [CV_ID ...] [--mosaics 1] [--seed 0]
-        [--thresholds 0.9,0.95,0.98,0.99] [--json OUT] [--set-threshold]
+        [--thresholds 0.9,0.95,0.98,0.99] [--json OUT] [--set-threshold [--from-json OUT]]
 
 `--set-threshold` (two CVs: the registered default's, then the one it replaced) records in the registry of defaults
 the lowest threshold of the sweep at which the default's false alarms are at most half of those of the model it
@@ -123,12 +123,25 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--set-threshold", action="store_true",
                         help="record the first CV's scan threshold in the registry of defaults (see above)")
+    parser.add_argument("--from-json", type=Path, help="with --set-threshold: the figures an earlier run wrote with "
+                        "--json for these CVs, not scanned again")
     args = parser.parse_args()
     thresholds = sorted(float(t) for t in args.thresholds.split(","))
     if not thresholds or not all(0 < t <= 1 for t in thresholds) or args.mosaics < 1:
         parser.error("--thresholds: probabilities in (0, 1]; --mosaics: at least 1")
     if args.set_threshold and (len(args.cvs) != 2 or STANDARD_SCAN_THRESHOLD not in thresholds):
         parser.error(f"--set-threshold: give the default's CV and the replaced one's, and sweep {STANDARD_SCAN_THRESHOLD}")
+    if args.from_json:
+        if not args.set_threshold:
+            parser.error("--from-json goes with --set-threshold")
+        try:
+            saved = {r["cv"]: r for r in json.loads(args.from_json.read_text())}
+            results = [saved[cv] for cv in args.cvs]
+            thresholds = sorted(float(t) for t in results[0]["totals"])
+            args.mosaics = max(r["mosaic"] for r in results[0]["mosaics"]) + 1
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            parser.error(f"--from-json {args.from_json}: not the figures of these CVs ({exc})")
+        return choose_threshold(results[0], results[1], thresholds, args)
     results = [study(cv, args.mosaics, args.seed, thresholds) for cv in args.cvs]
     print(f"\nout of fold, {args.mosaics} mosaic(s) per fold of {GRID}x{GRID} held-out originals "
           f"({GRID * GRID - LANDMARK_CELLS} other, {LANDMARK_CELLS} landmarks), sizes {DEFAULT_SIZES}, step "
