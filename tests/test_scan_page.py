@@ -100,8 +100,12 @@ def test_scan_page_passes_a_valid_threshold_exactly_as_typed(tmp_path, page_scan
     image = observation_png(tmp_path)
     at = run_page("views/scan.py")
     at.radio(key="scan_source").set_value("A file or folder on this machine").run()
+    from core.settings import DEFAULT_SCAN_THRESHOLD, SCAN_THRESHOLD_WHY
+    assert at.text_input(key="scan_threshold").value == str(DEFAULT_SCAN_THRESHOLD)  # the default model's (issue 29)
+    assert SCAN_THRESHOLD_WHY in at.text_input(key="scan_threshold").help
     at.text_input(key="scan_path").input(str(image)).run()
     at.text_input(key="scan_threshold").input("0.75").run()
+    assert "This model's default:" in texts(at)  # a value other than the model's own: its own is said
     at.text_input(key="scan_level").input("1").run()
     button(at, "Start scan").click().run()
     assert not at.error and not at.exception, [e.value for e in at.error]
