@@ -117,7 +117,7 @@ def uploader_attached(page, timeout_ms: float) -> None:
 def home_content(page, timeout_ms: float) -> None:
     """The Home page drawn to its end, the default model's line included (not a spinner in its place)."""
     page.get_by_text("The eight classes").first.wait_for(timeout=timeout_ms)
-    page.get_by_text(re.compile(r"input \d+px, epoch \d+|No default model")).first.wait_for(timeout=timeout_ms)
+    page.get_by_text(re.compile(r"input \d+px, (epoch \d+|refit on every tile)|No default model")).first.wait_for(timeout=timeout_ms)
 
 
 def upload_and_predict(tile: Path) -> Callable[[object, float], None]:

@@ -185,7 +185,8 @@ def _files_view(rep: dict) -> None:
     st.caption(f"{files['originals']:,} originals and {files['files'] - files['originals']:,} copies; temperature "
                f"{rep.get('temperature', 1.0):.3f} (fitted on the originals' out-of-fold logits, as the refit's). "
                "False alarms: the share of `other` files called a landmark with probability at least 0.9, the "
-               "scan's default threshold. 95% intervals, bootstrap over observations.")
+               "scan's standard threshold (a default's scans may use its own: Home says). 95% intervals, bootstrap "
+               "over observations.")
 
 
 def _promote(rep: dict) -> None:

@@ -483,7 +483,7 @@ def format_files(rep: dict[str, Any]) -> list[str]:
         cells.append("-" if fa["rate"] is None else fmt(fa["rate"], fa["interval"]))
     lines.append(f"{'false alarms at 0.9':<22}" + "".join(f"{x:>{width}}" for x in cells))
     lines.append("  (false alarms: the share of `other` files called a landmark with probability >= 0.9, the scan's "
-                 "default threshold)")
+                 "standard threshold)")
     if "all files, TTA" not in shown:
         lines.append("  all files, TTA: not scored (the folds' predictions have no 8-view averages)")
     return lines
