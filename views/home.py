@@ -105,8 +105,11 @@ with right:
     except USER_ERRORS as exc:
         st.warning(f"No default model: {exc}")
     st.caption(f"`{DEFAULT_CHECKPOINT}`")
-    registry_section()
     st.page_link("views/explain.py", label="Classify and explain tiles", icon=":material/image_search:")
+
+with st.expander("The default model: why it is the default, its scans' threshold, and its figures on every file a "
+                 "user could send", expanded=True):
+    registry_section()  # full width: in a third of the page its table wrapped every cell onto three lines
 
 st.subheader("Runs")
 runs = list_runs()

@@ -60,7 +60,7 @@ with st.expander("New scan", expanded=not jobs, key="scan_new"):
     with c3:
         # text, checked by the command line's parser when the scan starts: a number field would hold on to its last
         # valid value (or its minimum) when something else is typed, and the scan would run at a value nobody chose
-        model_threshold, threshold_why = default_threshold(choices[model_label])
+        model_threshold, _ = default_threshold(choices[model_label])
         threshold = kept(st.text_input, FIELDS["--threshold"], "scan_threshold", str(DEFAULT_SCAN_THRESHOLD),
                          valid=lambda v: isinstance(v, str),
                          help="Above 0 and at most 1. A window counts when its class (not other) has at least this "
@@ -68,7 +68,8 @@ with st.expander("New scan", expanded=not jobs, key="scan_new"):
                               f"indexes HiRISE tiles at); the default model's is {DEFAULT_SCAN_THRESHOLD}: "
                               f"{SCAN_THRESHOLD_WHY}.")
         if threshold.strip() != str(model_threshold):
-            st.caption(f"This model's default: {model_threshold} ({threshold_why}).")
+            own = "the standard" if model_threshold == DEFAULT_THRESHOLD else "chosen out of fold; Home says why"
+            st.caption(f"This model's default: {model_threshold} ({own}).")
     with c4:
         level = kept(st.text_input, FIELDS["--level"], "scan_level", "0", valid=lambda v: isinstance(v, str),
                      help="A whole number from 0 to 10; JPEG 2000 and tiled TIFF only: read at 1/2^N of full "
