@@ -201,6 +201,29 @@ def test_two_promotions_at_once_one_wins_and_the_registry_stays_valid(champion_c
     assert len(defaults.read_registry(registry)["entries"]) == 1
 
 
+def test_scan_thresholds_set_at_once_on_two_defaults_both_land(tmp_path):
+    """Two sessions set thresholds on two registered defaults at the same moment: each read-modify-write waits for
+    the other's lock, so neither overwrites the other's entry and the registry stays valid JSON."""
+    registry = tmp_path / "defaults.json"
+    registry.write_text(json.dumps({"format": defaults.FORMAT, "current": "a",
+                                    "entries": [{"id": "a", "checkpoint": "a.pt", "cv": {}},
+                                                {"id": "b", "checkpoint": "b.pt", "cv": {}}]}))
+    barrier = threading.Barrier(8)
+
+    def attempt(entry_id: str, value: float):
+        barrier.wait()
+        defaults.set_scan_threshold(entry_id, value, f"set by {entry_id}", registry=registry)
+    threads = [threading.Thread(target=attempt, args=(("a", "b")[i % 2], 0.9 + i / 100)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    entries = {e["id"]: e for e in defaults.read_registry(registry)["entries"]}
+    assert entries["a"]["scan_threshold"]["why"] == "set by a" and entries["b"]["scan_threshold"]["why"] == "set by b"
+    assert entries["a"]["scan_threshold"]["value"] in (0.9, 0.92, 0.94, 0.96)
+    assert entries["b"]["scan_threshold"]["value"] in (0.91, 0.93, 0.95, 0.97)
+
+
 def test_a_registry_damaged_by_hand_is_named_and_the_builtin_default_loads(tmp_path):
     registry = tmp_path / "defaults.json"
     fallback = tmp_path / "builtin.pt"
