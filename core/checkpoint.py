@@ -200,18 +200,19 @@ def _brief(value: Any) -> str:
 
 
 def load_checkpoint(path: str | Path | None = None, device: str | torch.device = "cpu",
-                    expect_classes: list[str] | None = None, engine: str = "auto") -> LoadedModel:
+                    expect_classes: list[str] | None = None, engine: str = "auto", twin: Any = None) -> LoadedModel:
     """Build the model a checkpoint describes and load its weights (default: the shipped model), with its ONNX
-    twin for forward passes when `engine` allows one (`attach_twin`)."""
+    twin for forward passes when `engine` allows one (`attach_twin`; `twin`: that twin already loaded)."""
     path = Path(path) if path else DEFAULT_CHECKPOINT
     loaded = model_from_payload(read_checkpoint(path), path, device, expect_classes)
-    attach_twin(loaded, engine)
+    attach_twin(loaded, engine, twin)
     return loaded
 
 
-def attach_twin(loaded: LoadedModel, engine: str = "auto") -> None:
+def attach_twin(loaded: LoadedModel, engine: str = "auto", twin: Any = None) -> None:
     """Serve `loaded`'s forward passes from its ONNX twin (`core.onnx_model`) when `engine` is auto or onnx and a
     twin of exactly this checkpoint loads and fits; say which engine serves and why in `loaded.engine_note`.
+    `twin`: the `load_twin` of this checkpoint already held (the app's cache), so that one session serves both.
     engine=onnx without a usable twin is a CheckpointError; auto falls back to torch."""
     from core.onnx_model import OnnxError, load_twin
 
@@ -227,7 +228,9 @@ def attach_twin(loaded: LoadedModel, engine: str = "auto") -> None:
         loaded.engine_note = why
         return
     try:
-        model = load_twin(loaded.path, loaded.class_names)
+        model = twin if twin is not None else load_twin(loaded.path, loaded.class_names)
+        if model.class_names != loaded.class_names:
+            raise CheckpointError(f"{model.path.name} predicts other classes than {loaded.path.name}")
         if (model.image_size, model.mean, model.std) != (loaded.image_size, loaded.mean, loaded.std):
             raise OnnxError(f"{model.path.name} does not feed like {loaded.path.name}")
     except (OnnxError, CheckpointError) as exc:

@@ -54,6 +54,21 @@ def test_the_twin_serves_forward_passes_with_the_same_figures_as_torch(exported,
     assert twin.class_names == onnx.class_names and twin.checkpoint_digest == file_digest(exported)
 
 
+def test_a_twin_already_held_serves_the_torch_model_too(exported, tiles):
+    """The app answers from the twin before torch loads; the torch model it loads for Grad-CAM then takes that same
+    session rather than opening a second one, and still refuses one that does not feed like it."""
+    from core.onnx_model import load_twin
+    held = load_twin(exported)
+    loaded = load_checkpoint(exported, twin=held)
+    assert loaded.onnx is held and loaded.engine_note == held.engine_note
+    held.image_size += 8
+    try:
+        refused = load_checkpoint(exported, twin=held)
+    finally:
+        held.image_size -= 8
+    assert refused.onnx is None and "does not feed like tiny.pt" in refused.engine_note
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda p: p.write_bytes(b""), "empty"),
     (lambda p: p.write_bytes(p.read_bytes()[:5000]), "not a readable ONNX model"),

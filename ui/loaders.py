@@ -46,7 +46,8 @@ def _cached_model(path: str, stamp: float) -> LoadedModel:
     from core.checkpoint import load_checkpoint
     from core.inference import defer_trace
 
-    model = load_checkpoint(path, engine=ENGINE)  # HIRISE_ENGINE (core.settings): auto unless told
+    twin = get_twin(path)[0] if ENGINE != "torch" else None  # the session pages answered from, not a second one
+    model = load_checkpoint(path, engine=ENGINE, twin=twin)  # HIRISE_ENGINE (core.settings): auto unless told
     defer_trace(model)  # a page's first one-tile answer runs eagerly; the Explain page makes the trace after it
     return model
 
