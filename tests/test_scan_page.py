@@ -201,6 +201,8 @@ def test_scan_page_refuses_bad_input_then_scans_a_path_and_shows_the_results(tmp
         classes = next(m for m in at.multiselect if m.label == "Classes")
         classes.set_value([]).run()  # every class filtered away: said, not a crash or an empty grid
         assert not at.exception and "No class is chosen" in texts(at)
+        button(at, "Delete").click().run()  # said, and gone from the list and the disk
+        assert f"Deleted the scan {job.name}" in texts(at) and "No scans yet" in texts(at) and not job.path.exists()
     finally:
         shutil.rmtree(job.path, ignore_errors=True)
 

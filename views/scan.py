@@ -120,6 +120,8 @@ with st.expander("New scan", expanded=not jobs, key="scan_new"):
         except (scan_jobs.ScanJobError, ClusterError, *USER_ERRORS) as exc:
             show_error(exc, "Not started")
 
+if deleted := st.session_state.pop("scan_deleted", None):
+    st.success(f"Deleted the scan {deleted} with its uploads and outputs.", icon=":material/delete:")
 if not jobs:
     st.info("No scans yet: start one under New scan.")
     st.stop()
@@ -184,6 +186,7 @@ if status.get("state") not in scan_jobs.ACTIVE:
             try:
                 shutil.rmtree(job.path)
                 st.session_state.pop("scan_job", None)
+                st.session_state["scan_deleted"] = job.name
                 st.rerun()
             except OSError as exc:
                 show_error(f"cannot delete {job.path}: {exc.strerror or exc}", "Not deleted")
