@@ -2,7 +2,12 @@
 the app's pages under Streamlit's AppTest."""
 from __future__ import annotations
 
+import json
+import shutil
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.settings import PROJECT_ROOT
@@ -19,6 +24,33 @@ TINY = dict(model="simple_cnn", init="scratch", image_size=48, batch_size=16, lo
 def tiny(**changes) -> dict:
     """TINY with `changes` (another image size, a set number of epochs and steps)."""
     return {**TINY, **changes}
+
+
+@contextmanager
+def app_chooses(data_dir: Path, list_manifests: Callable[[], list[dict]], manifest_dir: Callable[[], Path]) -> Iterator[Path]:
+    """The app with `data_dir` chosen, and its runs and manifests (cross-validations or grids) left as they were
+    found: jobs started meanwhile are cancelled and removed, new manifests deleted."""
+    from core.experiment import jobs
+    from core.experiment.runs import list_runs
+    from core.settings import APP_STATE_FILE
+
+    Path(APP_STATE_FILE).write_text(json.dumps({"data_paths": [str(data_dir)]}))
+    before = {r.name for r in list_runs()}
+    manifests_before = {m["id"] for m in list_manifests()}
+    try:
+        yield data_dir
+    finally:
+        for r in list_runs():
+            if r.name not in before:
+                jobs.cancel(r)
+                deadline = time.time() + 120
+                while r.trainer_alive() and time.time() < deadline:
+                    time.sleep(0.5)
+                shutil.rmtree(r.path)
+        for m in list_manifests():
+            if m["id"] not in manifests_before:
+                (manifest_dir() / f"{m['id']}.json").unlink()
+        Path(APP_STATE_FILE).unlink(missing_ok=True)
 
 
 def wait_for(predicate, timeout: float = 180.0, what: str = "condition"):

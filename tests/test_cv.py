@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +14,12 @@ from core.classes import CLASS_NAMES
 from core.data import DataSpec, load_dataset
 from core.data.records import Record
 from core.data.split import assign_splits, fold_coverage, fold_of_observation
-from core.experiment import cv, grid, jobs
+from core.experiment import cv, grid
 from core.experiment.runs import Run, list_runs
 from core.training.config import ConfigError, RunConfig
 from core.training.runner import main as train_cli
 from tests import synthetic
-from tests.helpers import run_page, texts, tiny, tiny_form, wait_for
+from tests.helpers import app_chooses, run_page, texts, tiny, tiny_form, wait_for
 
 TINY_CV = tiny(epochs=2, max_steps_per_epoch=2, device="cpu")  # what TINY_FLAGS asks for
 TINY_FLAGS = ["--model", "simple_cnn", "--init", "scratch", "--image-size", "48", "--batch-size", "16",
@@ -285,22 +284,8 @@ def test_a_cross_validated_grid_ranks_by_out_of_fold_macro_f1(data_dir, tmp_path
 
 @pytest.fixture()
 def app_data(data_dir):
-    from core.settings import APP_STATE_FILE
-    Path(APP_STATE_FILE).write_text(json.dumps({"data_paths": [str(data_dir)]}))
-    before = {r.name for r in list_runs()}
-    cvs_before = {m["id"] for m in cv.list_cvs()}
-    yield data_dir
-    for r in list_runs():
-        if r.name not in before:
-            jobs.cancel(r)
-            deadline = time.time() + 120
-            while r.trainer_alive() and time.time() < deadline:
-                time.sleep(0.5)
-            shutil.rmtree(r.path)
-    for m in cv.list_cvs():
-        if m["id"] not in cvs_before:
-            (cv.cv_dir() / f"{m['id']}.json").unlink()
-    Path(APP_STATE_FILE).unlink(missing_ok=True)
+    with app_chooses(data_dir, cv.list_cvs, cv.cv_dir) as chosen:
+        yield chosen
 
 
 @pytest.mark.slow

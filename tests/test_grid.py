@@ -12,7 +12,7 @@ from core.experiment.runs import Run, list_runs
 from core.training.config import RunConfig
 from core.training.runner import main as train_cli
 from core.training.runner import train
-from tests.helpers import run_page, texts, tiny, tiny_form
+from tests.helpers import app_chooses, run_page, texts, tiny, tiny_form
 
 
 def base(data_dir: Path, **overrides) -> RunConfig:
@@ -204,25 +204,9 @@ def test_cli_queue_launches_a_2x2_grid_as_jobs(data_dir, tmp_path, capsys):
 @pytest.fixture()
 def app_data(data_dir):
     """The synthetic data chosen in the app, and the app's runs folder left as it was found."""
-    import json
-    import shutil
-
-    from core.settings import APP_STATE_FILE, RUNS_DIR
-    Path(APP_STATE_FILE).write_text(json.dumps({"data_paths": [str(data_dir)]}))
-    before = {r.name for r in list_runs()}
-    grids_before = {m["id"] for m in grid.list_grids()}
-    yield data_dir
-    for r in list_runs():
-        if r.name not in before:
-            jobs.cancel(r)
-            deadline = time.time() + 120
-            while r.trainer_alive() and time.time() < deadline:
-                time.sleep(0.5)
-            shutil.rmtree(r.path)
-    for m in grid.list_grids():
-        if m["id"] not in grids_before:
-            (grid.grids_dir() / f"{m['id']}.json").unlink()
-    Path(APP_STATE_FILE).unlink(missing_ok=True)
+    with app_chooses(data_dir, grid.list_grids, grid.grids_dir) as chosen:
+        yield chosen
+    from core.settings import RUNS_DIR
     assert Path(RUNS_DIR).is_dir()
 
 
