@@ -29,7 +29,6 @@ from typing import Any
 
 from core.atomic import atomic_path
 from core.choices import HEADLINE, METRIC_LABELS
-from core.classes import CLASS_NAMES
 from core.registry import ENTRY_ID, FORMAT, RegistryError, current_entry, default_checkpoint_file, default_serving
 from core.registry import read_registry as _read
 
@@ -110,25 +109,22 @@ def fingerprint(files: dict[str, Any]) -> str:
 def compare(challenger: dict[str, Any], champion: dict[str, Any], pred_key: str = "pred") -> dict[str, Any]:
     """Challenger minus champion on the files both scored (paired bootstrap over observations), per headline
     figure; the verdict of the gate on GATE_FIGURES."""
-    from core.bootstrap import paired_difference
-    index = {str(n): i for i, n in enumerate(champion["name"])}
-    rows_a = [i for i, n in enumerate(challenger["name"]) if str(n) in index]
-    rows_b = [index[str(challenger["name"][i])] for i in rows_a]
-    a_pred = challenger[pred_key][rows_a] if pred_key in challenger else None
-    b_pred = champion[pred_key][rows_b] if champion.get(pred_key) is not None else None
-    if a_pred is None or b_pred is None:
+    from core.experiment.cv_files import paired_files
+    try:
+        result = paired_files(challenger, champion, pred_key)
+    except ValueError as exc:
+        raise RegistryError(f"promote: {exc}") from None
+    if result is None:
         return {}
-    result = paired_difference(challenger["y"][rows_a], a_pred, b_pred,
-                               [o or None for o in challenger["observation"][rows_a]], len(CLASS_NAMES))
     worse = [k for k in GATE_FIGURES if not result[k]["within_noise"] and result[k]["difference"] < 0]
     better = [k for k in GATE_FIGURES if not result[k]["within_noise"] and result[k]["difference"] > 0]
-    return {**result, "files": len(rows_a), "worse": worse, "better": better, "passes": not worse and bool(better)}
+    return {**result, "worse": worse, "better": better, "passes": not worse and bool(better)}
 
 
 def challenger_files(cv_id: str, runs_dir: Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """A cross-validation's report and its pooled all-files predictions (as class arrays), or RegistryError."""
     from core.experiment import cv
-    from core.experiment.cv_files import pooled
+    from core.experiment.cv_files import pooled, with_predictions
     try:
         rep = cv.report(cv_id, runs_dir)
     except (FileNotFoundError, cv.CVError) as exc:
@@ -141,11 +137,7 @@ def challenger_files(cv_id: str, runs_dir: Path | None = None) -> tuple[dict[str
     if files is None:
         raise RegistryError(f"cross-validation {cv_id} has no all-files predictions ({'; '.join(missing)}): "
                             f"python -m core.train score {cv_id}")
-    files = dict(files)
-    files["pred"] = files["logits"].argmax(1)
-    if files.get("logits_tta") is not None:
-        files["pred_tta"] = files["logits_tta"].argmax(1)
-    return rep, files
+    return rep, with_predictions(files)
 
 
 def find_refit(cv_id: str, runs_dir: Path | None = None) -> Path:

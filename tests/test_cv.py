@@ -194,8 +194,11 @@ def test_cv_report_pools_every_fold_once_with_intervals(finished_cv, data_dir, r
     text = capsys.readouterr().out
     assert "out-of-fold" in text and "95% intervals" in text and "fold 3" in text and "MISSING" not in text
     assert train_cli(["--cv-report", finished_cv, "--against", finished_cv, "--runs-dir", str(runs_dir)]) == 0
-    text = capsys.readouterr().out  # a recipe against itself: a difference of 0 on every tile, within noise
-    assert f"on the {len(originals)} out-of-fold tiles both scored" in text and text.count("within noise") == 3
+    text = capsys.readouterr().out  # a recipe against itself: a difference of 0 on every file, within noise
+    views = cv.paired(finished_cv, finished_cv, runs_dir)["views"]
+    assert f"originals: the {len(originals)} out-of-fold files both scored" in text
+    assert list(views) == ["originals", "all files", "all files, TTA"] and views["all files"]["files"] > len(originals)
+    assert text.count("within noise") == 9 and "better" not in text
     assert train_cli(["--cv-report", finished_cv, "--against", "nope", "--runs-dir", str(runs_dir)]) == 2
     assert "no cross-validation 'nope'" in capsys.readouterr().err
 

@@ -503,31 +503,40 @@ def headline_with_intervals(rep: dict[str, Any]) -> dict[str, Any]:
 
 
 def paired(cv_a: str, cv_b: str, runs_dir: Path | None = None) -> dict[str, Any]:
-    """Recipe A against recipe B on the out-of-fold tiles both scored (the same folds when their data options and
-    seed agree): each headline figure's difference with its 95% interval from a paired bootstrap over
-    observations, and whether it stands out of the noise."""
-    from core.bootstrap import paired_difference
-    a, _ = out_of_fold(load_manifest(cv_a, runs_dir), runs_dir)
-    b, _ = out_of_fold(load_manifest(cv_b, runs_dir), runs_dir)
-    index_b = {name: i for i, name in enumerate(b["name"])}
-    common = [i for i, name in enumerate(a["name"]) if name in index_b]
-    if not common:
-        raise CVError(f"cross-validations {cv_a} and {cv_b} share no out-of-fold tile")
-    rows_b = [index_b[a["name"][i]] for i in common]
-    if not np.array_equal(a["y"][common], b["y"][rows_b]):
-        raise CVError(f"cross-validations {cv_a} and {cv_b} label their common tiles differently (other data)")
-    out = paired_difference(a["y"][common], a["probs"][common].argmax(1), b["probs"][rows_b].argmax(1),
-                            list(a["observation"][common]), len(CLASS_NAMES))
-    return {"a": cv_a, "b": cv_b, "tiles": len(common), **out}
+    """Recipe A against recipe B on the out-of-fold files both scored (the same folds when their data options and
+    seed agree), per view: the originals every fold validated, and, when both scored them, every file as sent and
+    with 8-view averaging (what users send). Each headline figure's difference with its 95% interval from a paired
+    bootstrap over observations, and whether it stands out of the noise."""
+    from core.experiment.cv_files import paired_files, pooled, with_predictions
+    views: dict[str, Any] = {}
+    manifests = {cv_id: load_manifest(cv_id, runs_dir) for cv_id in (cv_a, cv_b)}
+    a, _ = out_of_fold(manifests[cv_a], runs_dir)
+    b, _ = out_of_fold(manifests[cv_b], runs_dir)
+    try:
+        views["originals"] = paired_files({**a, "pred": a["probs"].argmax(1)}, {**b, "pred": b["probs"].argmax(1)})
+        files = [pooled(fold_runs(manifests[c], runs_dir))[0] for c in (cv_a, cv_b)]
+        if all(f is not None for f in files):
+            fa, fb = (with_predictions(f) for f in files)
+            views["all files"] = paired_files(fa, fb)
+            if (tta := paired_files(fa, fb, "pred_tta")) is not None:
+                views["all files, TTA"] = tta
+    except ValueError as exc:
+        raise CVError(f"cross-validations {cv_a} and {cv_b}: {exc}") from None
+    return {"a": cv_a, "b": cv_b, "views": views}
 
 
 def format_paired(result: dict[str, Any]) -> str:
-    lines = [f"{result['a']} minus {result['b']}, on the {result['tiles']} out-of-fold tiles both scored "
-             f"(paired bootstrap over {result['groups']} observations):"]
-    for k in HEADLINE:
-        d = result[k]
-        verdict = "within noise" if d["within_noise"] else ("A better" if d["difference"] > 0 else "B better")
-        lines.append(f"  {LABELS[k]:<18} {fmt(d['difference'], d['interval'])}  {verdict}")
+    views = result["views"]
+    lines = [f"{result['a']} minus {result['b']}, paired bootstrap over observations (95% intervals):"]
+    for view, d in views.items():
+        lines.append(f"  {view}: the {d['files']} out-of-fold files both scored, {d['groups']} observations")
+        for k in HEADLINE:
+            v = d[k]
+            verdict = "within noise" if v["within_noise"] else ("A better" if v["difference"] > 0 else "B better")
+            lines.append(f"    {LABELS[k]:<18} {fmt(v['difference'], v['interval'])}  {verdict}")
+    if "all files" not in views:
+        lines.append("  all files: not paired (one of the two has no all-files predictions: "
+                     "python -m core.train score ID)")
     return "\n".join(lines)
 
 

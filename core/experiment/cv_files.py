@@ -139,6 +139,35 @@ def view_predictions(files: dict[str, Any], view: str) -> tuple[np.ndarray, np.n
     raise ValueError(f"unknown view {view!r} (expected one of {', '.join(VIEWS)})")
 
 
+def paired_files(a: dict[str, Any], b: dict[str, Any], pred_key: str = "pred") -> dict[str, Any] | None:
+    """A minus B on the files both scored, matched by name (`pred_key`: each one's predicted classes), by a paired
+    bootstrap over observations: `core.bootstrap.paired_difference`'s figures plus `files`. None when either lacks
+    those predictions; ValueError when they label a common file differently (other data)."""
+    from core.bootstrap import paired_difference
+    if a.get(pred_key) is None or b.get(pred_key) is None:
+        return None
+    index = {str(n): i for i, n in enumerate(b["name"])}
+    rows_a = [i for i, n in enumerate(a["name"]) if str(n) in index]
+    rows_b = [index[str(a["name"][i])] for i in rows_a]
+    if not rows_a:
+        raise ValueError("the two share no scored file")
+    if not np.array_equal(np.asarray(a["y"])[rows_a], np.asarray(b["y"])[rows_b]):
+        raise ValueError("the two label their common files differently (other data)")
+    result = paired_difference(np.asarray(a["y"])[rows_a], np.asarray(a[pred_key])[rows_a],
+                               np.asarray(b[pred_key])[rows_b],
+                               [o or None for o in np.asarray(a["observation"])[rows_a]], len(CLASS_NAMES))
+    return {**result, "files": len(rows_a)}
+
+
+def with_predictions(files: dict[str, Any]) -> dict[str, Any]:
+    """`pooled`'s arrays plus each file's predicted class as sent (`pred`) and with TTA (`pred_tta`, None when
+    not scored): what `paired_files` compares."""
+    out = dict(files)
+    out["pred"] = files["logits"].argmax(1)
+    out["pred_tta"] = files["logits_tta"].argmax(1) if files.get("logits_tta") is not None else None
+    return out
+
+
 def false_alarms(y: np.ndarray, probs: np.ndarray, groups: list, threshold: float = STANDARD_SCAN_THRESHOLD,
                  n_draws: int = 1000, seed: int = 0) -> dict[str, Any]:
     """The share of `other` files called a landmark with probability >= `threshold`, with a 95% interval from a

@@ -219,7 +219,8 @@ def command_parser() -> argparse.ArgumentParser:
     report.add_argument("kind", choices=("cv", "grid"))
     report.add_argument("id", nargs="?", default="", metavar="ID", help="without it: the list")
     report.add_argument("--against", metavar="ID", help="cv only: compare with this cross-validation on the "
-                        "out-of-fold tiles both scored (paired bootstrap over observations)")
+                        "out-of-fold originals and every file both scored, as sent and with TTA (paired bootstrap "
+                        "over observations)")
     report.add_argument("--runs-dir", help="the runs folder (default: HIRISE_RUNS_DIR or runs/)")
     score = sub.add_parser("score", help="score a cross-validation's folds on every file a user could send")
     score.add_argument("id", metavar="CV_ID")
@@ -356,7 +357,8 @@ def add_cv_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cv-report", nargs="?", const="", metavar="ID",
                         help="print a cross-validation's pooled out-of-fold report (without ID: list them)")
     parser.add_argument("--against", metavar="ID", help="with --cv-report ID: compare it with this cross-validation "
-                        "on the out-of-fold tiles both scored (paired bootstrap over observations)")
+                        "on the out-of-fold originals and every file both scored, as sent and with TTA (paired "
+                        "bootstrap over observations)")
     parser.add_argument("--cv-score", metavar="ID", help="score every completed fold of a cross-validation on every "
                         "file of its held-out observations (originals and official copies, as sent and with 8-view "
                         "averaging), for folds trained before folds did it themselves; then print the report")
