@@ -14,7 +14,8 @@ judged against it on any machine, whether or not the champion's run folders are 
 in the registry and their checkpoints stay selectable on every page.
 
 The registry has one writer at a time (an exclusive `flock` on `defaults.json.lock`, then an atomic replace); a
-registry damaged by hand is reported in one line and the built-in default still loads (`settings`).
+registry damaged by hand is reported in one line, and the default of its last good copy (`defaults.last-good.json`,
+written with it under the same lock) still loads; without that copy, the built-in default (`settings`).
 """
 from __future__ import annotations
 
@@ -29,11 +30,19 @@ from typing import Any
 
 from core.atomic import atomic_path
 from core.choices import HEADLINE, METRIC_LABELS
-from core.registry import ENTRY_ID, FORMAT, RegistryError, current_entry, default_checkpoint_file, default_serving
+from core.registry import (
+    ENTRY_ID,
+    FORMAT,
+    RegistryError,
+    current_entry,
+    default_checkpoint_file,
+    default_serving,
+    last_good_path,
+)
 from core.registry import read_registry as _read
 
 __all__ = ["ENTRY_ID", "FORMAT", "RegistryError", "current_entry", "default_checkpoint_file", "default_serving",
-           "promote", "read_registry", "registry_path"]
+           "last_good_path", "promote", "read_registry", "registry_path"]
 
 OOF_FORMAT = "hirise-studio-default-oof/1"
 GATE_VIEW = "all files"          # what the gate compares on: every file a user could send, each as sent
@@ -61,8 +70,10 @@ def locked_registry(path: Path | None = None) -> Iterator[dict[str, Any]]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         registry = read_registry(path)
         yield registry
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(registry, indent=1) + "\n")
+        text = json.dumps(registry, indent=1) + "\n"
+        for target in (path, last_good_path(path)):  # the copy serves while the registry is damaged by hand
+            with atomic_path(target) as tmp:
+                tmp.write_text(text)
 
 
 def oof_file(entry_id: str, path: Path | None = None) -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,16 +94,36 @@ def default_checkpoint_file(checkpoints_dir: Path, fallback: Path, registry: Pat
     return serving.checkpoint, serving.warning
 
 
+def last_good_path(registry: Path) -> Path:
+    """The copy of the registry as it was last written whole (`core.defaults.locked_registry` writes both): what
+    serves while the registry itself is damaged by hand."""
+    return registry.with_name(f"{registry.stem}.last-good{registry.suffix}")
+
+
 def default_serving(checkpoints_dir: Path, fallback: Path, registry: Path) -> Serving:
-    """How the current default serves (`Serving`); the fallback, as it is, when the registry cannot say."""
+    """How the current default serves (`Serving`). When the registry is damaged, the default of its last good copy
+    (written with it) serves, else the fallback as it is; the warning says which."""
     try:
         entry = current_entry(read_registry(registry))
     except RegistryError as exc:
-        return Serving(fallback, warning=str(exc))
+        try:
+            good = current_entry(read_registry(last_good_path(registry)))
+        except RegistryError:
+            good = None
+        served = _entry_serving(checkpoints_dir, good) if good else None
+        if served is None:
+            return Serving(fallback, warning=f"{exc}; meanwhile the built-in default serves: {fallback.name}")
+        return replace(served, warning=f"{exc}; meanwhile the default of its last good copy serves: "
+                                       f"{served.checkpoint.name}")
     if entry is None:
         return Serving(fallback)
-    path = checkpoints_dir / entry["checkpoint"]
-    if not path.is_file():
+    served = _entry_serving(checkpoints_dir, entry)
+    if served is None:
         return Serving(fallback, warning=f"the registry's default {entry['checkpoint']} is missing; using "
                                          f"{fallback.name}")
-    return Serving(path, entry.get("tta") is True, scan_threshold_of(entry))
+    return served
+
+
+def _entry_serving(checkpoints_dir: Path, entry: dict[str, Any]) -> Serving | None:
+    path = checkpoints_dir / entry["checkpoint"]
+    return Serving(path, entry.get("tta") is True, scan_threshold_of(entry)) if path.is_file() else None

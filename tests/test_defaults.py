@@ -213,7 +213,7 @@ def test_scan_thresholds_set_at_once_on_two_defaults_both_land(tmp_path):
     def attempt(entry_id: str, value: float):
         barrier.wait()
         defaults.set_scan_threshold(entry_id, value, f"set by {entry_id}", registry=registry)
-    threads = [threading.Thread(target=attempt, args=(("a", "b")[i % 2], 0.9 + i / 100)) for i in range(8)]
+    threads = [threading.Thread(target=attempt, args=(("a", "b")[i % 2], round(0.9 + i / 100, 2))) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
@@ -222,6 +222,28 @@ def test_scan_thresholds_set_at_once_on_two_defaults_both_land(tmp_path):
     assert entries["a"]["scan_threshold"]["why"] == "set by a" and entries["b"]["scan_threshold"]["why"] == "set by b"
     assert entries["a"]["scan_threshold"]["value"] in (0.9, 0.92, 0.94, 0.96)
     assert entries["b"]["scan_threshold"]["value"] in (0.91, 0.93, 0.95, 0.97)
+
+
+def test_a_registry_damaged_by_hand_is_named_and_its_last_good_default_loads(tmp_path):
+    """Every write leaves a last good copy beside the registry; damage the registry by hand and that copy's default
+    (with its scan threshold) serves, the warning naming both the damage and what serves."""
+    registry = tmp_path / "defaults.json"
+    fallback = tmp_path / "builtin.pt"
+    (tmp_path / "champ.pt").write_bytes(b"x")
+    registry.write_text(json.dumps({"format": defaults.FORMAT, "current": "a",
+                                    "entries": [{"id": "a", "checkpoint": "champ.pt", "cv": {}}]}))
+    defaults.set_scan_threshold("a", 0.99, "out of fold", registry=registry)  # a write: both files
+    assert defaults.last_good_path(registry).read_text() == registry.read_text()
+    registry.write_text("{ edited by hand")
+    serving = defaults.default_serving(tmp_path, fallback, registry)
+    assert serving.checkpoint == tmp_path / "champ.pt" and serving.scan_threshold == (0.99, "out of fold")
+    assert "cannot be read" in serving.warning and "last good copy serves: champ.pt" in serving.warning
+    with pytest.raises(defaults.RegistryError, match="cannot be read"):  # nothing is written over the damage
+        defaults.set_scan_threshold("a", 0.98, "x", registry=registry)
+    assert registry.read_text() == "{ edited by hand"
+    defaults.last_good_path(registry).write_text("[]")  # the copy damaged too: the built-in default, said
+    serving = defaults.default_serving(tmp_path, fallback, registry)
+    assert serving.checkpoint == fallback and "built-in default serves: builtin.pt" in serving.warning
 
 
 def test_a_registry_damaged_by_hand_is_named_and_the_builtin_default_loads(tmp_path):
@@ -375,7 +397,7 @@ def test_a_dry_run_gives_the_gate_without_a_refit_or_a_write(champion_cv, runs_d
 
 def test_a_defaults_scan_threshold_is_recorded_checked_and_used_only_with_it(tmp_path):
     """Issue 29: a scan threshold chosen out of fold travels with its default in the registry; a bad one is refused
-    (and a hand-damaged one named, the built-in default then serving); other checkpoints keep the standard one."""
+    (and a hand-damaged one named, the last good copy's default then serving); other checkpoints keep the standard one."""
     from core.registry import default_serving
     from core.scan.scanner import DEFAULT_THRESHOLD, default_threshold
     from core.settings import DEFAULT_CHECKPOINT, DEFAULT_SCAN_THRESHOLD, SCAN_THRESHOLD_WHY
@@ -398,7 +420,8 @@ def test_a_defaults_scan_threshold_is_recorded_checked_and_used_only_with_it(tmp
     raw["entries"][0]["scan_threshold"]["value"] = "high"
     registry.write_text(json.dumps(raw))
     damaged = default_serving(tmp_path, tmp_path / "builtin.pt", registry)
-    assert damaged.checkpoint == tmp_path / "builtin.pt" and "scan_threshold" in damaged.warning
+    assert damaged.checkpoint == tmp_path / "champ.pt" and "scan_threshold" in damaged.warning  # the last good copy
+    assert "last good copy serves" in damaged.warning
     # this installation: the default model's own threshold (the registry's, or the standard), anything else 0.9
     assert default_threshold(None) == default_threshold(DEFAULT_CHECKPOINT) == (DEFAULT_SCAN_THRESHOLD,
                                                                                 SCAN_THRESHOLD_WHY)

@@ -64,7 +64,7 @@ def registry_headline() -> bool:
 def registry_section() -> None:
     """The current default's registry entry and the defaults before it; a damaged registry named in one line."""
     if REGISTRY_WARNING:
-        st.warning(f"{REGISTRY_WARNING}. The built-in default is used.", icon=":material/warning:")
+        st.warning(f"{REGISTRY_WARNING}.", icon=":material/warning:")  # it says which default serves meanwhile
     try:
         registry = defaults.read_registry()
     except defaults.RegistryError as exc:
