@@ -198,7 +198,7 @@ def test_cv_report_pools_every_fold_once_with_intervals(finished_cv, data_dir, r
     views = cv.paired(finished_cv, finished_cv, runs_dir)["views"]
     assert f"originals: the {len(originals)} out-of-fold files both scored" in text
     assert list(views) == ["originals", "all files", "all files, TTA"] and views["all files"]["files"] > len(originals)
-    assert text.count("within noise") == 9 and "better" not in text
+    assert text.count("within noise") == 9 and "better" not in text and "the same folds" in text
     assert train_cli(["--cv-report", finished_cv, "--against", "nope", "--runs-dir", str(runs_dir)]) == 2
     assert "no cross-validation 'nope'" in capsys.readouterr().err
 

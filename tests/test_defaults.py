@@ -285,6 +285,11 @@ def test_train_page_shows_every_file_figures_and_promotes_only_a_winner(champion
     assert "Not promoted" in texts(at) and "better beyond noise on neither" in texts(at)
     assert defaults.read_registry(registry)["current"] == weak
     at.selectbox(key="cv_shown").select(strong).run()
+    at.selectbox(key=f"cv_against_{strong}").select(weak).run()  # any two, paired, before promoting
+    paired = next(d.value for d in at.dataframe if "all files, TTA" in d.value.columns and "originals" in d.value.columns
+                  and d.value["figure"].iloc[0] == "files (observations)")
+    assert paired.set_index("figure").loc["macro-F1", "all files"].endswith("A better") and not at.exception
+    assert "Other folds" not in texts(at)
     at.button(key=f"cv_promote_{strong}").click().run()
     assert not at.exception and "is the default" in texts(at)
     assert defaults.read_registry(registry)["current"] == strong

@@ -217,6 +217,36 @@ def _promote(rep: dict) -> None:
         st.code("\n".join(said), language=None)
 
 
+def _paired_view(rep: dict, ids: list[str]) -> None:
+    """This cross-validation against another, paired on the files both scored (`core.experiment.cv.paired`): what
+    `report cv ID --against ID2` prints, for any two, with no registry involved."""
+    others = [i for i in ids if i != rep["id"]]
+    if not others:
+        return
+    with st.expander("Compare with another cross-validation (paired, on the files both scored)"):
+        other = st.selectbox("Against", others, index=None, key=f"cv_against_{rep['id']}",
+                             placeholder="choose a cross-validation",
+                             help="Each figure of this one minus the other's, on the out-of-fold files both scored, "
+                                  "with a 95% interval from a paired bootstrap over observations")
+        if other is None:
+            return
+        try:
+            with st.spinner("Pairing the two on every file both scored …"):
+                result = cv.paired(rep["id"], other)
+        except (FileNotFoundError, cv.CVError) as exc:
+            show_error(exc, "Not compared")
+            return
+        st.dataframe(pd.DataFrame(cv.paired_rows(result)), hide_index=True, width="stretch")
+        st.caption(f"A = {rep['id']}, B = {other}. Each cell: A minus B with its 95% interval; 'within noise' when "
+                   "the interval holds 0." + ("" if "all files" in result["views"] else
+                                             " Only the originals: one of the two has no all-files predictions "
+                                             "(python -m core.train score ID)."))
+        if not result["same_folds"]:
+            st.warning("Other folds: each file was scored by models that trained on different observations, so "
+                       "these differences mix the recipes with the splits. Cross-validate with the same fold count "
+                       "and seed to pair them.", icon=":material/call_split:")
+
+
 def _refit(rep: dict) -> None:
     """Train the cross-validated recipe on all the data, calibrated by these out-of-fold predictions."""
     base = dict(rep["base"])
@@ -297,6 +327,8 @@ def cv_results() -> None:
             st.rerun(scope="app")  # the last fold just ended: redraw once, and stop polling
 
     live()
+    if first["complete"]:
+        _paired_view(first, ids)
     _refit(first)
     if first["complete"]:
         _promote(first)

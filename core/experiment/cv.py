@@ -522,18 +522,38 @@ def paired(cv_a: str, cv_b: str, runs_dir: Path | None = None) -> dict[str, Any]
                 views["all files, TTA"] = tta
     except ValueError as exc:
         raise CVError(f"cross-validations {cv_a} and {cv_b}: {exc}") from None
-    return {"a": cv_a, "b": cv_b, "views": views}
+    fold_b = dict(zip(map(str, b["name"]), b["fold"], strict=True))
+    pairs = {(int(f), int(fold_b[str(n)])) for n, f in zip(a["name"], a["fold"], strict=True) if str(n) in fold_b}
+    same_folds = len(pairs) == len({p[0] for p in pairs}) == len({p[1] for p in pairs})  # one partition, any numbering
+    return {"a": cv_a, "b": cv_b, "views": views, "same_folds": same_folds}
+
+
+def verdict(d: dict[str, Any], better: str = "A better", worse: str = "B better") -> str:
+    """A paired difference's reading: within noise when its interval holds 0."""
+    return "within noise" if d["within_noise"] else (better if d["difference"] > 0 else worse)
+
+
+def paired_rows(result: dict[str, Any]) -> list[dict[str, str]]:
+    """`paired`'s figures as table rows: one per headline figure, one column per view ('difference [interval]
+    reading'), after a row of the files and observations each view paired."""
+    views = result["views"]
+    rows = [{"figure": "files (observations)", **{v: f"{d['files']:,} ({d['groups']})" for v, d in views.items()}}]
+    for k in HEADLINE:
+        rows.append({"figure": LABELS[k], **{
+            v: f"{fmt(d[k]['difference'], d[k]['interval'])} {verdict(d[k], 'A better', 'B better')}"
+            for v, d in views.items()}})
+    return rows
 
 
 def format_paired(result: dict[str, Any]) -> str:
     views = result["views"]
-    lines = [f"{result['a']} minus {result['b']}, paired bootstrap over observations (95% intervals):"]
+    lines = [f"{result['a']} minus {result['b']}, paired bootstrap over observations (95% intervals); "
+             + ("the same folds" if result["same_folds"] else "OTHER FOLDS: each file was scored by models that "
+                "trained on different observations, so the difference mixes recipe and split")]
     for view, d in views.items():
         lines.append(f"  {view}: the {d['files']} out-of-fold files both scored, {d['groups']} observations")
         for k in HEADLINE:
-            v = d[k]
-            verdict = "within noise" if v["within_noise"] else ("A better" if v["difference"] > 0 else "B better")
-            lines.append(f"    {LABELS[k]:<18} {fmt(v['difference'], v['interval'])}  {verdict}")
+            lines.append(f"    {LABELS[k]:<18} {fmt(d[k]['difference'], d[k]['interval'])}  {verdict(d[k])}")
     if "all files" not in views:
         lines.append("  all files: not paired (one of the two has no all-files predictions: "
                      "python -m core.train score ID)")
