@@ -214,7 +214,7 @@ def attach_twin(loaded: LoadedModel, engine: str = "auto", twin: Any = None) -> 
     twin of exactly this checkpoint loads and fits; say which engine serves and why in `loaded.engine_note`.
     `twin`: the `load_twin` of this checkpoint already held (the app's cache), so that one session serves both.
     engine=onnx without a usable twin is a CheckpointError; auto falls back to torch."""
-    from core.onnx_model import OnnxError, load_twin
+    from core.onnx_model import OnnxError, load_twin, twin_path
 
     if engine not in ENGINES:
         raise CheckpointError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
@@ -229,6 +229,8 @@ def attach_twin(loaded: LoadedModel, engine: str = "auto", twin: Any = None) -> 
         return
     try:
         model = twin if twin is not None else load_twin(loaded.path, loaded.class_names)
+        if model.path.resolve() != twin_path(loaded.path).resolve():  # load_twin checked that file's digest
+            raise OnnxError(f"{model.path.name} is not the twin of {loaded.path.name}")
         if model.class_names != loaded.class_names:
             raise CheckpointError(f"{model.path.name} predicts other classes than {loaded.path.name}")
         if (model.image_size, model.mean, model.std) != (loaded.image_size, loaded.mean, loaded.std):

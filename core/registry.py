@@ -28,11 +28,11 @@ def read_registry(path: Path) -> dict[str, Any]:
         return {"format": FORMAT, "current": None, "entries": []}
     except (OSError, ValueError) as exc:
         raise RegistryError(f"{path}: the registry of defaults cannot be read ({exc}); fix or restore it "
-                            "(git checkout checkpoints/defaults.json)") from None
+                            f"(from {last_good_path(path).name}, or git checkout)") from None
     problem = _problem(raw)
     if problem:
         raise RegistryError(f"{path}: the registry of defaults is damaged ({problem}); fix or restore it "
-                            "(git checkout checkpoints/defaults.json)")
+                            f"(from {last_good_path(path).name}, or git checkout)")
     return raw
 
 
@@ -80,7 +80,8 @@ def scan_threshold_of(entry: dict[str, Any]) -> tuple[float, str] | None:
 class Serving:
     """How the default model serves: its checkpoint; whether predictions average the 8 flips and turns (the
     entry's `tta`, set at promotion when TTA won beyond noise and stayed fast enough); the threshold a scan with it
-    uses, and why (None: the standard one); a warning when the registry could not say (the fallback serves)."""
+    uses, and why (None: the standard one); a warning when the registry could not say (it names what serves then:
+    the last good copy's default, or the fallback)."""
 
     checkpoint: Path
     tta: bool = False
@@ -89,14 +90,15 @@ class Serving:
 
 
 def default_checkpoint_file(checkpoints_dir: Path, fallback: Path, registry: Path) -> tuple[Path, str | None]:
-    """The current default's checkpoint, and a warning when the registry could not say (the fallback is used)."""
+    """The current default's checkpoint, and a warning when the registry could not say (`default_serving`)."""
     serving = default_serving(checkpoints_dir, fallback, registry)
     return serving.checkpoint, serving.warning
 
 
 def last_good_path(registry: Path) -> Path:
-    """The copy of the registry as it was last written whole (`core.defaults.locked_registry` writes both): what
-    serves while the registry itself is damaged by hand."""
+    """The copy of the registry as it was last written by `core.defaults.locked_registry` (after the registry, under
+    the same lock): what serves while the registry itself is damaged by hand. Hand edits never reach it, and a
+    crash between the two writes leaves it one write behind: it is the last good default, not the newest."""
     return registry.with_name(f"{registry.stem}.last-good{registry.suffix}")
 
 

@@ -23,7 +23,7 @@ ENGINE_WARNING = None if _ENGINE in ENGINES else (f"HIRISE_ENGINE={_ENGINE[:40]!
 
 #: The registry of default models (`core.defaults`): which checkpoint is the default, and why.
 DEFAULTS_REGISTRY = _env_path("HIRISE_DEFAULTS", PROJECT_ROOT / "checkpoints" / "defaults.json")
-#: The default before the registry existed: what loads when the registry is missing or damaged.
+#: The default before the registry existed: what loads when the registry is missing, or damaged with no good copy.
 BUILTIN_DEFAULT = PROJECT_ROOT / "checkpoints" / "hirise-efficientnet-lite0.pt"
 
 

@@ -204,6 +204,31 @@ def test_cv_report_pools_every_fold_once_with_intervals(finished_cv, data_dir, r
 
 
 @pytest.mark.slow
+def test_same_partition_ignores_fold_numbering_and_sees_a_moved_tile():
+    names = ["a", "b", "c", "d"]
+    assert cv.same_partition(names, [0, 0, 1, 1], names, [1, 1, 0, 0])  # renumbered: the same folds
+    assert cv.same_partition(names, [0, 0, 1, 1], names[:3], [2, 2, 0])  # on the common tiles
+    assert not cv.same_partition(names, [0, 0, 1, 1], names, [0, 1, 1, 1])  # b moved
+    assert not cv.same_partition(names, [0, 1, 2, 2], names, [0, 0, 1, 1])  # two folds merged
+
+
+def test_a_pairing_says_which_views_it_left_out_and_why(finished_cv, runs_dir, tmp_path, capsys):
+    copy = tmp_path / "runs"
+    shutil.copytree(runs_dir, copy)
+    folds = cv.fold_runs(cv.load_manifest(finished_cv, copy), copy)
+    folds[1][1].oof_files_file.unlink()  # fold 2 never scored every file: only the originals pair
+    result = cv.paired(finished_cv, finished_cv, copy)
+    assert list(result["views"]) == ["originals"] and result["same_folds"] is True
+    assert set(result["not_paired"]) == {"all files", "all files, TTA"}
+    assert "fold 2" in result["not_paired"]["all files"] and "core.train score" in result["not_paired"]["all files"]
+    shutil.rmtree(folds[2][1].path)  # a fold gone: the figures cover the others, and the folds' agreement is unknown
+    result = cv.paired(finished_cv, finished_cv, copy)
+    assert result["same_folds"] is None and result["folds"][finished_cv] == (2, 3)
+    assert train_cli(["--cv-report", finished_cv, "--against", finished_cv, "--runs-dir", str(copy)]) == 0
+    text = capsys.readouterr().out
+    assert f"incomplete: {finished_cv} has 2 of 3 folds" in text and "all files: not paired (" in text
+
+
 def test_a_deleted_or_cancelled_fold_is_named_and_never_averaged_in(finished_cv, runs_dir, tmp_path):
     copy = tmp_path / "runs"
     shutil.copytree(runs_dir, copy)

@@ -67,6 +67,13 @@ def test_a_twin_already_held_serves_the_torch_model_too(exported, tiles):
     finally:
         held.image_size -= 8
     assert refused.onnx is None and "does not feed like tiny.pt" in refused.engine_note
+    other = exported.parent / "other.pt"  # the same weights under another name: its twin is not that file's
+    shutil.copy(exported, other)
+    try:
+        assert load_checkpoint(other, twin=held).onnx is None
+        assert "tiny.onnx is not the twin of other.pt" in load_checkpoint(other, twin=held).engine_note
+    finally:
+        other.unlink()
 
 
 @pytest.mark.parametrize("damage, message", [

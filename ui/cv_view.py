@@ -219,32 +219,37 @@ def _promote(rep: dict) -> None:
 
 def _paired_view(rep: dict, ids: list[str]) -> None:
     """This cross-validation against another, paired on the files both scored (`core.experiment.cv.paired`): what
-    `report cv ID --against ID2` prints, for any two, with no registry involved."""
+    `report cv ID --against ID2` prints, for any two, with no registry involved. Computed on Compare and kept for
+    the pair: reading every fold's files and bootstrapping three views is too much for every rerun of the page."""
     others = [i for i in ids if i != rep["id"]]
     if not others:
         return
     with st.expander("Compare with another cross-validation (paired, on the files both scored)"):
-        other = st.selectbox("Against", others, index=None, key=f"cv_against_{rep['id']}",
-                             placeholder="choose a cross-validation",
-                             help="Each figure of this one minus the other's, on the out-of-fold files both scored, "
-                                  "with a 95% interval from a paired bootstrap over observations")
-        if other is None:
-            return
-        try:
-            with st.spinner("Pairing the two on every file both scored …"):
-                result = cv.paired(rep["id"], other)
-        except (FileNotFoundError, cv.CVError) as exc:
-            show_error(exc, "Not compared")
+        cols = st.columns([3, 1])
+        other = cols[0].selectbox("Against", others, index=None, key=f"cv_against_{rep['id']}",
+                                  placeholder="choose a cross-validation", label_visibility="collapsed",
+                                  help="Each figure of this one minus the other's, on the out-of-fold files both "
+                                       "scored, with a 95% interval from a paired bootstrap over observations")
+        key = f"cv_paired_{rep['id']}"
+        if cols[1].button("Compare", key=f"cv_compare_{rep['id']}", disabled=other is None):
+            try:
+                with st.spinner("Pairing the two on every file both scored …"):
+                    st.session_state[key] = cv.paired(rep["id"], other)
+            except (FileNotFoundError, cv.CVError) as exc:
+                st.session_state.pop(key, None)
+                show_error(exc, "Not compared")
+                return
+        result = st.session_state.get(key)
+        if other is None or not result or result["b"] != other:
+            st.caption("Choose a cross-validation, then Compare.")
             return
         st.dataframe(pd.DataFrame(cv.paired_rows(result)), hide_index=True, width="stretch")
         st.caption(f"A = {rep['id']}, B = {other}. Each cell: A minus B with its 95% interval; 'within noise' when "
-                   "the interval holds 0." + ("" if "all files" in result["views"] else
-                                             " Only the originals: one of the two has no all-files predictions "
-                                             "(python -m core.train score ID)."))
+                   "the interval holds 0." + "".join(f" {view}: not paired ({why})." for view, why
+                                                     in result["not_paired"].items()))
         if not result["same_folds"]:
-            st.warning("Other folds: each file was scored by models that trained on different observations, so "
-                       "these differences mix the recipes with the splits. Cross-validate with the same fold count "
-                       "and seed to pair them.", icon=":material/call_split:")
+            text = cv.folds_text(result)
+            st.warning(text[0].upper() + text[1:] + ".", icon=":material/call_split:")
 
 
 def _refit(rep: dict) -> None:

@@ -42,7 +42,7 @@ def share_cpu_with_jobs() -> None:
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=4)
-def _cached_model(path: str, stamp: float) -> LoadedModel:
+def _cached_model(path: str, stamp: tuple[float, float]) -> LoadedModel:
     from core.checkpoint import load_checkpoint
     from core.inference import defer_trace
 
@@ -57,7 +57,13 @@ def get_model(path: str | Path | None = None) -> LoadedModel:
     the CPU with running jobs."""
     share_cpu_with_jobs()
     p = _existing_checkpoint(path)
-    return _cached_model(str(p), p.stat().st_mtime)
+    return _cached_model(str(p), _stamp(p))
+
+
+def _stamp(p: Path) -> tuple[float, float]:
+    """A checkpoint's version and its twin's: a re-exported twin is a new model to load, and a new session."""
+    twin_file = twin_path(p)
+    return p.stat().st_mtime, twin_file.stat().st_mtime if twin_file.is_file() else 0.0
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -75,8 +81,7 @@ def get_twin(path: str | Path | None = None) -> tuple[OnnxModel | None, str]:
     p = _existing_checkpoint(path)
     if ENGINE == "torch":
         return None, "torch (HIRISE_ENGINE=torch)"
-    twin_file = twin_path(p)
-    twin = _cached_twin(str(p), (p.stat().st_mtime, twin_file.stat().st_mtime if twin_file.is_file() else 0.0))
+    twin = _cached_twin(str(p), _stamp(p))
     return (None, twin) if isinstance(twin, str) else (twin, twin.engine_note)
 
 

@@ -121,7 +121,8 @@ with st.expander("New scan", expanded=not jobs, key="scan_new"):
             show_error(exc, "Not started")
 
 if deleted := st.session_state.pop("scan_deleted", None):
-    st.success(f"Deleted the scan {deleted} with its uploads and outputs.", icon=":material/delete:")
+    st.success(f"Deleted the scan {deleted}: its folder, with its outputs and any uploads (files scanned from a path "
+               "on this machine stay where they are).", icon=":material/delete:")
 if not jobs:
     st.info("No scans yet: start one under New scan.")
     st.stop()

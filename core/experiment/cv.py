@@ -502,30 +502,52 @@ def headline_with_intervals(rep: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def same_partition(names_a: Sequence[str], folds_a: Sequence[int], names_b: Sequence[str],
+                   folds_b: Sequence[int]) -> bool:
+    """Whether two fold assignments split their common tiles the same way, whatever the folds' numbering."""
+    fold_b = dict(zip(map(str, names_b), (int(f) for f in folds_b), strict=True))
+    pairs = {(int(f), fold_b[str(n)]) for n, f in zip(names_a, folds_a, strict=True) if str(n) in fold_b}
+    return len(pairs) == len({p[0] for p in pairs}) == len({p[1] for p in pairs})
+
+
 def paired(cv_a: str, cv_b: str, runs_dir: Path | None = None) -> dict[str, Any]:
-    """Recipe A against recipe B on the out-of-fold files both scored (the same folds when their data options and
-    seed agree), per view: the originals every fold validated, and, when both scored them, every file as sent and
-    with 8-view averaging (what users send). Each headline figure's difference with its 95% interval from a paired
-    bootstrap over observations, and whether it stands out of the noise."""
+    """Recipe A against recipe B on the out-of-fold files both scored, per view: the originals every fold
+    validated, and, when both scored them, every file as sent and with 8-view averaging (what users send). Each
+    headline figure's difference with its 95% interval from a paired bootstrap over observations, and whether it
+    stands out of the noise; `not_paired`: each view left out, and why; `same_folds`: True or False when both are
+    complete, None (unknown) while either still misses folds; `folds`: each one's completed and total folds."""
     from core.experiment.cv_files import paired_files, pooled, with_predictions
-    views: dict[str, Any] = {}
     manifests = {cv_id: load_manifest(cv_id, runs_dir) for cv_id in (cv_a, cv_b)}
-    a, _ = out_of_fold(manifests[cv_a], runs_dir)
-    b, _ = out_of_fold(manifests[cv_b], runs_dir)
+    (a, folds_a), (b, folds_b) = (out_of_fold(manifests[c], runs_dir) for c in (cv_a, cv_b))
+    views: dict[str, Any] = {}
+    not_paired: dict[str, str] = {}
     try:
         views["originals"] = paired_files({**a, "pred": a["probs"].argmax(1)}, {**b, "pred": b["probs"].argmax(1)})
-        files = [pooled(fold_runs(manifests[c], runs_dir))[0] for c in (cv_a, cv_b)]
-        if all(f is not None for f in files):
-            fa, fb = (with_predictions(f) for f in files)
-            views["all files"] = paired_files(fa, fb)
-            if (tta := paired_files(fa, fb, "pred_tta")) is not None:
-                views["all files, TTA"] = tta
     except ValueError as exc:
         raise CVError(f"cross-validations {cv_a} and {cv_b}: {exc}") from None
-    fold_b = dict(zip(map(str, b["name"]), b["fold"], strict=True))
-    pairs = {(int(f), int(fold_b[str(n)])) for n, f in zip(a["name"], a["fold"], strict=True) if str(n) in fold_b}
-    same_folds = len(pairs) == len({p[0] for p in pairs}) == len({p[1] for p in pairs})  # one partition, any numbering
-    return {"a": cv_a, "b": cv_b, "views": views, "same_folds": same_folds}
+    scored = {c: pooled(fold_runs(manifests[c], runs_dir)) for c in (cv_a, cv_b)}
+    lacking = [f"{c}: {'; '.join(missing) or 'no completed fold'}" for c, (f, missing) in scored.items() if f is None]
+    if lacking:
+        not_paired["all files"] = not_paired["all files, TTA"] = \
+            f"{', '.join(lacking)} (python -m core.train score ID)"
+    else:
+        fa, fb = (with_predictions(scored[c][0]) for c in (cv_a, cv_b))
+        for view, key in (("all files", "pred"), ("all files, TTA", "pred_tta")):
+            try:
+                result = paired_files(fa, fb, key)
+            except ValueError as exc:
+                not_paired[view] = str(exc)
+                continue
+            if result is None:
+                not_paired[view] = "one of the two was not scored with 8-view averaging"
+            else:
+                views[view] = result
+    done = {c: (sum(f.get("state") == "completed" and not f.get("missing") for f in folds), len(folds))
+            for c, folds in ((cv_a, folds_a), (cv_b, folds_b))}
+    complete = all(d == t for d, t in done.values())
+    same_folds = same_partition(a["name"], a["fold"], b["name"], b["fold"]) if complete else None
+    return {"a": cv_a, "b": cv_b, "views": views, "not_paired": not_paired, "same_folds": same_folds,
+            "folds": done}
 
 
 def verdict(d: dict[str, Any], better: str = "A better", worse: str = "B better") -> str:
@@ -545,18 +567,27 @@ def paired_rows(result: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+def folds_text(result: dict[str, Any]) -> str:
+    """Whether `paired`'s two shared their folds, in words."""
+    if result["same_folds"] is None:
+        return "incomplete: " + ", ".join(f"{c} has {d} of {t} folds" for c, (d, t) in result["folds"].items()) + \
+            ", so the figures cover the completed folds only and whether the folds agree is not known yet"
+    if result["same_folds"]:
+        return "the same folds"
+    return ("other folds: each file was scored by models that trained on different observations, so the difference "
+            "mixes the recipes with the splits (cross-validate with the same fold count and seed to pair them)")
+
+
 def format_paired(result: dict[str, Any]) -> str:
     views = result["views"]
     lines = [f"{result['a']} minus {result['b']}, paired bootstrap over observations (95% intervals); "
-             + ("the same folds" if result["same_folds"] else "OTHER FOLDS: each file was scored by models that "
-                "trained on different observations, so the difference mixes recipe and split")]
+             + folds_text(result)]
     for view, d in views.items():
         lines.append(f"  {view}: the {d['files']} out-of-fold files both scored, {d['groups']} observations")
         for k in HEADLINE:
             lines.append(f"    {LABELS[k]:<18} {fmt(d[k]['difference'], d[k]['interval'])}  {verdict(d[k])}")
-    if "all files" not in views:
-        lines.append("  all files: not paired (one of the two has no all-files predictions: "
-                     "python -m core.train score ID)")
+    for view, why in result["not_paired"].items():
+        lines.append(f"  {view}: not paired ({why})")
     return "\n".join(lines)
 
 
